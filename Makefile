@@ -1,0 +1,84 @@
+# qmoe - build, test, install.
+#
+#   make              build libqmoe.a and every tool into build/ (build-san/ with SAN=1)
+#   make check        run all tests; ends with "N passed, N failed"
+#   make check SAN=1  the same under AddressSanitizer + UBSan
+#   make demo         sample checkpoint -> background extraction -> status -> verify -> run
+#   make bench        benchmarks (ratios against cp, sha256sum, memcpy)
+#   make install PREFIX=/usr/local
+
+PKGS     := glib-2.0 libcjson libcrypto zlib
+PREFIX   ?= /usr/local
+CC       ?= cc
+OPT      ?= -O2 -march=native
+WARN     := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
+            -Wformat=2 -Wno-format-nonliteral -Werror
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS))
+
+ifeq ($(SAN),1)
+BUILD    ?= build-san
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+OPT      := -O1 -march=native
+else
+BUILD    ?= build
+SANFLAGS :=
+endif
+
+CFLAGS   += -std=c11 -D_GNU_SOURCE -g -pthread $(OPT) $(SANFLAGS) $(PKG_CFLAGS) -Icommon
+LDLIBS   += $(PKG_LIBS) -lm -pthread
+LDFLAGS  += $(SANFLAGS)
+
+LIB_SRC  := $(sort $(wildcard common/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB      := $(BUILD)/libqmoe.a
+
+# Every TOOLDIR/qmoe-*.c is a program; other .c files in TOOLDIR are linked
+# into each program of that directory.
+TOOLDIRS := extract verify monitor samples
+MAINS    := $(sort $(foreach d,$(TOOLDIRS),$(wildcard $(d)/qmoe-*.c)))
+BINS     := $(foreach m,$(MAINS),$(BUILD)/bin/$(basename $(notdir $(m))))
+
+TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
+TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all check demo bench install clean torture fuzz valgrind
+all: $(LIB) $(BINS) $(TEST_BIN)
+
+$(BUILD)/%.o: %.c $(wildcard common/*.h) $(wildcard */*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARN) -c -o $@ $<
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+define tool_rule
+$(BUILD)/bin/$(basename $(notdir $(1))): $(BUILD)/$(basename $(1)).o \
+    $(patsubst %.c,$(BUILD)/%.o,$(filter-out $(wildcard $(dir $(1))qmoe-*.c),$(wildcard $(dir $(1))*.c))) $(LIB)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
+endef
+$(foreach m,$(MAINS),$(eval $(call tool_rule,$(m))))
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+check: all
+	@QMOE_BUILD=$(abspath $(BUILD)) bash tests/run.sh
+
+demo: all
+	@QMOE_BUILD=$(abspath $(BUILD)) bash samples/demo.sh
+
+bench: all
+	@QMOE_BUILD=$(abspath $(BUILD)) bash tests/bench/run.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/qmoe
+	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 common/*.h $(DESTDIR)$(PREFIX)/include/qmoe/
+
+clean:
+	rm -rf build build-san build-fuzz

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every unit test program and every tests/cli/*.sh script, counts their
+# "ok NAME" / "FAIL NAME" / "skip NAME" lines, and ends with
+# "N passed, N failed[, N skipped]". A program that exits non-zero without
+# reporting a failure (a crash) counts as one failure.
+set -u
+cd "$(dirname "$0")/.."
+: "${QMOE_BUILD:?set QMOE_BUILD to the build directory}"
+export QMOE_BUILD QMOE_BIN="$QMOE_BUILD/bin" QMOE_ROOT="$PWD"
+export QMOE_TMP="${QMOE_TMP:-$(mktemp -d /tmp/qmoe-tests.XXXXXX)}"
+export NO_COLOR=1
+filter="${TESTS:-}"
+pass=0 fail=0 skip=0 failed_names=()
+
+run_one() { # name, command...
+    local name=$1; shift
+    local log="$QMOE_TMP/$name.log" rc
+    "$@" >"$log" 2>&1 </dev/null
+    rc=$?
+    local p f s
+    p=$(grep -c '^ok ' "$log"); f=$(grep -c '^FAIL ' "$log"); s=$(grep -c '^skip ' "$log")
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        f=1; echo "FAIL $name: exited with status $rc" >>"$log"
+    fi
+    pass=$((pass + p)); fail=$((fail + f)); skip=$((skip + s))
+    if [ "$f" -gt 0 ]; then
+        failed_names+=("$name"); echo "--- $name: $p passed, $f failed"; sed 's/^/    /' "$log" | tail -n 40
+    else
+        echo "--- $name: $p passed${s:+, $s skipped}" | sed 's/, 0 skipped//'
+    fi
+}
+
+for t in "$QMOE_BUILD"/tests/test_*; do
+    [ -x "$t" ] || continue
+    n=$(basename "$t")
+    [ -n "$filter" ] && [[ "$n" != *$filter* ]] && continue
+    run_one "$n" "$t"
+done
+for s in tests/cli/*.sh; do
+    [ -f "$s" ] || continue
+    n=$(basename "$s" .sh)
+    [ -n "$filter" ] && [[ "$n" != *$filter* ]] && continue
+    run_one "$n" bash "$s"
+done
+[ "${#failed_names[@]}" -gt 0 ] && echo "failed: ${failed_names[*]}"
+[ -z "${KEEP_TMP:-}" ] && rm -rf "$QMOE_TMP"
+if [ "$skip" -gt 0 ]; then echo "$pass passed, $fail failed, $skip skipped"
+else echo "$pass passed, $fail failed"; fi
+[ "$fail" -eq 0 ]

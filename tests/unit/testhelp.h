@@ -1,0 +1,50 @@
+/* testhelp.h - a tiny assertion helper for unit tests (after redis testhelp.h).
+ *
+ * Each TEST is a function; RUN(name) runs it and prints "ok name" or
+ * "FAIL name: file:line: expr" lines that tests/run.sh counts. A test
+ * program exits non-zero when anything failed.
+ */
+#ifndef QMOE_TESTHELP_H
+#define QMOE_TESTHELP_H
+
+#include <stdio.h>
+#include <string.h>
+
+static int th_failed_now, th_failed_total, th_run_total;
+
+#define CHECK(cond)                                                          \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            printf("  check failed %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+            th_failed_now = 1;                                               \
+        }                                                                    \
+    } while (0)
+
+/* Checks that a string contains a substring, printing both when not. */
+#define CHECK_CONTAINS(hay, needle)                                          \
+    do {                                                                     \
+        const char *h_ = (hay), *n_ = (needle);                              \
+        if (!h_ || !strstr(h_, n_)) {                                        \
+            printf("  check failed %s:%d: '%s' does not contain '%s'\n",     \
+                   __FILE__, __LINE__, h_ ? h_ : "(null)", n_);              \
+            th_failed_now = 1;                                               \
+        }                                                                    \
+    } while (0)
+
+#define RUN(fn)                                                              \
+    do {                                                                     \
+        th_failed_now = 0;                                                   \
+        fn();                                                                \
+        th_run_total++;                                                      \
+        if (th_failed_now) {                                                 \
+            th_failed_total++;                                               \
+            printf("FAIL %s\n", #fn);                                        \
+        } else {                                                             \
+            printf("ok %s\n", #fn);                                          \
+        }                                                                    \
+        fflush(stdout);                                                      \
+    } while (0)
+
+#define TEST_EXIT() return th_failed_total ? 1 : 0
+
+#endif
