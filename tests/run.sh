@@ -37,7 +37,7 @@ for t in "$QMOE_BUILD"/tests/test_*; do
     run_one "$n" "$t"
 done
 for s in tests/cli/*.sh; do
-    [ -f "$s" ] || continue
+    [ -f "$s" ] && [ "$(basename "$s")" != lib.sh ] || continue
     n=$(basename "$s" .sh)
     [ -n "$filter" ] && [[ "$n" != *$filter* ]] && continue
     run_one "$n" bash "$s"
