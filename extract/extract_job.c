@@ -507,7 +507,7 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         cJSON_AddNumberToObject(j, "shards", o->shards);
         cJSON_AddNumberToObject(j, "shard_files", mine_files);
         cJSON_AddNumberToObject(j, "shard_bytes", (double)mine);
-        char *s = cJSON_Print(j);
+        char *s = cJSON_PrintUnformatted(j);
         printf("%s\n", s);
         cJSON_free(s);
         cJSON_Delete(j);

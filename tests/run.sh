@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 : "${QMOE_BUILD:?set QMOE_BUILD to the build directory}"
 export QMOE_BUILD QMOE_BIN="$QMOE_BUILD/bin" QMOE_ROOT="$PWD"
 export QMOE_TMP="${QMOE_TMP:-$(mktemp -d /tmp/qmoe-tests.XXXXXX)}"
+mkdir -p "$QMOE_TMP"
 export NO_COLOR=1
 filter="${TESTS:-}"
 pass=0 fail=0 skip=0 failed_names=()
