@@ -965,7 +965,8 @@ static void bpe_cached(tok_t *t, const uint8_t *p, size_t n, GArray *out)
     guint k = out->len - before;
     int32_t *val = g_new(int32_t, k + 1);
     val[0] = (int32_t)k;
-    memcpy(val + 1, &g_array_index(out, int32_t, before), k * sizeof(int32_t));
+    if (k)
+        memcpy(val + 1, &g_array_index(out, int32_t, before), k * sizeof(int32_t));
     if (g_hash_table_size(t->cache) >= CACHE_MAX_ENTRIES)
         g_hash_table_remove_all(t->cache);
     g_hash_table_insert(t->cache, g_bytes_new(p, n), val);

@@ -137,6 +137,13 @@ static char *ids_str(const int32_t *ids, size_t n)
     return g_string_free(g, FALSE);
 }
 
+/* Equal id arrays (memcmp with an empty array's NULL data is UB). */
+static int same_ids(const GArray *a, const GArray *b)
+{
+    return a->len == b->len &&
+           (a->len == 0 || !memcmp(a->data, b->data, a->len * sizeof(int32_t)));
+}
+
 static GArray *encode(tok_t *t, const char *s, size_t n, unsigned flags)
 {
     GArray *a = g_array_new(FALSE, FALSE, sizeof(int32_t));
@@ -213,8 +220,7 @@ static void test_expected_ids(void)
     for (int i = 0; i < n_samples; i++) {
         sample_t *s = &samples[i];
         GArray *got = encode(qwen, s->text, s->len, 0);
-        if (got->len != s->ids->len ||
-            memcmp(got->data, s->ids->data, got->len * sizeof(int32_t))) {
+        if (!same_ids(got, s->ids)) {
             char *e = esc(s->text, s->len);
             char *g = ids_str((int32_t *)got->data, got->len);
             char *w = ids_str((int32_t *)s->ids->data, s->ids->len);
@@ -428,7 +434,7 @@ static void test_tiny_two_paths(void)
             continue;
         GArray *a = encode(tj, s->text, s->len, 0), *b = encode(tb, s->text, s->len, 0);
         compared++;
-        if (a->len != b->len || memcmp(a->data, b->data, a->len * sizeof(int32_t))) {
+        if (!same_ids(a, b)) {
             char *e = esc(s->text, s->len);
             printf("  paths differ on #%d [%s] \"%s\"\n", i, s->cat, e);
             g_free(e);
