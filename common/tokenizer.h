@@ -23,8 +23,11 @@
  * ["a","b"] pairs, ignore_merges), normalizer null / NFC / Sequence of NFC,
  * pre_tokenizer Split (Regex or String pattern, behavior Isolated),
  * ByteLevel (add_prefix_space, use_regex) or a Sequence of those, added
- * tokens with lstrip/rstrip. Anything else is a QM_ERR_FORMAT error naming
- * the file, never a silently different tokenization.
+ * tokens with lstrip/rstrip (single_word and normalized are not looked at:
+ * every added token is matched in the raw text, as all of Qwen's are).
+ * Anything else is a QM_ERR_FORMAT error naming the file, never a silently
+ * different tokenization. Bytes that have no token in a (malformed)
+ * vocabulary are dropped, as Hugging Face does without an unk_token.
  *
  * Thread safety: a tok_t caches BPE results and scratch space, so
  * tok_encode() must not run concurrently on one tok_t. The decode functions

@@ -620,6 +620,59 @@ static void test_minimal_json(void)
     tok_free(t);
 }
 
+/* Random strings over awkward characters: decode(encode(s)) == NFC(s), the
+ * stream gives the same text, every id is in the vocabulary. */
+static void test_random(void)
+{
+    static const char *const pool[] = {
+        "a", "Z", "q", "7", " ", "  ", "\n", "\r\n", "\t", "'s", "'LL", ".", "!!", "$",
+        "\xC2\x85", "\xC2\xA0", "\xEF\xBB\xBF", "\xE1\xA0\x8E", "\xE3\x80\x80",
+        "\xCC\x81", "e\xCC\x81", "\xC3\xA9", "\xE1\x84\x80", "\xE1\x85\xA1",
+        "\xE4\xB8\xAD", "\xF0\x9F\x91\xA9", "\xE2\x80\x8D", "\xE0\xA4\xB9",
+        "\xE0\xA5\x8D", "\xF0\xA0\x80\x80", "<|im_end|>", "<|im_start", "<think>",
+        "\x00", "\xD9\xA3", "\xE2\x85\xAB"};
+    GRand *r = g_rand_new_with_seed(1234);
+    tok_stream_t *st = tok_stream_new(qwen);
+    int bad = 0;
+    for (int k = 0; k < 3000 && bad < 5; k++) {
+        GString *g = g_string_new(NULL);
+        int n = g_rand_int_range(r, 0, 24);
+        for (int i = 0; i < n; i++) {
+            const char *p = pool[g_rand_int_range(r, 0, G_N_ELEMENTS(pool))];
+            g_string_append_len(g, p, *p ? (gssize)strlen(p) : 1);
+        }
+        GArray *a = encode(qwen, g->str, g->len, 0);
+        for (guint i = 0; i < a->len; i++) {
+            int32_t id = g_array_index(a, int32_t, i);
+            CHECK(id >= 0 && id < tok_vocab_size(qwen));
+        }
+        size_t len;
+        char *d = tok_decode(qwen, (int32_t *)a->data, a->len, &len);
+        GString *want = nfc(g->str, g->len), *streamed = g_string_new(NULL);
+        for (guint i = 0; i < a->len; i++) {
+            size_t m;
+            const char *p = tok_stream_push(st, g_array_index(a, int32_t, i), &m);
+            g_string_append_len(streamed, p, (gssize)m);
+        }
+        tok_stream_flush(st, NULL);
+        if (len != want->len || memcmp(d, want->str, len) || streamed->len != len ||
+            memcmp(streamed->str, d, len)) {
+            char *e = g_strescape(g->str, NULL);
+            printf("  round trip fails on \"%s\"\n", e);
+            g_free(e);
+            bad++;
+        }
+        g_free(d);
+        g_string_free(want, TRUE);
+        g_string_free(streamed, TRUE);
+        g_string_free(g, TRUE);
+        g_array_free(a, TRUE);
+    }
+    CHECK(bad == 0);
+    tok_stream_free(st);
+    g_rand_free(r);
+}
+
 static void bench(void)
 {
     size_t bytes = 0, tokens = 0;
@@ -666,6 +719,7 @@ int main(int argc, char **argv)
         RUN(test_bad_text);
         RUN(test_stream);
         RUN(test_long_runs);
+        RUN(test_random);
         RUN(test_tiny_two_paths);
         RUN(test_errors);
         RUN(test_minimal_json);
