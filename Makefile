@@ -47,23 +47,26 @@ all: $(LIB) $(BINS) $(TEST_BIN)
 
 $(BUILD)/%.o: %.c $(wildcard common/*.h) $(wildcard */*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(WARN) -c -o $@ $<
+	@echo "CC $<"
+	@$(CC) $(CFLAGS) $(WARN) -c -o $@ $<
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@ar rcs $@ $^
 
 define tool_rule
 $(BUILD)/bin/$(basename $(notdir $(1))): $(BUILD)/$(basename $(1)).o \
     $(patsubst %.c,$(BUILD)/%.o,$(filter-out $(wildcard $(dir $(1))qmoe-*.c),$(wildcard $(dir $(1))*.c))) $(LIB)
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
+	@echo "LD $$@"
+	@$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
 endef
 $(foreach m,$(MAINS),$(eval $(call tool_rule,$(m))))
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@echo "LD $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 check: all
 	@QMOE_BUILD=$(abspath $(BUILD)) bash tests/run.sh
