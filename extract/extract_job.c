@@ -294,27 +294,71 @@ static int copy_side_files(const char *src_dir, const char *out, GError **err)
     return rc;
 }
 
-/* Removes temporaries left by dead extractors (ours from an earlier run
- * included); live ones belong to other --shard processes. */
-static void remove_stale_tmps(const char *out)
+/* Final path (relative to OUT) of the temporary `name` found in `dir`
+ * ("" for OUT itself). Caller frees. */
+static char *tmp_final(const char *dir, const char *name)
 {
+    const char *t = g_strrstr(name, ".tmp.");
+    char *base = g_strndup(name, (gsize)(t - name));
+    char *rel = *dir ? g_build_filename(dir, base, NULL) : g_strdup(base);
+    g_free(base);
+    return rel;
+}
+
+/* Removes temporaries left by extractors that died. A temporary's pid says
+ * nothing about a process on another machine that shares OUT, so the pid
+ * is not what decides: a temporary of a file of this part is stale because
+ * only the holder of this part's lock (us) writes such files; one of a
+ * file outside the plan (config, tokenizer, index, qmoe.json) is stale
+ * because every writer of those holds .qmoe/manifest.lock, which the
+ * caller holds. Temporaries of other parts' files are left to those parts
+ * (an unsharded run owns every file); one outside the plan in a
+ * subdirectory (from a run with another --layers/--experts) goes only when
+ * unsharded and its pid is dead, as nothing else can tell. */
+static void remove_stale_tmps(const char *out, const plan *p, int shard, int shards)
+{
+    GHashTable *owner = g_hash_table_new(g_str_hash, g_str_equal);
+    for (int i = 0; i < p->n_files; i++)
+        g_hash_table_insert(owner, p->files[i].path, GINT_TO_POINTER(p->files[i].part + 1));
     static const char *dirs[] = {"", "experts", "layers", "other", NULL};
     for (int i = 0; dirs[i]; i++) {
         char *dir = g_build_filename(out, dirs[i], NULL);
         GDir *d = g_dir_open(dir, 0, NULL);
         const char *n;
         while (d && (n = g_dir_read_name(d))) {
+            if (!fs_is_tmp(n))
+                continue;
+            char *rel = tmp_final(dirs[i], n);
+            int part = GPOINTER_TO_INT(g_hash_table_lookup(owner, rel)) - 1;
             pid_t pid = fs_tmp_pid(n);
-            if (fs_is_tmp(n) && (!fs_pid_alive(pid) || pid == getpid())) {
-                char *p = g_build_filename(dir, n, NULL);
-                unlink(p);
-                g_free(p);
+            if (part == shard || (part < 0 && !*dirs[i]) ||
+                (part < 0 && shards == 1 && (!fs_pid_alive(pid) || pid == getpid()))) {
+                char *path = g_build_filename(dir, n, NULL);
+                unlink(path);
+                g_free(path);
             }
+            g_free(rel);
         }
         if (d)
             g_dir_close(d);
         g_free(dir);
     }
+    g_hash_table_destroy(owner);
+}
+
+/* Takes OUT/.qmoe/manifest.lock, which serialises every write to OUT's top
+ * directory among the parts of a --shard run (on one machine or several).
+ * Returns the fd to close to release it, or -1 (then the caller goes on
+ * unlocked: flock is advisory and some shared filesystems lack it). */
+static int lock_top(const char *out)
+{
+    char *path = g_build_filename(out, ".qmoe", "manifest.lock", NULL);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    g_free(path);
+    if (fd >= 0)
+        while (flock(fd, LOCK_EX) != 0 && errno == EINTR)
+            ;
+    return fd;
 }
 
 /* Marks in done[] the plan files that a journal records and that are in
@@ -387,11 +431,7 @@ static int write_progress(job *j, const char *path, const char *state)
 static int finish_outputs(job *j, const char *src_path, int *complete, GError **err)
 {
     const char *out = j->o->out;
-    char *lockp = g_build_filename(out, ".qmoe", "manifest.lock", NULL);
-    int lfd = open(lockp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    g_free(lockp);
-    if (lfd >= 0)
-        flock(lfd, LOCK_EX);
+    int lfd = lock_top(out);
     GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
     int rc = mf_journals_read_all(out, recs, err);
     uint8_t *done = g_new0(uint8_t, j->p->n_files > 0 ? j->p->n_files : 1);
@@ -577,9 +617,13 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         if (r)
             goto out;
     }
-    if (copy_side_files(j.ck->dir, o->out, err))
+    int top = lock_top(o->out);
+    remove_stale_tmps(o->out, p, o->shard, o->shards);
+    int side = copy_side_files(j.ck->dir, o->out, err);
+    if (top >= 0)
+        close(top);
+    if (side)
         goto out;
-    remove_stale_tmps(o->out);
 
     /* What earlier runs (of any part) finished stays. */
     GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
@@ -697,6 +741,12 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
                     "stopped by signal: %llu/%llu files complete; run the same "
                     "command again to resume", (unsigned long long)j.prog.files_done,
                     (unsigned long long)j.prog.files_planned);
+        goto out;
+    }
+    /* The part that finishes last merges every journal; on NFS another
+     * machine sees our last lines only once they reach the server. */
+    if (fsync(j.journal_fd) != 0) {
+        qm_set_errno(err, errno, "cannot sync journal", j.journal_path);
         goto out;
     }
     if (finish_outputs(&j, o->src, &res->complete, err)) {
