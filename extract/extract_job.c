@@ -2,6 +2,7 @@
 #include "extract_job.h"
 
 #include "checkpoint.h"
+#include "extract_copy.h"
 #include "fs.h"
 #include "layout.h"
 #include "manifest.h"
@@ -57,6 +58,10 @@ typedef struct {
     plan *p;
     ckpt *ck;
     int *src_fd;            /* per source shard */
+    uint64_t *src_bs;       /* per source shard: block size when its blocks
+                               can be shared with OUT's files (reflink), else 0 */
+    gint reflink;           /* cleared when the filesystem refuses a clone */
+    uint64_t bytes_shared;  /* guarded by mu */
     int *todo;              /* plan file indices this run writes */
     int n_todo;
     gint next;              /* atomic cursor into todo */
@@ -125,7 +130,27 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
     }
     const char *meta[] = {"qmoe_version", QMOE_VERSION, "qmoe_kind",
                           mf_kind_name(f->kind), NULL};
-    GByteArray *hdr = st_header_build(e, f->n, meta, 0, 0, err);
+    /* With reflinks, pad the header so that the data lines up with the
+     * source blocks (extract_copy.h); else the compact header. */
+    uint64_t bs = 0, phase = 0;
+    if (g_atomic_int_get(&j->reflink)) {
+        uint64_t *off = g_new(uint64_t, f->n), *len = g_new(uint64_t, f->n);
+        int *ok = g_new(int, f->n), use = 0;
+        for (int i = 0; i < f->n; i++) {
+            off[i] = f->t[i].src_offset;
+            len[i] = f->t[i].nbytes;
+            ok[i] = j->src_bs[f->t[i].shard] != 0;
+            if (ok[i])
+                bs = j->src_bs[f->t[i].shard];
+        }
+        phase = bs ? ec_phase(off, len, ok, f->n, bs, &use) : 0;
+        if (!use)
+            bs = 0;
+        g_free(off);
+        g_free(len);
+        g_free(ok);
+    }
+    GByteArray *hdr = st_header_build(e, f->n, meta, bs, phase, err);
     g_free(e);
     if (!hdr)
         return -1;
@@ -144,7 +169,7 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
     }
     memset(rec, 0, sizeof *rec);
     rec->tensors = g_new0(mf_tensor, f->n);
-    uint64_t at = 0;
+    uint64_t at = 0, shared = 0;
     for (int i = 0; i < f->n && !rc; i++) {
         const plan_tensor *t = &f->t[i];
         uLong crc = crc32(0L, Z_NULL, 0);
@@ -154,13 +179,19 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
                 rc = -1;
                 break;
             }
-            size_t len = (size_t)MIN((uint64_t)CHUNK, t->nbytes - done);
-            rc = read_at(j, t, j->src_fd[t->shard], buf, len, t->src_offset + done, err);
+            uint64_t pos = t->src_offset + done;
+            /* chunks end on source block boundaries so that whole blocks
+             * can be cloned */
+            uint64_t tbs = bs ? j->src_bs[t->shard] : 0;
+            size_t len = (size_t)MIN((uint64_t)CHUNK - (tbs ? pos % tbs : 0),
+                                     t->nbytes - done);
+            rc = read_at(j, t, j->src_fd[t->shard], buf, len, pos, err);
             if (rc)
                 break;
             EVP_DigestUpdate(sha, buf, len);
             crc = crc32_z(crc, buf, len);
-            rc = fs_out_write(o, buf, len, err);
+            rc = ec_put(o, j->src_fd[t->shard], pos, buf, len, tbs, &j->reflink,
+                        &shared, err);
             done += len;
         }
         mf_tensor *m = &rec->tensors[rec->n_tensors++];
@@ -202,6 +233,9 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
     rec->layer = f->layer;
     rec->expert = f->expert;
     rec->time = qm_now();
+    g_mutex_lock(&j->mu);
+    j->bytes_shared += shared;
+    g_mutex_unlock(&j->mu);
     return 0;
 }
 
@@ -673,6 +707,23 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         }
         posix_fadvise(j.src_fd[i], 0, 0, POSIX_FADV_SEQUENTIAL);
     }
+    j.src_bs = g_new0(uint64_t, j.ck->n_shards);
+    if (!o->no_reflink) {
+        char *probe = g_build_filename(state_dir, "reflink-probe", NULL);
+        int n_shared = 0;
+        uint64_t bsz = 0;
+        for (int i = 0; i < j.ck->n_shards; i++)
+            if ((j.src_bs[i] = ec_probe(j.src_fd[i], probe)) != 0) {
+                n_shared++;
+                bsz = j.src_bs[i];
+            }
+        g_free(probe);
+        g_atomic_int_set(&j.reflink, n_shared > 0);
+        if (n_shared)
+            job_log(&j, "zero-copy: %d of %d source files share blocks with '%s' "
+                    "(reflink, block size %llu)", n_shared, j.ck->n_shards, o->out,
+                    (unsigned long long)bsz);
+    }
     j.journal_fd = open(j.journal_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (j.journal_fd < 0) {
         qm_set_errno(err, errno, "cannot open journal", j.journal_path);
@@ -724,6 +775,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     res->bytes_written = j.prog.bytes_done - skipped_bytes;
     res->experts_planned = j.prog.experts_planned;
     res->experts_done = j.prog.experts_done;
+    res->bytes_shared = j.bytes_shared;
     if (j.failed) {
         j.prog.last_error = g_strdup(j.error->message);
         job_log(&j, "failed: %s", j.error->message);
@@ -779,6 +831,7 @@ out:
             if (j.src_fd[i] >= 0)
                 close(j.src_fd[i]);
     g_free(j.src_fd);
+    g_free(j.src_bs);
     g_free(j.todo);
     progress_clear(&j.prog);
     g_mutex_clear(&j.mu);

@@ -7,6 +7,13 @@
  * rename, journal line), rewrites progress.json a few times a second, and
  * at the end writes model.safetensors.index.json and qmoe.json.
  *
+ * Zero-copy: when the source files and OUT are on one filesystem with
+ * reflinks (XFS reflink=1, btrfs), tensor blocks are shared with the
+ * source instead of written, and headers are padded to line the data up
+ * with the source blocks (extract_copy.h says what that changes); the
+ * bytes are still read once for the hashes. Elsewhere, or with
+ * no_reflink, the plain copy.
+ *
  * SIGINT/SIGTERM: the files in flight are discarded, the state becomes
  * "stopped" and the job returns QM_ERR_STOPPED; a rerun resumes.
  */
@@ -25,11 +32,13 @@ typedef struct {
     int shard, shards;       /* --shard I/N (0 and 1 when not sharded) */
     int progress_bar;        /* draw a bar on stderr */
     int throttle_ms;         /* test knob: sleep per file (QMOE_THROTTLE_MS) */
+    int no_reflink;          /* always copy bytes, never share blocks */
 } ex_opts;
 
 typedef struct {
     uint64_t files_planned, files_done, files_skipped;
     uint64_t bytes_planned, bytes_written;
+    uint64_t bytes_shared;   /* of bytes_written: blocks shared (reflink) */
     uint64_t experts_planned, experts_done;
     double seconds;
     int complete;            /* every file of the whole plan is in place */

@@ -20,6 +20,7 @@ static const char *prog = "qmoe-extract";
 static gchar *opt_layers, *opt_experts, *opt_layout, *opt_shard;
 static gint opt_jobs;
 static gboolean opt_detach, opt_dry_run, opt_json, opt_version, opt_no_progress;
+static gboolean opt_no_reflink;
 
 static GOptionEntry entries[] = {
     {"layers", 0, 0, G_OPTION_ARG_STRING, &opt_layers,
@@ -40,6 +41,8 @@ static GOptionEntry entries[] = {
      "Machine-readable summary on stdout", NULL},
     {"no-progress", 0, 0, G_OPTION_ARG_NONE, &opt_no_progress,
      "No progress bar even on a terminal", NULL},
+    {"no-reflink", 0, 0, G_OPTION_ARG_NONE, &opt_no_reflink,
+     "Always copy the bytes, even where blocks could be shared with SRC", NULL},
     {"version", 0, 0, G_OPTION_ARG_NONE, &opt_version, "Print the version", NULL},
     {NULL, 0, 0, 0, NULL, NULL, NULL},
 };
@@ -53,6 +56,11 @@ static const char *description =
     "\n"
     "A rerun resumes: complete files are kept, the rest is redone. SIGINT or\n"
     "SIGTERM stops cleanly (files in flight are discarded).\n"
+    "\n"
+    "When SRC and OUT are on one filesystem with reflinks (XFS reflink=1, btrfs),\n"
+    "the files share SRC's data blocks instead of copying them; their headers are\n"
+    "then padded to line the data up with SRC's blocks (valid safetensors, other\n"
+    "bytes than a plain copy; --no-reflink gives the plain copy everywhere).\n"
     "\n"
     "Exit status: 0 all planned files complete, 1 stopped by a signal,\n"
     "2 usage or I/O error.";
@@ -144,6 +152,7 @@ int main(int argc, char **argv)
     const char *thr = getenv("QMOE_THROTTLE_MS");
     o.throttle_ms = thr ? atoi(thr) : 0;
     o.progress_bar = !opt_json && !opt_detach && !opt_no_progress && isatty(2);
+    o.no_reflink = opt_no_reflink;
 
     if (opt_dry_run) {
         int rc = ex_dry_run(&o, opt_json, &err) ? qm_exit_code(err) : 0;
@@ -162,7 +171,7 @@ int main(int argc, char **argv)
         printf("{\"state\":\"%s\",\"layout\":\"%s\",\"files_planned\":%llu,"
                "\"files_done\":%llu,\"files_skipped\":%llu,\"experts_planned\":%llu,"
                "\"experts_done\":%llu,\"bytes_planned\":%llu,\"bytes_done\":%llu,"
-               "\"complete\":%s,\"seconds\":%.3f}\n",
+               "\"bytes_shared\":%llu,\"complete\":%s,\"seconds\":%.3f}\n",
                rc == 0 ? "finished" : err && err->code == QM_ERR_STOPPED ? "stopped"
                                                                          : "failed",
                res.layout ? res.layout : "", (unsigned long long)res.files_planned,
@@ -170,17 +179,22 @@ int main(int argc, char **argv)
                (unsigned long long)res.experts_planned,
                (unsigned long long)res.experts_done,
                (unsigned long long)res.bytes_planned,
-               (unsigned long long)res.bytes_written, res.complete ? "true" : "false",
+               (unsigned long long)res.bytes_written,
+               (unsigned long long)res.bytes_shared, res.complete ? "true" : "false",
                res.seconds);
     } else if (rc == 0) {
         char b[32];
         double mb = res.seconds > 0 ? (double)(res.bytes_written) / 1e6 / res.seconds : 0;
-        printf("%s: %llu/%llu files complete (%llu experts), %s in %.2f s (%.0f MB/s)%s\n",
+        char sh[64] = "", b2[32];
+        if (res.bytes_shared)
+            snprintf(sh, sizeof sh, ", %s of it shared with the source (reflink)",
+                     qm_human_bytes(res.bytes_shared, b2, sizeof b2));
+        printf("%s: %llu/%llu files complete (%llu experts), %s in %.2f s (%.0f MB/s)%s%s\n",
                prog, (unsigned long long)res.files_done,
                (unsigned long long)res.files_planned,
                (unsigned long long)res.experts_done,
                qm_human_bytes(res.bytes_written, b, sizeof b), res.seconds, mb,
-               res.files_skipped ? " (resumed)" : "");
+               sh, res.files_skipped ? " (resumed)" : "");
     }
     if (rc) {
         qm_report(prog, err);
