@@ -116,6 +116,60 @@ static int read_at(job *j, const plan_tensor *t, int fd, uint8_t *buf, size_t le
     return 0;
 }
 
+/* Number of tensors from f->t[i] on whose bytes follow one another in one
+ * source file (at least 1): one stretch of bytes to read, and to share as
+ * a whole with a reflink, block boundaries between tensors included. */
+static int run_length(const plan_file *f, int i)
+{
+    int k = i + 1;
+    while (k < f->n && f->t[k].shard == f->t[i].shard &&
+           f->t[k].src_offset == f->t[k - 1].src_offset + f->t[k - 1].nbytes)
+        k++;
+    return k - i;
+}
+
+static void record_tensor(job *j, mf_file *rec, const plan_tensor *t, uint64_t at,
+                          uLong crc)
+{
+    mf_tensor *m = &rec->tensors[rec->n_tensors++];
+    m->name = g_strdup(t->name);
+    m->dtype = t->dtype;
+    m->ndim = t->ndim;
+    memcpy(m->shape, t->shape, sizeof m->shape);
+    m->begin = at;
+    m->end = at + t->nbytes;
+    m->crc32 = (uint32_t)crc;
+    m->src_file = g_strdup(j->ck->shards[t->shard].name);
+    m->src_tensor = g_strdup(t->src_name);
+    m->src_offset = t->src_offset;
+    m->slice = t->slice;
+}
+
+/* The header alignment that lets most of the file's blocks be shared with
+ * the source (extract_copy.h): *bs 0 for the compact header. */
+static uint64_t file_phase(job *j, const plan_file *f, uint64_t *bs)
+{
+    uint64_t *off = g_new(uint64_t, f->n), *len = g_new(uint64_t, f->n), phase = 0;
+    int *ok = g_new(int, f->n), n = 0, use = 0;
+    *bs = 0;
+    for (int i = 0; i < f->n; i += run_length(f, i), n++) {
+        const plan_tensor *last = &f->t[i + run_length(f, i) - 1];
+        off[n] = f->t[i].src_offset;
+        len[n] = last->src_offset + last->nbytes - off[n];
+        ok[n] = j->src_bs[f->t[i].shard] != 0;
+        if (ok[n])
+            *bs = j->src_bs[f->t[i].shard];
+    }
+    if (*bs)
+        phase = ec_phase(off, len, ok, n, *bs, &use);
+    if (!use)
+        *bs = 0;
+    g_free(off);
+    g_free(len);
+    g_free(ok);
+    return use ? phase : 0;
+}
+
 /* Writes one output file; fills *rec on success. */
 static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
                       GError **err)
@@ -131,25 +185,10 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
     const char *meta[] = {"qmoe_version", QMOE_VERSION, "qmoe_kind",
                           mf_kind_name(f->kind), NULL};
     /* With reflinks, pad the header so that the data lines up with the
-     * source blocks (extract_copy.h); else the compact header. */
+     * source blocks; else the compact header. */
     uint64_t bs = 0, phase = 0;
-    if (g_atomic_int_get(&j->reflink)) {
-        uint64_t *off = g_new(uint64_t, f->n), *len = g_new(uint64_t, f->n);
-        int *ok = g_new(int, f->n), use = 0;
-        for (int i = 0; i < f->n; i++) {
-            off[i] = f->t[i].src_offset;
-            len[i] = f->t[i].nbytes;
-            ok[i] = j->src_bs[f->t[i].shard] != 0;
-            if (ok[i])
-                bs = j->src_bs[f->t[i].shard];
-        }
-        phase = bs ? ec_phase(off, len, ok, f->n, bs, &use) : 0;
-        if (!use)
-            bs = 0;
-        g_free(off);
-        g_free(len);
-        g_free(ok);
-    }
+    if (g_atomic_int_get(&j->reflink))
+        phase = file_phase(j, f, &bs);
     GByteArray *hdr = st_header_build(e, f->n, meta, bs, phase, err);
     g_free(e);
     if (!hdr)
@@ -170,43 +209,55 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
     memset(rec, 0, sizeof *rec);
     rec->tensors = g_new0(mf_tensor, f->n);
     uint64_t at = 0, shared = 0;
-    for (int i = 0; i < f->n && !rc; i++) {
-        const plan_tensor *t = &f->t[i];
+    /* The output's data is the source's runs of bytes in order: read each
+     * run in chunks (ending on source block boundaries, so that whole
+     * blocks can be shared), hash it as a whole, CRC it per tensor. */
+    for (int i = 0; i < f->n && !rc;) {
+        int k = i + run_length(f, i);
+        const plan_tensor *t0 = &f->t[i], *tl = &f->t[k - 1];
+        int fd = j->src_fd[t0->shard];
+        uint64_t sbs = bs ? j->src_bs[t0->shard] : 0;
+        uint64_t pos = t0->src_offset, end = tl->src_offset + tl->nbytes;
+        int cur = i;          /* tensor being CRCed */
+        uint64_t tdone = 0;   /* its bytes seen */
         uLong crc = crc32(0L, Z_NULL, 0);
-        for (uint64_t done = 0; done < t->nbytes && !rc;) {
+        for (;;) {
+            while (cur < k && tdone == f->t[cur].nbytes) { /* done (or empty) */
+                record_tensor(j, rec, &f->t[cur], at, crc);
+                at += f->t[cur].nbytes;
+                cur++;
+                tdone = 0;
+                crc = crc32(0L, Z_NULL, 0);
+            }
+            if (pos >= end || rc)
+                break;
             if (stop_requested) {
                 g_set_error(err, QM_ERROR, QM_ERR_STOPPED, "stopped by signal");
                 rc = -1;
                 break;
             }
-            uint64_t pos = t->src_offset + done;
-            /* chunks end on source block boundaries so that whole blocks
-             * can be cloned */
-            uint64_t tbs = bs ? j->src_bs[t->shard] : 0;
-            size_t len = (size_t)MIN((uint64_t)CHUNK - (tbs ? pos % tbs : 0),
-                                     t->nbytes - done);
-            rc = read_at(j, t, j->src_fd[t->shard], buf, len, pos, err);
+            size_t len = (size_t)MIN((uint64_t)CHUNK - (sbs ? pos % sbs : 0), end - pos);
+            rc = read_at(j, &f->t[cur], fd, buf, len, pos, err);
             if (rc)
                 break;
             EVP_DigestUpdate(sha, buf, len);
-            crc = crc32_z(crc, buf, len);
-            rc = ec_put(o, j->src_fd[t->shard], pos, buf, len, tbs, &j->reflink,
-                        &shared, err);
-            done += len;
+            for (size_t used = 0; used < len;) {
+                while (tdone == f->t[cur].nbytes) { /* crossed into the next */
+                    record_tensor(j, rec, &f->t[cur], at, crc);
+                    at += f->t[cur].nbytes;
+                    cur++;
+                    tdone = 0;
+                    crc = crc32(0L, Z_NULL, 0);
+                }
+                size_t take = (size_t)MIN((uint64_t)(len - used), f->t[cur].nbytes - tdone);
+                crc = crc32_z(crc, buf + used, take);
+                used += take;
+                tdone += take;
+            }
+            rc = ec_put(o, fd, pos, buf, len, sbs, &j->reflink, &shared, err);
+            pos += len;
         }
-        mf_tensor *m = &rec->tensors[rec->n_tensors++];
-        m->name = g_strdup(t->name);
-        m->dtype = t->dtype;
-        m->ndim = t->ndim;
-        memcpy(m->shape, t->shape, sizeof m->shape);
-        m->begin = at;
-        m->end = at + t->nbytes;
-        m->crc32 = (uint32_t)crc;
-        m->src_file = g_strdup(j->ck->shards[t->shard].name);
-        m->src_tensor = g_strdup(t->src_name);
-        m->src_offset = t->src_offset;
-        m->slice = t->slice;
-        at += t->nbytes;
+        i = k;
     }
     if (!rc && stop_requested) {
         g_set_error(err, QM_ERROR, QM_ERR_STOPPED, "stopped by signal");
