@@ -14,6 +14,7 @@
 #include "checkpoint.h"
 #include "layout.h"
 #include "testhelp.h"
+#include "tokenizer.h"
 #include "util.h"
 
 static const char *bin_dir, *tmp_dir;
@@ -522,6 +523,30 @@ static void test_tokenizer(void)
     CHECK(cfg && qm_json_int(cfg, "eos_token_id", 0, 1 << 30, &eos) == 0 && eos == im_end);
     cJSON_Delete(cfg);
     cJSON_Delete(t);
+
+    /* libqmoe's tokenizer reads it: specials, a merge, byte round trip */
+    tok_t *tk = tok_load(out, &err);
+    CHECK(tk != NULL);
+    if (tk) {
+        const char *text = "<|im_start|>user\nthe cat is on the mat\xc3\xa9<|im_end|>";
+        GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+        CHECK(tok_encode(tk, text, strlen(text), 0, ids, &err) == 0);
+        CHECK(ids->len > 4 && g_array_index(ids, int32_t, 0) == im_end - 1);
+        CHECK(g_array_index(ids, int32_t, ids->len - 1) == im_end);
+        int the_id = tok_token_id(tk, "\xc4\xa0the"), seen = 0;
+        for (guint i = 0; i < ids->len; i++)
+            seen += g_array_index(ids, int32_t, i) == the_id;
+        CHECK(the_id > 255 && seen == 1); /* " the"; the first "the" has no space */
+        size_t n;
+        char *back = tok_decode(tk, (int32_t *)ids->data, ids->len, &n);
+        CHECK(n == strlen(text) && memcmp(back, text, n) == 0);
+        g_free(back);
+        g_array_free(ids, TRUE);
+        tok_free(tk);
+    } else {
+        printf("  %s\n", err->message);
+        g_clear_error(&err);
+    }
     g_free(out);
 }
 
