@@ -63,7 +63,7 @@ static void load_golden(void)
     g_free(p);
     const cJSON *seqs = cJSON_GetObjectItem(tok, "sequences");
     for (int s = 0; s < NSEQ; s++) {
-        char key[8];
+        char key[24];
         snprintf(key, sizeof key, "seq%d", s + 1);
         const cJSON *ids = cJSON_GetObjectItem(cJSON_GetObjectItem(seqs, key), "ids");
         const cJSON *x;
@@ -128,7 +128,7 @@ static int greedy_matches(model *m, int masked)
 {
     int ok = 1;
     for (int s = 0; s < NSEQ; s++) {
-        char key[8];
+        char key[24];
         snprintf(key, sizeof key, "seq%d", s + 1);
         const cJSON *want = cJSON_GetObjectItem(
             cJSON_GetObjectItem(cJSON_GetObjectItem(greedy, "greedy"), key),
@@ -211,7 +211,7 @@ static void test_nll(void)
     CHECK(m != NULL);
     const cJSON *nl = cJSON_GetObjectItem(nll_gold, "nll");
     for (int s = 1; m && s < NSEQ; s++) {
-        char key[8];
+        char key[24];
         snprintf(key, sizeof key, "seq%d", s + 1);
         double want = cJSON_GetObjectItem(cJSON_GetObjectItem(nl, key), "nll_full")->valuedouble;
         double got = 0;
