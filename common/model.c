@@ -714,9 +714,13 @@ static int pick(const float *logits, int vocab, const model_sampling *s, uint64_
 
 int model_generate(model *m, const int *prompt, int n_prompt, int n_new,
                    const model_sampling *s, float *prompt_logits, int *out,
-                   int *n_out, GError **err)
+                   int *n_out, model_gen_stats *gs, GError **err)
 {
     const model_config *c = &m->c;
+    model_gen_stats local;
+    if (!gs)
+        gs = &local;
+    memset(gs, 0, sizeof *gs);
     *n_out = 0;
     if (n_prompt < 1) {
         g_set_error(err, QM_ERROR, QM_ERR_USAGE, "the prompt is empty");
@@ -724,6 +728,7 @@ int model_generate(model *m, const int *prompt, int n_prompt, int n_new,
     }
     uint64_t rng = s ? s->seed : 0;
     model_reset(m);
+    double t0 = qm_monotonic();
     for (int t = 0; t < n_prompt; t++) {
         float *lg = NULL;
         if (prompt_logits)
@@ -736,6 +741,8 @@ int model_generate(model *m, const int *prompt, int n_prompt, int n_new,
     if (prompt_logits && n_new > 0)
         memcpy(m->logits, prompt_logits + (size_t)(n_prompt - 1) * c->vocab,
                sizeof(float) * c->vocab);
+    double t1 = qm_monotonic();
+    gs->prefill_s = t1 - t0;
     for (int i = 0; i < n_new; i++) {
         int next = pick(m->logits, c->vocab, s, &rng);
         out[(*n_out)++] = next;
@@ -746,6 +753,9 @@ int model_generate(model *m, const int *prompt, int n_prompt, int n_new,
             break;
         if (model_step(m, next, m->logits, err) != 0)
             return -1;
+        gs->decode_steps++;
+        gs->decode_weight_bytes += m->step_bytes;
+        gs->decode_s = qm_monotonic() - t1;
     }
     return 0;
 }

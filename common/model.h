@@ -102,12 +102,21 @@ typedef struct {
     int n_stop;
 } model_sampling;
 
+/* Timing of a model_generate call. */
+typedef struct {
+    double prefill_s;        /* feeding the prompt */
+    double decode_s;         /* feeding generated tokens back */
+    int decode_steps;        /* tokens fed back (n_out - 1 at most) */
+    uint64_t decode_weight_bytes; /* weights those steps touched */
+} model_gen_stats;
+
 /* Resets, feeds the prompt (n_prompt >= 1), then produces up to n_new
  * tokens into out; *n_out gets how many (fewer when a stop id came).
- * prompt_logits, when not NULL, receives [n_prompt x vocab]. */
+ * prompt_logits, when not NULL, receives [n_prompt x vocab]; gs, when not
+ * NULL, the timing. */
 int model_generate(model *m, const int *prompt, int n_prompt, int n_new,
                    const model_sampling *s, float *prompt_logits, int *out,
-                   int *n_out, GError **err);
+                   int *n_out, model_gen_stats *gs, GError **err);
 
 /* Weight bytes read by the matrix products of the last model_step (the
  * weights a token touches: attention, router, chosen experts, dense MLPs,

@@ -136,7 +136,7 @@ static int greedy_matches(model *m, int masked)
         int out[16], n = 0;
         model_sampling smp = {0};
         GError *err = NULL;
-        if (model_generate(m, seq_ids[s], seq_len[s], 16, &smp, NULL, out, &n, &err)) {
+        if (model_generate(m, seq_ids[s], seq_len[s], 16, &smp, NULL, out, &n, NULL, &err)) {
             printf("  generate: %s\n", err->message);
             g_error_free(err);
             return 0;
@@ -589,17 +589,17 @@ static void test_sampling_seeded(void)
     if (m) {
         int a[8], b[8], c[8], na, nb, nc;
         model_sampling s = {.temperature = 1.0f, .seed = 42};
-        CHECK(model_generate(m, seq_ids[1], seq_len[1], 8, &s, NULL, a, &na, NULL) == 0);
-        CHECK(model_generate(m, seq_ids[1], seq_len[1], 8, &s, NULL, b, &nb, NULL) == 0);
+        CHECK(model_generate(m, seq_ids[1], seq_len[1], 8, &s, NULL, a, &na, NULL, NULL) == 0);
+        CHECK(model_generate(m, seq_ids[1], seq_len[1], 8, &s, NULL, b, &nb, NULL, NULL) == 0);
         s.seed = 43;
-        CHECK(model_generate(m, seq_ids[1], seq_len[1], 8, &s, NULL, c, &nc, NULL) == 0);
+        CHECK(model_generate(m, seq_ids[1], seq_len[1], 8, &s, NULL, c, &nc, NULL, NULL) == 0);
         CHECK(na == 8 && nb == 8 && nc == 8);
         CHECK(memcmp(a, b, sizeof a) == 0);
         CHECK(memcmp(a, c, sizeof a) != 0);
         /* a stop id ends generation after emitting it */
         int stop = 52; /* first greedy token of seq2 */
         model_sampling g = {.stop_ids = &stop, .n_stop = 1};
-        CHECK(model_generate(m, seq_ids[1], seq_len[1], 8, &g, NULL, a, &na, NULL) == 0);
+        CHECK(model_generate(m, seq_ids[1], seq_len[1], 8, &g, NULL, a, &na, NULL, NULL) == 0);
         CHECK(na == 1 && a[0] == 52);
         GError *err = NULL;
         CHECK(model_step(m, VOCAB, NULL, &err) != 0);
