@@ -6,14 +6,17 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define ALIGN 64
 
 typedef struct entry {
     int layer, expert;          /* -1 when free */
-    uint8_t *buf;
+    uint8_t *buf;               /* EXPERT_IO_READ: owned copy */
     uint64_t cap, used;         /* allocated and held bytes */
+    void *map[3];               /* EXPERT_IO_MAP: one mapping per tensor */
+    size_t map_len[3];
     expert_mats mats;
     struct entry *prev, *next;  /* LRU list: head is the most recent */
 } entry;
@@ -23,6 +26,8 @@ struct expert_store {
     const layout *lt;
     int n_layers, n_experts, hidden, inter;
     uint64_t limit;
+    expert_io io;
+    size_t page;
     entry **slot;               /* [n_layers * n_experts] -> entry or NULL */
     uint8_t *used;              /* [n_layers * n_experts] ever asked for */
     int *distinct;              /* [n_layers] */
@@ -34,7 +39,7 @@ struct expert_store {
 
 expert_store *expert_store_new(ckpt *ck, const layout *lt, int n_layers,
                                int n_experts, int hidden, int inter,
-                               uint64_t cache_bytes, GError **err)
+                               uint64_t cache_bytes, expert_io io, GError **err)
 {
     if (n_layers <= 0 || n_experts <= 0 || hidden <= 0 || inter <= 0 ||
         (int64_t)n_layers * n_experts > (1 << 24)) {
@@ -51,6 +56,8 @@ expert_store *expert_store_new(ckpt *ck, const layout *lt, int n_layers,
     s->hidden = hidden;
     s->inter = inter;
     s->limit = cache_bytes;
+    s->io = io;
+    s->page = (size_t)sysconf(_SC_PAGESIZE);
     s->st.cache_limit = cache_bytes;
     s->slot = g_new0(entry *, (size_t)n_layers * n_experts);
     s->used = g_new0(uint8_t, (size_t)n_layers * n_experts);
@@ -60,14 +67,31 @@ expert_store *expert_store_new(ckpt *ck, const layout *lt, int n_layers,
     return s;
 }
 
+static void unmap_entry(entry *e)
+{
+    for (int k = 0; k < 3; k++) {
+        if (e->map[k])
+            munmap(e->map[k], e->map_len[k]);
+        e->map[k] = NULL;
+    }
+}
+
+static void free_entry(entry *e)
+{
+    if (e) {
+        unmap_entry(e);
+        g_free(e->buf);
+        g_free(e);
+    }
+}
+
 void expert_store_free(expert_store *s)
 {
     if (!s)
         return;
     for (entry *e = s->head, *n; e; e = n) {
         n = e->next;
-        g_free(e->buf);
-        g_free(e);
+        free_entry(e);
     }
     if (s->fd >= 0)
         close(s->fd);
@@ -110,13 +134,13 @@ static entry *evict_lru(expert_store *s)
     s->st.resident_bytes -= e->used;
     s->st.resident--;
     s->st.evictions++;
+    unmap_entry(e);
     e->layer = e->expert = -1;
     e->used = 0;
     return e;
 }
 
-static int read_at(expert_store *s, int shard, uint8_t *dst, uint64_t len,
-                   uint64_t off, GError **err)
+static int open_shard(expert_store *s, int shard, GError **err)
 {
     const char *path = s->ck->shards[shard].path;
     if (s->fd_shard != shard) {
@@ -128,6 +152,34 @@ static int read_at(expert_store *s, int shard, uint8_t *dst, uint64_t len,
             return qm_set_errno(err, errno, "cannot open", path);
         s->fd_shard = shard;
     }
+    return 0;
+}
+
+/* Maps [off, off + len) of a shard; the mapping starts at the page below. */
+static const uint8_t *map_at(expert_store *s, int shard, entry *e, int k, uint64_t len,
+                             uint64_t off, GError **err)
+{
+    if (open_shard(s, shard, err) != 0)
+        return NULL;
+    uint64_t base = off / s->page * s->page;
+    size_t n = (size_t)(len + (off - base));
+    void *p = mmap(NULL, n, PROT_READ, MAP_SHARED | MAP_POPULATE, s->fd, (off_t)base);
+    if (p == MAP_FAILED) {
+        qm_set_errno(err, errno, "cannot map", s->ck->shards[shard].path);
+        return NULL;
+    }
+    e->map[k] = p;
+    e->map_len[k] = n;
+    s->st.bytes_read += len;
+    return (const uint8_t *)p + (off - base);
+}
+
+static int read_at(expert_store *s, int shard, uint8_t *dst, uint64_t len,
+                   uint64_t off, GError **err)
+{
+    const char *path = s->ck->shards[shard].path;
+    if (open_shard(s, shard, err) != 0)
+        return -1;
     while (len > 0) {
         ssize_t n = pread(s->fd, dst, len > (1u << 30) ? (1u << 30) : len, (off_t)off);
         if (n < 0 && errno == EINTR)
@@ -172,20 +224,35 @@ static int load(expert_store *s, entry *e, int layer, int expert, GError **err)
         off[k] = need;
         need += (t[k]->end - t[k]->begin + ALIGN - 1) / ALIGN * ALIGN;
     }
-    if (e->cap < need) {
-        g_free(e->buf);
-        e->buf = g_malloc(need);
-        e->cap = need;
+    /* Sizes and offsets come from headers the checkpoint has checked
+     * against the file size. */
+    const uint8_t *data[3];
+    if (s->io == EXPERT_IO_MAP) {
+        need = 0;
+        for (int k = 0; k < 3; k++) {
+            const st_file *st = s->ck->shards[shard[k]].st;
+            uint64_t len = t[k]->end - t[k]->begin;
+            if (!(data[k] = map_at(s, shard[k], e, k, len, st->data_start + t[k]->begin, err)))
+                return -1;
+            need += len;
+        }
+    } else {
+        if (e->cap < need) {
+            g_free(e->buf);
+            e->buf = g_malloc(need);
+            e->cap = need;
+        }
+        for (int k = 0; k < 3; k++) {
+            const st_file *st = s->ck->shards[shard[k]].st;
+            if (read_at(s, shard[k], e->buf + off[k], t[k]->end - t[k]->begin,
+                        st->data_start + t[k]->begin, err) != 0)
+                return -1;
+            data[k] = e->buf + off[k];
+        }
     }
-    for (int k = 0; k < 3; k++) {
-        const st_file *st = s->ck->shards[shard[k]].st;
-        if (read_at(s, shard[k], e->buf + off[k], t[k]->end - t[k]->begin,
-                    st->data_start + t[k]->begin, err) != 0)
-            return -1;
-    }
-    e->mats.gate.data = e->buf + off[0];
-    e->mats.up.data = e->buf + off[1];
-    e->mats.down.data = e->buf + off[2];
+    e->mats.gate.data = data[0];
+    e->mats.up.data = data[1];
+    e->mats.down.data = data[2];
     e->used = need;
     return 0;
 }
@@ -218,10 +285,7 @@ const expert_mats *expert_store_get(expert_store *s, int layer, int expert,
     e = NULL;
     while (s->head && s->st.resident_bytes + expect > s->limit) {
         entry *old = evict_lru(s);
-        if (e) {
-            g_free(e->buf);
-            g_free(e);
-        }
+        free_entry(e);
         e = old;
     }
     if (!e)
@@ -232,8 +296,7 @@ const expert_mats *expert_store_get(expert_store *s, int layer, int expert,
                     "cannot load expert (layer %d, expert %d): %s", layer, expert,
                     why->message);
         g_error_free(why);
-        g_free(e->buf);
-        g_free(e);
+        free_entry(e);
         return NULL;
     }
     e->layer = layer;

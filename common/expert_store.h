@@ -8,10 +8,17 @@
  * extracted OUT, a byte range of a shard in the original checkpoint. The
  * code path is the same for both. Weights keep their on-disk dtype.
  *
- * Buffers of evicted experts are reused, so after the cache has filled a
- * miss allocates nothing. The cache always holds at least one expert, even
- * when cache_bytes is smaller. Not thread-safe: one thread asks, the
- * matrix products that use the result may be parallel.
+ * Two ways to bring an expert in (measured by tests/bench/run_bench.sh):
+ *   EXPERT_IO_MAP   map its byte ranges (populated at once) and compute on
+ *                   the page cache directly; eviction unmaps. No copy, so
+ *                   a miss costs little more than a hit. The default.
+ *   EXPERT_IO_READ  pread into buffers owned by the cache; buffers of
+ *                   evicted experts are reused, so once the cache is full a
+ *                   miss allocates nothing. A copy per miss.
+ * Either way the cache holds at most cache_bytes of expert weights (and
+ * always at least one expert, even when cache_bytes is smaller). Not
+ * thread-safe: one thread asks, the matrix products that use the result
+ * may be parallel.
  */
 #ifndef QMOE_EXPERT_STORE_H
 #define QMOE_EXPERT_STORE_H
@@ -25,6 +32,8 @@
 
 typedef struct expert_store expert_store;
 
+typedef enum { EXPERT_IO_MAP, EXPERT_IO_READ } expert_io;
+
 typedef struct {
     qm_mat gate; /* [inter, hidden] */
     qm_mat up;   /* [inter, hidden] */
@@ -33,7 +42,7 @@ typedef struct {
 
 typedef struct {
     uint64_t hits, misses, evictions;
-    uint64_t bytes_read;     /* read from files on misses */
+    uint64_t bytes_read;     /* brought in on misses (read or mapped) */
     uint64_t resident_bytes; /* weights held in the cache now */
     uint64_t peak_bytes;     /* most ever held */
     uint64_t cache_limit;    /* the budget asked for */
@@ -45,7 +54,7 @@ typedef struct {
  * yet. */
 expert_store *expert_store_new(ckpt *ck, const layout *lt, int n_layers,
                                int n_experts, int hidden, int inter,
-                               uint64_t cache_bytes, GError **err);
+                               uint64_t cache_bytes, expert_io io, GError **err);
 
 /* Frees the cache; accepts NULL. */
 void expert_store_free(expert_store *s);

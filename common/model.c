@@ -278,7 +278,8 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     if (m->shape.n_moe_layers > 0 &&
         !(m->store = expert_store_new(m->ck, m->lt, c->n_layers, c->n_experts, c->hidden,
                                       c->moe_inter,
-                                      o->cache_bytes ? o->cache_bytes : (4ull << 30), err)))
+                                      o->cache_bytes ? o->cache_bytes : (4ull << 30),
+                                      o->expert_io, err)))
         goto fail;
     if (!(m->team = team_new(o->n_threads > 0 ? o->n_threads : 1, err)))
         goto fail;

@@ -34,6 +34,7 @@ typedef struct {
     int n_threads;        /* >= 1; 0 = 1 */
     uint64_t cache_bytes; /* expert cache budget; 0 = 4 GiB */
     int max_seq;          /* KV cache length; 0 = min(max_position_embeddings, 4096) */
+    expert_io expert_io;  /* how misses bring experts in (expert_store.h) */
 } model_opts;
 
 /* The text config as used. */

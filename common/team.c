@@ -1,20 +1,37 @@
-/* team.c - see team.h */
+/* team.c - see team.h
+ *
+ * A loop of a token is short (a 1 MB expert matrix takes ~100 us), so a
+ * condition-variable wake-up per loop would cost as much as the work:
+ * workers poll the generation counter for a while before they sleep, and
+ * the caller polls for the stragglers before it sleeps. Sleepers announce
+ * themselves with an atomic before re-checking under the mutex, and the
+ * other side checks that atomic after its own update (all sequentially
+ * consistent), so either the sleeper sees the update or the updater sees
+ * the sleeper and signals under the mutex: no lost wake-up.
+ */
 #include "team.h"
 #include "util.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
+
+/* Polls before sleeping: long enough to bridge the gap between two loops
+ * of a token, short enough not to starve other processes on a busy host. */
+#define SPIN 4000
 
 struct team {
     int n;
-    pthread_t *threads;   /* [n - 1] workers */
+    pthread_t *threads;       /* [n - 1] workers */
     pthread_mutex_t mu;
-    pthread_cond_t wake;  /* workers wait here for a new generation */
-    pthread_cond_t done;  /* the caller waits here for pending == 0 */
-    unsigned long gen;    /* bumped by each team_run */
-    int pending;          /* workers still running the current loop */
-    int quit;
-    team_fn fn;
+    pthread_cond_t wake;      /* sleeping workers wait here */
+    pthread_cond_t done;      /* a sleeping caller waits here */
+    atomic_int caller_sleeps;
+    atomic_ulong gen;         /* bumped by each team_run */
+    atomic_int pending;       /* workers still running the current loop */
+    atomic_int sleepers;
+    atomic_int quit;
+    team_fn fn;               /* published by the gen increment */
     void *arg;
 };
 
@@ -23,28 +40,43 @@ typedef struct {
     int i;
 } worker_arg;
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
 static void *worker(void *p)
 {
     worker_arg wa = *(worker_arg *)p;
     g_free(p);
     team *t = wa.t;
     unsigned long seen = 0;
-    pthread_mutex_lock(&t->mu);
     for (;;) {
-        while (t->gen == seen && !t->quit)
-            pthread_cond_wait(&t->wake, &t->mu);
-        if (t->quit)
+        int spins = 0;
+        while (atomic_load(&t->gen) == seen && !atomic_load(&t->quit) && spins < SPIN) {
+            cpu_relax();
+            spins++;
+        }
+        if (atomic_load(&t->gen) == seen && !atomic_load(&t->quit)) {
+            pthread_mutex_lock(&t->mu);
+            atomic_fetch_add(&t->sleepers, 1);
+            while (atomic_load(&t->gen) == seen && !atomic_load(&t->quit))
+                pthread_cond_wait(&t->wake, &t->mu);
+            atomic_fetch_sub(&t->sleepers, 1);
+            pthread_mutex_unlock(&t->mu);
+        }
+        if (atomic_load(&t->quit))
             break;
-        seen = t->gen;
-        team_fn fn = t->fn;
-        void *arg = t->arg;
-        pthread_mutex_unlock(&t->mu);
-        fn(arg, wa.i, t->n);
-        pthread_mutex_lock(&t->mu);
-        if (--t->pending == 0)
+        seen = atomic_load(&t->gen);
+        t->fn(t->arg, wa.i, t->n);
+        if (atomic_fetch_sub(&t->pending, 1) == 1 && atomic_load(&t->caller_sleeps)) {
+            pthread_mutex_lock(&t->mu);
             pthread_cond_signal(&t->done);
+            pthread_mutex_unlock(&t->mu);
+        }
     }
-    pthread_mutex_unlock(&t->mu);
     return NULL;
 }
 
@@ -57,6 +89,11 @@ team *team_new(int n, GError **err)
     pthread_mutex_init(&t->mu, NULL);
     pthread_cond_init(&t->wake, NULL);
     pthread_cond_init(&t->done, NULL);
+    atomic_init(&t->caller_sleeps, 0);
+    atomic_init(&t->gen, 0);
+    atomic_init(&t->pending, 0);
+    atomic_init(&t->sleepers, 0);
+    atomic_init(&t->quit, 0);
     t->threads = g_new0(pthread_t, n);
     for (int i = 1; i < n; i++) {
         worker_arg *wa = g_new(worker_arg, 1);
@@ -75,12 +112,21 @@ team *team_new(int n, GError **err)
     return t;
 }
 
+static void wake_sleepers(team *t)
+{
+    if (atomic_load(&t->sleepers) > 0) {
+        pthread_mutex_lock(&t->mu);
+        pthread_cond_broadcast(&t->wake);
+        pthread_mutex_unlock(&t->mu);
+    }
+}
+
 void team_free(team *t)
 {
     if (!t)
         return;
+    atomic_store(&t->quit, 1);
     pthread_mutex_lock(&t->mu);
-    t->quit = 1;
     pthread_cond_broadcast(&t->wake);
     pthread_mutex_unlock(&t->mu);
     for (int i = 1; i < t->n; i++)
@@ -103,16 +149,20 @@ void team_run(team *t, team_fn fn, void *arg)
         fn(arg, 0, 1);
         return;
     }
-    pthread_mutex_lock(&t->mu);
     t->fn = fn;
     t->arg = arg;
-    t->pending = t->n - 1;
-    t->gen++;
-    pthread_cond_broadcast(&t->wake);
-    pthread_mutex_unlock(&t->mu);
+    atomic_store(&t->pending, t->n - 1);
+    atomic_fetch_add(&t->gen, 1);
+    wake_sleepers(t);
     fn(arg, 0, t->n);
-    pthread_mutex_lock(&t->mu);
-    while (t->pending > 0)
-        pthread_cond_wait(&t->done, &t->mu);
-    pthread_mutex_unlock(&t->mu);
+    for (int spins = 0; atomic_load(&t->pending) > 0 && spins < SPIN; spins++)
+        cpu_relax();
+    if (atomic_load(&t->pending) > 0) {
+        pthread_mutex_lock(&t->mu);
+        atomic_store(&t->caller_sleeps, 1);
+        while (atomic_load(&t->pending) > 0)
+            pthread_cond_wait(&t->done, &t->mu);
+        atomic_store(&t->caller_sleeps, 0);
+        pthread_mutex_unlock(&t->mu);
+    }
 }

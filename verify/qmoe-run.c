@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static gchar *opt_token_ids, *opt_logits_out, *opt_router_log, *opt_mask;
+static gchar *opt_token_ids, *opt_logits_out, *opt_router_log, *opt_mask, *opt_expert_io;
 static gint opt_n = 16, opt_threads, opt_cache_mb = 4096;
 static gdouble opt_temperature;
 static gint64 opt_seed = -1;
@@ -31,6 +31,8 @@ static GOptionEntry entries[] = {
      "restrict the router to these experts, e.g. 0-7", "LIST"},
     {"cache-mb", 0, 0, G_OPTION_ARG_INT, &opt_cache_mb,
      "expert cache size in MiB (default 4096; at least one expert is held)", "N"},
+    {"expert-io", 0, 0, G_OPTION_ARG_STRING, &opt_expert_io,
+     "how a cache miss brings an expert in: map (default) or read", "map|read"},
     {"router-log", 0, 0, G_OPTION_ARG_FILENAME, &opt_router_log,
      "write the chosen experts and weights per token and layer (JSON lines)", "FILE"},
     {"logits-out", 0, 0, G_OPTION_ARG_FILENAME, &opt_logits_out,
@@ -180,6 +182,7 @@ static void print_json(run_ctx *rc, const int *ids, int n_prompt, const int *gen
     if (opt_temperature > 0)
         cJSON_AddNumberToObject(j, "seed", (double)seed);
     cJSON_AddStringToObject(j, "mask_experts", opt_mask ? opt_mask : "");
+    cJSON_AddStringToObject(j, "expert_io", opt_expert_io ? opt_expert_io : "map");
     cJSON_AddNumberToObject(j, "threads", opt_threads);
     cJSON *t = cJSON_AddObjectToObject(j, "timing");
     cJSON_AddNumberToObject(t, "prefill_s", gs->prefill_s);
@@ -287,6 +290,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "qmoe-run: -n, --cache-mb, -j and --temperature cannot be negative\n");
         goto out;
     }
+    expert_io io = EXPERT_IO_MAP;
+    if (opt_expert_io && strcmp(opt_expert_io, "read") == 0) {
+        io = EXPERT_IO_READ;
+    } else if (opt_expert_io && strcmp(opt_expert_io, "map") != 0) {
+        fprintf(stderr, "qmoe-run: --expert-io: '%s' is neither map nor read\n", opt_expert_io);
+        goto out;
+    }
     if (opt_threads == 0)
         opt_threads = (int)g_get_num_processors();
     int n_prompt = 0;
@@ -294,7 +304,7 @@ int main(int argc, char **argv)
         goto fail;
     model_opts mo = {.n_threads = opt_threads,
                      .cache_bytes = opt_cache_mb ? (uint64_t)opt_cache_mb << 20 : 1,
-                     .max_seq = n_prompt + opt_n};
+                     .max_seq = n_prompt + opt_n, .expert_io = io};
     if (!(rc.m = model_load(argv[1], &mo, &err)))
         goto fail;
     const model_config *c = model_get_config(rc.m);
@@ -349,5 +359,6 @@ out:
     g_free(opt_logits_out);
     g_free(opt_router_log);
     g_free(opt_mask);
+    g_free(opt_expert_io);
     return rv;
 }

@@ -81,9 +81,11 @@ static void load_golden(void)
     }
 }
 
+static expert_io io_mode = EXPERT_IO_MAP;
+
 static model *open_model(const char *dir, uint64_t cache, int threads, int masked)
 {
-    model_opts o = {.n_threads = threads, .cache_bytes = cache};
+    model_opts o = {.n_threads = threads, .cache_bytes = cache, .expert_io = io_mode};
     GError *err = NULL;
     model *m = model_load(dir, &o, &err);
     if (!m) {
@@ -383,6 +385,25 @@ static void test_small_cache(void)
 
 /* ---- variants of the fixture in scratch directories ---- */
 
+static void rm_rf(const char *path)
+{
+    if (g_file_test(path, G_FILE_TEST_IS_DIR) && !g_file_test(path, G_FILE_TEST_IS_SYMLINK)) {
+        GDir *d = g_dir_open(path, 0, NULL);
+        const char *f;
+        while (d && (f = g_dir_read_name(d))) {
+            char *p = g_build_filename(path, f, NULL);
+            rm_rf(p);
+            g_free(p);
+        }
+        if (d)
+            g_dir_close(d);
+        rmdir(path);
+    } else {
+        unlink(path);
+    }
+}
+
+
 static void write_json(const char *path, const cJSON *j)
 {
     char *s = cJSON_Print(j);
@@ -396,6 +417,7 @@ static char *variant(const char *src_name, const char *dst_name)
 {
     char *src = dir_of(src_name);
     char *dst = g_build_filename(tmp, dst_name, NULL);
+    rm_rf(dst);
     g_mkdir_with_parents(dst, 0755);
     GDir *d = g_dir_open(src, 0, NULL);
     const char *f;
@@ -610,24 +632,6 @@ static void test_sampling_seeded(void)
     g_free(dir);
 }
 
-static void rm_rf(const char *path)
-{
-    if (g_file_test(path, G_FILE_TEST_IS_DIR) && !g_file_test(path, G_FILE_TEST_IS_SYMLINK)) {
-        GDir *d = g_dir_open(path, 0, NULL);
-        const char *f;
-        while (d && (f = g_dir_read_name(d))) {
-            char *p = g_build_filename(path, f, NULL);
-            rm_rf(p);
-            g_free(p);
-        }
-        if (d)
-            g_dir_close(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
-
 int main(void)
 {
     const char *root = g_getenv("QMOE_ROOT");
@@ -644,6 +648,12 @@ int main(void)
     RUN(test_router_masked);
     RUN(test_mask_too_small);
     RUN(test_small_cache);
+    io_mode = EXPERT_IO_READ; /* the same with copies instead of mappings */
+    RUN(test_small_cache);
+    RUN(test_extracted_equivalent);
+    RUN(test_missing_expert);
+    RUN(test_qwen3moe_full);
+    io_mode = EXPERT_IO_MAP;
     RUN(test_extracted_equivalent);
     RUN(test_missing_expert);
     RUN(test_wrong_eps_caught);
