@@ -41,29 +41,40 @@ BINS     := $(foreach m,$(MAINS),$(BUILD)/bin/$(basename $(notdir $(m))))
 
 TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+# Helper programs used by the shell tests (not run on their own).
+TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
+TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
 
 .PHONY: all check demo bench install clean torture fuzz valgrind
-all: $(LIB) $(BINS) $(TEST_BIN)
+all: $(LIB) $(BINS) $(TEST_BIN) $(TOOL_BIN)
 
 $(BUILD)/%.o: %.c $(wildcard common/*.h) $(wildcard */*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(WARN) -c -o $@ $<
+	@echo "CC $<"
+	@$(CC) $(CFLAGS) $(WARN) -c -o $@ $<
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@ar rcs $@ $^
 
 define tool_rule
 $(BUILD)/bin/$(basename $(notdir $(1))): $(BUILD)/$(basename $(1)).o \
     $(patsubst %.c,$(BUILD)/%.o,$(filter-out $(wildcard $(dir $(1))qmoe-*.c),$(wildcard $(dir $(1))*.c))) $(LIB)
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
+	@echo "LD $$@"
+	@$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
 endef
 $(foreach m,$(MAINS),$(eval $(call tool_rule,$(m))))
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@echo "LD $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/tools/%: $(BUILD)/tests/tools/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "LD $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 check: all
 	@QMOE_BUILD=$(abspath $(BUILD)) bash tests/run.sh

@@ -1,0 +1,63 @@
+/* progress.h - the live state of an extraction job: .qmoe/progress.json and
+ * .qmoe/lock.
+ *
+ * A job's state directory is OUT/.qmoe, or OUT/.qmoe/shard-I-of-N for one
+ * part of a --shard I/N run (I from 0). It holds:
+ *   lock           the pid of the live extractor; held with flock(), so a
+ *                  lock file whose pid is gone is stale and can be taken over
+ *   progress.json  rewritten atomically a few times a second:
+ *     {"pid":123,"state":"running","started":"<iso>","updated":"<iso>",
+ *      "started_unix":1764197000.1,"updated_unix":1764197012.3,
+ *      "files_done":1739,"files_planned":6200,"bytes_done":N,"bytes_planned":N,
+ *      "experts_done":1739,"experts_planned":6144,"files_skipped":0,
+ *      "current":["experts/expert_003_layer_05.safetensors"],
+ *      "last_error":null,"log":".qmoe/extract.log","shard":0,"shards":1}
+ *     state: running, finished, failed, stopped. A "running" file whose pid
+ *     is dead means the job crashed.
+ *   journal.jsonl  see manifest.h
+ *   extract.log    human-readable log of the job (OUT/.qmoe/extract.log)
+ */
+#ifndef QMOE_PROGRESS_H
+#define QMOE_PROGRESS_H
+
+#include <glib.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct {
+    pid_t pid;
+    char *state;            /* "running", "finished", "failed", "stopped" */
+    double started, updated;/* seconds since the epoch */
+    uint64_t files_done, files_planned;
+    uint64_t bytes_done, bytes_planned;
+    uint64_t experts_done, experts_planned;
+    uint64_t files_skipped; /* complete before this run started */
+    char **current;         /* NULL-terminated, files in flight */
+    char *last_error;       /* or NULL */
+    char *log;              /* log path relative to OUT */
+    int shard, shards;      /* 0 and 1 when not sharded */
+} progress;
+
+/* "OUT/.qmoe" or "OUT/.qmoe/shard-I-of-N" (shards > 1). Caller frees. */
+char *progress_state_dir(const char *out, int shard, int shards);
+
+int progress_write(const char *path, const progress *p, GError **err);
+/* Reads progress.json; a missing file is QM_ERR_IO with errno ENOENT
+ * described. Fills *p (free with progress_clear). */
+int progress_read(const char *path, progress *p, GError **err);
+void progress_clear(progress *p);
+
+/* Takes the lock file `path` for this process: refuses with QM_ERR_LOCKED
+ * naming the pid while another live process holds it; takes over a stale
+ * one, setting *stale_pid to the dead owner's pid (else 0). Returns an fd
+ * to keep open for the life of the job, or -1. */
+int progress_lock(const char *path, pid_t *stale_pid, GError **err);
+
+/* Releases and removes the lock. */
+void progress_unlock(int fd, const char *path);
+
+/* pid written in a lock file, 0 if none; *held set to 1 when a live
+ * process holds it (pid alive). */
+pid_t progress_lock_owner(const char *path, int *held);
+
+#endif
