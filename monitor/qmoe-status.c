@@ -197,7 +197,7 @@ static int wait_input(double secs)
             char c[16];
             ssize_t r = read(STDIN_FILENO, c, sizeof c);
             for (ssize_t i = 0; i < r; i++)
-                if (c[i] == 'q' || c[i] == 'Q' || c[i] == 4 /* Ctrl-D */)
+                if (c[i] == 'q' || c[i] == 'Q')
                     return 1;
             if (r == 0) /* input closed: stop polling it */
                 tio_saved = 0;

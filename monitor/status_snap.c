@@ -637,7 +637,17 @@ st_snap *st_snap_take(const char *out, GError **err)
     load_jobs(s);
     int have_journal_bytes = 0;
     journal_figures(s, &have_journal_bytes);
-    int need_stat = !have_journal_bytes && !s->jobs[0].present;
+    /* bytes: the jobs count tensor bytes like the plan does, so prefer
+     * them; the journal (file sizes) for a directory without progress;
+     * stat() only when there is neither */
+    int have_prog = 0;
+    int64_t prog_bytes = 0;
+    for (int i = 0; i < s->n_jobs; i++)
+        if (s->jobs[i].present) {
+            have_prog = 1;
+            prog_bytes += (int64_t)s->jobs[i].bytes_done;
+        }
+    int need_stat = !have_journal_bytes && !have_prog;
     if (need_stat && have_x) { /* scan only: sizes from the files themselves */
         g_array_set_size(sc.experts, 0);
         g_ptr_array_set_size(sc.tmps, 0);
@@ -646,13 +656,10 @@ st_snap *st_snap_take(const char *out, GError **err)
     scan_dir(out, "layers", &sc, 0, need_stat);
     scan_dir(out, "other", &sc, 0, need_stat);
     scan_dir(out, NULL, &sc, 0, need_stat); /* globals.safetensors, temporaries */
-    if (need_stat)
+    if (have_prog)
+        s->bytes_done = prog_bytes;
+    else if (need_stat)
         s->bytes_done = sc.stat_bytes;
-    else if (!have_journal_bytes) {
-        s->bytes_done = 0;
-        for (int i = 0; i < s->n_jobs; i++)
-            s->bytes_done += (int64_t)s->jobs[i].bytes_done;
-    }
     s->other_done = sc.other_done;
 
     expected_set(s, &sc);
