@@ -322,6 +322,14 @@ int main(int argc, char **argv)
     g_option_context_set_summary(ctx, SUMMARY);
     g_option_context_set_description(ctx, DESCRIPTION);
     g_option_context_add_main_entries(ctx, entries, NULL);
+    /* GLib would take the word after a bare --watch as its value, so
+     * "--watch OUT" would eat OUT: the interval is given only as --watch=SECS */
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--"))
+            break;
+        if (!strcmp(argv[i], "--watch") || !strcmp(argv[i], "-w"))
+            argv[i] = (char *)"--watch=1";
+    }
     GError *err = NULL;
     if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
         fprintf(stderr, "%s: %s\n", PROG, err->message);

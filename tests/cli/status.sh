@@ -191,6 +191,8 @@ env -u NO_COLOR qmoe-status "$T/term" >"$T/plain.txt" 2>&1
 env -u NO_COLOR qmoe-status --watch=0.1 "$T/full" >"$T/plainw.txt" 2>&1; rc=$?
 [ $rc = 0 ] && ! has_esc "$T/plainw.txt" && grep -q ' finished experts 48/48 100.0% ' "$T/plainw.txt" \
     && ok watch-plain-ends-on-finished-job || fail watch-plain-ends-on-finished-job "rc=$rc $(cat "$T/plainw.txt")"
+run qmoe-status --watch "$T/full"   # a bare --watch does not take OUT as its value
+expect watch-bare-option 0 "job ended; final snapshot:" stdout
 env -u NO_COLOR qmoe-status --watch=0.1 --json "$T/full" >"$T/jsonw.txt"
 [ "$(wc -l <"$T/jsonw.txt")" = 1 ] && grep -q '^{"out":' "$T/jsonw.txt" && ok watch-json-one-line \
     || fail watch-json-one-line "$(head -c 300 "$T/jsonw.txt")"
