@@ -116,6 +116,16 @@ jeq stopped-json-from expected_from '"config"'
 jeq stopped-json-no-eta eta_s null
 [ "$n" -lt 48 ] && ok stopped-is-partial || fail stopped-is-partial "n=$n"
 
+# -- failed: the job's last error is shown (progress.json edited by hand)
+cp -r "$T/term" "$T/failed"
+sed -i 's/"state":"stopped"/"state":"failed"/; s/"last_error":null/"last_error":"cannot write '"'"'experts\/x'"'"': No space left on device"/' \
+    "$T/failed/.qmoe/progress.json"
+run qmoe-status "$T/failed"
+expect failed-exit 1 "error     cannot write 'experts/x': No space left on device" stdout
+run qmoe-status --json "$T/failed"
+jeq failed-json-state state '"failed"'
+jeq failed-json-error last_error "\"cannot write 'experts/x': No space left on device\""
+
 # -- crashed (SIGKILL): progress says running, the pid is gone, the lock stale
 QMOE_THROTTLE_MS=60 qmoe-extract -j 2 "$OMNI" "$T/kill" >/dev/null 2>&1 & pid=$!
 wait_files "$T/kill" 8
