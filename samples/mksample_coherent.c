@@ -234,12 +234,20 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
         out[i] = w[i] * (x[i] * scale);
 }
 
+/* Eight running sums so that the compiler can vectorise: the simulation
+ * needs margins, not the forward pass's exact rounding (common/matvec.c
+ * sums in its own order too). */
 static float dot(const float *a, const float *b, int n)
 {
-    float s = 0;
-    for (int i = 0; i < n; i++)
-        s += a[i] * b[i];
-    return s;
+    float s[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            s[k] += a[i + k] * b[i + k];
+    float t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    for (; i < n; i++)
+        t += a[i] * b[i];
+    return t;
 }
 
 /* ---- the model being built ---- */
