@@ -42,7 +42,8 @@ typedef struct {
     double min_margin;    /* healthy: min over corpus tokens of
                              logit(successor) - best other logit */
     double min_break;     /* any one expert of any layer zeroed: min over the
-                             tokens it serves of best wrong logit - logit(successor) */
+                             tokens it serves of logit(decoy) - logit(successor)
+                             (a lower bound of the wrong winner's margin) */
     double min_masked;    /* router masked to experts 0-7: the same, over all
                              corpus tokens */
     double ppl, ppl_masked; /* perplexity of the reference text: healthy, masked 0-7 */
@@ -50,8 +51,9 @@ typedef struct {
 
 /* Builds the model for LAYOUT ("qwen3_moe" or "qwen3_omni_moe"), checks it
  * (tokenizer round trip through common/tokenizer, unique successors, logit
- * margins of the healthy model, every single-expert loss and the 0-7 mask
- * breaking the tokens they touch) and writes the checkpoint into directory
+ * margins of the healthy model - which make greedy decoding of every prompt
+ * give its expected text - every single-expert loss and the 0-7 mask
+ * breaking every token they touch, all by at least 8 nats) and writes the checkpoint into directory
  * OUT (created; existing files of the same names are replaced): config.json,
  * generation_config.json, tokenizer.json, tokenizer_config.json, bf16
  * shards model-0000N-of-0000M.safetensors and model.safetensors.index.json.
