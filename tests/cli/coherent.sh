@@ -114,7 +114,7 @@ if ! [ -x "$QMOE_BIN/qmoe-extract" ]; then
     skip coherent_sabotage "qmoe-extract is not built"
     exit 0
 fi
-run qmoe-extract "$M" "$T/x"
+run qmoe-extract --no-progress "$M" "$T/x"
 expect coherent_extract 0 || exit 0
 ppl "$T/x" >/dev/null
 check coherent_extracted_logits_identical cmp "$T/logits.f32" "$T/qwen3_omni_moe.logits"
