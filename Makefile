@@ -41,9 +41,12 @@ BINS     := $(foreach m,$(MAINS),$(BUILD)/bin/$(basename $(notdir $(m))))
 
 TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+# Helper programs used by the shell tests (not run on their own).
+TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
+TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
 
 .PHONY: all check demo bench install clean torture fuzz valgrind
-all: $(LIB) $(BINS) $(TEST_BIN)
+all: $(LIB) $(BINS) $(TEST_BIN) $(TOOL_BIN)
 
 $(BUILD)/%.o: %.c $(wildcard common/*.h) $(wildcard */*.h)
 	@mkdir -p $(dir $@)
@@ -64,6 +67,11 @@ endef
 $(foreach m,$(MAINS),$(eval $(call tool_rule,$(m))))
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "LD $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/tools/%: $(BUILD)/tests/tools/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "LD $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -120,14 +120,25 @@ int fs_fsync_dir(const char *dir, GError **err)
     return rc;
 }
 
+/* Only the last component counts: a directory such as "run.tmp.3/" does
+ * not make every file under it a temporary. */
+static const char *base_name(const char *name)
+{
+    const char *s = strrchr(name, '/');
+    return s ? s + 1 : name;
+}
+
 int fs_is_tmp(const char *name)
 {
-    return strstr(name, ".tmp.") != NULL;
+    return strstr(base_name(name), ".tmp.") != NULL;
 }
 
 pid_t fs_tmp_pid(const char *name)
 {
-    const char *p = strstr(name, ".tmp.");
+    /* The pid follows the last ".tmp." (the final name may contain one). */
+    const char *p = NULL;
+    for (const char *q = base_name(name); (q = strstr(q, ".tmp.")); q++)
+        p = q;
     if (!p)
         return 0;
     char *end;

@@ -41,10 +41,12 @@ int fs_mkdir_p(const char *path, GError **err);
 /* fsync a directory so that renames in it survive a crash. */
 int fs_fsync_dir(const char *dir, GError **err);
 
-/* 1 if `name` (a basename or path) is one of our temporaries. */
+/* 1 if `name` (a basename or path) is one of our temporaries: its last
+ * component contains ".tmp." (directories above it do not count). */
 int fs_is_tmp(const char *name);
 
-/* pid encoded in a temporary's name, or 0. */
+/* pid encoded in a temporary's name (digits after the last ".tmp." of the
+ * last component, to the end), or 0. */
 pid_t fs_tmp_pid(const char *name);
 
 /* Size of a regular file, or -1 (errno set) if missing / not regular. */

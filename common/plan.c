@@ -326,13 +326,18 @@ static int cmp_pair(const void *a, const void *b)
     return strcmp((*(char **const *)a)[0], (*(char **const *)b)[0]);
 }
 
+/* A JSON string literal for s (escaped by cJSON). Caller cJSON_free()s. */
+static char *json_str(const char *s)
+{
+    cJSON *j = cJSON_CreateString(s);
+    char *out = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return out;
+}
+
 char *plan_index_json(const plan *p, const uint8_t *done)
 {
-    cJSON *j = cJSON_CreateObject();
-    cJSON *meta = cJSON_AddObjectToObject(j, "metadata");
-    cJSON *wm = cJSON_AddObjectToObject(j, "weight_map");
     uint64_t total = 0;
-    /* weight_map sorted by tensor name, as Hugging Face writes it */
     GPtrArray *pairs = g_ptr_array_new();
     for (int i = 0; i < p->n_files; i++) {
         if (done && !done[i])
@@ -348,16 +353,20 @@ char *plan_index_json(const plan *p, const uint8_t *done)
     for (int i = 0; i < n; i++)
         v[i] = (char **)&pairs->pdata[2 * i];
     qsort(v, (size_t)n, sizeof *v, cmp_pair);
-    cJSON_AddNumberToObject(meta, "total_size", (double)total);
-    for (int i = 0; i < n; i++)
-        cJSON_AddStringToObject(wm, v[i][0], v[i][1]);
+    /* Laid out as Hugging Face writes it: sorted, two-space indent. */
+    GString *s = g_string_new(NULL);
+    g_string_append_printf(s, "{\n  \"metadata\": {\n    \"total_size\": %llu\n  },\n"
+                              "  \"weight_map\": {\n", (unsigned long long)total);
+    for (int i = 0; i < n; i++) {
+        char *k = json_str(v[i][0]), *f = json_str(v[i][1]);
+        g_string_append_printf(s, "    %s: %s%s\n", k, f, i + 1 < n ? "," : "");
+        cJSON_free(k);
+        cJSON_free(f);
+    }
+    g_string_append(s, "  }\n}\n");
     g_free(v);
     g_ptr_array_free(pairs, TRUE);
-    char *text = cJSON_Print(j);
-    cJSON_Delete(j);
-    char *out = g_strdup_printf("%s\n", text);
-    cJSON_free(text);
-    return out;
+    return g_string_free(s, FALSE);
 }
 
 void plan_describe(const plan *p, const ckpt *ck, const char *src_path, manifest *m)

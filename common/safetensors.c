@@ -48,10 +48,19 @@ unsigned st_dtype_bits(st_dtype t)
 int64_t st_numel(const int64_t *shape, int ndim)
 {
     int64_t n = 1;
+    /* A zero dimension makes the product 0 whatever the others are; check
+     * first so that [2^40, 2^40, 0] is not taken for an overflow while
+     * [0, 2^40, 2^40] is accepted. */
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0)
             return -1;
-        if (shape[i] != 0 && n > (INT64_C(1) << 62) / shape[i])
+        if (shape[i] == 0)
+            n = 0;
+    }
+    if (n == 0)
+        return 0;
+    for (int i = 0; i < ndim; i++) {
+        if (n > (INT64_C(1) << 62) / shape[i])
             return -1;
         n *= shape[i];
     }
@@ -112,6 +121,33 @@ static int cmp_begin(const void *a, const void *b)
     return x->end < y->end ? -1 : x->end > y->end;
 }
 
+/* A valid header nests 3 deep (root, tensor, shape); cJSON recurses once per
+ * level up to its own limit of 1000. Refuse deep nesting up front so that the
+ * message says so instead of "not valid JSON". */
+#define ST_MAX_DEPTH 64
+
+static int json_too_deep(const char *s, uint64_t n)
+{
+    int depth = 0, in_str = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_str = 0;
+        } else if (c == '"') {
+            in_str = 1;
+        } else if (c == '{' || c == '[') {
+            if (++depth > ST_MAX_DEPTH)
+                return 1;
+        } else if (c == '}' || c == ']') {
+            depth--;
+        }
+    }
+    return 0;
+}
+
 static int parse_meta(st_file *f, const cJSON *m, GError **err)
 {
     const char *label = f->path;
@@ -168,9 +204,12 @@ static int parse_tensor(st_file *f, const cJSON *it, st_tensor *t, GError **err)
                  "not a non-negative integer", label, name);
         t->shape[k] = (int64_t)v;
     }
-    if (!cJSON_IsArray(off) || cJSON_GetArraySize(off) != 2)
-        FAIL("invalid header of '%s': tensor '%s' needs data_offsets [begin, end]",
+    if (!cJSON_IsArray(off))
+        FAIL("invalid header of '%s': tensor '%s' has no data_offsets array",
              label, name);
+    if (cJSON_GetArraySize(off) != 2)
+        FAIL("invalid header of '%s': tensor '%s' has %d data_offsets entries "
+             "(needs [begin, end])", label, name, cJSON_GetArraySize(off));
     uint64_t b, e;
     if (!qm_json_uint(off->child, &b) || !qm_json_uint(off->child->next, &e))
         FAIL("invalid header of '%s': tensor '%s' has data_offsets that are not "
@@ -235,6 +274,9 @@ static st_file *parse_common(const char *label, const uint8_t *bytes,
         FAIL("invalid header of '%s': header is not valid UTF-8", label);
     if (n == 0 || text[0] != '{')
         FAIL("invalid header of '%s': header is not a JSON object", label);
+    if (json_too_deep(text, n))
+        FAIL("invalid header of '%s': header nests deeper than %d levels", label,
+             ST_MAX_DEPTH);
     const char *end = NULL;
     root = cJSON_ParseWithLengthOpts(text, (size_t)n, &end, 0);
     if (!root)
@@ -279,6 +321,9 @@ static st_file *parse_common(const char *label, const uint8_t *bytes,
     uint64_t at = 0;
     for (int i = 0; i < f->n_tensors; i++) {
         st_tensor *t = order[i];
+        if (t->begin > at && at == 0)
+            FAIL("invalid header of '%s': data does not start at 0: tensor '%s' "
+                 "begins at %llu", label, t->name, (unsigned long long)t->begin);
         if (t->begin > at)
             FAIL("invalid header of '%s': gap before tensor '%s': data_offsets "
                  "begin at %llu, previous tensor ends at %llu", label, t->name,
@@ -332,8 +377,9 @@ static int open_regular(const char *path, struct stat *st, GError **err)
         qm_set_errno(err, errno, "cannot open", path);
         return -1;
     }
-    if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
-        int e = S_ISDIR(st->st_mode) ? EISDIR : errno ? errno : EINVAL;
+    int fe = fstat(fd, st) != 0 ? errno : 0;
+    if (fe || !S_ISREG(st->st_mode)) {
+        int e = fe ? fe : S_ISDIR(st->st_mode) ? EISDIR : EINVAL;
         close(fd);
         qm_set_errno(err, e, "cannot open", path);
         return -1;
@@ -451,16 +497,33 @@ GByteArray *st_header_build(const st_entry *e, int n, const char *const *meta,
     cJSON_AddStringToObject(m, "format", "pt");
     for (int i = 0; meta && meta[i] && meta[i + 1]; i += 2)
         cJSON_AddStringToObject(m, meta[i], meta[i + 1]);
+    GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
     uint64_t at = 0;
     for (int i = 0; i < n; i++) {
+        /* Refuse what st_parse would refuse, so we never write a file that
+         * our own reader rejects (and never read past shape[]). */
+        if (e[i].ndim < 0 || e[i].ndim > ST_MAX_DIMS ||
+            (unsigned)e[i].dtype >= ST_DTYPE_COUNT) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "tensor '%s': bad dtype or %d dimensions", e[i].name,
+                        e[i].ndim);
+            goto fail;
+        }
+        if (strcmp(e[i].name, "__metadata__") == 0 ||
+            !g_hash_table_add(seen, (gpointer)e[i].name)) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "tensor '%s': duplicate or reserved name", e[i].name);
+            goto fail;
+        }
         int64_t numel = st_numel(e[i].shape, e[i].ndim);
         uint64_t bits = st_dtype_bits(e[i].dtype);
-        if (numel < 0 || (uint64_t)numel * bits != e[i].nbytes * 8) {
+        if (numel < 0 || (uint64_t)numel > UINT64_MAX / bits ||
+            e[i].nbytes > UINT64_MAX / 8 ||
+            (uint64_t)numel * bits != e[i].nbytes * 8) {
             g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                         "tensor '%s': %llu bytes do not match its shape and dtype",
                         e[i].name, (unsigned long long)e[i].nbytes);
-            cJSON_Delete(root);
-            return NULL;
+            goto fail;
         }
         cJSON *t = cJSON_AddObjectToObject(root, e[i].name);
         cJSON_AddStringToObject(t, "dtype", st_dtype_name(e[i].dtype));
@@ -472,6 +535,7 @@ GByteArray *st_header_build(const st_entry *e, int n, const char *const *meta,
         cJSON_AddItemToArray(off, cJSON_CreateNumber((double)(at + e[i].nbytes)));
         at += e[i].nbytes;
     }
+    g_hash_table_destroy(seen);
     char *json = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     uint64_t jlen = strlen(json);
@@ -490,6 +554,10 @@ GByteArray *st_header_build(const st_entry *e, int n, const char *const *meta,
         g_byte_array_append(out, (const guint8 *)" ", 1);
     cJSON_free(json);
     return out;
+fail:
+    g_hash_table_destroy(seen);
+    cJSON_Delete(root);
+    return NULL;
 }
 
 int st_write_file(const char *path, const st_entry *e, int n,

@@ -9,7 +9,8 @@
  * known dtypes, non-negative shapes whose element count does not overflow,
  * offsets contiguous from 0 in sorted order with no gap or overlap, each
  * byte length equal to elements x dtype size, and 8 + N + last end equal to
- * the file size. Each violation has its own message naming file and tensor.
+ * the file size, JSON nested at most 64 deep (a valid header needs 3). Each
+ * violation has its own message naming file and tensor.
  */
 #ifndef QMOE_SAFETENSORS_H
 #define QMOE_SAFETENSORS_H
@@ -87,7 +88,8 @@ const uint8_t *st_data(const st_file *f, const st_tensor *t);
 /* Value of a __metadata__ key or NULL. */
 const char *st_meta(const st_file *f, const char *key);
 
-/* Number of elements, or -1 if the product overflows 2^62. */
+/* Number of elements (0 if any dimension is 0), or -1 if a dimension is
+ * negative or the product overflows 2^62. */
 int64_t st_numel(const int64_t *shape, int ndim);
 
 /* "[32, 64]" into buf; returns buf. */
@@ -109,7 +111,9 @@ typedef struct {
  * key, value pairs; may be NULL). The data section starts at a multiple of
  * 8; with align > 8 (a power of two) padding is added so that the data
  * starts at offset `phase` modulo `align` (used to line up blocks with a
- * source file). Returns NULL with *err set if an entry is inconsistent. */
+ * source file). Returns NULL with *err set if an entry is inconsistent
+ * (bytes not numel x dtype size, more than ST_MAX_DIMS dimensions, a
+ * duplicate name or the reserved name "__metadata__"). */
 GByteArray *st_header_build(const st_entry *e, int n, const char *const *meta,
                             uint64_t align, uint64_t phase, GError **err);
 

@@ -143,6 +143,18 @@ cJSON *qm_json_load(const char *path, GError **err)
         size_t off = end ? (size_t)(end - text) : 0;
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                     "cannot parse '%s': invalid JSON near byte %zu", path, off);
+    } else {
+        /* cJSON stops after the first value; anything but whitespace after
+         * it means the file is not the JSON document it claims to be. */
+        for (const char *p = end; p < text + len; p++)
+            if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+                g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                            "cannot parse '%s': trailing bytes after the JSON "
+                            "value at byte %zu", path, (size_t)(p - text));
+                cJSON_Delete(j);
+                j = NULL;
+                break;
+            }
     }
     g_free(text);
     return j;
@@ -166,9 +178,16 @@ int qm_json_int(const cJSON *obj, const char *key, int64_t lo, int64_t hi,
     if (!cJSON_IsNumber(v))
         return -1;
     double d = v->valuedouble;
-    if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d)
+    /* (double)INT64_MAX rounds up to 2^63, so compare against the exact
+     * powers of two before casting (casting 2^63 is undefined), then
+     * against lo and hi as integers. */
+    if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0) ||
+        d != (double)(int64_t)d)
         return -1;
-    *out = (int64_t)d;
+    int64_t i = (int64_t)d;
+    if (i < lo || i > hi)
+        return -1;
+    *out = i;
     return 0;
 }
 
@@ -199,7 +218,8 @@ char *qm_human_bytes(uint64_t n, char *buf, size_t cap)
     static const char *unit[] = {"B", "kB", "MB", "GB", "TB", "PB"};
     double v = (double)n;
     int u = 0;
-    while (v >= 1000 && u < 5) {
+    /* 999.95 and up would print as "1000.0" in the smaller unit. */
+    while (u < 5 && (u == 0 ? v >= 1000 : v >= 999.95)) {
         v /= 1000;
         u++;
     }

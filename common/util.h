@@ -49,7 +49,8 @@ char *qm_list_format(const uint8_t *mask, int n);
 
 /* ---- JSON ---- */
 
-/* Reads and parses a JSON file. Error names the file. Caller cJSON_Delete()s. */
+/* Reads and parses a JSON file; anything but whitespace after the value is
+ * an error. Error names the file. Caller cJSON_Delete()s. */
 cJSON *qm_json_load(const char *path, GError **err);
 
 /* Integer member of an object: returns 0 and sets *out, or -1 if missing or
@@ -67,7 +68,8 @@ double qm_now(void);            /* wall clock, seconds since the epoch */
 double qm_monotonic(void);      /* monotonic seconds */
 char *qm_iso_time(double t);    /* "2026-11-26T22:41:25Z"; caller frees */
 
-/* Human sizes: "9.4 MB" (decimal units). Writes into buf, returns buf. */
+/* Human sizes: "9.4 MB" (decimal units; "1.0 MB", never "1000.0 kB").
+ * Writes into buf, returns buf. */
 char *qm_human_bytes(uint64_t n, char *buf, size_t cap);
 
 /* Lowercase hex of n bytes into out (2n+1 chars). */

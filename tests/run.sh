@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 : "${QMOE_BUILD:?set QMOE_BUILD to the build directory}"
 export QMOE_BUILD QMOE_BIN="$QMOE_BUILD/bin" QMOE_ROOT="$PWD"
 export QMOE_TMP="${QMOE_TMP:-$(mktemp -d /tmp/qmoe-tests.XXXXXX)}"
+mkdir -p "$QMOE_TMP"
 export NO_COLOR=1
 filter="${TESTS:-}"
 pass=0 fail=0 skip=0 failed_names=()
@@ -37,7 +38,7 @@ for t in "$QMOE_BUILD"/tests/test_*; do
     run_one "$n" "$t"
 done
 for s in tests/cli/*.sh; do
-    [ -f "$s" ] || continue
+    [ -f "$s" ] && [ "$(basename "$s")" != lib.sh ] || continue
     n=$(basename "$s" .sh)
     [ -n "$filter" ] && [[ "$n" != *$filter* ]] && continue
     run_one "$n" bash "$s"

@@ -1,0 +1,743 @@
+/* extract_job.c - see extract_job.h */
+#include "extract_job.h"
+
+#include "checkpoint.h"
+#include "fs.h"
+#include "layout.h"
+#include "manifest.h"
+#include "plan.h"
+#include "progress.h"
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#define CHUNK (4u << 20) /* bytes per read: large sequential reads */
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+void ex_install_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+void ex_result_clear(ex_result *r)
+{
+    if (r) {
+        g_free(r->layout);
+        r->layout = NULL;
+    }
+}
+
+/* Everything the workers share. Counters and the journal are guarded by
+ * `mu`; the plan and the source fds are read-only once workers start. */
+typedef struct {
+    const ex_opts *o;
+    plan *p;
+    ckpt *ck;
+    int *src_fd;            /* per source shard */
+    int *todo;              /* plan file indices this run writes */
+    int n_todo;
+    gint next;              /* atomic cursor into todo */
+    GMutex mu;
+    int journal_fd;
+    char *journal_path;
+    int log_fd;
+    progress prog;
+    char **current;         /* per worker slot, NULL-terminated view */
+    int failed;
+    GError *error;          /* first error of any worker */
+} job;
+
+static void job_log(job *j, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static void job_log(job *j, const char *fmt, ...)
+{
+    if (j->log_fd < 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    char *ts = qm_iso_time(qm_now());
+    char *line = g_strdup_printf("%s [%ld] %s\n", ts, (long)getpid(), msg);
+    ssize_t n = write(j->log_fd, line, strlen(line));
+    (void)n; /* the log is best effort; errors are reported elsewhere */
+    g_free(line);
+    g_free(ts);
+    g_free(msg);
+}
+
+static int read_at(job *j, const plan_tensor *t, int fd, uint8_t *buf, size_t len,
+                   uint64_t off, GError **err)
+{
+    while (len) {
+        ssize_t n = pread(fd, buf, len, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        const char *name = j->ck->shards[t->shard].name;
+        if (n < 0)
+            return qm_set_errno(err, errno, "cannot read source", name);
+        if (n == 0) {
+            g_set_error(err, QM_ERROR, QM_ERR_IO,
+                        "cannot read source '%s': file ends before tensor '%s' "
+                        "(truncated?)", j->ck->shards[t->shard].path, t->src_name);
+            return -1;
+        }
+        buf += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Writes one output file; fills *rec on success. */
+static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
+                      GError **err)
+{
+    st_entry *e = g_new0(st_entry, f->n);
+    for (int i = 0; i < f->n; i++) {
+        e[i].name = f->t[i].name;
+        e[i].dtype = f->t[i].dtype;
+        e[i].ndim = f->t[i].ndim;
+        memcpy(e[i].shape, f->t[i].shape, sizeof e[i].shape);
+        e[i].nbytes = f->t[i].nbytes;
+    }
+    const char *meta[] = {"qmoe_version", QMOE_VERSION, "qmoe_kind",
+                          mf_kind_name(f->kind), NULL};
+    GByteArray *hdr = st_header_build(e, f->n, meta, 0, 0, err);
+    g_free(e);
+    if (!hdr)
+        return -1;
+    char *path = g_build_filename(j->o->out, f->path, NULL);
+    fs_out *o = fs_out_open(path, err);
+    g_free(path);
+    EVP_MD_CTX *sha = EVP_MD_CTX_new();
+    int rc = o ? 0 : -1;
+    if (!rc && !EVP_DigestInit_ex(sha, EVP_sha256(), NULL)) {
+        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot initialise SHA-256");
+        rc = -1;
+    }
+    if (!rc) {
+        EVP_DigestUpdate(sha, hdr->data, hdr->len);
+        rc = fs_out_write(o, hdr->data, hdr->len, err);
+    }
+    memset(rec, 0, sizeof *rec);
+    rec->tensors = g_new0(mf_tensor, f->n);
+    uint64_t at = 0;
+    for (int i = 0; i < f->n && !rc; i++) {
+        const plan_tensor *t = &f->t[i];
+        uLong crc = crc32(0L, Z_NULL, 0);
+        for (uint64_t done = 0; done < t->nbytes && !rc;) {
+            if (stop_requested) {
+                g_set_error(err, QM_ERROR, QM_ERR_STOPPED, "stopped by signal");
+                rc = -1;
+                break;
+            }
+            size_t len = (size_t)MIN((uint64_t)CHUNK, t->nbytes - done);
+            rc = read_at(j, t, j->src_fd[t->shard], buf, len, t->src_offset + done, err);
+            if (rc)
+                break;
+            EVP_DigestUpdate(sha, buf, len);
+            crc = crc32_z(crc, buf, len);
+            rc = fs_out_write(o, buf, len, err);
+            done += len;
+        }
+        mf_tensor *m = &rec->tensors[rec->n_tensors++];
+        m->name = g_strdup(t->name);
+        m->dtype = t->dtype;
+        m->ndim = t->ndim;
+        memcpy(m->shape, t->shape, sizeof m->shape);
+        m->begin = at;
+        m->end = at + t->nbytes;
+        m->crc32 = (uint32_t)crc;
+        m->src_file = g_strdup(j->ck->shards[t->shard].name);
+        m->src_tensor = g_strdup(t->src_name);
+        m->src_offset = t->src_offset;
+        m->slice = t->slice;
+        at += t->nbytes;
+    }
+    if (!rc && stop_requested) {
+        g_set_error(err, QM_ERROR, QM_ERR_STOPPED, "stopped by signal");
+        rc = -1;
+    }
+    if (rc) {
+        fs_out_abort(o);
+    } else {
+        uint8_t md[32];
+        unsigned mdlen = 0;
+        EVP_DigestFinal_ex(sha, md, &mdlen);
+        qm_hex(md, 32, rec->sha256);
+        rec->size = hdr->len + at;
+        rc = fs_out_commit(o, err);
+    }
+    EVP_MD_CTX_free(sha);
+    g_byte_array_free(hdr, TRUE);
+    if (rc) {
+        mf_file_clear(rec);
+        return -1;
+    }
+    rec->path = g_strdup(f->path);
+    rec->kind = f->kind;
+    rec->layer = f->layer;
+    rec->expert = f->expert;
+    rec->time = qm_now();
+    return 0;
+}
+
+static gpointer worker(gpointer arg)
+{
+    job *j = ((void **)arg)[0];
+    int slot = GPOINTER_TO_INT(((void **)arg)[1]);
+    uint8_t *buf = g_malloc(CHUNK);
+    for (;;) {
+        int k = g_atomic_int_add(&j->next, 1);
+        g_mutex_lock(&j->mu);
+        int stop = j->failed || stop_requested || k >= j->n_todo;
+        const plan_file *f = stop ? NULL : &j->p->files[j->todo[k]];
+        g_free(j->current[slot]);
+        j->current[slot] = f ? g_strdup(f->path) : NULL;
+        g_mutex_unlock(&j->mu);
+        if (stop)
+            break;
+        mf_file rec;
+        GError *err = NULL;
+        int rc = write_file(j, f, buf, &rec, &err);
+        if (!rc && j->o->throttle_ms > 0)
+            g_usleep((gulong)j->o->throttle_ms * 1000);
+        g_mutex_lock(&j->mu);
+        if (!rc)
+            rc = mf_journal_append(j->journal_fd, j->journal_path, &rec, &err);
+        if (rc) {
+            if (!j->error)
+                j->error = err;
+            else
+                g_error_free(err);
+            j->failed = 1;
+        } else {
+            j->prog.files_done++;
+            j->prog.bytes_done += f->bytes;
+            j->prog.experts_done += f->kind == MF_EXPERT;
+        }
+        g_free(j->current[slot]);
+        j->current[slot] = NULL;
+        g_mutex_unlock(&j->mu);
+        if (!rc)
+            mf_file_clear(&rec);
+    }
+    g_free(buf);
+    return NULL;
+}
+
+/* Copies the small files that make OUT a loadable checkpoint. */
+static int copy_side_files(const char *src_dir, const char *out, GError **err)
+{
+    static const char *names[] = {
+        "config.json", "generation_config.json", "tokenizer.json",
+        "tokenizer_config.json", "vocab.json", "merges.txt",
+        "special_tokens_map.json", "added_tokens.json",
+        "preprocessor_config.json", NULL};
+    GDir *d = g_dir_open(src_dir, 0, NULL);
+    if (!d)
+        return 0;
+    const char *n;
+    int rc = 0;
+    while ((n = g_dir_read_name(d)) && !rc) {
+        int wanted = g_str_has_prefix(n, "chat_template");
+        for (int i = 0; names[i] && !wanted; i++)
+            wanted = strcmp(n, names[i]) == 0;
+        if (!wanted)
+            continue;
+        char *from = g_build_filename(src_dir, n, NULL);
+        char *to = g_build_filename(out, n, NULL);
+        gchar *data = NULL;
+        gsize len = 0;
+        GError *ge = NULL;
+        if (!g_file_get_contents(from, &data, &len, &ge)) {
+            g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read '%s': %s", from,
+                        ge->message);
+            g_error_free(ge);
+            rc = -1;
+        } else {
+            gchar *old = NULL;
+            gsize olen = 0;
+            if (!g_file_get_contents(to, &old, &olen, NULL) || olen != len ||
+                memcmp(old, data, len) != 0)
+                rc = fs_write_atomic(to, data, len, err);
+            g_free(old);
+        }
+        g_free(data);
+        g_free(from);
+        g_free(to);
+    }
+    g_dir_close(d);
+    return rc;
+}
+
+/* Removes temporaries left by dead extractors (ours from an earlier run
+ * included); live ones belong to other --shard processes. */
+static void remove_stale_tmps(const char *out)
+{
+    static const char *dirs[] = {"", "experts", "layers", "other", NULL};
+    for (int i = 0; dirs[i]; i++) {
+        char *dir = g_build_filename(out, dirs[i], NULL);
+        GDir *d = g_dir_open(dir, 0, NULL);
+        const char *n;
+        while (d && (n = g_dir_read_name(d))) {
+            pid_t pid = fs_tmp_pid(n);
+            if (fs_is_tmp(n) && (!fs_pid_alive(pid) || pid == getpid())) {
+                char *p = g_build_filename(dir, n, NULL);
+                unlink(p);
+                g_free(p);
+            }
+        }
+        if (d)
+            g_dir_close(d);
+        g_free(dir);
+    }
+}
+
+/* Marks in done[] the plan files that a journal records and that are in
+ * place with the recorded size and tensor names. */
+static void find_done(const plan *p, const char *out, GArray *recs, uint8_t *done)
+{
+    GHashTable *by = g_hash_table_new(g_str_hash, g_str_equal);
+    for (guint i = 0; i < recs->len; i++) {
+        mf_file *r = &g_array_index(recs, mf_file, i);
+        g_hash_table_insert(by, r->path, r);
+    }
+    for (int i = 0; i < p->n_files; i++) {
+        const plan_file *f = &p->files[i];
+        mf_file *r = g_hash_table_lookup(by, f->path);
+        if (!r || r->n_tensors != f->n)
+            continue;
+        int same = 1;
+        for (int k = 0; k < f->n && same; k++)
+            same = strcmp(r->tensors[k].name, f->t[k].name) == 0 &&
+                   r->tensors[k].end - r->tensors[k].begin == f->t[k].nbytes;
+        char *path = g_build_filename(out, f->path, NULL);
+        done[i] = same && fs_file_size(path) == (int64_t)r->size;
+        g_free(path);
+    }
+    g_hash_table_destroy(by);
+}
+
+static void draw_bar(const job *j, double t0)
+{
+    const progress *pr = &j->prog;
+    double el = qm_monotonic() - t0;
+    double frac = pr->files_planned ? (double)pr->files_done / (double)pr->files_planned : 1;
+    double rate = el > 0 ? (double)(pr->bytes_done - 0) / el : 0;
+    char bar[31];
+    int fill = (int)(frac * 30);
+    for (int i = 0; i < 30; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[30] = 0;
+    fprintf(stderr, "\r[%s] %llu/%llu files %5.1f %%  %.0f MB/s ", bar,
+            (unsigned long long)pr->files_done, (unsigned long long)pr->files_planned,
+            100 * frac, rate / 1e6);
+}
+
+static int write_progress(job *j, const char *path, const char *state)
+{
+    g_mutex_lock(&j->mu);
+    j->prog.updated = qm_now();
+    g_free(j->prog.state);
+    j->prog.state = g_strdup(state);
+    int n = 0;
+    for (int i = 0; i < j->o->jobs; i++)
+        if (j->current[i])
+            n++;
+    char **cur = g_new0(char *, n + 1);
+    for (int i = 0, k = 0; i < j->o->jobs; i++)
+        if (j->current[i])
+            cur[k++] = g_strdup(j->current[i]);
+    g_strfreev(j->prog.current);
+    j->prog.current = cur;
+    GError *err = NULL;
+    int rc = progress_write(path, &j->prog, &err);
+    g_mutex_unlock(&j->mu);
+    if (err)
+        g_error_free(err); /* advisory; a full disk shows up in the files */
+    return rc;
+}
+
+/* Writes the index and qmoe.json from all journals. Under a lock so that
+ * the last of several --shard processes to finish sees everyone's records. */
+static int finish_outputs(job *j, const char *src_path, int *complete, GError **err)
+{
+    const char *out = j->o->out;
+    char *lockp = g_build_filename(out, ".qmoe", "manifest.lock", NULL);
+    int lfd = open(lockp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    g_free(lockp);
+    if (lfd >= 0)
+        flock(lfd, LOCK_EX);
+    GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
+    int rc = mf_journals_read_all(out, recs, err);
+    uint8_t *done = g_new0(uint8_t, j->p->n_files > 0 ? j->p->n_files : 1);
+    manifest *m = g_new0(manifest, 1);
+    if (rc == 0) {
+        find_done(j->p, out, recs, done);
+        *complete = 1;
+        for (int i = 0; i < j->p->n_files; i++)
+            *complete &= done[i];
+        plan_describe(j->p, j->ck, src_path, m);
+        m->shards = j->o->shards;
+        m->complete = *complete;
+        /* keep only records of files that are in place */
+        GHashTable *in = g_hash_table_new(g_str_hash, g_str_equal);
+        for (int i = 0; i < j->p->n_files; i++)
+            if (done[i])
+                g_hash_table_add(in, j->p->files[i].path);
+        m->files = g_new0(mf_file, recs->len > 0 ? recs->len : 1);
+        for (guint i = 0; i < recs->len; i++) {
+            mf_file *r = &g_array_index(recs, mf_file, i);
+            if (g_hash_table_contains(in, r->path)) {
+                m->files[m->n_files++] = *r;
+                memset(r, 0, sizeof *r);
+            }
+        }
+        g_hash_table_destroy(in);
+        if (*complete) {
+            char *idx = plan_index_json(j->p, done);
+            char *ip = g_build_filename(out, "model.safetensors.index.json", NULL);
+            rc = fs_write_atomic(ip, idx, strlen(idx), err);
+            g_free(ip);
+            g_free(idx);
+        }
+        char *mp = g_build_filename(out, "qmoe.json", NULL);
+        if (rc == 0)
+            rc = manifest_save(m, mp, err);
+        g_free(mp);
+    }
+    for (guint i = 0; i < recs->len; i++)
+        mf_file_clear(&g_array_index(recs, mf_file, i));
+    g_array_free(recs, TRUE);
+    manifest_free(m);
+    g_free(done);
+    if (lfd >= 0)
+        close(lfd); /* releases the flock */
+    return rc;
+}
+
+static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, GError **err)
+{
+    ckpt *ck = ckpt_open(o->src, err);
+    if (!ck)
+        return NULL;
+    if (o->layout) {
+        *lt = layout_find(o->layout);
+        if (!*lt) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "unknown layout '%s' (known layouts: %s)", o->layout,
+                        layout_names());
+            ckpt_close(ck);
+            return NULL;
+        }
+    } else if (!(*lt = layout_detect(ck, err))) {
+        ckpt_close(ck);
+        return NULL;
+    }
+    *p = plan_build(ck, *lt, o->layers, o->experts, err);
+    if (!*p) {
+        ckpt_close(ck);
+        return NULL;
+    }
+    if (o->shards > 1)
+        plan_partition(*p, o->shards);
+    return ck;
+}
+
+int ex_dry_run(const ex_opts *o, int json, GError **err)
+{
+    const layout *lt;
+    plan *p;
+    ckpt *ck = open_and_plan(o, &lt, &p, err);
+    if (!ck)
+        return -1;
+    int count[4] = {0};
+    uint64_t bytes[4] = {0}, mine = 0;
+    int mine_files = 0;
+    for (int i = 0; i < p->n_files; i++) {
+        count[p->files[i].kind]++;
+        bytes[p->files[i].kind] += p->files[i].bytes;
+        if (p->files[i].part == o->shard) {
+            mine_files++;
+            mine += p->files[i].bytes;
+        }
+    }
+    char *layers = qm_list_format(p->layer_sel, p->shape.n_layers);
+    char *experts = qm_list_format(p->expert_sel, p->shape.n_experts);
+    if (json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "layout", lt->name);
+        cJSON_AddNumberToObject(j, "num_layers", p->shape.n_layers);
+        cJSON_AddNumberToObject(j, "moe_layers", p->shape.n_moe_layers);
+        cJSON_AddNumberToObject(j, "num_experts", p->shape.n_experts);
+        cJSON_AddStringToObject(j, "layers", layers);
+        cJSON_AddStringToObject(j, "experts", experts);
+        cJSON_AddNumberToObject(j, "expert_files", count[MF_EXPERT]);
+        cJSON_AddNumberToObject(j, "layer_files", count[MF_LAYER]);
+        cJSON_AddNumberToObject(j, "globals_files", count[MF_GLOBALS]);
+        cJSON_AddNumberToObject(j, "other_files", count[MF_OTHER]);
+        cJSON_AddNumberToObject(j, "files", p->n_files);
+        cJSON_AddNumberToObject(j, "bytes", (double)p->total_bytes);
+        cJSON_AddNumberToObject(j, "expert_bytes", (double)bytes[MF_EXPERT]);
+        cJSON_AddNumberToObject(j, "shard", o->shard);
+        cJSON_AddNumberToObject(j, "shards", o->shards);
+        cJSON_AddNumberToObject(j, "shard_files", mine_files);
+        cJSON_AddNumberToObject(j, "shard_bytes", (double)mine);
+        char *s = cJSON_PrintUnformatted(j);
+        printf("%s\n", s);
+        cJSON_free(s);
+        cJSON_Delete(j);
+    } else {
+        char b1[32], b2[32];
+        printf("layout:   %s\n", lt->name);
+        printf("layers:   %s of %d (%d MoE)\n", layers, p->shape.n_layers,
+               p->shape.n_moe_layers);
+        printf("experts:  %s of %d per layer\n", experts, p->shape.n_experts);
+        printf("files:    %d expert, %d layer, %d globals, %d other (%d in all)\n",
+               count[MF_EXPERT], count[MF_LAYER], count[MF_GLOBALS], count[MF_OTHER],
+               p->n_files);
+        printf("bytes:    %s (experts %s)\n",
+               qm_human_bytes(p->total_bytes, b1, sizeof b1),
+               qm_human_bytes(bytes[MF_EXPERT], b2, sizeof b2));
+        if (o->shards > 1)
+            printf("shard:    %d/%d: %d files, %s\n", o->shard, o->shards, mine_files,
+                   qm_human_bytes(mine, b1, sizeof b1));
+    }
+    g_free(layers);
+    g_free(experts);
+    plan_free(p);
+    ckpt_close(ck);
+    return 0;
+}
+
+int ex_run(const ex_opts *o, ex_result *res, GError **err)
+{
+    memset(res, 0, sizeof *res);
+    double t0 = qm_monotonic();
+    const layout *lt;
+    plan *p = NULL;
+    job j;
+    memset(&j, 0, sizeof j);
+    j.o = o;
+    j.journal_fd = j.log_fd = -1;
+    g_mutex_init(&j.mu);
+    int lock_fd = -1, rc = -1;
+    char *state_dir = progress_state_dir(o->out, o->shard, o->shards);
+    char *lock_path = g_build_filename(state_dir, "lock", NULL);
+    char *prog_path = g_build_filename(state_dir, "progress.json", NULL);
+    char *log_path = g_build_filename(o->out, ".qmoe", "extract.log", NULL);
+    j.journal_path = g_build_filename(state_dir, "journal.jsonl", NULL);
+
+    j.ck = open_and_plan(o, &lt, &p, err);
+    if (!j.ck)
+        goto out;
+    j.p = p;
+    res->layout = g_strdup(lt->name);
+    if (fs_mkdir_p(state_dir, err))
+        goto out;
+    pid_t stale = 0;
+    lock_fd = progress_lock(lock_path, &stale, err);
+    if (lock_fd < 0)
+        goto out;
+    j.log_fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (stale) {
+        fprintf(stderr, "qmoe-extract: taking over the stale lock of pid %ld (no longer "
+                "running); resuming\n", (long)stale);
+        job_log(&j, "took over the stale lock of pid %ld", (long)stale);
+    }
+    static const char *subdirs[] = {"experts", "layers", "other"};
+    for (int i = 0; i < 3; i++) {
+        char *d = g_build_filename(o->out, subdirs[i], NULL);
+        int r = fs_mkdir_p(d, err);
+        g_free(d);
+        if (r)
+            goto out;
+    }
+    if (copy_side_files(j.ck->dir, o->out, err))
+        goto out;
+    remove_stale_tmps(o->out);
+
+    /* What earlier runs (of any part) finished stays. */
+    GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
+    uint8_t *done = g_new0(uint8_t, p->n_files > 0 ? p->n_files : 1);
+    if (mf_journals_read_all(o->out, recs, err)) {
+        g_array_free(recs, TRUE);
+        g_free(done);
+        goto out;
+    }
+    find_done(p, o->out, recs, done);
+    for (guint i = 0; i < recs->len; i++)
+        mf_file_clear(&g_array_index(recs, mf_file, i));
+    g_array_free(recs, TRUE);
+
+    j.todo = g_new(int, p->n_files > 0 ? p->n_files : 1);
+    j.prog.pid = getpid();
+    j.prog.started = qm_now();
+    j.prog.shard = o->shard;
+    j.prog.shards = o->shards;
+    j.prog.log = g_strdup(".qmoe/extract.log");
+    for (int i = 0; i < p->n_files; i++) {
+        const plan_file *f = &p->files[i];
+        if (f->part != o->shard)
+            continue;
+        j.prog.files_planned++;
+        j.prog.bytes_planned += f->bytes;
+        j.prog.experts_planned += f->kind == MF_EXPERT;
+        if (done[i]) {
+            j.prog.files_done++;
+            j.prog.files_skipped++;
+            j.prog.bytes_done += f->bytes;
+            j.prog.experts_done += f->kind == MF_EXPERT;
+        } else {
+            j.todo[j.n_todo++] = i;
+        }
+    }
+    g_free(done);
+    uint64_t skipped_bytes = j.prog.bytes_done;
+    j.src_fd = g_new(int, j.ck->n_shards);
+    for (int i = 0; i < j.ck->n_shards; i++)
+        j.src_fd[i] = -1;
+    for (int i = 0; i < j.ck->n_shards; i++) {
+        j.src_fd[i] = open(j.ck->shards[i].path, O_RDONLY | O_CLOEXEC);
+        if (j.src_fd[i] < 0) {
+            qm_set_errno(err, errno, "cannot open source", j.ck->shards[i].path);
+            goto out;
+        }
+        posix_fadvise(j.src_fd[i], 0, 0, POSIX_FADV_SEQUENTIAL);
+    }
+    j.journal_fd = open(j.journal_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (j.journal_fd < 0) {
+        qm_set_errno(err, errno, "cannot open journal", j.journal_path);
+        goto out;
+    }
+    job_log(&j, "extracting '%s' (%s) to '%s': %llu files planned, %llu already "
+            "complete, %d to write with %d threads", o->src, lt->name, o->out,
+            (unsigned long long)j.prog.files_planned,
+            (unsigned long long)j.prog.files_skipped, j.n_todo, o->jobs);
+
+    j.current = g_new0(char *, o->jobs + 1);
+    write_progress(&j, prog_path, "running");
+    GThread **th = g_new(GThread *, o->jobs);
+    void **args = g_new(void *, 2 * o->jobs);
+    for (int i = 0; i < o->jobs; i++) {
+        args[2 * i] = &j;
+        args[2 * i + 1] = GINT_TO_POINTER(i);
+        th[i] = g_thread_new("extract", worker, &args[2 * i]);
+    }
+    /* Main thread: progress a few times a second until workers finish. */
+    for (;;) {
+        g_mutex_lock(&j.mu);
+        int busy = 0;
+        for (int i = 0; i < o->jobs; i++)
+            busy |= j.current[i] != NULL;
+        int finished = !busy && (j.failed || stop_requested ||
+                                 g_atomic_int_get(&j.next) >= j.n_todo);
+        g_mutex_unlock(&j.mu);
+        if (finished)
+            break;
+        write_progress(&j, prog_path, "running");
+        if (o->progress_bar)
+            draw_bar(&j, t0);
+        g_usleep(200000);
+    }
+    for (int i = 0; i < o->jobs; i++)
+        g_thread_join(th[i]);
+    g_free(th);
+    g_free(args);
+    if (o->progress_bar) {
+        draw_bar(&j, t0);
+        fputc('\n', stderr);
+    }
+
+    res->files_planned = j.prog.files_planned;
+    res->files_done = j.prog.files_done;
+    res->files_skipped = j.prog.files_skipped;
+    res->bytes_planned = j.prog.bytes_planned;
+    res->bytes_written = j.prog.bytes_done - skipped_bytes;
+    res->experts_planned = j.prog.experts_planned;
+    res->experts_done = j.prog.experts_done;
+    if (j.failed) {
+        j.prog.last_error = g_strdup(j.error->message);
+        job_log(&j, "failed: %s", j.error->message);
+        write_progress(&j, prog_path, "failed");
+        g_propagate_error(err, j.error);
+        j.error = NULL;
+        goto out;
+    }
+    if (stop_requested || j.prog.files_done < j.prog.files_planned) {
+        job_log(&j, "stopped by signal after %llu/%llu files",
+                (unsigned long long)j.prog.files_done,
+                (unsigned long long)j.prog.files_planned);
+        write_progress(&j, prog_path, "stopped");
+        g_set_error(err, QM_ERROR, QM_ERR_STOPPED,
+                    "stopped by signal: %llu/%llu files complete; run the same "
+                    "command again to resume", (unsigned long long)j.prog.files_done,
+                    (unsigned long long)j.prog.files_planned);
+        goto out;
+    }
+    if (finish_outputs(&j, o->src, &res->complete, err)) {
+        j.prog.last_error = g_strdup((*err)->message);
+        write_progress(&j, prog_path, "failed");
+        goto out;
+    }
+    write_progress(&j, prog_path, "finished");
+    res->seconds = qm_monotonic() - t0;
+    job_log(&j, "finished: %llu files (%llu written, %llu already complete) in %.2f s%s",
+            (unsigned long long)res->files_planned,
+            (unsigned long long)(res->files_done - res->files_skipped),
+            (unsigned long long)res->files_skipped, res->seconds,
+            res->complete ? "" : "; other --shard parts still to finish");
+    rc = 0;
+out:
+    res->seconds = qm_monotonic() - t0;
+    if (j.journal_fd >= 0)
+        close(j.journal_fd);
+    if (j.log_fd >= 0)
+        close(j.log_fd);
+    if (lock_fd >= 0)
+        progress_unlock(lock_fd, lock_path);
+    if (j.error)
+        g_error_free(j.error);
+    if (j.current)
+        g_strfreev(j.current);
+    if (j.src_fd)
+        for (int i = 0; i < j.ck->n_shards; i++)
+            if (j.src_fd[i] >= 0)
+                close(j.src_fd[i]);
+    g_free(j.src_fd);
+    g_free(j.todo);
+    progress_clear(&j.prog);
+    g_mutex_clear(&j.mu);
+    plan_free(p);
+    ckpt_close(j.ck);
+    g_free(j.journal_path);
+    g_free(state_dir);
+    g_free(lock_path);
+    g_free(prog_path);
+    g_free(log_path);
+    return rc;
+}

@@ -1,0 +1,614 @@
+/* test_util.c - number lists, JSON helpers, errors, sizes and atomic files
+ * (common/util.c and common/fs.c). */
+#include "fs.h"
+#include "util.h"
+#include "testhelp.h"
+
+#include <errno.h>
+#include <glib/gstdio.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+static char *tmpdir;
+
+/* ---- number lists ---- */
+
+#define LIM 48
+
+static int count(const uint8_t *m, int n)
+{
+    int c = 0;
+    for (int i = 0; i < n; i++)
+        c += m[i];
+    return c;
+}
+
+static void list_ok(const char *list, const char *want_formatted, int want_n)
+{
+    uint8_t mask[LIM];
+    GError *err = NULL;
+    int rc = qm_list_parse(list, LIM, mask, "--layers", &err);
+    if (rc != 0)
+        printf("  '%s': %s\n", list, err ? err->message : "(no error)");
+    CHECK(rc == 0 && err == NULL);
+    g_clear_error(&err);
+    char *s = qm_list_format(mask, LIM);
+    if (strcmp(s, want_formatted) != 0)
+        printf("  '%s' formats as '%s', not '%s'\n", list, s, want_formatted);
+    CHECK(strcmp(s, want_formatted) == 0);
+    CHECK(count(mask, LIM) == want_n);
+    g_free(s);
+}
+
+static void list_bad(const char *list, const char *want)
+{
+    uint8_t mask[LIM];
+    GError *err = NULL;
+    CHECK(qm_list_parse(list, LIM, mask, "--experts", &err) == -1);
+    CHECK(err && err->domain == QM_ERROR && err->code == QM_ERR_USAGE);
+    CHECK_CONTAINS(err ? err->message : NULL, want);
+    CHECK_CONTAINS(err ? err->message : NULL, "--experts '");
+    CHECK(qm_exit_code(err) == 2);
+    g_clear_error(&err);
+}
+
+static void test_list_parse(void)
+{
+    list_ok("0-7,12,40-47", "0-7,12,40-47", 17);
+    list_ok("47", "47", 1);
+    list_ok("0", "0", 1);
+    list_ok("0-47", "0-47", 48);
+    list_ok(" 1 , 3-4 ", "1,3-4", 3);
+    list_ok("5,5,3-5", "3-5", 3);   /* repeats and overlaps are fine */
+    list_ok("9,2,0", "0,2,9", 3);   /* any order */
+    list_ok("4-4", "4", 1);
+    list_ok("007", "7", 1);
+
+    list_bad("7-3", "range 7-3 is reversed");
+    list_bad("48", "48 is out of range (0-47)");
+    list_bad("40-50", "50 is out of range (0-47)");
+    list_bad("4294967296", "4294967296 is out of range");
+    static const char *const junk[] = {
+        "", "a", "1,", ",1", "1-", "-1", "1--2", "1;2", "1 2", "0x1", "+1",
+        "1,,2", "1-2-3", "1 - 2", "99999999999999999999999", "\t1", "1.5"};
+    for (size_t i = 0; i < sizeof junk / sizeof junk[0]; i++)
+        list_bad(junk[i], "expected a list such as 0-7,12,40-47");
+
+    uint8_t mask[LIM];
+    GError *err = NULL;
+    CHECK(qm_list_parse(NULL, LIM, mask, "--layers", &err) == -1);
+    CHECK_CONTAINS(err ? err->message : NULL, "--layers ''");
+    g_clear_error(&err);
+
+    /* the mask is cleared first */
+    memset(mask, 1, sizeof mask);
+    CHECK(qm_list_parse("3", LIM, mask, "--layers", NULL) == 0);
+    CHECK(count(mask, LIM) == 1 && mask[3] == 1);
+}
+
+static void test_list_format(void)
+{
+    uint8_t m[10] = {0};
+    char *s = qm_list_format(m, 10);
+    CHECK(strcmp(s, "") == 0);
+    g_free(s);
+    for (int i = 0; i < 10; i += 2)
+        m[i] = 1;
+    s = qm_list_format(m, 10);
+    CHECK(strcmp(s, "0,2,4,6,8") == 0);
+    g_free(s);
+    memset(m, 1, 10);
+    s = qm_list_format(m, 10);
+    CHECK(strcmp(s, "0-9") == 0);
+    g_free(s);
+    m[0] = m[5] = 0;
+    s = qm_list_format(m, 10);
+    CHECK(strcmp(s, "1-4,6-9") == 0);
+    g_free(s);
+    s = qm_list_format(m, 0);
+    CHECK(strcmp(s, "") == 0);
+    g_free(s);
+}
+
+/* format then parse gives the same mask, for many masks */
+static void test_list_round_trip(void)
+{
+    enum { N = 130 };
+    uint32_t seed = 12345;
+    for (int iter = 0; iter < 500; iter++) {
+        uint8_t a[N], b[N];
+        /* runs of random length so that ranges appear */
+        int i = 0, on = iter & 1;
+        while (i < N) {
+            seed = seed * 1103515245u + 12345u;
+            int run = 1 + (int)((seed >> 16) % (iter % 7 == 0 ? 40 : 5));
+            for (int k = 0; k < run && i < N; k++)
+                a[i++] = (uint8_t)on;
+            on = !on;
+        }
+        char *s = qm_list_format(a, N);
+        GError *err = NULL;
+        if (count(a, N) == 0) {
+            CHECK(s[0] == '\0');
+            CHECK(qm_list_parse(s, N, b, "x", &err) == -1); /* "" is an error */
+        } else {
+            CHECK(qm_list_parse(s, N, b, "x", &err) == 0);
+            CHECK(memcmp(a, b, N) == 0);
+            char *t = qm_list_format(b, N);
+            CHECK(strcmp(s, t) == 0);
+            CHECK(strstr(s, ",,") == NULL && s[strlen(s) - 1] != ',');
+            g_free(t);
+        }
+        g_clear_error(&err);
+        g_free(s);
+    }
+}
+
+/* ---- JSON ---- */
+
+static void test_json_uint(void)
+{
+    cJSON *a = cJSON_Parse("[0, 1, 9007199254740991, 9007199254740992, "
+                           "9007199254740993, -1, 1.5, 1e300, \"3\", null, "
+                           "true, 1e2, 4096.0, 0.1]");
+    CHECK(a != NULL);
+    if (!a)
+        return;
+    static const struct {
+        int ok;
+        uint64_t v;
+    } want[] = {{1, 0}, {1, 1}, {1, UINT64_C(9007199254740991)}, {0, 0},
+                {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0},
+                {1, 100}, {1, 4096}, {0, 0}};
+    CHECK(cJSON_GetArraySize(a) == (int)(sizeof want / sizeof want[0]));
+    int i = 0;
+    for (const cJSON *x = a->child; x; x = x->next, i++) {
+        uint64_t v = 777;
+        int ok = qm_json_uint(x, &v);
+        if (ok != want[i].ok)
+            printf("  entry %d: qm_json_uint gives %d\n", i, ok);
+        CHECK(ok == want[i].ok);
+        CHECK(v == (ok ? want[i].v : 777)); /* untouched on failure */
+    }
+    uint64_t v;
+    CHECK(qm_json_uint(NULL, &v) == 0);
+    cJSON_Delete(a);
+}
+
+static void test_json_int(void)
+{
+    cJSON *o = cJSON_Parse("{\"a\":5,\"b\":-3,\"c\":1.5,\"d\":\"x\","
+                           "\"e\":9223372036854775808,"
+                           "\"f\":-9223372036854775808,\"g\":1e19,"
+                           "\"h\":9007199254740992}");
+    CHECK(o != NULL);
+    if (!o)
+        return;
+    int64_t v = 0;
+    CHECK(qm_json_int(o, "a", 0, 10, &v) == 0 && v == 5);
+    CHECK(qm_json_int(o, "a", 0, 4, &v) == -1);
+    CHECK(qm_json_int(o, "a", 6, 10, &v) == -1);
+    CHECK(qm_json_int(o, "b", -3, 0, &v) == 0 && v == -3);
+    CHECK(qm_json_int(o, "b", 0, 10, &v) == -1);
+    CHECK(qm_json_int(o, "c", 0, 10, &v) == -1);
+    CHECK(qm_json_int(o, "d", 0, 10, &v) == -1);
+    CHECK(qm_json_int(o, "missing", 0, 10, &v) == -1);
+    /* 2^63 does not fit an int64 although it equals (double)INT64_MAX */
+    v = 1;
+    CHECK(qm_json_int(o, "e", INT64_MIN, INT64_MAX, &v) == -1 && v == 1);
+    CHECK(qm_json_int(o, "f", INT64_MIN, INT64_MAX, &v) == 0 && v == INT64_MIN);
+    CHECK(qm_json_int(o, "f", INT64_MIN + 1, INT64_MAX, &v) == -1);
+    CHECK(qm_json_int(o, "g", INT64_MIN, INT64_MAX, &v) == -1);
+    /* hi compared exactly, not through a rounded double */
+    CHECK(qm_json_int(o, "h", 0, INT64_C(9007199254740991), &v) == -1);
+    CHECK(qm_json_int(o, "h", 0, INT64_C(9007199254740992), &v) == 0 &&
+          v == INT64_C(9007199254740992));
+    cJSON_Delete(o);
+}
+
+static char *write_tmp(const char *name, const char *text)
+{
+    char *p = g_build_filename(tmpdir, name, NULL);
+    CHECK(g_file_set_contents(p, text, -1, NULL));
+    return p;
+}
+
+static void json_load_bad(const char *path, int code, const char *want)
+{
+    GError *err = NULL;
+    cJSON *j = qm_json_load(path, &err);
+    CHECK(j == NULL);
+    cJSON_Delete(j);
+    CHECK(err && err->code == code);
+    char *q = g_strdup_printf("'%s'", path);
+    CHECK_CONTAINS(err ? err->message : NULL, q);
+    CHECK_CONTAINS(err ? err->message : NULL, want);
+    g_free(q);
+    g_clear_error(&err);
+}
+
+static void test_json_load(void)
+{
+    char *p = write_tmp("ok.json", "\n {\"a\": [1, 2]}\r\n\t \n");
+    GError *err = NULL;
+    cJSON *j = qm_json_load(p, &err);
+    CHECK(j && err == NULL);
+    CHECK(j && cJSON_GetArraySize(cJSON_GetObjectItem(j, "a")) == 2);
+    cJSON_Delete(j);
+    g_unlink(p);
+    g_free(p);
+
+    p = write_tmp("trail.json", "{\"a\": 1} {\"b\": 2}");
+    json_load_bad(p, QM_ERR_FORMAT, "trailing bytes after the JSON value at byte 9");
+    g_unlink(p);
+    g_free(p);
+    p = write_tmp("cut.json", "{\"a\": ");
+    json_load_bad(p, QM_ERR_FORMAT, "invalid JSON near byte");
+    g_unlink(p);
+    g_free(p);
+    p = write_tmp("empty.json", "");
+    json_load_bad(p, QM_ERR_FORMAT, "invalid JSON near byte 0");
+    g_unlink(p);
+    g_free(p);
+    p = g_build_filename(tmpdir, "missing.json", NULL);
+    json_load_bad(p, QM_ERR_IO, "cannot read");
+    g_free(p);
+    json_load_bad(tmpdir, QM_ERR_IO, "is a directory");
+}
+
+/* ---- errors ---- */
+
+static void test_set_errno(void)
+{
+    static const struct {
+        int errnum, code;
+        const char *why;
+    } cases[] = {
+        {ENOSPC, QM_ERR_NOSPACE, "no space left on device"},
+        {EFBIG, QM_ERR_NOSPACE, "file too large"},
+        {EDQUOT, QM_ERR_NOSPACE, NULL},
+        {ENOENT, QM_ERR_IO, NULL},
+        {EACCES, QM_ERR_IO, NULL},
+        {EIO, QM_ERR_IO, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        GError *err = NULL;
+        CHECK(qm_set_errno(&err, cases[i].errnum, "cannot write", "a/b.json") ==
+              -1);
+        CHECK(err && err->domain == QM_ERROR && err->code == cases[i].code);
+        const char *why = cases[i].why ? cases[i].why
+                                       : g_strerror(cases[i].errnum);
+        char *want = g_strdup_printf("cannot write 'a/b.json': %s", why);
+        CHECK_CONTAINS(err ? err->message : NULL, want);
+        CHECK(qm_exit_code(err) == 2);
+        g_free(want);
+        g_clear_error(&err);
+    }
+    CHECK(qm_set_errno(NULL, ENOSPC, "x", "y") == -1); /* err may be NULL */
+}
+
+static void test_exit_codes(void)
+{
+    static const struct {
+        int code, exit;
+    } m[] = {{QM_ERR_IO, 2},      {QM_ERR_FORMAT, 2}, {QM_ERR_USAGE, 2},
+             {QM_ERR_NOSPACE, 2}, {QM_ERR_LOCKED, 2}, {QM_ERR_STOPPED, 1},
+             {QM_ERR_CHECK, 1}};
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
+        GError *err = g_error_new(QM_ERROR, m[i].code, "x");
+        CHECK(qm_exit_code(err) == m[i].exit);
+        g_error_free(err);
+    }
+    GError *other = g_error_new(G_FILE_ERROR, QM_ERR_CHECK, "x");
+    CHECK(qm_exit_code(other) == 2); /* another domain is never a check */
+    g_error_free(other);
+    CHECK(qm_exit_code(NULL) == 0);
+}
+
+/* ---- formatting ---- */
+
+static void test_human_bytes(void)
+{
+    static const struct {
+        uint64_t n;
+        const char *s;
+    } c[] = {
+        {0, "0 B"},
+        {1, "1 B"},
+        {999, "999 B"},
+        {1000, "1.0 kB"},
+        {999949, "999.9 kB"},
+        {999950, "1.0 MB"}, /* not "1000.0 kB" */
+        {999999, "1.0 MB"},
+        {9437184, "9.4 MB"},
+        {999999999, "1.0 GB"},
+        {UINT64_C(58000000000), "58.0 GB"},
+        {UINT64_C(1000000000000), "1.0 TB"},
+        {UINT64_C(1000000000000000000), "1000.0 PB"}, /* PB is the top unit */
+        {UINT64_MAX, "18446.7 PB"},
+    };
+    char buf[32];
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        qm_human_bytes(c[i].n, buf, sizeof buf);
+        if (strcmp(buf, c[i].s) != 0)
+            printf("  %llu: '%s', want '%s'\n", (unsigned long long)c[i].n, buf,
+                   c[i].s);
+        CHECK(strcmp(buf, c[i].s) == 0);
+    }
+    char small[4];
+    CHECK(qm_human_bytes(9437184, small, sizeof small) == small);
+    CHECK(strcmp(small, "9.4") == 0); /* truncated, terminated */
+}
+
+static void test_hex_and_time(void)
+{
+    static const uint8_t b[] = {0x00, 0xab, 0xff, 0x10};
+    char out[9];
+    qm_hex(b, 4, out);
+    CHECK(strcmp(out, "00abff10") == 0);
+    qm_hex(b, 0, out);
+    CHECK(out[0] == '\0');
+    char *t = qm_iso_time(0);
+    CHECK(strcmp(t, "1970-01-01T00:00:00Z") == 0);
+    g_free(t);
+    t = qm_iso_time(1000000000.7);
+    CHECK(strcmp(t, "2001-09-09T01:46:40Z") == 0);
+    g_free(t);
+    CHECK(qm_now() > 1.6e9);
+    double a = qm_monotonic(), b2 = qm_monotonic();
+    CHECK(b2 >= a);
+}
+
+/* ---- atomic files ---- */
+
+static int dir_entries(const char *dir, int *tmps)
+{
+    GDir *d = g_dir_open(dir, 0, NULL);
+    int n = 0;
+    *tmps = 0;
+    const char *name;
+    while (d && (name = g_dir_read_name(d))) {
+        n++;
+        *tmps += fs_is_tmp(name);
+    }
+    if (d)
+        g_dir_close(d);
+    return n;
+}
+
+static void test_fs_out_commit(void)
+{
+    char *dir = g_build_filename(tmpdir, "commit", NULL);
+    CHECK(fs_mkdir_p(dir, NULL) == 0);
+    char *path = g_build_filename(dir, "qmoe.json", NULL);
+    GError *err = NULL;
+    fs_out *o = fs_out_open(path, &err);
+    CHECK(o != NULL && err == NULL);
+    if (!o)
+        return;
+    char *want_tmp = g_strdup_printf("%s.tmp.%ld", path, (long)getpid());
+    CHECK(strcmp(o->tmp, want_tmp) == 0 && strcmp(o->path, path) == 0);
+    CHECK(fs_is_tmp(o->tmp) && fs_tmp_pid(o->tmp) == getpid());
+    CHECK(!fs_is_tmp(o->path));
+    CHECK(fs_out_write(o, "hello ", 6, &err) == 0);
+    CHECK(fs_out_write(o, "world", 5, &err) == 0);
+    CHECK(fs_out_write(o, "", 0, &err) == 0);
+    CHECK(o->written == 11);
+    /* before commit: only the temporary */
+    CHECK(g_file_test(want_tmp, G_FILE_TEST_IS_REGULAR));
+    CHECK(!g_file_test(path, G_FILE_TEST_EXISTS));
+    CHECK(fs_file_size(want_tmp) == 11);
+    CHECK(fs_out_commit(o, &err) == 0 && err == NULL);
+    g_clear_error(&err);
+    /* after: only the final file, complete */
+    CHECK(!g_file_test(want_tmp, G_FILE_TEST_EXISTS));
+    gchar *text = NULL;
+    CHECK(g_file_get_contents(path, &text, NULL, NULL));
+    CHECK(text && strcmp(text, "hello world") == 0);
+    g_free(text);
+    int tmps, n = dir_entries(dir, &tmps);
+    CHECK(n == 1 && tmps == 0);
+
+    /* replacing an existing file */
+    CHECK(fs_write_atomic(path, "new", 3, &err) == 0);
+    CHECK(g_file_get_contents(path, &text, NULL, NULL));
+    CHECK(text && strcmp(text, "new") == 0);
+    g_free(text);
+    n = dir_entries(dir, &tmps);
+    CHECK(n == 1 && tmps == 0);
+    g_clear_error(&err);
+
+    g_unlink(path);
+    g_rmdir(dir);
+    g_free(want_tmp);
+    g_free(path);
+    g_free(dir);
+}
+
+static void test_fs_out_abort(void)
+{
+    char *dir = g_build_filename(tmpdir, "abort", NULL);
+    CHECK(fs_mkdir_p(dir, NULL) == 0);
+    char *path = g_build_filename(dir, "x.safetensors", NULL);
+    GError *err = NULL;
+    fs_out *o = fs_out_open(path, &err);
+    CHECK(o != NULL);
+    if (o) {
+        CHECK(fs_out_write(o, "partial", 7, &err) == 0);
+        fs_out_abort(o);
+    }
+    int tmps, n = dir_entries(dir, &tmps);
+    CHECK(n == 0 && tmps == 0);
+    CHECK(!g_file_test(path, G_FILE_TEST_EXISTS));
+    fs_out_abort(NULL);
+
+    /* an existing final file is untouched by an aborted rewrite */
+    CHECK(g_file_set_contents(path, "old", -1, NULL));
+    o = fs_out_open(path, &err);
+    CHECK(o != NULL);
+    if (o) {
+        CHECK(fs_out_write(o, "new", 3, &err) == 0);
+        fs_out_abort(o);
+    }
+    gchar *text = NULL;
+    CHECK(g_file_get_contents(path, &text, NULL, NULL));
+    CHECK(text && strcmp(text, "old") == 0);
+    g_free(text);
+    n = dir_entries(dir, &tmps);
+    CHECK(n == 1 && tmps == 0);
+    g_clear_error(&err);
+    g_unlink(path);
+    g_rmdir(dir);
+    g_free(path);
+    g_free(dir);
+}
+
+static void test_fs_out_errors(void)
+{
+    char *path = g_build_filename(tmpdir, "no", "such", "dir", "f.json", NULL);
+    GError *err = NULL;
+    CHECK(fs_out_open(path, &err) == NULL);
+    CHECK(err && err->code == QM_ERR_IO);
+    CHECK_CONTAINS(err ? err->message : NULL, "cannot create '");
+    CHECK_CONTAINS(err ? err->message : NULL, path);
+    g_clear_error(&err);
+    CHECK(fs_write_atomic(path, "x", 1, &err) == -1);
+    CHECK(err && err->code == QM_ERR_IO);
+    g_clear_error(&err);
+    g_free(path);
+
+    /* a file size limit makes write() fail with EFBIG: NOSPACE, named after
+     * the final file, and the abort leaves nothing behind */
+    path = g_build_filename(tmpdir, "big.bin", NULL);
+    struct rlimit old, lim;
+    CHECK(getrlimit(RLIMIT_FSIZE, &old) == 0);
+    lim = old;
+    lim.rlim_cur = 4096;
+    void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+    fs_out *o = fs_out_open(path, &err);
+    CHECK(o != NULL);
+    if (o && setrlimit(RLIMIT_FSIZE, &lim) == 0) {
+        static char buf[3 * 4096];
+        int rc = fs_out_write(o, buf, sizeof buf, &err);
+        setrlimit(RLIMIT_FSIZE, &old);
+        CHECK(rc == -1);
+        CHECK(err && err->code == QM_ERR_NOSPACE);
+        char *q = g_strdup_printf("cannot write '%s': file too large", path);
+        CHECK_CONTAINS(err ? err->message : NULL, q);
+        g_free(q);
+        CHECK(o->written == 4096);
+        fs_out_abort(o);
+    } else {
+        fs_out_abort(o);
+        CHECK(!"setrlimit");
+    }
+    signal(SIGXFSZ, prev);
+    g_clear_error(&err);
+    int tmps;
+    CHECK(dir_entries(tmpdir, &tmps) == 0 && tmps == 0);
+    g_free(path);
+}
+
+static void test_tmp_names(void)
+{
+    static const struct {
+        const char *name;
+        int is_tmp;
+        long pid;
+    } c[] = {
+        {"expert_000_layer_00.safetensors.tmp.123", 1, 123},
+        {"/out/experts/x.safetensors.tmp.4194304", 1, 4194304},
+        {"qmoe.json", 0, 0},
+        {"x.tmp", 0, 0},
+        {"x.tmp.", 1, 0},
+        {"x.tmp.12x", 1, 0},
+        {"x.tmp.-5", 1, 0},
+        {"x.tmp.0", 1, 0},
+        {"x.tmp.y.tmp.42", 1, 42},          /* pid after the last .tmp. */
+        {"/data/run.tmp.7/out.json", 0, 0}, /* a directory does not count */
+        {"/data/run.tmp.7/out.json.tmp.9", 1, 9},
+        {"run.tmp.7/", 0, 0},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        int t = fs_is_tmp(c[i].name);
+        long p = (long)fs_tmp_pid(c[i].name);
+        if (t != c[i].is_tmp || p != c[i].pid)
+            printf("  '%s': is_tmp %d pid %ld\n", c[i].name, t, p);
+        CHECK(t == c[i].is_tmp && p == c[i].pid);
+    }
+}
+
+static void test_fs_misc(void)
+{
+    char *deep = g_build_filename(tmpdir, "a", "b", "c", NULL);
+    GError *err = NULL;
+    CHECK(fs_mkdir_p(deep, &err) == 0);
+    CHECK(fs_mkdir_p(deep, &err) == 0); /* existing is fine */
+    CHECK(g_file_test(deep, G_FILE_TEST_IS_DIR));
+    CHECK(fs_fsync_dir(deep, &err) == 0);
+    g_clear_error(&err);
+    char *file = g_build_filename(deep, "f", NULL);
+    CHECK(g_file_set_contents(file, "12345", -1, NULL));
+    CHECK(fs_file_size(file) == 5);
+    errno = 0;
+    CHECK(fs_file_size(deep) == -1 && errno == EISDIR);
+    char *missing = g_build_filename(deep, "missing", NULL);
+    errno = 0;
+    CHECK(fs_file_size(missing) == -1 && errno == ENOENT);
+    CHECK(fs_fsync_dir(missing, &err) == -1);
+    CHECK(err && err->code == QM_ERR_IO);
+    CHECK_CONTAINS(err ? err->message : NULL, missing);
+    g_clear_error(&err);
+    char *under = g_build_filename(file, "x", NULL); /* below a regular file */
+    CHECK(fs_mkdir_p(under, &err) == -1);
+    CHECK(err && err->code == QM_ERR_IO);
+    CHECK_CONTAINS(err ? err->message : NULL, under);
+    g_clear_error(&err);
+
+    CHECK(fs_pid_alive(getpid()) == 1);
+    CHECK(fs_pid_alive(0) == 0);
+    CHECK(fs_pid_alive(-1) == 0);
+
+    g_unlink(file);
+    for (int i = 0; i < 3; i++) {
+        g_rmdir(deep);
+        char *up = g_path_get_dirname(deep);
+        g_free(deep);
+        deep = up;
+    }
+    g_free(deep);
+    g_free(under);
+    g_free(missing);
+    g_free(file);
+}
+
+int main(void)
+{
+    tmpdir = g_dir_make_tmp("qmoe-util-XXXXXX", NULL);
+    if (!tmpdir) {
+        printf("FAIL cannot make a temporary directory\n");
+        return 1;
+    }
+    RUN(test_list_parse);
+    RUN(test_list_format);
+    RUN(test_list_round_trip);
+    RUN(test_json_uint);
+    RUN(test_json_int);
+    RUN(test_json_load);
+    RUN(test_set_errno);
+    RUN(test_exit_codes);
+    RUN(test_human_bytes);
+    RUN(test_hex_and_time);
+    RUN(test_fs_out_commit);
+    RUN(test_fs_out_abort);
+    RUN(test_fs_out_errors);
+    RUN(test_tmp_names);
+    RUN(test_fs_misc);
+    g_rmdir(tmpdir);
+    g_free(tmpdir);
+    TEST_EXIT();
+}
