@@ -659,6 +659,8 @@ void vf_check_coverage(vf_target *t, vf_result *r)
     }
     uint8_t *miss = g_new0(uint8_t, (gsize)(nl > 0 ? nl : 1) * (ne > 0 ? ne : 1));
     int *miss_n = g_new0(int, nl > 0 ? nl : 1);
+    uint8_t *extra = g_new0(uint8_t, (gsize)(nl > 0 ? nl : 1) * (ne > 0 ? ne : 1));
+    int *extra_n = g_new0(int, nl > 0 ? nl : 1);
     for (guint i = 0; i < t->files->len; i++) {
         vf_file *f = t->files->pdata[i];
         int in_set = f->kind == MF_EXPERT && f->layer >= 0 && f->layer < nl &&
@@ -684,12 +686,16 @@ void vf_check_coverage(vf_target *t, vf_result *r)
                    f->rec ? " (listed in qmoe.json)"
                    : f->src ? " (the source has its tensors)" : "");
         if (f->present && !f->expected) {
-            if (f->kind == MF_EXPERT && f->layer >= 0 && f->expert >= 0 &&
-                classify_path(t, f->path, &(mf_kind){0}, &(int){0}, &(int){0}) == 0)
+            int canonical = f->kind == MF_EXPERT &&
+                classify_path(t, f->path, &(mf_kind){0}, &(int){0}, &(int){0}) == 0;
+            if (canonical && f->layer < nl && f->expert < ne) {
+                /* listed per layer below, like missing ones */
+                extra[(gsize)f->layer * (gsize)ne + (gsize)f->expert] = 1;
+                extra_n[f->layer]++;
+            } else if (canonical)
                 vf_add(r, VF_UNEXPECTED, "coverage", f->path, NULL, -1,
-                       "unexpected file: layer %d expert %d is not in the expected "
-                       "set%s", f->layer, f->expert,
-                       f->layer < nl && f->expert < ne ? "" : " (beyond the config's counts)");
+                       "unexpected file: layer %d expert %d is beyond the config's "
+                       "counts (%d layers, %d experts)", f->layer, f->expert, nl, ne);
             else
                 vf_add(r, VF_UNEXPECTED, "coverage", f->path, NULL, -1,
                        "unexpected file");
@@ -702,6 +708,16 @@ void vf_check_coverage(vf_target *t, vf_result *r)
         }
     }
     for (int l = 0; l < nl; l++) {
+        if (extra_n[l]) {
+            char *list = qm_list_format(extra + (gsize)l * (gsize)ne, ne);
+            vf_add(r, VF_UNEXPECTED, "coverage", NULL, NULL, -1,
+                   "layer %0*d: unexpected expert file%s %s (not in the expected "
+                   "set: layers %s, experts %s)", t->width_l, l,
+                   extra_n[l] > 1 ? "s" : "", list,
+                   t->have_manifest && *t->m->layers ? t->m->layers : "all",
+                   t->have_manifest && *t->m->experts ? t->m->experts : "all");
+            g_free(list);
+        }
         if (!t->layer_sel[l])
             continue;
         r->layers_expected++;
@@ -719,6 +735,8 @@ void vf_check_coverage(vf_target *t, vf_result *r)
     }
     g_free(miss);
     g_free(miss_n);
+    g_free(extra);
+    g_free(extra_n);
 
     if (r->running) {
         vf_add(r, VF_INCOMPLETE, "coverage", NULL, NULL, -1,
@@ -726,8 +744,8 @@ void vf_check_coverage(vf_target *t, vf_result *r)
                (long)r->pid, r->experts_present, r->experts_expected);
     } else if (!t->have_manifest) {
         vf_add(r, VF_INCOMPLETE, "coverage", "qmoe.json", NULL, -1,
-               "missing: the extraction did not finish (%s%s%s); checked what the "
-               "journal records", r->job_state ? "last state " : "no progress.json",
+               "missing: the extraction did not finish (%s%s%s); checked the files "
+               "its journal records", r->job_state ? "job state: " : "no progress.json",
                r->job_state ? r->job_state : "",
                r->job_state && strcmp(r->job_state, "running") == 0 ? ", process gone"
                                                                     : "");
@@ -777,16 +795,16 @@ void vf_check_coverage(vf_target *t, vf_result *r)
             }
         }
         const cJSON *x;
-        int extra = 0;
+        int n_extra = 0;
         cJSON_ArrayForEach(x, wm)
-            if (!g_hash_table_contains(seen, x->string) && extra++ < 10)
+            if (!g_hash_table_contains(seen, x->string) && n_extra++ < 10)
                 vf_add(r, VF_MANIFEST, "coverage", "model.safetensors.index.json",
                        x->string, -1, "weight_map names a tensor that no recorded "
                        "file holds");
-        if (extra > 10)
+        if (n_extra > 10)
             vf_add(r, VF_MANIFEST, "coverage", "model.safetensors.index.json", NULL,
                    -1, "%d more weight_map entries name unrecorded tensors",
-                   extra - 10);
+                   n_extra - 10);
         g_hash_table_destroy(seen);
     }
 
