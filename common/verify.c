@@ -778,11 +778,17 @@ void vf_check_coverage(vf_target *t, vf_result *r)
     } else if (t->index) {
         const cJSON *wm = cJSON_GetObjectItemCaseSensitive(t->index, "weight_map");
         GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
+        /* cJSON looks members up linearly: index the weight_map once */
+        GHashTable *map = g_hash_table_new(g_str_hash, g_str_equal);
+        const cJSON *x;
+        cJSON_ArrayForEach(x, wm)
+            if (x->string)
+                g_hash_table_insert(map, x->string, (gpointer)x);
         for (int i = 0; i < t->m->n_files; i++) {
             const mf_file *rec = &t->m->files[i];
             for (int k = 0; k < rec->n_tensors; k++) {
                 const char *name = rec->tensors[k].name;
-                const cJSON *v = cJSON_GetObjectItemCaseSensitive(wm, name);
+                const cJSON *v = g_hash_table_lookup(map, name);
                 g_hash_table_add(seen, (gpointer)name);
                 if (!cJSON_IsString(v))
                     vf_add(r, VF_MANIFEST, "coverage", "model.safetensors.index.json",
@@ -794,7 +800,6 @@ void vf_check_coverage(vf_target *t, vf_result *r)
                            v->valuestring, rec->path);
             }
         }
-        const cJSON *x;
         int n_extra = 0;
         cJSON_ArrayForEach(x, wm)
             if (!g_hash_table_contains(seen, x->string) && n_extra++ < 10)
@@ -806,6 +811,7 @@ void vf_check_coverage(vf_target *t, vf_result *r)
                    -1, "%d more weight_map entries name unrecorded tensors",
                    n_extra - 10);
         g_hash_table_destroy(seen);
+        g_hash_table_destroy(map);
     }
 
     for (guint i = 0; i < t->stale_tmp->len; i++)

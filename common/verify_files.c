@@ -240,7 +240,7 @@ static int cmp_src(const void *a, const void *b)
 }
 
 static GArray *source_plan(vf_target *t, const vf_file *f, const st_file *h,
-                           file_out *o)
+                           int quick, file_out *o)
 {
     const plan_file *pf = f->src;
     GArray *c = g_array_new(FALSE, FALSE, sizeof(src_cmp));
@@ -265,6 +265,8 @@ static GArray *source_plan(vf_target *t, const vf_file *f, const st_file *h,
                    st_shape_str(pt->shape, pt->ndim, s2, sizeof s2));
             continue;
         }
+        if (quick)
+            continue; /* names, dtypes and shapes only: no need to map the source */
         GError *e = NULL;
         st_file *sf = ckpt_shard_load(t->src, pt->shard, 1, &e);
         if (!sf) {
@@ -406,7 +408,7 @@ static void check_one(pool *pl, int idx, uint8_t *buf, EVP_MD_CTX *ctx)
     }
     GArray *cmp = NULL;
     if (h && f->src && size_ok)
-        cmp = source_plan(t, f, h, o);
+        cmp = source_plan(t, f, h, pl->quick, o);
 
     if (!pl->quick && size_ok && (rec || cmp)) {
         posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);

@@ -45,6 +45,13 @@ run qmoe-verify --json "$d"
 expect flip-json 1 '"kind":	"damaged"' stdout
 has flip-json-tensor '"tensor":	"'"$E"'.1.mlp.experts.5.up_proj.weight"'
 
+# a damaged header: the strict reader says why, the crc32s clear the data
+d=$(fresh hdr); f=experts/expert_11_layer_02.safetensors
+printf 'x' | dd of="$d/$f" bs=1 seek=8 conv=notrunc status=none
+run qmoe-verify "$d"
+expect header-exit 1 "header: $f: invalid header: header is not a JSON object" stdout
+has header-hash "every tensor's crc32 matches, so the header bytes"
+
 # -- 2. a truncated file
 d=$(fresh trunc); truncate -s -100 "$d/experts/expert_02_layer_00.safetensors"
 run qmoe-verify "$d"
@@ -181,3 +188,23 @@ run qmoe-verify --help
 expect help 0 "Exit status:" stdout
 run qmoe-verify --version
 expect version 0 "qmoe-verify " stdout
+
+# -- 12. every layout of qmoe-mksample, fused slices included
+if command -v qmoe-mksample >/dev/null; then
+    for lay in $(qmoe-mksample --list | awk '{print $1}'); do
+        qmoe-mksample --layout "$lay" --layers 3 --experts 4 "$T/mk-$lay" >/dev/null &&
+            qmoe-extract "$T/mk-$lay" "$T/mkx-$lay" >/dev/null
+        run qmoe-verify --source "$T/mk-$lay" "$T/mkx-$lay"
+        expect "layout-$lay-clean" 0 "experts: " stdout
+    done
+    # hidden 64, inter 32: a fused expert's gate_up slice is [64, 64]
+    d="$T/mkx-qwen3_moe_fused"; f=experts/expert_02_layer_01.safetensors
+    t=model.layers.1.mlp.experts.2.gate_up_proj
+    "$TOOLS/stmutate" reshape "$d/$f" "$t" 128,32 && "$TOOLS/stmutate" remanifest "$d" "$f"
+    run qmoe-verify --quick "$d"
+    expect fused-slice-shape 1 "shape: $f: tensor '$t': shape [128, 32], config.json implies [64, 64]" stdout
+    run qmoe-verify --source "$T/mk-qwen3_moe_fused" "$d"
+    expect fused-slice-source 1 "source: $f: tensor '$t': BF16 [128, 32], the source's 'model.layers.1.mlp.experts.gate_up_proj' is BF16 [64, 64]" stdout
+else
+    skip layouts "qmoe-mksample not built"
+fi
