@@ -79,12 +79,22 @@ int vf_failed(const vf_result *r)
     return r->problems->len > 0 || r->running;
 }
 
+int vf_exit_code(const vf_result *r)
+{
+    for (guint i = 0; i < r->problems->len; i++)
+        if (((const vf_problem *)r->problems->pdata[i])->kind == VF_IO)
+            return 2;
+    return vf_failed(r) ? 1 : 0;
+}
+
 cJSON *vf_result_to_json(const vf_result *r, const char *out)
 {
     cJSON *j = cJSON_CreateObject();
+    int code = vf_exit_code(r);
     cJSON_AddStringToObject(j, "out", out);
-    cJSON_AddStringToObject(j, "status", r->running ? "running"
-                                         : r->problems->len ? "failed" : "ok");
+    cJSON_AddStringToObject(j, "status", code == 2 ? "error" : r->running ? "running"
+                                         : code ? "failed" : "ok");
+    cJSON_AddNumberToObject(j, "exit", code);
     cJSON_AddBoolToObject(j, "ok", !vf_failed(r));
     cJSON *job = cJSON_AddObjectToObject(j, "job");
     cJSON_AddBoolToObject(job, "running", r->running);

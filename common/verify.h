@@ -103,6 +103,10 @@ void vf_add(vf_result *r, vf_kind kind, const char *phase, const char *file,
 /* 0 when nothing is wrong and the job is not running. */
 int vf_failed(const vf_result *r);
 
+/* Exit status for the result: 0 all good, 2 when a file could not be read
+ * (VF_IO: the verdict is unknown, not negative), else 1. */
+int vf_exit_code(const vf_result *r);
+
 /* The result as JSON (caller cJSON_Delete()s). */
 cJSON *vf_result_to_json(const vf_result *r, const char *out);
 

@@ -59,7 +59,8 @@ static const char *description =
     "  0  complete and intact\n"
     "  1  a check failed (missing, unexpected, corrupt, mismatched, incomplete,\n"
     "     or an extraction still running)\n"
-    "  2  usage error, or OUT (or SRC) missing or unreadable\n";
+    "  2  usage error, OUT (or SRC) missing or unreadable, or a file in OUT\n"
+    "     that could not be read (the verdict is unknown)\n";
 
 static void print_problem(const vf_problem *p)
 {
@@ -95,7 +96,10 @@ static void print_text(const vf_result *r, const char *out, int quick)
     else
         printf("  checked: %d files%s\n", r->files_checked,
                quick ? " (--quick: sizes and headers, data not read)" : "");
-    if (r->running)
+    if (vf_exit_code(r) == 2)
+        printf("ERROR: %u problem%s, some files could not be read\n", r->problems->len,
+               r->problems->len == 1 ? "" : "s");
+    else if (r->running)
         printf("INCOMPLETE: extraction running (pid %ld)\n", (long)r->pid);
     else if (r->problems->len)
         printf("FAILED: %u problem%s\n", r->problems->len,
@@ -146,6 +150,18 @@ int main(int argc, char **argv)
     if (err) {
         qm_report(prog, err);
         int code = qm_exit_code(err);
+        if (opt_json) { /* machines get an answer on stdout all the same */
+            cJSON *j = cJSON_CreateObject();
+            cJSON_AddStringToObject(j, "out", out);
+            cJSON_AddStringToObject(j, "status", "error");
+            cJSON_AddNumberToObject(j, "exit", code ? code : 2);
+            cJSON_AddBoolToObject(j, "ok", 0);
+            cJSON_AddStringToObject(j, "error", err->message);
+            char *text = cJSON_Print(j);
+            puts(text);
+            cJSON_free(text);
+            cJSON_Delete(j);
+        }
         g_error_free(err);
         vf_target_close(t);
         vf_result_free(r);
@@ -162,7 +178,7 @@ int main(int argc, char **argv)
     } else {
         print_text(r, out, opt_quick);
     }
-    int code = vf_failed(r) ? 1 : 0;
+    int code = vf_exit_code(r);
     vf_target_close(t);
     vf_result_free(r);
     g_free(opt_source);

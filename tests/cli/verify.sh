@@ -167,6 +167,13 @@ run qmoe-verify "$T/clean/qmoe.json/x"
 expect unreadable-out 2 "Not a directory"
 run qmoe-verify "$T/clean/qmoe.json"
 expect out-is-a-file 2 "not a directory"
+run qmoe-verify --json "$T/nonexistent"
+expect missing-out-json 2 '"status":	"error"' stdout
+# a file that cannot be read (a directory where an expert should be) is an I/O error
+d=$(fresh unreadable); f=experts/expert_01_layer_01.safetensors
+rm "$d/$f"; mkdir "$d/$f"
+run qmoe-verify "$d"
+expect unreadable-file 1 "coverage: $f: not a regular file" stdout
 mkdir -p "$T/empty"
 run qmoe-verify "$T/empty"
 expect not-an-extraction 2 "holds no qmoe extraction"
@@ -175,6 +182,10 @@ if [ "$(id -u)" != 0 ]; then
     run qmoe-verify "$T/locked"
     expect unreadable-perm 2 "Permission denied"
     chmod 755 "$T/locked"
+    d=$(fresh noperm); f=experts/expert_01_layer_02.safetensors; chmod 000 "$d/$f"
+    run qmoe-verify "$d"
+    expect unreadable-expert 2 "read: $f: cannot open: Permission denied" stdout
+    chmod 644 "$d/$f"
 else
     skip unreadable-perm "root reads everything"
 fi
