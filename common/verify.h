@@ -17,6 +17,10 @@
  *                     compares bytes and coverage includes the source's
  *                     tensors (nothing of the source missing)
  *
+ * A further check (the --coherence forward-pass gate) is one more
+ * vf_check_*(vf_target *, options, vf_result *) that adds problems with its
+ * own phase name; the tool runs it after vf_check_files.
+ *
  * A check that finds something wrong adds a vf_problem and returns 0; -1
  * with *err set is kept for errors that stop verification altogether (OUT
  * missing or unreadable, the source unreadable).
