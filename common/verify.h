@@ -21,9 +21,9 @@
  * vf_check_*(vf_target *, options, vf_result *) that adds problems with its
  * own phase name; the tool runs it after vf_check_files.
  *
- * A check that finds something wrong adds a vf_problem and returns 0; -1
- * with *err set is kept for errors that stop verification altogether (OUT
- * missing or unreadable, the source unreadable).
+ * Checks never fail: what they find wrong becomes a vf_problem (a file
+ * that cannot be read is a VF_IO problem). Only opening fails, NULL or -1
+ * with *err set: OUT missing or unreadable, the source unreadable.
  */
 #ifndef QMOE_VERIFY_H
 #define QMOE_VERIFY_H
