@@ -167,8 +167,8 @@ void vf_check_coverage(vf_target *t, vf_result *r);
  * headers only, no data read. */
 void vf_check_files(vf_target *t, int quick, int jobs, vf_result *r);
 
-/* Reads 8 MiB at a time: big enough to amortise syscalls, small enough to
- * stay in L2/L3-friendly territory for the hash. */
+/* Reads 8 MiB at a time: few syscalls, readahead kept streaming; one
+ * buffer per thread. */
 #define VF_READ_CHUNK (8u << 20)
 
 #endif
