@@ -146,9 +146,9 @@ expect journal-only 1 "coverage: qmoe.json: missing: the extraction did not fini
 has journal-only-counts "experts: 48/48"
 
 # -- 10. an extraction in progress: incomplete, with its pid
-QMOE_THROTTLE_MS=150 qmoe-extract -j 1 "$SRC" "$T/running" >/dev/null 2>&1 &
+QMOE_THROTTLE_MS=400 qmoe-extract -j 1 "$SRC" "$T/running" >/dev/null 2>&1 &
 xp=$!
-for _ in $(seq 100); do
+for _ in $(seq 200); do
     [ -s "$T/running/.qmoe/journal.jsonl" ] && break; sleep 0.05
 done
 run qmoe-verify --quick "$T/running"
