@@ -49,8 +49,8 @@ uint64_t ec_probe(int src_fd, const char *probe_path)
 uint64_t ec_phase(const uint64_t *src_off, const uint64_t *len, const int *ok,
                   int n, uint64_t bs, int *use)
 {
-    /* Each tensor votes, with its whole blocks, for the phase that lines
-     * it up; few tensors per file, so a linear scan of the votes is fine. */
+    /* Each stretch votes, with its whole blocks, for the phase that lines
+     * it up; a file has few, so a quadratic scan is fine. */
     uint64_t best = 0, best_gain = 0, at = 0;
     for (int i = 0; i < n; at += len[i], i++) {
         uint64_t ph = (src_off[i] - at % bs + bs) % bs;

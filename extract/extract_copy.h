@@ -36,9 +36,10 @@
 uint64_t ec_probe(int src_fd, const char *probe_path);
 
 /* The data phase (data start offset modulo bs) that lets most bytes of a
- * file be shared. Tensor i of the file sits at src_off[i] in its source,
- * has len[i] bytes and can be shared at all when ok[i]; tensors follow one
- * another from the data start in the given order. Returns 0 and sets
+ * file be shared. The file's data is n stretches of source bytes (a tensor,
+ * or tensors that follow one another in the source): stretch i sits at
+ * src_off[i] in its source, has len[i] bytes and can be shared at all when
+ * ok[i]; stretches follow one another from the data start in order. Returns 0 and sets
  * *use = 0 when no tensor gains (the plain, unpadded header), else the
  * phase with *use = 1. The phase is kept a multiple of 8 so that tensors
  * stay 8-byte aligned for readers that map them. */
