@@ -24,16 +24,17 @@ VERIFY=${QMOE_VERIFY:-$B/qmoe-verify}
 STATUS=${QMOE_STATUS:-$B/qmoe-status}
 
 # measure OUTFILE CMD... : runs CMD (output discarded), writes
-# "SECONDS PEAK_RSS_KB EXIT" to OUTFILE; RSS "-" without GNU time
+# "SECONDS PEAK_RSS_KB EXIT CPU_SECONDS" to OUTFILE; RSS and CPU "-"
+# without GNU time
 measure() {
     local o=$1; shift
     if [ -x /usr/bin/time ]; then
-        /usr/bin/time -f "%e %M %x" -o "$o" "$@" >/dev/null 2>"$o.err"
-        tail -1 "$o" >"$o.last"; mv "$o.last" "$o"
+        /usr/bin/time -f "%e %M %x %U %S" -o "$o" "$@" >/dev/null 2>"$o.err"
+        tail -1 "$o" | awk '{ printf "%s %s %s %.2f\n", $1, $2, $3, $4 + $5 }' >"$o.last"; mv "$o.last" "$o"
     else
         local s e rc
         s=$(date +%s.%N); "$@" >/dev/null 2>"$o.err"; rc=$?; e=$(date +%s.%N)
-        awk -v s="$s" -v e="$e" -v rc="$rc" 'BEGIN { printf "%.2f - %d\n", e - s, rc }' >"$o"
+        awk -v s="$s" -v e="$e" -v rc="$rc" 'BEGIN { printf "%.2f - %d -\n", e - s, rc }' >"$o"
     fi
 }
 col() { awk -v c="$2" '{ print $c }' "$1"; }       # col FILE N
@@ -55,7 +56,7 @@ hdr="$(printf "%-7s %6s %6s" input files layers)"
 for j in $jobs; do hdr="$hdr$(printf " %8s" "extr-j$j")"; done
 hdr="$hdr$(printf " %7s" "s/GB")"
 for j in $jobs; do hdr="$hdr$(printf " %8s" "verif-j$j")"; done
-hdr="$hdr$(printf " %7s %9s %9s" "s/GB" rss-extr rss-verif)"
+hdr="$hdr$(printf " %7s %9s %9s %9s" "s/GB" rss-extr rss-verif cpu-extr)"
 echo "$hdr" | tee "$D/table1"
 sgb() { awk -v t="$1" -v b="$2" 'BEGIN { if (t ~ /^[0-9.]+$/) printf "%.2f", t / (b / 1e9); else print "-" }'; }
 for gb in $sizes; do
@@ -65,11 +66,11 @@ for gb in $sizes; do
     "$B/qmoe-mksample" --layers "$layers" --experts 32 --hidden 1024 --inter 768 \
         --shard-mb 1000 "$D/src" >/dev/null || { echo "$gb GB: qmoe-mksample failed"; continue; }
     bytes=$(cat "$D"/src/*.safetensors | wc -c)   # also warms the cache
-    xt= vt= tx=- tv=- rss_x=- rss_v=- files=-
+    xt= vt= tx=- tv=- rss_x=- rss_v=- files=- cpu_x=-
     for j in $jobs; do
         rm -rf "$D/out"; sync
         measure "$D/m" "$B/qmoe-extract" --no-progress -j "$j" "$D/src" "$D/out"
-        if ok_run "$D/m"; then tx=$(col "$D/m" 1) rss_x=$(col "$D/m" 2); else tx=fail; fi
+        if ok_run "$D/m"; then tx=$(col "$D/m" 1) rss_x=$(col "$D/m" 2) cpu_x=$(col "$D/m" 4); else tx=fail; fi
         xt="$xt$(printf " %8s" "$tx")"
     done
     files=$(find "$D/out" -name '*.safetensors' | wc -l)
@@ -80,17 +81,23 @@ for gb in $sizes; do
         fi
         vt="$vt$(printf " %8s" "$tv")"
     done
-    printf "%-7s %6s %6s%s %7s%s %7s %9s %9s\n" "$(awk -v b="$bytes" 'BEGIN { printf "%.2fGB", b / 1e9 }')" \
+    printf "%-7s %6s %6s%s %7s%s %7s %9s %9s %9s\n" "$(awk -v b="$bytes" 'BEGIN { printf "%.2fGB", b / 1e9 }')" \
         "$files" "$layers" "$xt" "$(sgb "$tx" "$bytes")" "$vt" "$(sgb "$tv" "$bytes")" \
-        "$(mb "$rss_x")" "$(mb "$rss_v")" | tee -a "$D/table1"
+        "$(mb "$rss_x")" "$(mb "$rss_v")" "$cpu_x" | tee -a "$D/table1"
     rm -rf "$D/src" "$D/out"
 done
-echo "(seconds, warm cache; s/GB and peak RSS of the -j $lastj runs)"
+echo "(seconds, warm cache; s/GB, peak RSS and CPU seconds (user + system) of the -j $lastj runs;"
+echo " elapsed time is the disk's fsync speed, CPU time the tool's own work)"
 # linearity: largest over smallest seconds per GB
-for what in extraction verification; do
-    c=$((4 + nj)); [ $what = verification ] && c=$((5 + 2 * nj))
-    awk -v c="$c" -v w="$what" 'NR > 1 && $c ~ /^[0-9.]+$/ { if (min == "" || $c < min) min = $c; if ($c > max) max = $c }
-        END { if (min > 0) printf "%s s/GB: %.2f .. %.2f (max/min %.2f; 1.00 = perfectly linear)\n", w, min, max, max / min }' "$D/table1"
+for what in extraction verification cpu; do
+    c=$((4 + nj)) per=0
+    [ $what = verification ] && c=$((5 + 2 * nj))
+    [ $what = cpu ] && c=$((8 + 2 * nj)) per=1    # CPU seconds: divide by the GB
+    awk -v c="$c" -v w="$what" -v per="$per" 'NR > 1 && $c ~ /^[0-9.]+$/ {
+            v = per ? $c / ($1 + 0) : $c
+            if (min == "" || v < min) min = v; if (v > max) max = v }
+        END { if (min > 0) printf "%-12s s/GB: %.2f .. %.2f (max/min %.2f; 1.00 = perfectly linear)\n", w, min, max, max / min }' \
+        "$D/table1"
 done
 
 # ---- 2. file count
