@@ -16,9 +16,11 @@ int ppl_ids(model *m, const int *ids, int n, int context, ppl_result *out,
                     n == 1 ? "" : "s");
         return -1;
     }
-    if (context < 2 || context > c->max_seq) {
+    int longest = n < context ? n : context;
+    if (context < 2 || longest > c->max_seq) {
         g_set_error(err, QM_ERROR, QM_ERR_USAGE,
-                    "a perplexity context of %d tokens is outside [2, %d]", context,
+                    "a perplexity window of %d tokens does not fit the model's context "
+                    "of %d (or is shorter than 2)", context < 2 ? context : longest,
                     c->max_seq);
         return -1;
     }

@@ -34,8 +34,9 @@ typedef struct {
     double ppl;    /* exp(nll) */
 } ppl_result;
 
-/* Scores ids[0..n) under M (n >= 2; 2 <= context <= the model's KV cache
- * length, model_get_config(m)->max_seq). Resets M. Returns 0 and fills
+/* Scores ids[0..n) under M (n >= 2; context >= 2, and a window,
+ * min(n, context) tokens, must fit the model's KV cache,
+ * model_get_config(m)->max_seq). Resets M. Returns 0 and fills
  * *out, or -1 with *err set: QM_ERR_USAGE for too few tokens, a bad
  * context or an id outside the model's vocabulary; the model's error when
  * an expert cannot be loaded. */
