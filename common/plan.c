@@ -115,7 +115,7 @@ static int selection(const char *list, int n, uint8_t *mask, const char *what,
 static void add_other(builder *b, GPtrArray *names, const layout *lt, ckpt *ck)
 {
     GHashTable *groups = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    GPtrArray *order = g_ptr_array_new();
+    GPtrArray *order = g_ptr_array_new_with_free_func(g_free);
     for (guint i = 0; i < names->len; i++) {
         char *prefix = layout_other_prefix(lt, names->pdata[i]);
         GPtrArray *g = g_hash_table_lookup(groups, prefix);
