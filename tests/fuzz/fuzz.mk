@@ -57,7 +57,7 @@ fuzz: fuzz-build
 	        -timeout=10 -print_final_stats=1 -jobs=$(FUZZ_JOBS) -workers=$(FUZZ_JOBS) \
 	        -artifact_prefix=$(FUZZ_BUILD)/crash-$$t- \
 	        $(FUZZ_BUILD)/corpus/$$t tests/fuzz/corpus/$$t 2>&1 \
-	        | tee $(FUZZ_BUILD)/fuzz_$$t.log | grep -E '^#[0-9]+ +(INITED|DONE)|^stat::|ERROR|SUMMARY' ; \
+	        | tee $(FUZZ_BUILD)/fuzz_$$t.log | grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::|ERROR|SUMMARY' ; \
 	    if grep -q 'ERROR: \|SUMMARY: ' $(FUZZ_BUILD)/fuzz_$$t.log; then \
 	        echo "fuzz_$$t found a problem: see $(FUZZ_BUILD)/fuzz_$$t.log"; exit 1; fi; \
 	done
