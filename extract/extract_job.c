@@ -228,7 +228,10 @@ static gpointer worker(gpointer arg)
         g_mutex_lock(&j->mu);
         if (!rc)
             rc = mf_journal_append(j->journal_fd, j->journal_path, &rec, &err);
-        if (rc) {
+        if (rc && err->code == QM_ERR_STOPPED) {
+            /* a signal, not a failure: ex_run reports the "stopped" state */
+            g_error_free(err);
+        } else if (rc) {
             if (!j->error)
                 j->error = err;
             else
