@@ -40,6 +40,10 @@ void ex_install_signals(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* Over a file-size limit (ulimit -f) write() fails with EFBIG only
+     * when SIGXFSZ is ignored; by default the signal kills the process
+     * mid-file with no message and the state left "running". */
+    signal(SIGXFSZ, SIG_IGN);
 }
 
 void ex_result_clear(ex_result *r)
