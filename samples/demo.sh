@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# make demo: the main job on an embedded sample, start to finish.
+#   1. qmoe-mksample writes an Omni-shaped checkpoint (48 layers x 128 experts)
+#   2. qmoe-extract --detach splits it in the background
+#   3. qmoe-status shows it while it runs, then when it is done
+#   4. qmoe-verify proves coverage and integrity against the source
+#   5. qmoe-run generates from the coherent sample model's extraction
+set -eu
+: "${QMOE_BUILD:?}"
+B="$QMOE_BUILD/bin"
+D="${DEMO_DIR:-$PWD/demo-out}"
+rm -rf "$D"; mkdir -p "$D"
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*" | sed "s|$B/||g" >&2; "$@"; }
+
+step "$B/qmoe-mksample" --layers 48 --experts 128 "$D/omni-src"
+QMOE_THROTTLE_MS=${QMOE_THROTTLE_MS:-2} step "$B/qmoe-extract" --detach "$D/omni-src" "$D/omni"
+pid=$(cat "$D/omni/.qmoe/lock" 2>/dev/null || true)
+sleep 1
+step "$B/qmoe-status" "$D/omni" || true
+step "$B/qmoe-status" --watch=1 "$D/omni" || true
+step "$B/qmoe-verify" --source "$D/omni-src" "$D/omni"
+
+if [ -x "$B/qmoe-run" ] && "$B/qmoe-mksample" --help | grep -q -- --coherent; then
+    step "$B/qmoe-mksample" --coherent "$D/coherent-src"
+    step "$B/qmoe-extract" --no-progress "$D/coherent-src" "$D/coherent"
+    step "$B/qmoe-verify" --coherence --source "$D/coherent-src" "$D/coherent"
+    step "$B/qmoe-run" --prompt "The kernel" -n 16 "$D/coherent"
+fi
+echo
+echo "demo output is in $D"
