@@ -636,11 +636,9 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         }
         posix_fadvise(j.src_fd[i], 0, 0, POSIX_FADV_SEQUENTIAL);
     }
-    j.journal_fd = open(j.journal_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (j.journal_fd < 0) {
-        qm_set_errno(err, errno, "cannot open journal", j.journal_path);
+    j.journal_fd = mf_journal_open(j.journal_path, err);
+    if (j.journal_fd < 0)
         goto out;
-    }
     job_log(&j, "extracting '%s' (%s) to '%s': %llu files planned, %llu already "
             "complete, %d to write with %d threads", o->src, lt->name, o->out,
             (unsigned long long)j.prog.files_planned,

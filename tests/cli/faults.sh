@@ -74,6 +74,19 @@ run qmoe-extract "$T/src-trunc" "$T/trunc"
 expect trunc-rerun 0
 complete trunc "$T/trunc"
 
+# -- a torn last journal line (a crash or a full disk mid-append): the
+# resume must not glue its first record onto it
+run qmoe-extract --layers 0 "$SRC" "$T/torn"
+expect torn-setup 0
+head -c 150 "$T/torn/.qmoe/journal.jsonl" >>"$T/torn/.qmoe/journal.jsonl"  # no newline
+run qmoe-extract "$SRC" "$T/torn"
+expect torn-resume 0
+run qmoe-extract "$SRC" "$T/torn"
+expect torn-resume-again 0 "(resumed)" stdout
+[ "$(grep -c '^{"path":.*}$' "$T/torn/.qmoe/journal.jsonl")" = "$(grep -c . "$T/torn/.qmoe/journal.jsonl")" ] &&
+    ok torn-journal-clean || fail torn-journal-clean "$(grep -v '}$' "$T/torn/.qmoe/journal.jsonl" | head -c 300)"
+complete torn "$T/torn"
+
 # -- qmoe-status and qmoe-verify while an extraction writes: no false alarm
 QMOE_THROTTLE_MS=40 qmoe-extract -j 2 "$SRC" "$T/live" >/dev/null 2>&1 &
 pid=$!
