@@ -33,13 +33,14 @@ complete() {
     check "$1-no-tmp-after" no_tmp_files "$2"
     if [ $have_verify = 1 ]; then run qmoe-verify "$2"; expect "$1-verifies" 0; fi
 }
-wait_journal() { # OUT N PID: until the journal has N lines or PID ends (20 s)
+wait_lines() { # FILE N PID: until FILE has N lines or PID ends (20 s)
     for _ in $(seq 400); do
         kill -0 "$3" 2>/dev/null || return 1
-        [ "$(cat "$1/.qmoe/journal.jsonl" 2>/dev/null | grep -c .)" -ge "$2" ] && return 0
+        [ "$(cat "$1" 2>/dev/null | grep -c .)" -ge "$2" ] && return 0
         sleep 0.05
     done; return 1
 }
+wait_journal() { wait_lines "$1/.qmoe/journal.jsonl" "$2" "$3"; } # OUT N PID
 
 # -- file-size limit (no root needed): EFBIG, not death by SIGXFSZ
 if command -v prlimit >/dev/null; then
@@ -122,6 +123,20 @@ if [ $have_verify = 1 ]; then
 else skip live-verify "qmoe-verify not built yet"; fi
 [ "$st_bad" != "partial file seen" ] && ok live-no-partial-file || fail live-no-partial-file
 complete live "$T/live"
+
+# -- --shard: two processes share OUT; one is killed and rerun
+QMOE_THROTTLE_MS=40 qmoe-extract --shard 0/2 -j 1 "$SRC" "$T/sh" >"$T/sh0.out" 2>&1 & p0=$!
+QMOE_THROTTLE_MS=40 qmoe-extract --shard 1/2 -j 1 "$SRC" "$T/sh" >"$T/sh1.out" 2>&1 & p1=$!
+wait_lines "$T/sh/.qmoe/shard-1-of-2/journal.jsonl" 5 $p1
+kill -KILL $p1; wait $p1
+wait $p0; rc=$?
+[ $rc = 0 ] && ok shard-survivor-finishes || fail shard-survivor-finishes "rc $rc $(cat "$T/sh0.out")"
+check shard-not-complete-yet grep -q '"complete":false' "$T/sh/qmoe.json"
+intact shard "$T/sh"
+run qmoe-extract --shard 1/2 "$SRC" "$T/sh"
+expect shard-rerun 0 "taking over the stale lock of pid $p1"
+check shard-complete grep -q '"complete":true' "$T/sh/qmoe.json"
+complete shard "$T/sh"
 
 # -- the rest needs mounts
 if [ "$(id -u)" != 0 ]; then
