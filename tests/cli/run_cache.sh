@@ -1,0 +1,34 @@
+# run_cache.sh - the expert cache: a cache smaller than all experts (down
+# to a single expert) gives bit-identical logits, with the misses counted;
+# a missing expert file is a clear error naming (layer, expert) and file.
+. "$(dirname "$0")/lib.sh"
+G=$FIX/qwen3moe-tiny/golden
+M=$FIX/qwen3moe-tiny/qwen3moe
+SEQ3=$(grep -A1 '"seq3"' "$G/tokens.json" | sed -n 's/.*"ids": \[\(.*\)\].*/\1/p' | tr -d ' ')
+jnum() { sed -n "s/.*\"$1\":[[:space:]]*\([0-9.e+-]*\).*/\1/p" | head -1; }
+
+run qmoe-run -n 0 --json --token-ids "$SEQ3" --logits-out "$T/big.f32" "$M"
+expect cache_big 0 && big_misses=$(printf %s "$out" | jnum misses)
+# 48 experts of 12 KiB = 576 KiB; --cache-mb 0 holds one expert at a time
+run qmoe-run -n 0 --json --cache-mb 0 --token-ids "$SEQ3" --logits-out "$T/one.f32" "$M"
+expect cache_one 0 || exit 0
+cmp -s "$T/big.f32" "$T/one.f32" && ok cache_one_same_logits || fail cache_one_same_logits
+misses=$(printf %s "$out" | jnum misses) hits=$(printf %s "$out" | jnum hits)
+res=$(printf %s "$out" | jnum resident) peak=$(printf %s "$out" | jnum cache_peak_bytes)
+# 24 tokens x 3 layers x 4 experts asked; no two asks in a row are the same
+[ "$misses" = 288 ] && [ "$hits" = 0 ] && [ "$res" = 1 ] && [ "$peak" = 12288 ] &&
+    [ "${big_misses:-0}" -lt 288 ] && ok cache_one_counts ||
+    fail cache_one_counts "misses $misses hits $hits resident $res peak $peak (big: $big_misses misses)"
+[[ "$err" == *"288 misses"* ]] && ok cache_stats_on_stderr || fail cache_stats_on_stderr "$err"
+
+# An index that names an expert file which is not there.
+mkdir -p "$T/missing"
+cp "$M"/* "$T/missing/"
+sed -i -E 's#("model\.layers\.0\.mlp\.experts\.3\.[a-z_]+\.weight": *)"[^"]*"#\1"experts/expert_003_layer_00.safetensors"#' \
+    "$T/missing/model.safetensors.index.json"
+run qmoe-run -n 0 --token-ids "$SEQ3" "$T/missing"
+expect cache_missing_expert 2 "cannot load expert (layer 0, expert 3)" &&
+    expect cache_missing_expert_file 2 "experts/expert_003_layer_00.safetensors"
+# A prompt whose router never picks that expert does not need the file.
+run qmoe-run -n 0 --token-ids "$SEQ3" --mask-experts 4-15 "$T/missing"
+expect cache_missing_unused_expert 0
