@@ -12,6 +12,7 @@ tests/cli/bad_inputs.sh:
     exit N
     stderr SUBSTRING         (must appear in stderr; repeatable)
     output SUBSTRING         (must appear in stdout or stderr; repeatable)
+    requires PROG OPTION     (skip the entry until PROG --help lists OPTION)
 
 Entries stay tiny: anything large is made by a `setup` line (truncate -s
 makes sparse files).
@@ -229,7 +230,39 @@ tokbad = b'{"added_tokens":[{"id":3,"content":"<|x|>","special":true}],"pre_toke
 entry('070-tokenizer-duplicate-id-with-added', {'tokenizer.json': tokbad},
       ['# fuzz_tokenizer finding: a duplicate vocab id with added tokens crashed tok_free',
        'setup cp -r $FIX/qwen3moe-tiny/qwen3moe $D/m && cp $D/tokenizer.json $D/m/tokenizer.json',
+       'requires qmoe-run --prompt',
        'run qmoe-run --prompt hi -n 1 $D/m', 'exit 2', 'stderr tokenizer.json', 'stderr appears twice'])
+
+# ---- qmoe-run on a damaged extraction (setup extracts the fixture) ----
+XM = 'setup qmoe-extract $FIX/qwen3moe-tiny/qwen3moe $D/m >/dev/null && '
+RUN = ['run qmoe-run --token-ids 1,2,3 -n 4 -j 2 $D/m', 'exit 2']
+E = 'experts/expert_03_layer_01.safetensors'
+for name, what, cmd, msgs in [
+    ('080-run-expert-file-missing', 'an expert file deleted after extraction', f'rm $D/m/{E}',
+     [E, 'No such file']),
+    ('081-run-expert-file-truncated', 'an expert file cut short', f'truncate -s 5000 $D/m/{E}',
+     [E, 'past the end of the file']),
+    ('082-run-expert-file-swapped', 'a layer file copied over an expert file',
+     f'cp $D/m/layers/layer_00.safetensors $D/m/{E}', [E, 'down_proj']),
+    ('083-run-config-hidden-size', 'config hidden_size disagrees with the tensors',
+     "sed -i 's/\"hidden_size\": 64/\"hidden_size\": 65/' $D/m/config.json", ['globals.safetensors', 'the config implies']),
+    ('084-run-config-topk-huge', 'num_experts_per_tok larger than the experts',
+     "sed -i 's/\"num_experts_per_tok\": 4/\"num_experts_per_tok\": 400/' $D/m/config.json", ['config.json', 'num_experts_per_tok']),
+    ('085-run-config-vocab-huge', 'vocab_size 2e9: refused, no giant allocation',
+     "sed -i 's/\"vocab_size\": 384/\"vocab_size\": 2000000000/' $D/m/config.json", ['config.json', 'vocab_size']),
+    ('086-run-globals-missing', 'globals.safetensors deleted', 'rm $D/m/globals.safetensors',
+     ['globals.safetensors', 'No such file']),
+    ('087-run-index-not-json', 'the extraction\'s index truncated',
+     'truncate -s 100 $D/m/model.safetensors.index.json', ['model.safetensors.index.json']),
+]:
+    entry(name, {'README': (what + ' (made by setup)\n').encode()},
+          ['# ' + what, XM + cmd] + RUN + ['stderr ' + m for m in msgs])
+entry('088-run-token-id-out-of-range', {'README': b'a token id beyond the vocabulary\n'},
+      ['# a token id beyond the vocabulary', XM + 'true',
+       'run qmoe-run --token-ids 99999 -n 1 $D/m', 'exit 2', 'stderr 99999', 'stderr vocabulary'])
+entry('089-run-generate-huge', {'README': b'-n 100000000: the KV cache is refused, not attempted\n'},
+      ['# -n 100000000: the KV cache is refused, not attempted', XM + 'true',
+       'run qmoe-run --token-ids 1 -n 100000000 $D/m', 'exit 2', 'stderr KV cache'])
 
 def main():
     keep = {'README.md', 'make-catalogue.py'}

@@ -13,11 +13,12 @@ for e in "$BAD"/[0-9][0-9][0-9]-*/; do
     D="$T/$name"; OUT="$T/$name.out"
     cp -r "$e" "$D"
     export D OUT FIX
-    want_rc= cmd= subs=() setup_ok=1
+    want_rc= cmd= subs=() setup_ok=1 req=()
     while IFS= read -r line || [ -n "$line" ]; do
         case "$line" in
             '#'*|'') ;;
             setup\ *) bash -c "${line#setup }" >"$T/.setup" 2>&1 || { setup_ok=0; break; } ;;
+            requires\ *) req=(${line#requires }) ;;
             run\ *) cmd=${line#run } ;;
             exit\ *) want_rc=${line#exit } ;;
             stderr\ *) subs+=("E${line#stderr }") ;;
@@ -28,6 +29,9 @@ for e in "$BAD"/[0-9][0-9][0-9]-*/; do
     [ $setup_ok = 1 ] || { fail "bad-$name" "setup failed: $(cat "$T/.setup")"; continue; }
     prog=${cmd%% *}
     if ! command -v "$prog" >/dev/null; then skip "bad-$name" "$prog not built yet"; continue; fi
+    if [ ${#req[@]} = 2 ] && ! "${req[0]}" --help 2>/dev/null | grep -q -- "${req[1]}"; then
+        skip "bad-$name" "${req[0]} has no ${req[1]} yet"; continue
+    fi
     eval "set -- $cmd"
     run timeout -k 5 "$LIMIT" "$@"
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then fail "bad-$name" "no answer within $LIMIT s (hang?)"; continue; fi
