@@ -46,8 +46,15 @@ if [ -x "$BIN/qmoe-status" ]; then
 else echo "skip valgrind-status: qmoe-status not built"; fi
 if [ -x "$BIN/qmoe-run" ]; then
     vg run 0 "$BIN/qmoe-run" --token-ids 1,2,3 -n 4 -j 2 "$T/out"
-    vg run-prompt 0 "$BIN/qmoe-run" --prompt "Hello" -n 2 "$FIX/qwen3moe"
+    vg run-options 0 "$BIN/qmoe-run" --token-ids 5,6 -n 3 --expert-io=read --cache-mb 0 \
+        --mask-experts 0-7 --router-log "$T/router.jsonl" --logits-out "$T/logits.f32" \
+        --temperature 0.8 --seed 7 --json "$T/out"
+    vg run-source 0 "$BIN/qmoe-run" --token-ids 1,2 -n 2 "$FIX/qwen3moe"
+    vg run-bad-token 2 "$BIN/qmoe-run" --token-ids 99999 -n 1 "$T/out"
+    if "$BIN/qmoe-run" --help | grep -q -- --prompt; then
+        vg run-prompt 0 "$BIN/qmoe-run" --prompt "Hello" -n 2 "$FIX/qwen3moe"
+    else echo "skip valgrind-run-prompt: qmoe-run has no --prompt yet"; fi
 else echo "skip valgrind-run: qmoe-run not built"; fi
-echo "valgrind: $pass passed, $fail failed (logs in $T)"
-[ $fail = 0 ] && rm -rf "$T"
+echo "valgrind: $pass passed, $fail failed"
+if [ $fail = 0 ]; then rm -rf "$T"; else echo "logs in $T"; fi
 [ $fail = 0 ]
