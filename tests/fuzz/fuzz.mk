@@ -23,6 +23,7 @@ FUZZ_JOBS    ?= 1
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
                 -fno-omit-frame-pointer
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -pthread $(FUZZ_SAN) $(PKG_CFLAGS) -Icommon \
+                -DFUZZ_MODEL='"$(abspath tests/fixtures/qwen3moe-tiny/qwen3moe)"' \
                 -DFUZZ_TOKENIZER='"$(abspath tests/fixtures/qwen3-tokenizer/tiny/tokenizer.json)"'
 FUZZ_SRC     := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_NAMES   := $(FUZZ_SRC:tests/fuzz/fuzz_%.c=%)
