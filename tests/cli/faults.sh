@@ -97,8 +97,8 @@ while kill -0 $pid 2>/dev/null; do
     polls=$((polls + 1))
     if [ $have_status = 1 ]; then
         qmoe-status --json "$T/live" >"$T/st.out" 2>"$T/st.err"; r=$?
-        if [ $r = 2 ] || [ -s "$T/st.err" ] || grep -q '"journal_bad_lines" *: *[1-9]' "$T/st.out"; then
-            st_bad="rc $r: $(head -c 300 "$T/st.err") $(grep -o '"journal_bad_lines" *: *[0-9]*' "$T/st.out")"
+        if [ $r = 2 ] || [ -s "$T/st.err" ] || grep -q '"journal_bad_lines"[[:space:]]*:[[:space:]]*[1-9]' "$T/st.out"; then
+            st_bad="rc $r: $(head -c 300 "$T/st.err") $(grep -o '"journal_bad_lines"[[:space:]]*:[[:space:]]*[0-9]*' "$T/st.out")"
         fi
     fi
     if [ $have_verify = 1 ]; then

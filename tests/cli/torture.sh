@@ -40,7 +40,7 @@ done_paths() { # unique paths in the journal
 }
 final_files() { find "$1" -name '*.safetensors' ! -name '*.tmp.*' 2>/dev/null; }
 json_num() { # KEY FILE: first number value of "KEY" in a JSON text
-    sed -n "s/.*\"$1\" *: *\([0-9][0-9]*\).*/\1/p" "$2" | head -n 1
+    sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*\([0-9][0-9]*\).*/\1/p" "$2" | head -n 1
 }
 
 OUT="$T/out"
@@ -113,7 +113,7 @@ for i in $(seq 1 $n_cycles); do
         fi
         if [ $have_status = 1 ] && [ $mine = 1 ]; then
             qmoe-status --json "$OUT" >"$T/st.json" 2>"$T/st.err"; src=$?
-            grep -q '"state" *: *"crashed"' "$T/st.json" ||
+            grep -q '"state"[[:space:]]*:[[:space:]]*"crashed"' "$T/st.json" ||
                 note_fail "torture-$i-status-crashed" "rc $src $(head -c 300 "$T/st.json") $(cat "$T/st.err")"
             ed=$(json_num experts_done "$T/st.json")
             lo=$(grep '}$' "$OUT/.qmoe/journal.jsonl" 2>/dev/null | grep -c '"kind":"expert"')
@@ -131,7 +131,7 @@ for i in $(seq 1 $n_cycles); do
         no_tmp_files "$OUT" || note_fail "torture-$i-no-tmp" "$(find "$OUT" -name '*.tmp.*' | head -3)"
         if [ $have_status = 1 ]; then
             qmoe-status --json "$OUT" >"$T/st.json" 2>&1
-            grep -q '"state" *: *"stopped"' "$T/st.json" ||
+            grep -q '"state"[[:space:]]*:[[:space:]]*"stopped"' "$T/st.json" ||
                 note_fail "torture-$i-status-stopped" "$(head -c 300 "$T/st.json")"
         fi
         prev_pid=
