@@ -225,6 +225,28 @@ entry('053-expert-file-missing-projection', ck_files(shard_ts=[x for x in ts0 if
        'setup qmoe-extract $D/ck $D/out >/dev/null',
        'run qmoe-verify $D/out', 'exit 1', 'output down_proj'])
 
+# ---- qmoe-verify on a damaged extraction (setup extracts the fixture) ----
+XV = 'setup qmoe-extract $FIX/qwen3moe-tiny/qwen3moe $D/m >/dev/null && '
+EV = 'experts/expert_03_layer_01.safetensors'
+for name, what, cmd, msgs in [
+    ('060-verify-flipped-byte', 'one byte of an expert tensor flipped',
+     f"printf '\\377' | dd of=$D/m/{EV} bs=1 seek=5000 conv=notrunc 2>/dev/null", [EV, 'gate_proj', 'crc32']),
+    ('061-verify-expert-missing', 'an expert file deleted', f'rm $D/m/{EV}', ['expert 3 missing']),
+    ('062-verify-unexpected-file', 'an expert file beyond the config\'s counts',
+     f'cp $D/m/{EV} $D/m/experts/expert_99_layer_01.safetensors', ['expert_99_layer_01', 'unexpected']),
+    ('063-verify-expert-truncated', 'an expert file cut short', f'truncate -s 5000 $D/m/{EV}', [EV, 'truncated']),
+    ('064-verify-header-length-huge', 'an expert file whose header length was overwritten',
+     f"printf '\\377\\377\\377\\377\\377\\377\\377\\177' | dd of=$D/m/{EV} bs=1 conv=notrunc 2>/dev/null",
+     [EV, 'header length']),
+    ('065-verify-manifest-not-json', 'qmoe.json cut short', 'truncate -s 50 $D/m/qmoe.json', ['qmoe.json']),
+    ('066-verify-expert-is-directory', 'a directory where an expert file belongs',
+     f'rm $D/m/{EV} && mkdir $D/m/{EV}', [EV, 'not a regular file']),
+    ('067-verify-config-fewer-experts', 'config.json edited to fewer experts than were extracted',
+     "sed -i 's/\"num_experts\": 16/\"num_experts\": 15/' $D/m/config.json", ['num_experts']),
+]:
+    entry(name, {'README': (what + ' (made by setup)\n').encode()},
+          ['# ' + what, XV + cmd, 'run qmoe-verify $D/m', 'exit 1'] + ['output ' + m for m in msgs])
+
 # ---- tokenizer (read by qmoe-run) ----
 tokbad = b'{"added_tokens":[{"id":3,"content":"<|x|>","special":true}],"pre_tokenizer":{"type":"ByteLevel","add_prefix_space":false,"use_regex":true},"model":{"type":"BPE","vocab":{"a":0,"b":0},"merges":[]}}\n'
 entry('070-tokenizer-duplicate-id-with-added', {'tokenizer.json': tokbad},
