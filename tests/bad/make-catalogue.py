@@ -225,6 +225,11 @@ entry('053-expert-file-missing-projection', ck_files(shard_ts=[x for x in ts0 if
        'setup qmoe-extract $D/ck $D/out >/dev/null',
        'run qmoe-verify $D/out', 'exit 1', 'output down_proj'])
 
+f = ck_files(); f['ck/model.safetensors.index.json'] = b'{"weight_map": {}}'
+entry('054-index-weight-map-empty', f,
+      ['# fuzz_checkpoint finding: an empty weight_map "extracted" 0/0 files with exit 0',
+       '# (and passed NULL to qsort, which UBSan stops)'] + CK + ['stderr has no tensors'])
+
 # ---- qmoe-verify on a damaged extraction (setup extracts the fixture) ----
 XV = 'setup qmoe-extract $FIX/qwen3moe-tiny/qwen3moe $D/m >/dev/null && '
 EV = 'experts/expert_03_layer_01.safetensors'
