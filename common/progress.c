@@ -48,6 +48,10 @@ int progress_write(const char *path, const progress *p, GError **err)
     cJSON_AddStringToObject(j, "log", p->log ? p->log : ".qmoe/extract.log");
     cJSON_AddNumberToObject(j, "shard", p->shard);
     cJSON_AddNumberToObject(j, "shards", p->shards > 0 ? p->shards : 1);
+    if (p->layers)
+        cJSON_AddStringToObject(j, "layers", p->layers);
+    if (p->experts)
+        cJSON_AddStringToObject(j, "experts", p->experts);
     char *text = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     g_free(st);
@@ -117,6 +121,10 @@ int progress_read(const char *path, progress *p, GError **err)
         p->last_error = g_strdup(le->valuestring);
     const cJSON *lg = cJSON_GetObjectItemCaseSensitive(j, "log");
     p->log = g_strdup(cJSON_IsString(lg) ? lg->valuestring : ".qmoe/extract.log");
+    const cJSON *ls = cJSON_GetObjectItemCaseSensitive(j, "layers");
+    const cJSON *es = cJSON_GetObjectItemCaseSensitive(j, "experts");
+    p->layers = cJSON_IsString(ls) ? g_strdup(ls->valuestring) : NULL;
+    p->experts = cJSON_IsString(es) ? g_strdup(es->valuestring) : NULL;
     cJSON_Delete(j);
     return 0;
 }
@@ -129,6 +137,8 @@ void progress_clear(progress *p)
     g_strfreev(p->current);
     g_free(p->last_error);
     g_free(p->log);
+    g_free(p->layers);
+    g_free(p->experts);
     memset(p, 0, sizeof *p);
 }
 

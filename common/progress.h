@@ -11,7 +11,8 @@
  *      "files_done":1739,"files_planned":6200,"bytes_done":N,"bytes_planned":N,
  *      "experts_done":1739,"experts_planned":6144,"files_skipped":0,
  *      "current":["experts/expert_003_layer_05.safetensors"],
- *      "last_error":null,"log":".qmoe/extract.log","shard":0,"shards":1}
+ *      "last_error":null,"log":".qmoe/extract.log","shard":0,"shards":1,
+ *      "layers":"0-47","experts":"0-127"}
  *     state: running, finished, failed, stopped. A "running" file whose pid
  *     is dead means the job crashed.
  *   journal.jsonl  see manifest.h
@@ -36,6 +37,7 @@ typedef struct {
     char *last_error;       /* or NULL */
     char *log;              /* log path relative to OUT */
     int shard, shards;      /* 0 and 1 when not sharded */
+    char *layers, *experts; /* selection as LISTs ("0-47", "0-7"), or NULL */
 } progress;
 
 /* "OUT/.qmoe" or "OUT/.qmoe/shard-I-of-N" (shards > 1). Caller frees. */

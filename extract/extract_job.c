@@ -607,6 +607,10 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     j.prog.shard = o->shard;
     j.prog.shards = o->shards;
     j.prog.log = g_strdup(".qmoe/extract.log");
+    if (p->partial) { /* a full run leaves them out: nothing to narrow */
+        j.prog.layers = qm_list_format(p->layer_sel, p->shape.n_layers);
+        j.prog.experts = qm_list_format(p->expert_sel, p->shape.n_experts);
+    }
     for (int i = 0; i < p->n_files; i++) {
         const plan_file *f = &p->files[i];
         if (f->part != o->shard)

@@ -18,6 +18,7 @@
 #include "fs.h"
 #include "layout.h"
 #include "mksample.h"
+#include "mksample_coherent.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -29,6 +30,7 @@ static int opt_vocab = 384, opt_heads = 4, opt_kv_heads = 2, opt_head_dim = 0;
 static int opt_topk = 2, opt_shards = 0, opt_shard_mb = 0;
 static char *opt_seed = NULL, *opt_dtype = NULL;
 static gboolean opt_list, opt_force, opt_json, opt_version;
+static gboolean opt_coherent, opt_print_prompts, opt_print_reference;
 
 static GOptionEntry entries[] = {
     {"layout", 0, 0, G_OPTION_ARG_STRING, &opt_layout,
@@ -48,6 +50,12 @@ static GOptionEntry entries[] = {
      "Cut shards at about N MB (10^6 bytes) each instead", "N"},
     {"seed", 0, 0, G_OPTION_ARG_STRING, &opt_seed, "Seed of the values (default 1)", "S"},
     {"dtype", 0, 0, G_OPTION_ARG_STRING, &opt_dtype, "bf16 (default), f16 or f32", "T"},
+    {"coherent", 0, 0, G_OPTION_ARG_NONE, &opt_coherent,
+     "Write the coherent model (qwen3_omni_moe or qwen3_moe; fixed sizes)", NULL},
+    {"print-prompts", 0, 0, G_OPTION_ARG_NONE, &opt_print_prompts,
+     "Print the coherent model's prompt set (samples/prompts) and exit", NULL},
+    {"print-reference", 0, 0, G_OPTION_ARG_NONE, &opt_print_reference,
+     "Print its reference text (samples/reference.txt) and exit", NULL},
     {"list", 0, 0, G_OPTION_ARG_NONE, &opt_list, "List the layouts and exit", NULL},
     {"force", 0, 0, G_OPTION_ARG_NONE, &opt_force, "Write into a non-empty OUT", NULL},
     {"json", 0, 0, G_OPTION_ARG_NONE, &opt_json, "Print the summary as JSON", NULL},
@@ -64,6 +72,8 @@ static const char *summary_text =
     "  qmoe-mksample /tmp/omni                                   tiny Qwen3-Omni\n"
     "  qmoe-mksample --layers 48 --experts 128 /tmp/omni6144     the real expert count\n"
     "  qmoe-mksample --layout mixtral --experts 8 --topk 2 /tmp/mx\n"
+    "  qmoe-mksample --coherent --layout qwen3_moe /tmp/coh      a model whose greedy\n"
+    "                output reproduces known sentences (samples/prompts)\n"
     "  qmoe-mksample --layers 2 --experts 128 --hidden 2048 --inter 768 \\\n"
     "                --shard-mb 4000 /tmp/big                     real expert size\n"
     "\n"
@@ -502,6 +512,51 @@ static int in_range(const char *what, int v, int lo, int hi)
     return v;
 }
 
+/* --coherent: the sizes are the construction's own (mksample_coherent.c). */
+static int write_coherent(const char *out)
+{
+    GError *err = NULL;
+    coh_stats st;
+    const char *lt = opt_layout ? opt_layout : "qwen3_omni_moe";
+    double t0 = qm_monotonic();
+    if (prepare_out(out, &err) || coherent_write(out, lt, &st, &err)) {
+        qm_report(prog, err);
+        int code = qm_exit_code(err);
+        g_error_free(err);
+        return code;
+    }
+    double secs = qm_monotonic() - t0;
+    if (opt_json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "out", out);
+        cJSON_AddStringToObject(j, "layout", lt);
+        cJSON_AddNumberToObject(j, "layers", st.layers);
+        cJSON_AddNumberToObject(j, "experts", st.experts);
+        cJSON_AddNumberToObject(j, "hidden", st.hidden);
+        cJSON_AddNumberToObject(j, "moe_intermediate_size", st.inter);
+        cJSON_AddNumberToObject(j, "vocab_size", st.vocab);
+        cJSON_AddNumberToObject(j, "tokens", st.n_tokens);
+        cJSON_AddNumberToObject(j, "corpus_tokens", st.n_words);
+        cJSON_AddNumberToObject(j, "min_margin", st.min_margin);
+        cJSON_AddNumberToObject(j, "min_break_margin", st.min_break);
+        cJSON_AddNumberToObject(j, "min_masked_margin", st.min_masked);
+        cJSON_AddNumberToObject(j, "perplexity", st.ppl);
+        cJSON_AddNumberToObject(j, "perplexity_masked", st.ppl_masked);
+        cJSON_AddNumberToObject(j, "seconds", secs);
+        char *s = cJSON_PrintUnformatted(j);
+        printf("%s\n", s);
+        cJSON_free(s);
+        cJSON_Delete(j);
+    } else {
+        printf("%s: coherent %s, %d layers x %d experts, %d corpus tokens; logit margins: "
+               "healthy >= %.1f, one expert lost >= %.1f, router masked to 0-7 >= %.1f; "
+               "reference perplexity %.3f (masked %.3g) in %.2f s\n",
+               out, lt, st.layers, st.experts, st.n_words, st.min_margin, st.min_break,
+               st.min_masked, st.ppl, st.ppl_masked, secs);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     GError *err = NULL;
@@ -519,9 +574,17 @@ int main(int argc, char **argv)
         list_layouts();
         return 0;
     }
+    if (opt_print_prompts || opt_print_reference) {
+        char *text = opt_print_prompts ? coherent_prompts_jsonl() : coherent_reference_text();
+        fputs(text, stdout);
+        g_free(text);
+        return 0;
+    }
     if (argc != 2)
         usage_error(argc < 2 ? "missing OUT directory" : "too many arguments");
     const char *out = argv[1];
+    if (opt_coherent)
+        return write_coherent(out);
 
     ms_opts o = {0};
     o.lt = layout_find(opt_layout ? opt_layout : "qwen3_omni_moe");

@@ -1,0 +1,153 @@
+/* status.h - one snapshot of an extraction directory, for qmoe-status.
+ *
+ * A snapshot is built from what is on disk, cheapest source first:
+ *   experts/, layers/, other/, OUT itself   one readdir each: the files that
+ *                                           are complete (final names) and the
+ *                                           temporaries FINAL.tmp.PID in flight
+ *   .qmoe/progress.json, .qmoe/shard-I-of-N/progress.json
+ *                                           job state, pid, planned counts
+ *   .qmoe/lock (and per shard)              stale lock = pid gone
+ *   .qmoe/journal.jsonl (and per shard)     sizes and finish times -> bytes,
+ *                                           rate over a recent window
+ *   qmoe.json "expected"                    the expected set (layers, experts)
+ *   config.json                             the expected set when neither
+ *                                           qmoe.json nor progress.json say
+ *   names in experts/                       the last resort (scan only)
+ * Nothing is stat()ed per file unless there is neither a journal nor a
+ * progress file to give the bytes.
+ */
+#ifndef QMOE_STATUS_H
+#define QMOE_STATUS_H
+
+#include <glib.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Seconds of journal history that the rate is measured over. */
+#define ST_RATE_WINDOW 60.0
+
+typedef struct {
+    int layer;
+    int expected;          /* expert files expected in this layer */
+    int done;              /* complete expert files found */
+    int in_flight;         /* expert files of this layer being written */
+} st_layer;
+
+typedef struct {
+    char *path;            /* relative to OUT (final name) */
+    pid_t pid;             /* writer: from the temporary's name or the job */
+    int alive;             /* that pid is alive */
+    int has_tmp;           /* a FINAL.tmp.PID exists */
+} st_flight;
+
+typedef struct {
+    char *dir;             /* state dir relative to OUT: ".qmoe", ".qmoe/shard-0-of-4" */
+    int shard, shards;     /* 0 and 1 when not sharded */
+    int present;           /* progress.json exists and parsed */
+    char *state;           /* running finished failed stopped crashed none */
+    pid_t pid;
+    int stale_lock;        /* lock file whose pid is gone */
+    double started, updated;
+    uint64_t files_done, files_planned, bytes_done, bytes_planned;
+    uint64_t experts_done, experts_planned;
+    char **current;        /* NULL-terminated (may be empty) */
+    char *last_error;      /* or NULL */
+    char *log;             /* relative to OUT, or NULL */
+    char *layers, *experts;/* selection lists if progress.json gives them */
+} st_job;
+
+typedef struct {
+    char *out;
+    double now;            /* when taken (epoch seconds) */
+    double took_ms;        /* how long taking it took */
+
+    /* job */
+    char *state;           /* running finished failed stopped crashed none */
+    pid_t pid;             /* of the (first) running job, else of the last one */
+    int n_jobs;
+    st_job *jobs;          /* the main job, or the shards */
+    int sharded;
+    char *last_error;      /* newest last_error of any job, or NULL */
+    char *log;             /* relative to OUT, or NULL */
+    double started, updated; /* 0 when unknown */
+    double elapsed;        /* seconds, -1 unknown */
+
+    /* expected set */
+    const char *expected_from; /* "manifest", "progress", "config", "scan" */
+    int partial;
+    char *sel_layers, *sel_experts; /* lists, or NULL */
+    int n_layers, n_experts; /* grid size */
+    st_layer *layers;      /* n_layers rows */
+    int64_t experts_expected, experts_done;
+    int layers_expected, layers_complete;
+    int64_t other_expected;/* non-expert files; -1 unknown */
+    int64_t other_done;
+    int64_t unexpected;    /* expert files outside the expected set */
+    int64_t bytes_planned; /* -1 unknown */
+    int64_t bytes_done;    /* -1 unknown */
+    int complete;
+
+    /* rate */
+    double rate_files, rate_bytes; /* per second over the window; -1 unknown */
+    double rate_window;    /* seconds actually covered */
+    double eta;            /* seconds, -1 unknown */
+
+    /* in flight */
+    int n_flight;
+    st_flight *flight;
+    int n_stale_tmp;       /* temporaries whose writer is dead */
+    st_flight *stale_tmp;
+
+    /* journal */
+    int64_t journal_records;
+    int64_t journal_bad;
+} st_snap;
+
+/* Takes a snapshot of OUT. Errors (QM_ERR_IO): OUT missing or not a
+ * directory, or not an extraction directory (names what is missing). */
+st_snap *st_snap_take(const char *out, GError **err);
+void st_snap_free(st_snap *s);
+
+/* ---- minimal JSON scanning (status_json.c) ---- */
+
+/* One journal record's top-level fields; path points into the line. */
+typedef struct {
+    const char *path;
+    int kind_expert;
+    int layer, expert;
+    uint64_t size;
+    double time;
+} st_rec;
+
+/* Parses the fields of one journal line [p, end) (no newline) without
+ * building a tree; stops after the fields it needs. Writes a NUL after
+ * the path in place. Falls back to cJSON for lines it cannot scan. Returns
+ * 0 or -1 (bad line). */
+int st_journal_line(char *p, char *end, st_rec *r);
+
+/* The "expected" object of qmoe.json as a cJSON tree (caller deletes), or
+ * NULL when the file is absent or has none. Reads only the head of the
+ * file when it can: the "files" array after it can be megabytes. */
+struct cJSON *st_manifest_expected(const char *path, char **layout);
+
+/* ---- rendering (status_render.c) ---- */
+
+typedef struct {
+    int color;   /* ANSI colours */
+    int utf8;    /* Unicode bar marks */
+    int width;   /* columns */
+    int height;  /* rows, 0 = unlimited */
+} st_style;
+
+/* The dashboard, lines ending in "\n". Caller frees. */
+char *st_render_text(const st_snap *s, const st_style *y);
+/* One plain line (no newline) for logs. Caller frees. */
+char *st_render_line(const st_snap *s);
+/* JSON document with a final newline; pretty = indented, else one line.
+ * Caller frees. */
+char *st_render_json(const st_snap *s, int pretty);
+
+/* "1h 02m", "3m 05s", "12s". */
+char *st_human_duration(double secs, char *buf, size_t cap);
+
+#endif
