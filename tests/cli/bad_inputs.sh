@@ -13,12 +13,13 @@ for e in "$BAD"/[0-9][0-9][0-9]-*/; do
     D="$T/$name"; OUT="$T/$name.out"
     cp -r "$e" "$D"
     export D OUT FIX
-    want_rc= cmd= subs=() setup_ok=1 req=()
+    want_rc= cmd= subs=() setup_ok=1 req=() envs=()
     while IFS= read -r line || [ -n "$line" ]; do
         case "$line" in
             '#'*|'') ;;
             setup\ *) bash -c "${line#setup }" >"$T/.setup" 2>&1 || { setup_ok=0; break; } ;;
             requires\ *) req=(${line#requires }) ;;
+            env\ *) envs+=("${line#env }") ;;
             run\ *) cmd=${line#run } ;;
             exit\ *) want_rc=${line#exit } ;;
             stderr\ *) subs+=("E${line#stderr }") ;;
@@ -33,7 +34,7 @@ for e in "$BAD"/[0-9][0-9][0-9]-*/; do
         skip "bad-$name" "${req[0]} has no ${req[1]} yet"; continue
     fi
     eval "set -- $cmd"
-    run timeout -k 5 "$LIMIT" "$@"
+    run env "${envs[@]}" timeout -k 5 "$LIMIT" "$@"
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then fail "bad-$name" "no answer within $LIMIT s (hang?)"; continue; fi
     good=1
     [ "$rc" = "$want_rc" ] || { fail "bad-$name" "exit $rc, wanted $want_rc; stderr: $(head -c 400 <<<"$err")"; good=0; }
