@@ -93,3 +93,4 @@ install: all
 
 clean:
 	rm -rf build build-san build-fuzz
+include tests/fuzz/fuzz.mk
