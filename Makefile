@@ -93,4 +93,5 @@ install: all
 
 clean:
 	rm -rf build build-san build-fuzz
+include tests/fuzz/fuzz.mk
 include tests/cluster/cluster.mk
