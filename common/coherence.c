@@ -138,7 +138,7 @@ static GPtrArray *load_prompts(const char *path, GError **err)
                               ? "\"expected\" is not a string"
                               : NULL;
         if (why) {
-            g_set_error(err, QM_ERROR, QM_ERR_FORMAT, "cannot parse prompt set '%s': line %d: %s",
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE, "cannot parse prompt set '%s': line %d: %s",
                         path, i + 1, why);
             cJSON_Delete(j);
             g_strfreev(lines);
@@ -156,7 +156,7 @@ static GPtrArray *load_prompts(const char *path, GError **err)
     }
     g_strfreev(lines);
     if (a->len == 0) {
-        g_set_error(err, QM_ERROR, QM_ERR_FORMAT, "prompt set '%s' holds no prompt", path);
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE, "prompt set '%s' holds no prompt", path);
         g_ptr_array_free(a, TRUE);
         return NULL;
     }
@@ -217,7 +217,7 @@ static int encode(tok_t *tok, const char *text, GArray *ids, const char *what, G
     g_array_set_size(ids, 0);
     GError *e = NULL;
     if (tok_encode(tok, text, strlen(text), 0, ids, &e) < 0) {
-        g_set_error(err, QM_ERROR, e->code, "%s: %s", what, e->message);
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE, "%s: %s", what, e->message);
         g_error_free(e);
         return -1;
     }
@@ -769,7 +769,9 @@ void vf_check_coherence(vf_target *t, const coh_opts *o, vf_result *r, coh_resul
     GError *err = NULL;
     coh_result *c = NULL;
     if (coh_run(t->out, o, &c, &err) < 0) {
-        vf_add(r, err->code == QM_ERR_IO ? VF_IO : VF_COHERENCE, "coherence", NULL, NULL, -1,
+        /* the gate's own input unreadable or wrong: no verdict (exit 2) */
+        int no_verdict = err->code == QM_ERR_IO || err->code == QM_ERR_USAGE;
+        vf_add(r, no_verdict ? VF_IO : VF_COHERENCE, "coherence", NULL, NULL, -1,
                "cannot run the gate: %s", err->message);
         g_error_free(err);
         return;

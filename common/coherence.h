@@ -150,10 +150,12 @@ int coh_top_experts(const double *w, int ne, int n, int *ids, double *shares);
 /* Runs the gate on the model at `path` (an extracted OUT or a checkpoint
  * directory). Returns 0 with *out set (caller coh_result_free()s) when the
  * gate ran, whatever its verdict: criteria that fail are listed in
- * (*out)->failures. Returns -1 with *err set when it could not run: the
- * model, text, prompt set or source cannot be read (QM_ERR_IO) or are
- * malformed, the text has fewer than 2 tokens, a LIST is invalid
- * (QM_ERR_USAGE), or an expert cannot be loaded during the forward pass. */
+ * (*out)->failures. Returns -1 with *err set when it could not run:
+ * QM_ERR_IO when the model, text, prompt set or source cannot be read;
+ * QM_ERR_USAGE when the gate's own input is wrong (a malformed prompt set,
+ * text that is not UTF-8 or has fewer than 2 tokens, an invalid mask);
+ * the model's error (QM_ERR_FORMAT ...) when it cannot be loaded or an
+ * expert cannot be used during the forward pass. */
 int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err);
 
 void coh_result_free(coh_result *r);
@@ -166,7 +168,8 @@ cJSON *coh_result_to_json(const coh_result *r);
  * every expert; that is reported instead), and adds a VF_COHERENCE
  * problem per failed criterion, phase "coherence", message
  * "(b) perplexity: ...". A gate that cannot run is one problem: VF_IO for
- * an I/O error (the verdict is unknown), VF_COHERENCE otherwise. *out gets
+ * QM_ERR_IO and QM_ERR_USAGE (no verdict: exit 2), VF_COHERENCE for a
+ * model that does not load or run (exit 1). *out gets
  * the result when the gate ran, else NULL. */
 void vf_check_coherence(vf_target *t, const coh_opts *o, vf_result *r,
                         coh_result **out);

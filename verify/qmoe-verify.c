@@ -102,8 +102,9 @@ static const char *description =
     "  0  complete and intact\n"
     "  1  a check failed (missing, unexpected, corrupt, mismatched, incomplete,\n"
     "     an extraction still running, or a coherence criterion)\n"
-    "  2  usage error, OUT (or SRC) missing or unreadable, or a file in OUT\n"
-    "     that could not be read (the verdict is unknown)\n";
+    "  2  usage error, OUT (or SRC) missing or unreadable, a file in OUT\n"
+    "     that could not be read, or --coherence's text or prompt set\n"
+    "     unreadable or malformed (the verdict is unknown)\n";
 
 static void print_problem(const vf_problem *p)
 {
@@ -230,7 +231,8 @@ static void print_text(const vf_result *r, const char *out, int quick, const coh
     if (c)
         print_coherence(c);
     if (vf_exit_code(r) == 2)
-        printf("ERROR: %u problem%s, some files could not be read\n", r->problems->len,
+        printf("ERROR: %u problem%s, some files or inputs could not be used: no verdict\n",
+               r->problems->len,
                r->problems->len == 1 ? "" : "s");
     else if (r->running)
         printf("INCOMPLETE: extraction running (pid %ld)\n", (long)r->pid);
