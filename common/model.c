@@ -750,6 +750,8 @@ int model_generate(model *m, const int *prompt, int n_prompt, int n_new,
         int stop = 0;
         for (int j = 0; s && j < s->n_stop; j++)
             stop |= s->stop_ids[j] == next;
+        if (s && s->on_token && s->on_token(s->user, next) != 0)
+            stop = 1;
         if (stop || i + 1 == n_new)
             break;
         if (model_step(m, next, m->logits, err) != 0)

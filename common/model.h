@@ -101,6 +101,11 @@ typedef struct {
     uint64_t seed;        /* for sampling */
     const int *stop_ids;  /* generation ends after emitting one of these */
     int n_stop;
+    /* Optional: called with each token as soon as it is chosen (before it
+     * is fed back), e.g. to print text while generating. A non-zero
+     * return ends the generation early (not an error). */
+    int (*on_token)(void *user, int token);
+    void *user;
 } model_sampling;
 
 /* Timing of a model_generate call. */

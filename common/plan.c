@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int digits(int n)
+int plan_width(int count)
 {
-    int d = 1;
+    int n = count > 0 ? count - 1 : 0, d = 1;
     while (n >= 10) {
         n /= 10;
         d++;
@@ -178,8 +178,8 @@ plan *plan_build(ckpt *ck, const layout *lt, const char *layers,
                     lt->count_keys);
         goto out;
     }
-    p->width_e = digits(ne - 1);
-    p->width_l = digits(nl > 0 ? nl - 1 : 0);
+    p->width_e = plan_width(ne);
+    p->width_l = plan_width(nl);
     p->layer_sel = g_new0(uint8_t, nl > 0 ? nl : 1);
     p->expert_sel = g_new0(uint8_t, ne);
     if (selection(layers, nl, p->layer_sel, "--layers", err) ||

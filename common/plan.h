@@ -73,6 +73,10 @@ void plan_free(plan *p);
  * ties broken by path, so parts are balanced and deterministic. */
 void plan_partition(plan *p, int n);
 
+/* Zero-padding width for indices 0..count-1: the digits of count-1, at
+ * least 2 (3 for 128 experts, 2 for 48 layers). */
+int plan_width(int count);
+
 /* Relative output path of expert E of layer L. Caller frees. */
 char *plan_expert_path(const plan *p, int layer, int expert);
 

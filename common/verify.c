@@ -1,5 +1,6 @@
 /* verify.c - see verify.h: results, opening OUT, coverage */
 #include "verify.h"
+#include "plan.h"
 #include "fs.h"
 #include "progress.h"
 #include "util.h"
@@ -161,16 +162,6 @@ cJSON *vf_result_to_json(const vf_result *r, const char *out)
 }
 
 /* ---- the target ---- */
-
-static int digits(int n)
-{
-    int d = 1;
-    while (n >= 10) {
-        n /= 10;
-        d++;
-    }
-    return d < 2 ? 2 : d; /* the extractor's rule (plan.c) */
-}
 
 static void file_free(gpointer p)
 {
@@ -542,8 +533,8 @@ vf_target *vf_target_open(const char *out, int expect, vf_result *r, GError **er
     }
     load_config(t, r);
     cross_check(t, r);
-    t->width_e = digits(t->shape.n_experts > 0 ? t->shape.n_experts - 1 : 0);
-    t->width_l = digits(t->shape.n_layers > 0 ? t->shape.n_layers - 1 : 0);
+    t->width_e = plan_width(t->shape.n_experts);
+    t->width_l = plan_width(t->shape.n_layers);
     expected_set(t, expect, r);
 
     /* expected experts */
