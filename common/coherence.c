@@ -1,7 +1,9 @@
 /* coherence.c - see coherence.h: the forward-pass gate */
 #include "coherence.h"
 
+#include "chat.h"
 #include "model.h"
+#include "perplexity.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -224,25 +226,17 @@ static int encode(tok_t *tok, const char *text, GArray *ids, const char *what, G
     return 0;
 }
 
-/* Ids that end a continuation: <|endoftext|> and <|im_end|> when the
- * vocabulary has them. */
-static int stop_ids(const tok_t *tok, int *ids)
-{
-    int n = 0;
-    static const char *const names[] = {"<|endoftext|>", "<|im_end|>"};
-    for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
-        int32_t id = tok_token_id(tok, names[i]);
-        if (id >= 0)
-            ids[n++] = id;
-    }
-    return n;
-}
-
 static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_index,
                        coh_result *r, GError **err)
 {
-    int stops[2];
-    model_sampling s = {.temperature = 0, .stop_ids = stops, .n_stop = stop_ids(tok, stops)};
+    /* a continuation ends where a generation would: end of text or turn */
+    GArray *stop = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    if (chat_end_ids(model_checkpoint(m), tok, stop, err) < 0) {
+        g_array_free(stop, TRUE);
+        return -1;
+    }
+    const int *stops = (const int *)stop->data;
+    model_sampling s = {.temperature = 0, .stop_ids = stops, .n_stop = (int)stop->len};
     router_ctx rc = {.r = r, .moe_index = moe_index, .last_pos = -1};
     GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
     GArray *exp_ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
@@ -288,27 +282,23 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         }
     }
     model_set_router_log(m, NULL, NULL);
+    g_array_free(stop, TRUE);
     g_free(out);
     g_array_free(ids, TRUE);
     g_array_free(exp_ids, TRUE);
     return rc_ok;
 }
 
-/* Mean nll of the text's tokens after the first; a text longer than the
- * model's context is scored in windows that overlap by one token. */
+/* Mean nll of the text's tokens after the first, in windows of the
+ * default context (or the model's, when shorter). */
 static int score(model *m, const GArray *ids, double *nll, GError **err)
 {
-    int n = (int)ids->len, ctx = model_get_config(m)->max_seq;
-    const int *p = (const int *)ids->data;
-    double sum = 0;
-    for (int start = 0; start < n - 1; start += ctx - 1) {
-        int len = n - start < ctx ? n - start : ctx;
-        double w;
-        if (model_nll(m, p + start, len, &w, err) < 0)
-            return -1;
-        sum += w * (len - 1);
-    }
-    *nll = sum / (n - 1);
+    int ctx = model_get_config(m)->max_seq;
+    ppl_result pr;
+    if (ppl_ids(m, (const int *)ids->data, (int)ids->len,
+                ctx < PPL_DEFAULT_CONTEXT ? ctx : PPL_DEFAULT_CONTEXT, &pr, err) < 0)
+        return -1;
+    *nll = pr.nll;
     return 0;
 }
 
