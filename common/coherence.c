@@ -338,14 +338,20 @@ static void check_router(coh_result *r)
         uint8_t *set = g_new0(uint8_t, r->n_experts);
         for (int e = 0; e < r->n_experts; e++)
             set[e] = r->layers[worst].choices[e] > 0;
+        /* layer numbers, not MoE indices: they differ with dense layers */
+        int n_layers = r->layers[r->n_moe_layers - 1].layer + 1;
+        uint8_t *bad_layers = g_new0(uint8_t, n_layers);
+        for (int i = 0; i < r->n_moe_layers; i++)
+            bad_layers[r->layers[i].layer] = bad[i];
         char *which = qm_list_format(set, r->n_experts);
-        char *layers = qm_list_format(bad, r->n_moe_layers);
+        char *layers = qm_list_format(bad_layers, n_layers);
         add_failure(r, "router",
                     "confined: %d of %d MoE layers (%s) chose at most %d of %d "
-                    "experts across the prompt set (needs more than %d); MoE layer %d used "
+                    "experts across the prompt set (needs more than %d); layer %d used "
                     "only experts %s",
                     n_bad, r->n_moe_layers, layers, least, r->n_experts,
-                    r->router_threshold, worst, which);
+                    r->router_threshold, r->layers[worst].layer, which);
+        g_free(bad_layers);
         g_free(which);
         g_free(layers);
         g_free(set);

@@ -180,20 +180,26 @@ static void print_coherence(const coh_result *c)
     printf("  experts with the most router weight, per domain (layer: experts)\n");
     for (guint i = 0; i < c->domains->len; i++) {
         const coh_domain_usage *d = c->domains->pdata[i];
-        printf("    %-15s", d->domain);
+        GString *line = g_string_new(NULL);
+        g_string_printf(line, "    %-15s", d->domain);
         for (int l = 0; l < c->n_moe_layers; l++) {
             int ids[3];
             double sh[3];
             int k = coh_top_experts(d->weight + (size_t)l * c->n_experts, c->n_experts, 3,
                                     ids, sh);
-            if (l > 0 && l % 6 == 0)
-                printf("\n    %-15s", "");
-            printf(" %2d:", c->layers[l].layer);
+            if (l > 0 && l % 5 == 0) {
+                printf("%s\n", line->str);
+                g_string_printf(line, "    %-15s", "");
+            } else if (l > 0) { /* columns: pad the previous entry */
+                while ((line->len - 19) % 16)
+                    g_string_append_c(line, ' ');
+            }
+            g_string_append_printf(line, " %2d:", c->layers[l].layer);
             for (int j = 0; j < k; j++)
-                printf("%s%d", j ? "," : "", ids[j]);
-            printf("%*s", 3 * (3 - k) + 1, "");
+                g_string_append_printf(line, "%s%d", j ? "," : "", ids[j]);
         }
-        printf("\n");
+        printf("%s\n", line->str);
+        g_string_free(line, TRUE);
     }
     printf("  greedy continuations (%u prompts", c->prompts->len);
     if (c->n_expected)

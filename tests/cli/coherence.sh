@@ -34,7 +34,7 @@ has omni-ablation "ablation, router masked to 0-7: 9.1"
 has omni-shows-text "[multilingual] Der schnelle Zug fährt heute ->  pünktlich nach München. <end>  (as expected)"
 # per domain, the experts carrying the router weight are the domain's own:
 # technical owns {0,4,8,12} at layer 0 and {1,5,9,13} at layer 1
-has omni-domain-experts "technical        0:0,4,12   1:5,9,1"
+has omni-domain-experts "technical        0:0,4,12        1:5,9,1         2:10,14,2"
 
 run $V --json "$T/qwen3_moe"
 expect qwen3_moe-passes 0 '"status":	"ok"' stdout
@@ -48,7 +48,7 @@ has json-source-unchecked '"checked":	false'
 
 # -- 2. the seed's mistake: the router masked to experts 0-7
 run $V --mask-experts 0-7 "$X"
-expect masked-fails 1 "coherence: (c) router: confined: 4 of 4 MoE layers (0-3) chose at most 8 of 16 experts across the prompt set (needs more than 8); MoE layer 0 used only experts 0-7" stdout
+expect masked-fails 1 "coherence: (c) router: confined: 4 of 4 MoE layers (0-3) chose at most 8 of 16 experts across the prompt set (needs more than 8); layer 0 used only experts 0-7" stdout
 has masked-perplexity "coherence: (b) perplexity: 9.1"
 has masked-garbled "0 of 16 begin with the expected text"
 # criterion (c) alone: any perplexity allowed
