@@ -11,7 +11,9 @@
  *                   prompt of each domain (at most COH_SOURCE_PROMPTS
  *                   prompts) are bit-identical between OUT and the source;
  *   (b) perplexity  the perplexity of the reference text is at most
- *                   max_ppl (coh_default_max_ppl(): min(100, vocab / 4));
+ *                   max_ppl (coh_default_max_ppl(): min(100, vocab / 4)),
+ *                   scored by ppl_ids() (perplexity.h) in windows of
+ *                   PPL_DEFAULT_CONTEXT tokens (or the model's context);
  *   (c) router      the router is free: in every MoE layer, the experts
  *                   picked as any of the top-k choices while running the
  *                   prompt set (prompt and generated tokens) number more
@@ -33,7 +35,8 @@
  * router spreads them over most of its 128 experts, so a quarter is a
  * generous floor, while a masked router uses exactly the mask.
  *
- * Reported besides: the greedy continuation of every prompt and, when the
+ * Reported besides: the greedy continuation of every prompt (ending at the
+ * ids of chat_end_ids(), chat.h) and, when the
  * prompt carries "expected", whether the continuation begins with it (a
  * fact, not a criterion: samples/prompts holds the coherent sample's
  * sentences, which a real model is not meant to reproduce); per layer how
