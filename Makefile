@@ -95,3 +95,4 @@ install: all
 
 clean:
 	rm -rf build build-san build-fuzz
+include tests/fuzz/fuzz.mk

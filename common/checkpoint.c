@@ -176,12 +176,21 @@ static int open_single(ckpt *ck, const char *file, GError **err)
     return 0;
 }
 
+/* A name present in the directory, even as a dangling or looping symlink:
+ * such a file is then opened and its real problem reported ("Too many
+ * levels of symbolic links"), not called missing. */
+static int present(const char *p)
+{
+    struct stat st;
+    return lstat(p, &st) == 0;
+}
+
 static cJSON *load_optional_json(const char *dir, const char *file, GError **err,
                                  int *failed)
 {
     char *p = g_build_filename(dir, file, NULL);
     cJSON *j = NULL;
-    if (g_file_test(p, G_FILE_TEST_EXISTS)) {
+    if (present(p)) {
         j = qm_json_load(p, err);
         if (!j)
             *failed = 1;
@@ -205,14 +214,14 @@ ckpt *ckpt_open(const char *path, GError **err)
         char *index = g_build_filename(path, "model.safetensors.index.json", NULL);
         char *single = g_build_filename(path, "model.safetensors", NULL);
         char *cfg = g_build_filename(path, "config.json", NULL);
-        int have_index = g_file_test(index, G_FILE_TEST_EXISTS);
-        int have_single = g_file_test(single, G_FILE_TEST_EXISTS);
+        int have_index = present(index);
+        int have_single = present(single);
         if (!have_index && !have_single) {
             g_set_error(err, QM_ERROR, QM_ERR_IO,
                         "cannot open checkpoint '%s': no model.safetensors.index.json "
                         "or model.safetensors", path);
             failed = 1;
-        } else if (have_index && !g_file_test(cfg, G_FILE_TEST_EXISTS)) {
+        } else if (have_index && !present(cfg)) {
             g_set_error(err, QM_ERROR, QM_ERR_IO,
                         "cannot open checkpoint '%s': no config.json", path);
             failed = 1;

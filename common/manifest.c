@@ -4,6 +4,8 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,16 +179,64 @@ int mf_journal_append(int fd, const char *journal_path, const mf_file *f,
     memcpy(buf, line, len);
     buf[len] = '\n';
     cJSON_free(line);
+    off_t before = lseek(fd, 0, SEEK_END);
     ssize_t n;
     do
         n = write(fd, buf, len + 1);
     while (n < 0 && errno == EINTR);
     int rc = 0;
-    if (n != (ssize_t)(len + 1))
-        rc = qm_set_errno(err, n < 0 ? errno : ENOSPC, "cannot append to",
-                          journal_path);
+    if (n != (ssize_t)(len + 1)) {
+        int e = n < 0 ? errno : ENOSPC;
+        /* A short write (disk full) leaves half a line with no newline; the
+         * next append would glue onto it and make a bad line in the middle
+         * of the journal, which no reader accepts. Cut it off again, unless
+         * another appender has written since. */
+        struct stat st;
+        if (n > 0 && before >= 0 && fstat(fd, &st) == 0 && st.st_size == before + n &&
+            ftruncate(fd, before) != 0) {
+            /* nothing more to do: mf_journal_open drops the torn tail */
+        }
+        rc = qm_set_errno(err, e, "cannot append to", journal_path);
+    }
     g_free(buf);
     return rc;
+}
+
+int mf_journal_open(const char *path, GError **err)
+{
+    int fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return qm_set_errno(err, errno, "cannot open journal", path);
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        qm_set_errno(err, errno, "cannot read journal", path);
+        close(fd);
+        return -1;
+    }
+    /* Find the end of the last complete line, reading backwards. */
+    off_t end = st.st_size, keep = 0;
+    char buf[65536];
+    while (end > 0) {
+        off_t from = end > (off_t)sizeof buf ? end - (off_t)sizeof buf : 0;
+        ssize_t n = pread(fd, buf, (size_t)(end - from), from);
+        if (n != end - from) {
+            qm_set_errno(err, n < 0 ? errno : EIO, "cannot read journal", path);
+            close(fd);
+            return -1;
+        }
+        char *nl = memrchr(buf, '\n', (size_t)n);
+        if (nl) {
+            keep = from + (nl - buf) + 1;
+            break;
+        }
+        end = from;
+    }
+    if (keep != st.st_size && ftruncate(fd, keep) != 0) {
+        qm_set_errno(err, errno, "cannot cut the torn last line of journal", path);
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 static gint cmp_path(gconstpointer a, gconstpointer b)

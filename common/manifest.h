@@ -94,9 +94,16 @@ int mf_file_from_json(const cJSON *j, mf_file *f, const char *where, GError **er
 void mf_file_clear(mf_file *f);
 
 /* Appends one record as a line to an open journal (O_APPEND fd). The write
- * is a single write() so that concurrent appenders do not interleave. */
+ * is a single write() so that concurrent appenders do not interleave; a
+ * short write (disk full) is cut off again and reported. */
 int mf_journal_append(int fd, const char *journal_path, const mf_file *f,
                       GError **err);
+
+/* Opens a journal for appending (creating it), first cutting off a torn
+ * last line (no newline: a crash or a full disk mid-write) so that the
+ * next record starts on a line of its own. For the journal's only writer.
+ * Returns the fd or -1 with *err set. */
+int mf_journal_open(const char *path, GError **err);
 
 /* Reads a journal into `files` (GArray of mf_file, appended; later records
  * for the same path replace earlier ones). A torn last line (no newline,

@@ -163,6 +163,12 @@ plan *plan_build(ckpt *ck, const layout *lt, const char *layers,
 {
     if (ckpt_load_all(ck, err))
         return NULL;
+    if (ck->n_names == 0) {
+        /* an empty weight_map would "extract" nothing and report success */
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT, "checkpoint '%s' has no tensors",
+                    ck->dir);
+        return NULL;
+    }
     plan *p = g_new0(plan, 1);
     p->lt = lt;
     builder b = {g_hash_table_new(g_str_hash, g_str_equal),
@@ -266,7 +272,8 @@ plan *plan_build(ckpt *ck, const layout *lt, const char *layers,
         p->expected_experts += f->kind == MF_EXPERT;
         p->total_bytes += f->bytes;
     }
-    qsort(p->files, (size_t)p->n_files, sizeof *p->files, cmp_source);
+    if (p->n_files > 1) /* qsort(NULL, 0) is undefined */
+        qsort(p->files, (size_t)p->n_files, sizeof *p->files, cmp_source);
     rc = 0;
 out:
     g_hash_table_destroy(b.index);

@@ -411,6 +411,7 @@ static int build_vocab(tok_t *t, const cJSON *vocab, const cJSON *added,
                        const char *where, GError **err)
 {
     int64_t max_id = -1;
+    int n_added = 0; /* t->n_added only once t->added exists: tok_free reads it */
     const cJSON *it;
     cJSON_ArrayForEach(it, vocab) {
         uint64_t id;
@@ -434,11 +435,11 @@ static int build_vocab(tok_t *t, const cJSON *vocab, const cJSON *added,
             id >= TOK_MAX_ID || !content || !*content ||
             !g_utf8_validate(content, -1, NULL)) {
             parse_error(err, t->name, "added token %d has a bad id or content",
-                        t->n_added);
+                        n_added);
             return -1;
         }
         max_id = MAX(max_id, (int64_t)id);
-        t->n_added++;
+        n_added++;
     }
     if (max_id < 0) {
         parse_error(err, t->name, "%s is empty", where);
@@ -461,7 +462,8 @@ static int build_vocab(tok_t *t, const cJSON *vocab, const cJSON *added,
         set_token(t, id, it->string, 0);
         g_hash_table_insert(t->vocab, (char *)t->str[id], GINT_TO_POINTER(id + 1));
     }
-    t->added = g_new0(added_t, t->n_added);
+    t->added = g_new0(added_t, n_added);
+    t->n_added = n_added;
     int k = 0;
     cJSON_ArrayForEach(it, added) {
         int32_t id = (int32_t)cJSON_GetObjectItemCaseSensitive(it, "id")->valuedouble;

@@ -132,8 +132,11 @@ cJSON *qm_json_load(const char *path, GError **err)
         return NULL;
     }
     if (!g_file_get_contents(path, &text, &len, &ge)) {
+        /* GLib says "Failed to open file “PATH”: REASON"; keep the reason
+         * (strerror text never holds ": "), the path is named already. */
+        const char *why = g_strrstr(ge->message, ": ");
         g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read '%s': %s", path,
-                    ge->message);
+                    why ? why + 2 : ge->message);
         g_error_free(ge);
         return NULL;
     }

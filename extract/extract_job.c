@@ -40,6 +40,10 @@ void ex_install_signals(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* Over a file-size limit (ulimit -f) write() fails with EFBIG only
+     * when SIGXFSZ is ignored; by default the signal kills the process
+     * mid-file with no message and the state left "running". */
+    signal(SIGXFSZ, SIG_IGN);
 }
 
 void ex_result_clear(ex_result *r)
@@ -228,7 +232,10 @@ static gpointer worker(gpointer arg)
         g_mutex_lock(&j->mu);
         if (!rc)
             rc = mf_journal_append(j->journal_fd, j->journal_path, &rec, &err);
-        if (rc) {
+        if (rc && err->code == QM_ERR_STOPPED) {
+            /* a signal, not a failure: ex_run reports the "stopped" state */
+            g_error_free(err);
+        } else if (rc) {
             if (!j->error)
                 j->error = err;
             else
@@ -633,11 +640,9 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         }
         posix_fadvise(j.src_fd[i], 0, 0, POSIX_FADV_SEQUENTIAL);
     }
-    j.journal_fd = open(j.journal_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (j.journal_fd < 0) {
-        qm_set_errno(err, errno, "cannot open journal", j.journal_path);
+    j.journal_fd = mf_journal_open(j.journal_path, err);
+    if (j.journal_fd < 0)
         goto out;
-    }
     job_log(&j, "extracting '%s' (%s) to '%s': %llu files planned, %llu already "
             "complete, %d to write with %d threads", o->src, lt->name, o->out,
             (unsigned long long)j.prog.files_planned,
