@@ -274,7 +274,12 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
                 p->stopped = 1;
                 n_text = n_out - 1;
             }
-        p->output = tok_decode(tok, (const int32_t *)out, (size_t)n_text, NULL);
+        /* a garbled continuation can end mid-character: U+FFFD keeps the
+         * report (and its JSON) valid UTF-8 */
+        size_t n_bytes = 0;
+        char *raw = tok_decode(tok, (const int32_t *)out, (size_t)n_text, &n_bytes);
+        p->output = g_utf8_make_valid(raw, (gssize)n_bytes);
+        g_free(raw);
         if (p->expected) {
             p->matches = g_str_has_prefix(p->output, p->expected);
             r->n_expected++;
@@ -729,7 +734,6 @@ cJSON *coh_result_to_json(const coh_result *r)
         if (q->lang)
             cJSON_AddStringToObject(x, "lang", q->lang);
         cJSON_AddStringToObject(x, "prompt", q->prompt);
-        /* decoded bytes may end mid-character; cJSON copies them as they are */
         cJSON_AddStringToObject(x, "output", q->output ? q->output : "");
         cJSON_AddNumberToObject(x, "prompt_tokens", q->n_prompt_tokens);
         cJSON_AddNumberToObject(x, "output_tokens", q->n_output_tokens);

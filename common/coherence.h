@@ -78,7 +78,8 @@ typedef struct {
     char *domain, *lang, *prompt;
     char *expected;           /* or NULL */
     int n_prompt_tokens;
-    char *output;             /* decoded continuation, stop token excluded */
+    char *output;             /* decoded continuation, stop token excluded;
+                               * invalid UTF-8 replaced by U+FFFD */
     int n_output_tokens;      /* generated, stop token included */
     int stopped;              /* ended on an end-of-text id */
     int matches;              /* output begins with expected; -1: no expected */
