@@ -87,9 +87,11 @@ bench: all
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/qmoe
+	install -d $(DESTDIR)$(PREFIX)/share/qmoe
 	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 common/*.h $(DESTDIR)$(PREFIX)/include/qmoe/
+	install -m 644 samples/prompts samples/reference.txt $(DESTDIR)$(PREFIX)/share/qmoe/
 
 clean:
 	rm -rf build build-san build-fuzz

@@ -18,7 +18,7 @@
 
 static const char *kind_names[VF_KIND_COUNT] = {
     "missing", "unexpected", "incomplete", "manifest", "size", "header",
-    "shape", "hash", "damaged", "source", "io",
+    "shape", "hash", "damaged", "source", "io", "coherence",
 };
 
 const char *vf_kind_name(vf_kind k)

@@ -51,6 +51,7 @@ typedef enum {
     VF_DAMAGED,      /* a tensor's CRC-32 differs: that tensor is damaged */
     VF_SOURCE,       /* bytes or metadata differ from the source checkpoint */
     VF_IO,           /* a file could not be read */
+    VF_COHERENCE,    /* the forward-pass gate failed (coherence.h) */
     VF_KIND_COUNT
 } vf_kind;
 

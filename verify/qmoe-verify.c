@@ -1,12 +1,15 @@
 /* qmoe-verify - prove an extraction complete and intact.
  *
- * The checks live in common/verify.{h,c}; this file parses options, runs
- * them in order (coverage, then per-file checks) and presents the result:
- * one line per problem, a summary, or the same facts as JSON.
+ * The checks live in common/verify.{h,c} and common/coherence.{h,c}; this
+ * file parses options, runs them in order (coverage, per-file checks, the
+ * coherence gate) and presents the result: one line per problem, a
+ * summary, or the same facts as JSON.
  */
+#include "coherence.h"
 #include "util.h"
 #include "verify.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,9 +17,10 @@
 
 static const char *prog = "qmoe-verify";
 
-static gboolean opt_quick, opt_json, opt_version;
-static char *opt_source;
+static gboolean opt_quick, opt_json, opt_version, opt_coherence;
+static char *opt_source, *opt_text, *opt_prompts, *opt_mask;
 static int opt_expect = -1, opt_jobs;
+static double opt_max_ppl;
 
 static GOptionEntry entries[] = {
     {"quick", 0, 0, G_OPTION_ARG_NONE, &opt_quick,
@@ -25,8 +29,19 @@ static GOptionEntry entries[] = {
      "Also compare every tensor byte for byte with the source checkpoint SRC", "SRC"},
     {"expect", 0, 0, G_OPTION_ARG_INT, &opt_expect,
      "Expect N expert files (e.g. the full count for a partial extraction)", "N"},
+    {"coherence", 0, 0, G_OPTION_ARG_NONE, &opt_coherence,
+     "Also run the forward-pass gate: perplexity, router, continuations", NULL},
+    {"text", 0, 0, G_OPTION_ARG_FILENAME, &opt_text,
+     "--coherence: reference text (default: samples/reference.txt)", "FILE"},
+    {"prompts", 0, 0, G_OPTION_ARG_FILENAME, &opt_prompts,
+     "--coherence: prompt set, JSON lines (default: samples/prompts)", "FILE"},
+    {"max-ppl", 0, 0, G_OPTION_ARG_DOUBLE, &opt_max_ppl,
+     "--coherence: highest passing perplexity (default: min(100, vocab/4))", "X"},
+    {"mask-experts", 0, 0, G_OPTION_ARG_STRING, &opt_mask,
+     "--coherence: restrict the router to LIST for the whole gate (shows a masked run failing)",
+     "LIST"},
     {"jobs", 'j', 0, G_OPTION_ARG_INT, &opt_jobs,
-     "Files checked in parallel (default: the number of CPUs)", "N"},
+     "Files checked in parallel, forward-pass threads (default: the number of CPUs)", "N"},
     {"json", 0, 0, G_OPTION_ARG_NONE, &opt_json,
      "Print the result as JSON on stdout", NULL},
     {"version", 0, 0, G_OPTION_ARG_NONE, &opt_version, "Print the version", NULL},
@@ -51,6 +66,29 @@ static const char *description =
     "  source     with --source SRC: every tensor is byte-identical to the\n"
     "             source checkpoint's, and for a full extraction every source\n"
     "             tensor is present in OUT.\n"
+    "  coherence  with --coherence: the reference forward pass on OUT's files.\n"
+    "             It fails unless\n"
+    "             (a) with --source: the logits of the first prompt of each\n"
+    "                 domain (4 prompts at most) are bit-identical between OUT\n"
+    "                 and SRC;\n"
+    "             (b) the perplexity of the reference text is at most --max-ppl\n"
+    "                 (default min(100, vocab/4): chance is ppl = vocab, random\n"
+    "                 weights score about that, a healthy model under 20 on\n"
+    "                 ordinary text);\n"
+    "             (c) the router is free: every MoE layer picks more than\n"
+    "                 max(experts/4, min(8, experts/2)) distinct experts among\n"
+    "                 its top-k choices over the prompt set (128 experts: more\n"
+    "                 than 32; 16: more than 8).\n"
+    "             It reports each prompt's greedy continuation (and whether it\n"
+    "             begins with the prompt's \"expected\" text: a fact, not a\n"
+    "             criterion), per-layer expert usage, the experts carrying most\n"
+    "             router weight per prompt domain, and the reference perplexity\n"
+    "             with the router masked to experts 0-7 next to the free one's.\n"
+    "             It needs every expert: with files missing it is not run.\n"
+    "             Default files: $QMOE_DATA/{reference.txt,prompts} when\n"
+    "             QMOE_DATA is set, else the first of\n"
+    "             <bindir>/../share/qmoe/ (make install) and\n"
+    "             <bindir>/../../samples/ (the build tree) that has them.\n"
     "\n"
     "--expect N: N expert files must be present. When N is the model's full\n"
     "count (MoE layers x experts in config.json), every expert is expected and\n"
@@ -63,9 +101,10 @@ static const char *description =
     "Exit status:\n"
     "  0  complete and intact\n"
     "  1  a check failed (missing, unexpected, corrupt, mismatched, incomplete,\n"
-    "     or an extraction still running)\n"
-    "  2  usage error, OUT (or SRC) missing or unreadable, or a file in OUT\n"
-    "     that could not be read (the verdict is unknown)\n";
+    "     an extraction still running, or a coherence criterion)\n"
+    "  2  usage error, OUT (or SRC) missing or unreadable, a file in OUT\n"
+    "     that could not be read, or --coherence's text or prompt set\n"
+    "     unreadable or malformed (the verdict is unknown)\n";
 
 static void print_problem(const vf_problem *p)
 {
@@ -82,7 +121,101 @@ static void print_problem(const vf_problem *p)
     g_string_free(s, TRUE);
 }
 
-static void print_text(const vf_result *r, const char *out, int quick)
+/* Text for one line: control characters as escapes, the rest as it is. */
+static char *one_line(const char *s)
+{
+    GString *g = g_string_new(NULL);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '\n')
+            g_string_append(g, "\\n");
+        else if (*p == '\t')
+            g_string_append(g, "\\t");
+        else if (*p < 0x20 || *p == 0x7f)
+            g_string_append_printf(g, "\\x%02x", *p);
+        else
+            g_string_append_c(g, (char)*p);
+    }
+    return g_string_free(g, FALSE);
+}
+
+static const char *verdict(int ok)
+{
+    return ok ? "ok" : "FAILED";
+}
+
+static void print_coherence(const coh_result *c)
+{
+    printf("coherence: %d MoE layers x %d experts, top-%d, vocabulary %d%s%s\n",
+           c->n_moe_layers, c->n_experts, c->top_k, c->vocab,
+           c->mask ? ", router masked to " : "", c->mask ? c->mask : "");
+    if (c->source_checked)
+        printf("  (a) source: logits of %d prompt%s %s  %s\n", c->source_prompts,
+               c->source_prompts == 1 ? "" : "s",
+               c->source_identical ? "bit-identical to the source" : "differ from the source",
+               verdict(c->source_identical));
+    else
+        printf("  (a) source: not checked (no --source)\n");
+    printf("  (b) perplexity of '%s' (%d tokens): %.6g (at most %.6g)  %s\n", c->text_path,
+           c->text_tokens, c->ppl, c->max_ppl, verdict(c->ppl_ok));
+    if (c->ablation_run)
+        printf("      ablation, router masked to %s: %.6g (%s: %.6g)\n", COH_ABLATION_MASK,
+               c->ablation_ppl, c->mask ? "router masked as above" : "free router", c->ppl);
+    else
+        printf("      ablation: not run (%d experts, top-%d: masking to %s changes nothing)\n",
+               c->n_experts, c->top_k, COH_ABLATION_MASK);
+    printf("  (c) router: each MoE layer must choose more than %d of %d experts over the "
+           "prompt set (%d tokens)  %s\n",
+           c->router_threshold, c->n_experts, c->routed_tokens, verdict(c->router_ok));
+    for (int i = 0; i < c->n_moe_layers; i++) {
+        const coh_layer_usage *u = &c->layers[i];
+        int ids[3];
+        double sh[3];
+        int k = coh_top_experts(u->weight, u->n_experts, 3, ids, sh);
+        printf("      layer %2d: %3d/%d chosen  %-6s most weight:", u->layer, u->used,
+               u->n_experts, verdict(u->ok));
+        for (int j = 0; j < k; j++)
+            printf(" %d (%.0f %%)", ids[j], 100 * sh[j]);
+        printf("\n");
+    }
+    printf("  experts with the most router weight, per domain (layer: experts)\n");
+    for (guint i = 0; i < c->domains->len; i++) {
+        const coh_domain_usage *d = c->domains->pdata[i];
+        GString *line = g_string_new(NULL);
+        g_string_printf(line, "    %-15s", d->domain);
+        for (int l = 0; l < c->n_moe_layers; l++) {
+            int ids[3];
+            double sh[3];
+            int k = coh_top_experts(d->weight + (size_t)l * c->n_experts, c->n_experts, 3,
+                                    ids, sh);
+            if (l > 0 && l % 5 == 0) {
+                printf("%s\n", line->str);
+                g_string_printf(line, "    %-15s", "");
+            } else if (l > 0) { /* columns: pad the previous entry */
+                while ((line->len - 19) % 16)
+                    g_string_append_c(line, ' ');
+            }
+            g_string_append_printf(line, " %2d:", c->layers[l].layer);
+            for (int j = 0; j < k; j++)
+                g_string_append_printf(line, "%s%d", j ? "," : "", ids[j]);
+        }
+        printf("%s\n", line->str);
+        g_string_free(line, TRUE);
+    }
+    printf("  greedy continuations (%u prompts", c->prompts->len);
+    if (c->n_expected)
+        printf(", %d of %d begin with the expected text", c->n_matching, c->n_expected);
+    printf(")\n");
+    for (guint i = 0; i < c->prompts->len; i++) {
+        const coh_prompt_result *p = c->prompts->pdata[i];
+        char *a = one_line(p->prompt), *b = one_line(p->output ? p->output : "");
+        printf("    [%s] %s -> %s%s%s\n", p->domain, a, b, p->stopped ? " <end>" : "",
+               p->matches == 1 ? "  (as expected)" : p->matches == 0 ? "  (differs)" : "");
+        g_free(a);
+        g_free(b);
+    }
+}
+
+static void print_text(const vf_result *r, const char *out, int quick, const coh_result *c)
 {
     for (guint i = 0; i < r->problems->len; i++)
         print_problem(r->problems->pdata[i]);
@@ -101,8 +234,11 @@ static void print_text(const vf_result *r, const char *out, int quick)
     else
         printf("  checked: %d files%s\n", r->files_checked,
                quick ? " (--quick: sizes and headers, data not read)" : "");
+    if (c)
+        print_coherence(c);
     if (vf_exit_code(r) == 2)
-        printf("ERROR: %u problem%s, some files could not be read\n", r->problems->len,
+        printf("ERROR: %u problem%s, some files or inputs could not be used: no verdict\n",
+               r->problems->len,
                r->problems->len == 1 ? "" : "s");
     else if (r->running)
         printf("INCOMPLETE: extraction running (pid %ld)\n", (long)r->pid);
@@ -111,6 +247,34 @@ static void print_text(const vf_result *r, const char *out, int quick)
                r->problems->len == 1 ? "" : "s");
     else
         printf("OK\n");
+}
+
+/* The default of --text / --prompts: NAME in $QMOE_DATA, else next to
+ * the binary, installed (<bindir>/../share/qmoe) or in the build tree
+ * (<bindir>/../../samples). NULL when none has it. */
+static char *data_file(const char *name)
+{
+    const char *env = g_getenv("QMOE_DATA");
+    if (env && *env)
+        return g_build_filename(env, name, NULL);
+    char *exe = g_file_read_link("/proc/self/exe", NULL);
+    if (!exe)
+        return NULL;
+    char *bindir = g_path_get_dirname(exe);
+    g_free(exe);
+    const char *const rel[] = {"../share/qmoe", "../../samples"};
+    char *found = NULL;
+    for (size_t i = 0; !found && i < G_N_ELEMENTS(rel); i++) {
+        char *rp = g_build_filename(bindir, rel[i], name, NULL);
+        char *p = g_canonicalize_filename(rp, NULL);
+        g_free(rp);
+        if (g_file_test(p, G_FILE_TEST_IS_REGULAR))
+            found = p;
+        else
+            g_free(p);
+    }
+    g_free(bindir);
+    return found;
 }
 
 int main(int argc, char **argv)
@@ -147,6 +311,29 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: -j wants a positive number of jobs\n", prog);
         return 2;
     }
+    if (!opt_coherence && (opt_text || opt_prompts || opt_max_ppl != 0 || opt_mask)) {
+        fprintf(stderr, "%s: --text, --prompts, --max-ppl and --mask-experts need --coherence\n",
+                prog);
+        return 2;
+    }
+    if (opt_max_ppl < 0 || isnan(opt_max_ppl)) {
+        fprintf(stderr, "%s: --max-ppl wants a positive number\n", prog);
+        return 2;
+    }
+    char *ref_text = NULL, *prompts = NULL;
+    if (opt_coherence) {
+        ref_text = opt_text ? g_strdup(opt_text) : data_file("reference.txt");
+        prompts = opt_prompts ? g_strdup(opt_prompts) : data_file("prompts");
+        if (!ref_text || !prompts) {
+            fprintf(stderr, "%s: cannot find the default %s (samples/%s): give %s FILE or set "
+                    "QMOE_DATA to the directory holding it\n", prog,
+                    !ref_text ? "reference text" : "prompt set",
+                    !ref_text ? "reference.txt" : "prompts", !ref_text ? "--text" : "--prompts");
+            g_free(ref_text);
+            g_free(prompts);
+            return 2;
+        }
+    }
     const char *out = argv[1];
     vf_result *r = vf_result_new();
     vf_target *t = vf_target_open(out, opt_expect, r, &err);
@@ -170,20 +357,37 @@ int main(int argc, char **argv)
         g_error_free(err);
         vf_target_close(t);
         vf_result_free(r);
+        g_free(ref_text);
+        g_free(prompts);
         return code ? code : 2;
     }
     vf_check_coverage(t, r);
     vf_check_files(t, opt_quick, jobs, r);
+    coh_result *coh = NULL;
+    if (opt_coherence) {
+        coh_opts co = {.text_path = ref_text, .prompts_path = prompts, .source = opt_source,
+                       .max_ppl = opt_max_ppl, .mask = opt_mask, .n_threads = jobs};
+        vf_check_coherence(t, &co, r, &coh);
+    }
     if (opt_json) {
         cJSON *j = vf_result_to_json(r, out);
+        if (opt_coherence)
+            cJSON_AddItemToObject(j, "coherence",
+                                  coh ? coh_result_to_json(coh) : cJSON_CreateNull());
         char *text = cJSON_Print(j);
         puts(text);
         cJSON_free(text);
         cJSON_Delete(j);
     } else {
-        print_text(r, out, opt_quick);
+        print_text(r, out, opt_quick, coh);
     }
     int code = vf_exit_code(r);
+    coh_result_free(coh);
+    g_free(ref_text);
+    g_free(prompts);
+    g_free(opt_text);
+    g_free(opt_prompts);
+    g_free(opt_mask);
     vf_target_close(t);
     vf_result_free(r);
     g_free(opt_source);

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# coherence.sh - qmoe-verify --coherence, the forward-pass gate, on the
+# coherent sample (qmoe-mksample --coherent): it passes on a correct
+# extraction in both layouts and with --source; it fails (exit 1) with a
+# line naming the criterion for: the router masked to experts 0-7, two
+# expert files' data exchanged (manifest regenerated, so every file check
+# passes), one expert zeroed (likewise), the random-weight sample, logits
+# that differ from the source; a partial extraction is not run; bad
+# options and files exit 2.
+. "$(dirname "$0")/lib.sh"
+TOOLS="$QMOE_BUILD/tests/tools"
+V="qmoe-verify -j 1 --coherence"   # one thread: the sample is tiny
+# has NAME TEXT : the last run's stdout contains TEXT
+has() { if [[ "$out" == *"$2"* ]]; then ok "$1"; else fail "$1" "stdout lacks '$2': $(head -c 800 "$T/.out")"; fi; }
+lacks() { if [[ "$out" != *"$2"* ]]; then ok "$1"; else fail "$1" "stdout has '$2': $(head -c 800 "$T/.out")"; fi; }
+
+# -- 1. healthy: both layouts pass (text output for the one, --source for
+# it too: logits bit-identical to the original checkpoint's; --json for the
+# other); every continuation is the expected one
+for L in qwen3_omni_moe qwen3_moe; do
+    qmoe-mksample --coherent --layout $L "$T/src_$L" >/dev/null &&
+        qmoe-extract --no-progress "$T/src_$L" "$T/$L" >/dev/null ||
+        fail "$L-setup" "mksample or extract failed"
+done
+X="$T/qwen3_omni_moe" SRC="$T/src_qwen3_omni_moe"
+[ -f "$X/qmoe.json" ] && [ -f "$T/qwen3_moe/qmoe.json" ] || exit 0
+run $V --source "$SRC" "$X"
+expect omni-passes 0 $'\nOK' stdout
+has omni-source "(a) source: logits of 4 prompts bit-identical to the source  ok"
+has omni-continuations-match "16 of 16 begin with the expected text"
+has omni-perplexity "(199 tokens): 1.2337"
+has omni-router-free "      layer  3:  16/16 chosen  ok"
+has omni-ablation "ablation, router masked to 0-7: 9.1"
+has omni-shows-text "[multilingual] Der schnelle Zug fährt heute ->  pünktlich nach München. <end>  (as expected)"
+# per domain, the experts carrying the router weight are the domain's own:
+# technical owns {0,4,8,12} at layer 0 and {1,5,9,13} at layer 1
+has omni-domain-experts "technical        0:0,4,12        1:5,9,1         2:10,14,2"
+
+run $V --json "$T/qwen3_moe"
+expect qwen3_moe-passes 0 '"status":	"ok"' stdout
+has json-no-failures '"failures":	[]'
+has json-ppl '"ppl":	1.2337'
+has json-max-ppl '"max_ppl":	100'
+has json-matches '"matching":	16'
+has json-router '"threshold":	8'
+has json-domain '"domain":	"multilingual"'
+has json-source-unchecked '"checked":	false'
+
+# -- 2. the seed's mistake: the router masked to experts 0-7
+run $V --mask-experts 0-7 "$X"
+expect masked-fails 1 "coherence: (c) router: confined: 4 of 4 MoE layers (0-3) chose at most 8 of 16 experts across the prompt set (needs more than 8); layer 0 used only experts 0-7" stdout
+has masked-perplexity "coherence: (b) perplexity: 9.1"
+has masked-garbled "0 of 16 begin with the expected text"
+# criterion (c) alone: any perplexity allowed
+run $V --json --mask-experts 0-7 --max-ppl 1e300 "$X"
+expect masked-router-alone 1 '"criterion":	"router"' stdout
+lacks masked-router-alone-no-ppl '"criterion":	"perplexity"'
+has masked-json-message '"message":	"(c) router: confined'
+
+# -- 3. experts 1 and 5 of layer 1 exchanged, manifest regenerated
+hdr() { echo $((8 + $(od -An -tu8 -N8 "$1"))); }
+ef() { printf "%s/experts/expert_%02d_layer_%02d.safetensors" "$1" "$2" "$3"; }
+cp -r "$X" "$T/swap"
+a=$(ef "$T/swap" 1 1) b=$(ef "$T/swap" 5 1)
+ha=$(hdr "$a") hb=$(hdr "$b")
+{ head -c "$ha" "$a"; tail -c +$((hb + 1)) "$b"; } >"$T/a.new"
+{ head -c "$hb" "$b"; tail -c +$((ha + 1)) "$a"; } >"$T/b.new"
+mv "$T/a.new" "$a"; mv "$T/b.new" "$b"
+"$TOOLS/stmutate" remanifest "$T/swap" "${a#$T/swap/}" &&
+    "$TOOLS/stmutate" remanifest "$T/swap" "${b#$T/swap/}"
+run qmoe-verify -j 1 "$T/swap"
+expect swapped-files-pass 0
+run $V "$T/swap"
+expect swapped-fails 1 "coherence: (b) perplexity: 2.29" stdout
+has swapped-one-problem "FAILED: 1 problem"
+
+# -- 4. expert 10 of layer 2 zeroed, manifest regenerated
+cp -r "$X" "$T/zero"
+z=$(ef "$T/zero" 10 2)
+hz=$(hdr "$z") size=$(stat -c %s "$z")
+{ head -c "$hz" "$z"; head -c $((size - hz)) /dev/zero; } >"$T/z.new"
+mv "$T/z.new" "$z"
+"$TOOLS/stmutate" remanifest "$T/zero" "${z#$T/zero/}"
+run qmoe-verify -j 1 "$T/zero"
+expect zeroed-files-pass 0
+# with the source, (a) sees the logits differ too
+run $V --source "$SRC" "$T/zero"
+expect zeroed-fails 1 "coherence: (b) perplexity: 106" stdout
+has zeroed-source-fails "coherence: (a) source: logits differ from the source '$SRC': prompt 1, position 0 first"
+
+# -- 5. random weights (qmoe-mksample's default model): (b) fails
+qmoe-mksample "$T/rnd_src" >/dev/null && qmoe-extract --no-progress "$T/rnd_src" "$T/rnd" >/dev/null
+run $V "$T/rnd"
+expect random-fails 1 "coherence: (b) perplexity: 387.9" stdout
+has random-bound "(at most 96)"
+has random-router-free "(c) router: each MoE layer must choose more than 4 of 8 experts"
+has random-no-ablation "ablation: not run (8 experts"
+
+# -- 6. a partial extraction: the gate needs every expert
+qmoe-extract --no-progress --experts 0-7 "$SRC" "$T/part" >/dev/null
+run $V "$T/part"
+expect partial-not-run 1 "coherence: not run: the forward pass needs every expert, and the extraction is partial" stdout
+
+# -- 7. own text and prompts; prompts without "expected"
+printf 'The router sends every token to two experts chosen by softmax scores.<|endoftext|>\n' >"$T/one.txt"
+printf '{"domain":"technical","prompt":"The router sends every token"}\n\n{"domain":"creative","prompt":"Her violin carried autumn"}\n' >"$T/p.jsonl"
+run $V --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
+expect own-files 1 "(b) perplexity of '$T/one.txt' (15 tokens): 1 (at most 100)  ok" stdout
+has own-prompts "greedy continuations (2 prompts)"
+has own-prompt-output "[creative] Her violin carried autumn ->  through empty streets until dawn arrived. <end>"$'\n'
+# 2 short prompts route 24 tokens: too few to show more than 8 experts in
+# use in layer 0, where these two domains own 8 experts between them
+has own-prompts-router "(c) router: each MoE layer must choose more than 8 of 16 experts over the prompt set (24 tokens)  FAILED"
+has own-prompts-layer0 "coherence: (c) router: confined: 1 of 4 MoE layers (0) chose at most 8 of 16 experts"
+
+# -- 8. errors in the gate's own input: exit 2
+run qmoe-verify --text "$T/one.txt" "$X"
+expect text-needs-coherence 2 "need --coherence"
+run $V --max-ppl -3 "$X"
+expect bad-max-ppl 2 "--max-ppl wants a positive number"
+run $V --text "$T/none.txt" "$X"
+expect missing-text 2 "coherence: cannot run the gate: cannot read reference text '$T/none.txt'" stdout
+echo '{"domain":"x"}' >"$T/bad.jsonl"
+run $V --prompts "$T/bad.jsonl" "$X"
+expect bad-prompts 2 "cannot parse prompt set '$T/bad.jsonl': line 1: \"prompt\" is not a string" stdout
+run $V --mask-experts 0-40 "$X"
+expect bad-mask 2 "coherence: cannot run the gate: --mask-experts '0-40': 40 is out of range (0-15)" stdout
+QMOE_DATA="$T/nowhere" run $V "$X"
+expect data-dir-env 2 "cannot read prompt set '$T/nowhere/prompts'" stdout
