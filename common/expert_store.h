@@ -9,9 +9,10 @@
  * code path is the same for both. Weights keep their on-disk dtype.
  *
  * Two ways to bring an expert in (measured by tests/bench/run_bench.sh):
- *   EXPERT_IO_MAP   map its byte ranges (populated at once) and compute on
- *                   the page cache directly; eviction unmaps. No copy, so
- *                   a miss costs little more than a hit. The default.
+ *   EXPERT_IO_MAP   map its byte ranges and compute on the page cache
+ *                   directly (pages are faulted in by the threads that
+ *                   compute); eviction unmaps. No copy, so a miss costs
+ *                   little more than a hit. The default.
  *   EXPERT_IO_READ  pread into buffers owned by the cache; buffers of
  *                   evicted experts are reused, so once the cache is full a
  *                   miss allocates nothing. A copy per miss.
