@@ -315,6 +315,14 @@ const expert_mats *expert_store_get(expert_store *s, int layer, int expert,
     return &e->mats;
 }
 
+int expert_store_holds(const expert_store *s, int n)
+{
+    /* Asking for one evicts least recently used ones only until it fits:
+     * when n fit, none of the n - 1 asked for just before is the least
+     * recently used one while room is still missing. */
+    return s->head && n >= 1 && (uint64_t)n * s->head->used <= s->limit;
+}
+
 void expert_store_stats(const expert_store *s, expert_stats *out)
 {
     *out = s->st;

@@ -66,6 +66,13 @@ void expert_store_free(expert_store *s);
 const expert_mats *expert_store_get(expert_store *s, int layer, int expert,
                                     GError **err);
 
+/* 1 if n experts asked for one after another are all held at once, so
+ * that the pointers expert_store_get returned for them stay valid until
+ * the next call after the n-th (the cache has room for n; known once one
+ * expert has been loaded). 0 otherwise: use each before asking for the
+ * next. */
+int expert_store_holds(const expert_store *s, int n);
+
 void expert_store_stats(const expert_store *s, expert_stats *out);
 
 /* Distinct experts of `layer` asked for since the store was made. */

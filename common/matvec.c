@@ -193,15 +193,15 @@ typedef struct {
     int n;
     float *const *out;
     const qm_mat *const *mats;
-    const float *x;
+    const float *const *xs;
     int total; /* rows of all matrices */
-} multi_job;
+} batch_job;
 
 /* Thread i takes rows [i*total/n, (i+1)*total/n) of the matrices laid end
  * to end. */
-static void multi_part(void *arg, int i, int n)
+static void batch_part(void *arg, int i, int n)
 {
-    const multi_job *j = arg;
+    const batch_job *j = arg;
     int lo = (int)((int64_t)j->total * i / n), hi = (int)((int64_t)j->total * (i + 1) / n);
     int base = 0;
     for (int k = 0; k < j->n && lo < hi; k++) {
@@ -210,24 +210,31 @@ static void multi_part(void *arg, int i, int n)
         if (a < rows && b > 0) {
             a = a < 0 ? 0 : a;
             b = b > rows ? rows : b;
-            qm_matvec_rows(j->out[k], j->mats[k], j->x, a, b);
+            qm_matvec_rows(j->out[k], j->mats[k], j->xs[k], a, b);
         }
         base += rows;
     }
 }
 
-void qm_matvec_multi(team *t, int n, float *const *out, const qm_mat *const *mats,
-                     const float *x)
+void qm_matvec_batch(team *t, int n, float *const *out, const qm_mat *const *mats,
+                     const float *const *xs)
 {
     if (n <= 0)
         return;
-    multi_job j = {.n = n, .out = out, .mats = mats, .x = x};
+    batch_job j = {.n = n, .out = out, .mats = mats, .xs = xs};
     for (int k = 0; k < n; k++)
         j.total += mats[k]->rows;
     if (!t || team_size(t) == 1 || j.total < 64)
-        multi_part(&j, 0, 1);
+        batch_part(&j, 0, 1);
     else
-        team_run(t, multi_part, &j);
+        team_run(t, batch_part, &j);
+}
+
+void qm_matvec_multi(team *t, int n, float *const *out, const qm_mat *const *mats,
+                     const float *x)
+{
+    const float *xs[4] = {x, x, x, x};
+    qm_matvec_batch(t, n < 4 ? n : 4, out, mats, xs);
 }
 
 void qm_matvec(team *t, float *out, const qm_mat *m, const float *x)

@@ -45,6 +45,13 @@ void qm_matvec_rows(float *out, const qm_mat *m, const float *x, int r0, int r1)
 void qm_matvec_multi(team *t, int n, float *const *out, const qm_mat *const *mats,
                      const float *x);
 
+/* Products of different inputs in one parallel pass (the experts a token
+ * chose): out[j] = mats[j] xs[j] for j < n; rows of all matrices are split
+ * evenly over the threads. One wake-up of the team for all of them: a
+ * small matrix takes less time than waking the threads. */
+void qm_matvec_batch(team *t, int n, float *const *out, const qm_mat *const *mats,
+                     const float *const *xs);
+
 /* out = m x, parallel over rows. */
 void qm_matvec(team *t, float *out, const qm_mat *m, const float *x);
 
