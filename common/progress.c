@@ -180,9 +180,15 @@ int progress_lock(const char *path, pid_t *stale_pid, GError **err)
 
 void progress_unlock(int fd, const char *path)
 {
+    (void)path;
     if (fd < 0)
         return;
-    unlink(path);
+    /* Emptied, not removed: a process that opened the file just before an
+     * unlink would lock the old inode while a newcomer locks a new one, and
+     * both would think they hold the lock. */
+    if (ftruncate(fd, 0) != 0) {
+        /* the flock is released by close() all the same */
+    }
     close(fd);
 }
 

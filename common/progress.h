@@ -55,7 +55,7 @@ void progress_clear(progress *p);
  * to keep open for the life of the job, or -1. */
 int progress_lock(const char *path, pid_t *stale_pid, GError **err);
 
-/* Releases and removes the lock. */
+/* Releases the lock, leaving the file empty (pid 0: nobody holds it). */
 void progress_unlock(int fd, const char *path);
 
 /* pid written in a lock file, 0 if none; *held set to 1 when a live

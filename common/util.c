@@ -36,6 +36,26 @@ int qm_set_errno(GError **err, int errnum, const char *what, const char *path)
     return -1;
 }
 
+char **qm_argv_split_short(int *argc, char **argv, const char *letters)
+{
+    GPtrArray *out = g_ptr_array_new();
+    int rest = 0; /* after "--" everything is an operand */
+    for (int i = 0; i < *argc; i++) {
+        const char *a = argv[i];
+        if (i > 0 && !rest && a[0] == '-' && a[1] && a[1] != '-' && a[2] &&
+            strchr(letters, a[1])) {
+            g_ptr_array_add(out, g_strndup(a, 2));
+            g_ptr_array_add(out, g_strdup(a + 2));
+            continue;
+        }
+        rest |= i > 0 && strcmp(a, "--") == 0;
+        g_ptr_array_add(out, g_strdup(a));
+    }
+    *argc = (int)out->len;
+    g_ptr_array_add(out, NULL);
+    return (char **)g_ptr_array_free(out, FALSE);
+}
+
 /* ---- number lists ---- */
 
 static int parse_num(const char **p, long *out)

@@ -36,6 +36,12 @@ void qm_report(const char *prog, const GError *err);
  * ENOSPC/EFBIG/EDQUOT, IO otherwise. Always returns -1. */
 int qm_set_errno(GError **err, int errnum, const char *what, const char *path);
 
+/* GLib's option parser does not take a value glued to a short option
+ * ("-j8"). Returns a copy of argv with "-XVALUE" split into "-X" "VALUE"
+ * for each X in `letters` (options that take a value); *argc is updated.
+ * The copy lives until the program ends (it backs the parsed strings). */
+char **qm_argv_split_short(int *argc, char **argv, const char *letters);
+
 /* ---- number lists: "0-7,12,40-47" ---- */
 
 /* Parses LIST into mask[0..limit-1] (1 = member). Values >= limit, reversed

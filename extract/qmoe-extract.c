@@ -30,7 +30,7 @@ static GOptionEntry entries[] = {
     {"layout", 0, 0, G_OPTION_ARG_STRING, &opt_layout,
      "Model family (default: detected from config.json and tensor names)", "NAME"},
     {"jobs", 'j', 0, G_OPTION_ARG_INT, &opt_jobs,
-     "Worker threads (default: number of CPUs)", "N"},
+     "Worker threads (default: twice the CPUs, so that one file's fsync overlaps another's hashing)", "N"},
     {"shard", 0, 0, G_OPTION_ARG_STRING, &opt_shard,
      "Write only part I of N (0 <= I < N) so that N processes can share OUT", "I/N"},
     {"detach", 0, 0, G_OPTION_ARG_NONE, &opt_detach,
@@ -125,6 +125,7 @@ int main(int argc, char **argv)
                                       "safetensors file per (layer, expert).");
     g_option_context_set_description(ctx, description);
     g_option_context_add_main_entries(ctx, entries, NULL);
+    argv = qm_argv_split_short(&argc, argv, "j");
     if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
         fprintf(stderr, "%s: %s\nTry '%s --help'.\n", prog, err->message, prog);
         return 2;
@@ -141,7 +142,7 @@ int main(int argc, char **argv)
     ex_opts o = {.src = argv[1], .out = argv[2], .layout = opt_layout,
                  .layers = opt_layers, .experts = opt_experts, .shard = 0,
                  .shards = 1};
-    o.jobs = opt_jobs > 0 ? opt_jobs : (int)g_get_num_processors();
+    o.jobs = opt_jobs > 0 ? opt_jobs : 2 * (int)g_get_num_processors();
     if (o.jobs > 64)
         o.jobs = 64;
     if (opt_shard && parse_shard(opt_shard, &o.shard, &o.shards)) {

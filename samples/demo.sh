@@ -14,7 +14,6 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*" | sed "s|$B/||g" >&2; "$@"; }
 
 step "$B/qmoe-mksample" --layers 48 --experts 128 "$D/omni-src"
 QMOE_THROTTLE_MS=${QMOE_THROTTLE_MS:-2} step "$B/qmoe-extract" --detach "$D/omni-src" "$D/omni"
-pid=$(cat "$D/omni/.qmoe/lock" 2>/dev/null || true)
 sleep 1
 step "$B/qmoe-status" "$D/omni" || true
 step "$B/qmoe-status" --watch=1 "$D/omni" || true
@@ -24,7 +23,8 @@ if [ -x "$B/qmoe-run" ] && "$B/qmoe-mksample" --help | grep -q -- --coherent; th
     step "$B/qmoe-mksample" --coherent "$D/coherent-src"
     step "$B/qmoe-extract" --no-progress "$D/coherent-src" "$D/coherent"
     step "$B/qmoe-verify" --coherence --source "$D/coherent-src" "$D/coherent"
-    step "$B/qmoe-run" --prompt "The kernel" -n 16 "$D/coherent"
+    step "$B/qmoe-run" --prompt "The router sends every token" "$D/coherent"
+    step "$B/qmoe-run" --mask-experts 0-7 --prompt "The router sends every token" "$D/coherent"
 fi
 echo
 echo "demo output is in $D"

@@ -66,6 +66,11 @@ void ms_tok_ids(const ms_opts *o, ms_tok *t);
  * Qwen: byte-level BPE (NFC, the Qwen split regex, GPT-2 byte map). NULL
  * only if the built-in merge table is inconsistent (a bug). */
 cJSON *ms_tokenizer_json(const ms_opts *o, const ms_tok *t);
+/* Pieces of a Hugging Face tokenizer.json, shared with the coherent model:
+ * an added special token entry and a ByteLevel step (pre-tokenizer,
+ * post-processor or decoder). */
+cJSON *ms_added_token(int id, const char *content);
+cJSON *ms_byte_level_step(void);
 cJSON *ms_tokenizer_config_json(const ms_opts *o, const ms_tok *t);
 
 /* config.json and generation_config.json of the family. */

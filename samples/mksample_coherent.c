@@ -429,29 +429,6 @@ static GPtrArray *symbols(const gunichar cp[256], const char *s)
     return v;
 }
 
-static cJSON *added_token(int id, const char *content)
-{
-    cJSON *a = cJSON_CreateObject();
-    cJSON_AddNumberToObject(a, "id", id);
-    cJSON_AddStringToObject(a, "content", content);
-    cJSON_AddBoolToObject(a, "single_word", 0);
-    cJSON_AddBoolToObject(a, "lstrip", 0);
-    cJSON_AddBoolToObject(a, "rstrip", 0);
-    cJSON_AddBoolToObject(a, "normalized", 0);
-    cJSON_AddBoolToObject(a, "special", 1);
-    return a;
-}
-
-static cJSON *byte_level_step(void)
-{
-    cJSON *b = cJSON_CreateObject();
-    cJSON_AddStringToObject(b, "type", "ByteLevel");
-    cJSON_AddBoolToObject(b, "add_prefix_space", 0);
-    cJSON_AddBoolToObject(b, "trim_offsets", 0);
-    cJSON_AddBoolToObject(b, "use_regex", 0);
-    return b;
-}
-
 /* tokenizer.json as Hugging Face writes Qwen's: NFC, the split regex then
  * ByteLevel without its own regex, ByteLevel decoder, merges as pairs. */
 static char *tokenizer_json(const coh *c)
@@ -462,7 +439,7 @@ static char *tokenizer_json(const coh *c)
     cJSON_AddNullToObject(j, "padding");
     cJSON *added = cJSON_AddArrayToObject(j, "added_tokens");
     for (int i = 0; i < c->n_tok - c->eot; i++)
-        cJSON_AddItemToArray(added, added_token(c->eot + i, specials[i]));
+        cJSON_AddItemToArray(added, ms_added_token(c->eot + i, specials[i]));
     cJSON *norm = cJSON_AddObjectToObject(j, "normalizer");
     cJSON_AddStringToObject(norm, "type", "NFC");
     cJSON *pre = cJSON_AddObjectToObject(j, "pre_tokenizer");
@@ -475,9 +452,9 @@ static char *tokenizer_json(const coh *c)
     cJSON_AddStringToObject(split, "behavior", "Isolated");
     cJSON_AddBoolToObject(split, "invert", 0);
     cJSON_AddItemToArray(steps, split);
-    cJSON_AddItemToArray(steps, byte_level_step());
-    cJSON_AddItemToObject(j, "post_processor", byte_level_step());
-    cJSON_AddItemToObject(j, "decoder", byte_level_step());
+    cJSON_AddItemToArray(steps, ms_byte_level_step());
+    cJSON_AddItemToObject(j, "post_processor", ms_byte_level_step());
+    cJSON_AddItemToObject(j, "decoder", ms_byte_level_step());
     cJSON *m = cJSON_AddObjectToObject(j, "model");
     cJSON_AddStringToObject(m, "type", "BPE");
     cJSON_AddNullToObject(m, "dropout");

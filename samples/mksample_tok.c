@@ -94,7 +94,7 @@ static char *byte_level(const gunichar cp[256], const char *s)
     return g_string_free(g, FALSE);
 }
 
-static cJSON *added_token(int id, const char *content)
+cJSON *ms_added_token(int id, const char *content)
 {
     cJSON *a = cJSON_CreateObject();
     cJSON_AddNumberToObject(a, "id", id);
@@ -107,7 +107,7 @@ static cJSON *added_token(int id, const char *content)
     return a;
 }
 
-static cJSON *byte_level_step(void)
+cJSON *ms_byte_level_step(void)
 {
     cJSON *b = cJSON_CreateObject();
     cJSON_AddStringToObject(b, "type", "ByteLevel");
@@ -130,7 +130,7 @@ cJSON *ms_tokenizer_json(const ms_opts *o, const ms_tok *t)
     cJSON_AddNullToObject(j, "padding");
     cJSON *added = cJSON_AddArrayToObject(j, "added_tokens");
     for (int i = 0; i < t->n_special; i++)
-        cJSON_AddItemToArray(added, added_token(t->n_bpe + i, special_name(i)));
+        cJSON_AddItemToArray(added, ms_added_token(t->n_bpe + i, special_name(i)));
     cJSON *norm = cJSON_AddObjectToObject(j, "normalizer");
     cJSON_AddStringToObject(norm, "type", "NFC");
 
@@ -146,9 +146,9 @@ cJSON *ms_tokenizer_json(const ms_opts *o, const ms_tok *t)
     cJSON_AddStringToObject(split, "behavior", "Isolated");
     cJSON_AddBoolToObject(split, "invert", 0);
     cJSON_AddItemToArray(steps, split);
-    cJSON_AddItemToArray(steps, byte_level_step());
-    cJSON_AddItemToObject(j, "post_processor", byte_level_step());
-    cJSON_AddItemToObject(j, "decoder", byte_level_step());
+    cJSON_AddItemToArray(steps, ms_byte_level_step());
+    cJSON_AddItemToObject(j, "post_processor", ms_byte_level_step());
+    cJSON_AddItemToObject(j, "decoder", ms_byte_level_step());
 
     cJSON *m = cJSON_AddObjectToObject(j, "model");
     cJSON_AddStringToObject(m, "type", "BPE");
@@ -202,7 +202,7 @@ cJSON *ms_tokenizer_config_json(const ms_opts *o, const ms_tok *t)
     for (int i = 0; i < t->n_special; i++) {
         char id[16];
         g_snprintf(id, sizeof id, "%d", t->n_bpe + i);
-        cJSON *a = added_token(t->n_bpe + i, special_name(i));
+        cJSON *a = ms_added_token(t->n_bpe + i, special_name(i));
         cJSON_DeleteItemFromObjectCaseSensitive(a, "id");
         cJSON_AddItemToObject(dec, id, a);
     }

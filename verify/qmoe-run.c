@@ -737,6 +737,7 @@ int main(int argc, char **argv)
     run_ctx rc = {0};
     int *ids = NULL;
     char *text = NULL;
+    argv = qm_argv_split_short(&argc, argv, "jn");
     if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
         fprintf(stderr, "qmoe-run: %s (see qmoe-run --help)\n", err->message);
         g_clear_error(&err);

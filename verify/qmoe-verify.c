@@ -284,6 +284,7 @@ int main(int argc, char **argv)
     g_option_context_set_summary(ctx, summary);
     g_option_context_set_description(ctx, description);
     g_option_context_add_main_entries(ctx, entries, NULL);
+    argv = qm_argv_split_short(&argc, argv, "j");
     if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
         fprintf(stderr, "%s: %s\n", prog, err->message);
         fprintf(stderr, "Try '%s --help' for more information.\n", prog);

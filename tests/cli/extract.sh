@@ -107,7 +107,7 @@ wait_files "$T/term" 10; kill -TERM $pid; wait $pid; rc=$?
 check sigterm-state-stopped grep -q '"state":"stopped"' "$T/term/.qmoe/progress.json"
 grep -q "stopped by signal" "$T/term.out" && ok sigterm-message || fail sigterm-message "$(cat "$T/term.out")"
 check sigterm-no-tmp no_tmp_files "$T/term"
-check sigterm-lock-released test ! -e "$T/term/.qmoe/lock"
+check sigterm-lock-released test ! -s "$T/term/.qmoe/lock"
 run qmoe-extract "$OMNI" "$T/term"
 expect sigterm-resume 0 "(resumed)" stdout
 run "$TOOLS/ckcmp" "$OMNI" "$T/term"

@@ -133,7 +133,7 @@ for i in $(seq 1 $n_cycles); do
         [ $rc = 1 ] || note_fail "torture-$i-sigterm-exit-1" "rc $rc $(cat "$T/run.err")"
         grep -q "stopped by signal" "$T/run.err" || note_fail "torture-$i-sigterm-message" "$(cat "$T/run.err")"
         grep -q '"state":"stopped"' "$P" || note_fail "torture-$i-state-stopped" "$(cat "$P")"
-        [ ! -e "$OUT/.qmoe/lock" ] || note_fail "torture-$i-lock-released"
+        [ ! -s "$OUT/.qmoe/lock" ] || note_fail "torture-$i-lock-released"
         no_tmp_files "$OUT" || note_fail "torture-$i-no-tmp" "$(find "$OUT" -name '*.tmp.*' | head -3)"
         if [ $have_status = 1 ]; then
             qmoe-status --json "$OUT" >"$T/st.json" 2>&1
@@ -160,7 +160,7 @@ fi
 check torture-manifest-complete grep -q '"complete":true' "$OUT/qmoe.json"
 check torture-state-finished grep -q '"state":"finished"' "$OUT/.qmoe/progress.json"
 check torture-no-tmp no_tmp_files "$OUT"
-check torture-lock-released test ! -e "$OUT/.qmoe/lock"
+check torture-lock-released test ! -s "$OUT/.qmoe/lock"
 run "$TOOLS/ckcmp" "$SRC" "$OUT"
 expect torture-identical-to-source 0 "same: 174 tensors" stdout
 if [ $have_verify = 1 ]; then
