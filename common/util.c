@@ -53,7 +53,15 @@ char **qm_argv_split_short(int *argc, char **argv, const char *letters)
     }
     *argc = (int)out->len;
     g_ptr_array_add(out, NULL);
-    return (char **)g_ptr_array_free(out, FALSE);
+    /* The strings live as long as the program: option values point into
+     * them, and the option parser drops parsed ones from the vector it is
+     * given, so a second array keeps every one reachable (LeakSanitizer
+     * would otherwise report them at exit). */
+    static char **all, **volatile vec; /* volatile: never read, but must stay */
+    g_free(all);
+    all = g_memdup2(out->pdata, out->len * sizeof(char *));
+    vec = (char **)g_ptr_array_free(out, FALSE);
+    return vec;
 }
 
 /* ---- number lists ---- */
