@@ -31,7 +31,7 @@ $CC -std=c11 -D_GNU_SOURCE -O2 -march=native -Wall -Wextra -Werror $(pkg-config 
 $CC -std=c11 -D_GNU_SOURCE -O2 -march=native -Wall -Wextra -Werror tests/bench/membw.c \
     -pthread -o "$B/membw"
 
-MODEL=$B/moe-big
+MODEL=${QMOE_BENCH_DIR:-$B}/moe-big  # removed with the bench scratch dir
 if [ ! -f "$MODEL/model.safetensors.index.json" ]; then
     echo "writing a random qwen3_moe checkpoint (8 layers x 64 experts, 1.6 GB) to $MODEL"
     "$B/mkbig" "$MODEL"
