@@ -71,6 +71,16 @@ cJSON *ms_tokenizer_json(const ms_opts *o, const ms_tok *t);
  * post-processor or decoder). */
 cJSON *ms_added_token(int id, const char *content);
 cJSON *ms_byte_level_step(void);
+
+/* The split regex of Qwen2/Qwen3's tokenizer.json. */
+#define MS_QWEN_SPLIT                                                          \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}|"           \
+    " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+
+/* A Qwen tokenizer.json without its vocabulary: see mksample_tok.c. Sets
+ * *vocab, *pairs (the merges array) and *added to the parts the caller
+ * fills. */
+cJSON *ms_tokenizer_frame(cJSON **vocab, cJSON **pairs, cJSON **added);
 cJSON *ms_tokenizer_config_json(const ms_opts *o, const ms_tok *t);
 
 /* config.json and generation_config.json of the family. */

@@ -181,11 +181,6 @@ static const char *const specials[] = {
 };
 #define N_SPECIAL ((int)G_N_ELEMENTS(specials))
 
-/* The split regex of Qwen2/Qwen3's tokenizer.json. */
-static const char QWEN_SPLIT[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}|"
-    " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-
 /* ---- small helpers ---- */
 
 static uint64_t splitmix64(uint64_t *s)
@@ -433,41 +428,12 @@ static GPtrArray *symbols(const gunichar cp[256], const char *s)
  * ByteLevel without its own regex, ByteLevel decoder, merges as pairs. */
 static char *tokenizer_json(const coh *c)
 {
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "version", "1.0");
-    cJSON_AddNullToObject(j, "truncation");
-    cJSON_AddNullToObject(j, "padding");
-    cJSON *added = cJSON_AddArrayToObject(j, "added_tokens");
+    cJSON *voc, *mj, *added;
+    cJSON *j = ms_tokenizer_frame(&voc, &mj, &added);
     for (int i = 0; i < c->n_tok - c->eot; i++)
         cJSON_AddItemToArray(added, ms_added_token(c->eot + i, specials[i]));
-    cJSON *norm = cJSON_AddObjectToObject(j, "normalizer");
-    cJSON_AddStringToObject(norm, "type", "NFC");
-    cJSON *pre = cJSON_AddObjectToObject(j, "pre_tokenizer");
-    cJSON_AddStringToObject(pre, "type", "Sequence");
-    cJSON *steps = cJSON_AddArrayToObject(pre, "pretokenizers");
-    cJSON *split = cJSON_CreateObject();
-    cJSON_AddStringToObject(split, "type", "Split");
-    cJSON *pat = cJSON_AddObjectToObject(split, "pattern");
-    cJSON_AddStringToObject(pat, "Regex", QWEN_SPLIT);
-    cJSON_AddStringToObject(split, "behavior", "Isolated");
-    cJSON_AddBoolToObject(split, "invert", 0);
-    cJSON_AddItemToArray(steps, split);
-    cJSON_AddItemToArray(steps, ms_byte_level_step());
-    cJSON_AddItemToObject(j, "post_processor", ms_byte_level_step());
-    cJSON_AddItemToObject(j, "decoder", ms_byte_level_step());
-    cJSON *m = cJSON_AddObjectToObject(j, "model");
-    cJSON_AddStringToObject(m, "type", "BPE");
-    cJSON_AddNullToObject(m, "dropout");
-    cJSON_AddNullToObject(m, "unk_token");
-    cJSON_AddStringToObject(m, "continuing_subword_prefix", "");
-    cJSON_AddStringToObject(m, "end_of_word_suffix", "");
-    cJSON_AddBoolToObject(m, "fuse_unk", 0);
-    cJSON_AddBoolToObject(m, "byte_fallback", 0);
-    cJSON_AddBoolToObject(m, "ignore_merges", 0);
-    cJSON *voc = cJSON_AddObjectToObject(m, "vocab");
     for (int i = 0; i < c->eot; i++)
         cJSON_AddNumberToObject(voc, g_ptr_array_index(c->tok_str, i), i);
-    cJSON *mj = cJSON_AddArrayToObject(m, "merges");
     for (guint r = 0; r < c->merge_l->len; r++) {
         cJSON *pair = cJSON_CreateArray();
         cJSON_AddItemToArray(pair, cJSON_CreateString(g_ptr_array_index(c->merge_l, r)));
@@ -488,7 +454,7 @@ static int build_tokenizer(coh *c, GError **err)
     gunichar cp[256];
     int order[256];
     byte_map(cp, order);
-    GRegex *re = g_regex_new(QWEN_SPLIT, G_REGEX_OPTIMIZE, 0, NULL);
+    GRegex *re = g_regex_new(MS_QWEN_SPLIT, G_REGEX_OPTIMIZE, 0, NULL);
     g_assert(re); /* a constant pattern */
     GPtrArray *merges = g_ptr_array_new_with_free_func(merge_free);
     GHashTable *by_result = g_hash_table_new(g_str_hash, g_str_equal); /* -> merge */

@@ -117,39 +117,32 @@ cJSON *ms_byte_level_step(void)
     return b;
 }
 
-cJSON *ms_tokenizer_json(const ms_opts *o, const ms_tok *t)
+/* The frame of a Qwen tokenizer.json as Hugging Face writes it: NFC, the
+ * Qwen2 split regex then ByteLevel without its own regex, ByteLevel
+ * post-processor and decoder, a BPE model. The caller fills the vocab
+ * object, the merges array (pairs) and the added_tokens array. */
+cJSON *ms_tokenizer_frame(cJSON **vocab, cJSON **pairs, cJSON **added)
 {
-    (void)o;
-    gunichar cp[256];
-    int bytes[256];
-    byte_map(cp, bytes);
-
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "version", "1.0");
     cJSON_AddNullToObject(j, "truncation");
     cJSON_AddNullToObject(j, "padding");
-    cJSON *added = cJSON_AddArrayToObject(j, "added_tokens");
-    for (int i = 0; i < t->n_special; i++)
-        cJSON_AddItemToArray(added, ms_added_token(t->n_bpe + i, special_name(i)));
+    *added = cJSON_AddArrayToObject(j, "added_tokens");
     cJSON *norm = cJSON_AddObjectToObject(j, "normalizer");
     cJSON_AddStringToObject(norm, "type", "NFC");
-
     cJSON *pre = cJSON_AddObjectToObject(j, "pre_tokenizer");
     cJSON_AddStringToObject(pre, "type", "Sequence");
     cJSON *steps = cJSON_AddArrayToObject(pre, "pretokenizers");
     cJSON *split = cJSON_CreateObject();
     cJSON_AddStringToObject(split, "type", "Split");
     cJSON *pat = cJSON_AddObjectToObject(split, "pattern");
-    cJSON_AddStringToObject(pat, "Regex",
-        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}|"
-        " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+");
+    cJSON_AddStringToObject(pat, "Regex", MS_QWEN_SPLIT);
     cJSON_AddStringToObject(split, "behavior", "Isolated");
     cJSON_AddBoolToObject(split, "invert", 0);
     cJSON_AddItemToArray(steps, split);
     cJSON_AddItemToArray(steps, ms_byte_level_step());
     cJSON_AddItemToObject(j, "post_processor", ms_byte_level_step());
     cJSON_AddItemToObject(j, "decoder", ms_byte_level_step());
-
     cJSON *m = cJSON_AddObjectToObject(j, "model");
     cJSON_AddStringToObject(m, "type", "BPE");
     cJSON_AddNullToObject(m, "dropout");
@@ -159,8 +152,22 @@ cJSON *ms_tokenizer_json(const ms_opts *o, const ms_tok *t)
     cJSON_AddBoolToObject(m, "fuse_unk", 0);
     cJSON_AddBoolToObject(m, "byte_fallback", 0);
     cJSON_AddBoolToObject(m, "ignore_merges", 0);
-    cJSON *vocab = cJSON_AddObjectToObject(m, "vocab");
-    cJSON *mj = cJSON_AddArrayToObject(m, "merges");
+    *vocab = cJSON_AddObjectToObject(m, "vocab");
+    *pairs = cJSON_AddArrayToObject(m, "merges");
+    return j;
+}
+
+cJSON *ms_tokenizer_json(const ms_opts *o, const ms_tok *t)
+{
+    (void)o;
+    gunichar cp[256];
+    int bytes[256];
+    byte_map(cp, bytes);
+
+    cJSON *vocab, *mj, *added;
+    cJSON *j = ms_tokenizer_frame(&vocab, &mj, &added);
+    for (int i = 0; i < t->n_special; i++)
+        cJSON_AddItemToArray(added, ms_added_token(t->n_bpe + i, special_name(i)));
     GHashTable *have = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     for (int i = 0; i < 256; i++) {
         GString *g = g_string_new(NULL);
