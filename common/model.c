@@ -421,9 +421,8 @@ void model_set_router_log(model *m, model_router_fn fn, void *user)
 
 /* ---- the forward pass ---- */
 
-/* out = x / sqrt(mean(x^2) + eps) * w, in float32 as Hugging Face's
- * Qwen3MoeRMSNorm (the sum is kept in double, which only removes noise). */
-static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+/* The sum is kept in double, which only removes noise. */
+void model_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
     double ss = 0;
     for (int i = 0; i < n; i++)
@@ -662,18 +661,18 @@ int model_step(model *m, int token, float *logits, GError **err)
         layer_w *w = &m->layers[l];
         size_t at = ((size_t)l * c->max_seq + m->pos) * kvd;
         float *k = m->kcache + at, *v = m->vcache + at;
-        rmsnorm(m->xb, m->x, w->in_norm, c->hidden, c->eps);
+        model_rmsnorm(m->xb, m->x, w->in_norm, c->hidden, c->eps);
         float *o3[3] = {m->q, k, v};
         const qm_mat *w3[3] = {&w->q, &w->k, &w->v};
         qm_matvec_multi(m->team, 3, o3, w3, m->xb);
         for (int h = 0; h < c->n_heads; h++) {
             float *qh = m->q + (size_t)h * hd;
-            rmsnorm(qh, qh, w->q_norm, hd, c->eps);
+            model_rmsnorm(qh, qh, w->q_norm, hd, c->eps);
             rope(qh, m->rope_cos, m->rope_sin, hd);
         }
         for (int h = 0; h < c->n_kv_heads; h++) {
             float *kh = k + (size_t)h * hd;
-            rmsnorm(kh, kh, w->k_norm, hd, c->eps);
+            model_rmsnorm(kh, kh, w->k_norm, hd, c->eps);
             rope(kh, m->rope_cos, m->rope_sin, hd);
         }
         att_job aj = {m, l};
@@ -688,7 +687,7 @@ int model_step(model *m, int token, float *logits, GError **err)
                          qm_mat_bytes(w->o.dtype, w->o.rows, w->o.cols);
         for (int d = 0; d < c->hidden; d++)
             m->x[d] += m->xb2[d];
-        rmsnorm(m->xb, m->x, w->post_norm, c->hidden, c->eps);
+        model_rmsnorm(m->xb, m->x, w->post_norm, c->hidden, c->eps);
         if (c->is_moe[l]) {
             if (moe(m, l, token, err) != 0)
                 return -1;
@@ -700,7 +699,7 @@ int model_step(model *m, int token, float *logits, GError **err)
     }
     m->pos++;
     if (logits) {
-        rmsnorm(m->xb, m->x, m->final_norm, c->hidden, c->eps);
+        model_rmsnorm(m->xb, m->x, m->final_norm, c->hidden, c->eps);
         qm_matvec(m->team, logits, &m->lm_head, m->xb);
         m->step_bytes += qm_mat_bytes(m->lm_head.dtype, c->vocab, c->hidden);
     }

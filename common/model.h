@@ -129,4 +129,9 @@ int model_generate(model *m, const int *prompt, int n_prompt, int n_new,
  * lm_head when asked, one embedding row). */
 uint64_t model_step_weight_bytes(const model *m);
 
+/* out = x / sqrt(mean(x^2) + eps) * w over n floats, as Hugging Face's
+ * Qwen3MoeRMSNorm computes it in float32; out may be x. Exposed so that a
+ * simulation of the model (the coherent sample) rounds the same way. */
+void model_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+
 #endif

@@ -83,6 +83,7 @@
 #include "fs.h"
 #include "layout.h"
 #include "mksample.h"
+#include "model.h"
 #include "safetensors.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -223,17 +224,6 @@ static float bf16r(float f)
 static inline float silu(float x)
 {
     return x / (1.0f + expf(-x));
-}
-
-/* As common/model.c: sum of squares in double, scale in float. */
-static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
-{
-    double ss = 0;
-    for (int i = 0; i < n; i++)
-        ss += (double)x[i] * x[i];
-    float scale = 1.0f / sqrtf((float)(ss / n) + eps);
-    for (int i = 0; i < n; i++)
-        out[i] = w[i] * (x[i] * scale);
 }
 
 /* Eight running sums so that the compiler can vectorise: the simulation
@@ -1041,7 +1031,7 @@ static void layer_step(const coh *c, int l, float *x, const sabotage *sb)
     float hb[256];
     int top[TOP_K];
     g_assert(c->inter <= 256);
-    rmsnorm(xb, x, c->post_norm[l], HIDDEN, c->eps);
+    model_rmsnorm(xb, x, c->post_norm[l], HIDDEN, c->eps);
     route(c, l, xb, sb ? sb->allow : NULL, top, topw);
     for (int pass = 0; pass < EXPERTS; pass++) /* ascending expert id */
         for (int k = 0; k < TOP_K; k++) {
@@ -1064,7 +1054,7 @@ static void layer_step(const coh *c, int l, float *x, const sabotage *sb)
 static void head(const coh *c, const float *x, float *logits)
 {
     float xn[HIDDEN];
-    rmsnorm(xn, x, c->final_norm, HIDDEN, c->eps);
+    model_rmsnorm(xn, x, c->final_norm, HIDDEN, c->eps);
     for (int s = 0; s < c->vocab; s++)
         logits[s] = dot(c->lm_head + (size_t)s * HIDDEN, xn, HIDDEN);
 }
@@ -1097,7 +1087,7 @@ static int construct_experts(coh *c, const float *U, GError **err)
             const float *x = X + (size_t)w * HIDDEN;
             int e = c->assign[l * N + w], j = c->neuron[l * N + w], top[TOP_K];
             float xb[HIDDEN], topw[TOP_K];
-            rmsnorm(xb, x, c->post_norm[l], HIDDEN, c->eps);
+            model_rmsnorm(xb, x, c->post_norm[l], HIDDEN, c->eps);
             route(c, l, xb, NULL, top, topw);
             if (top[0] != e) {
                 g_free(X);
@@ -1235,7 +1225,7 @@ static int check_model(const coh *c, coh_stats *st, GError **err)
                 memcpy(x, c->state + ((size_t)l * N + w) * HIDDEN, sizeof x);
                 for (int k = l; k < LAYERS; k++)
                     layer_step(c, k, x, &sb);
-                rmsnorm(xn, x, c->final_norm, HIDDEN, c->eps);
+                model_rmsnorm(xn, x, c->final_norm, HIDDEN, c->eps);
                 double m = (double)dot(c->lm_head + (size_t)c->decoy[t] * HIDDEN, xn, HIDDEN) -
                            dot(c->lm_head + (size_t)c->succ[t] * HIDDEN, xn, HIDDEN);
                 st->min_break = MIN(st->min_break, m);
