@@ -250,10 +250,8 @@ static gint cmp_path(gconstpointer a, gconstpointer b)
 
 void mf_files_sort_unique(GArray *files)
 {
-    /* stable on equal paths: keep insertion order via index tiebreak */
-    for (guint i = 0; i < files->len; i++)
-        if (g_array_index(files, mf_file, i).time == 0)
-            g_array_index(files, mf_file, i).time = 1e-9 * i;
+    /* g_array_sort is stable: records of one path with equal times keep
+     * their order, so the last one read wins. */
     g_array_sort(files, cmp_path);
     guint w = 0;
     for (guint i = 0; i < files->len; i++) {

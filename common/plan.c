@@ -131,9 +131,10 @@ static void add_other(builder *b, GPtrArray *names, const layout *lt, ckpt *ck)
         const char *prefix = order->pdata[gi];
         GPtrArray *g = g_hash_table_lookup(groups, prefix);
         uint64_t total = 0;
-        for (guint i = 0; i < g->len; i++)
-            total += ckpt_tensor(ck, g->pdata[i], 0, NULL, NULL)->end -
-                     ckpt_tensor(ck, g->pdata[i], 0, NULL, NULL)->begin;
+        for (guint i = 0; i < g->len; i++) {
+            const st_tensor *t = ckpt_tensor(ck, g->pdata[i], 0, NULL, NULL);
+            total += t->end - t->begin;
+        }
         int split = total > PLAN_OTHER_PART_BYTES, part = 1;
         uint64_t in_part = 0;
         for (guint i = 0; i < g->len; i++) {

@@ -183,32 +183,27 @@ static void tables_free(ms_tables *t)
  * stream is the same however a tensor is cut into chunks. */
 static void fill(const ms_tables *t, ms_init init, uint64_t *state, void *out, uint64_t n)
 {
-    uint64_t i = 0;
-    if (t->dtype == ST_F32) {
-        const float *tab = t->tab[init];
-        float *o = out;
-        for (; i + 4 <= n; i += 4) {
-            uint64_t r = splitmix64(state);
-            o[i] = tab[r & 0xFFFF];
-            o[i + 1] = tab[(r >> 16) & 0xFFFF];
-            o[i + 2] = tab[(r >> 32) & 0xFFFF];
-            o[i + 3] = tab[r >> 48];
-        }
-        for (uint64_t r = n > i ? splitmix64(state) : 0; i < n; i++, r >>= 16)
-            o[i] = tab[r & 0xFFFF];
-    } else {
-        const uint16_t *tab = t->tab[init];
-        uint16_t *o = out;
-        for (; i + 4 <= n; i += 4) {
-            uint64_t r = splitmix64(state);
-            o[i] = tab[r & 0xFFFF];
-            o[i + 1] = tab[(r >> 16) & 0xFFFF];
-            o[i + 2] = tab[(r >> 32) & 0xFFFF];
-            o[i + 3] = tab[r >> 48];
-        }
-        for (uint64_t r = n > i ? splitmix64(state) : 0; i < n; i++, r >>= 16)
-            o[i] = tab[r & 0xFFFF];
-    }
+    /* One 64-bit draw gives four 16-bit table indices. */
+#define FILL(T)                                                             \
+    do {                                                                    \
+        const T *tab = t->tab[init];                                        \
+        T *o = out;                                                         \
+        uint64_t i = 0;                                                     \
+        for (; i + 4 <= n; i += 4) {                                        \
+            uint64_t r = splitmix64(state);                                 \
+            o[i] = tab[r & 0xFFFF];                                         \
+            o[i + 1] = tab[(r >> 16) & 0xFFFF];                             \
+            o[i + 2] = tab[(r >> 32) & 0xFFFF];                             \
+            o[i + 3] = tab[r >> 48];                                        \
+        }                                                                   \
+        for (uint64_t r = n > i ? splitmix64(state) : 0; i < n; i++, r >>= 16) \
+            o[i] = tab[r & 0xFFFF];                                         \
+    } while (0)
+    if (t->dtype == ST_F32)
+        FILL(float);
+    else
+        FILL(uint16_t);
+#undef FILL
 }
 
 /* ---- shards ---- */
