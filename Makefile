@@ -29,15 +29,24 @@ CFLAGS   += -std=c11 -D_GNU_SOURCE -g -pthread $(OPT) $(SANFLAGS) $(PKG_CFLAGS) 
 LDLIBS   += $(PKG_LIBS) -lm -pthread
 LDFLAGS  += $(SANFLAGS)
 
-LIB_SRC  := $(sort $(wildcard common/*.c))
+# libqmoe: one folder per subsystem (see common/README.md). common/cli/ is
+# linked into the tools only; it is not part of the installed library.
+LIB_DIRS := base format outdir model
+LIB_SRC  := $(sort $(foreach d,$(LIB_DIRS),$(wildcard common/$(d)/*.c)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB      := $(BUILD)/libqmoe.a
+CLI_SRC  := $(sort $(wildcard common/cli/*.c))
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+CLI_LIB  := $(BUILD)/libqmoe-cli.a
+HEADERS  := $(wildcard common/*/*.h) $(wildcard */*.h)
 
-# Every TOOLDIR/qmoe-*.c is a program; other .c files in TOOLDIR are linked
-# into each program of that directory.
+# Every TOOLDIR/qmoe-NAME.c is a program; TOOLDIR/NAME_*.c are its own
+# helper files, linked into that program only.
 TOOLDIRS := extract verify monitor samples
 MAINS    := $(sort $(foreach d,$(TOOLDIRS),$(wildcard $(d)/qmoe-*.c)))
 BINS     := $(foreach m,$(MAINS),$(BUILD)/bin/$(basename $(notdir $(m))))
+tool_name = $(patsubst qmoe-%,%,$(basename $(notdir $(1))))
+tool_helpers = $(wildcard $(dir $(1))$(call tool_name,$(1))_*.c)
 
 TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
@@ -46,9 +55,9 @@ TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
 
 .PHONY: all check demo bench install clean torture fuzz valgrind
-all: $(LIB) $(BINS) $(TEST_BIN) $(TOOL_BIN)
+all: $(LIB) $(CLI_LIB) $(BINS) $(TEST_BIN) $(TOOL_BIN)
 
-$(BUILD)/%.o: %.c $(wildcard common/*.h) $(wildcard */*.h)
+$(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	@echo "CC $<"
 	@$(CC) $(CFLAGS) $(WARN) -c -o $@ $<
@@ -57,21 +66,25 @@ $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	@ar rcs $@ $^
 
+$(CLI_LIB): $(CLI_OBJ)
+	@rm -f $@
+	@ar rcs $@ $^
+
 define tool_rule
 $(BUILD)/bin/$(basename $(notdir $(1))): $(BUILD)/$(basename $(1)).o \
-    $(patsubst %.c,$(BUILD)/%.o,$(filter-out $(wildcard $(dir $(1))qmoe-*.c),$(wildcard $(dir $(1))*.c))) $(LIB)
+    $(patsubst %.c,$(BUILD)/%.o,$(call tool_helpers,$(1))) $(CLI_LIB) $(LIB)
 	@mkdir -p $$(dir $$@)
 	@echo "LD $$@"
 	@$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
 endef
 $(foreach m,$(MAINS),$(eval $(call tool_rule,$(m))))
 
-$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(CLI_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "LD $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/tools/%: $(BUILD)/tests/tools/%.o $(LIB)
+$(BUILD)/tests/tools/%: $(BUILD)/tests/tools/%.o $(CLI_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "LD $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

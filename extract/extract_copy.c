@@ -1,6 +1,6 @@
 /* extract_copy.c - see extract_copy.h */
 #include "extract_copy.h"
-#include "util.h"
+#include "base/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -26,7 +26,7 @@
 #include <glib.h>
 #include <stdint.h>
 
-#include "fs.h"
+#include "base/fs.h"
 
 /* Whether whole blocks of the open source `src_fd` can be shared with new
  * files created at `probe_path` (a scratch file, removed afterwards):

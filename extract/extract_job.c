@@ -1,14 +1,14 @@
 /* extract_job.c - see extract_job.h */
 #include "extract_job.h"
 
-#include "checkpoint.h"
+#include "format/checkpoint.h"
 #include "extract_copy.h"
-#include "fs.h"
-#include "layout.h"
-#include "manifest.h"
-#include "plan.h"
-#include "progress.h"
-#include "util.h"
+#include "base/fs.h"
+#include "format/layout.h"
+#include "outdir/manifest.h"
+#include "outdir/plan.h"
+#include "outdir/progress.h"
+#include "base/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -4,8 +4,9 @@
  * (resumable), 2 usage or I/O error (bad input, no space, locked OUT).
  */
 #include "extract_job.h"
-#include "fs.h"
-#include "util.h"
+#include "base/fs.h"
+#include "base/util.h"
+#include "cli/cli.h"
 
 #include <errno.h>
 #include <fcntl.h>

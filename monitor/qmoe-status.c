@@ -56,7 +56,7 @@
  *   snapshot_ms         time taken by the snapshot
  */
 #include "status.h"
-#include "util.h"
+#include "base/util.h"
 
 #include <errno.h>
 #include <langinfo.h>

@@ -10,7 +10,7 @@
  * handed to cJSON, so the scanner only has to be right on the fast path.
  */
 #include "status.h"
-#include "util.h"
+#include "base/util.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -1,6 +1,6 @@
 /* status_render.c - the dashboard, the log line and the JSON (status.h) */
 #include "status.h"
-#include "util.h"
+#include "base/util.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

@@ -1,10 +1,10 @@
 /* status_snap.c - taking a snapshot of an extraction directory (status.h) */
 #include "status.h"
-#include "checkpoint.h"
-#include "fs.h"
-#include "layout.h"
-#include "progress.h"
-#include "util.h"
+#include "format/checkpoint.h"
+#include "base/fs.h"
+#include "format/layout.h"
+#include "outdir/progress.h"
+#include "base/util.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>

@@ -12,8 +12,8 @@
 #include <glib.h>
 #include <stdint.h>
 
-#include "layout.h"
-#include "safetensors.h"
+#include "format/layout.h"
+#include "format/safetensors.h"
 
 typedef struct {
     const layout *lt;

@@ -80,13 +80,13 @@
  */
 #include "mksample_coherent.h"
 
-#include "fs.h"
-#include "layout.h"
+#include "base/fs.h"
+#include "format/layout.h"
 #include "mksample.h"
-#include "model.h"
-#include "safetensors.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "model/model.h"
+#include "format/safetensors.h"
+#include "model/tokenizer.h"
+#include "base/util.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

@@ -8,7 +8,7 @@
  * leave alone (the talker has MoE experts of its own).
  */
 #include "mksample.h"
-#include "util.h"
+#include "base/util.h"
 
 #include <stdarg.h>
 #include <string.h>

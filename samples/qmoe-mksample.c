@@ -15,12 +15,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "fs.h"
-#include "layout.h"
+#include "base/fs.h"
+#include "format/layout.h"
 #include "mksample.h"
 #include "mksample_coherent.h"
-#include "safetensors.h"
-#include "util.h"
+#include "format/safetensors.h"
+#include "base/util.h"
 
 static const char *prog = "qmoe-mksample";
 

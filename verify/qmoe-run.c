@@ -4,13 +4,14 @@
  * router's choices, restrict the router, bound the expert cache; and
  * tokenize or detokenize with the model's tokenizer alone.
  * Exit 0 ok, 2 usage or I/O error (a missing expert file too). */
-#include "chat.h"
-#include "expert_store.h"
-#include "fs.h"
-#include "model.h"
-#include "perplexity.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "model/chat.h"
+#include "model/expert_store.h"
+#include "base/fs.h"
+#include "model/model.h"
+#include "model/perplexity.h"
+#include "model/tokenizer.h"
+#include "base/util.h"
+#include "cli/cli.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -5,9 +5,10 @@
  * coherence gate) and presents the result: one line per problem, a
  * summary, or the same facts as JSON.
  */
-#include "coherence.h"
-#include "util.h"
-#include "verify.h"
+#include "model/coherence.h"
+#include "base/util.h"
+#include "cli/cli.h"
+#include "outdir/verify.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -7,9 +7,9 @@
  * Weights are uniform in +-0.05 from a fixed seed, so the router spreads
  * tokens over all experts (the worst case for a cache). Built and run by
  * tests/bench/run_bench.sh until qmoe-mksample can write such a model. */
-#include "fs.h"
-#include "safetensors.h"
-#include "util.h"
+#include "base/fs.h"
+#include "format/safetensors.h"
+#include "base/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>

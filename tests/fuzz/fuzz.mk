@@ -33,7 +33,7 @@ FUZZ_LIB_OBJ := $(LIB_SRC:%.c=$(FUZZ_BUILD)/%.o)
 
 .PHONY: fuzz fuzz-build fuzz-regress valgrind torture
 
-$(FUZZ_BUILD)/common/%.o: common/%.c $(wildcard common/*.h)
+$(FUZZ_BUILD)/common/%.o: common/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	@echo "CC(fuzz) $<"
 	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(WARN) -c -o $@ $<

@@ -9,10 +9,10 @@
  * 2-layer, 2-expert qwen3_moe model (replaced by SHARD when given), and
  * the directory is opened with ckpt_open as qmoe-extract opens it.
  */
-#include "checkpoint.h"
-#include "layout.h"
-#include "plan.h"
-#include "safetensors.h"
+#include "format/checkpoint.h"
+#include "format/layout.h"
+#include "outdir/plan.h"
+#include "format/safetensors.h"
 
 #include <stdint.h>
 #include <stdio.h>

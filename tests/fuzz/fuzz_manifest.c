@@ -6,7 +6,7 @@
  * bad one) and as a manifest (manifest_load). Accepted records are turned
  * back into JSON and looked up, so the writer sees what the reader let in.
  */
-#include "manifest.h"
+#include "outdir/manifest.h"
 
 #include <stdint.h>
 #include <stdio.h>

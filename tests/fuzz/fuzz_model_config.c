@@ -5,7 +5,7 @@
  * that disagrees with the tensors or asks for absurd sizes; one it accepts
  * must run a forward step (finite or not, but within its buffers).
  */
-#include "model.h"
+#include "model/model.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -6,7 +6,7 @@
  * header-only parser runs on the same bytes, once with the true size and
  * once with the image cut in half, as st_open_header sees a short read.
  */
-#include "safetensors.h"
+#include "format/safetensors.h"
 
 #include <stdint.h>
 #include <stdio.h>

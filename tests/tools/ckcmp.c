@@ -10,9 +10,9 @@
  * Prints "same: N tensors, B bytes" and exits 0, or names the first
  * difference and exits 1.
  */
-#include "checkpoint.h"
-#include "layout.h"
-#include "util.h"
+#include "format/checkpoint.h"
+#include "format/layout.h"
+#include "base/util.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer.h"
-#include "util.h"
+#include "model/tokenizer.h"
+#include "base/util.h"
 
 static void die(const char *what, GError *err)
 {

@@ -5,8 +5,8 @@
  * Prints one line per file that fails and exits 1 if any did; else prints
  * "ok N files" and exits 0.
  */
-#include "safetensors.h"
-#include "util.h"
+#include "format/safetensors.h"
+#include "base/util.h"
 
 #include <stdio.h>
 

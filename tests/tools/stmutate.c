@@ -12,9 +12,9 @@
  * not with the config (reshape) or the source (setdata): damage that only
  * the config and --source checks can see. Exit 0, or 1 with a message.
  */
-#include "manifest.h"
-#include "safetensors.h"
-#include "util.h"
+#include "outdir/manifest.h"
+#include "format/safetensors.h"
+#include "base/util.h"
 
 #include <openssl/evp.h>
 #include <stdio.h>

@@ -1,10 +1,10 @@
 /* test_chat.c - ChatML prompts, end-of-turn ids, and the perplexity
  * windows against the golden nll of tests/fixtures/qwen3moe-tiny. */
-#include "chat.h"
-#include "model.h"
-#include "perplexity.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "model/chat.h"
+#include "model/model.h"
+#include "model/perplexity.h"
+#include "model/tokenizer.h"
+#include "base/util.h"
 #include "testhelp.h"
 
 #include <glib/gstdio.h>

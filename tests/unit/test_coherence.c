@@ -1,7 +1,7 @@
 /* test_coherence.c - the numbers behind the coherence gate's criteria
  * (common/coherence.c); the gate itself is exercised on the coherent
  * sample by tests/cli/coherence.sh. */
-#include "coherence.h"
+#include "model/coherence.h"
 #include "testhelp.h"
 
 /* (c): a router confined to experts 0-7 fails whenever a layer has 16 or

@@ -5,12 +5,12 @@
  * extracted-style directory; bounded cache; missing expert files; and
  * negative controls showing that the golden comparison catches a wrong
  * eps or un-renormalised top-k weights. */
-#include "checkpoint.h"
-#include "expert_store.h"
-#include "model.h"
-#include "safetensors.h"
+#include "format/checkpoint.h"
+#include "model/expert_store.h"
+#include "model/model.h"
+#include "format/safetensors.h"
 #include "testhelp.h"
-#include "util.h"
+#include "base/util.h"
 
 #include <math.h>
 #include <stdlib.h>

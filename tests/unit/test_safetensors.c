@@ -8,9 +8,9 @@
  * st_open() and st_open_header(). Positive cases follow: empty header,
  * zero-size and scalar tensors, every dtype, metadata, writer round trips.
  */
-#include "safetensors.h"
-#include "fs.h"
-#include "util.h"
+#include "format/safetensors.h"
+#include "base/fs.h"
+#include "base/util.h"
 #include "testhelp.h"
 
 #include <errno.h>

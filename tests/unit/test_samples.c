@@ -11,11 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
-#include "layout.h"
+#include "format/checkpoint.h"
+#include "format/layout.h"
 #include "testhelp.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "model/tokenizer.h"
+#include "base/util.h"
 
 static const char *bin_dir, *tmp_dir;
 

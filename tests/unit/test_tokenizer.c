@@ -4,8 +4,8 @@
  *   test_tokenizer           the tests
  *   test_tokenizer --bench   also prints encode speed (corpus x100, warm cache)
  */
-#include "tokenizer.h"
-#include "util.h"
+#include "model/tokenizer.h"
+#include "base/util.h"
 #include "testhelp.h"
 
 #include <glib/gstdio.h>

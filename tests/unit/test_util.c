@@ -1,7 +1,7 @@
 /* test_util.c - number lists, JSON helpers, errors, sizes and atomic files
  * (common/util.c and common/fs.c). */
-#include "fs.h"
-#include "util.h"
+#include "base/fs.h"
+#include "base/util.h"
 #include "testhelp.h"
 
 #include <errno.h>

@@ -1,0 +1,350 @@
+/* checkpoint.c - see checkpoint.h */
+#include "format/checkpoint.h"
+#include "base/util.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void ckpt_close(ckpt *ck)
+{
+    if (!ck)
+        return;
+    for (int i = 0; i < ck->n_shards; i++) {
+        g_free(ck->shards[i].name);
+        g_free(ck->shards[i].path);
+        st_close(ck->shards[i].st);
+        st_close(ck->shards[i].retired);
+    }
+    g_free(ck->shards);
+    g_strfreev(ck->names);
+    if (ck->shard_of)
+        g_hash_table_destroy(ck->shard_of);
+    cJSON_Delete(ck->config);
+    cJSON_Delete(ck->generation_config);
+    g_free(ck->model_type);
+    g_free(ck->dir);
+    g_mutex_clear(&ck->lock);
+    g_free(ck);
+}
+
+/* A shard name from the index must stay inside the checkpoint directory. */
+static int safe_relative(const char *name)
+{
+    if (!*name || name[0] == '/')
+        return 0;
+    gchar **parts = g_strsplit(name, "/", -1);
+    int ok = 1;
+    for (int i = 0; parts[i]; i++)
+        if (strcmp(parts[i], "..") == 0 || parts[i][0] == '\0')
+            ok = 0;
+    g_strfreev(parts);
+    return ok;
+}
+
+static int add_shard(ckpt *ck, GHashTable *idx, const char *name)
+{
+    gpointer v;
+    if (g_hash_table_lookup_extended(idx, name, NULL, &v))
+        return GPOINTER_TO_INT(v);
+    int i = ck->n_shards++;
+    ck->shards = g_renew(ckpt_shard, ck->shards, ck->n_shards);
+    memset(&ck->shards[i], 0, sizeof ck->shards[i]);
+    ck->shards[i].name = g_strdup(name);
+    ck->shards[i].path = g_build_filename(ck->dir, name, NULL);
+    g_hash_table_insert(idx, ck->shards[i].name, GINT_TO_POINTER(i));
+    return i;
+}
+
+/* Sorts shards by name and the tensor names, and builds the lookup. */
+static void finish_tables(ckpt *ck, GPtrArray *names, GArray *shard_ix)
+{
+    int *order = g_new(int, ck->n_shards > 0 ? ck->n_shards : 1);
+    ckpt_shard *sorted = g_new(ckpt_shard, ck->n_shards > 0 ? ck->n_shards : 1);
+    int *rank = g_new(int, ck->n_shards > 0 ? ck->n_shards : 1);
+    for (int i = 0; i < ck->n_shards; i++)
+        order[i] = i;
+    for (int i = 1; i < ck->n_shards; i++) /* few shards: insertion sort */
+        for (int j = i; j > 0 && strcmp(ck->shards[order[j - 1]].name,
+                                         ck->shards[order[j]].name) > 0; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    for (int i = 0; i < ck->n_shards; i++) {
+        sorted[i] = ck->shards[order[i]];
+        rank[order[i]] = i;
+    }
+    g_free(ck->shards);
+    ck->shards = sorted;
+    ck->shard_of = g_hash_table_new(g_str_hash, g_str_equal);
+    ck->n_names = (int)names->len;
+    ck->names = g_new0(char *, names->len + 1);
+    for (guint i = 0; i < names->len; i++)
+        ck->names[i] = names->pdata[i];
+    qsort(ck->names, names->len, sizeof(char *), cmp_str);
+    /* shard_ix is parallel to the unsorted names; map via pointer */
+    for (guint i = 0; i < names->len; i++)
+        g_hash_table_insert(ck->shard_of, names->pdata[i],
+                            GINT_TO_POINTER(rank[g_array_index(shard_ix, int, i)] + 1));
+    g_free(order);
+    g_free(rank);
+}
+
+static int open_index(ckpt *ck, const char *index_path, GError **err)
+{
+    cJSON *idx = qm_json_load(index_path, err);
+    if (!idx)
+        return -1;
+    int rc = -1;
+    GHashTable *by_shard = g_hash_table_new(g_str_hash, g_str_equal);
+    GPtrArray *names = g_ptr_array_new();
+    GArray *shard_ix = g_array_new(FALSE, FALSE, sizeof(int));
+    GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
+    const cJSON *wm = cJSON_GetObjectItemCaseSensitive(idx, "weight_map");
+    if (!cJSON_IsObject(wm)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "cannot use '%s': no weight_map object", index_path);
+        goto out;
+    }
+    for (const cJSON *it = wm->child; it; it = it->next) {
+        if (!cJSON_IsString(it)) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "cannot use '%s': weight_map entry '%s' is not a file name",
+                        index_path, it->string);
+            goto out;
+        }
+        if (!safe_relative(it->valuestring)) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "cannot use '%s': file name '%s' of tensor '%s' leaves the "
+                        "checkpoint directory", index_path, it->valuestring,
+                        it->string);
+            goto out;
+        }
+        if (g_hash_table_contains(seen, it->string)) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "cannot use '%s': tensor '%s' is listed twice", index_path,
+                        it->string);
+            goto out;
+        }
+        char *name = g_strdup(it->string);
+        g_hash_table_add(seen, name);
+        int s = add_shard(ck, by_shard, it->valuestring);
+        g_ptr_array_add(names, name);
+        g_array_append_val(shard_ix, s);
+    }
+    finish_tables(ck, names, shard_ix);
+    rc = 0;
+out:
+    if (rc)
+        for (guint i = 0; i < names->len; i++)
+            g_free(names->pdata[i]);
+    g_ptr_array_free(names, TRUE);
+    g_array_free(shard_ix, TRUE);
+    g_hash_table_destroy(by_shard);
+    g_hash_table_destroy(seen);
+    cJSON_Delete(idx);
+    return rc;
+}
+
+/* A single .safetensors file: its header is the index. */
+static int open_single(ckpt *ck, const char *file, GError **err)
+{
+    GHashTable *by_shard = g_hash_table_new(g_str_hash, g_str_equal);
+    char *base = g_path_get_basename(file);
+    int s = add_shard(ck, by_shard, base);
+    g_free(base);
+    g_hash_table_destroy(by_shard);
+    st_file *st = st_open_header(ck->shards[s].path, err);
+    if (!st)
+        return -1;
+    ck->shards[s].st = st;
+    GPtrArray *names = g_ptr_array_new();
+    GArray *shard_ix = g_array_new(FALSE, FALSE, sizeof(int));
+    for (int i = 0; i < st->n_tensors; i++) {
+        g_ptr_array_add(names, g_strdup(st->tensors[i].name));
+        g_array_append_val(shard_ix, s);
+    }
+    finish_tables(ck, names, shard_ix);
+    g_ptr_array_free(names, TRUE);
+    g_array_free(shard_ix, TRUE);
+    return 0;
+}
+
+/* A name present in the directory, even as a dangling or looping symlink:
+ * such a file is then opened and its real problem reported ("Too many
+ * levels of symbolic links"), not called missing. */
+static int present(const char *p)
+{
+    struct stat st;
+    return lstat(p, &st) == 0;
+}
+
+static cJSON *load_optional_json(const char *dir, const char *file, GError **err,
+                                 int *failed)
+{
+    char *p = g_build_filename(dir, file, NULL);
+    cJSON *j = NULL;
+    if (present(p)) {
+        j = qm_json_load(p, err);
+        if (!j)
+            *failed = 1;
+    }
+    g_free(p);
+    return j;
+}
+
+ckpt *ckpt_open(const char *path, GError **err)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        qm_set_errno(err, errno, "cannot open checkpoint", path);
+        return NULL;
+    }
+    ckpt *ck = g_new0(ckpt, 1);
+    g_mutex_init(&ck->lock);
+    int failed = 0;
+    if (S_ISDIR(st.st_mode)) {
+        ck->dir = g_strdup(path);
+        char *index = g_build_filename(path, "model.safetensors.index.json", NULL);
+        char *single = g_build_filename(path, "model.safetensors", NULL);
+        char *cfg = g_build_filename(path, "config.json", NULL);
+        int have_index = present(index);
+        int have_single = present(single);
+        if (!have_index && !have_single) {
+            g_set_error(err, QM_ERROR, QM_ERR_IO,
+                        "cannot open checkpoint '%s': no model.safetensors.index.json "
+                        "or model.safetensors", path);
+            failed = 1;
+        } else if (have_index && !present(cfg)) {
+            g_set_error(err, QM_ERROR, QM_ERR_IO,
+                        "cannot open checkpoint '%s': no config.json", path);
+            failed = 1;
+        }
+        if (!failed)
+            ck->config = load_optional_json(path, "config.json", err, &failed);
+        if (!failed)
+            ck->generation_config =
+                load_optional_json(path, "generation_config.json", err, &failed);
+        if (!failed)
+            failed = have_index ? open_index(ck, index, err) != 0
+                                : open_single(ck, single, err) != 0;
+        g_free(index);
+        g_free(single);
+        g_free(cfg);
+    } else {
+        ck->dir = g_path_get_dirname(path);
+        failed = open_single(ck, path, err) != 0;
+    }
+    if (!failed && ck->config) {
+        if (!cJSON_IsObject(ck->config)) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "cannot use '%s/config.json': not a JSON object", ck->dir);
+            failed = 1;
+        } else {
+            const cJSON *mt = cJSON_GetObjectItemCaseSensitive(ck->config, "model_type");
+            if (cJSON_IsString(mt))
+                ck->model_type = g_strdup(mt->valuestring);
+        }
+    }
+    if (failed) {
+        ckpt_close(ck);
+        return NULL;
+    }
+    return ck;
+}
+
+int ckpt_shard_index(const ckpt *ck, const char *name)
+{
+    return GPOINTER_TO_INT(g_hash_table_lookup(ck->shard_of, name)) - 1;
+}
+
+/* Checks that each tensor the index puts in shard i is in the file. */
+static int check_shard(ckpt *ck, int i, st_file *st, GError **err)
+{
+    for (int k = 0; k < ck->n_names; k++) {
+        if (ckpt_shard_index(ck, ck->names[k]) != i)
+            continue;
+        if (!st_find(st, ck->names[k])) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "checkpoint '%s': tensor '%s' is not in '%s' as the index "
+                        "says", ck->dir, ck->names[k], ck->shards[i].name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+st_file *ckpt_shard_load(ckpt *ck, int i, int map, GError **err)
+{
+    g_mutex_lock(&ck->lock);
+    ckpt_shard *s = &ck->shards[i];
+    st_file *st = s->st;
+    if (!st || (map && !s->mapped)) {
+        st = map ? st_open(s->path, err) : st_open_header(s->path, err);
+        if (st && (s->st ? 0 : check_shard(ck, i, st, err)) != 0) {
+            st_close(st);
+            st = NULL;
+        }
+        if (st) {
+            if (s->st)
+                s->retired = s->st;
+            s->st = st;
+            s->mapped = map;
+        }
+    }
+    g_mutex_unlock(&ck->lock);
+    return st;
+}
+
+int ckpt_load_all(ckpt *ck, GError **err)
+{
+    for (int i = 0; i < ck->n_shards; i++) {
+        st_file *st = ckpt_shard_load(ck, i, 0, err);
+        if (!st)
+            return -1;
+        for (int k = 0; k < st->n_tensors; k++) {
+            if (ckpt_shard_index(ck, st->tensors[k].name) != i) {
+                g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                            "checkpoint '%s': tensor '%s' in '%s' is not in the "
+                            "index there", ck->dir, st->tensors[k].name,
+                            ck->shards[i].name);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+const st_tensor *ckpt_tensor(ckpt *ck, const char *name, int map,
+                             const uint8_t **data, GError **err)
+{
+    int i = ckpt_shard_index(ck, name);
+    if (i < 0) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "checkpoint '%s' has no tensor '%s'", ck->dir, name);
+        return NULL;
+    }
+    st_file *st = ckpt_shard_load(ck, i, map, err);
+    if (!st)
+        return NULL;
+    const st_tensor *t = st_find(st, name);
+    if (data)
+        *data = map ? st_data(st, t) : NULL;
+    return t;
+}
+
+const cJSON *ckpt_text_config(const ckpt *ck)
+{
+    if (!ck->config)
+        return NULL;
+    const cJSON *th = cJSON_GetObjectItemCaseSensitive(ck->config, "thinker_config");
+    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(th ? th : ck->config,
+                                                       "text_config");
+    return cJSON_IsObject(tc) ? tc : ck->config;
+}

@@ -1,0 +1,80 @@
+/* checkpoint.h - a Hugging Face checkpoint: config, index, shards.
+ *
+ * A checkpoint is a directory with config.json and either
+ * model.safetensors.index.json (weight_map: tensor name -> file) plus the
+ * files it names, or a single model.safetensors; or a path to one
+ * .safetensors file. An extracted qmoe OUT is itself such a directory (its
+ * index maps into experts/, layers/, ...), so everything that reads a
+ * checkpoint reads an extraction the same way.
+ *
+ * Everything is driven by the weight map: a layer may span several shards.
+ * Shard headers are read lazily, on first use, so that opening a
+ * checkpoint of 6144 files costs one index parse and a missing file is
+ * reported when (and only when) one of its tensors is wanted.
+ */
+#ifndef QMOE_CHECKPOINT_H
+#define QMOE_CHECKPOINT_H
+
+#include <cjson/cJSON.h>
+#include <glib.h>
+#include <stdint.h>
+
+#include "format/safetensors.h"
+
+typedef struct {
+    char *name;   /* as written in the index, relative to dir */
+    char *path;   /* dir/name */
+    st_file *st;  /* NULL until loaded (ckpt_shard_load) */
+    int mapped;   /* st maps the data (1) or holds the header only (0) */
+    st_file *retired; /* header-only st replaced by a mapping; kept so that
+                         pointers handed out earlier stay valid */
+} ckpt_shard;
+
+typedef struct {
+    char *dir;               /* directory holding the files */
+    cJSON *config;           /* config.json, or NULL when absent */
+    cJSON *generation_config;/* generation_config.json, or NULL */
+    char *model_type;        /* config.json "model_type", or NULL */
+    int n_shards;
+    ckpt_shard *shards;      /* sorted by name */
+    int n_names;
+    char **names;            /* every tensor name, sorted (strcmp) */
+    GHashTable *shard_of;    /* name -> GINT_TO_POINTER(shard index + 1) */
+    GMutex lock;             /* guards lazy loading */
+} ckpt;
+
+/* Opens a checkpoint directory or a single .safetensors file. Reads
+ * config.json (required for a directory that has an index; optional
+ * otherwise) and the index; a single-file checkpoint's header is read
+ * now. Errors name the path and problem (QM_ERR_IO for missing files,
+ * QM_ERR_FORMAT for malformed ones). */
+ckpt *ckpt_open(const char *path, GError **err);
+
+/* Frees everything, unmapping shards; accepts NULL. */
+void ckpt_close(ckpt *ck);
+
+/* Index of the shard holding `name`, or -1. */
+int ckpt_shard_index(const ckpt *ck, const char *name);
+
+/* Loads shard i: header only (map = 0) or mapped with data (map = 1). A
+ * header-only shard is upgraded when map is later asked for. Checks that
+ * every tensor the index assigns to it is present. Thread-safe. Returns
+ * the st_file (owned by ck) or NULL with *err set. */
+st_file *ckpt_shard_load(ckpt *ck, int i, int map, GError **err);
+
+/* Loads every shard header (map = 0) and checks that the index and the
+ * files agree both ways (a tensor in a file but not in the index is an
+ * error too). Used by extraction and verification. */
+int ckpt_load_all(ckpt *ck, GError **err);
+
+/* Finds a tensor, loading (and with map = 1 mapping) its shard. *data is
+ * set to its bytes when map = 1. Returns NULL with *err set when the name
+ * is unknown or its shard cannot be read. */
+const st_tensor *ckpt_tensor(ckpt *ck, const char *name, int map,
+                             const uint8_t **data, GError **err);
+
+/* The text model's config: thinker_config.text_config for Qwen3-Omni,
+ * text_config where present, else the top level. NULL if no config. */
+const cJSON *ckpt_text_config(const ckpt *ck);
+
+#endif

@@ -1,0 +1,95 @@
+/* layout.h - where each model family keeps its experts.
+ *
+ * A layout is a table entry, not code: the tensor-name prefix of the text
+ * model, the path to the routed experts inside a layer, the names of the
+ * expert projections, the config keys that give counts and sizes. Adding a
+ * family means adding a row to the table in layout.c.
+ *
+ * Every tensor of a checkpoint is classified as one of:
+ *   EXPERT  one routed expert E of layer L   -> experts/expert_EEE_layer_LL
+ *   FUSED   all experts of layer L stacked along dim 0 (sliced per expert)
+ *   LAYER   the rest of layer L (attention, norms, router, shared experts)
+ *   GLOBAL  embeddings, final norm, lm_head  -> globals.safetensors
+ *   OTHER   outside the text model (audio_tower, visual, talker, code2wav)
+ */
+#ifndef QMOE_LAYOUT_H
+#define QMOE_LAYOUT_H
+
+#include <cjson/cJSON.h>
+#include <glib.h>
+#include <stdint.h>
+
+#include "format/checkpoint.h"
+
+typedef enum { LT_EXPERT, LT_FUSED, LT_LAYER, LT_GLOBAL, LT_OTHER } lt_kind;
+
+enum { LT_GATE, LT_UP, LT_DOWN }; /* order of layout.proj[] */
+
+typedef struct {
+    const char *name;         /* "qwen3_omni_moe" */
+    const char *model_types;  /* space-separated config model_type values */
+    const char *text_config;  /* dotted path of the text config, "" = top */
+    const char *root;         /* text model prefix: "thinker.model." */
+    const char *lm_head;      /* "thinker.lm_head." */
+    const char *experts;      /* inside "layers.L.": "mlp.experts." */
+    const char *proj[3];      /* gate, up, down names: "gate_proj", ... */
+    const char *count_keys;   /* config keys for experts per layer */
+    const char *inter_key;    /* config key of the expert intermediate size */
+    int fused;                /* experts stored stacked: "<experts><proj>" */
+    int norm_topk_default;    /* Hugging Face default for norm_topk_prob */
+} layout;
+
+typedef struct {
+    lt_kind kind;
+    int layer;   /* -1 for GLOBAL/OTHER */
+    int expert;  /* EXPERT only, else -1 */
+    int proj;    /* LT_GATE/UP/DOWN for expert weights, -1 otherwise */
+} lt_class;
+
+/* Text-model shape as the config gives it. */
+typedef struct {
+    int n_layers;      /* num_hidden_layers */
+    int n_experts;     /* routed experts per MoE layer */
+    int hidden;        /* hidden_size */
+    int inter;         /* expert intermediate size */
+    uint8_t *is_moe;   /* [n_layers]: layer has routed experts */
+    int n_moe_layers;
+} lt_shape;
+
+/* The table, NULL-terminated. */
+extern const layout *const layouts[];
+
+/* Layout by name or NULL. */
+const layout *layout_find(const char *name);
+
+/* Comma-separated names of all layouts (static string). */
+const char *layout_names(void);
+
+/* Picks the layout: by config model_type when present (a fused variant
+ * when the expert tensors are stacked), else by tensor names. Fails with
+ * a message listing the known layouts. */
+const layout *layout_detect(const ckpt *ck, GError **err);
+
+/* Classifies one tensor name. Always succeeds (unmatched names are OTHER). */
+void layout_classify(const layout *lt, const char *name, lt_class *out);
+
+/* For OTHER tensors: the group prefix that names other/PREFIX.safetensors
+ * ("thinker.audio_tower", "talker", ...). Caller frees. */
+char *layout_other_prefix(const layout *lt, const char *name);
+
+/* For an expert tensor: the projection index (LT_GATE...) if `suffix`
+ * ("gate_proj.weight") names one, else -1. */
+int layout_proj_of(const layout *lt, const char *suffix);
+
+/* Reads the text config into *out (free with layout_shape_free). When the
+ * checkpoint has no config, counts are inferred from the tensor names.
+ * Errors name config.json and the missing key. */
+int layout_shape(const layout *lt, const ckpt *ck, lt_shape *out, GError **err);
+void layout_shape_free(lt_shape *s);
+
+/* Name of the per-expert tensor sliced from a fused one:
+ * "model.layers.3.mlp.experts.gate_up_proj" + 5 ->
+ * "model.layers.3.mlp.experts.5.gate_up_proj". Caller frees. */
+char *layout_fused_slice_name(const layout *lt, const char *fused_name, int expert);
+
+#endif

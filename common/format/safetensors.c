@@ -1,0 +1,582 @@
+/* safetensors.c - see safetensors.h */
+#include "format/safetensors.h"
+#include "base/fs.h"
+#include "base/util.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const struct {
+    const char *name;
+    unsigned bits;
+} dtypes[ST_DTYPE_COUNT] = {
+    [ST_BOOL] = {"BOOL", 8},   [ST_U8] = {"U8", 8},     [ST_I8] = {"I8", 8},
+    [ST_I16] = {"I16", 16},    [ST_U16] = {"U16", 16},  [ST_I32] = {"I32", 32},
+    [ST_U32] = {"U32", 32},    [ST_I64] = {"I64", 64},  [ST_U64] = {"U64", 64},
+    [ST_F16] = {"F16", 16},    [ST_BF16] = {"BF16", 16}, [ST_F32] = {"F32", 32},
+    [ST_F64] = {"F64", 64},    [ST_F8_E4M3] = {"F8_E4M3", 8},
+    [ST_F8_E5M2] = {"F8_E5M2", 8}, [ST_F8_E8M0] = {"F8_E8M0", 8},
+    [ST_F6_E2M3] = {"F6_E2M3", 6}, [ST_F6_E3M2] = {"F6_E3M2", 6},
+    [ST_F4] = {"F4", 4},
+};
+
+const char *st_dtype_name(st_dtype t)
+{
+    return (unsigned)t < ST_DTYPE_COUNT ? dtypes[t].name : "?";
+}
+
+int st_dtype_parse(const char *name)
+{
+    for (int i = 0; i < ST_DTYPE_COUNT; i++)
+        if (strcmp(dtypes[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+unsigned st_dtype_bits(st_dtype t)
+{
+    return (unsigned)t < ST_DTYPE_COUNT ? dtypes[t].bits : 0;
+}
+
+int64_t st_numel(const int64_t *shape, int ndim)
+{
+    int64_t n = 1;
+    /* A zero dimension makes the product 0 whatever the others are; check
+     * first so that [2^40, 2^40, 0] is not taken for an overflow while
+     * [0, 2^40, 2^40] is accepted. */
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0)
+            return -1;
+        if (shape[i] == 0)
+            n = 0;
+    }
+    if (n == 0)
+        return 0;
+    for (int i = 0; i < ndim; i++) {
+        if (n > (INT64_C(1) << 62) / shape[i])
+            return -1;
+        n *= shape[i];
+    }
+    return n;
+}
+
+char *st_shape_str(const int64_t *shape, int ndim, char *buf, size_t cap)
+{
+    size_t at = 0;
+    at += (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < ndim && at < cap; i++)
+        at += (size_t)snprintf(buf + at, cap - at, "%s%lld", i ? ", " : "",
+                               (long long)shape[i]);
+    if (at < cap)
+        snprintf(buf + at, cap - at, "]");
+    return buf;
+}
+
+static uint64_t read_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+void st_close(st_file *f)
+{
+    if (!f)
+        return;
+    for (int i = 0; i < f->n_tensors; i++)
+        g_free(f->tensors[i].name);
+    g_free(f->tensors);
+    if (f->by_name)
+        g_hash_table_destroy(f->by_name);
+    g_strfreev(f->meta_keys);
+    g_strfreev(f->meta_values);
+    if (f->map)
+        munmap(f->map, f->map_len);
+    g_free(f->path);
+    g_free(f);
+}
+
+/* Each failure below has its own wording so that a message identifies the
+ * rule that was broken (tests match on these). */
+#define FAIL(...)                                                          \
+    do {                                                                   \
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT, __VA_ARGS__);            \
+        goto fail;                                                         \
+    } while (0)
+
+static int cmp_begin(const void *a, const void *b)
+{
+    const st_tensor *x = *(const st_tensor *const *)a;
+    const st_tensor *y = *(const st_tensor *const *)b;
+    if (x->begin != y->begin)
+        return x->begin < y->begin ? -1 : 1;
+    return x->end < y->end ? -1 : x->end > y->end;
+}
+
+/* A valid header nests 3 deep (root, tensor, shape); cJSON recurses once per
+ * level up to its own limit of 1000. Refuse deep nesting up front so that the
+ * message says so instead of "not valid JSON". */
+#define ST_MAX_DEPTH 64
+
+static int json_too_deep(const char *s, uint64_t n)
+{
+    int depth = 0, in_str = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_str = 0;
+        } else if (c == '"') {
+            in_str = 1;
+        } else if (c == '{' || c == '[') {
+            if (++depth > ST_MAX_DEPTH)
+                return 1;
+        } else if (c == '}' || c == ']') {
+            depth--;
+        }
+    }
+    return 0;
+}
+
+static int parse_meta(st_file *f, const cJSON *m, GError **err)
+{
+    const char *label = f->path;
+    if (!cJSON_IsObject(m))
+        FAIL("invalid header of '%s': __metadata__ is not an object", label);
+    int n = cJSON_GetArraySize(m), i = 0;
+    f->meta_keys = g_new0(char *, n + 1);
+    f->meta_values = g_new0(char *, n + 1);
+    for (const cJSON *kv = m->child; kv; kv = kv->next, i++) {
+        if (!cJSON_IsString(kv))
+            FAIL("invalid header of '%s': __metadata__ value of '%s' is not a "
+                 "string", label, kv->string);
+        f->meta_keys[i] = g_strdup(kv->string);
+        f->meta_values[i] = g_strdup(kv->valuestring);
+    }
+    return 0;
+fail:
+    return -1;
+}
+
+static int parse_tensor(st_file *f, const cJSON *it, st_tensor *t, GError **err)
+{
+    const char *label = f->path, *name = it->string;
+    t->name = g_strdup(name);
+    if (!cJSON_IsObject(it))
+        FAIL("invalid header of '%s': tensor '%s' is not an object", label, name);
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(it, "dtype");
+    const cJSON *sh = cJSON_GetObjectItemCaseSensitive(it, "shape");
+    const cJSON *off = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
+    if (!cJSON_IsString(dt))
+        FAIL("invalid header of '%s': tensor '%s' has no dtype string", label,
+             name);
+    int d = st_dtype_parse(dt->valuestring);
+    if (d < 0)
+        FAIL("invalid header of '%s': tensor '%s' has unknown dtype '%s'", label,
+             name, dt->valuestring);
+    t->dtype = (st_dtype)d;
+    if (!cJSON_IsArray(sh))
+        FAIL("invalid header of '%s': tensor '%s' has no shape array", label,
+             name);
+    int nd = cJSON_GetArraySize(sh);
+    if (nd > ST_MAX_DIMS)
+        FAIL("invalid header of '%s': tensor '%s' has %d dimensions (at most %d)",
+             label, name, nd, ST_MAX_DIMS);
+    t->ndim = nd;
+    int k = 0;
+    for (const cJSON *x = sh->child; x; x = x->next, k++) {
+        uint64_t v;
+        if (cJSON_IsNumber(x) && x->valuedouble < 0)
+            FAIL("invalid header of '%s': tensor '%s' has a negative dimension "
+                 "%g", label, name, x->valuedouble);
+        if (!qm_json_uint(x, &v))
+            FAIL("invalid header of '%s': tensor '%s' has a shape entry that is "
+                 "not a non-negative integer", label, name);
+        t->shape[k] = (int64_t)v;
+    }
+    if (!cJSON_IsArray(off))
+        FAIL("invalid header of '%s': tensor '%s' has no data_offsets array",
+             label, name);
+    if (cJSON_GetArraySize(off) != 2)
+        FAIL("invalid header of '%s': tensor '%s' has %d data_offsets entries "
+             "(needs [begin, end])", label, name, cJSON_GetArraySize(off));
+    uint64_t b, e;
+    if (!qm_json_uint(off->child, &b) || !qm_json_uint(off->child->next, &e))
+        FAIL("invalid header of '%s': tensor '%s' has data_offsets that are not "
+             "non-negative integers", label, name);
+    if (e < b)
+        FAIL("invalid header of '%s': tensor '%s' has data_offsets [%llu, %llu] "
+             "that are reversed", label, name, (unsigned long long)b,
+             (unsigned long long)e);
+    t->begin = b;
+    t->end = e;
+    int64_t numel = st_numel(t->shape, t->ndim);
+    if (numel < 0)
+        FAIL("invalid header of '%s': tensor '%s' shape element count overflows",
+             label, name);
+    unsigned bits = st_dtype_bits(t->dtype);
+    if ((uint64_t)numel > UINT64_MAX / bits)
+        FAIL("invalid header of '%s': tensor '%s' byte size overflows", label,
+             name);
+    uint64_t nbits = (uint64_t)numel * bits;
+    if (nbits % 8)
+        FAIL("invalid header of '%s': tensor '%s' of %lld %s elements does not "
+             "fill whole bytes", label, name, (long long)numel,
+             st_dtype_name(t->dtype));
+    if (nbits / 8 != e - b) {
+        char s[128];
+        FAIL("invalid header of '%s': tensor '%s' of shape %s %s needs %llu bytes "
+             "but data_offsets [%llu, %llu] span %llu", label, name,
+             st_shape_str(t->shape, t->ndim, s, sizeof s),
+             st_dtype_name(t->dtype), (unsigned long long)(nbits / 8),
+             (unsigned long long)b, (unsigned long long)e,
+             (unsigned long long)(e - b));
+    }
+    return 0;
+fail:
+    return -1;
+}
+
+static st_file *parse_common(const char *label, const uint8_t *bytes,
+                             uint64_t len, uint64_t file_size, GError **err)
+{
+    st_file *f = g_new0(st_file, 1);
+    cJSON *root = NULL;
+    st_tensor **order = NULL;
+    f->path = g_strdup(label);
+    f->size = file_size;
+    if (file_size < 8 || len < 8)
+        FAIL("invalid header of '%s': file of %llu bytes is too small for a "
+             "header length", label, (unsigned long long)file_size);
+    uint64_t n = read_le64(bytes);
+    if (n > ST_MAX_HEADER)
+        FAIL("invalid header of '%s': header length %llu exceeds the limit of "
+             "%llu bytes", label, (unsigned long long)n, ST_MAX_HEADER);
+    if (n > file_size - 8)
+        FAIL("invalid header of '%s': header length %llu runs past the end of "
+             "the file (%llu bytes)", label, (unsigned long long)n,
+             (unsigned long long)file_size);
+    if (n > len - 8)
+        FAIL("invalid header of '%s': header truncated", label);
+    f->data_start = 8 + n;
+    const char *text = (const char *)bytes + 8;
+    if (!g_utf8_validate_len(text, (gsize)n, NULL))
+        FAIL("invalid header of '%s': header is not valid UTF-8", label);
+    if (n == 0 || text[0] != '{')
+        FAIL("invalid header of '%s': header is not a JSON object", label);
+    if (json_too_deep(text, n))
+        FAIL("invalid header of '%s': header nests deeper than %d levels", label,
+             ST_MAX_DEPTH);
+    const char *end = NULL;
+    root = cJSON_ParseWithLengthOpts(text, (size_t)n, &end, 0);
+    if (!root)
+        FAIL("invalid header of '%s': header is not valid JSON (near byte %llu)",
+             label, (unsigned long long)(end ? (uint64_t)(end - text) + 8 : 8));
+    for (const char *p = end; p < text + n; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+            FAIL("invalid header of '%s': trailing bytes after the JSON header",
+                 label);
+    if (!cJSON_IsObject(root))
+        FAIL("invalid header of '%s': header is not a JSON object", label);
+
+    int count = cJSON_GetArraySize(root);
+    f->tensors = g_new0(st_tensor, count > 0 ? count : 1);
+    f->by_name = g_hash_table_new(g_str_hash, g_str_equal);
+    int have_meta = 0;
+    for (const cJSON *it = root->child; it; it = it->next) {
+        if (strcmp(it->string, "__metadata__") == 0) {
+            if (have_meta++)
+                FAIL("invalid header of '%s': duplicate __metadata__", label);
+            if (parse_meta(f, it, err))
+                goto fail;
+            continue;
+        }
+        if (g_hash_table_contains(f->by_name, it->string))
+            FAIL("invalid header of '%s': duplicate tensor name '%s'", label,
+                 it->string);
+        st_tensor *t = &f->tensors[f->n_tensors++];
+        if (parse_tensor(f, it, t, err))
+            goto fail;
+        g_hash_table_insert(f->by_name, t->name, t);
+    }
+    if (!f->meta_keys) {
+        f->meta_keys = g_new0(char *, 1);
+        f->meta_values = g_new0(char *, 1);
+    }
+    /* Offsets must tile [0, last end) exactly, in sorted order. */
+    order = g_new(st_tensor *, f->n_tensors > 0 ? f->n_tensors : 1);
+    for (int i = 0; i < f->n_tensors; i++)
+        order[i] = &f->tensors[i];
+    qsort(order, (size_t)f->n_tensors, sizeof *order, cmp_begin);
+    uint64_t at = 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        st_tensor *t = order[i];
+        if (t->begin > at && at == 0)
+            FAIL("invalid header of '%s': data does not start at 0: tensor '%s' "
+                 "begins at %llu", label, t->name, (unsigned long long)t->begin);
+        if (t->begin > at)
+            FAIL("invalid header of '%s': gap before tensor '%s': data_offsets "
+                 "begin at %llu, previous tensor ends at %llu", label, t->name,
+                 (unsigned long long)t->begin, (unsigned long long)at);
+        if (t->begin < at)
+            FAIL("invalid header of '%s': tensor '%s' overlaps the previous "
+                 "tensor: begins at %llu before %llu", label, t->name,
+                 (unsigned long long)t->begin, (unsigned long long)at);
+        at = t->end;
+    }
+    if (at > file_size - f->data_start)
+        FAIL("invalid header of '%s': data ends at %llu, past the end of the "
+             "file (%llu bytes of data)", label,
+             (unsigned long long)at,
+             (unsigned long long)(file_size - f->data_start));
+    if (at != file_size - f->data_start)
+        FAIL("invalid header of '%s': %llu bytes after the last tensor (file "
+             "has %llu bytes of data, tensors cover %llu)", label,
+             (unsigned long long)(file_size - f->data_start - at),
+             (unsigned long long)(file_size - f->data_start),
+             (unsigned long long)at);
+    g_free(order);
+    cJSON_Delete(root);
+    return f;
+fail:
+    g_free(order);
+    cJSON_Delete(root);
+    st_close(f);
+    return NULL;
+}
+
+st_file *st_parse(const char *label, const uint8_t *bytes, uint64_t len,
+                  GError **err)
+{
+    st_file *f = parse_common(label, bytes, len, len, err);
+    if (f)
+        f->base = bytes;
+    return f;
+}
+
+st_file *st_parse_header(const char *label, const uint8_t *hdr, uint64_t hdr_len,
+                         uint64_t file_size, GError **err)
+{
+    return parse_common(label, hdr, hdr_len, file_size, err);
+}
+
+static int open_regular(const char *path, struct stat *st, GError **err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        qm_set_errno(err, errno, "cannot open", path);
+        return -1;
+    }
+    int fe = fstat(fd, st) != 0 ? errno : 0;
+    if (fe || !S_ISREG(st->st_mode)) {
+        int e = fe ? fe : S_ISDIR(st->st_mode) ? EISDIR : EINVAL;
+        close(fd);
+        qm_set_errno(err, e, "cannot open", path);
+        return -1;
+    }
+    return fd;
+}
+
+st_file *st_open(const char *path, GError **err)
+{
+    struct stat st;
+    int fd = open_regular(path, &st, err);
+    if (fd < 0)
+        return NULL;
+    uint64_t size = (uint64_t)st.st_size;
+    void *map = NULL;
+    if (size > 0) {
+        map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+        if (map == MAP_FAILED) {
+            qm_set_errno(err, errno, "cannot map", path);
+            close(fd);
+            return NULL;
+        }
+    }
+    close(fd);
+    static const uint8_t empty[1];
+    st_file *f = st_parse(path, map ? map : empty, size, err);
+    if (!f) {
+        if (map)
+            munmap(map, size);
+        return NULL;
+    }
+    f->map = map;
+    f->map_len = size;
+    return f;
+}
+
+static int read_full(int fd, void *buf, size_t len, uint64_t off)
+{
+    uint8_t *p = buf;
+    while (len) {
+        ssize_t n = pread(fd, p, len, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+st_file *st_open_header(const char *path, GError **err)
+{
+    struct stat st;
+    int fd = open_regular(path, &st, err);
+    if (fd < 0)
+        return NULL;
+    uint64_t size = (uint64_t)st.st_size;
+    uint8_t lenbuf[8];
+    st_file *f = NULL;
+    if (size < 8) {
+        f = st_parse_header(path, lenbuf, 0, size, err);
+        close(fd);
+        return f;
+    }
+    if (read_full(fd, lenbuf, 8, 0) != 0) {
+        qm_set_errno(err, errno ? errno : EIO, "cannot read", path);
+        close(fd);
+        return NULL;
+    }
+    uint64_t n = read_le64(lenbuf);
+    if (n > ST_MAX_HEADER || n > size - 8) {
+        f = st_parse_header(path, lenbuf, 8, size, err); /* reports the rule */
+        close(fd);
+        return f;
+    }
+    uint8_t *buf = g_malloc(8 + n);
+    memcpy(buf, lenbuf, 8);
+    if (read_full(fd, buf + 8, n, 8) != 0) {
+        qm_set_errno(err, errno ? errno : EIO, "cannot read", path);
+    } else {
+        f = st_parse_header(path, buf, 8 + n, size, err);
+    }
+    g_free(buf);
+    close(fd);
+    return f;
+}
+
+const st_tensor *st_find(const st_file *f, const char *name)
+{
+    return g_hash_table_lookup(f->by_name, name);
+}
+
+const uint8_t *st_data(const st_file *f, const st_tensor *t)
+{
+    return f->base ? f->base + f->data_start + t->begin : NULL;
+}
+
+const char *st_meta(const st_file *f, const char *key)
+{
+    for (int i = 0; f->meta_keys && f->meta_keys[i]; i++)
+        if (strcmp(f->meta_keys[i], key) == 0)
+            return f->meta_values[i];
+    return NULL;
+}
+
+/* ---- writing ---- */
+
+GByteArray *st_header_build(const st_entry *e, int n, const char *const *meta,
+                            uint64_t align, uint64_t phase, GError **err)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *m = cJSON_AddObjectToObject(root, "__metadata__");
+    cJSON_AddStringToObject(m, "format", "pt");
+    for (int i = 0; meta && meta[i] && meta[i + 1]; i += 2)
+        cJSON_AddStringToObject(m, meta[i], meta[i + 1]);
+    GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
+    uint64_t at = 0;
+    for (int i = 0; i < n; i++) {
+        /* Refuse what st_parse would refuse, so we never write a file that
+         * our own reader rejects (and never read past shape[]). */
+        if (e[i].ndim < 0 || e[i].ndim > ST_MAX_DIMS ||
+            (unsigned)e[i].dtype >= ST_DTYPE_COUNT) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "tensor '%s': bad dtype or %d dimensions", e[i].name,
+                        e[i].ndim);
+            goto fail;
+        }
+        if (strcmp(e[i].name, "__metadata__") == 0 ||
+            !g_hash_table_add(seen, (gpointer)e[i].name)) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "tensor '%s': duplicate or reserved name", e[i].name);
+            goto fail;
+        }
+        int64_t numel = st_numel(e[i].shape, e[i].ndim);
+        uint64_t bits = st_dtype_bits(e[i].dtype);
+        if (numel < 0 || (uint64_t)numel > UINT64_MAX / bits ||
+            e[i].nbytes > UINT64_MAX / 8 ||
+            (uint64_t)numel * bits != e[i].nbytes * 8) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "tensor '%s': %llu bytes do not match its shape and dtype",
+                        e[i].name, (unsigned long long)e[i].nbytes);
+            goto fail;
+        }
+        cJSON *t = cJSON_AddObjectToObject(root, e[i].name);
+        cJSON_AddStringToObject(t, "dtype", st_dtype_name(e[i].dtype));
+        cJSON *sh = cJSON_AddArrayToObject(t, "shape");
+        for (int d = 0; d < e[i].ndim; d++)
+            cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)e[i].shape[d]));
+        cJSON *off = cJSON_AddArrayToObject(t, "data_offsets");
+        cJSON_AddItemToArray(off, cJSON_CreateNumber((double)at));
+        cJSON_AddItemToArray(off, cJSON_CreateNumber((double)(at + e[i].nbytes)));
+        at += e[i].nbytes;
+    }
+    g_hash_table_destroy(seen);
+    char *json = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    uint64_t jlen = strlen(json);
+    uint64_t total = 8 + jlen;
+    uint64_t a = align > 8 ? align : 8;
+    uint64_t want = align > 8 ? phase % a : 0;
+    uint64_t pad = (want + a - total % a) % a;
+    uint64_t hlen = jlen + pad;
+    GByteArray *out = g_byte_array_sized_new((guint)(8 + hlen));
+    uint8_t le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = (uint8_t)(hlen >> (8 * i));
+    g_byte_array_append(out, le, 8);
+    g_byte_array_append(out, (const guint8 *)json, (guint)jlen);
+    for (uint64_t i = 0; i < pad; i++)
+        g_byte_array_append(out, (const guint8 *)" ", 1);
+    cJSON_free(json);
+    return out;
+fail:
+    g_hash_table_destroy(seen);
+    cJSON_Delete(root);
+    return NULL;
+}
+
+int st_write_file(const char *path, const st_entry *e, int n,
+                  const void *const *data, const char *const *meta,
+                  GError **err)
+{
+    GByteArray *h = st_header_build(e, n, meta, 0, 0, err);
+    if (!h)
+        return -1;
+    fs_out *o = fs_out_open(path, err);
+    int rc = o ? 0 : -1;
+    if (!rc)
+        rc = fs_out_write(o, h->data, h->len, err);
+    for (int i = 0; i < n && !rc; i++)
+        rc = fs_out_write(o, data[i], (size_t)e[i].nbytes, err);
+    g_byte_array_free(h, TRUE);
+    if (rc) {
+        fs_out_abort(o);
+        return -1;
+    }
+    return fs_out_commit(o, err);
+}

@@ -1,0 +1,792 @@
+/* coherence.c - see coherence.h: the forward-pass gate */
+#include "model/coherence.h"
+
+#include "model/chat.h"
+#include "model/model.h"
+#include "model/perplexity.h"
+#include "model/tokenizer.h"
+#include "base/util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+double coh_default_max_ppl(int vocab)
+{
+    double cap = vocab / 4.0;
+    return cap < 100.0 ? cap : 100.0;
+}
+
+int coh_router_threshold(int n_experts)
+{
+    int q = n_experts / 4, h = n_experts / 2;
+    int floor8 = h < 8 ? h : 8;
+    return q > floor8 ? q : floor8;
+}
+
+/* ---- results ---- */
+
+static void prompt_free(gpointer p)
+{
+    coh_prompt_result *x = p;
+    g_free(x->domain);
+    g_free(x->lang);
+    g_free(x->prompt);
+    g_free(x->expected);
+    g_free(x->output);
+    g_free(x);
+}
+
+static void domain_free(gpointer p)
+{
+    coh_domain_usage *d = p;
+    g_free(d->domain);
+    g_free(d->weight);
+    g_free(d);
+}
+
+static void failure_free(gpointer p)
+{
+    coh_failure *f = p;
+    g_free(f->criterion);
+    g_free(f->message);
+    g_free(f);
+}
+
+static void add_failure(coh_result *r, const char *criterion, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
+
+static void add_failure(coh_result *r, const char *criterion, const char *fmt, ...)
+{
+    coh_failure *f = g_new0(coh_failure, 1);
+    va_list ap;
+    va_start(ap, fmt);
+    f->criterion = g_strdup(criterion);
+    f->message = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_ptr_array_add(r->failures, f);
+}
+
+/* (a), (b), (c) */
+static int failure_rank(const coh_failure *f)
+{
+    return !strcmp(f->criterion, "source") ? 0 : !strcmp(f->criterion, "perplexity") ? 1 : 2;
+}
+
+static gint failure_order(gconstpointer a, gconstpointer b)
+{
+    return failure_rank(*(coh_failure *const *)a) - failure_rank(*(coh_failure *const *)b);
+}
+
+void coh_result_free(coh_result *r)
+{
+    if (!r)
+        return;
+    g_free(r->model_path);
+    g_free(r->mask);
+    g_free(r->source_path);
+    g_free(r->text_path);
+    for (int i = 0; r->layers && i < r->n_moe_layers; i++) {
+        g_free(r->layers[i].choices);
+        g_free(r->layers[i].weight);
+    }
+    g_free(r->layers);
+    if (r->prompts)
+        g_ptr_array_free(r->prompts, TRUE);
+    if (r->domains)
+        g_ptr_array_free(r->domains, TRUE);
+    if (r->failures)
+        g_ptr_array_free(r->failures, TRUE);
+    g_free(r);
+}
+
+/* ---- the prompt set ---- */
+
+static char *opt_string(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? g_strdup(v->valuestring) : NULL;
+}
+
+/* Reads the JSON lines of `path` into coh_prompt_result records (domain,
+ * lang, prompt, expected filled in). */
+static GPtrArray *load_prompts(const char *path, GError **err)
+{
+    char *text = NULL;
+    gsize len = 0;
+    GError *e = NULL;
+    if (!g_file_get_contents(path, &text, &len, &e)) {
+        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read prompt set '%s': %s", path,
+                    e->message);
+        g_error_free(e);
+        return NULL;
+    }
+    GPtrArray *a = g_ptr_array_new_with_free_func(prompt_free);
+    char **lines = g_strsplit(text, "\n", -1);
+    g_free(text);
+    for (int i = 0; lines[i]; i++) {
+        char *s = g_strstrip(lines[i]);
+        if (!*s)
+            continue;
+        cJSON *j = cJSON_Parse(s);
+        const cJSON *p = j ? cJSON_GetObjectItemCaseSensitive(j, "prompt") : NULL;
+        const cJSON *d = j ? cJSON_GetObjectItemCaseSensitive(j, "domain") : NULL;
+        const cJSON *x = j ? cJSON_GetObjectItemCaseSensitive(j, "expected") : NULL;
+        const char *why = !cJSON_IsObject(j)                ? "not a JSON object"
+                          : !cJSON_IsString(p)              ? "\"prompt\" is not a string"
+                          : !*p->valuestring                ? "\"prompt\" is empty"
+                          : !cJSON_IsString(d)              ? "\"domain\" is not a string"
+                          : x && !cJSON_IsString(x) && !cJSON_IsNull(x)
+                              ? "\"expected\" is not a string"
+                              : NULL;
+        if (why) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE, "cannot parse prompt set '%s': line %d: %s",
+                        path, i + 1, why);
+            cJSON_Delete(j);
+            g_strfreev(lines);
+            g_ptr_array_free(a, TRUE);
+            return NULL;
+        }
+        coh_prompt_result *pr = g_new0(coh_prompt_result, 1);
+        pr->domain = g_strdup(d->valuestring);
+        pr->prompt = g_strdup(p->valuestring);
+        pr->lang = opt_string(j, "lang");
+        pr->expected = opt_string(j, "expected");
+        pr->matches = -1;
+        g_ptr_array_add(a, pr);
+        cJSON_Delete(j);
+    }
+    g_strfreev(lines);
+    if (a->len == 0) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE, "prompt set '%s' holds no prompt", path);
+        g_ptr_array_free(a, TRUE);
+        return NULL;
+    }
+    return a;
+}
+
+/* ---- router statistics ---- */
+
+typedef struct {
+    coh_result *r;
+    const int *moe_index;     /* [n_layers] layer -> MoE layer index, or -1 */
+    coh_domain_usage *domain; /* the domain being run */
+    int last_pos;             /* to count tokens once, not once per layer */
+} router_ctx;
+
+static void on_route(void *user, int pos, int token, int layer, int k,
+                     const int *experts, const float *weights)
+{
+    (void)token;
+    router_ctx *c = user;
+    int li = c->moe_index[layer];
+    if (li < 0)
+        return;
+    if (pos != c->last_pos) {
+        c->last_pos = pos;
+        c->r->routed_tokens++;
+        c->domain->n_tokens++;
+    }
+    coh_layer_usage *u = &c->r->layers[li];
+    for (int i = 0; i < k; i++) {
+        int e = experts[i];
+        if (e < 0 || e >= u->n_experts)
+            continue;
+        u->choices[e]++;
+        u->weight[e] += weights[i];
+        c->domain->weight[(size_t)li * u->n_experts + e] += weights[i];
+    }
+}
+
+static coh_domain_usage *domain_for(coh_result *r, const char *name)
+{
+    for (guint i = 0; i < r->domains->len; i++) {
+        coh_domain_usage *d = r->domains->pdata[i];
+        if (!strcmp(d->domain, name))
+            return d;
+    }
+    coh_domain_usage *d = g_new0(coh_domain_usage, 1);
+    d->domain = g_strdup(name);
+    d->weight = g_new0(double, (size_t)r->n_moe_layers * r->n_experts);
+    g_ptr_array_add(r->domains, d);
+    return d;
+}
+
+/* ---- pieces of the run ---- */
+
+static int encode(tok_t *tok, const char *text, GArray *ids, const char *what, GError **err)
+{
+    g_array_set_size(ids, 0);
+    GError *e = NULL;
+    if (tok_encode(tok, text, strlen(text), 0, ids, &e) < 0) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE, "%s: %s", what, e->message);
+        g_error_free(e);
+        return -1;
+    }
+    return 0;
+}
+
+static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_index,
+                       coh_result *r, GError **err)
+{
+    /* a continuation ends where a generation would: end of text or turn */
+    GArray *stop = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    if (chat_end_ids(model_checkpoint(m), tok, stop, err) < 0) {
+        g_array_free(stop, TRUE);
+        return -1;
+    }
+    const int *stops = (const int *)stop->data;
+    model_sampling s = {.temperature = 0, .stop_ids = stops, .n_stop = (int)stop->len};
+    router_ctx rc = {.r = r, .moe_index = moe_index, .last_pos = -1};
+    GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    GArray *exp_ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    int *out = NULL;
+    int rc_ok = 0;
+    model_set_router_log(m, on_route, &rc);
+    for (guint i = 0; i < r->prompts->len; i++) {
+        coh_prompt_result *p = r->prompts->pdata[i];
+        char what[64];
+        snprintf(what, sizeof what, "prompt %u", i + 1);
+        if (encode(tok, p->prompt, ids, what, err) < 0 ||
+            (p->expected && encode(tok, p->expected, exp_ids, what, err) < 0)) {
+            rc_ok = -1;
+            break;
+        }
+        int n_new = o->n_new > 0 ? o->n_new : COH_DEFAULT_NEW;
+        if (p->expected && (int)exp_ids->len + 1 > n_new)
+            n_new = (int)exp_ids->len + 1;
+        out = g_renew(int, out, n_new);
+        rc.domain = domain_for(r, p->domain);
+        rc.domain->n_prompts++;
+        rc.last_pos = -1;
+        p->n_prompt_tokens = (int)ids->len;
+        int n_out = 0;
+        if (model_generate(m, (const int *)ids->data, (int)ids->len, n_new, &s, NULL, out,
+                           &n_out, NULL, err) < 0) {
+            g_prefix_error(err, "%s: ", what);
+            rc_ok = -1;
+            break;
+        }
+        p->n_output_tokens = n_out;
+        int n_text = n_out;
+        for (int j = 0; n_out > 0 && j < s.n_stop; j++)
+            if (out[n_out - 1] == stops[j]) {
+                p->stopped = 1;
+                n_text = n_out - 1;
+            }
+        /* a garbled continuation can end mid-character: U+FFFD keeps the
+         * report (and its JSON) valid UTF-8 */
+        size_t n_bytes = 0;
+        char *raw = tok_decode(tok, (const int32_t *)out, (size_t)n_text, &n_bytes);
+        p->output = g_utf8_make_valid(raw, (gssize)n_bytes);
+        g_free(raw);
+        if (p->expected) {
+            p->matches = g_str_has_prefix(p->output, p->expected);
+            r->n_expected++;
+            r->n_matching += p->matches;
+        }
+    }
+    model_set_router_log(m, NULL, NULL);
+    g_array_free(stop, TRUE);
+    g_free(out);
+    g_array_free(ids, TRUE);
+    g_array_free(exp_ids, TRUE);
+    return rc_ok;
+}
+
+/* Mean nll of the text's tokens after the first, in windows of the
+ * default context (or the model's, when shorter). */
+static int score(model *m, const GArray *ids, double *nll, GError **err)
+{
+    int ctx = model_get_config(m)->max_seq;
+    ppl_result pr;
+    if (ppl_ids(m, (const int *)ids->data, (int)ids->len,
+                ctx < PPL_DEFAULT_CONTEXT ? ctx : PPL_DEFAULT_CONTEXT, &pr, err) < 0)
+        return -1;
+    *nll = pr.nll;
+    return 0;
+}
+
+static void check_router(coh_result *r)
+{
+    r->router_threshold = coh_router_threshold(r->n_experts);
+    r->router_ok = 1;
+    uint8_t *bad = g_new0(uint8_t, r->n_moe_layers > 0 ? r->n_moe_layers : 1);
+    int n_bad = 0, least = r->n_experts;
+    for (int i = 0; i < r->n_moe_layers; i++) {
+        coh_layer_usage *u = &r->layers[i];
+        u->used = u->used_first = 0;
+        for (int e = 0; e < u->n_experts; e++)
+            u->used += u->choices[e] > 0;
+        u->ok = u->used > r->router_threshold;
+        if (!u->ok) {
+            bad[i] = 1;
+            n_bad++;
+            if (u->used < least)
+                least = u->used;
+        }
+    }
+    long choices = (long)r->routed_tokens * r->top_k;
+    if (r->n_moe_layers > 0 && choices <= r->router_threshold) {
+        r->router_ok = 0;
+        add_failure(r, "router",
+                    "the prompt set routes %d tokens (%ld top-%d choices per layer): too few "
+                    "to show more than %d of %d experts in use",
+                    r->routed_tokens, choices, r->top_k, r->router_threshold, r->n_experts);
+    } else if (n_bad) {
+        r->router_ok = 0;
+        /* name the experts the worst layer was confined to */
+        int worst = -1;
+        for (int i = 0; i < r->n_moe_layers; i++)
+            if (bad[i] && (worst < 0 || r->layers[i].used < r->layers[worst].used))
+                worst = i;
+        uint8_t *set = g_new0(uint8_t, r->n_experts);
+        for (int e = 0; e < r->n_experts; e++)
+            set[e] = r->layers[worst].choices[e] > 0;
+        /* layer numbers, not MoE indices: they differ with dense layers */
+        int n_layers = r->layers[r->n_moe_layers - 1].layer + 1;
+        uint8_t *bad_layers = g_new0(uint8_t, n_layers);
+        for (int i = 0; i < r->n_moe_layers; i++)
+            bad_layers[r->layers[i].layer] = bad[i];
+        char *which = qm_list_format(set, r->n_experts);
+        char *layers = qm_list_format(bad_layers, n_layers);
+        add_failure(r, "router",
+                    "confined: %d of %d MoE layers (%s) chose at most %d of %d "
+                    "experts across the prompt set (needs more than %d); layer %d used "
+                    "only experts %s",
+                    n_bad, r->n_moe_layers, layers, least, r->n_experts,
+                    r->router_threshold, r->layers[worst].layer, which);
+        g_free(bad_layers);
+        g_free(which);
+        g_free(layers);
+        g_free(set);
+    }
+    g_free(bad);
+}
+
+static int compare_source(model *m, const coh_opts *o, const uint8_t *mask, tok_t *tok,
+                          coh_result *r, GError **err)
+{
+    model_opts mo = {.n_threads = o->n_threads > 0 ? o->n_threads : 1};
+    model *s = model_load(o->source, &mo, err);
+    if (!s) {
+        g_prefix_error(err, "source '%s': ", o->source);
+        return -1;
+    }
+    int rc = 0;
+    if (model_get_config(s)->vocab != r->vocab) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "source '%s' has a vocabulary of %d tokens, '%s' of %d", o->source,
+                    model_get_config(s)->vocab, r->model_path, r->vocab);
+        model_free(s);
+        return -1;
+    }
+    if (mask && model_set_mask(s, mask, err) < 0) {
+        model_free(s);
+        return -1;
+    }
+    r->source_checked = 1;
+    r->source_path = g_strdup(o->source);
+    r->source_identical = 1;
+    r->source_first_prompt = r->source_first_pos = -1;
+    /* the first prompt of each domain, then further ones up to the limit */
+    GPtrArray *seen = g_ptr_array_new();
+    GArray *pick = g_array_new(FALSE, FALSE, sizeof(int));
+    for (guint i = 0; i < r->prompts->len && pick->len < COH_SOURCE_PROMPTS; i++) {
+        const char *d = ((coh_prompt_result *)r->prompts->pdata[i])->domain;
+        gboolean known = FALSE;
+        for (guint j = 0; j < seen->len; j++)
+            known |= !strcmp(seen->pdata[j], d);
+        if (!known) {
+            g_ptr_array_add(seen, (gpointer)d);
+            int v = (int)i;
+            g_array_append_val(pick, v);
+        }
+    }
+    for (guint i = 0; i < r->prompts->len && pick->len < COH_SOURCE_PROMPTS; i++) {
+        gboolean taken = FALSE;
+        for (guint j = 0; j < pick->len; j++)
+            taken |= g_array_index(pick, int, j) == (int)i;
+        if (!taken) {
+            int v = (int)i;
+            g_array_append_val(pick, v);
+        }
+    }
+    GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    float *a = NULL, *b = NULL;
+    for (guint k = 0; k < pick->len && rc == 0; k++) {
+        int pi = g_array_index(pick, int, k);
+        const coh_prompt_result *p = r->prompts->pdata[pi];
+        if (encode(tok, p->prompt, ids, "prompt", err) < 0) {
+            rc = -1;
+            break;
+        }
+        size_t n = (size_t)ids->len * r->vocab;
+        a = g_renew(float, a, n);
+        b = g_renew(float, b, n);
+        if (model_sequence_logits(m, (const int *)ids->data, (int)ids->len, a, err) < 0 ||
+            model_sequence_logits(s, (const int *)ids->data, (int)ids->len, b, err) < 0) {
+            rc = -1;
+            break;
+        }
+        r->source_prompts++;
+        if (!memcmp(a, b, n * sizeof(float)))
+            continue;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t ua, ub;
+            memcpy(&ua, &a[i], 4);
+            memcpy(&ub, &b[i], 4);
+            if (ua == ub)
+                continue;
+            if (r->source_identical) {
+                r->source_identical = 0;
+                r->source_first_prompt = pi;
+                r->source_first_pos = (int)(i / (size_t)r->vocab);
+            }
+            double d = fabs((double)a[i] - (double)b[i]);
+            if (!(d <= r->source_max_diff)) /* NaN counts as largest */
+                r->source_max_diff = isnan(d) ? INFINITY : d;
+        }
+    }
+    g_array_free(ids, TRUE);
+    g_array_free(pick, TRUE);
+    g_ptr_array_free(seen, TRUE);
+    g_free(a);
+    g_free(b);
+    model_free(s);
+    if (rc == 0 && !r->source_identical)
+        add_failure(r, "source",
+                    "logits differ from the source '%s': prompt %d, position %d first; "
+                    "largest difference %.6g",
+                    o->source, r->source_first_prompt + 1, r->source_first_pos,
+                    r->source_max_diff);
+    return rc;
+}
+
+int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
+{
+    double t0 = qm_monotonic();
+    *out = NULL;
+    model_opts mo = {.n_threads = o->n_threads > 0 ? o->n_threads : 1};
+    coh_result *r = g_new0(coh_result, 1);
+    r->model_path = g_strdup(path);
+    r->text_path = g_strdup(o->text_path);
+    r->prompts = NULL;
+    r->domains = g_ptr_array_new_with_free_func(domain_free);
+    r->failures = g_ptr_array_new_with_free_func(failure_free);
+    r->source_first_prompt = r->source_first_pos = -1;
+    model *m = NULL;
+    tok_t *tok = NULL;
+    uint8_t *mask = NULL;
+    int *moe_index = NULL;
+    GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    char *text = NULL;
+    gsize text_len = 0;
+    GError *e = NULL;
+    int rc = -1;
+
+    if (!(r->prompts = load_prompts(o->prompts_path, err)))
+        goto done;
+    if (!g_file_get_contents(o->text_path, &text, &text_len, &e)) {
+        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read reference text '%s': %s",
+                    o->text_path, e->message);
+        g_error_free(e);
+        goto done;
+    }
+    if (!(m = model_load(path, &mo, err)) || !(tok = tok_load(path, err)))
+        goto done;
+    const model_config *c = model_get_config(m);
+    r->vocab = c->vocab;
+    r->n_experts = c->n_experts;
+    r->top_k = c->top_k;
+    moe_index = g_new(int, c->n_layers);
+    for (int l = 0; l < c->n_layers; l++)
+        moe_index[l] = c->is_moe[l] ? r->n_moe_layers++ : -1;
+    r->layers = g_new0(coh_layer_usage, r->n_moe_layers > 0 ? r->n_moe_layers : 1);
+    for (int l = 0, i = 0; l < c->n_layers; l++)
+        if (moe_index[l] >= 0) {
+            coh_layer_usage *u = &r->layers[i++];
+            u->layer = l;
+            u->n_experts = r->n_experts;
+            u->choices = g_new0(uint32_t, r->n_experts > 0 ? r->n_experts : 1);
+            u->weight = g_new0(double, r->n_experts > 0 ? r->n_experts : 1);
+        }
+    r->max_ppl = o->max_ppl > 0 ? o->max_ppl : coh_default_max_ppl(r->vocab);
+
+    if (o->mask) {
+        mask = g_new0(uint8_t, r->n_experts > 0 ? r->n_experts : 1);
+        if (r->n_experts <= 0) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "--mask-experts: '%s' has no routed experts", path);
+            goto done;
+        }
+        if (qm_list_parse(o->mask, r->n_experts, mask, "--mask-experts", err) < 0 ||
+            model_set_mask(m, mask, err) < 0)
+            goto done;
+        r->mask = qm_list_format(mask, r->n_experts);
+    }
+
+    /* (a) */
+    if (o->source && compare_source(m, o, mask, tok, r, err) < 0)
+        goto done;
+
+    /* the prompt set: continuations and router usage; (c) */
+    if (run_prompts(m, tok, o, moe_index, r, err) < 0)
+        goto done;
+    if (r->n_experts > 0)
+        check_router(r);
+    else
+        r->router_ok = 1;
+
+    /* (b) and the ablation */
+    if (encode(tok, text, ids, "reference text", err) < 0)
+        goto done;
+    r->text_tokens = (int)ids->len;
+    if (ids->len < 2) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "reference text '%s' has %u token%s: perplexity needs at least 2",
+                    o->text_path, ids->len, ids->len == 1 ? "" : "s");
+        goto done;
+    }
+    if (score(m, ids, &r->nll, err) < 0)
+        goto done;
+    r->ppl = exp(r->nll);
+    r->ppl_ok = r->ppl <= r->max_ppl;
+    if (!r->ppl_ok)
+        add_failure(r, "perplexity",
+                    "%.6g on the reference text '%s' (%d tokens) is above the maximum %.6g",
+                    r->ppl, o->text_path, r->text_tokens, r->max_ppl);
+    if (r->n_experts > 8 && r->top_k <= 8) {
+        uint8_t *abl = g_new0(uint8_t, r->n_experts);
+        int bad = qm_list_parse(COH_ABLATION_MASK, r->n_experts, abl, "ablation", err) < 0 ||
+                  model_set_mask(m, abl, err) < 0 || score(m, ids, &r->ablation_nll, err) < 0 ||
+                  model_set_mask(m, mask, err) < 0;
+        g_free(abl);
+        if (bad)
+            goto done;
+        r->ablation_run = 1;
+        r->ablation_ppl = exp(r->ablation_nll);
+    }
+    g_ptr_array_sort(r->failures, failure_order);
+    rc = 0;
+done:
+    g_free(text);
+    g_array_free(ids, TRUE);
+    g_free(moe_index);
+    g_free(mask);
+    tok_free(tok);
+    model_free(m);
+    r->seconds = qm_monotonic() - t0;
+    if (rc < 0)
+        coh_result_free(r);
+    else
+        *out = r;
+    return rc;
+}
+
+/* ---- JSON ---- */
+
+int coh_top_experts(const double *w, int ne, int n, int *ids, double *shares)
+{
+    double total = 0;
+    for (int e = 0; e < ne; e++)
+        total += w[e];
+    int k = 0;
+    for (; k < n; k++) {
+        int best = -1;
+        for (int e = 0; e < ne; e++) {
+            int taken = 0;
+            for (int i = 0; i < k; i++)
+                taken |= ids[i] == e;
+            if (!taken && w[e] > 0 && (best < 0 || w[e] > w[best]))
+                best = e;
+        }
+        if (best < 0)
+            break;
+        ids[k] = best;
+        shares[k] = w[best] / total;
+    }
+    return k;
+}
+
+static cJSON *top_experts(const double *w, int ne, int n)
+{
+    int ids[8];
+    double sh[8];
+    cJSON *a = cJSON_CreateArray();
+    int k = coh_top_experts(w, ne, n < 8 ? n : 8, ids, sh);
+    for (int i = 0; i < k; i++) {
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddNumberToObject(x, "expert", ids[i]);
+        cJSON_AddNumberToObject(x, "share", sh[i]);
+        cJSON_AddItemToArray(a, x);
+    }
+    return a;
+}
+
+static void add_number_or_null(cJSON *o, const char *key, double v)
+{
+    if (isfinite(v))
+        cJSON_AddNumberToObject(o, key, v);
+    else /* JSON has no infinity: an overflowing perplexity is a string */
+        cJSON_AddStringToObject(o, key, isnan(v) ? "nan" : v > 0 ? "inf" : "-inf");
+}
+
+cJSON *coh_result_to_json(const coh_result *r)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddBoolToObject(j, "ok", r->failures->len == 0);
+    cJSON *fa = cJSON_AddArrayToObject(j, "failures");
+    for (guint i = 0; i < r->failures->len; i++) {
+        const coh_failure *f = r->failures->pdata[i];
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "criterion", f->criterion);
+        cJSON_AddStringToObject(x, "message", f->message);
+        cJSON_AddItemToArray(fa, x);
+    }
+    cJSON_AddStringToObject(j, "model", r->model_path);
+    cJSON_AddNumberToObject(j, "vocab", r->vocab);
+    cJSON_AddNumberToObject(j, "experts", r->n_experts);
+    cJSON_AddNumberToObject(j, "top_k", r->top_k);
+    cJSON_AddNumberToObject(j, "moe_layers", r->n_moe_layers);
+    if (r->mask)
+        cJSON_AddStringToObject(j, "mask_experts", r->mask);
+    else
+        cJSON_AddNullToObject(j, "mask_experts");
+
+    cJSON *s = cJSON_AddObjectToObject(j, "source");
+    cJSON_AddBoolToObject(s, "checked", r->source_checked);
+    if (r->source_checked) {
+        cJSON_AddStringToObject(s, "path", r->source_path);
+        cJSON_AddNumberToObject(s, "prompts", r->source_prompts);
+        cJSON_AddBoolToObject(s, "identical", r->source_identical);
+        cJSON_AddBoolToObject(s, "ok", r->source_identical);
+        if (!r->source_identical) {
+            cJSON_AddNumberToObject(s, "first_prompt", r->source_first_prompt + 1);
+            cJSON_AddNumberToObject(s, "first_position", r->source_first_pos);
+            add_number_or_null(s, "max_abs_diff", r->source_max_diff);
+        }
+    }
+
+    cJSON *p = cJSON_AddObjectToObject(j, "perplexity");
+    cJSON_AddStringToObject(p, "text", r->text_path);
+    cJSON_AddNumberToObject(p, "tokens", r->text_tokens);
+    add_number_or_null(p, "nll", r->nll);
+    add_number_or_null(p, "ppl", r->ppl);
+    cJSON_AddNumberToObject(p, "max_ppl", r->max_ppl);
+    cJSON_AddBoolToObject(p, "ok", r->ppl_ok);
+
+    cJSON *ab = cJSON_AddObjectToObject(j, "ablation");
+    cJSON_AddStringToObject(ab, "mask_experts", COH_ABLATION_MASK);
+    cJSON_AddBoolToObject(ab, "run", r->ablation_run);
+    if (r->ablation_run) {
+        add_number_or_null(ab, "nll", r->ablation_nll);
+        add_number_or_null(ab, "ppl", r->ablation_ppl);
+        add_number_or_null(ab, "free_ppl", r->ppl);
+    }
+
+    cJSON *ro = cJSON_AddObjectToObject(j, "router");
+    cJSON_AddNumberToObject(ro, "threshold", r->router_threshold);
+    cJSON_AddStringToObject(ro, "criterion",
+                            "every MoE layer chooses more than threshold = max(experts/4, "
+                            "min(8, experts/2)) distinct experts among its top-k choices "
+                            "across the prompt set");
+    cJSON_AddNumberToObject(ro, "routed_tokens", r->routed_tokens);
+    cJSON_AddBoolToObject(ro, "ok", r->router_ok);
+    cJSON *la = cJSON_AddArrayToObject(ro, "layers");
+    for (int i = 0; i < r->n_moe_layers; i++) {
+        const coh_layer_usage *u = &r->layers[i];
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddNumberToObject(x, "layer", u->layer);
+        cJSON_AddNumberToObject(x, "used", u->used);
+        cJSON_AddBoolToObject(x, "ok", u->ok);
+        cJSON *ch = cJSON_AddArrayToObject(x, "choices");
+        for (int e = 0; e < u->n_experts; e++)
+            cJSON_AddItemToArray(ch, cJSON_CreateNumber(u->choices[e]));
+        cJSON_AddItemToObject(x, "top", top_experts(u->weight, u->n_experts, 3));
+        cJSON_AddItemToArray(la, x);
+    }
+
+    cJSON *da = cJSON_AddArrayToObject(j, "domains");
+    for (guint i = 0; i < r->domains->len; i++) {
+        const coh_domain_usage *d = r->domains->pdata[i];
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "domain", d->domain);
+        cJSON_AddNumberToObject(x, "prompts", d->n_prompts);
+        cJSON_AddNumberToObject(x, "tokens", d->n_tokens);
+        cJSON *ly = cJSON_AddArrayToObject(x, "layers");
+        for (int l = 0; l < r->n_moe_layers; l++) {
+            cJSON *y = cJSON_CreateObject();
+            cJSON_AddNumberToObject(y, "layer", r->layers[l].layer);
+            cJSON_AddItemToObject(y, "top",
+                                  top_experts(d->weight + (size_t)l * r->n_experts,
+                                              r->n_experts, 3));
+            cJSON_AddItemToArray(ly, y);
+        }
+        cJSON_AddItemToArray(da, x);
+    }
+
+    cJSON *pa = cJSON_AddArrayToObject(j, "prompts");
+    for (guint i = 0; i < r->prompts->len; i++) {
+        const coh_prompt_result *q = r->prompts->pdata[i];
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "domain", q->domain);
+        if (q->lang)
+            cJSON_AddStringToObject(x, "lang", q->lang);
+        cJSON_AddStringToObject(x, "prompt", q->prompt);
+        cJSON_AddStringToObject(x, "output", q->output ? q->output : "");
+        cJSON_AddNumberToObject(x, "prompt_tokens", q->n_prompt_tokens);
+        cJSON_AddNumberToObject(x, "output_tokens", q->n_output_tokens);
+        cJSON_AddBoolToObject(x, "stopped", q->stopped);
+        if (q->expected) {
+            cJSON_AddStringToObject(x, "expected", q->expected);
+            cJSON_AddBoolToObject(x, "matches", q->matches == 1);
+        } else {
+            cJSON_AddNullToObject(x, "expected");
+            cJSON_AddNullToObject(x, "matches");
+        }
+        cJSON_AddItemToArray(pa, x);
+    }
+    cJSON_AddNumberToObject(j, "expected", r->n_expected);
+    cJSON_AddNumberToObject(j, "matching", r->n_matching);
+    cJSON_AddNumberToObject(j, "seconds", r->seconds);
+    return j;
+}
+
+/* ---- as a check of qmoe-verify ---- */
+
+void vf_check_coherence(vf_target *t, const coh_opts *o, vf_result *r, coh_result **out)
+{
+    *out = NULL;
+    int partial = t->have_manifest && t->m->partial;
+    if (partial || r->experts_present < r->experts_expected) {
+        vf_add(r, VF_COHERENCE, "coherence", NULL, NULL, -1,
+               "not run: the forward pass needs every expert, and %s",
+               partial ? "the extraction is partial (--layers/--experts)"
+                       : "expert files are missing (see coverage)");
+        return;
+    }
+    GError *err = NULL;
+    coh_result *c = NULL;
+    if (coh_run(t->out, o, &c, &err) < 0) {
+        /* the gate's own input unreadable or wrong: no verdict (exit 2) */
+        int no_verdict = err->code == QM_ERR_IO || err->code == QM_ERR_USAGE;
+        vf_add(r, no_verdict ? VF_IO : VF_COHERENCE, "coherence", NULL, NULL, -1,
+               "cannot run the gate: %s", err->message);
+        g_error_free(err);
+        return;
+    }
+    static const struct {
+        const char *criterion, *label;
+    } labels[] = {{"source", "(a) source"}, {"perplexity", "(b) perplexity"},
+                  {"router", "(c) router"}};
+    for (guint i = 0; i < c->failures->len; i++) {
+        const coh_failure *f = c->failures->pdata[i];
+        const char *label = f->criterion;
+        for (size_t k = 0; k < G_N_ELEMENTS(labels); k++)
+            if (!strcmp(labels[k].criterion, f->criterion))
+                label = labels[k].label;
+        vf_add(r, VF_COHERENCE, "coherence", NULL, NULL, -1, "%s: %s", label, f->message);
+    }
+    *out = c;
+}

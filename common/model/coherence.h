@@ -1,0 +1,181 @@
+/* coherence.h - the coherence gate: does an extraction still make a
+ * working model?
+ *
+ * File checks (verify.h) prove that every byte is where the manifest says;
+ * they cannot see a model that is assembled wrongly but consistently (two
+ * experts' data exchanged and re-hashed, a router restricted to experts
+ * 0-7). This gate runs the reference forward pass (model.h) on the files
+ * and judges what comes out. It fails unless:
+ *
+ *   (a) source      with a source checkpoint: the logits of the first
+ *                   prompt of each domain (at most COH_SOURCE_PROMPTS
+ *                   prompts) are bit-identical between OUT and the source;
+ *   (b) perplexity  the perplexity of the reference text is at most
+ *                   max_ppl (coh_default_max_ppl(): min(100, vocab / 4)),
+ *                   scored by ppl_ids() (perplexity.h) in windows of
+ *                   PPL_DEFAULT_CONTEXT tokens (or the model's context);
+ *   (c) router      the router is free: in every MoE layer, the experts
+ *                   picked as any of the top-k choices while running the
+ *                   prompt set (prompt and generated tokens) number more
+ *                   than coh_router_threshold(n_experts) =
+ *                   max(n_experts / 4, min(8, n_experts / 2)). With 128
+ *                   experts that is more than 32, with 16 more than 8, with
+ *                   8 more than 4: a router confined to experts 0-7 fails
+ *                   whenever the layer has 16 or more.
+ *
+ * Why these numbers. A model that guesses uniformly has perplexity equal
+ * to its vocabulary size, and random weights do about that or worse (the
+ * random qmoe-mksample model, vocabulary 384, scores 388 on
+ * samples/reference.txt); a healthy real model scores under 20 on ordinary
+ * text. The bound 100 sits 5x above the one and, for a real vocabulary
+ * (Qwen: 151936), three orders of magnitude below the other; the cap
+ * vocab / 4 keeps it below chance for tiny vocabularies. The coherent
+ * sample scores 1.23 healthy and 1e5 or more with any expert misplaced.
+ * A 16-prompt set at top-8 makes thousands of choices per layer; a real
+ * router spreads them over most of its 128 experts, so a quarter is a
+ * generous floor, while a masked router uses exactly the mask.
+ *
+ * Reported besides: the greedy continuation of every prompt (ending at the
+ * ids of chat_end_ids(), chat.h) and, when the
+ * prompt carries "expected", whether the continuation begins with it (a
+ * fact, not a criterion: samples/prompts holds the coherent sample's
+ * sentences, which a real model is not meant to reproduce); per layer how
+ * often each expert was chosen; per prompt domain and layer the experts
+ * that carried the most router weight; and the masked ablation: the
+ * reference perplexity with the router restricted to experts 0-7 next to
+ * the free router's (when the model has more than 8 experts).
+ *
+ * Prompt set: JSON lines {"domain", "lang", "prompt", "expected"}; domain
+ * and prompt are required, blank lines are skipped.
+ */
+#ifndef QMOE_COHERENCE_H
+#define QMOE_COHERENCE_H
+
+#include <cjson/cJSON.h>
+#include <glib.h>
+#include <stdint.h>
+
+#include "outdir/verify.h"
+
+#define COH_SOURCE_PROMPTS 4   /* prompts whose logits are compared (a) */
+#define COH_DEFAULT_NEW 32     /* tokens generated per prompt */
+#define COH_ABLATION_MASK "0-7"
+
+typedef struct {
+    const char *text_path;    /* reference text, read whole (required) */
+    const char *prompts_path; /* the prompt set (required) */
+    const char *source;       /* checkpoint for (a), or NULL: not checked */
+    double max_ppl;           /* (b) bound; <= 0: coh_default_max_ppl() */
+    const char *mask;         /* LIST restricting the router for the whole
+                               * run (to show what a masked router does),
+                               * or NULL: free */
+    int n_threads;            /* forward-pass threads; <= 0: 1 */
+    int n_new;                /* tokens per prompt; <= 0: COH_DEFAULT_NEW
+                               * (raised to fit each expected text) */
+} coh_opts;
+
+typedef struct {
+    char *domain, *lang, *prompt;
+    char *expected;           /* or NULL */
+    int n_prompt_tokens;
+    char *output;             /* decoded continuation, stop token excluded;
+                               * invalid UTF-8 replaced by U+FFFD */
+    int n_output_tokens;      /* generated, stop token included */
+    int stopped;              /* ended on an end-of-text id */
+    int matches;              /* output begins with expected; -1: no expected */
+} coh_prompt_result;
+
+typedef struct {
+    int layer;
+    int n_experts;
+    int used;                 /* experts chosen at least once (top-k) */
+    int used_first;           /* experts chosen at least once as top-1 */
+    int ok;                   /* used > threshold */
+    uint32_t *choices;        /* [n_experts] times chosen among the top-k */
+    double *weight;           /* [n_experts] router weight received */
+} coh_layer_usage;
+
+typedef struct {
+    char *domain;
+    int n_prompts;
+    int n_tokens;             /* tokens routed for this domain */
+    double *weight;           /* [n_moe_layers x n_experts] router weight */
+} coh_domain_usage;
+
+typedef struct {
+    char *criterion;          /* "source", "perplexity", "router" */
+    char *message;            /* lowercase, says what was measured */
+} coh_failure;
+
+typedef struct {
+    char *model_path;
+    int vocab, n_experts, top_k, n_moe_layers;
+    char *mask;               /* the mask of the whole run, or NULL */
+    /* (a) */
+    int source_checked;
+    char *source_path;
+    int source_prompts;       /* prompts compared */
+    int source_identical;     /* all logits bit for bit */
+    int source_first_prompt;  /* first differing prompt (index), or -1 */
+    int source_first_pos;     /* its first differing position, or -1 */
+    double source_max_diff;   /* largest |difference| of a logit */
+    /* (b) */
+    char *text_path;
+    int text_tokens;
+    double nll, ppl, max_ppl;
+    int ppl_ok;
+    /* ablation: reference perplexity with the router masked to 0-7 */
+    int ablation_run;         /* 0 when the model has <= 8 experts */
+    double ablation_nll, ablation_ppl;
+    /* (c) */
+    int router_threshold;     /* a layer must use more experts than this */
+    int routed_tokens;        /* tokens fed while running the prompt set */
+    int router_ok;
+    coh_layer_usage *layers;  /* [n_moe_layers] */
+    /* report */
+    GPtrArray *prompts;       /* coh_prompt_result* in file order */
+    GPtrArray *domains;       /* coh_domain_usage* in order of appearance */
+    int n_expected, n_matching;
+    GPtrArray *failures;      /* coh_failure*; empty when the gate passes */
+    double seconds;
+} coh_result;
+
+/* The default bound of (b) for a vocabulary of `vocab` tokens. */
+double coh_default_max_ppl(int vocab);
+
+/* The number of experts a layer of n_experts must exceed for (c). */
+int coh_router_threshold(int n_experts);
+
+/* The (at most) n experts of w[0..ne) with the most weight, heaviest
+ * first, into ids[] and their shares of the row's total into shares[];
+ * experts with no weight are left out. Returns how many. */
+int coh_top_experts(const double *w, int ne, int n, int *ids, double *shares);
+
+/* Runs the gate on the model at `path` (an extracted OUT or a checkpoint
+ * directory). Returns 0 with *out set (caller coh_result_free()s) when the
+ * gate ran, whatever its verdict: criteria that fail are listed in
+ * (*out)->failures. Returns -1 with *err set when it could not run:
+ * QM_ERR_IO when the model, text, prompt set or source cannot be read;
+ * QM_ERR_USAGE when the gate's own input is wrong (a malformed prompt set,
+ * text that is not UTF-8 or has fewer than 2 tokens, an invalid mask);
+ * the model's error (QM_ERR_FORMAT ...) when it cannot be loaded or an
+ * expert cannot be used during the forward pass. */
+int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err);
+
+void coh_result_free(coh_result *r);
+
+/* All of the result as one JSON object (caller cJSON_Delete()s). */
+cJSON *coh_result_to_json(const coh_result *r);
+
+/* The gate as a check of qmoe-verify: runs coh_run on t->out unless expert
+ * files are missing or the extraction is partial (the forward pass needs
+ * every expert; that is reported instead), and adds a VF_COHERENCE
+ * problem per failed criterion, phase "coherence", message
+ * "(b) perplexity: ...". A gate that cannot run is one problem: VF_IO for
+ * QM_ERR_IO and QM_ERR_USAGE (no verdict: exit 2), VF_COHERENCE for a
+ * model that does not load or run (exit 1). *out gets
+ * the result when the gate ran, else NULL. */
+void vf_check_coherence(vf_target *t, const coh_opts *o, vf_result *r,
+                        coh_result **out);
+
+#endif

@@ -1,0 +1,341 @@
+/* expert_store.c - see expert_store.h */
+#include "model/expert_store.h"
+#include "base/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define ALIGN 64
+
+typedef struct entry {
+    int layer, expert;          /* -1 when free */
+    uint8_t *buf;               /* EXPERT_IO_READ: owned copy */
+    uint64_t cap, used;         /* allocated and held bytes */
+    void *map[3];               /* EXPERT_IO_MAP: one mapping per tensor */
+    size_t map_len[3];
+    expert_mats mats;
+    struct entry *prev, *next;  /* LRU list: head is the most recent */
+} entry;
+
+struct expert_store {
+    ckpt *ck;
+    const layout *lt;
+    int n_layers, n_experts, hidden, inter;
+    uint64_t limit;
+    expert_io io;
+    size_t page;
+    entry **slot;               /* [n_layers * n_experts] -> entry or NULL */
+    uint8_t *used;              /* [n_layers * n_experts] ever asked for */
+    int *distinct;              /* [n_layers] */
+    entry *head, *tail;
+    expert_stats st;
+    int fd, fd_shard;           /* last shard opened, kept for the next read */
+    char name[512];
+};
+
+expert_store *expert_store_new(ckpt *ck, const layout *lt, int n_layers,
+                               int n_experts, int hidden, int inter,
+                               uint64_t cache_bytes, expert_io io, GError **err)
+{
+    if (n_layers <= 0 || n_experts <= 0 || hidden <= 0 || inter <= 0 ||
+        (int64_t)n_layers * n_experts > (1 << 24)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': cannot size an expert store for %d layers x %d experts",
+                    ck->dir, n_layers, n_experts);
+        return NULL;
+    }
+    expert_store *s = g_new0(expert_store, 1);
+    s->ck = ck;
+    s->lt = lt;
+    s->n_layers = n_layers;
+    s->n_experts = n_experts;
+    s->hidden = hidden;
+    s->inter = inter;
+    s->limit = cache_bytes;
+    s->io = io;
+    s->page = (size_t)sysconf(_SC_PAGESIZE);
+    s->st.cache_limit = cache_bytes;
+    s->slot = g_new0(entry *, (size_t)n_layers * n_experts);
+    s->used = g_new0(uint8_t, (size_t)n_layers * n_experts);
+    s->distinct = g_new0(int, n_layers);
+    s->fd = -1;
+    s->fd_shard = -1;
+    return s;
+}
+
+static void unmap_entry(entry *e)
+{
+    for (int k = 0; k < 3; k++) {
+        if (e->map[k])
+            munmap(e->map[k], e->map_len[k]);
+        e->map[k] = NULL;
+    }
+}
+
+static void free_entry(entry *e)
+{
+    if (e) {
+        unmap_entry(e);
+        g_free(e->buf);
+        g_free(e);
+    }
+}
+
+void expert_store_free(expert_store *s)
+{
+    if (!s)
+        return;
+    for (entry *e = s->head, *n; e; e = n) {
+        n = e->next;
+        free_entry(e);
+    }
+    if (s->fd >= 0)
+        close(s->fd);
+    g_free(s->slot);
+    g_free(s->used);
+    g_free(s->distinct);
+    g_free(s);
+}
+
+static void lru_unlink(expert_store *s, entry *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        s->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        s->tail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+static void lru_push(expert_store *s, entry *e)
+{
+    e->next = s->head;
+    e->prev = NULL;
+    if (s->head)
+        s->head->prev = e;
+    s->head = e;
+    if (!s->tail)
+        s->tail = e;
+}
+
+/* Drops the least recently used expert, keeping its entry for reuse. */
+static entry *evict_lru(expert_store *s)
+{
+    entry *e = s->tail;
+    lru_unlink(s, e);
+    s->slot[(size_t)e->layer * s->n_experts + e->expert] = NULL;
+    s->st.resident_bytes -= e->used;
+    s->st.resident--;
+    s->st.evictions++;
+    unmap_entry(e);
+    e->layer = e->expert = -1;
+    e->used = 0;
+    return e;
+}
+
+static int open_shard(expert_store *s, int shard, GError **err)
+{
+    const char *path = s->ck->shards[shard].path;
+    if (s->fd_shard != shard) {
+        if (s->fd >= 0)
+            close(s->fd);
+        s->fd_shard = -1;
+        s->fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (s->fd < 0)
+            return qm_set_errno(err, errno, "cannot open", path);
+        s->fd_shard = shard;
+    }
+    return 0;
+}
+
+/* Maps [off, off + len) of a shard; the mapping starts at the page below.
+ * Not MAP_POPULATE: that fills the page table one page at a time on this
+ * thread (get_user_pages), ~20 % of a decode step when every expert is a
+ * miss. Left to faults, the threads of the matrix product fill it in
+ * parallel, each fault mapping a batch of pages already in the page cache
+ * (fault-around): 43 -> 65 tokens/s on the benchmark. */
+static const uint8_t *map_at(expert_store *s, int shard, entry *e, int k, uint64_t len,
+                             uint64_t off, GError **err)
+{
+    if (open_shard(s, shard, err) != 0)
+        return NULL;
+    uint64_t base = off / s->page * s->page;
+    size_t n = (size_t)(len + (off - base));
+    void *p = mmap(NULL, n, PROT_READ, MAP_SHARED, s->fd, (off_t)base);
+    if (p == MAP_FAILED) {
+        qm_set_errno(err, errno, "cannot map", s->ck->shards[shard].path);
+        return NULL;
+    }
+    e->map[k] = p;
+    e->map_len[k] = n;
+    s->st.bytes_read += len;
+    return (const uint8_t *)p + (off - base);
+}
+
+static int read_at(expert_store *s, int shard, uint8_t *dst, uint64_t len,
+                   uint64_t off, GError **err)
+{
+    const char *path = s->ck->shards[shard].path;
+    if (open_shard(s, shard, err) != 0)
+        return -1;
+    while (len > 0) {
+        ssize_t n = pread(s->fd, dst, len > (1u << 30) ? (1u << 30) : len, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n == 0)
+                g_set_error(err, QM_ERROR, QM_ERR_IO,
+                            "cannot read '%s': file ends before offset %" G_GUINT64_FORMAT,
+                            path, off + len);
+            else
+                qm_set_errno(err, errno, "cannot read", path);
+            return -1;
+        }
+        dst += n;
+        off += (uint64_t)n;
+        len -= (uint64_t)n;
+        s->st.bytes_read += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Locates the three tensors of (layer, expert) and reads them into e. */
+static int load(expert_store *s, entry *e, int layer, int expert, GError **err)
+{
+    const st_tensor *t[3];
+    int shard[3];
+    uint64_t off[3], need = 0;
+    for (int k = 0; k < 3; k++) {
+        snprintf(s->name, sizeof s->name, "%slayers.%d.%s%d.%s.weight", s->lt->root,
+                 layer, s->lt->experts, expert, s->lt->proj[k]);
+        t[k] = ckpt_tensor(s->ck, s->name, 0, NULL, err);
+        if (!t[k])
+            return -1;
+        shard[k] = ckpt_shard_index(s->ck, s->name);
+        int rows = k == LT_DOWN ? s->hidden : s->inter;
+        int cols = k == LT_DOWN ? s->inter : s->hidden;
+        qm_mat *m = k == LT_GATE ? &e->mats.gate : k == LT_UP ? &e->mats.up : &e->mats.down;
+        char label[1100];
+        snprintf(label, sizeof label, "'%s'", s->ck->shards[shard[k]].path);
+        if (qm_mat_view(m, t[k], NULL, rows, cols, label, err) != 0)
+            return -1;
+        off[k] = need;
+        need += (t[k]->end - t[k]->begin + ALIGN - 1) / ALIGN * ALIGN;
+    }
+    /* Sizes and offsets come from headers the checkpoint has checked
+     * against the file size. */
+    const uint8_t *data[3];
+    if (s->io == EXPERT_IO_MAP) {
+        need = 0;
+        for (int k = 0; k < 3; k++) {
+            const st_file *st = s->ck->shards[shard[k]].st;
+            uint64_t len = t[k]->end - t[k]->begin;
+            if (!(data[k] = map_at(s, shard[k], e, k, len, st->data_start + t[k]->begin, err)))
+                return -1;
+            need += len;
+        }
+    } else {
+        if (e->cap < need) {
+            g_free(e->buf);
+            e->buf = g_malloc(need);
+            e->cap = need;
+        }
+        for (int k = 0; k < 3; k++) {
+            const st_file *st = s->ck->shards[shard[k]].st;
+            if (read_at(s, shard[k], e->buf + off[k], t[k]->end - t[k]->begin,
+                        st->data_start + t[k]->begin, err) != 0)
+                return -1;
+            data[k] = e->buf + off[k];
+        }
+    }
+    e->mats.gate.data = data[0];
+    e->mats.up.data = data[1];
+    e->mats.down.data = data[2];
+    e->used = need;
+    return 0;
+}
+
+const expert_mats *expert_store_get(expert_store *s, int layer, int expert,
+                                    GError **err)
+{
+    if (layer < 0 || layer >= s->n_layers || expert < 0 || expert >= s->n_experts) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "no expert (layer %d, expert %d): the model has %d layers x %d "
+                    "experts", layer, expert, s->n_layers, s->n_experts);
+        return NULL;
+    }
+    size_t i = (size_t)layer * s->n_experts + expert;
+    if (!s->used[i]) {
+        s->used[i] = 1;
+        s->distinct[layer]++;
+    }
+    entry *e = s->slot[i];
+    if (e) {
+        s->st.hits++;
+        lru_unlink(s, e);
+        lru_push(s, e);
+        return &e->mats;
+    }
+    s->st.misses++;
+    /* Make room: evict until the expert fits (sized by the last one read:
+     * all experts of a model have the same shape), keeping one at least. */
+    uint64_t expect = s->head ? s->head->used : 0;
+    e = NULL;
+    while (s->head && s->st.resident_bytes + expect > s->limit) {
+        entry *old = evict_lru(s);
+        free_entry(e);
+        e = old;
+    }
+    if (!e)
+        e = g_new0(entry, 1);
+    GError *why = NULL;
+    if (load(s, e, layer, expert, &why) != 0) {
+        g_set_error(err, QM_ERROR, why->domain == QM_ERROR ? why->code : QM_ERR_IO,
+                    "cannot load expert (layer %d, expert %d): %s", layer, expert,
+                    why->message);
+        g_error_free(why);
+        free_entry(e);
+        return NULL;
+    }
+    e->layer = layer;
+    e->expert = expert;
+    s->slot[i] = e;
+    lru_push(s, e);
+    s->st.resident++;
+    s->st.resident_bytes += e->used;
+    if (s->st.resident_bytes > s->st.peak_bytes)
+        s->st.peak_bytes = s->st.resident_bytes;
+    return &e->mats;
+}
+
+int expert_store_holds(const expert_store *s, int n)
+{
+    /* Asking for one evicts least recently used ones only until it fits:
+     * when n fit, none of the n - 1 asked for just before is the least
+     * recently used one while room is still missing. */
+    return s->head && n >= 1 && (uint64_t)n * s->head->used <= s->limit;
+}
+
+void expert_store_stats(const expert_store *s, expert_stats *out)
+{
+    *out = s->st;
+}
+
+int expert_store_distinct(const expert_store *s, int layer)
+{
+    return layer >= 0 && layer < s->n_layers ? s->distinct[layer] : 0;
+}
+
+int expert_store_used(const expert_store *s, int layer, int expert)
+{
+    if (layer < 0 || layer >= s->n_layers || expert < 0 || expert >= s->n_experts)
+        return 0;
+    return s->used[(size_t)layer * s->n_experts + expert];
+}

@@ -1,0 +1,58 @@
+/* matvec.h - matrix-vector products over weights stored as bf16, f16 or f32.
+ *
+ * Weights stay in their on-disk dtype (mapped or read into the expert
+ * cache) and are widened to float32 inside the dot product, so each byte of
+ * weight is read once per token; all arithmetic is float32. A product is
+ * split over a team's threads by output rows.
+ */
+#ifndef QMOE_MATVEC_H
+#define QMOE_MATVEC_H
+
+#include <glib.h>
+#include <stdint.h>
+
+#include "format/safetensors.h"
+#include "model/team.h"
+
+/* A row-major [rows, cols] matrix view; data is not owned. */
+typedef struct {
+    const uint8_t *data;
+    st_dtype dtype;   /* ST_BF16, ST_F16 or ST_F32 */
+    int rows, cols;
+} qm_mat;
+
+/* 1 if dtype is one the forward pass computes with. */
+int qm_mat_dtype_ok(st_dtype dtype);
+
+/* Bytes of a rows x cols matrix of dtype. */
+uint64_t qm_mat_bytes(st_dtype dtype, int rows, int cols);
+
+/* Makes a view of a tensor after checking its dtype (bf16/f16/f32) and
+ * shape ([rows, cols], or [rows] when cols == 0). `label` names it in the
+ * error ("'x.safetensors': tensor 'model.norm.weight' ..."). */
+int qm_mat_view(qm_mat *m, const st_tensor *t, const uint8_t *data, int rows,
+                int cols, const char *label, GError **err);
+
+/* Converts row r to float32 into out[cols]. */
+void qm_mat_row(const qm_mat *m, int r, float *out);
+
+/* out[r] = sum_c m[r][c] * x[c] for r in [r0, r1). */
+void qm_matvec_rows(float *out, const qm_mat *m, const float *x, int r0, int r1);
+
+/* Several products of the same input vector in one parallel pass (q, k and
+ * v; gate and up): out[j] = mats[j] x for j < n (n <= 4); rows of all
+ * matrices are split evenly over the threads. */
+void qm_matvec_multi(team *t, int n, float *const *out, const qm_mat *const *mats,
+                     const float *x);
+
+/* Products of different inputs in one parallel pass (the experts a token
+ * chose): out[j] = mats[j] xs[j] for j < n; rows of all matrices are split
+ * evenly over the threads. One wake-up of the team for all of them: a
+ * small matrix takes less time than waking the threads. */
+void qm_matvec_batch(team *t, int n, float *const *out, const qm_mat *const *mats,
+                     const float *const *xs);
+
+/* out = m x, parallel over rows. */
+void qm_matvec(team *t, float *out, const qm_mat *m, const float *x);
+
+#endif

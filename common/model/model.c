@@ -1,0 +1,833 @@
+/* model.c - see model.h */
+#include "model/model.h"
+#include "model/matvec.h"
+#include "model/team.h"
+#include "base/util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+    qm_mat q, k, v, o;            /* [H*hd, hidden] x3 (k, v: [KV*hd, hidden]), [hidden, H*hd] */
+    float *q_norm, *k_norm;       /* (head_dim) */
+    float *in_norm, *post_norm;   /* (hidden) */
+    qm_mat router;                /* [n_experts, hidden] (MoE layers) */
+    qm_mat gate, up, down;        /* dense MLP (other layers) */
+} layer_w;
+
+struct model {
+    ckpt *ck;
+    const layout *lt;
+    lt_shape shape;
+    model_config c;
+    qm_mat embed;                 /* [vocab, hidden] */
+    qm_mat lm_head;               /* [vocab, hidden] */
+    float *final_norm;            /* (hidden) */
+    layer_w *layers;              /* [n_layers] */
+    expert_store *store;
+    team *team;
+    uint8_t *allow;               /* (n_experts) router mask, NULL = all */
+    model_router_fn router_fn;
+    void *router_user;
+    int pos;                      /* next position */
+    uint64_t step_bytes;
+    /* run state, made once */
+    float *x;                     /* (hidden) residual stream */
+    float *xb;                    /* (hidden) normalised input of a block */
+    float *xb2;                   /* (hidden) output of a block */
+    float *q;                     /* (n_heads, head_dim) */
+    float *att;                   /* (n_heads, max_seq) attention weights */
+    float *att_out;               /* (n_heads, head_dim) */
+    float *kcache, *vcache;       /* (n_layers, max_seq, n_kv_heads * head_dim) */
+    float *inv_freq;              /* (head_dim / 2) */
+    float *rope_cos, *rope_sin;   /* (head_dim / 2) at the current position */
+    float *rlogits;               /* (n_experts) router logits, then probabilities */
+    int *top;                     /* (top_k) chosen experts, descending probability */
+    float *topw;                  /* (top_k) their weights */
+    int *order;                   /* (top_k) indices into top, ascending expert id */
+    float *hb, *hb2;              /* (max(moe_inter, dense_inter)) */
+    /* All chosen experts of a layer at once (moe_batched). */
+    float *ehb, *ehb2;            /* (top_k, moe_inter) */
+    float *eout;                  /* (top_k, hidden) */
+    float **bout;                 /* (2 * top_k) output pointers of a batch */
+    const float **bx;             /* (2 * top_k) input pointers */
+    const qm_mat **bmat;          /* (2 * top_k) gate, up of each expert */
+    const qm_mat **bdown;         /* (top_k) */
+    float *moe;                   /* (hidden) weighted sum of expert outputs */
+    float *logits;                /* (vocab) for model_generate */
+    char name[512];
+};
+
+/* ---- config ---- */
+
+static int cfg_int(const model *m, const cJSON *tc, const char *key, int64_t lo,
+                   int64_t hi, int dflt, int *out, GError **err)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(tc, key);
+    int64_t v;
+    if (!j || cJSON_IsNull(j)) {
+        if (dflt >= 0) {
+            *out = dflt;
+            return 0;
+        }
+    } else if (qm_json_int(tc, key, lo, hi, &v) == 0) {
+        *out = (int)v;
+        return 0;
+    }
+    g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                "'%s/config.json': %s text config key '%s' (need an integer in "
+                "[%" G_GINT64_FORMAT ", %" G_GINT64_FORMAT "])", m->ck->dir,
+                j ? "invalid" : "missing", key, lo, hi);
+    return -1;
+}
+
+static int cfg_num(const model *m, const cJSON *tc, const char *key, double dflt,
+                   double *out, GError **err)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(tc, key);
+    if (!j || cJSON_IsNull(j)) {
+        if (!isnan(dflt)) {
+            *out = dflt;
+            return 0;
+        }
+    } else if (cJSON_IsNumber(j) && j->valuedouble > 0 && isfinite(j->valuedouble)) {
+        *out = j->valuedouble;
+        return 0;
+    }
+    g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                "'%s/config.json': %s text config key '%s' (need a positive number)",
+                m->ck->dir, j ? "invalid" : "missing", key);
+    return -1;
+}
+
+/* true/false from the text config, else the top level, else dflt. */
+static int cfg_bool(const model *m, const cJSON *tc, const char *key, int dflt)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(tc, key);
+    if (!cJSON_IsBool(j))
+        j = cJSON_GetObjectItemCaseSensitive(m->ck->config, key);
+    return cJSON_IsBool(j) ? cJSON_IsTrue(j) : dflt;
+}
+
+static int read_config(model *m, GError **err)
+{
+    model_config *c = &m->c;
+    const cJSON *tc = ckpt_text_config(m->ck);
+    if (!tc) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': the forward pass needs config.json", m->ck->dir);
+        return -1;
+    }
+    const int big = 1 << 24;
+    if (cfg_int(m, tc, "vocab_size", 1, big, -1, &c->vocab, err) ||
+        cfg_int(m, tc, "hidden_size", 1, 1 << 16, -1, &c->hidden, err) ||
+        cfg_int(m, tc, "num_hidden_layers", 1, 4096, -1, &c->n_layers, err) ||
+        cfg_int(m, tc, "num_attention_heads", 1, 4096, -1, &c->n_heads, err) ||
+        cfg_int(m, tc, "num_key_value_heads", 1, 4096, c->n_heads, &c->n_kv_heads, err) ||
+        cfg_int(m, tc, "head_dim", 2, 1 << 14, c->hidden / c->n_heads, &c->head_dim, err))
+        return -1;
+    if (m->shape.n_moe_layers > 0 &&
+        (cfg_int(m, tc, m->lt->count_keys, 1, 1 << 16, -1, &c->n_experts, err) ||
+         cfg_int(m, tc, "num_experts_per_tok", 1, c->n_experts, -1, &c->top_k, err) ||
+         cfg_int(m, tc, m->lt->inter_key, 1, big, -1, &c->moe_inter, err)))
+        return -1;
+    if (m->shape.n_moe_layers < c->n_layers &&
+        cfg_int(m, tc, "intermediate_size", 1, big, -1, &c->dense_inter, err))
+        return -1;
+    int max_pos = 4096;
+    if (cfg_int(m, tc, "max_position_embeddings", 1, INT32_MAX, 4096, &max_pos, err))
+        return -1;
+    double eps, theta;
+    if (cfg_num(m, tc, "rms_norm_eps", 1e-6, &eps, err) ||
+        cfg_num(m, tc, "rope_theta", 10000.0, &theta, err))
+        return -1;
+    c->eps = (float)eps;
+    c->rope_theta = (float)theta;
+    c->norm_topk = cfg_bool(m, tc, "norm_topk_prob", m->lt->norm_topk_default);
+    c->tie_embeddings = cfg_bool(m, tc, "tie_word_embeddings", 0);
+    c->is_moe = m->shape.is_moe;
+    if (c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s/config.json': %d attention heads cannot share %d key-value "
+                    "heads of dimension %d", m->ck->dir, c->n_heads, c->n_kv_heads,
+                    c->head_dim);
+        return -1;
+    }
+    if (cfg_bool(m, tc, "attention_bias", 0)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s/config.json': attention_bias is not supported", m->ck->dir);
+        return -1;
+    }
+    /* The Omni text config carries M-RoPE (mrope_section) with rope_type
+     * "default": see rope() for why 1-D RoPE is exact for text. Scaled
+     * variants (yarn, linear, dynamic) change the frequencies: refuse. */
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(tc, "rope_scaling");
+    if (cJSON_IsObject(rs)) {
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+        if (!cJSON_IsString(ty))
+            ty = cJSON_GetObjectItemCaseSensitive(rs, "type");
+        if (cJSON_IsString(ty) && strcmp(ty->valuestring, "default") != 0 &&
+            strcmp(ty->valuestring, "mrope") != 0) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "'%s/config.json': rope_scaling type '%s' is not supported",
+                        m->ck->dir, ty->valuestring);
+            return -1;
+        }
+    }
+    if (c->max_seq <= 0)
+        c->max_seq = max_pos < 4096 ? max_pos : 4096;
+    return 0;
+}
+
+/* ---- weights ---- */
+
+static int get_mat(model *m, const char *name, int rows, int cols, qm_mat *out,
+                   GError **err)
+{
+    const uint8_t *data;
+    const st_tensor *t = ckpt_tensor(m->ck, name, 1, &data, err);
+    if (!t)
+        return -1;
+    char label[1100];
+    snprintf(label, sizeof label, "'%s'", m->ck->shards[ckpt_shard_index(m->ck, name)].path);
+    return qm_mat_view(out, t, data, rows, cols, label, err);
+}
+
+/* A norm weight as float32, owned by the model. */
+static float *get_vec(model *m, const char *name, int n, GError **err)
+{
+    qm_mat v;
+    if (get_mat(m, name, n, 0, &v, err) != 0)
+        return NULL;
+    float *out = g_new(float, n);
+    /* a [n] vector is n rows of one column */
+    for (int i = 0; i < n; i++)
+        qm_mat_row(&v, i, out + i);
+    return out;
+}
+
+static const char *lname(model *m, int l, const char *suffix)
+{
+    snprintf(m->name, sizeof m->name, "%slayers.%d.%s", m->lt->root, l, suffix);
+    return m->name;
+}
+
+static int load_weights(model *m, GError **err)
+{
+    const model_config *c = &m->c;
+    int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    snprintf(m->name, sizeof m->name, "%sembed_tokens.weight", m->lt->root);
+    if (get_mat(m, m->name, c->vocab, c->hidden, &m->embed, err))
+        return -1;
+    if (c->tie_embeddings) {
+        m->lm_head = m->embed;
+    } else {
+        snprintf(m->name, sizeof m->name, "%sweight", m->lt->lm_head);
+        if (get_mat(m, m->name, c->vocab, c->hidden, &m->lm_head, err))
+            return -1;
+    }
+    snprintf(m->name, sizeof m->name, "%snorm.weight", m->lt->root);
+    if (!(m->final_norm = get_vec(m, m->name, c->hidden, err)))
+        return -1;
+    m->layers = g_new0(layer_w, c->n_layers);
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_w *w = &m->layers[l];
+        if (get_mat(m, lname(m, l, "self_attn.q_proj.weight"), qd, c->hidden, &w->q, err) ||
+            get_mat(m, lname(m, l, "self_attn.k_proj.weight"), kvd, c->hidden, &w->k, err) ||
+            get_mat(m, lname(m, l, "self_attn.v_proj.weight"), kvd, c->hidden, &w->v, err) ||
+            get_mat(m, lname(m, l, "self_attn.o_proj.weight"), c->hidden, qd, &w->o, err) ||
+            !(w->q_norm = get_vec(m, lname(m, l, "self_attn.q_norm.weight"), c->head_dim, err)) ||
+            !(w->k_norm = get_vec(m, lname(m, l, "self_attn.k_norm.weight"), c->head_dim, err)) ||
+            !(w->in_norm = get_vec(m, lname(m, l, "input_layernorm.weight"), c->hidden, err)) ||
+            !(w->post_norm = get_vec(m, lname(m, l, "post_attention_layernorm.weight"),
+                                     c->hidden, err)))
+            return -1;
+        if (c->is_moe[l]) {
+            if (get_mat(m, lname(m, l, "mlp.gate.weight"), c->n_experts, c->hidden,
+                        &w->router, err))
+                return -1;
+        } else if (get_mat(m, lname(m, l, "mlp.gate_proj.weight"), c->dense_inter,
+                           c->hidden, &w->gate, err) ||
+                   get_mat(m, lname(m, l, "mlp.up_proj.weight"), c->dense_inter,
+                           c->hidden, &w->up, err) ||
+                   get_mat(m, lname(m, l, "mlp.down_proj.weight"), c->hidden,
+                           c->dense_inter, &w->down, err)) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- load / free ---- */
+
+model *model_load(const char *path, const model_opts *o, GError **err)
+{
+    model_opts dflt = {0};
+    if (!o)
+        o = &dflt;
+    model *m = g_new0(model, 1);
+    if (!(m->ck = ckpt_open(path, err)) || !(m->lt = layout_detect(m->ck, err)))
+        goto fail;
+    if (m->lt->fused || (strcmp(m->lt->name, "qwen3_moe") != 0 &&
+                         strcmp(m->lt->name, "qwen3_omni_moe") != 0)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': the forward pass supports the qwen3_moe and qwen3_omni_moe "
+                    "layouts, not %s", path, m->lt->name);
+        goto fail;
+    }
+    if (layout_shape(m->lt, m->ck, &m->shape, err) != 0)
+        goto fail;
+    m->c.max_seq = o->max_seq;
+    if (read_config(m, err) != 0 || load_weights(m, err) != 0)
+        goto fail;
+    model_config *c = &m->c;
+    if (m->shape.n_moe_layers > 0 &&
+        !(m->store = expert_store_new(m->ck, m->lt, c->n_layers, c->n_experts, c->hidden,
+                                      c->moe_inter,
+                                      o->cache_bytes ? o->cache_bytes : (4ull << 30),
+                                      o->expert_io, err)))
+        goto fail;
+    if (!(m->team = team_new(o->n_threads > 0 ? o->n_threads : 1, err)))
+        goto fail;
+    size_t kvd = (size_t)c->n_kv_heads * c->head_dim, qd = (size_t)c->n_heads * c->head_dim;
+    size_t inter = (size_t)MAX(c->moe_inter, c->dense_inter);
+    size_t cache = (size_t)c->n_layers * c->max_seq * kvd;
+    m->x = g_new0(float, c->hidden);
+    m->xb = g_new0(float, c->hidden);
+    m->xb2 = g_new0(float, c->hidden);
+    m->moe = g_new0(float, c->hidden);
+    m->q = g_new0(float, qd);
+    m->att_out = g_new0(float, qd);
+    m->att = g_new0(float, (size_t)c->n_heads * c->max_seq);
+    m->kcache = g_try_new0(float, cache);
+    m->vcache = g_try_new0(float, cache);
+    if (!m->kcache || !m->vcache) {
+        g_set_error(err, QM_ERROR, QM_ERR_NOSPACE,
+                    "cannot allocate a KV cache of %d tokens (%zu MB)", c->max_seq,
+                    cache * 8 >> 20);
+        goto fail;
+    }
+    m->inv_freq = g_new0(float, c->head_dim / 2);
+    m->rope_cos = g_new0(float, c->head_dim / 2);
+    m->rope_sin = g_new0(float, c->head_dim / 2);
+    /* As Hugging Face computes it, in float32: base ** (2i / dim). */
+    for (int i = 0; i < c->head_dim / 2; i++)
+        m->inv_freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
+    m->rlogits = g_new0(float, MAX(c->n_experts, 1));
+    m->top = g_new0(int, MAX(c->top_k, 1));
+    m->topw = g_new0(float, MAX(c->top_k, 1));
+    m->order = g_new0(int, MAX(c->top_k, 1));
+    m->hb = g_new0(float, inter);
+    m->hb2 = g_new0(float, inter);
+    size_t k = (size_t)MAX(c->top_k, 1);
+    m->ehb = g_new0(float, k * c->moe_inter);
+    m->ehb2 = g_new0(float, k * c->moe_inter);
+    m->eout = g_new0(float, k * c->hidden);
+    m->bout = g_new0(float *, 2 * k);
+    m->bx = g_new0(const float *, 2 * k);
+    m->bmat = g_new0(const qm_mat *, 2 * k);
+    m->bdown = g_new0(const qm_mat *, k);
+    m->logits = g_new0(float, c->vocab);
+    return m;
+fail:
+    model_free(m);
+    return NULL;
+}
+
+void model_free(model *m)
+{
+    if (!m)
+        return;
+    if (m->layers)
+        for (int l = 0; l < m->c.n_layers; l++) {
+            g_free(m->layers[l].q_norm);
+            g_free(m->layers[l].k_norm);
+            g_free(m->layers[l].in_norm);
+            g_free(m->layers[l].post_norm);
+        }
+    g_free(m->layers);
+    g_free(m->final_norm);
+    expert_store_free(m->store);
+    team_free(m->team);
+    g_free(m->allow);
+    g_free(m->x);
+    g_free(m->xb);
+    g_free(m->xb2);
+    g_free(m->moe);
+    g_free(m->q);
+    g_free(m->att_out);
+    g_free(m->att);
+    g_free(m->kcache);
+    g_free(m->vcache);
+    g_free(m->inv_freq);
+    g_free(m->rope_cos);
+    g_free(m->rope_sin);
+    g_free(m->rlogits);
+    g_free(m->top);
+    g_free(m->topw);
+    g_free(m->order);
+    g_free(m->hb);
+    g_free(m->hb2);
+    g_free(m->ehb);
+    g_free(m->ehb2);
+    g_free(m->eout);
+    g_free(m->bout);
+    g_free(m->bx);
+    g_free(m->bmat);
+    g_free(m->bdown);
+    g_free(m->logits);
+    layout_shape_free(&m->shape);
+    ckpt_close(m->ck);
+    g_free(m);
+}
+
+const model_config *model_get_config(const model *m) { return &m->c; }
+const layout *model_layout(const model *m) { return m->lt; }
+ckpt *model_checkpoint(model *m) { return m->ck; }
+expert_store *model_experts(model *m) { return m->store; }
+int model_pos(const model *m) { return m->pos; }
+void model_reset(model *m) { m->pos = 0; }
+uint64_t model_step_weight_bytes(const model *m) { return m->step_bytes; }
+
+int model_set_mask(model *m, const uint8_t *allow, GError **err)
+{
+    if (!allow) {
+        g_free(m->allow);
+        m->allow = NULL;
+        return 0;
+    }
+    int n = 0;
+    for (int e = 0; e < m->c.n_experts; e++)
+        n += allow[e] != 0;
+    if (n < m->c.top_k) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "the router mask allows %d experts, fewer than the %d each token "
+                    "needs", n, m->c.top_k);
+        return -1;
+    }
+    if (!m->allow)
+        m->allow = g_new0(uint8_t, m->c.n_experts);
+    for (int e = 0; e < m->c.n_experts; e++)
+        m->allow[e] = allow[e] != 0;
+    return 0;
+}
+
+void model_set_router_log(model *m, model_router_fn fn, void *user)
+{
+    m->router_fn = fn;
+    m->router_user = user;
+}
+
+/* ---- the forward pass ---- */
+
+/* The sum is kept in double, which only removes noise. */
+void model_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float scale = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++)
+        out[i] = w[i] * (x[i] * scale);
+}
+
+/* Rotate-half RoPE on one head: pairs (i, i + d/2).
+ *
+ * Qwen3-Omni uses interleaved M-RoPE: the frequency slots are split into
+ * temporal/height/width sections (mrope_section [24, 20, 20] in the real
+ * model), each rotated by its own position id. For text every token has
+ * the same id on all three axes, so each slot sees the same angle
+ * pos * inv_freq[i] as 1-D RoPE: the two are identical, and this is the
+ * only form implemented. */
+static void rope(float *v, const float *cs, const float *sn, int d)
+{
+    int h = d / 2;
+    for (int i = 0; i < h; i++) {
+        float a = v[i], b = v[i + h];
+        v[i] = a * cs[i] - b * sn[i];
+        v[i + h] = b * cs[i] + a * sn[i];
+    }
+}
+
+typedef struct {
+    model *m;
+    int layer;
+} att_job;
+
+/* Causal attention of the current token, heads split over threads. */
+static void attention_part(void *arg, int i, int n)
+{
+    const att_job *j = arg;
+    model *m = j->m;
+    const model_config *c = &m->c;
+    int hd = c->head_dim, kvd = c->n_kv_heads * hd, group = c->n_heads / c->n_kv_heads;
+    int T = m->pos + 1;
+    float scale = 1.0f / sqrtf((float)hd);
+    const float *kc = m->kcache + (size_t)j->layer * c->max_seq * kvd;
+    const float *vc = m->vcache + (size_t)j->layer * c->max_seq * kvd;
+    for (int h = c->n_heads * i / n; h < c->n_heads * (i + 1) / n; h++) {
+        const float *q = m->q + (size_t)h * hd;
+        float *att = m->att + (size_t)h * c->max_seq;
+        int kvh = h / group; /* query heads h*group..: share key-value head h/group */
+        float mx = -INFINITY;
+        for (int t = 0; t < T; t++) {
+            const float *k = kc + (size_t)t * kvd + (size_t)kvh * hd;
+            float s = 0;
+            for (int d = 0; d < hd; d++)
+                s += q[d] * k[d];
+            att[t] = s * scale;
+            mx = att[t] > mx ? att[t] : mx;
+        }
+        float sum = 0;
+        for (int t = 0; t < T; t++) {
+            att[t] = expf(att[t] - mx);
+            sum += att[t];
+        }
+        float *o = m->att_out + (size_t)h * hd;
+        memset(o, 0, sizeof(float) * hd);
+        for (int t = 0; t < T; t++) {
+            const float *v = vc + (size_t)t * kvd + (size_t)kvh * hd;
+            float a = att[t] / sum;
+            for (int d = 0; d < hd; d++)
+                o[d] += a * v[d];
+        }
+    }
+}
+
+static inline float silu(float x)
+{
+    return x / (1.0f + expf(-x));
+}
+
+/* down(silu(gate(x)) * up(x)) into out. */
+static void swiglu(model *m, const qm_mat *gate, const qm_mat *up, const qm_mat *down,
+                   float *out)
+{
+    float *o2[2] = {m->hb, m->hb2};
+    const qm_mat *w2[2] = {gate, up};
+    qm_matvec_multi(m->team, 2, o2, w2, m->xb);
+    for (int i = 0; i < gate->rows; i++)
+        m->hb[i] = silu(m->hb[i]) * m->hb2[i];
+    qm_matvec(m->team, out, down, m->hb);
+    m->step_bytes += qm_mat_bytes(gate->dtype, gate->rows, gate->cols) +
+                     qm_mat_bytes(up->dtype, up->rows, up->cols) +
+                     qm_mat_bytes(down->dtype, down->rows, down->cols);
+}
+
+/* Router: softmax over the (allowed) experts in float32, top-k in
+ * descending probability (lowest id first on ties), renormalised when
+ * norm_topk_prob. */
+static void route(model *m, int l)
+{
+    const model_config *c = &m->c;
+    float *p = m->rlogits;
+    qm_matvec(m->team, p, &m->layers[l].router, m->xb);
+    m->step_bytes += qm_mat_bytes(m->layers[l].router.dtype, c->n_experts, c->hidden);
+    float mx = -INFINITY;
+    for (int e = 0; e < c->n_experts; e++) {
+        if (m->allow && !m->allow[e])
+            p[e] = -INFINITY;
+        mx = p[e] > mx ? p[e] : mx;
+    }
+    float sum = 0;
+    for (int e = 0; e < c->n_experts; e++) {
+        p[e] = p[e] == -INFINITY ? 0.0f : expf(p[e] - mx);
+        sum += p[e];
+    }
+    for (int e = 0; e < c->n_experts; e++)
+        p[e] /= sum;
+    float wsum = 0;
+    for (int k = 0; k < c->top_k; k++) {
+        int best = -1;
+        for (int e = 0; e < c->n_experts; e++) {
+            if (m->allow && !m->allow[e])
+                continue;
+            int taken = 0;
+            for (int j = 0; j < k; j++)
+                taken |= m->top[j] == e;
+            if (!taken && (best < 0 || p[e] > p[best]))
+                best = e;
+        }
+        m->top[k] = best;
+        m->topw[k] = p[best];
+        wsum += p[best];
+    }
+    if (c->norm_topk)
+        for (int k = 0; k < c->top_k; k++)
+            m->topw[k] /= wsum;
+}
+
+/* The chosen experts of layer l, in m->order, computed together: gate and
+ * up of all of them in one parallel pass, down of all in a second, so the
+ * team wakes twice per layer instead of twice per expert. The same float
+ * operations in the same order as one expert at a time (swiglu): the
+ * logits are bit-identical. Needs all top_k experts held at once. */
+static int moe_batched(model *m, int l, GError **err)
+{
+    const model_config *c = &m->c;
+    int n = c->top_k, inter = c->moe_inter;
+    for (int k = 0; k < n; k++) {
+        const expert_mats *em = expert_store_get(m->store, l, m->top[m->order[k]], err);
+        if (!em)
+            return -1;
+        m->bmat[2 * k] = &em->gate;
+        m->bmat[2 * k + 1] = &em->up;
+        m->bdown[k] = &em->down;
+        m->bout[2 * k] = m->ehb + (size_t)k * inter;
+        m->bout[2 * k + 1] = m->ehb2 + (size_t)k * inter;
+        m->bx[2 * k] = m->bx[2 * k + 1] = m->xb;
+        m->step_bytes += qm_mat_bytes(em->gate.dtype, em->gate.rows, em->gate.cols) +
+                         qm_mat_bytes(em->up.dtype, em->up.rows, em->up.cols) +
+                         qm_mat_bytes(em->down.dtype, em->down.rows, em->down.cols);
+    }
+    qm_matvec_batch(m->team, 2 * n, m->bout, m->bmat, m->bx);
+    for (size_t i = 0; i < (size_t)n * inter; i++)
+        m->ehb[i] = silu(m->ehb[i]) * m->ehb2[i];
+    for (int k = 0; k < n; k++) {
+        m->bout[k] = m->eout + (size_t)k * c->hidden;
+        m->bx[k] = m->ehb + (size_t)k * inter;
+    }
+    qm_matvec_batch(m->team, n, m->bout, m->bdown, m->bx);
+    memset(m->moe, 0, sizeof(float) * c->hidden);
+    for (int k = 0; k < n; k++) {
+        float w = m->topw[m->order[k]];
+        const float *o = m->eout + (size_t)k * c->hidden;
+        for (int d = 0; d < c->hidden; d++)
+            m->moe[d] += w * o[d];
+    }
+    return 0;
+}
+
+static int moe(model *m, int l, int token, GError **err)
+{
+    const model_config *c = &m->c;
+    route(m, l);
+    if (m->router_fn)
+        m->router_fn(m->router_user, m->pos, token, l, c->top_k, m->top, m->topw);
+    /* Sum in ascending expert id, the order Hugging Face's loop adds in. */
+    for (int k = 0; k < c->top_k; k++) {
+        int j = k;
+        while (j > 0 && m->top[m->order[j - 1]] > m->top[k]) {
+            m->order[j] = m->order[j - 1];
+            j--;
+        }
+        m->order[j] = k;
+    }
+    if (expert_store_holds(m->store, c->top_k)) {
+        if (moe_batched(m, l, err) != 0)
+            return -1;
+        for (int d = 0; d < c->hidden; d++)
+            m->x[d] += m->moe[d];
+        return 0;
+    }
+    memset(m->moe, 0, sizeof(float) * c->hidden);
+    for (int k = 0; k < c->top_k; k++) {
+        int i = m->order[k];
+        const expert_mats *em = expert_store_get(m->store, l, m->top[i], err);
+        if (!em)
+            return -1;
+        swiglu(m, &em->gate, &em->up, &em->down, m->xb2);
+        for (int d = 0; d < c->hidden; d++)
+            m->moe[d] += m->topw[i] * m->xb2[d];
+    }
+    for (int d = 0; d < c->hidden; d++)
+        m->x[d] += m->moe[d];
+    return 0;
+}
+
+int model_step(model *m, int token, float *logits, GError **err)
+{
+    const model_config *c = &m->c;
+    if (token < 0 || token >= c->vocab) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "token id %d is outside the vocabulary [0, %d)", token, c->vocab);
+        return -1;
+    }
+    if (m->pos >= c->max_seq) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "the sequence is longer than the context of %d tokens", c->max_seq);
+        return -1;
+    }
+    int hd = c->head_dim, kvd = c->n_kv_heads * hd;
+    m->step_bytes = qm_mat_bytes(m->embed.dtype, 1, c->hidden);
+    qm_mat_row(&m->embed, token, m->x);
+    for (int i = 0; i < hd / 2; i++) {
+        float f = (float)m->pos * m->inv_freq[i];
+        m->rope_cos[i] = cosf(f);
+        m->rope_sin[i] = sinf(f);
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_w *w = &m->layers[l];
+        size_t at = ((size_t)l * c->max_seq + m->pos) * kvd;
+        float *k = m->kcache + at, *v = m->vcache + at;
+        model_rmsnorm(m->xb, m->x, w->in_norm, c->hidden, c->eps);
+        float *o3[3] = {m->q, k, v};
+        const qm_mat *w3[3] = {&w->q, &w->k, &w->v};
+        qm_matvec_multi(m->team, 3, o3, w3, m->xb);
+        for (int h = 0; h < c->n_heads; h++) {
+            float *qh = m->q + (size_t)h * hd;
+            model_rmsnorm(qh, qh, w->q_norm, hd, c->eps);
+            rope(qh, m->rope_cos, m->rope_sin, hd);
+        }
+        for (int h = 0; h < c->n_kv_heads; h++) {
+            float *kh = k + (size_t)h * hd;
+            model_rmsnorm(kh, kh, w->k_norm, hd, c->eps);
+            rope(kh, m->rope_cos, m->rope_sin, hd);
+        }
+        att_job aj = {m, l};
+        if (c->n_heads > 1 && m->pos >= 64)
+            team_run(m->team, attention_part, &aj);
+        else
+            attention_part(&aj, 0, 1);
+        qm_matvec(m->team, m->xb2, &w->o, m->att_out);
+        m->step_bytes += qm_mat_bytes(w->q.dtype, w->q.rows, w->q.cols) +
+                         qm_mat_bytes(w->k.dtype, w->k.rows, w->k.cols) +
+                         qm_mat_bytes(w->v.dtype, w->v.rows, w->v.cols) +
+                         qm_mat_bytes(w->o.dtype, w->o.rows, w->o.cols);
+        for (int d = 0; d < c->hidden; d++)
+            m->x[d] += m->xb2[d];
+        model_rmsnorm(m->xb, m->x, w->post_norm, c->hidden, c->eps);
+        if (c->is_moe[l]) {
+            if (moe(m, l, token, err) != 0)
+                return -1;
+        } else {
+            swiglu(m, &w->gate, &w->up, &w->down, m->xb2);
+            for (int d = 0; d < c->hidden; d++)
+                m->x[d] += m->xb2[d];
+        }
+    }
+    m->pos++;
+    if (logits) {
+        model_rmsnorm(m->xb, m->x, m->final_norm, c->hidden, c->eps);
+        qm_matvec(m->team, logits, &m->lm_head, m->xb);
+        m->step_bytes += qm_mat_bytes(m->lm_head.dtype, c->vocab, c->hidden);
+    }
+    return 0;
+}
+
+int model_sequence_logits(model *m, const int *ids, int n, float *logits,
+                          GError **err)
+{
+    model_reset(m);
+    for (int t = 0; t < n; t++)
+        if (model_step(m, ids[t], logits + (size_t)t * m->c.vocab, err) != 0)
+            return -1;
+    return 0;
+}
+
+/* log sum exp(logits) - logits[id] */
+static double nll_of(const float *logits, int vocab, int id)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < vocab; i++)
+        mx = logits[i] > mx ? logits[i] : mx;
+    double s = 0;
+    for (int i = 0; i < vocab; i++)
+        s += exp((double)logits[i] - mx);
+    return log(s) + mx - logits[id];
+}
+
+int model_nll(model *m, const int *ids, int n, double *nll, GError **err)
+{
+    if (n < 2) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "a likelihood needs at least 2 tokens, got %d", n);
+        return -1;
+    }
+    model_reset(m);
+    double sum = 0;
+    for (int t = 0; t + 1 < n; t++) {
+        if (model_step(m, ids[t], m->logits, err) != 0)
+            return -1;
+        if (ids[t + 1] < 0 || ids[t + 1] >= m->c.vocab) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "token id %d is outside the vocabulary [0, %d)", ids[t + 1],
+                        m->c.vocab);
+            return -1;
+        }
+        sum += nll_of(m->logits, m->c.vocab, ids[t + 1]);
+    }
+    *nll = sum / (n - 1);
+    return 0;
+}
+
+/* splitmix64: a small, well-mixed generator whose stream depends only on
+ * the seed, so that --seed reproduces a sample anywhere. */
+static uint64_t next_rand(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static int pick(const float *logits, int vocab, const model_sampling *s, uint64_t *rng)
+{
+    int best = 0;
+    for (int i = 1; i < vocab; i++)
+        if (logits[i] > logits[best])
+            best = i;
+    if (!s || s->temperature <= 0)
+        return best;
+    double sum = 0, mx = logits[best];
+    for (int i = 0; i < vocab; i++)
+        sum += exp(((double)logits[i] - mx) / s->temperature);
+    double r = (double)(next_rand(rng) >> 11) / 9007199254740992.0 * sum, acc = 0;
+    for (int i = 0; i < vocab; i++) {
+        acc += exp(((double)logits[i] - mx) / s->temperature);
+        if (r < acc)
+            return i;
+    }
+    return best;
+}
+
+int model_generate(model *m, const int *prompt, int n_prompt, int n_new,
+                   const model_sampling *s, float *prompt_logits, int *out,
+                   int *n_out, model_gen_stats *gs, GError **err)
+{
+    const model_config *c = &m->c;
+    model_gen_stats local;
+    if (!gs)
+        gs = &local;
+    memset(gs, 0, sizeof *gs);
+    *n_out = 0;
+    if (n_prompt < 1) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE, "the prompt is empty");
+        return -1;
+    }
+    uint64_t rng = s ? s->seed : 0;
+    model_reset(m);
+    double t0 = qm_monotonic();
+    for (int t = 0; t < n_prompt; t++) {
+        float *lg = NULL;
+        if (prompt_logits)
+            lg = prompt_logits + (size_t)t * c->vocab;
+        else if (t == n_prompt - 1 && n_new > 0)
+            lg = m->logits;
+        if (model_step(m, prompt[t], lg, err) != 0)
+            return -1;
+    }
+    if (prompt_logits && n_new > 0)
+        memcpy(m->logits, prompt_logits + (size_t)(n_prompt - 1) * c->vocab,
+               sizeof(float) * c->vocab);
+    double t1 = qm_monotonic();
+    gs->prefill_s = t1 - t0;
+    for (int i = 0; i < n_new; i++) {
+        int next = pick(m->logits, c->vocab, s, &rng);
+        out[(*n_out)++] = next;
+        int stop = 0;
+        for (int j = 0; s && j < s->n_stop; j++)
+            stop |= s->stop_ids[j] == next;
+        if (s && s->on_token && s->on_token(s->user, next) != 0)
+            stop = 1;
+        if (stop || i + 1 == n_new)
+            break;
+        if (model_step(m, next, m->logits, err) != 0)
+            return -1;
+        gs->decode_steps++;
+        gs->decode_weight_bytes += m->step_bytes;
+        gs->decode_s = qm_monotonic() - t1;
+    }
+    return 0;
+}

@@ -1,0 +1,137 @@
+/* model.h - the reference forward pass of a Qwen3-MoE text decoder.
+ *
+ * The network of Hugging Face's modeling_qwen3_moe.py, which is also the
+ * text path of the Qwen3-Omni thinker: token embedding; per layer RMSNorm,
+ * attention (q/k/v projections, per-head RMSNorm of q and k, rotate-half
+ * RoPE, grouped-query heads, causal softmax scaled by head_dim^-0.5, o_proj)
+ * and a residual; RMSNorm, then either the routed MoE block (router softmax
+ * in float32, top-k, optional renormalisation, SwiGLU experts, weighted sum)
+ * or a dense SwiGLU MLP (mlp_only_layers, decoder_sparse_step), and a
+ * residual; final RMSNorm and lm_head. Everything is computed in float32
+ * from bf16/f16/f32 weights; one token at a time with a KV cache.
+ *
+ * Non-expert weights are mapped from the checkpoint; routed experts come
+ * through an expert_store (expert_store.h) so that only the ones the router
+ * picks are read, within a bounded cache. The checkpoint may be an original
+ * directory or an extracted OUT: both are read through the index.
+ *
+ * All buffers are made by model_load; the per-token path allocates nothing
+ * (except when the expert cache grows towards its bound).
+ */
+#ifndef QMOE_MODEL_H
+#define QMOE_MODEL_H
+
+#include <glib.h>
+#include <stdint.h>
+
+#include "format/checkpoint.h"
+#include "model/expert_store.h"
+#include "format/layout.h"
+
+typedef struct model model;
+
+typedef struct {
+    int n_threads;        /* >= 1; 0 = 1 */
+    uint64_t cache_bytes; /* expert cache budget; 0 = 4 GiB */
+    int max_seq;          /* KV cache length; 0 = min(max_position_embeddings, 4096) */
+    expert_io expert_io;  /* how misses bring experts in (expert_store.h) */
+} model_opts;
+
+/* The text config as used. */
+typedef struct {
+    int vocab, hidden, n_layers, n_heads, n_kv_heads, head_dim;
+    int n_experts, top_k, moe_inter, dense_inter;
+    int norm_topk;        /* renormalise top-k weights (config or layout default) */
+    int tie_embeddings;
+    int max_seq;          /* KV cache length in tokens */
+    float eps, rope_theta;
+    const uint8_t *is_moe;/* [n_layers] */
+} model_config;
+
+/* Called once per token and MoE layer with the chosen experts in
+ * descending router probability and their (renormalised) weights. */
+typedef void (*model_router_fn)(void *user, int pos, int token, int layer, int k,
+                                const int *experts, const float *weights);
+
+/* Opens the checkpoint at `path`, detects its layout (qwen3_moe or
+ * qwen3_omni_moe), reads the text config, maps the non-expert weights and
+ * checks every shape against the config. Errors name the file and the
+ * tensor or key (QM_ERR_FORMAT, QM_ERR_IO). */
+model *model_load(const char *path, const model_opts *o, GError **err);
+
+/* Frees everything, closing the checkpoint; accepts NULL. */
+void model_free(model *m);
+
+const model_config *model_get_config(const model *m);
+const layout *model_layout(const model *m);
+ckpt *model_checkpoint(model *m);
+expert_store *model_experts(model *m);
+
+/* Restricts the router to experts with allow[e] != 0 (n_experts entries,
+ * copied); the others' logits become -inf before softmax and top-k. NULL
+ * lifts the restriction. Fails if fewer than top_k experts are allowed. */
+int model_set_mask(model *m, const uint8_t *allow, GError **err);
+
+/* Router observer (NULL to stop). */
+void model_set_router_log(model *m, model_router_fn fn, void *user);
+
+/* Forgets the sequence: the next token is at position 0. */
+void model_reset(model *m);
+
+/* Position of the next token (tokens in the KV cache). */
+int model_pos(const model *m);
+
+/* Feeds one token at the next position. With logits != NULL writes the
+ * vocab next-token logits there (skipping lm_head otherwise). Fails for an
+ * id outside the vocabulary, a full KV cache or an expert that cannot be
+ * loaded. */
+int model_step(model *m, int token, float *logits, GError **err);
+
+/* Resets and computes the logits of every position of ids:
+ * logits is [n x vocab]. */
+int model_sequence_logits(model *m, const int *ids, int n, float *logits,
+                          GError **err);
+
+/* Resets and computes the mean negative log-likelihood (nats per token)
+ * of ids[1..n-1] given their prefixes (n >= 2). */
+int model_nll(model *m, const int *ids, int n, double *nll, GError **err);
+
+typedef struct {
+    float temperature;    /* <= 0: greedy (argmax, first on ties) */
+    uint64_t seed;        /* for sampling */
+    const int *stop_ids;  /* generation ends after emitting one of these */
+    int n_stop;
+    /* Optional: called with each token as soon as it is chosen (before it
+     * is fed back), e.g. to print text while generating. A non-zero
+     * return ends the generation early (not an error). */
+    int (*on_token)(void *user, int token);
+    void *user;
+} model_sampling;
+
+/* Timing of a model_generate call. */
+typedef struct {
+    double prefill_s;        /* feeding the prompt */
+    double decode_s;         /* feeding generated tokens back */
+    int decode_steps;        /* tokens fed back (n_out - 1 at most) */
+    uint64_t decode_weight_bytes; /* weights those steps touched */
+} model_gen_stats;
+
+/* Resets, feeds the prompt (n_prompt >= 1), then produces up to n_new
+ * tokens into out; *n_out gets how many (fewer when a stop id came).
+ * prompt_logits, when not NULL, receives [n_prompt x vocab]; gs, when not
+ * NULL, the timing. */
+int model_generate(model *m, const int *prompt, int n_prompt, int n_new,
+                   const model_sampling *s, float *prompt_logits, int *out,
+                   int *n_out, model_gen_stats *gs, GError **err);
+
+/* Weight bytes read by the matrix products of the last model_step (the
+ * weights a token touches: attention, router, chosen experts, dense MLPs,
+ * lm_head when asked, one embedding row). */
+uint64_t model_step_weight_bytes(const model *m);
+
+/* out = x / sqrt(mean(x^2) + eps) * w over n floats, as Hugging Face's
+ * Qwen3MoeRMSNorm computes it in float32; out may be x. Exposed so that a
+ * simulation of the model (the coherent sample) rounds the same way. */
+void model_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+
+#endif

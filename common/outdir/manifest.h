@@ -1,0 +1,129 @@
+/* manifest.h - what an extraction wrote: qmoe.json and .qmoe/journal.jsonl.
+ *
+ * Each finished output file is one record: its path relative to OUT, kind,
+ * (layer, expert), size, SHA-256, and per tensor name, dtype, shape, data
+ * offsets, CRC-32 and where it came from in the source. The extractor
+ * appends one JSON line per record to the journal right after renaming the
+ * file into place, so a crash loses nothing that is under its final name.
+ * qmoe.json is the journal(s) merged, plus the source, the layout and the
+ * expected set, rewritten atomically.
+ *
+ * JSON record (one journal line, and each element of qmoe.json "files"):
+ *   {"path":"experts/expert_003_layer_05.safetensors","kind":"expert",
+ *    "layer":5,"expert":3,"size":9437336,"sha256":"<64 hex>","time":1764197000.5,
+ *    "tensors":[{"name":"...","dtype":"BF16","shape":[768,2048],
+ *                "offsets":[0,3145728],"crc32":305419896,
+ *                "source":{"file":"model-00003-of-00015.safetensors",
+ *                          "tensor":"...","offset":123456,"slice":-1}}]}
+ * "kind" is expert, layer, globals or other; layer/expert are -1 where
+ * they do not apply; "source.offset" is the absolute byte offset in the
+ * source file; "slice" >= 0 for a fused tensor's expert slice.
+ *
+ * qmoe.json:
+ *   {"tool":"qmoe","version":"0.1.0","created":"...","complete":true,
+ *    "source":{"path":"...","files":[{"name":"...","size":N}],"bytes":N},
+ *    "layout":"qwen3_omni_moe","model_type":"qwen3_omni_moe",
+ *    "expected":{"num_layers":48,"num_experts":128,"moe_layers":"0-47",
+ *                "layers":"0-47","experts":"0-127","count":6144,
+ *                "files":6200,"bytes":N,"partial":false},
+ *    "shards":N, "files":[record...]}
+ */
+#ifndef QMOE_MANIFEST_H
+#define QMOE_MANIFEST_H
+
+#include <cjson/cJSON.h>
+#include <glib.h>
+#include <stdint.h>
+
+#include "format/safetensors.h"
+
+typedef enum { MF_EXPERT, MF_LAYER, MF_GLOBALS, MF_OTHER } mf_kind;
+
+typedef struct {
+    char *name;
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    uint64_t begin, end;   /* offsets within the output file's data section */
+    uint32_t crc32;
+    char *src_file;        /* source file name (relative to the source dir) */
+    char *src_tensor;      /* source tensor name */
+    uint64_t src_offset;   /* absolute byte offset of the bytes in src_file */
+    int slice;             /* expert index of a fused slice, else -1 */
+} mf_tensor;
+
+typedef struct {
+    char *path;            /* relative to OUT */
+    mf_kind kind;
+    int layer, expert;     /* -1 where not applicable */
+    uint64_t size;
+    char sha256[65];
+    double time;           /* when it was finished (seconds since epoch) */
+    int n_tensors;
+    mf_tensor *tensors;
+} mf_file;
+
+typedef struct {
+    char *version;
+    char *created;
+    int complete;
+    char *source_path;
+    int n_source_files;
+    char **source_names;
+    uint64_t *source_sizes;
+    uint64_t source_bytes;
+    char *layout;
+    char *model_type;
+    int num_layers, num_experts;
+    char *moe_layers, *layers, *experts; /* lists such as "0-47" */
+    int expected_count;    /* expert files expected */
+    int expected_files;    /* all files expected */
+    uint64_t expected_bytes;
+    int partial;
+    int shards;            /* number of --shard parts (1 when unsharded) */
+    int n_files;
+    mf_file *files;        /* sorted by path */
+} manifest;
+
+const char *mf_kind_name(mf_kind k);
+
+/* Record <-> JSON. mf_file_from_json fills *f (free with mf_file_clear);
+ * errors name `where` (a file and line). */
+cJSON *mf_file_to_json(const mf_file *f);
+int mf_file_from_json(const cJSON *j, mf_file *f, const char *where, GError **err);
+void mf_file_clear(mf_file *f);
+
+/* Appends one record as a line to an open journal (O_APPEND fd). The write
+ * is a single write() so that concurrent appenders do not interleave; a
+ * short write (disk full) is cut off again and reported. */
+int mf_journal_append(int fd, const char *journal_path, const mf_file *f,
+                      GError **err);
+
+/* Opens a journal for appending (creating it), first cutting off a torn
+ * last line (no newline: a crash or a full disk mid-write) so that the
+ * next record starts on a line of its own. For the journal's only writer.
+ * Returns the fd or -1 with *err set. */
+int mf_journal_open(const char *path, GError **err);
+
+/* Reads a journal into `files` (GArray of mf_file, appended; later records
+ * for the same path replace earlier ones). A torn last line (no newline,
+ * from a crash mid-write) is ignored; any other bad line is an error. A
+ * missing journal is not an error. */
+int mf_journal_read(const char *path, GArray *files, GError **err);
+
+/* Reads every journal of OUT: .qmoe/journal.jsonl and the per-shard ones
+ * .qmoe/shard-I-of-N/journal.jsonl, merged, sorted by path. */
+int mf_journals_read_all(const char *out, GArray *files, GError **err);
+
+/* qmoe.json */
+manifest *manifest_load(const char *path, GError **err);
+int manifest_save(const manifest *m, const char *path, GError **err);
+void manifest_free(manifest *m);
+
+/* Record for a path, or NULL (binary search; files sorted by path). */
+const mf_file *manifest_find(const manifest *m, const char *path);
+
+/* Sorts a GArray of mf_file by path and drops earlier duplicates. */
+void mf_files_sort_unique(GArray *files);
+
+#endif

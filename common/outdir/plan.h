@@ -1,0 +1,92 @@
+/* plan.h - which output files an extraction writes, and from which bytes.
+ *
+ * The plan is a pure function of the checkpoint, the layout and the
+ * selection (--layers, --experts): the same on every machine, so that
+ * --shard I/N processes agree on who writes what, and so that qmoe-verify
+ * can recompute the expected set.
+ *
+ * Output names (DESIGN.md):
+ *   experts/expert_EEE_layer_LL.safetensors   routed expert E of layer L
+ *   layers/layer_LL.safetensors               the rest of layer L
+ *   globals.safetensors                       embeddings, final norm, lm_head
+ *   other/PREFIX.safetensors                  outside the text model; split
+ *                                             into PREFIX-NN parts when large
+ * EEE and LL are zero-padded to the width of the largest index.
+ */
+#ifndef QMOE_PLAN_H
+#define QMOE_PLAN_H
+
+#include <glib.h>
+#include <stdint.h>
+
+#include "format/checkpoint.h"
+#include "format/layout.h"
+#include "outdir/manifest.h"
+
+typedef struct {
+    char *name;            /* output tensor name (source name, or a slice name) */
+    char *src_name;        /* source tensor name */
+    int shard;             /* source shard index in the ckpt */
+    uint64_t src_offset;   /* absolute offset of the bytes in the shard file */
+    uint64_t nbytes;
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    int slice;             /* expert index of a fused slice, else -1 */
+} plan_tensor;
+
+typedef struct {
+    char *path;            /* relative to OUT */
+    mf_kind kind;
+    int layer, expert;
+    int n;
+    plan_tensor *t;        /* in output order (sorted by name) */
+    uint64_t bytes;        /* tensor bytes (excluding the header) */
+    int part;              /* --shard part this file belongs to */
+} plan_file;
+
+typedef struct {
+    const layout *lt;
+    lt_shape shape;
+    uint8_t *layer_sel;    /* [shape.n_layers] selected layers */
+    uint8_t *expert_sel;   /* [shape.n_experts] selected experts */
+    int partial;           /* a selection narrower than everything */
+    int n_files;
+    plan_file *files;      /* in source order (sequential reads) */
+    int expected_experts;  /* expert files in the plan */
+    uint64_t total_bytes;
+    int width_e, width_l;  /* zero padding of EEE and LL */
+} plan;
+
+/* Maximum bytes of one other/ part before it is split. */
+#define PLAN_OTHER_PART_BYTES (2ULL << 30)
+
+/* Builds the plan. Loads every shard header of ck. `layers`/`experts` are
+ * LIST strings or NULL for all. Errors: a selection out of range, an
+ * expert tensor whose layer or expert index is beyond the config's counts
+ * ("config says 16 experts but tensor '...' is expert 17"). */
+plan *plan_build(ckpt *ck, const layout *lt, const char *layers,
+                 const char *experts, GError **err);
+void plan_free(plan *p);
+
+/* Assigns every file a part in [0, n): greedy by bytes, largest first,
+ * ties broken by path, so parts are balanced and deterministic. */
+void plan_partition(plan *p, int n);
+
+/* Zero-padding width for indices 0..count-1: the digits of count-1, at
+ * least 2 (3 for 128 experts, 2 for 48 layers). */
+int plan_width(int count);
+
+/* Relative output path of expert E of layer L. Caller frees. */
+char *plan_expert_path(const plan *p, int layer, int expert);
+
+/* model.safetensors.index.json for the files of the plan that are listed
+ * in `done` (NULL: all): {"metadata":{"total_size":N},"weight_map":{...}}.
+ * Caller frees with g_free. */
+char *plan_index_json(const plan *p, const uint8_t *done);
+
+/* Fills the expected-set fields of a manifest from the plan. */
+void plan_describe(const plan *p, const ckpt *ck, const char *src_path,
+                   manifest *m);
+
+#endif
