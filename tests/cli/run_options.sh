@@ -1,5 +1,6 @@
 # run_options.sh - qmoe-run's command line: help, version, usage errors.
 . "$(dirname "$0")/lib.sh"
+plan 13
 M=$FIX/qwen3moe-tiny/qwen3moe
 
 run qmoe-run --help
