@@ -146,8 +146,8 @@ static const char *verdict(int ok)
 
 static void print_coherence(const coh_result *c)
 {
-    printf("coherence: %d MoE layers x %d experts, top-%d, vocabulary %d%s%s\n",
-           c->n_moe_layers, c->n_experts, c->top_k, c->vocab,
+    printf("coherence: %d MoE layers x %d experts, top-%d, vocabulary %d (tokenizer %d)%s%s\n",
+           c->n_moe_layers, c->n_experts, c->top_k, c->vocab, c->tok_vocab,
            c->mask ? ", router masked to " : "", c->mask ? c->mask : "");
     if (c->source_checked)
         printf("  (a) source: logits of %d prompt%s %s  %s\n", c->source_prompts,

@@ -497,6 +497,7 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
         goto done;
     const model_config *c = model_get_config(m);
     r->vocab = c->vocab;
+    r->tok_vocab = tok_vocab_size(tok);
     r->n_experts = c->n_experts;
     r->top_k = c->top_k;
     moe_index = g_new(int, c->n_layers);
@@ -646,6 +647,7 @@ cJSON *coh_result_to_json(const coh_result *r)
     }
     cJSON_AddStringToObject(j, "model", r->model_path);
     cJSON_AddNumberToObject(j, "vocab", r->vocab);
+    cJSON_AddNumberToObject(j, "tokenizer_vocab", r->tok_vocab);
     cJSON_AddNumberToObject(j, "experts", r->n_experts);
     cJSON_AddNumberToObject(j, "top_k", r->top_k);
     cJSON_AddNumberToObject(j, "moe_layers", r->n_moe_layers);

@@ -110,6 +110,7 @@ typedef struct {
 typedef struct {
     char *model_path;
     int vocab, n_experts, top_k, n_moe_layers;
+    int tok_vocab;            /* the tokenizer's (may differ from the model's) */
     char *mask;               /* the mask of the whole run, or NULL */
     /* (a) */
     int source_checked;

@@ -28,6 +28,7 @@ run $V --source "$SRC" "$X"
 expect omni-passes 0 $'\nOK' stdout
 has omni-source "(a) source: logits of 4 prompts bit-identical to the source  ok"
 has omni-continuations-match "16 of 16 begin with the expected text"
+has omni-vocab-sizes "top-2, vocabulary 960 (tokenizer 911)"
 has omni-perplexity "(199 tokens): 1.2337"
 has omni-router-free "      layer  3:  16/16 chosen  ok"
 has omni-ablation "ablation, router masked to 0-7: 9.1"
