@@ -799,6 +799,13 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    char *note = NULL, *model_path = ckpt_resolve(argv[1], &note, &err);
+    if (!model_path)
+        goto fail;
+    if (note)
+        fprintf(stderr, "qmoe-run: %s\n", note);
+    g_free(note);
+    argv[1] = model_path; /* lives to the end, like argv */
     if (opt_tokenize || opt_detokenize) {
         /* the tokenizer alone: MODEL may be a directory or a tokenizer.json */
         if (!(rc.tok = tok_load(argv[1], &err)) ||
