@@ -577,6 +577,8 @@ static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, GError
     ckpt *ck = ckpt_open(o->src, err);
     if (!ck)
         return NULL;
+    if (ck->resolved)
+        fprintf(stderr, "qmoe-extract: %s\n", ck->resolved);
     if (o->layout) {
         *lt = layout_find(o->layout);
         if (!*lt) {

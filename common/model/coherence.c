@@ -8,6 +8,7 @@
 #include "base/util.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -226,6 +227,19 @@ static int encode(tok_t *tok, const char *text, GArray *ids, const char *what, G
     return 0;
 }
 
+static void progress(const coh_opts *o, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static void progress(const coh_opts *o, const char *fmt, ...)
+{
+    if (!o->progress)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    o->progress(o->progress_user, s);
+    g_free(s);
+}
+
 static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_index,
                        coh_result *r, GError **err)
 {
@@ -255,6 +269,8 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         int n_new = o->n_new > 0 ? o->n_new : COH_DEFAULT_NEW;
         if (p->expected && (int)exp_ids->len + 1 > n_new)
             n_new = (int)exp_ids->len + 1;
+        progress(o, "prompt %u of %u [%s], %u tokens + up to %d generated", i + 1,
+                 r->prompts->len, p->domain, ids->len, n_new);
         out = g_renew(int, out, n_new);
         rc.domain = domain_for(r, p->domain);
         rc.domain->n_prompts++;
@@ -421,6 +437,8 @@ static int compare_source(model *m, const coh_opts *o, const uint8_t *mask, tok_
             rc = -1;
             break;
         }
+        progress(o, "source: prompt %u of %u [%s], %u tokens, both models", k + 1,
+                 pick->len, p->domain, ids->len);
         size_t n = (size_t)ids->len * r->vocab;
         a = g_renew(float, a, n);
         b = g_renew(float, b, n);
@@ -497,6 +515,7 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
         goto done;
     const model_config *c = model_get_config(m);
     r->vocab = c->vocab;
+    r->tok_vocab = tok_vocab_size(tok);
     r->n_experts = c->n_experts;
     r->top_k = c->top_k;
     moe_index = g_new(int, c->n_layers);
@@ -548,6 +567,7 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
                     o->text_path, ids->len, ids->len == 1 ? "" : "s");
         goto done;
     }
+    progress(o, "perplexity of '%s', %u tokens", o->text_path, ids->len);
     if (score(m, ids, &r->nll, err) < 0)
         goto done;
     r->ppl = exp(r->nll);
@@ -557,6 +577,7 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
                     "%.6g on the reference text '%s' (%d tokens) is above the maximum %.6g",
                     r->ppl, o->text_path, r->text_tokens, r->max_ppl);
     if (r->n_experts > 8 && r->top_k <= 8) {
+        progress(o, "ablation: perplexity with the router masked to %s", COH_ABLATION_MASK);
         uint8_t *abl = g_new0(uint8_t, r->n_experts);
         int bad = qm_list_parse(COH_ABLATION_MASK, r->n_experts, abl, "ablation", err) < 0 ||
                   model_set_mask(m, abl, err) < 0 || score(m, ids, &r->ablation_nll, err) < 0 ||
@@ -646,6 +667,7 @@ cJSON *coh_result_to_json(const coh_result *r)
     }
     cJSON_AddStringToObject(j, "model", r->model_path);
     cJSON_AddNumberToObject(j, "vocab", r->vocab);
+    cJSON_AddNumberToObject(j, "tokenizer_vocab", r->tok_vocab);
     cJSON_AddNumberToObject(j, "experts", r->n_experts);
     cJSON_AddNumberToObject(j, "top_k", r->top_k);
     cJSON_AddNumberToObject(j, "moe_layers", r->n_moe_layers);

@@ -1123,6 +1123,8 @@ char *tok_decode(const tok_t *t, const int32_t *ids, size_t n, size_t *len_out)
         const uint8_t *b = tok_token_bytes(t, ids[i], &k);
         if (b)
             g_string_append_len(g, (const char *)b, (gssize)k);
+        else
+            g_string_append_printf(g, TOK_GAP_FORMAT, ids[i]);
     }
     if (len_out)
         *len_out = g->len;
@@ -1219,8 +1221,15 @@ const char *tok_stream_push(tok_stream_t *s, int32_t id, size_t *len_out)
     g_string_truncate(s->out, 0);
     size_t n;
     const uint8_t *b = tok_token_bytes(s->tok, id, &n);
-    if (b)
+    if (b) {
         stream_feed(s, b, n);
+    } else {
+        /* the gap breaks a held prefix: U+FFFD for it, as on flush */
+        if (s->nheld)
+            g_string_append(s->out, "\xEF\xBF\xBD");
+        s->nheld = 0;
+        g_string_append_printf(s->out, TOK_GAP_FORMAT, id);
+    }
     if (len_out)
         *len_out = s->out->len;
     return s->out->str;
