@@ -123,7 +123,9 @@ static int read_all(int fd, const char *path, const char *what, char **data, siz
     if (fd < 0)
         return -1;
     struct stat st;
-    size_t cap = fstat(fd, &st) == 0 && st.st_size > 0 ? (size_t)st.st_size + 1 : 4096;
+    /* room for the size fstat gives, the NUL and one byte more, so that
+     * EOF is seen without growing the buffer */
+    size_t cap = fstat(fd, &st) == 0 && st.st_size > 0 ? (size_t)st.st_size + 2 : 4096;
     size_t n = 0;
     char *buf = g_malloc(cap);
     for (;;) {
