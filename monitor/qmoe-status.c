@@ -225,7 +225,7 @@ static void print_snapshot(const st_snap *s, int tty, int utf8, int color)
         g_free(j);
         return;
     }
-    st_style y = {color, utf8, 80, 0};
+    st_style y = {color, utf8, 80, 0, tty};
     if (tty) {
         int h;
         term_size(&y.width, &h);
@@ -260,7 +260,7 @@ static int watch(const char *out, int tty, int utf8, int color)
         int ended = job_ended(s);
         rc = exit_for(s);
         if (redraw) {
-            st_style y = {color, utf8, 80, 24};
+            st_style y = {color, utf8, 80, 24, 1};
             term_size(&y.width, &y.height);
             y.height -= 1; /* the footer */
             char *t = st_render_text(s, &y);

@@ -137,6 +137,8 @@ typedef struct {
     int utf8;    /* Unicode bar marks */
     int width;   /* columns */
     int height;  /* rows, 0 = unlimited */
+    int cut;     /* cut lines to width (a terminal); off one, lines stay whole
+                  * (a log or a pipe must not lose the end of an error) */
 } st_style;
 
 /* The dashboard, lines ending in "\n". Caller frees. */

@@ -67,8 +67,9 @@ static void state_text(GString *g, const char *st, pid_t pid, int stale_lock)
         g_string_append(g, " (no job record: files scanned)");
 }
 
-/* Appends `line` cut to `width` visible columns (escape sequences take
- * none, a UTF-8 character takes one), then a reset if colour is on. */
+/* Appends `line`, on a terminal cut to `width` visible columns (escape
+ * sequences take none, a UTF-8 character takes one), then a reset if colour
+ * is on. */
 static void emit(GString *out, const char *line, const st_style *y)
 {
     int cols = 0;
@@ -85,7 +86,7 @@ static void emit(GString *out, const char *line, const st_style *y)
             p = q;
             continue;
         }
-        if (y->width > 0 && cols >= y->width) {
+        if (y->cut && y->width > 0 && cols >= y->width) {
             if (((unsigned char)*p & 0xC0) == 0x80) { /* finish a character */
                 g_string_append_c(out, *p++);
                 continue;

@@ -103,6 +103,7 @@ typedef struct {
     GArray *stops;       /* int32_t ids that end a generation */
     tok_stream_t *stream;/* text mode: decodes generated ids as they come */
     GString *text;       /* the generated text (valid UTF-8), for --json */
+    int gaps;            /* generated ids without a token (printed as placeholders) */
 } run_ctx;
 
 static void router_line(void *user, int pos, int token, int layer, int k,
@@ -476,6 +477,10 @@ static int on_token(void *user, int token)
     run_ctx *rc = user;
     if (is_stop(rc, token))
         return 0;
+    if (!tok_token_bytes(rc->tok, token, NULL) && rc->gaps++ == 0)
+        fprintf(stderr, "qmoe-run: warning: generated id %d has no token (model vocabulary "
+                "%d, tokenizer %d): printed as " TOK_GAP_FORMAT "\n", token,
+                model_get_config(rc->m)->vocab, tok_vocab_size(rc->tok), token);
     size_t n;
     const char *t = tok_stream_push(rc->stream, token, &n);
     if (opt_json) {
@@ -524,6 +529,12 @@ static cJSON *json_common(run_ctx *rc)
     cJSON_AddStringToObject(j, "mask_experts", opt_mask ? opt_mask : "");
     cJSON_AddStringToObject(j, "expert_io", opt_expert_io ? opt_expert_io : "map");
     cJSON_AddNumberToObject(j, "threads", opt_threads);
+    cJSON *v = cJSON_AddObjectToObject(j, "vocab");
+    cJSON_AddNumberToObject(v, "model", model_get_config(rc->m)->vocab);
+    if (rc->tok)
+        cJSON_AddNumberToObject(v, "tokenizer", tok_vocab_size(rc->tok));
+    else
+        cJSON_AddNullToObject(v, "tokenizer");
     return j;
 }
 
@@ -573,6 +584,8 @@ static void print_json(run_ctx *rc, const int *ids, int n_prompt, const int *gen
     }
     cJSON_AddItemToObject(j, "prompt_ids", cJSON_CreateIntArray(ids, n_prompt));
     cJSON_AddItemToObject(j, "generated_ids", cJSON_CreateIntArray(gen, n_gen));
+    if (rc->tok)
+        cJSON_AddNumberToObject(j, "generated_ids_without_token", rc->gaps);
     if (rc->text)
         json_add_text(j, "generated_text", rc->text->str, rc->text->len);
     cJSON_AddStringToObject(j, "finish",
@@ -789,6 +802,13 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    char *note = NULL, *model_path = ckpt_resolve(argv[1], &note, &err);
+    if (!model_path)
+        goto fail;
+    if (note)
+        fprintf(stderr, "qmoe-run: %s\n", note);
+    g_free(note);
+    argv[1] = model_path; /* lives to the end, like argv */
     if (opt_tokenize || opt_detokenize) {
         /* the tokenizer alone: MODEL may be a directory or a tokenizer.json */
         if (!(rc.tok = tok_load(argv[1], &err)) ||

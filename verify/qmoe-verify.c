@@ -139,6 +139,13 @@ static char *one_line(const char *s)
     return g_string_free(g, FALSE);
 }
 
+/* coh_opts.progress: one line per step on stderr, with the time so far. */
+static void coherence_progress(void *user, const char *step)
+{
+    fprintf(stderr, "qmoe-verify: coherence: %s (%.1f s)\n", step,
+            qm_monotonic() - *(const double *)user);
+}
+
 static const char *verdict(int ok)
 {
     return ok ? "ok" : "FAILED";
@@ -146,8 +153,8 @@ static const char *verdict(int ok)
 
 static void print_coherence(const coh_result *c)
 {
-    printf("coherence: %d MoE layers x %d experts, top-%d, vocabulary %d%s%s\n",
-           c->n_moe_layers, c->n_experts, c->top_k, c->vocab,
+    printf("coherence: %d MoE layers x %d experts, top-%d, vocabulary %d (tokenizer %d)%s%s\n",
+           c->n_moe_layers, c->n_experts, c->top_k, c->vocab, c->tok_vocab,
            c->mask ? ", router masked to " : "", c->mask ? c->mask : "");
     if (c->source_checked)
         printf("  (a) source: logits of %d prompt%s %s  %s\n", c->source_prompts,
@@ -367,8 +374,10 @@ int main(int argc, char **argv)
     vf_check_files(t, opt_quick, jobs, r);
     coh_result *coh = NULL;
     if (opt_coherence) {
+        double t0 = qm_monotonic();
         coh_opts co = {.text_path = ref_text, .prompts_path = prompts, .source = opt_source,
-                       .max_ppl = opt_max_ppl, .mask = opt_mask, .n_threads = jobs};
+                       .max_ppl = opt_max_ppl, .mask = opt_mask, .n_threads = jobs,
+                       .progress = coherence_progress, .progress_user = &t0};
         vf_check_coherence(t, &co, r, &coh);
     }
     if (opt_json) {

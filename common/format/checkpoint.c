@@ -34,6 +34,7 @@ void ckpt_close(ckpt *ck)
     cJSON_Delete(ck->config);
     cJSON_Delete(ck->generation_config);
     g_free(ck->model_type);
+    g_free(ck->resolved);
     g_free(ck->dir);
     g_mutex_clear(&ck->lock);
     g_free(ck);
@@ -197,6 +198,36 @@ static int open_single(ckpt *ck, const char *file, GError **err)
     return 0;
 }
 
+/* One file of a sharded checkpoint is not a checkpoint: refuses `file`
+ * when the index beside it names other shards too. */
+static int lone_shard(const char *file, const char *dir, GError **err)
+{
+    char *ipath = g_build_filename(dir, "model.safetensors.index.json", NULL);
+    cJSON *idx = g_file_test(ipath, G_FILE_TEST_IS_REGULAR) ? qm_json_load(ipath, NULL) : NULL;
+    const cJSON *wm = cJSON_GetObjectItemCaseSensitive(idx, "weight_map");
+    char *base = g_path_get_basename(file);
+    GHashTable *files = g_hash_table_new(g_str_hash, g_str_equal);
+    int mine = 0;
+    for (const cJSON *e = cJSON_IsObject(wm) ? wm->child : NULL; e; e = e->next)
+        if (cJSON_IsString(e)) {
+            g_hash_table_add(files, e->valuestring);
+            mine |= !strcmp(e->valuestring, base);
+        }
+    int n = (int)g_hash_table_size(files), rc = 0;
+    if (mine && n > 1) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "'%s' is one of the %d shards of the checkpoint in '%s' (its "
+                    "model.safetensors.index.json lists them all): give the directory",
+                    file, n, dir);
+        rc = -1;
+    }
+    g_hash_table_destroy(files);
+    g_free(base);
+    cJSON_Delete(idx);
+    g_free(ipath);
+    return rc;
+}
+
 /* A name present in the directory, even as a dangling or looping symlink:
  * such a file is then opened and its real problem reported ("Too many
  * levels of symbolic links"), not called missing. */
@@ -220,7 +251,96 @@ static cJSON *load_optional_json(const char *dir, const char *file, GError **err
     return j;
 }
 
+/* A huggingface_hub cache folder (models--ORG--NAME/ with refs/ and
+ * snapshots/REV/, whose files are symlinks into blobs/): the snapshot
+ * refs/main names, else the only one. Returns a new path, or NULL when
+ * `dir` is not such a folder (*err unset) or cannot be resolved (*err set). */
+static char *hub_snapshot(const char *dir, char **how, GError **err)
+{
+    char *snaps = g_build_filename(dir, "snapshots", NULL);
+    char *out = NULL;
+    GDir *d = g_file_test(snaps, G_FILE_TEST_IS_DIR) ? g_dir_open(snaps, 0, NULL) : NULL;
+    if (!d) {
+        g_free(snaps);
+        return NULL;
+    }
+    char *ref_path = g_build_filename(dir, "refs", "main", NULL), *ref = NULL;
+    if (g_file_get_contents(ref_path, &ref, NULL, NULL)) {
+        g_strstrip(ref);
+        if (!*ref || strchr(ref, '/') || !strcmp(ref, "..")) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "hub cache '%s': refs/main holds no revision", dir);
+        } else {
+            out = g_build_filename(snaps, ref, NULL);
+            if (!g_file_test(out, G_FILE_TEST_IS_DIR)) {
+                g_set_error(err, QM_ERROR, QM_ERR_IO,
+                            "hub cache '%s': refs/main names revision %s, which has no "
+                            "snapshots/%s", dir, ref, ref);
+                g_clear_pointer(&out, g_free);
+            } else {
+                *how = g_strdup_printf("snapshot %s (refs/main)", ref);
+            }
+        }
+    } else {
+        GPtrArray *revs = g_ptr_array_new_with_free_func(g_free);
+        for (const char *n; (n = g_dir_read_name(d));)
+            g_ptr_array_add(revs, g_strdup(n));
+        if (revs->len == 1) {
+            out = g_build_filename(snaps, revs->pdata[0], NULL);
+            *how = g_strdup_printf("snapshot %s (the only one; no refs/main)",
+                                   (char *)revs->pdata[0]);
+        } else {
+            g_set_error(err, QM_ERROR, QM_ERR_IO,
+                        "hub cache '%s': %u snapshots and no refs/main: give "
+                        "snapshots/REV", dir, revs->len);
+        }
+        g_ptr_array_free(revs, TRUE);
+    }
+    g_dir_close(d);
+    g_free(ref);
+    g_free(ref_path);
+    g_free(snaps);
+    return out;
+}
+
+char *ckpt_resolve(const char *path, char **note, GError **err)
+{
+    *note = NULL;
+    char *index = g_build_filename(path, "model.safetensors.index.json", NULL);
+    char *single = g_build_filename(path, "model.safetensors", NULL);
+    int plain = !g_file_test(path, G_FILE_TEST_IS_DIR) || present(index) || present(single);
+    g_free(index);
+    g_free(single);
+    if (plain)
+        return g_strdup(path);
+    GError *e = NULL;
+    char *how = NULL, *snap = hub_snapshot(path, &how, &e);
+    if (e) {
+        g_propagate_error(err, e);
+        return NULL;
+    }
+    if (!snap)
+        return g_strdup(path);
+    *note = g_strdup_printf("'%s' is a Hugging Face hub cache folder: using %s", path, how);
+    g_free(how);
+    return snap;
+}
+
+static ckpt *open_path(const char *path, GError **err);
+
 ckpt *ckpt_open(const char *path, GError **err)
+{
+    char *note, *real = ckpt_resolve(path, &note, err);
+    ckpt *ck = real ? open_path(real, err) : NULL;
+    if (ck)
+        ck->resolved = note;
+    else
+        g_free(note);
+    g_free(real);
+    return ck;
+}
+
+static ckpt *open_path(const char *path, GError **err)
 {
     struct stat st;
     if (stat(path, &st) != 0) {
@@ -260,7 +380,7 @@ ckpt *ckpt_open(const char *path, GError **err)
         g_free(cfg);
     } else {
         ck->dir = g_path_get_dirname(path);
-        failed = open_single(ck, path, err) != 0;
+        failed = lone_shard(path, ck->dir, err) || open_single(ck, path, err) != 0;
     }
     if (!failed && ck->config) {
         if (!cJSON_IsObject(ck->config)) {
@@ -301,13 +421,35 @@ static int check_shard(ckpt *ck, int i, st_file *st, GError **err)
     return 0;
 }
 
+/* Passes on a shard's open error; for a symlink whose target is missing
+ * (a hub cache still downloading: snapshots/REV/FILE -> ../../blobs/HASH)
+ * it names the target, not just the link. */
+static void explain_dangling(const char *path, GError *e, GError **err)
+{
+    struct stat ls, ts;
+    char *target = NULL;
+    if (lstat(path, &ls) == 0 && S_ISLNK(ls.st_mode) && stat(path, &ts) != 0 &&
+        errno == ENOENT && (target = g_file_read_link(path, NULL))) {
+        g_set_error(err, QM_ERROR, QM_ERR_IO,
+                    "cannot open shard '%s': it is a symlink to '%s', which does not "
+                    "exist (an incomplete download?)", path, target);
+        g_error_free(e);
+    } else {
+        g_propagate_error(err, e);
+    }
+    g_free(target);
+}
+
 st_file *ckpt_shard_load(ckpt *ck, int i, int map, GError **err)
 {
     g_mutex_lock(&ck->lock);
     ckpt_shard *s = &ck->shards[i];
     st_file *st = s->st;
     if (!st || (map && !s->mapped)) {
-        st = map ? st_open(s->path, err) : st_open_header(s->path, err);
+        GError *e = NULL;
+        st = map ? st_open(s->path, &e) : st_open_header(s->path, &e);
+        if (!st)
+            explain_dangling(s->path, e, err);
         if (st && (s->st ? 0 : check_shard(ck, i, st, err)) != 0) {
             st_close(st);
             st = NULL;

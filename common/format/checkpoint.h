@@ -40,6 +40,8 @@ typedef struct {
     cJSON *config;           /* config.json, or NULL when absent */
     cJSON *generation_config;/* generation_config.json, or NULL */
     char *model_type;        /* config.json "model_type", or NULL */
+    char *resolved;          /* how a hub cache folder was resolved (a sentence
+                                for the user), or NULL */
     int n_shards;
     ckpt_shard *shards;      /* sorted by name */
     int n_names;
@@ -51,12 +53,23 @@ typedef struct {
                                 test hook: opening stays linear) */
 } ckpt;
 
-/* Opens a checkpoint directory or a single .safetensors file. Reads
+/* Opens a checkpoint directory or a single .safetensors file. A Hugging
+ * Face hub cache folder (models--ORG--NAME) opens the snapshot refs/main
+ * names, else the only one (ck->dir is the snapshot; ck->resolved says
+ * so). A .safetensors file that is one shard of a sharded checkpoint (the
+ * index beside it lists others) is refused (QM_ERR_USAGE). Reads
  * config.json (required for a directory that has an index; optional
  * otherwise) and the index; a single-file checkpoint's header is read
  * now. Errors name the path and problem (QM_ERR_IO for missing files,
  * QM_ERR_FORMAT for malformed ones). */
 ckpt *ckpt_open(const char *path, GError **err);
+
+/* The directory or file ckpt_open opens for `path`: a hub cache folder's
+ * snapshot (with *note a sentence saying which, caller frees), else a copy
+ * of path (*note NULL). For tools that read other files of the checkpoint
+ * (the tokenizer) before or without opening it. NULL with *err set when a
+ * hub cache folder cannot be resolved. Caller frees. */
+char *ckpt_resolve(const char *path, char **note, GError **err);
 
 /* Frees everything, unmapping shards; accepts NULL. */
 void ckpt_close(ckpt *ck);

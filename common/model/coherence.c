@@ -5,9 +5,11 @@
 #include "model/model.h"
 #include "model/perplexity.h"
 #include "model/tokenizer.h"
+#include "base/fs.h"
 #include "base/util.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -114,13 +116,8 @@ static GPtrArray *load_prompts(const char *path, GError **err)
 {
     char *text = NULL;
     gsize len = 0;
-    GError *e = NULL;
-    if (!g_file_get_contents(path, &text, &len, &e)) {
-        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read prompt set '%s': %s", path,
-                    e->message);
-        g_error_free(e);
+    if (fs_read_file(path, "cannot read prompt set", &text, &len, err) != 0)
         return NULL;
-    }
     GPtrArray *a = g_ptr_array_new_with_free_func(prompt_free);
     char **lines = g_strsplit(text, "\n", -1);
     g_free(text);
@@ -226,6 +223,19 @@ static int encode(tok_t *tok, const char *text, GArray *ids, const char *what, G
     return 0;
 }
 
+static void progress(const coh_opts *o, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static void progress(const coh_opts *o, const char *fmt, ...)
+{
+    if (!o->progress)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    o->progress(o->progress_user, s);
+    g_free(s);
+}
+
 static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_index,
                        coh_result *r, GError **err)
 {
@@ -255,6 +265,8 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         int n_new = o->n_new > 0 ? o->n_new : COH_DEFAULT_NEW;
         if (p->expected && (int)exp_ids->len + 1 > n_new)
             n_new = (int)exp_ids->len + 1;
+        progress(o, "prompt %u of %u [%s], %u tokens + up to %d generated", i + 1,
+                 r->prompts->len, p->domain, ids->len, n_new);
         out = g_renew(int, out, n_new);
         rc.domain = domain_for(r, p->domain);
         rc.domain->n_prompts++;
@@ -421,6 +433,8 @@ static int compare_source(model *m, const coh_opts *o, const uint8_t *mask, tok_
             rc = -1;
             break;
         }
+        progress(o, "source: prompt %u of %u [%s], %u tokens, both models", k + 1,
+                 pick->len, p->domain, ids->len);
         size_t n = (size_t)ids->len * r->vocab;
         a = g_renew(float, a, n);
         b = g_renew(float, b, n);
@@ -482,21 +496,17 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
     char *text = NULL;
     gsize text_len = 0;
-    GError *e = NULL;
     int rc = -1;
 
     if (!(r->prompts = load_prompts(o->prompts_path, err)))
         goto done;
-    if (!g_file_get_contents(o->text_path, &text, &text_len, &e)) {
-        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read reference text '%s': %s",
-                    o->text_path, e->message);
-        g_error_free(e);
+    if (fs_read_file(o->text_path, "cannot read reference text", &text, &text_len, err))
         goto done;
-    }
     if (!(m = model_load(path, &mo, err)) || !(tok = tok_load(path, err)))
         goto done;
     const model_config *c = model_get_config(m);
     r->vocab = c->vocab;
+    r->tok_vocab = tok_vocab_size(tok);
     r->n_experts = c->n_experts;
     r->top_k = c->top_k;
     moe_index = g_new(int, c->n_layers);
@@ -548,6 +558,7 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
                     o->text_path, ids->len, ids->len == 1 ? "" : "s");
         goto done;
     }
+    progress(o, "perplexity of '%s', %u tokens", o->text_path, ids->len);
     if (score(m, ids, &r->nll, err) < 0)
         goto done;
     r->ppl = exp(r->nll);
@@ -557,6 +568,7 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
                     "%.6g on the reference text '%s' (%d tokens) is above the maximum %.6g",
                     r->ppl, o->text_path, r->text_tokens, r->max_ppl);
     if (r->n_experts > 8 && r->top_k <= 8) {
+        progress(o, "ablation: perplexity with the router masked to %s", COH_ABLATION_MASK);
         uint8_t *abl = g_new0(uint8_t, r->n_experts);
         int bad = qm_list_parse(COH_ABLATION_MASK, r->n_experts, abl, "ablation", err) < 0 ||
                   model_set_mask(m, abl, err) < 0 || score(m, ids, &r->ablation_nll, err) < 0 ||
@@ -646,6 +658,7 @@ cJSON *coh_result_to_json(const coh_result *r)
     }
     cJSON_AddStringToObject(j, "model", r->model_path);
     cJSON_AddNumberToObject(j, "vocab", r->vocab);
+    cJSON_AddNumberToObject(j, "tokenizer_vocab", r->tok_vocab);
     cJSON_AddNumberToObject(j, "experts", r->n_experts);
     cJSON_AddNumberToObject(j, "top_k", r->top_k);
     cJSON_AddNumberToObject(j, "moe_layers", r->n_moe_layers);

@@ -72,6 +72,11 @@ typedef struct {
     int n_threads;            /* forward-pass threads; <= 0: 1 */
     int n_new;                /* tokens per prompt; <= 0: COH_DEFAULT_NEW
                                * (raised to fit each expected text) */
+    /* Optional: told as each step of the gate starts, with what it is
+     * ("source: prompt 2 of 4 [creative], 9 tokens, both models"); on the
+     * real model a step takes minutes. */
+    void (*progress)(void *user, const char *step);
+    void *progress_user;
 } coh_opts;
 
 typedef struct {
@@ -110,6 +115,7 @@ typedef struct {
 typedef struct {
     char *model_path;
     int vocab, n_experts, top_k, n_moe_layers;
+    int tok_vocab;            /* the tokenizer's (may differ from the model's) */
     char *mask;               /* the mask of the whole run, or NULL */
     /* (a) */
     int source_checked;

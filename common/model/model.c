@@ -2,6 +2,7 @@
 #include "model/model.h"
 #include "model/matvec.h"
 #include "model/team.h"
+#include "format/hfconfig.h"
 #include "base/util.h"
 
 #include <math.h>
@@ -138,12 +139,15 @@ static int read_config(model *m, GError **err)
     int max_pos = 4096;
     if (cfg_int(m, tc, "max_position_embeddings", 1, INT32_MAX, 4096, &max_pos, err))
         return -1;
-    double eps, theta;
+    double eps;
+    hf_rope rope;
+    char cfg_path[1100];
+    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", m->ck->dir);
     if (cfg_num(m, tc, "rms_norm_eps", 1e-6, &eps, err) ||
-        cfg_num(m, tc, "rope_theta", 10000.0, &theta, err))
+        hf_rope_read(tc, cfg_path, &rope, err) || hf_check_supported(tc, cfg_path, err))
         return -1;
     c->eps = (float)eps;
-    c->rope_theta = (float)theta;
+    c->rope_theta = (float)rope.rope_theta;
     c->norm_topk = cfg_bool(m, tc, "norm_topk_prob", m->lt->norm_topk_default);
     c->tie_embeddings = cfg_bool(m, tc, "tie_word_embeddings", 0);
     c->is_moe = m->shape.is_moe;
@@ -153,27 +157,6 @@ static int read_config(model *m, GError **err)
                     "heads of dimension %d", m->ck->dir, c->n_heads, c->n_kv_heads,
                     c->head_dim);
         return -1;
-    }
-    if (cfg_bool(m, tc, "attention_bias", 0)) {
-        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                    "'%s/config.json': attention_bias is not supported", m->ck->dir);
-        return -1;
-    }
-    /* The Omni text config carries M-RoPE (mrope_section) with rope_type
-     * "default": see rope() for why 1-D RoPE is exact for text. Scaled
-     * variants (yarn, linear, dynamic) change the frequencies: refuse. */
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(tc, "rope_scaling");
-    if (cJSON_IsObject(rs)) {
-        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
-        if (!cJSON_IsString(ty))
-            ty = cJSON_GetObjectItemCaseSensitive(rs, "type");
-        if (cJSON_IsString(ty) && strcmp(ty->valuestring, "default") != 0 &&
-            strcmp(ty->valuestring, "mrope") != 0) {
-            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                        "'%s/config.json': rope_scaling type '%s' is not supported",
-                        m->ck->dir, ty->valuestring);
-            return -1;
-        }
     }
     if (c->max_seq <= 0)
         c->max_seq = max_pos < 4096 ? max_pos : 4096;

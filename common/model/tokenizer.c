@@ -1,5 +1,6 @@
 /* tokenizer.c - byte-level BPE (see tokenizer.h for the pipeline). */
 #include "model/tokenizer.h"
+#include "base/fs.h"
 #include "base/util.h"
 
 #include <errno.h>
@@ -691,12 +692,8 @@ static tok_t *load_json_file(const char *path, GError **err)
 {
     char *data = NULL;
     gsize len = 0;
-    GError *ge = NULL;
-    if (!g_file_get_contents(path, &data, &len, &ge)) {
-        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read '%s': %s", path, ge->message);
-        g_error_free(ge);
+    if (fs_read_file(path, "cannot read", &data, &len, err) != 0)
         return NULL;
-    }
     if (len >= 2 && (uint8_t)data[0] == 0x1f && (uint8_t)data[1] == 0x8b) {
         char *raw = NULL;
         size_t raw_len = 0;
@@ -722,7 +719,6 @@ static tok_t *load_vocab_merges(const char *dir, GError **err)
     char *mtext = NULL;
     char **lines = NULL;
     tok_t *t = NULL;
-    GError *ge = NULL;
 
     if (!(vocab = qm_json_load(vpath, err)))
         goto out;
@@ -730,11 +726,8 @@ static tok_t *load_vocab_merges(const char *dir, GError **err)
         parse_error(err, vpath, "not a JSON object");
         goto out;
     }
-    if (!g_file_get_contents(mpath, &mtext, NULL, &ge)) {
-        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read '%s': %s", mpath, ge->message);
-        g_error_free(ge);
+    if (fs_read_file(mpath, "cannot read", &mtext, NULL, err) != 0)
         goto out;
-    }
     if (g_file_test(cpath, G_FILE_TEST_EXISTS) && !(conf = qm_json_load(cpath, err)))
         goto out;
     /* added_tokens_decoder {"151643": {content, special, ...}} -> HF's list */
@@ -1123,6 +1116,8 @@ char *tok_decode(const tok_t *t, const int32_t *ids, size_t n, size_t *len_out)
         const uint8_t *b = tok_token_bytes(t, ids[i], &k);
         if (b)
             g_string_append_len(g, (const char *)b, (gssize)k);
+        else
+            g_string_append_printf(g, TOK_GAP_FORMAT, ids[i]);
     }
     if (len_out)
         *len_out = g->len;
@@ -1219,8 +1214,15 @@ const char *tok_stream_push(tok_stream_t *s, int32_t id, size_t *len_out)
     g_string_truncate(s->out, 0);
     size_t n;
     const uint8_t *b = tok_token_bytes(s->tok, id, &n);
-    if (b)
+    if (b) {
         stream_feed(s, b, n);
+    } else {
+        /* the gap breaks a held prefix: U+FFFD for it, as on flush */
+        if (s->nheld)
+            g_string_append(s->out, "\xEF\xBF\xBD");
+        s->nheld = 0;
+        g_string_append_printf(s->out, TOK_GAP_FORMAT, id);
+    }
     if (len_out)
         *len_out = s->out->len;
     return s->out->str;

@@ -71,9 +71,12 @@ int tok_encode(tok_t *tok, const char *text, size_t len, unsigned flags,
 
 /* Decodes N ids to the bytes they stand for, joined (tokens can hold partial
  * UTF-8 sequences, so the result is only valid UTF-8 when the ids are
- * complete). Added tokens give their text. Ids outside the vocabulary give
- * nothing. Returns a NUL-terminated g_malloc'ed buffer (caller g_free()s);
+ * complete). Added tokens give their text. An id without a token (a model's
+ * embedding has more rows than its tokenizer has tokens: Qwen3-Omni 152064
+ * rows, 151676 tokens) gives the visible placeholder TOK_GAP_FORMAT,
+ * "<|id 152001|>", never nothing. Returns a NUL-terminated g_malloc'ed buffer (caller g_free()s);
  * *LEN_OUT (if not NULL) gets the length without the NUL. Never NULL. */
+#define TOK_GAP_FORMAT "<|id %d|>"
 char *tok_decode(const tok_t *tok, const int32_t *ids, size_t n,
                  size_t *len_out);
 
@@ -101,7 +104,8 @@ int tok_is_special(const tok_t *tok, int32_t id);
  * Feed ids one at a time; each call returns the text that became complete.
  * Incomplete UTF-8 sequences at the end are held back until the next id
  * completes them; bytes that cannot be part of valid UTF-8 come out as
- * U+FFFD, so the output is always valid UTF-8. */
+ * U+FFFD, so the output is always valid UTF-8. An id without a token comes
+ * out as TOK_GAP_FORMAT (after U+FFFD for a prefix it breaks). */
 typedef struct tok_stream tok_stream_t;
 
 tok_stream_t *tok_stream_new(const tok_t *tok);

@@ -8,7 +8,7 @@
 # that differ from the source; a partial extraction is not run; bad
 # options and files exit 2.
 . "$(dirname "$0")/lib.sh"
-plan 44
+plan 49
 TOOLS="$QMOE_BUILD/tests/tools"
 V="qmoe-verify -j 1 --coherence"   # one thread: the sample is tiny
 # has NAME TEXT : the last run's stdout contains TEXT
@@ -29,6 +29,16 @@ run $V --source "$SRC" "$X"
 expect omni-passes 0 $'\nOK' stdout
 has omni-source "(a) source: logits of 4 prompts bit-identical to the source  ok"
 has omni-continuations-match "16 of 16 begin with the expected text"
+has omni-vocab-sizes "top-2, vocabulary 960 (tokenizer 911)"
+# each step of the gate is reported on stderr as it starts
+k=0
+for step in "source: prompt 4 of 4 [multilingual], 5 tokens, both models" \
+            "prompt 16 of 16 [multilingual]" "perplexity of '" \
+            "ablation: perplexity with the router masked to 0-7"; do
+    k=$((k + 1))
+    [[ "$err" == *"qmoe-verify: coherence: $step"* ]] && ok "omni-progress-$k" ||
+        fail "omni-progress-$k" "stderr lacks '$step': $(head -c 400 "$T/.err")"
+done
 has omni-perplexity "(199 tokens): 1.2337"
 has omni-router-free "      layer  3:  16/16 chosen  ok"
 has omni-ablation "ablation, router masked to 0-7: 9.1"

@@ -3,7 +3,7 @@
 # stopped, crashed, sharded), on directories without progress.json, on bad
 # input, and --watch through a pseudo-terminal during a real extraction.
 . "$(dirname "$0")/lib.sh"
-plan 104
+plan 105
 OMNI="$FIX/qwen3moe-tiny/omni"   # 3 layers x 16 experts, 52 files
 
 # jf NAME: a top-level field of the JSON in $out (first occurrence; top-level
@@ -126,6 +126,15 @@ expect failed-exit 1 "error     cannot write 'experts/x': No space left on devic
 run qmoe-status --json "$T/failed"
 jeq failed-json-state state '"failed"'
 jeq failed-json-error last_error "\"cannot write 'experts/x': No space left on device\""
+# Off a terminal a long error line stays whole (it was cut at 80 columns).
+long="cannot write '$T/failed/experts/expert_127_layer_47.safetensors.tmp.12345': No space left on device (needs 57.9 GB)"
+/usr/bin/python3 - "$T/failed/.qmoe/progress.json" "$long" <<'PYEOF'
+import json, sys
+p = json.load(open(sys.argv[1])); p["last_error"] = sys.argv[2]
+json.dump(p, open(sys.argv[1], "w"))
+PYEOF
+run qmoe-status "$T/failed"
+expect failed-long-error-whole 1 "error     $long" stdout
 
 # -- crashed (SIGKILL): progress says running, the pid is gone, the lock stale
 QMOE_THROTTLE_MS=60 qmoe-extract -j 2 "$OMNI" "$T/kill" >/dev/null 2>&1 & pid=$!

@@ -363,8 +363,15 @@ static void test_stream(void)
     tok_stream_push(st, g_array_index(a, int32_t, 0), &n);
     p = tok_stream_push(st, tok_token_id(qwen, "a"), &n);
     CHECK(!strcmp(p, "\xEF\xBF\xBD" "a"));
-    p = tok_stream_push(st, 999999, &n); /* unknown id: nothing */
-    CHECK(n == 0);
+    p = tok_stream_push(st, 999999, &n); /* an id without a token: visible */
+    CHECK(!strcmp(p, "<|id 999999|>") && n == 13);
+    tok_stream_push(st, g_array_index(a, int32_t, 0), &n); /* breaks a held prefix */
+    p = tok_stream_push(st, 999999, &n);
+    CHECK(!strcmp(p, "\xEF\xBF\xBD<|id 999999|>"));
+    int32_t gap[] = {tok_token_id(qwen, "a"), 999999, tok_token_id(qwen, "a")};
+    char *dg = tok_decode(qwen, gap, 3, &n);
+    CHECK(!strcmp(dg, "a<|id 999999|>a") && n == 15);
+    g_free(dg);
     g_array_free(a, TRUE);
     tok_stream_free(st);
     tok_stream_free(NULL);

@@ -1,0 +1,61 @@
+# realomni.sh - the real Qwen3-Omni-30B-A3B-Instruct checkpoint's shape, from
+# ../shared/tools/realomni.py (the 28,010 tensor names, shapes, offsets and
+# 15 shard sizes of the real files, data sparse): the dry-run figures equal
+# the real ones; the hub cache layout resolves to its snapshot; a lone shard
+# is refused; a dangling blob is named with its target; the tokenizer as the
+# repo ships it (vocab.json + merges.txt, no tokenizer.json) loads.
+. "$(dirname "$0")/lib.sh"
+plan 16
+RO="${QMOE_SHARED:-$QMOE_ROOT/../shared}/tools/realomni.py"
+if [ ! -f "$RO" ]; then fail realomni-script "no $RO (shared/ beside the clone)"; exit 1; fi
+R=$T/omni
+/usr/bin/python3 "$RO" "$R" --quiet >"$T/ro.log" 2>&1 || { fail realomni-writes "$(cat "$T/ro.log")"; exit 1; }
+
+# figures: every field as the real checkpoint has it
+real_plan='{"layout":"qwen3_omni_moe","num_layers":48,"moe_layers":48,"num_experts":128,"layers":"0-47","experts":"0-127","expert_files":6144,"layer_files":48,"globals_files":1,"other_files":7,"files":6200,"bytes":70519637090,"expert_bytes":57982058496'
+run qmoe-extract --dry-run --json "$R" "$T/out"
+expect realomni-dry-run 0
+[[ "$out" == "$real_plan"* ]] && ok realomni-dry-run-figures || fail realomni-dry-run-figures "$out"
+run qmoe-extract --dry-run "$R" "$T/out"
+expect realomni-dry-run-text 0 "files:    6144 expert, 48 layer, 1 globals, 7 other (6200 in all)" stdout
+[ ! -e "$T/out" ] && ok realomni-dry-run-writes-nothing || fail realomni-dry-run-writes-nothing
+
+# the tokenizer the repo ships: vocab.json + merges.txt
+run sh -c "printf 'Hello world' | qmoe-run --tokenize '$R'"
+expect realomni-tokenizer 0 "" && { [ "$out" = "[9707,1879]" ] && ok realomni-tokenizer-ids || fail realomni-tokenizer-ids "$out"; }
+
+# a lone shard of the fifteen
+run qmoe-extract --dry-run "$R/model-00003-of-00015.safetensors" "$T/out"
+expect realomni-lone-shard 2 "is one of the 15 shards of the checkpoint in '$R' (its model.safetensors.index.json lists them all): give the directory"
+
+# the hub cache: the repo folder resolves to the snapshot refs/main names
+H=$T/hf; REPO=$H/models--Qwen--Qwen3-Omni-30B-A3B-Instruct
+/usr/bin/python3 "$RO" "$H" --hf-cache --quiet >"$T/ro.log" 2>&1 || { fail realomni-hf-writes "$(cat "$T/ro.log")"; exit 1; }
+rev=$(cat "$REPO/refs/main")
+run qmoe-extract --dry-run --json "$REPO" "$T/out"
+expect realomni-hf-cache 0 "is a Hugging Face hub cache folder: using snapshot $rev (refs/main)"
+[[ "$out" == "$real_plan"* ]] && ok realomni-hf-cache-figures || fail realomni-hf-cache-figures "$out"
+run sh -c "printf 'Hello world' | qmoe-run --tokenize '$REPO'"
+expect realomni-hf-cache-tokenizer 0 "using snapshot $rev" && {
+    [ "$out" = "[9707,1879]" ] && ok realomni-hf-cache-tokenizer-ids || fail realomni-hf-cache-tokenizer-ids "$out"; }
+mv "$REPO/refs/main" "$T/main.ref"
+run qmoe-extract --dry-run "$REPO" "$T/out"
+expect realomni-hf-only-snapshot 0 "using snapshot $rev (the only one; no refs/main)"
+mkdir "$REPO/snapshots/0000000000000000000000000000000000000000"
+run qmoe-extract --dry-run "$REPO" "$T/out"
+expect realomni-hf-two-snapshots 2 "hub cache '$REPO': 2 snapshots and no refs/main: give snapshots/REV"
+echo 0000000000000000000000000000000000000001 >"$REPO/refs/main"
+run qmoe-extract --dry-run "$REPO" "$T/out"
+expect realomni-hf-ref-missing 2 "refs/main names revision 0000000000000000000000000000000000000001, which has no snapshots/0000000000000000000000000000000000000001"
+rmdir "$REPO/snapshots/0000000000000000000000000000000000000000"
+mv "$T/main.ref" "$REPO/refs/main"
+# a blob still downloading: the error names the link and the missing target
+link=$REPO/snapshots/$rev/model-00015-of-00015.safetensors
+target=$(readlink "$link")
+mv "$REPO/snapshots/$rev/$target" "$T/blob"
+run qmoe-extract --dry-run "$REPO" "$T/out"
+expect realomni-hf-dangling-blob 2 "cannot open shard '$link': it is a symlink to '$target', which does not exist (an incomplete download?)"
+mv "$T/blob" "$REPO/snapshots/$rev/$target"
+run qmoe-extract --dry-run "$REPO" "$T/out"
+expect realomni-hf-blob-back 0
+rm -rf "$R" "$H"
