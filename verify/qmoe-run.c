@@ -60,8 +60,11 @@ static GOptionEntry entries[] = {
      "write the chosen experts and weights per token and layer (JSON lines)", "FILE"},
     {"logits-out", 0, 0, G_OPTION_ARG_FILENAME, &opt_logits_out,
      "write the prompt's logits, little-endian float32 [tokens x vocab]", "FILE"},
-    {"threads", 'j', 0, G_OPTION_ARG_INT, &opt_threads,
+    {"jobs", 'j', 0, G_OPTION_ARG_INT, &opt_threads,
      "threads (default: all processors)", "N"},
+    /* the spelling before -j/--jobs was the same in every tool */
+    {"threads", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_INT, &opt_threads,
+     "same as --jobs", "N"},
     {"json", 0, 0, G_OPTION_ARG_NONE, &opt_json,
      "print a machine-readable summary on stdout", NULL},
     {"version", 0, 0, G_OPTION_ARG_NONE, &opt_version, "print the version", NULL},

@@ -11,6 +11,11 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+static int cmp_shard_name(const void *a, const void *b)
+{
+    return strcmp((*(ckpt_shard *const *)a)->name, (*(ckpt_shard *const *)b)->name);
+}
+
 void ckpt_close(ckpt *ck)
 {
     if (!ck)
@@ -20,6 +25,7 @@ void ckpt_close(ckpt *ck)
         g_free(ck->shards[i].path);
         st_close(ck->shards[i].st);
         st_close(ck->shards[i].retired);
+        g_free(ck->shards[i].names);
     }
     g_free(ck->shards);
     g_strfreev(ck->names);
@@ -62,24 +68,25 @@ static int add_shard(ckpt *ck, GHashTable *idx, const char *name)
     return i;
 }
 
+static int shard_of(const ckpt *ck, const char *name)
+{
+    return GPOINTER_TO_INT(g_hash_table_lookup(ck->shard_of, name)) - 1;
+}
+
 /* Sorts shards by name and the tensor names, and builds the lookup. */
 static void finish_tables(ckpt *ck, GPtrArray *names, GArray *shard_ix)
 {
-    int *order = g_new(int, ck->n_shards > 0 ? ck->n_shards : 1);
+    /* An OUT has thousands of shards: sort pointers (n log n), not the
+     * structs in place by insertion. */
+    ckpt_shard **order = g_new(ckpt_shard *, ck->n_shards > 0 ? ck->n_shards : 1);
     ckpt_shard *sorted = g_new(ckpt_shard, ck->n_shards > 0 ? ck->n_shards : 1);
     int *rank = g_new(int, ck->n_shards > 0 ? ck->n_shards : 1);
     for (int i = 0; i < ck->n_shards; i++)
-        order[i] = i;
-    for (int i = 1; i < ck->n_shards; i++) /* few shards: insertion sort */
-        for (int j = i; j > 0 && strcmp(ck->shards[order[j - 1]].name,
-                                         ck->shards[order[j]].name) > 0; j--) {
-            int t = order[j];
-            order[j] = order[j - 1];
-            order[j - 1] = t;
-        }
+        order[i] = &ck->shards[i];
+    qsort(order, (size_t)ck->n_shards, sizeof *order, cmp_shard_name);
     for (int i = 0; i < ck->n_shards; i++) {
-        sorted[i] = ck->shards[order[i]];
-        rank[order[i]] = i;
+        sorted[i] = *order[i];
+        rank[order[i] - ck->shards] = i;
     }
     g_free(ck->shards);
     ck->shards = sorted;
@@ -93,6 +100,20 @@ static void finish_tables(ckpt *ck, GPtrArray *names, GArray *shard_ix)
     for (guint i = 0; i < names->len; i++)
         g_hash_table_insert(ck->shard_of, names->pdata[i],
                             GINT_TO_POINTER(rank[g_array_index(shard_ix, int, i)] + 1));
+    /* Each shard's own names (sorted, as ck->names is), so that checking a
+     * shard against the index costs its own names, not all of them. */
+    for (int k = 0; k < ck->n_names; k++)
+        ck->shards[shard_of(ck, ck->names[k])].n_names++;
+    for (int i = 0; i < ck->n_shards; i++) {
+        ck->shards[i].names = g_new(char *, ck->shards[i].n_names + 1);
+        ck->shards[i].n_names = 0;
+    }
+    for (int k = 0; k < ck->n_names; k++) {
+        ckpt_shard *s = &ck->shards[shard_of(ck, ck->names[k])];
+        s->names[s->n_names++] = ck->names[k];
+    }
+    for (int i = 0; i < ck->n_shards; i++)
+        ck->shards[i].names[ck->shards[i].n_names] = NULL;
     g_free(order);
     g_free(rank);
 }
@@ -381,19 +402,19 @@ static ckpt *open_path(const char *path, GError **err)
 
 int ckpt_shard_index(const ckpt *ck, const char *name)
 {
-    return GPOINTER_TO_INT(g_hash_table_lookup(ck->shard_of, name)) - 1;
+    return shard_of(ck, name);
 }
 
 /* Checks that each tensor the index puts in shard i is in the file. */
 static int check_shard(ckpt *ck, int i, st_file *st, GError **err)
 {
-    for (int k = 0; k < ck->n_names; k++) {
-        if (ckpt_shard_index(ck, ck->names[k]) != i)
-            continue;
-        if (!st_find(st, ck->names[k])) {
+    const ckpt_shard *s = &ck->shards[i];
+    for (int k = 0; k < s->n_names; k++) {
+        ck->name_checks++;
+        if (!st_find(st, s->names[k])) {
             g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                         "checkpoint '%s': tensor '%s' is not in '%s' as the index "
-                        "says", ck->dir, ck->names[k], ck->shards[i].name);
+                        "says", ck->dir, s->names[k], s->name);
             return -1;
         }
     }

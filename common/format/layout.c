@@ -230,22 +230,78 @@ static const cJSON *config_at(const cJSON *root, const char *path)
     return cJSON_IsObject(j) ? j : NULL;
 }
 
-static int key_int(const cJSON *tc, const char *keys, int64_t *out)
+/* "thinker_config.text_config.num_experts": where a key lives, for errors. */
+static char *key_path(const layout *lt, const char *key)
+{
+    return *lt->text_config ? g_strdup_printf("%s.%s", lt->text_config, key)
+                            : g_strdup(key);
+}
+
+/* A count from config.json, distrusted like a size in a file: the first of
+ * the space-separated `keys` present (and not null) must be an integer in
+ * [lo, hi]. Absent: 1 when `optional` (out untouched), else an error. */
+static int config_count(const layout *lt, const ckpt *ck, const cJSON *tc,
+                        const char *keys, int64_t lo, int64_t hi, int optional,
+                        int64_t *out, GError **err)
 {
     gchar **w = g_strsplit(keys, " ", -1);
-    int rc = -1;
-    for (int i = 0; w[i] && rc; i++)
-        rc = qm_json_int(tc, w[i], 0, 1 << 24, out);
+    const cJSON *j = NULL;
+    const char *key = w[0];
+    for (int i = 0; w[i] && !j; i++) {
+        j = cJSON_GetObjectItemCaseSensitive(tc, w[i]);
+        if (j && cJSON_IsNull(j))
+            j = NULL;
+        if (j)
+            key = w[i];
+    }
+    int rc = 0;
+    char *where = key_path(lt, key);
+    if (!j) {
+        if (optional) {
+            rc = 1;
+        } else {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT, "'%s/config.json': missing '%s'",
+                        ck->dir, where);
+            rc = -1;
+        }
+    } else if (qm_json_int(tc, key, lo, hi, out) != 0) {
+        char *v = cJSON_PrintUnformatted(j);
+        if (cJSON_IsNumber(j) && j->valuedouble > (double)hi)
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "'%s/config.json': '%s' is %.40s, more than qmoe supports (%"
+                        G_GINT64_FORMAT ")", ck->dir, where, v ? v : "?", hi);
+        else
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "'%s/config.json': '%s' is %.40s, not an integer in [%"
+                        G_GINT64_FORMAT ", %" G_GINT64_FORMAT "]", ck->dir, where,
+                        v ? v : "?", lo, hi);
+        cJSON_free(v);
+        rc = -1;
+    }
+    g_free(where);
     g_strfreev(w);
     return rc;
 }
 
-/* Counts from the tensor names alone (a bare .safetensors file). */
-static int shape_from_names(const layout *lt, const ckpt *ck, lt_shape *s)
+/* Counts from the tensor names alone (a bare .safetensors file), bounded
+ * like the config's. */
+static int shape_from_names(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
 {
     lt_class c;
     for (int i = 0; i < ck->n_names; i++) {
         layout_classify(lt, ck->names[i], &c);
+        if (c.layer >= LT_MAX_LAYERS ||
+            (c.kind == LT_EXPERT && c.expert >= LT_MAX_EXPERTS)) {
+            int sh = ck->shard_of ? ckpt_shard_index(ck, ck->names[i]) : -1;
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "'%s': tensor '%s': %s index %d is more than qmoe supports "
+                        "(%d at most)", sh >= 0 ? ck->shards[sh].path : ck->dir,
+                        ck->names[i],
+                        c.layer >= LT_MAX_LAYERS ? "layer" : "expert",
+                        c.layer >= LT_MAX_LAYERS ? c.layer : c.expert,
+                        (c.layer >= LT_MAX_LAYERS ? LT_MAX_LAYERS : LT_MAX_EXPERTS) - 1);
+            return -1;
+        }
         if (c.layer >= s->n_layers)
             s->n_layers = c.layer + 1;
         if (c.kind == LT_EXPERT && c.expert >= s->n_experts)
@@ -264,33 +320,34 @@ int layout_shape(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
 {
     memset(s, 0, sizeof *s);
     if (!ck->config) {
-        shape_from_names(lt, ck, s);
-    } else {
-        const cJSON *tc = config_at(ck->config, lt->text_config);
-        const char *cfg = "config.json";
-        int64_t v;
-        if (!tc) {
-            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                        "'%s/%s': no '%s' object", ck->dir, cfg, lt->text_config);
+        if (shape_from_names(lt, ck, s, err)) {
+            layout_shape_free(s);
             return -1;
         }
-#define NEED(key, dst)                                                         \
-        if (key_int(tc, key, &v)) {                                            \
-            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,                          \
-                        "'%s/%s': missing or invalid '%s'", ck->dir, cfg, key); \
-            return -1;                                                         \
-        }                                                                      \
-        dst = (int)v
-        NEED("num_hidden_layers", s->n_layers);
-        NEED(lt->count_keys, s->n_experts);
-        NEED("hidden_size", s->hidden);
-        NEED(lt->inter_key, s->inter);
-#undef NEED
+    } else {
+        const cJSON *tc = config_at(ck->config, lt->text_config);
+        int64_t nl, ne, hidden, inter;
+        if (!tc) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "'%s/config.json': no '%s' object", ck->dir, lt->text_config);
+            return -1;
+        }
         int64_t step = 1, first_dense = 0, freq = 1;
-        qm_json_int(tc, "decoder_sparse_step", 1, 1 << 20, &step);
-        qm_json_int(tc, "first_k_dense_replace", 0, 1 << 20, &first_dense);
-        qm_json_int(tc, "moe_layer_freq", 1, 1 << 20, &freq);
-        s->is_moe = g_new0(uint8_t, s->n_layers > 0 ? s->n_layers : 1);
+        if (config_count(lt, ck, tc, "num_hidden_layers", 1, LT_MAX_LAYERS, 0, &nl, err) < 0 ||
+            config_count(lt, ck, tc, lt->count_keys, 0, LT_MAX_EXPERTS, 0, &ne, err) < 0 ||
+            config_count(lt, ck, tc, "hidden_size", 1, LT_MAX_HIDDEN, 0, &hidden, err) < 0 ||
+            config_count(lt, ck, tc, lt->inter_key, 1, LT_MAX_INTER, 0, &inter, err) < 0 ||
+            config_count(lt, ck, tc, "decoder_sparse_step", 1, LT_MAX_LAYERS, 1, &step,
+                         err) < 0 ||
+            config_count(lt, ck, tc, "first_k_dense_replace", 0, LT_MAX_LAYERS, 1,
+                         &first_dense, err) < 0 ||
+            config_count(lt, ck, tc, "moe_layer_freq", 1, LT_MAX_LAYERS, 1, &freq, err) < 0)
+            return -1;
+        s->n_layers = (int)nl;
+        s->n_experts = (int)ne;
+        s->hidden = (int)hidden;
+        s->inter = (int)inter;
+        s->is_moe = g_new0(uint8_t, s->n_layers);
         for (int l = 0; l < s->n_layers; l++)
             s->is_moe[l] = s->n_experts > 0 && (l + 1) % step == 0 &&
                            l >= first_dense && l % freq == 0;
@@ -304,6 +361,15 @@ int layout_shape(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
     }
     for (int l = 0; l < s->n_layers; l++)
         s->n_moe_layers += s->is_moe[l];
+    if ((int64_t)s->n_moe_layers * s->n_experts > LT_MAX_EXPERT_FILES) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s%s': %d MoE layers x %d experts make %" G_GINT64_FORMAT
+                    " expert files, more than qmoe supports (%d)", ck->dir,
+                    ck->config ? "/config.json" : "", s->n_moe_layers, s->n_experts,
+                    (int64_t)s->n_moe_layers * s->n_experts, LT_MAX_EXPERT_FILES);
+        layout_shape_free(s);
+        return -1;
+    }
     return 0;
 }
 

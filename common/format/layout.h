@@ -46,6 +46,15 @@ typedef struct {
     int proj;    /* LT_GATE/UP/DOWN for expert weights, -1 otherwise */
 } lt_class;
 
+/* What qmoe accepts from a config (or tensor names): far above any real
+ * model (Qwen3-Omni 48 x 128, DeepSeek-V3 61 x 256), low enough that a
+ * hostile count cannot make a giant allocation or loop. */
+#define LT_MAX_LAYERS 65536
+#define LT_MAX_EXPERTS 65536
+#define LT_MAX_EXPERT_FILES (1 << 20) /* MoE layers x experts */
+#define LT_MAX_HIDDEN (1 << 20)
+#define LT_MAX_INTER (1 << 24)
+
 /* Text-model shape as the config gives it. */
 typedef struct {
     int n_layers;      /* num_hidden_layers */
@@ -83,7 +92,11 @@ int layout_proj_of(const layout *lt, const char *suffix);
 
 /* Reads the text config into *out (free with layout_shape_free). When the
  * checkpoint has no config, counts are inferred from the tensor names.
- * Errors name config.json and the missing key. */
+ * Counts are distrusted like sizes in a file: each must be an integer
+ * within the caps below, and MoE layers x experts at most
+ * LT_MAX_EXPERT_FILES. Errors name config.json and the key (with its
+ * path: 'thinker_config.text_config.num_experts') and say what is wrong;
+ * on error *out holds nothing to free. */
 int layout_shape(const layout *lt, const ckpt *ck, lt_shape *out, GError **err);
 void layout_shape_free(lt_shape *s);
 

@@ -114,6 +114,10 @@ entry('023-offset-above-2p53', {X: hdr_bytes('{"a":{"dtype":"U8","shape":[2],"da
 entry('024-empty-file', {X: b''},
       ['# an empty file'] + EX + ['stderr x.safetensors'])
 
+entry('025-name-layer-index-huge', {X: st([('model.layers.70000.mlp.experts.0.gate_proj.weight', 'BF16', [2, 2], 2)])},
+      ['# no config: the counts come from the names, bounded like the config\'s'] + EX +
+      ['stderr x.safetensors', 'stderr layer index 70000 is more than qmoe supports'])
+
 # ---- checkpoint directories ----
 def tiny_model(n_layers=2, n_experts=2, shards=1):
     names = ['lm_head.weight', 'model.embed_tokens.weight', 'model.norm.weight']
@@ -234,6 +238,24 @@ entry('054-index-weight-map-empty', f,
       ['# fuzz_checkpoint finding: an empty weight_map "extracted" 0/0 files with exit 0',
        '# (and passed NULL to qsort, which UBSan stops)'] + CK + ['stderr has no tensors'])
 
+# counts from config.json are distrusted like sizes in a file (caps in
+# common/format/layout.h): the error names config.json and the key
+entry('055-config-layers-huge', ck_files(cfg=dict(cfg0, num_hidden_layers=100000)),
+      ['# num_hidden_layers 100000, above the cap of 65536'] + CK +
+      ['stderr config.json', "stderr 'num_hidden_layers' is 100000, more than qmoe supports (65536)"])
+entry('056-config-expert-files-huge', ck_files(cfg=dict(cfg0, num_hidden_layers=60000, num_experts=60000)),
+      ['# 60000 layers x 60000 experts: each under its cap, 3.6e9 expert files together'] + CK +
+      ['stderr config.json', 'stderr 3600000000 expert files, more than qmoe supports'])
+entry('057-config-count-not-integer', ck_files(cfg=dict(cfg0, num_experts="2")),
+      ['# num_experts given as a string'] + CK +
+      ['stderr config.json', "stderr 'num_experts' is \"2\", not an integer"])
+entry('058-config-sparse-step-zero', ck_files(cfg=dict(cfg0, decoder_sparse_step=0)),
+      ['# decoder_sparse_step 0 (layer l is MoE when (l + 1) % step == 0) was taken as 1'] + CK +
+      ['stderr config.json', "stderr 'decoder_sparse_step' is 0, not an integer in [1, 65536]"])
+entry('059-config-hidden-size-huge', ck_files(cfg=dict(cfg0, hidden_size=2**31)),
+      ['# hidden_size 2^31'] + CK +
+      ['stderr config.json', "stderr 'hidden_size' is 2147483648, more than qmoe supports"])
+
 # ---- qmoe-verify on a damaged extraction (setup extracts the fixture) ----
 XV = 'setup qmoe-extract $FIX/qwen3moe-tiny/qwen3moe $D/m >/dev/null && '
 EV = 'experts/expert_03_layer_01.safetensors'
@@ -252,6 +274,9 @@ for name, what, cmd, msgs in [
      f'rm $D/m/{EV} && mkdir $D/m/{EV}', [EV, 'not a regular file']),
     ('067-verify-config-fewer-experts', 'config.json edited to fewer experts than were extracted',
      "sed -i 's/\"num_experts\": 16/\"num_experts\": 15/' $D/m/config.json", ['num_experts']),
+    ('068-verify-config-layers-huge', 'config.json edited to 100000 layers',
+     "sed -i 's/\"num_hidden_layers\": 3,/\"num_hidden_layers\": 100000,/' $D/m/config.json",
+     ['config.json', "'num_hidden_layers' is 100000, more than qmoe supports"]),
 ]:
     entry(name, {'README': (what + ' (made by setup)\n').encode()},
           ['# ' + what, XV + cmd, 'run qmoe-verify $D/m', 'exit 1'] + ['output ' + m for m in msgs])
@@ -285,6 +310,12 @@ for name, what, cmd, msgs in [
      ['globals.safetensors', 'No such file']),
     ('087-run-index-not-json', 'the extraction\'s index truncated',
      'truncate -s 100 $D/m/model.safetensors.index.json', ['model.safetensors.index.json']),
+    ('090-run-config-heads-huge', 'num_attention_heads 100000',
+     "sed -i 's/\"num_attention_heads\": 4,/\"num_attention_heads\": 100000,/' $D/m/config.json",
+     ['config.json', 'num_attention_heads']),
+    ('091-run-config-experts-huge', 'num_experts 100000 in an extraction',
+     "sed -i 's/\"num_experts\": 16,/\"num_experts\": 100000,/' $D/m/config.json",
+     ['config.json', "'num_experts' is 100000, more than qmoe supports"]),
 ]:
     entry(name, {'README': (what + ' (made by setup)\n').encode()},
           ['# ' + what, XM + cmd] + RUN + ['stderr ' + m for m in msgs])

@@ -8,6 +8,7 @@
 # that differ from the source; a partial extraction is not run; bad
 # options and files exit 2.
 . "$(dirname "$0")/lib.sh"
+plan 49
 TOOLS="$QMOE_BUILD/tests/tools"
 V="qmoe-verify -j 1 --coherence"   # one thread: the sample is tiny
 # has NAME TEXT : the last run's stdout contains TEXT

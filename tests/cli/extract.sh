@@ -2,6 +2,7 @@
 # qmoe-extract end to end on the golden fixture: layout, names, byte
 # identity with the source, resume, subsets, signals, locks, bad input.
 . "$(dirname "$0")/lib.sh"
+plan 69
 TOOLS="$QMOE_BUILD/tests/tools"
 OMNI="$FIX/qwen3moe-tiny/omni"
 QM="$FIX/qwen3moe-tiny/qwen3moe"

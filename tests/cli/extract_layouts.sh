@@ -3,6 +3,7 @@
 # byte-identical and covered, expected file counts; the real 6144-file
 # Omni shape; fused slicing; single-file sources; -j 1 == -j 2.
 . "$(dirname "$0")/lib.sh"
+plan 37
 TOOLS="$QMOE_BUILD/tests/tools"
 
 for lay in qwen3_omni_moe qwen3_moe qwen3_moe_fused mixtral qwen2_moe olmoe deepseek_v3; do

@@ -1,7 +1,35 @@
 # lib.sh - helpers for command-line tests (sourced). Each check prints
-# "ok NAME" or "FAIL NAME" with the evidence, for tests/run.sh to count.
+# "ok NAME", "FAIL NAME: evidence" or "skip NAME: reason", for tests/run.sh
+# to count.
+#
+# The plan. Right after sourcing this file a script declares how many checks
+# (ok + FAIL + skip lines) it prints when it runs to the end:
+#
+#     . "$(dirname "$0")/lib.sh"
+#     plan 73
+#
+# tests/run.sh fails a script that has no plan line or whose count differs
+# from it (it stopped early, or checks were added or lost without the plan
+# changing). Count every check a full run prints (as root, as CI runs); a
+# plan may be computed when the checks are one per item of a fixed list
+# (bad_inputs.sh: one per catalogue entry). A part that cannot run in this
+# environment (no root, no UTF-8 locale) prints one `skip NAME` per check it
+# would have made, or, at the end of a script only, `skip_rest NAME REASON`
+# and `exit 0`: the script then passes with fewer checks than planned.
+#
+# Changing checks: adjust the number by hand, or let a passing run count
+# them: `UPDATE_PLAN=1 TESTS=name make check` rewrites `plan N` in
+# tests/cli/name.sh with the number of checks that ran, when the run had no
+# FAIL, no skip_rest, and the plan line is a literal `plan N`. (After a merge
+# of branches that both added checks: UPDATE_PLAN=1 make check, then review
+# `git diff tests/cli` - each changed plan should grow by the checks merged.)
+#
+# Rules: no check passes unconditionally (a loop collects failures and
+# reports one ok or FAIL at its end); a missing program is a failure, never
+# a skip (lib.sh fails the script when a qmoe tool, a test tool or jq is
+# missing).
 set -u
-: "${QMOE_BIN:?}" "${QMOE_TMP:?}" "${QMOE_ROOT:?}"
+: "${QMOE_BIN:?}" "${QMOE_TMP:?}" "${QMOE_ROOT:?}" "${QMOE_BUILD:?}"
 PATH="$QMOE_BIN:$PATH"
 FIX="$QMOE_ROOT/tests/fixtures"
 T="$QMOE_TMP/$(basename "$0" .sh)"
@@ -10,6 +38,16 @@ rm -rf "$T"; mkdir -p "$T"
 ok()   { echo "ok $1"; }
 fail() { echo "FAIL $1${2:+: $2}"; }
 skip() { echo "skip $1${2:+: $2}"; }
+plan() { echo "plan $1"; }
+skip_rest() { echo "skip $1${2:+: $2}"; echo "skip-rest"; }
+
+for _p in "$QMOE_BIN"/qmoe-{extract,status,verify,run,mksample} \
+          "$QMOE_BUILD"/tests/tools/{ckcmp,cohtok,stcheck,stmutate} "$(command -v jq)"; do
+    if ! [ -x "$_p" ]; then
+        echo "FAIL missing-program: '${_p:-jq}' is not built or not installed"; exit 1
+    fi
+done
+unset _p
 
 # run CMD... : runs a command, keeps its exit code in $rc, stdout in $out,
 # stderr in $err.
@@ -37,6 +75,14 @@ expect() {
 check() {
     local name=$1; shift
     if "$@" >"$T/.chk" 2>&1; then ok "$name"; else fail "$name" "$(head -c 600 "$T/.chk")"; fi
+}
+
+# same NAME A B [DETAIL] : passes when A and B are equal and not empty (two
+# empty outputs, from a command that failed on both sides, prove nothing).
+same() {
+    if [ -n "$2" ] && [ "$2" = "$3" ]; then ok "$1"
+    elif [ -z "$2" ]; then fail "$1" "nothing to compare${4:+; $4}"
+    else fail "$1" "${4:-differ}"; fi
 }
 
 # no_tmp_files DIR : no temporary left anywhere under DIR.

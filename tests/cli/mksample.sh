@@ -2,8 +2,8 @@
 # qmoe-mksample: options, errors, files written, determinism.
 # (tests/unit/test_samples.c reads the samples back through libqmoe.)
 . "$(dirname "$0")/lib.sh"
-# jq reads the JSON files; without it those checks are skipped
-if command -v jq >/dev/null; then have_jq=1; else have_jq=0; fi
+plan 32
+# jq reads the JSON files (lib.sh fails the script without it)
 
 run qmoe-mksample --help
 expect help 0 "--layers" stdout
@@ -48,9 +48,6 @@ files=$(cd "$T/a" && ls | tr '\n' ' ')
 want="config.json generation_config.json model-00001-of-00003.safetensors model-00002-of-00003.safetensors model-00003-of-00003.safetensors model.safetensors.index.json tokenizer.json tokenizer_config.json "
 if [ "$files" = "$want" ]; then ok default-files; else fail default-files "$files"; fi
 check no-temporaries no_tmp_files "$T/a"
-if [ "$have_jq" = 0 ]; then
-    skip config-omni "no jq"; skip total-size "no jq"; skip expert-straddles-shards "no jq"
-else
 check config-omni jq -e '.model_type == "qwen3_omni_moe" and
     .thinker_config.text_config.num_experts == 8 and
     .thinker_config.text_config.num_hidden_layers == 4 and
@@ -72,16 +69,11 @@ split=$(jq -r '.weight_map | to_entries[] | select(.key | test("^thinker\\.model
     | "\(.key | sub("\\.[a-z_]+\\.weight$"; "")) \(.value)"' "$T/a/model.safetensors.index.json" |
     sort -u | awk '{n[$1]++} END {for (e in n) if (n[e] > 1) c++; print c + 0}')
 if [ "$split" -ge 1 ]; then ok expert-straddles-shards; else fail expert-straddles-shards "$split"; fi
-fi
 
 # ---- determinism ----
 run qmoe-mksample "$T/b"
 expect same-seed-again 0
-if [ "$(cd "$T/a" && sha256sum * )" = "$(cd "$T/b" && sha256sum *)" ]; then
-    ok same-seed-same-bytes
-else
-    fail same-seed-same-bytes
-fi
+same same-seed-same-bytes "$(cd "$T/a" && sha256sum * )" "$(cd "$T/b" && sha256sum *)"
 run qmoe-mksample --seed 2 "$T/c"
 expect other-seed 0
 d=0
@@ -117,4 +109,4 @@ if [ -f "$T/one/model.safetensors" ] && [ ! -e "$T/one/model.safetensors.index.j
 else
     fail one-shard-file "$(ls "$T/one")"
 fi
-[ "$have_jq" = 1 ] && check json-summary jq -e '.layout == "olmoe" and .layers == 4 and .experts == 8 and .tensor_bytes > 0' "$T/.out"
+check json-summary jq -e '.layout == "olmoe" and .layers == 4 and .experts == 8 and .tensor_bytes > 0' "$T/.out"

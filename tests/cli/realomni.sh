@@ -5,6 +5,7 @@
 # is refused; a dangling blob is named with its target; the tokenizer as the
 # repo ships it (vocab.json + merges.txt, no tokenizer.json) loads.
 . "$(dirname "$0")/lib.sh"
+plan 16
 RO="${QMOE_SHARED:-$QMOE_ROOT/../shared}/tools/realomni.py"
 if [ ! -f "$RO" ]; then fail realomni-script "no $RO (shared/ beside the clone)"; exit 1; fi
 R=$T/omni

@@ -4,6 +4,7 @@
 # every key that would change the numerics without the forward pass
 # implementing it refused with exit 2 naming the key.
 . "$(dirname "$0")/lib.sh"
+plan 23
 G=$FIX/qwen3moe-tiny/golden
 PY=/usr/bin/python3
 ids=$(grep -A1 '"seq3"' "$G/tokens.json" | sed -n 's/.*"ids": \[\(.*\)\].*/\1/p' | tr -d ' ')

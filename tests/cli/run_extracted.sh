@@ -4,6 +4,7 @@
 # with a tiny cache too; a deleted expert file is a clear error; a partial
 # extraction of experts 0-7 runs the masked model.
 . "$(dirname "$0")/lib.sh"
+plan 20
 G=$FIX/qwen3moe-tiny/golden
 SEQ3=$(grep -A1 '"seq3"' "$G/tokens.json" | sed -n 's/.*"ids": \[\(.*\)\].*/\1/p' | tr -d ' ')
 

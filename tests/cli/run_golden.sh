@@ -3,6 +3,7 @@
 # (score <= 1e-3) and identical greedy continuations, full and masked to
 # experts 0-7, on both layouts (qwen3moe/ and omni/).
 . "$(dirname "$0")/lib.sh"
+plan 41
 G=$FIX/qwen3moe-tiny/golden
 
 # ids SEQ: the prompt of seqN from tokens.json as "a,b,c"

@@ -1,5 +1,6 @@
 # run_options.sh - qmoe-run's command line: help, version, usage errors.
 . "$(dirname "$0")/lib.sh"
+plan 13
 M=$FIX/qwen3moe-tiny/qwen3moe
 
 run qmoe-run --help
@@ -25,3 +26,14 @@ run qmoe-run --temperature 1 --seed 7 --ignore-eos -n 8 --token-ids 1,2,3 "$M"
 a=$out
 run qmoe-run --temperature 1 --seed 7 --ignore-eos -n 8 --token-ids 1,2,3 -j 1 "$M"
 [ "$a" = "$out" ] && [ -n "$a" ] && ok run_seed_reproducible || fail run_seed_reproducible "$a vs $out"
+# -j/--jobs as in every tool; --threads (the older spelling) still works
+run qmoe-run --json --token-ids 1,2,3 -n 2 -j 2 "$M"; a=$out
+run qmoe-run --json --token-ids 1,2,3 -n 2 --jobs 2 "$M"; b=$out
+run qmoe-run --json --token-ids 1,2,3 -n 2 --threads 2 "$M"; c=$out
+ja=$(jq -c '[.threads, .generated_ids]' <<<"$a" 2>&1) jb=$(jq -c '[.threads, .generated_ids]' <<<"$b" 2>&1)
+jc=$(jq -c '[.threads, .generated_ids]' <<<"$c" 2>&1)
+[[ "$ja" == '[2,'* ]] && [ "$ja" = "$jb" ] && [ "$ja" = "$jc" ] && ok run_jobs_alias ||
+    fail run_jobs_alias "-j: $ja --jobs: $jb --threads: $jc"
+run qmoe-run --help
+[[ "$out" == *"-j, --jobs=N"* && "$out" != *"--threads"* ]] && ok run_help_jobs ||
+    fail run_help_jobs "$(grep -- -j <<<"$out")"

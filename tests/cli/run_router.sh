@@ -2,6 +2,7 @@
 # token and layer, weights summing to 1 (norm_topk_prob), the golden top-4
 # sets of router_seq.json, and a mask that really restricts the choices.
 . "$(dirname "$0")/lib.sh"
+plan 11
 G=$FIX/qwen3moe-tiny/golden
 M=$FIX/qwen3moe-tiny/qwen3moe
 SEQ3=$(grep -A1 '"seq3"' "$G/tokens.json" | sed -n 's/.*"ids": \[\(.*\)\].*/\1/p' | tr -d ' ')
@@ -47,7 +48,9 @@ done
 # The mask explains the ablation: masked logits differ from full ones.
 run qmoe-run -n 0 --token-ids "$SEQ3" --logits-out "$T/full.f32" "$M"
 run qmoe-run -n 0 --token-ids "$SEQ3" --mask-experts 0-7 --logits-out "$T/masked.f32" "$M"
-cmp -s "$T/full.f32" "$T/masked.f32" && fail router_mask_changes_logits || ok router_mask_changes_logits
+if [ ! -s "$T/full.f32" ] || [ ! -s "$T/masked.f32" ]; then fail router_mask_changes_logits "no logits written"
+elif cmp -s "$T/full.f32" "$T/masked.f32"; then fail router_mask_changes_logits "masked logits equal the free router's"
+else ok router_mask_changes_logits; fi
 
 # Masks that cannot work.
 run qmoe-run -n 0 --token-ids 1 --mask-experts 0-2 "$M"

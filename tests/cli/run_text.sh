@@ -4,6 +4,7 @@
 # here in python3, the golden PyTorch nll of tests/fixtures/qwen3moe-tiny,
 # the real Qwen3 tokenizer's expected ids.
 . "$(dirname "$0")/lib.sh"
+plan 73
 M=$FIX/qwen3moe-tiny/qwen3moe
 G=$FIX/qwen3moe-tiny/golden
 Q=$FIX/qwen3-tokenizer

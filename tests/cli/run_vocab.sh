@@ -3,6 +3,7 @@
 # printed as a visible placeholder with one warning, never silently dropped;
 # --json gives both vocabulary sizes.
 . "$(dirname "$0")/lib.sh"
+plan 8
 F=$FIX/qwen3moe-tiny/qwen3moe
 D=$T/gap; mkdir -p "$D"
 for f in "$F"/*; do ln -s "$f" "$D/"; done

@@ -4,6 +4,7 @@
 # last part to finish writes the index and the complete manifest; a part
 # resumes; one part never removes another part's files in flight.
 . "$(dirname "$0")/lib.sh"
+plan 39
 TOOLS="$QMOE_BUILD/tests/tools"
 OMNI="$FIX/qwen3moe-tiny/omni"
 
@@ -42,19 +43,19 @@ for i in 0 1 2 3; do
 done
 rcs=""; for p in "${pids[@]}"; do wait "$p"; rcs="$rcs$?"; done
 [ "$rcs" = 0000 ] && ok four-parts-exit-0 || fail four-parts-exit-0 "$rcs $(cat "$T"/four-*.out)"
-[ "$(tree_sum "$T/four")" = "$(tree_sum "$T/one")" ] && ok four-parts-identical-files \
-    || fail four-parts-identical-files "$(diff <(tree_sum "$T/one") <(tree_sum "$T/four") | head -5)"
-[ "$(mf_files "$T/four")" = "$(mf_files "$T/one")" ] && ok four-parts-same-manifest-records \
-    || fail four-parts-same-manifest-records
+same four-parts-identical-files "$(tree_sum "$T/four")" "$(tree_sum "$T/one")" \
+    "$(diff <(tree_sum "$T/one") <(tree_sum "$T/four") | head -5)"
+same four-parts-same-manifest-records "$(mf_files "$T/four")" "$(mf_files "$T/one")"
 check four-parts-manifest-complete grep -q '"complete":true' "$T/four/qmoe.json"
 check four-parts-manifest-shards grep -q '"shards":4' "$T/four/qmoe.json"
 n=$(journal_paths "$T"/four/.qmoe/shard-*-of-4/journal.jsonl | uniq | wc -l)
 d=$(journal_paths "$T"/four/.qmoe/shard-*-of-4/journal.jsonl | uniq -d | wc -l)
 [ "$n" = 52 ] && [ "$d" = 0 ] && ok four-parts-journals-disjoint || fail four-parts-journals-disjoint "$n paths, $d twice"
+notfin=
 for i in 0 1 2 3; do
-    grep -q '"state":"finished"' "$T/four/.qmoe/shard-$i-of-4/progress.json" || fail "four-parts-state-$i"
+    grep -q '"state":"finished"' "$T/four/.qmoe/shard-$i-of-4/progress.json" || notfin="$notfin $i"
 done
-ok four-parts-states-finished
+[ -z "$notfin" ] && ok four-parts-states-finished || fail four-parts-states-finished "parts not finished:$notfin"
 run "$TOOLS/ckcmp" "$OMNI" "$T/four"
 expect four-parts-ckcmp 0 "same: 174 tensors, 843008 bytes" stdout
 
@@ -88,7 +89,7 @@ expect killed-part-resumes 0 "taking over the stale lock of pid $pid"
 [[ "$out" == *"(resumed)"* ]] && ok killed-part-says-resumed || fail killed-part-says-resumed "$out"
 run qmoe-extract --shard 0/2 "$OMNI" "$T/kill"
 expect killed-other-part 0
-[ "$(tree_sum "$T/kill")" = "$(tree_sum "$T/one")" ] && ok killed-part-identical || fail killed-part-identical
+same killed-part-identical "$(tree_sum "$T/kill")" "$(tree_sum "$T/one")"
 check killed-part-no-tmp no_tmp_files "$T/kill"
 
 # -- another part's temporary is not ours to remove, whatever its pid says:
@@ -105,7 +106,7 @@ check stale-top-level-tmp-removed test ! -e "$T/foreign/config.json.tmp.999999"
 run qmoe-extract --shard 0/2 "$OMNI" "$T/foreign"
 expect foreign-tmp-owner-run 0
 check foreign-tmp-removed-by-owner test ! -e "$T/foreign/$p0.tmp.999999"
-[ "$(tree_sum "$T/foreign")" = "$(tree_sum "$T/one")" ] && ok foreign-identical || fail foreign-identical
+same foreign-identical "$(tree_sum "$T/foreign")" "$(tree_sum "$T/one")"
 
 # -- bad --shard values
 for bad in 4/4 -1/4 1/0 x 1/ /2 "1/2/3"; do

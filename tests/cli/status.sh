@@ -3,6 +3,7 @@
 # stopped, crashed, sharded), on directories without progress.json, on bad
 # input, and --watch through a pseudo-terminal during a real extraction.
 . "$(dirname "$0")/lib.sh"
+plan 105
 OMNI="$FIX/qwen3moe-tiny/omni"   # 3 layers x 16 experts, 52 files
 
 # jf NAME: a top-level field of the JSON in $out (first occurrence; top-level
@@ -228,7 +229,9 @@ fi
 
 # -- --watch on a pseudo-terminal during a real extraction: the count rises,
 # the screen is redrawn in place, and it ends by itself when the job does
-if command -v script >/dev/null; then
+if ! command -v script >/dev/null; then
+    fail watch-tty "script(1) (util-linux) is not installed"
+else
     QMOE_THROTTLE_MS=60 qmoe-extract -j 1 "$OMNI" "$T/live" >/dev/null 2>&1 & pid=$!
     wait_files "$T/live" 1
     TERM=xterm timeout 60 script -qfec "qmoe-status --watch=0.2 $T/live" "$T/tty.txt" \
@@ -254,8 +257,6 @@ if command -v script >/dev/null; then
     (sleep 1; printf q) | TERM=xterm timeout 30 script -qfec "qmoe-status --watch=0.2 $T/scan" \
         "$T/q.txt" >/dev/null 2>&1; rc=$?
     grep -qa 'COMMAND_EXIT_CODE="1"' "$T/q.txt" && ok watch-q-quits || fail watch-q-quits "rc=$rc $(tail -c 300 "$T/q.txt" | cat -v)"
-else
-    skip watch-tty "script(1) not installed"
 fi
 
 # -- a 6144-file directory (48 layers x 128 experts) with its journal: the

@@ -12,6 +12,7 @@
 # tests/torture_long.sh), TORTURE_THROTTLE_MS (per file, default 30),
 # TORTURE_SEED (default: random, printed so that a failure can be replayed).
 . "$(dirname "$0")/lib.sh"
+plan 15
 TOOLS="$QMOE_BUILD/tests/tools"
 SRC="$FIX/qwen3moe-tiny/omni"
 KILLS=${TORTURE_KILLS:-4}
@@ -20,8 +21,6 @@ THROTTLE=${TORTURE_THROTTLE_MS:-30}
 SEED=${TORTURE_SEED:-$$}
 RANDOM=$SEED
 echo "# torture: $KILLS SIGKILLs, $TERMS SIGTERMs, throttle $THROTTLE ms, seed $SEED"
-have_status=0; command -v qmoe-status >/dev/null && have_status=1
-have_verify=0; command -v qmoe-verify >/dev/null && have_verify=1
 
 # -- the reference: one clean extraction
 REF="$T/ref"
@@ -117,7 +116,7 @@ for i in $(seq 1 $n_cycles); do
         elif [ $mine = 1 ]; then
             grep -q '"state":"running"' "$P" || note_fail "torture-$i-state-running" "$(cat "$P")"
         fi
-        if [ $have_status = 1 ] && [ $mine = 1 ]; then
+        if [ $mine = 1 ]; then
             qmoe-status --json "$OUT" >"$T/st.json" 2>"$T/st.err"; src=$?
             grep -q '"state"[[:space:]]*:[[:space:]]*"crashed"' "$T/st.json" ||
                 note_fail "torture-$i-status-crashed" "rc $src $(head -c 300 "$T/st.json") $(cat "$T/st.err")"
@@ -135,11 +134,9 @@ for i in $(seq 1 $n_cycles); do
         grep -q '"state":"stopped"' "$P" || note_fail "torture-$i-state-stopped" "$(cat "$P")"
         [ ! -s "$OUT/.qmoe/lock" ] || note_fail "torture-$i-lock-released"
         no_tmp_files "$OUT" || note_fail "torture-$i-no-tmp" "$(find "$OUT" -name '*.tmp.*' | head -3)"
-        if [ $have_status = 1 ]; then
-            qmoe-status --json "$OUT" >"$T/st.json" 2>&1
-            grep -q '"state"[[:space:]]*:[[:space:]]*"stopped"' "$T/st.json" ||
-                note_fail "torture-$i-status-stopped" "$(head -c 300 "$T/st.json")"
-        fi
+        qmoe-status --json "$OUT" >"$T/st.json" 2>&1
+        grep -q '"state"[[:space:]]*:[[:space:]]*"stopped"' "$T/st.json" ||
+            note_fail "torture-$i-status-stopped" "$(head -c 300 "$T/st.json")"
         prev_pid=
     fi
 done
@@ -152,26 +149,21 @@ expect torture-final-resume 0
 if [ -n "$prev_pid" ]; then
     [[ "$err" == *"taking over the stale lock of pid $prev_pid"* ]] && ok torture-final-stale-lock ||
         fail torture-final-stale-lock "$err"
+else
+    skip torture-final-stale-lock "the last interrupted run was stopped, not killed"
 fi
-[ "$(digest "$OUT")" = "$(digest "$REF")" ] && ok torture-byte-identical ||
-    fail torture-byte-identical "$(diff <(digest "$REF") <(digest "$OUT") | head -5)"
-[ "$(mf_sums "$OUT")" = "$(mf_sums "$REF")" ] && ok torture-manifest-same-files ||
-    fail torture-manifest-same-files
+same torture-byte-identical "$(digest "$OUT")" "$(digest "$REF")" \
+    "$(diff <(digest "$REF") <(digest "$OUT") | head -5)"
+same torture-manifest-same-files "$(mf_sums "$OUT")" "$(mf_sums "$REF")"
 check torture-manifest-complete grep -q '"complete":true' "$OUT/qmoe.json"
 check torture-state-finished grep -q '"state":"finished"' "$OUT/.qmoe/progress.json"
 check torture-no-tmp no_tmp_files "$OUT"
 check torture-lock-released test ! -s "$OUT/.qmoe/lock"
 run "$TOOLS/ckcmp" "$SRC" "$OUT"
 expect torture-identical-to-source 0 "same: 174 tensors" stdout
-if [ $have_verify = 1 ]; then
-    run qmoe-verify "$OUT"
-    expect torture-verify 0
-    run qmoe-verify --source "$SRC" "$OUT"
-    expect torture-verify-source 0
-else
-    skip torture-verify "qmoe-verify not built yet"
-fi
-if [ $have_status = 1 ]; then
-    run qmoe-status "$OUT"
-    expect torture-status-complete 0
-fi
+run qmoe-verify "$OUT"
+expect torture-verify 0
+run qmoe-verify --source "$SRC" "$OUT"
+expect torture-verify-source 0
+run qmoe-status "$OUT"
+expect torture-status-complete 0

@@ -3,6 +3,7 @@
 # comparison, so peak RSS stays far below the source's size (it was the
 # whole source: about 10 GB on the real Omni checkpoint).
 . "$(dirname "$0")/lib.sh"
+plan 2
 TIME=/usr/bin/time
 [ -x $TIME ] || { fail verify-memory-time "no $TIME (Debian package time)"; exit 1; }
 qmoe-mksample --layers 2 --experts 32 --hidden 1024 --inter 768 --shards 2 "$T/src" >/dev/null &&

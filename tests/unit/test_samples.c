@@ -550,13 +550,57 @@ static void test_tokenizer(void)
     g_free(out);
 }
 
+/* Opening is one pass over the names: loading every shard looks each index
+ * name up once, in its own shard (the old check scanned every name for
+ * every shard: n_shards x n_names lookups, 67x slower on a 6144-file OUT).
+ * Each shard's list holds exactly its own names, sorted. */
+static void test_open_linear(void)
+{
+    char *out = mksample("many-shards", "--layers", "4", "--experts", "8", "--shards", "40",
+                         NULL);
+    CHECK(out != NULL);
+    if (!out)
+        return;
+    GError *err = NULL;
+    ckpt *ck = ckpt_open(out, &err);
+    CHECK(ck && ck->n_shards >= 30);
+    CHECK(ck && ck->name_checks == 0); /* headers are read lazily */
+    CHECK(ck && ckpt_load_all(ck, &err) == 0);
+    CHECK(ck && ck->name_checks == (uint64_t)ck->n_names);
+    int total = 0;
+    for (int i = 0; ck && i < ck->n_shards; i++) {
+        const ckpt_shard *s = &ck->shards[i];
+        total += s->n_names;
+        CHECK(s->n_names > 0 && s->names[s->n_names] == NULL);
+        CHECK(s->n_names == s->st->n_tensors);
+        for (int k = 0; k < s->n_names; k++) {
+            CHECK(ckpt_shard_index(ck, s->names[k]) == i);
+            CHECK(k == 0 || strcmp(s->names[k - 1], s->names[k]) < 0);
+        }
+        CHECK(i == 0 || strcmp(ck->shards[i - 1].name, s->name) < 0);
+    }
+    CHECK(ck && total == ck->n_names);
+    /* a second load (mapping) checks nothing again */
+    if (ck && ck->n_names) {
+        const uint8_t *d = NULL;
+        CHECK(ckpt_tensor(ck, ck->names[0], 1, &d, &err) && d);
+        CHECK(ck->name_checks == (uint64_t)ck->n_names);
+    }
+    if (err) {
+        printf("  %s\n", err->message);
+        g_clear_error(&err);
+    }
+    ckpt_close(ck);
+    g_free(out);
+}
+
 int main(void)
 {
     bin_dir = getenv("QMOE_BIN");
     tmp_dir = getenv("QMOE_TMP");
     if (!bin_dir || !tmp_dir) {
-        printf("skip test_samples: QMOE_BIN and QMOE_TMP not set (run via make check)\n");
-        return 0;
+        printf("FAIL test_samples: QMOE_BIN and QMOE_TMP not set (run via make check)\n");
+        return 1;
     }
     RUN(test_every_layout_default);
     RUN(test_every_layout_odd_sizes);
@@ -565,5 +609,6 @@ int main(void)
     RUN(test_values);
     RUN(test_dtypes_and_shard_mb);
     RUN(test_tokenizer);
+    RUN(test_open_linear);
     TEST_EXIT();
 }
