@@ -136,3 +136,4 @@ clean:
 	rm -rf build build-san build-fuzz
 include tests/fuzz/fuzz.mk
 include tests/cluster/cluster.mk
+include tests/browser/browser.mk
