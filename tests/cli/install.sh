@@ -53,11 +53,12 @@ cat >"$T/prog.c" <<'C'
 int main(int argc, char **argv) {   /* greedy continuation of argv[2] */
     GError *e = NULL; model_opts o = {0}; model *m = model_load(argv[1], &o, &e);
     tok_t *t = m ? tok_load(argv[1], &e) : NULL; GArray *a = g_array_new(0, 0, 4);
-    int out[16], n = 0;
+    int out[16], n = 0, rc = 0; char *s = NULL;
     if (!t || tok_encode(t, argv[2], strlen(argv[2]), 0, a, &e) || model_generate(m,
         (int *)(void *)a->data, (int)a->len, 16, NULL, NULL, out, &n, NULL, &e)) {
-        fprintf(stderr, "%s (%s)\n", e->message, e->code == QM_ERR_IO ? "io" : "other"); return 2; }
-    printf("%s\n", tok_decode(t, (int32_t *)out, (size_t)n, NULL)); return argc - 3; }
+        fprintf(stderr, "%s (%s)\n", e->message, e->code == QM_ERR_IO ? "io" : "other"); rc = 2;
+    } else printf("%s\n", s = tok_decode(t, (int32_t *)out, (size_t)n, NULL));
+    g_free(s); g_clear_error(&e); g_array_free(a, 1); tok_free(t); model_free(m); return rc + argc - 3; }
 C
 sanflags=(); [ ${#san[@]} -gt 0 ] && sanflags=(-fsanitize=address,undefined)
 run ${CC:-cc} -std=c11 -D_GNU_SOURCE "${sanflags[@]}" -o "$T/prog" "$T/prog.c" $cflags $libs
