@@ -23,10 +23,9 @@ summary() {
     echo "$p passed, $f failed"; [ "$f" = 0 ]
 }
 
-if ! command -v chromium >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1
-    fi
+# chromium, and a font for the Chinese prompt (else it shows as boxes)
+if [ "$(id -u)" = 0 ] && { ! command -v chromium >/dev/null || [ ! -d /usr/share/fonts/truetype/wqy ]; }; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null 2>&1
 fi
 if ! command -v chromium >/dev/null; then
     say "FAIL browser_chromium: no chromium (apt-get install chromium)"
