@@ -54,7 +54,15 @@ TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
 
-.PHONY: all check demo bench install clean torture fuzz valgrind
+# Man pages: generated from each tool's --help and --version by help2man,
+# with the NAME and SEE ALSO of TOOLDIR/qmoe-NAME.h2m.
+MANS     := $(BINS:$(BUILD)/bin/%=$(BUILD)/man/%.1)
+# What a program using libqmoe includes (-I$(includedir)/qmoe, then
+# "model/model.h"): the error domain, the formats, the extracted directory,
+# the model. base/util.h and base/fs.h are internal; cli/ is not installed.
+PUBLIC_HEADERS := common/base/error.h $(foreach d,format outdir model,$(wildcard common/$(d)/*.h))
+
+.PHONY: all check demo bench install clean torture fuzz valgrind man
 all: $(LIB) $(CLI_LIB) $(BINS) $(TEST_BIN) $(TOOL_BIN)
 
 $(BUILD)/%.o: %.c $(HEADERS)
@@ -79,6 +87,20 @@ $(BUILD)/bin/$(basename $(notdir $(1))): $(BUILD)/$(basename $(1)).o \
 endef
 $(foreach m,$(MAINS),$(eval $(call tool_rule,$(m))))
 
+define man_rule
+$(BUILD)/man/$(basename $(notdir $(1))).1: $(BUILD)/bin/$(basename $(notdir $(1))) $(basename $(1)).h2m
+	@mkdir -p $$(dir $$@)
+	@echo "MAN $$@"
+	@help2man --no-info --section 1 --include $(basename $(1)).h2m --output $$@.tmp $$< && mv $$@.tmp $$@
+endef
+$(foreach m,$(MAINS),$(eval $(call man_rule,$(m))))
+man: $(MANS)
+
+$(BUILD)/qmoe.pc: common/qmoe.pc.in Makefile
+	@sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(shell sed -n 's/^#define QMOE_VERSION "\(.*\)"/\1/p' common/base/util.h)|g' \
+	    -e 's|@REQUIRES@|$(PKGS)|g' $< >$@.tmp && mv $@.tmp $@
+.PHONY: $(BUILD)/qmoe.pc
+
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(CLI_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "LD $@"
@@ -98,15 +120,20 @@ demo: all
 bench: all
 	@QMOE_BUILD=$(abspath $(BUILD)) bash tests/bench/run.sh
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/qmoe
-	install -d $(DESTDIR)$(PREFIX)/share/qmoe
+install: all $(MANS) $(BUILD)/qmoe.pc
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -d $(DESTDIR)$(PREFIX)/share/qmoe $(DESTDIR)$(PREFIX)/share/man/man1
 	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/
-	install -m 644 common/*.h $(DESTDIR)$(PREFIX)/include/qmoe/
-	install -m 644 samples/prompts samples/reference.txt $(DESTDIR)$(PREFIX)/share/qmoe/
+	install -m 644 $(BUILD)/qmoe.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	for h in $(PUBLIC_HEADERS:common/%=%); do \
+	    install -D -m 644 common/$$h $(DESTDIR)$(PREFIX)/include/qmoe/$$h || exit 1; done
+	install -m 644 $(MANS) $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 644 samples/prompts samples/reference.txt samples/corpus.jsonl \
+	    $(DESTDIR)$(PREFIX)/share/qmoe/
 
 clean:
 	rm -rf build build-san build-fuzz
 include tests/fuzz/fuzz.mk
 include tests/cluster/cluster.mk
+include tests/browser/browser.mk

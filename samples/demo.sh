@@ -5,6 +5,7 @@
 #   3. qmoe-status shows it while it runs, then when it is done
 #   4. qmoe-verify proves coverage and integrity against the source
 #   5. qmoe-run generates from the coherent sample model's extraction
+#   6. router statistics by domain, and the report: DIR/index.html
 set -eu
 : "${QMOE_BUILD:?}"
 B="$QMOE_BUILD/bin"
@@ -25,6 +26,9 @@ if [ -x "$B/qmoe-run" ] && "$B/qmoe-mksample" --help | grep -q -- --coherent; th
     step "$B/qmoe-verify" --coherence --source "$D/coherent-src" "$D/coherent"
     step "$B/qmoe-run" --prompt "The router sends every token" "$D/coherent"
     step "$B/qmoe-run" --mask-experts 0-7 --prompt "The router sends every token" "$D/coherent"
+    step "$B/qmoe-run" --router-stats "$(dirname "$0")/corpus.jsonl" "$D/coherent"
+    step "$B/qmoe-verify" --coherence --report "$D/report" "$D/coherent" | tail -n 2
 fi
 echo
 echo "demo output is in $D"
+[ -f "$D/report/index.html" ] && echo "report: $D/report/index.html (open it in a browser)"

@@ -12,6 +12,7 @@
 #include "model/tokenizer.h"
 #include "base/util.h"
 #include "cli/cli.h"
+#include "run_stats.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -19,7 +20,7 @@
 #include <string.h>
 
 static gchar *opt_token_ids, *opt_logits_out, *opt_router_log, *opt_mask, *opt_expert_io;
-static gchar *opt_prompt, *opt_perplexity;
+static gchar *opt_prompt, *opt_perplexity, *opt_router_stats, *opt_report;
 static gint opt_n = 16, opt_threads, opt_cache_mb = 4096, opt_context = PPL_DEFAULT_CONTEXT;
 static gdouble opt_temperature;
 static gint64 opt_seed = -1;
@@ -44,6 +45,11 @@ static GOptionEntry entries[] = {
      "print the perplexity and mean negative log-likelihood of the text in FILE", "FILE"},
     {"context", 0, 0, G_OPTION_ARG_INT, &opt_context,
      "--perplexity window in tokens (default 1024)", "N"},
+    {"router-stats", 0, 0, G_OPTION_ARG_FILENAME, &opt_router_stats,
+     "count the router's picks per domain over CORPUS (JSON lines {domain, text})",
+     "CORPUS"},
+    {"report", 0, 0, G_OPTION_ARG_FILENAME, &opt_report,
+     "--router-stats: also write an HTML report with SVG heatmaps to DIR/index.html", "DIR"},
     {"tokenize", 0, 0, G_OPTION_ARG_NONE, &opt_tokenize,
      "print the ids of the text on stdin as a JSON array (no weights needed)", NULL},
     {"detokenize", 0, 0, G_OPTION_ARG_NONE, &opt_detokenize,
@@ -80,6 +86,9 @@ static const char summary[] =
     "  --prompt TEXT      generate from TEXT; the text is printed as it comes\n"
     "  --token-ids LIST   generate from token ids; prints the generated ids\n"
     "  --perplexity FILE  score the text in FILE\n"
+    "  --router-stats CORPUS  which experts each domain's tokens pick: load,\n"
+    "                     mutual information (bits), purity, top experts with\n"
+    "                     lift per layer (--report DIR: HTML with heatmaps)\n"
     "  --tokenize         stdin text -> JSON array of ids (MODEL may be a\n"
     "  --detokenize       JSON array of ids -> text      tokenizer.json[.gz])\n"
     "Generation is greedy unless --temperature is given and stops at the\n"
@@ -770,15 +779,16 @@ int main(int argc, char **argv)
         goto out;
     }
     int modes = !!opt_prompt + !!opt_token_ids + !!opt_perplexity + !!opt_tokenize +
-                !!opt_detokenize;
+                !!opt_detokenize + !!opt_router_stats;
     if (modes == 0) {
         fprintf(stderr, "qmoe-run: give the prompt with --prompt TEXT or --token-ids LIST "
-                "(or use --perplexity FILE, --tokenize, --detokenize)\n");
+                "(or use --perplexity FILE, --router-stats CORPUS, --tokenize, "
+                "--detokenize)\n");
         goto out;
     }
     if (modes > 1) {
-        usage_error("--prompt, --token-ids, --perplexity, --tokenize and --detokenize "
-                    "exclude each other");
+        usage_error("--prompt, --token-ids, --perplexity, --router-stats, --tokenize and "
+                    "--detokenize exclude each other");
         goto out;
     }
     if (opt_chat && !opt_prompt) {
@@ -789,7 +799,12 @@ int main(int argc, char **argv)
         usage_error("--jsonl works with --tokenize and --detokenize");
         goto out;
     }
-    if (opt_logits_out && (opt_perplexity || opt_tokenize || opt_detokenize)) {
+    if (opt_report && !opt_router_stats) {
+        usage_error("--report works with --router-stats");
+        goto out;
+    }
+    if (opt_logits_out && (opt_perplexity || opt_tokenize || opt_detokenize ||
+                           opt_router_stats)) {
         usage_error("--logits-out works with --prompt and --token-ids");
         goto out;
     }
@@ -827,6 +842,20 @@ int main(int argc, char **argv)
     }
     if (opt_threads == 0)
         opt_threads = (int)g_get_num_processors();
+    if (opt_router_stats) {
+        run_stats_opts so = {.corpus = opt_router_stats, .model = argv[1], .mask = opt_mask,
+                             .router_log = opt_router_log, .report = opt_report,
+                             .threads = opt_threads, .cache_mb = opt_cache_mb, .io = io,
+                             .json = opt_json};
+        if (run_router_stats(&so, &err) != 0)
+            goto fail;
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+            qm_set_errno(&err, errno, "cannot write", "stdout");
+            goto fail;
+        }
+        rv = 0;
+        goto out;
+    }
     int n_prompt = 0;
     if (opt_token_ids) {
         if (!(ids = parse_ids(opt_token_ids, &n_prompt, &err)))
@@ -944,6 +973,8 @@ out:
     g_free(opt_token_ids);
     g_free(opt_prompt);
     g_free(opt_perplexity);
+    g_free(opt_router_stats);
+    g_free(opt_report);
     g_free(opt_logits_out);
     g_free(opt_router_log);
     g_free(opt_mask);

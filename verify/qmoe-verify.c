@@ -6,6 +6,7 @@
  * summary, or the same facts as JSON.
  */
 #include "model/coherence.h"
+#include "verify_report.h"
 #include "base/util.h"
 #include "cli/cli.h"
 #include "outdir/verify.h"
@@ -19,7 +20,7 @@
 static const char *prog = "qmoe-verify";
 
 static gboolean opt_quick, opt_json, opt_version, opt_coherence;
-static char *opt_source, *opt_text, *opt_prompts, *opt_mask;
+static char *opt_source, *opt_text, *opt_prompts, *opt_mask, *opt_report;
 static int opt_expect = -1, opt_jobs;
 static double opt_max_ppl;
 
@@ -41,6 +42,9 @@ static GOptionEntry entries[] = {
     {"mask-experts", 0, 0, G_OPTION_ARG_STRING, &opt_mask,
      "--coherence: restrict the router to LIST for the whole gate (shows a masked run failing)",
      "LIST"},
+    {"report", 0, 0, G_OPTION_ARG_FILENAME, &opt_report,
+     "--coherence: write DIR/index.html: verdicts, continuations and router heatmaps, free "
+     "router next to masked to 0-7", "DIR"},
     {"jobs", 'j', 0, G_OPTION_ARG_INT, &opt_jobs,
      "Files checked in parallel, forward-pass threads (default: the number of CPUs)", "N"},
     {"json", 0, 0, G_OPTION_ARG_NONE, &opt_json,
@@ -320,9 +324,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: -j wants a positive number of jobs\n", prog);
         return 2;
     }
-    if (!opt_coherence && (opt_text || opt_prompts || opt_max_ppl != 0 || opt_mask)) {
-        fprintf(stderr, "%s: --text, --prompts, --max-ppl and --mask-experts need --coherence\n",
-                prog);
+    if (!opt_coherence && (opt_text || opt_prompts || opt_max_ppl != 0 || opt_mask ||
+                           opt_report)) {
+        fprintf(stderr, "%s: --text, --prompts, --max-ppl, --mask-experts and --report need "
+                "--coherence\n", prog);
         return 2;
     }
     if (opt_max_ppl < 0 || isnan(opt_max_ppl)) {
@@ -373,32 +378,50 @@ int main(int argc, char **argv)
     vf_check_coverage(t, r);
     vf_check_files(t, opt_quick, jobs, r);
     coh_result *coh = NULL;
+    int report_failed = 0;
     if (opt_coherence) {
         double t0 = qm_monotonic();
         coh_opts co = {.text_path = ref_text, .prompts_path = prompts, .source = opt_source,
                        .max_ppl = opt_max_ppl, .mask = opt_mask, .n_threads = jobs,
                        .progress = coherence_progress, .progress_user = &t0};
         vf_check_coherence(t, &co, r, &coh);
+        if (opt_report && coh && verify_write_report(opt_report, out, &co, coh, &err) != 0) {
+            qm_report(prog, err);
+            g_clear_error(&err);
+            report_failed = 1;
+        } else if (opt_report && !coh) {
+            fprintf(stderr, "%s: --report: no report: the coherence gate did not run\n", prog);
+            report_failed = 1;
+        }
     }
     if (opt_json) {
         cJSON *j = vf_result_to_json(r, out);
         if (opt_coherence)
             cJSON_AddItemToObject(j, "coherence",
                                   coh ? coh_result_to_json(coh) : cJSON_CreateNull());
+        if (opt_report && !report_failed) {
+            char *p = g_build_filename(opt_report, "index.html", NULL);
+            cJSON_AddStringToObject(j, "report", p);
+            g_free(p);
+        }
         char *text = cJSON_Print(j);
         puts(text);
         cJSON_free(text);
         cJSON_Delete(j);
     } else {
         print_text(r, out, opt_quick, coh);
+        if (opt_report && !report_failed)
+            printf("report: %s/index.html\n", opt_report);
     }
-    int code = vf_exit_code(r);
+    /* a report that was asked for and not written is an I/O error */
+    int code = report_failed ? 2 : vf_exit_code(r);
     coh_result_free(coh);
     g_free(ref_text);
     g_free(prompts);
     g_free(opt_text);
     g_free(opt_prompts);
     g_free(opt_mask);
+    g_free(opt_report);
     vf_target_close(t);
     vf_result_free(r);
     g_free(opt_source);

@@ -13,18 +13,7 @@
 
 #define QMOE_VERSION "0.1.0"
 
-#define QM_ERROR qm_error_quark()
-GQuark qm_error_quark(void);
-
-typedef enum {
-    QM_ERR_IO = 1,   /* cannot open/read/write a file (exit 2) */
-    QM_ERR_FORMAT,   /* a file is malformed (exit 2) */
-    QM_ERR_USAGE,    /* bad arguments (exit 2) */
-    QM_ERR_NOSPACE,  /* disk full or file size limit (exit 2) */
-    QM_ERR_LOCKED,   /* another process holds the output lock (exit 2) */
-    QM_ERR_STOPPED,  /* interrupted by a signal (exit 1) */
-    QM_ERR_CHECK,    /* a verification check failed (exit 1) */
-} qm_err_code;
+#include "base/error.h" /* QM_ERROR and its codes */
 
 /* Exit code for an error: 1 for CHECK/STOPPED, 2 otherwise (0 for NULL). */
 int qm_exit_code(const GError *err);

@@ -1,0 +1,26 @@
+/* run_stats.h - qmoe-run --router-stats: run a domain-labelled corpus and
+ * print which experts the router picks for which domain (routerstats.h),
+ * optionally writing the router log and an HTML report (report.h). */
+#ifndef QMOE_RUN_STATS_H
+#define QMOE_RUN_STATS_H
+
+#include <glib.h>
+
+#include "model/expert_store.h"
+
+typedef struct {
+    const char *corpus;       /* CORPUS.jsonl */
+    const char *model;        /* MODEL */
+    const char *mask;         /* --mask-experts LIST or NULL */
+    const char *router_log;   /* --router-log FILE or NULL */
+    const char *report;       /* --report DIR or NULL */
+    int threads;
+    int cache_mb;
+    expert_io io;
+    int json;
+} run_stats_opts;
+
+/* Returns 0, or -1 with *err set (the caller reports it). */
+int run_router_stats(const run_stats_opts *o, GError **err);
+
+#endif
