@@ -89,6 +89,115 @@ void fs_out_abort(fs_out *o)
     out_free(o);
 }
 
+struct fs_batch {
+    int anchor;      /* fd on the filesystem, for syncfs and its errors */
+    char *dir;       /* where it was opened, for messages */
+    GPtrArray *outs; /* fs_out, closed */
+    uint64_t bytes;
+};
+
+fs_batch *fs_batch_new(const char *dir, GError **err)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        qm_set_errno(err, errno, "cannot open directory", dir);
+        return NULL;
+    }
+    fs_batch *b = g_new0(fs_batch, 1);
+    b->anchor = fd;
+    b->dir = g_strdup(dir);
+    b->outs = g_ptr_array_new();
+    return b;
+}
+
+int fs_out_finish(fs_out *o, GError **err)
+{
+    if (o->written > 0)
+        (void)sync_file_range(o->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    int r = close(o->fd);
+    o->fd = -1;
+    if (r != 0)
+        return qm_set_errno(err, errno, "cannot close", o->path);
+    return 0;
+}
+
+void fs_batch_add(fs_batch *b, fs_out *o)
+{
+    g_ptr_array_add(b->outs, o);
+    b->bytes += o->written;
+}
+
+int fs_batch_count(const fs_batch *b)
+{
+    return (int)b->outs->len;
+}
+
+uint64_t fs_batch_bytes(const fs_batch *b)
+{
+    return b->bytes;
+}
+
+void fs_batch_abort(fs_batch *b)
+{
+    for (guint i = 0; i < b->outs->len; i++)
+        fs_out_abort(b->outs->pdata[i]);
+    g_ptr_array_set_size(b->outs, 0);
+    b->bytes = 0;
+}
+
+void fs_batch_free(fs_batch *b)
+{
+    if (!b)
+        return;
+    fs_batch_abort(b);
+    g_ptr_array_free(b->outs, TRUE);
+    close(b->anchor);
+    g_free(b->dir);
+    g_free(b);
+}
+
+int fs_batch_commit(fs_batch *b, GError **err)
+{
+    guint n = b->outs->len;
+    if (n == 0)
+        return 0;
+    /* syncfs reports the writeback errors of the filesystem since the
+     * anchor was opened (Linux >= 5.8), those of files already closed
+     * included. */
+    int rc = 0;
+    if (syncfs(b->anchor) != 0)
+        rc = qm_set_errno(err, errno, "cannot sync the filesystem of", b->dir);
+    /* Renamed files leave the array; a failure aborts the rest. */
+    GPtrArray *dirs = g_ptr_array_new_with_free_func(g_free);
+    for (guint i = 0; i < n && !rc; i++) {
+        fs_out *o = b->outs->pdata[i];
+        if (rename(o->tmp, o->path) != 0) {
+            rc = qm_set_errno(err, errno, "cannot rename into place", o->path);
+            break;
+        }
+        /* Files of a batch share a few directories: a linear look-up. */
+        char *dir = g_path_get_dirname(o->path);
+        guint k = 0;
+        while (k < dirs->len && strcmp(dirs->pdata[k], dir) != 0)
+            k++;
+        if (k < dirs->len)
+            g_free(dir);
+        else
+            g_ptr_array_add(dirs, dir);
+        out_free(o);
+        b->outs->pdata[i] = NULL;
+    }
+    for (guint k = 0; k < dirs->len && !rc; k++)
+        rc = fs_fsync_dir(dirs->pdata[k], err);
+    g_ptr_array_free(dirs, TRUE);
+    for (guint i = 0; i < n; i++)
+        if (b->outs->pdata[i])
+            fs_out_abort(b->outs->pdata[i]);
+    g_ptr_array_set_size(b->outs, 0);
+    b->bytes = 0;
+    return rc;
+}
+
 int fs_write_atomic(const char *path, const void *data, size_t len, GError **err)
 {
     fs_out *o = fs_out_open(path, err);

@@ -99,6 +99,11 @@ void mf_file_clear(mf_file *f);
 int mf_journal_append(int fd, const char *journal_path, const mf_file *f,
                       GError **err);
 
+/* Appends n records (a group commit's batch) in one write(); on a short
+ * write none of them stays. The caller fsyncs. */
+int mf_journal_append_n(int fd, const char *journal_path, const mf_file *f, int n,
+                        GError **err);
+
 /* Opens a journal for appending (creating it), first cutting off a torn
  * last line (no newline: a crash or a full disk mid-write) so that the
  * next record starts on a line of its own. For the journal's only writer.
