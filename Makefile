@@ -7,7 +7,7 @@
 #   make bench        benchmarks (ratios against cp, sha256sum, memcpy)
 #   make install PREFIX=/usr/local
 
-PKGS     := glib-2.0 libcjson libcrypto zlib
+PKGS     := glib-2.0 libcjson libcrypto zlib libdeflate
 PREFIX   ?= /usr/local
 CC       ?= cc
 OPT      ?= -O2 -march=native

@@ -11,12 +11,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-fs_out *fs_out_open(const char *path, GError **err)
+static fs_out *out_open(const char *path, int direct, GError **err)
 {
     fs_out *o = g_new0(fs_out, 1);
     o->path = g_strdup(path);
     o->tmp = g_strdup_printf("%s.tmp.%ld", path, (long)getpid());
-    o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+    o->fd = direct ? open(o->tmp, flags | O_DIRECT, 0644) : -1;
+    o->direct = o->fd >= 0;
+    if (o->fd < 0)
+        o->fd = open(o->tmp, flags, 0644);
     if (o->fd < 0) {
         qm_set_errno(err, errno, "cannot create", o->tmp);
         g_free(o->path);
@@ -27,14 +31,40 @@ fs_out *fs_out_open(const char *path, GError **err)
     return o;
 }
 
+fs_out *fs_out_open(const char *path, GError **err)
+{
+    return out_open(path, 0, err);
+}
+
+fs_out *fs_out_open_direct(const char *path, GError **err)
+{
+    return out_open(path, 1, err);
+}
+
+/* O_DIRECT off for the rest of o. */
+static void out_buffered(fs_out *o)
+{
+    int fl = fcntl(o->fd, F_GETFL);
+    if (fl >= 0)
+        (void)fcntl(o->fd, F_SETFL, fl & ~O_DIRECT);
+    o->direct = 0;
+}
+
 int fs_out_write(fs_out *o, const void *buf, size_t len, GError **err)
 {
     const uint8_t *p = buf;
+    if (o->direct && (len % FS_DIRECT_ALIGN || (uintptr_t)p % FS_DIRECT_ALIGN ||
+                      o->written % FS_DIRECT_ALIGN))
+        out_buffered(o);
     while (len > 0) {
         ssize_t n = write(o->fd, p, len);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
+            if (errno == EINVAL && o->direct) {
+                out_buffered(o);
+                continue;
+            }
             return qm_set_errno(err, errno, "cannot write", o->path);
         }
         if (n == 0)

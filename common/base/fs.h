@@ -16,10 +16,22 @@ typedef struct {
     char *path; /* final name */
     char *tmp;  /* temporary name */
     uint64_t written;
+    int direct; /* O_DIRECT still on */
 } fs_out;
 
 /* Opens a temporary beside `path`. Returns NULL with *err set. */
 fs_out *fs_out_open(const char *path, GError **err);
+
+/* Alignment of O_DIRECT writes: buffer address, length, file offset. */
+#define FS_DIRECT_ALIGN 4096
+
+/* The same, with O_DIRECT where the filesystem takes it: writes of whole
+ * FS_DIRECT_ALIGN blocks from aligned buffers go from the caller's memory
+ * to the disk, with no copy into the page cache (that copy costs about as
+ * much CPU as SHA-256). The first write that is not aligned (a file's
+ * tail), or that the filesystem refuses (EINVAL), turns O_DIRECT off for
+ * the rest of the file: the bytes are the same either way. */
+fs_out *fs_out_open_direct(const char *path, GError **err);
 
 /* Writes all of buf (retrying short writes and EINTR). Errors name the
  * final file; ENOSPC/EFBIG give QM_ERR_NOSPACE. */

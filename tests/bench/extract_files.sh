@@ -24,20 +24,15 @@ reps=${REPS:-3}
 read -r -a xargs_extra <<<"${EXF_ARGS:-}"
 
 now() { date +%s.%N; }
-# best CMD...: best wall time of $reps runs; `prep` runs before each, untimed
-best() {
-    local b="" s e t
-    for _ in $(seq "$reps"); do
-        prep
-        s=$(now); "$@" >/dev/null 2>"$D/err" || { echo "failed: $* ($(head -1 "$D/err"))" >&2; echo 0; return; }; e=$(now)
-        t=$(awk -v s="$s" -v e="$e" 'BEGIN { print e - s }')
-        b=$(awk -v b="$b" -v t="$t" 'BEGIN { print (b == "" || t < b) ? t : b }')
-    done
-    echo "$b"
+# timed CMD...: wall seconds of one run (9999 when it fails)
+timed() {
+    local s e
+    s=$(now); "$@" >/dev/null 2>"$D/err" || { echo "failed: $* ($(head -1 "$D/err"))" >&2; echo 9999; return; }; e=$(now)
+    awk -v s="$s" -v e="$e" 'BEGIN { print e - s }'
 }
+min() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b < a) ? b : a }'; }
 extract() { "$B/qmoe-extract" --no-progress "${xargs_extra[@]}" "$D/src" "$D/out"; }
 copy_sync() { cp -r "$1" "$D/cp" && sync; }
-
 for c in $cases; do
     case $c in
         small) args=(--layers 48 --experts 128 --hidden 256 --inter 128 --shard-mb 2000)
@@ -51,17 +46,24 @@ for c in $cases; do
     rm -rf "$D/src" "$D/out" "$D/cp"
     "$B/qmoe-mksample" "${args[@]}" "$D/src" >/dev/null || { echo "$c: qmoe-mksample failed"; continue; }
     cat "$D"/src/*.safetensors >/dev/null      # warm cache
-    prep() { rm -rf "$D/out"; sync; }
-    t_x=$(best extract)
     extract >/dev/null 2>&1                      # the tree to copy, if base=out
     files=$(find "$D/$base" -type f | wc -l)
     bytes=$(du -sb "$D/$base" | cut -f1)
-    prep() { rm -rf "$D/cp"; find "$D/$base" -type f -exec cat {} + >/dev/null; sync; }
-    t_c=$(best copy_sync "$D/$base")
+    [ $base = out ] && cp -r "$D/out" "$D/base"  # outlives the extractions
+    [ $base = out ] && base=base
+    # interleaved, so that a change in the load of a shared machine hits
+    # both sides alike; each run starts with its own output gone and synced
+    t_x="" t_c=""
+    for _ in $(seq "$reps"); do
+        rm -rf "$D/out"; sync
+        t_x=$(min "$t_x" "$(timed extract)")
+        rm -rf "$D/cp"; find "$D/$base" -type f -exec cat {} + >/dev/null; sync
+        t_c=$(min "$t_c" "$(timed copy_sync "$D/$base")")
+    done
     rm -rf "$D/cp"
     awk -v n="$name" -v x="$t_x" -v c="$t_c" -v f="$files" -v b="$bytes" \
         -v base="$base" -v tg="$target" 'BEGIN {
-        printf "%s: cp -r %s (%d files, %.2f GB)\n", n, base, f, b / 1e9
+        printf "%s: cp -r %s (%d files, %.2f GB)\n", n, (base == "src" ? "SRC" : "of the output tree"), f, b / 1e9
         printf "  qmoe-extract        %7.2f s\n", x
         printf "  cp -r + sync        %7.2f s\n", c
         printf "  ratio               %7.2f   (target <= %s)\n", (c > 0 ? x / c : 0), tg
@@ -72,6 +74,6 @@ for c in $cases; do
             "$D/src" "$D/out" >/dev/null 2>&1
         echo "  strace -c -f (top 14):"; head -16 "$D/strace" | sed 's/^/    /'
     fi
-    rm -rf "$D/src" "$D/out"
+    rm -rf "$D/src" "$D/out" "$D/base"
 done
 rm -rf "$D"
