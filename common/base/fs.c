@@ -119,24 +119,44 @@ void fs_out_abort(fs_out *o)
     out_free(o);
 }
 
+typedef struct {
+    int fd;
+    const char *path; /* the table's key */
+    int other_fs; /* not on the anchor's filesystem: a syncfs of its own */
+} batch_dir;
+
 struct fs_batch {
-    int anchor;      /* fd on the filesystem, for syncfs and its errors */
-    char *dir;       /* where it was opened, for messages */
-    GPtrArray *outs; /* fs_out, closed */
+    int anchor;        /* fd on the filesystem, for syncfs and its errors */
+    dev_t dev;         /* its device */
+    char *dir;         /* where it was opened, for messages */
+    GPtrArray *outs;   /* fs_out, closed */
     uint64_t bytes;
+    GHashTable *dirs;  /* directory path -> batch_dir, open for the batch's life */
 };
+
+static void batch_dir_free(gpointer p)
+{
+    batch_dir *d = p;
+    close(d->fd);
+    g_free(d);
+}
 
 fs_batch *fs_batch_new(const char *dir, GError **err)
 {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) {
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
         qm_set_errno(err, errno, "cannot open directory", dir);
+        if (fd >= 0)
+            close(fd);
         return NULL;
     }
     fs_batch *b = g_new0(fs_batch, 1);
     b->anchor = fd;
+    b->dev = st.st_dev;
     b->dir = g_strdup(dir);
     b->outs = g_ptr_array_new();
+    b->dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, batch_dir_free);
     return b;
 }
 
@@ -181,9 +201,36 @@ void fs_batch_free(fs_batch *b)
         return;
     fs_batch_abort(b);
     g_ptr_array_free(b->outs, TRUE);
+    g_hash_table_destroy(b->dirs);
     close(b->anchor);
     g_free(b->dir);
     g_free(b);
+}
+
+/* The open directory of o's final name, opened on first use. */
+static batch_dir *dir_of(fs_batch *b, const fs_out *o, GError **err)
+{
+    char *path = g_path_get_dirname(o->path);
+    batch_dir *d = g_hash_table_lookup(b->dirs, path);
+    if (d) {
+        g_free(path);
+        return d;
+    }
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        qm_set_errno(err, errno, "cannot open directory", path);
+        if (fd >= 0)
+            close(fd);
+        g_free(path);
+        return NULL;
+    }
+    d = g_new0(batch_dir, 1);
+    d->fd = fd;
+    d->path = path;
+    d->other_fs = st.st_dev != b->dev;
+    g_hash_table_insert(b->dirs, path, d);
+    return d;
 }
 
 int fs_batch_commit(fs_batch *b, GError **err)
@@ -191,34 +238,42 @@ int fs_batch_commit(fs_batch *b, GError **err)
     guint n = b->outs->len;
     if (n == 0)
         return 0;
+    /* The directories touched (a batch has a few: a linear look-up). */
+    GPtrArray *dirs = g_ptr_array_new();
+    int rc = 0;
+    for (guint i = 0; i < n && !rc; i++) {
+        batch_dir *d = dir_of(b, b->outs->pdata[i], err);
+        if (!d)
+            rc = -1;
+        else if (!g_ptr_array_find(dirs, d, NULL))
+            g_ptr_array_add(dirs, d);
+    }
     /* syncfs reports the writeback errors of the filesystem since the
      * anchor was opened (Linux >= 5.8), those of files already closed
-     * included. */
-    int rc = 0;
-    if (syncfs(b->anchor) != 0)
+     * included. A directory on another filesystem (a mount inside OUT)
+     * gets its own, which sees errors since its first batch. */
+    if (!rc && syncfs(b->anchor) != 0)
         rc = qm_set_errno(err, errno, "cannot sync the filesystem of", b->dir);
+    for (guint k = 0; k < dirs->len && !rc; k++) {
+        batch_dir *d = dirs->pdata[k];
+        if (d->other_fs && syncfs(d->fd) != 0)
+            rc = qm_set_errno(err, errno, "cannot sync the filesystem of", d->path);
+    }
     /* Renamed files leave the array; a failure aborts the rest. */
-    GPtrArray *dirs = g_ptr_array_new_with_free_func(g_free);
     for (guint i = 0; i < n && !rc; i++) {
         fs_out *o = b->outs->pdata[i];
         if (rename(o->tmp, o->path) != 0) {
             rc = qm_set_errno(err, errno, "cannot rename into place", o->path);
             break;
         }
-        /* Files of a batch share a few directories: a linear look-up. */
-        char *dir = g_path_get_dirname(o->path);
-        guint k = 0;
-        while (k < dirs->len && strcmp(dirs->pdata[k], dir) != 0)
-            k++;
-        if (k < dirs->len)
-            g_free(dir);
-        else
-            g_ptr_array_add(dirs, dir);
         out_free(o);
         b->outs->pdata[i] = NULL;
     }
-    for (guint k = 0; k < dirs->len && !rc; k++)
-        rc = fs_fsync_dir(dirs->pdata[k], err);
+    for (guint k = 0; k < dirs->len && !rc; k++) {
+        batch_dir *d = dirs->pdata[k];
+        if (fsync(d->fd) != 0 && errno != EINVAL)
+            rc = qm_set_errno(err, errno, "cannot sync directory", d->path);
+    }
     g_ptr_array_free(dirs, TRUE);
     for (guint i = 0; i < n; i++)
         if (b->outs->pdata[i])

@@ -70,10 +70,11 @@ void fs_out_abort(fs_out *o);
  * writers' files also fail the commit: safe, if not precise. */
 typedef struct fs_batch fs_batch;
 
-/* A batch for files on the filesystem of directory `dir` (every file added
- * must be on it), reusable: open it before the first file is written, so
- * that syncfs sees every writeback error since. NULL with *err set when
- * dir cannot be opened. */
+/* A batch for files under directory `dir`, reusable: open it before the
+ * first file is written, so that syncfs sees every writeback error since.
+ * It keeps the directories of the files committed open (for their fsync)
+ * and gives one on another filesystem than dir's a syncfs of its own.
+ * NULL with *err set when dir cannot be opened. */
 fs_batch *fs_batch_new(const char *dir, GError **err);
 
 /* Starts the writeback of complete o and closes its fd (o stays the
