@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Many-file extraction at the disk's speed (make bench BENCH=extract_files):
 # qmoe-extract against cp -r + sync of the same bytes, best of REPS (3)
-# runs of each, measured in the same invocation. Warm page cache for the
-# source; every timed run starts after a sync so that it pays for its own
-# writes only. The baseline is what a careful copy costs: cp -r writes the
+# runs of each, interleaved in the same invocation (a change in the load of
+# a shared machine hits both). Warm page cache for the source; every timed
+# run starts with its output removed and synced, so that it pays for its
+# own writes only. The baseline is what a careful copy costs: cp -r writes the
 # same files and sync makes them durable; qmoe-extract also hashes every
 # byte (SHA-256 + CRC-32), journals every file and commits atomically.
 #
