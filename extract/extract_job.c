@@ -186,7 +186,7 @@ static uint64_t file_phase(job *j, const plan_file *f, uint64_t *bs)
     return use ? phase : 0;
 }
 
-/* Files written but not yet committed: their temporaries (fds open),
+/* Files written but not yet committed: their temporaries (closed),
  * records and plan entries. */
 typedef struct pending {
     GPtrArray *files; /* fs_out, finished */
