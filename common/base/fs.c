@@ -240,7 +240,7 @@ int fs_mkdir_out(const char *out, const char *path, GError **err)
 
 /* ---- files complete under their final name ---- */
 
-fs_out *fs_out_open(const char *path, GError **err)
+static fs_out *out_open(const char *path, int direct, GError **err)
 {
     fs_out *o = g_new0(fs_out, 1);
     o->path = g_strdup(path);
@@ -251,7 +251,18 @@ fs_out *fs_out_open(const char *path, GError **err)
      * the same pid (or ours, after a failed rename): ours to replace */
     if (lstat(o->tmp, &st) == 0 && S_ISREG(st.st_mode))
         unlink(o->tmp);
-    o->fd = fs_open_out(o->tmp, flags, "cannot create", err);
+    GError *e = NULL;
+    o->fd = direct ? fs_open_out(o->tmp, flags | O_DIRECT, "cannot create", &e) : -1;
+    o->direct = o->fd >= 0;
+    if (o->fd < 0 && direct) {
+        /* a filesystem without O_DIRECT (tmpfs) may have created the file
+         * before refusing the flag */
+        g_clear_error(&e);
+        if (lstat(o->tmp, &st) == 0 && S_ISREG(st.st_mode))
+            unlink(o->tmp);
+    }
+    if (o->fd < 0)
+        o->fd = fs_open_out(o->tmp, flags, "cannot create", err);
     if (o->fd < 0) {
         g_free(o->path);
         g_free(o->tmp);
@@ -261,14 +272,40 @@ fs_out *fs_out_open(const char *path, GError **err)
     return o;
 }
 
+fs_out *fs_out_open(const char *path, GError **err)
+{
+    return out_open(path, 0, err);
+}
+
+fs_out *fs_out_open_direct(const char *path, GError **err)
+{
+    return out_open(path, 1, err);
+}
+
+/* O_DIRECT off for the rest of o. */
+static void out_buffered(fs_out *o)
+{
+    int fl = fcntl(o->fd, F_GETFL);
+    if (fl >= 0)
+        (void)fcntl(o->fd, F_SETFL, fl & ~O_DIRECT);
+    o->direct = 0;
+}
+
 int fs_out_write(fs_out *o, const void *buf, size_t len, GError **err)
 {
     const uint8_t *p = buf;
+    if (o->direct && (len % FS_DIRECT_ALIGN || (uintptr_t)p % FS_DIRECT_ALIGN ||
+                      o->written % FS_DIRECT_ALIGN))
+        out_buffered(o);
     while (len > 0) {
         ssize_t n = write(o->fd, p, len);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
+            if (errno == EINVAL && o->direct) {
+                out_buffered(o);
+                continue;
+            }
             return qm_set_errno(err, errno, "cannot write", o->path);
         }
         if (n == 0)
@@ -321,6 +358,170 @@ void fs_out_abort(fs_out *o)
         close(o->fd);
     unlink(o->tmp);
     out_free(o);
+}
+
+typedef struct {
+    int fd;
+    const char *path; /* the table's key */
+    int other_fs; /* not on the anchor's filesystem: a syncfs of its own */
+} batch_dir;
+
+struct fs_batch {
+    int anchor;        /* fd on the filesystem, for syncfs and its errors */
+    dev_t dev;         /* its device */
+    char *dir;         /* where it was opened, for messages */
+    GPtrArray *outs;   /* fs_out, closed */
+    uint64_t bytes;
+    GHashTable *dirs;  /* directory path -> batch_dir, open for the batch's life */
+};
+
+static void batch_dir_free(gpointer p)
+{
+    batch_dir *d = p;
+    close(d->fd);
+    g_free(d);
+}
+
+fs_batch *fs_batch_new(const char *dir, GError **err)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        qm_set_errno(err, errno, "cannot open directory", dir);
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    fs_batch *b = g_new0(fs_batch, 1);
+    b->anchor = fd;
+    b->dev = st.st_dev;
+    b->dir = g_strdup(dir);
+    b->outs = g_ptr_array_new();
+    b->dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, batch_dir_free);
+    return b;
+}
+
+int fs_out_finish(fs_out *o, GError **err)
+{
+    if (o->written > 0)
+        (void)sync_file_range(o->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    int r = close(o->fd);
+    o->fd = -1;
+    if (r != 0)
+        return qm_set_errno(err, errno, "cannot close", o->path);
+    return 0;
+}
+
+void fs_batch_add(fs_batch *b, fs_out *o)
+{
+    g_ptr_array_add(b->outs, o);
+    b->bytes += o->written;
+}
+
+int fs_batch_count(const fs_batch *b)
+{
+    return (int)b->outs->len;
+}
+
+uint64_t fs_batch_bytes(const fs_batch *b)
+{
+    return b->bytes;
+}
+
+void fs_batch_abort(fs_batch *b)
+{
+    for (guint i = 0; i < b->outs->len; i++)
+        fs_out_abort(b->outs->pdata[i]);
+    g_ptr_array_set_size(b->outs, 0);
+    b->bytes = 0;
+}
+
+void fs_batch_free(fs_batch *b)
+{
+    if (!b)
+        return;
+    fs_batch_abort(b);
+    g_ptr_array_free(b->outs, TRUE);
+    g_hash_table_destroy(b->dirs);
+    close(b->anchor);
+    g_free(b->dir);
+    g_free(b);
+}
+
+/* The open directory of o's final name, opened on first use. */
+static batch_dir *dir_of(fs_batch *b, const fs_out *o, GError **err)
+{
+    char *path = g_path_get_dirname(o->path);
+    batch_dir *d = g_hash_table_lookup(b->dirs, path);
+    if (d) {
+        g_free(path);
+        return d;
+    }
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        qm_set_errno(err, errno, "cannot open directory", path);
+        if (fd >= 0)
+            close(fd);
+        g_free(path);
+        return NULL;
+    }
+    d = g_new0(batch_dir, 1);
+    d->fd = fd;
+    d->path = path;
+    d->other_fs = st.st_dev != b->dev;
+    g_hash_table_insert(b->dirs, path, d);
+    return d;
+}
+
+int fs_batch_commit(fs_batch *b, GError **err)
+{
+    guint n = b->outs->len;
+    if (n == 0)
+        return 0;
+    /* The directories touched (a batch has a few: a linear look-up). */
+    GPtrArray *dirs = g_ptr_array_new();
+    int rc = 0;
+    for (guint i = 0; i < n && !rc; i++) {
+        batch_dir *d = dir_of(b, b->outs->pdata[i], err);
+        if (!d)
+            rc = -1;
+        else if (!g_ptr_array_find(dirs, d, NULL))
+            g_ptr_array_add(dirs, d);
+    }
+    /* syncfs reports the writeback errors of the filesystem since the
+     * anchor was opened (Linux >= 5.8), those of files already closed
+     * included. A directory on another filesystem (a mount inside OUT)
+     * gets its own, which sees errors since its first batch. */
+    if (!rc && syncfs(b->anchor) != 0)
+        rc = qm_set_errno(err, errno, "cannot sync the filesystem of", b->dir);
+    for (guint k = 0; k < dirs->len && !rc; k++) {
+        batch_dir *d = dirs->pdata[k];
+        if (d->other_fs && syncfs(d->fd) != 0)
+            rc = qm_set_errno(err, errno, "cannot sync the filesystem of", d->path);
+    }
+    /* Renamed files leave the array; a failure aborts the rest. */
+    for (guint i = 0; i < n && !rc; i++) {
+        fs_out *o = b->outs->pdata[i];
+        if (rename(o->tmp, o->path) != 0) {
+            rc = qm_set_errno(err, errno, "cannot rename into place", o->path);
+            break;
+        }
+        out_free(o);
+        b->outs->pdata[i] = NULL;
+    }
+    for (guint k = 0; k < dirs->len && !rc; k++) {
+        batch_dir *d = dirs->pdata[k];
+        if (fsync(d->fd) != 0 && errno != EINVAL)
+            rc = qm_set_errno(err, errno, "cannot sync directory", d->path);
+    }
+    g_ptr_array_free(dirs, TRUE);
+    for (guint i = 0; i < n; i++)
+        if (b->outs->pdata[i])
+            fs_out_abort(b->outs->pdata[i]);
+    g_ptr_array_set_size(b->outs, 0);
+    b->bytes = 0;
+    return rc;
 }
 
 int fs_write_atomic(const char *path, const void *data, size_t len, GError **err)

@@ -171,34 +171,42 @@ fail:
 int mf_journal_append(int fd, const char *journal_path, const mf_file *f,
                       GError **err)
 {
-    cJSON *j = mf_file_to_json(f);
-    char *line = cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    size_t len = strlen(line);
-    char *buf = g_malloc(len + 1);
-    memcpy(buf, line, len);
-    buf[len] = '\n';
-    cJSON_free(line);
+    return mf_journal_append_n(fd, journal_path, f, 1, err);
+}
+
+int mf_journal_append_n(int fd, const char *journal_path, const mf_file *f, int n,
+                        GError **err)
+{
+    GString *buf = g_string_sized_new(1024 * (gsize)(n > 0 ? n : 1));
+    for (int i = 0; i < n; i++) {
+        cJSON *j = mf_file_to_json(&f[i]);
+        char *line = cJSON_PrintUnformatted(j);
+        cJSON_Delete(j);
+        g_string_append(buf, line);
+        g_string_append_c(buf, '\n');
+        cJSON_free(line);
+    }
     off_t before = lseek(fd, 0, SEEK_END);
-    ssize_t n;
+    ssize_t w;
     do
-        n = write(fd, buf, len + 1);
-    while (n < 0 && errno == EINTR);
+        w = write(fd, buf->str, buf->len);
+    while (w < 0 && errno == EINTR);
     int rc = 0;
-    if (n != (ssize_t)(len + 1)) {
-        int e = n < 0 ? errno : ENOSPC;
-        /* A short write (disk full) leaves half a line with no newline; the
-         * next append would glue onto it and make a bad line in the middle
-         * of the journal, which no reader accepts. Cut it off again, unless
-         * another appender has written since. */
+    if (w != (ssize_t)buf->len) {
+        int e = w < 0 ? errno : ENOSPC;
+        /* A short write (disk full) leaves part of a line with no newline;
+         * the next append would glue onto it and make a bad line in the
+         * middle of the journal, which no reader accepts. Cut it all off
+         * again (none of the records stays), unless another appender has
+         * written since. */
         struct stat st;
-        if (n > 0 && before >= 0 && fstat(fd, &st) == 0 && st.st_size == before + n &&
+        if (w > 0 && before >= 0 && fstat(fd, &st) == 0 && st.st_size == before + w &&
             ftruncate(fd, before) != 0) {
             /* nothing more to do: mf_journal_open drops the torn tail */
         }
         rc = qm_set_errno(err, e, "cannot append to", journal_path);
     }
-    g_free(buf);
+    g_string_free(buf, TRUE);
     return rc;
 }
 

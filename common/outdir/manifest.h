@@ -3,8 +3,9 @@
  * Each finished output file is one record: its path relative to OUT, kind,
  * (layer, expert), size, SHA-256, and per tensor name, dtype, shape, data
  * offsets, CRC-32 and where it came from in the source. The extractor
- * appends one JSON line per record to the journal right after renaming the
- * file into place, so a crash loses nothing that is under its final name.
+ * appends one JSON line per record to the journal once the file is durable
+ * under its final name (a batch of files at a time, then one fsync), so a
+ * crash loses at most the batch being committed.
  * qmoe.json is the journal(s) merged, plus the source, the layout and the
  * expected set, rewritten atomically.
  *
@@ -98,6 +99,11 @@ void mf_file_clear(mf_file *f);
  * short write (disk full) is cut off again and reported. */
 int mf_journal_append(int fd, const char *journal_path, const mf_file *f,
                       GError **err);
+
+/* Appends n records (a group commit's batch) in one write(); on a short
+ * write none of them stays. The caller fsyncs. */
+int mf_journal_append_n(int fd, const char *journal_path, const mf_file *f, int n,
+                        GError **err);
 
 /* Opens a journal for appending (creating it), first cutting off a torn
  * last line (no newline: a crash or a full disk mid-write) so that the

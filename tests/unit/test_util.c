@@ -2,6 +2,7 @@
  * (common/util.c and common/fs.c). */
 #include "base/fs.h"
 #include "base/util.h"
+#include "outdir/manifest.h"
 #include "testhelp.h"
 
 #include <errno.h>
@@ -469,6 +470,192 @@ static void test_fs_out_abort(void)
     g_free(dir);
 }
 
+/* file_is DIR NAME TEXT LEN: DIR/NAME holds exactly those bytes */
+static int file_is(const char *dir, const char *name, const void *want, size_t len)
+{
+    char *path = g_build_filename(dir, name, NULL);
+    gchar *text = NULL;
+    gsize n = 0;
+    int same = g_file_get_contents(path, &text, &n, NULL) && n == len &&
+               memcmp(text, want, len) == 0;
+    g_free(text);
+    g_free(path);
+    return same;
+}
+
+static fs_out *batch_file(const char *dir, const char *name, const void *data, size_t len,
+                          int direct)
+{
+    char *path = g_build_filename(dir, name, NULL);
+    GError *err = NULL;
+    fs_out *o = direct ? fs_out_open_direct(path, &err) : fs_out_open(path, &err);
+    g_free(path);
+    CHECK(o != NULL);
+    if (!o)
+        return NULL;
+    CHECK(fs_out_write(o, data, len, &err) == 0);
+    CHECK(fs_out_finish(o, &err) == 0 && o->fd == -1);
+    g_clear_error(&err);
+    return o;
+}
+
+static void test_fs_batch(void)
+{
+    char *dir = g_build_filename(tmpdir, "batch", NULL);
+    char *sub = g_build_filename(dir, "experts", NULL);
+    CHECK(fs_mkdir_p(sub, NULL) == 0);
+    GError *err = NULL;
+    fs_batch *b = fs_batch_new(dir, &err);
+    CHECK(b != NULL && err == NULL);
+    if (!b)
+        return;
+    /* O_DIRECT: whole aligned blocks, then an unaligned tail */
+    size_t big = 3 * FS_DIRECT_ALIGN + 123;
+    uint8_t *data = g_aligned_alloc(1, 4 * FS_DIRECT_ALIGN, FS_DIRECT_ALIGN);
+    for (size_t i = 0; i < big; i++)
+        data[i] = (uint8_t)(i * 7 + 1);
+    char *sub_a = g_build_filename("experts", "a", NULL);
+    fs_out *o[3] = {batch_file(dir, sub_a, data, big, 1),
+                    batch_file(sub, "b", "bee", 3, 0), batch_file(dir, "c", "", 0, 1)};
+    for (int i = 0; i < 3; i++)
+        if (o[i])
+            fs_batch_add(b, o[i]);
+    CHECK(fs_batch_count(b) == 3 && fs_batch_bytes(b) == big + 3);
+    /* before the commit: temporaries only */
+    int tmps, n = dir_entries(sub, &tmps);
+    CHECK(n == 2 && tmps == 2);
+    char *final_a = g_build_filename(dir, sub_a, NULL);
+    CHECK(!g_file_test(final_a, G_FILE_TEST_EXISTS));
+    g_free(final_a);
+    CHECK(fs_batch_commit(b, &err) == 0 && err == NULL);
+    g_clear_error(&err);
+    CHECK(fs_batch_count(b) == 0 && fs_batch_bytes(b) == 0);
+    n = dir_entries(sub, &tmps);
+    CHECK(n == 2 && tmps == 0);
+    CHECK(file_is(dir, sub_a, data, big));
+    CHECK(file_is(sub, "b", "bee", 3));
+    CHECK(file_is(dir, "c", "", 0));
+    /* an empty batch commits trivially */
+    CHECK(fs_batch_commit(b, &err) == 0);
+
+    /* abort: the temporaries go, an existing final file stays */
+    fs_out *x = batch_file(sub, "b", "new", 3, 0);
+    if (x)
+        fs_batch_add(b, x);
+    fs_batch_abort(b);
+    n = dir_entries(sub, &tmps);
+    CHECK(n == 2 && tmps == 0 && file_is(sub, "b", "bee", 3));
+
+    /* a rename that fails (the final name is a non-empty directory): an
+     * error naming it, the files after it removed, the batch empty */
+    char *blocker = g_build_filename(dir, "d", "inner", NULL);
+    CHECK(fs_mkdir_p(blocker, NULL) == 0);
+    fs_out *y[2] = {batch_file(dir, "d", "dd", 2, 0), batch_file(sub, "e", "ee", 2, 0)};
+    for (int i = 0; i < 2; i++)
+        if (y[i])
+            fs_batch_add(b, y[i]);
+    CHECK(fs_batch_commit(b, &err) == -1 && err && strstr(err->message, "/d'") &&
+          strstr(err->message, "cannot rename into place"));
+    g_clear_error(&err);
+    CHECK(fs_batch_count(b) == 0);
+    n = dir_entries(sub, &tmps);
+    CHECK(n == 2 && tmps == 0);
+    n = dir_entries(dir, &tmps);
+    CHECK(n == 3 && tmps == 0); /* experts/, c, d/ */
+    fs_batch_free(b);
+    fs_batch_free(NULL);
+
+    /* a directory that cannot be opened */
+    char *missing = g_build_filename(dir, "missing", NULL);
+    CHECK(fs_batch_new(missing, &err) == NULL && err && strstr(err->message, "missing"));
+    g_clear_error(&err);
+
+    g_rmdir(blocker);
+    char *d = g_build_filename(dir, "d", NULL);
+    g_rmdir(d);
+    g_free(d);
+    char *p = g_build_filename(dir, sub_a, NULL);
+    g_unlink(p);
+    g_free(p);
+    p = g_build_filename(sub, "b", NULL);
+    g_unlink(p);
+    g_free(p);
+    p = g_build_filename(dir, "c", NULL);
+    g_unlink(p);
+    g_free(p);
+    g_rmdir(sub);
+    g_rmdir(dir);
+    g_free(missing);
+    g_free(blocker);
+    g_free(sub_a);
+    g_aligned_free(data);
+    g_free(sub);
+    g_free(dir);
+}
+
+/* A batch's records go in one write; a reader sees each as a line. */
+static void test_journal_append_n(void)
+{
+    char *path = g_build_filename(tmpdir, "journal.jsonl", NULL);
+    GError *err = NULL;
+    int fd = mf_journal_open(path, &err);
+    CHECK(fd >= 0);
+    if (fd < 0)
+        return;
+    mf_tensor t[3];
+    mf_file f[3];
+    memset(t, 0, sizeof t);
+    memset(f, 0, sizeof f);
+    for (int i = 0; i < 3; i++) {
+        t[i].name = g_strdup_printf("model.layers.0.mlp.experts.%d.up_proj.weight", i);
+        t[i].dtype = ST_BF16;
+        t[i].ndim = 2;
+        t[i].shape[0] = 4;
+        t[i].shape[1] = 8;
+        t[i].end = 64;
+        t[i].crc32 = 0xdeadbeefu + (uint32_t)i;
+        t[i].src_file = g_strdup("model.safetensors");
+        t[i].src_tensor = g_strdup(t[i].name);
+        t[i].slice = -1;
+        f[i].path = g_strdup_printf("experts/expert_%d_layer_0.safetensors", i);
+        f[i].layer = 0;
+        f[i].expert = i;
+        f[i].size = 200 + (uint64_t)i;
+        memset(f[i].sha256, 'a' + i, 64);
+        f[i].n_tensors = 1;
+        f[i].tensors = &t[i];
+    }
+    CHECK(mf_journal_append_n(fd, path, f, 2, &err) == 0 && err == NULL);
+    CHECK(mf_journal_append(fd, path, &f[2], &err) == 0 && err == NULL);
+    CHECK(mf_journal_append_n(fd, path, f, 0, &err) == 0); /* nothing */
+    close(fd);
+    gchar *text = NULL;
+    CHECK(g_file_get_contents(path, &text, NULL, NULL));
+    int lines = 0;
+    for (const char *c = text; c && *c; c++)
+        lines += *c == '\n';
+    CHECK(lines == 3 && text && g_str_has_suffix(text, "}\n"));
+    g_free(text);
+    GArray *got = g_array_new(FALSE, TRUE, sizeof(mf_file));
+    CHECK(mf_journal_read(path, got, &err) == 0 && got->len == 3);
+    for (guint i = 0; i < got->len && i < 3; i++) {
+        mf_file *r = &g_array_index(got, mf_file, i);
+        CHECK(strcmp(r->path, f[i].path) == 0 && r->size == f[i].size &&
+              r->n_tensors == 1 && r->tensors[0].crc32 == t[i].crc32);
+        mf_file_clear(r);
+    }
+    g_array_free(got, TRUE);
+    g_clear_error(&err);
+    for (int i = 0; i < 3; i++) {
+        g_free(t[i].name);
+        g_free(t[i].src_file);
+        g_free(t[i].src_tensor);
+        g_free(f[i].path);
+    }
+    g_unlink(path);
+    g_free(path);
+}
+
 static void test_fs_out_errors(void)
 {
     char *path = g_build_filename(tmpdir, "no", "such", "dir", "f.json", NULL);
@@ -759,6 +946,8 @@ int main(void)
     RUN(test_fs_out_commit);
     RUN(test_fs_out_abort);
     RUN(test_fs_out_errors);
+    RUN(test_fs_batch);
+    RUN(test_journal_append_n);
     RUN(test_tmp_names);
     RUN(test_fs_misc);
     RUN(test_fs_checked_opens);
