@@ -6,6 +6,7 @@
 #include "base/fs.h"
 #include "format/layout.h"
 #include "outdir/manifest.h"
+#include "outdir/outdir.h"
 #include "outdir/plan.h"
 #include "outdir/progress.h"
 #include "base/util.h"
@@ -77,6 +78,8 @@ typedef struct {
     char **current;         /* per worker slot, NULL-terminated view */
     int failed;
     GError *error;          /* first error of any worker */
+    char source_id[17];     /* outdir.h identity of the source */
+    cJSON *source_identity;
 } job;
 
 static void job_log(job *j, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
@@ -284,6 +287,7 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
         return -1;
     }
     rec->path = g_strdup(f->path);
+    g_strlcpy(rec->source_id, j->source_id, sizeof rec->source_id);
     rec->kind = f->kind;
     rec->layer = f->layer;
     rec->expert = f->expert;
@@ -412,7 +416,7 @@ static void remove_stale_tmps(const char *out, const plan *p, int shard, int sha
     GHashTable *owner = g_hash_table_new(g_str_hash, g_str_equal);
     for (int i = 0; i < p->n_files; i++)
         g_hash_table_insert(owner, p->files[i].path, GINT_TO_POINTER(p->files[i].part + 1));
-    static const char *dirs[] = {"", "experts", "layers", "other", NULL};
+    const char *dirs[] = {"", od_subdirs[0], od_subdirs[1], od_subdirs[2], NULL};
     for (int i = 0; dirs[i]; i++) {
         char *dir = g_build_filename(out, dirs[i], NULL);
         GDir *d = g_dir_open(dir, 0, NULL);
@@ -454,8 +458,10 @@ static int lock_top(const char *out)
 }
 
 /* Marks in done[] the plan files that a journal records and that are in
- * place with the recorded size and tensor names. */
-static void find_done(const plan *p, const char *out, GArray *recs, uint8_t *done)
+ * place with the recorded size, from this source (its identity, and each
+ * tensor's source file and range). */
+static void find_done(const plan *p, const ckpt *ck, const char *source_id,
+                      const char *out, GArray *recs, uint8_t *done)
 {
     GHashTable *by = g_hash_table_new(g_str_hash, g_str_equal);
     for (guint i = 0; i < recs->len; i++) {
@@ -467,10 +473,12 @@ static void find_done(const plan *p, const char *out, GArray *recs, uint8_t *don
         mf_file *r = g_hash_table_lookup(by, f->path);
         if (!r || r->n_tensors != f->n)
             continue;
-        int same = 1;
+        int same = !r->source_id[0] || strcmp(r->source_id, source_id) == 0;
         for (int k = 0; k < f->n && same; k++)
             same = strcmp(r->tensors[k].name, f->t[k].name) == 0 &&
-                   r->tensors[k].end - r->tensors[k].begin == f->t[k].nbytes;
+                   r->tensors[k].end - r->tensors[k].begin == f->t[k].nbytes &&
+                   r->tensors[k].src_offset == f->t[k].src_offset &&
+                   g_strcmp0(r->tensors[k].src_file, ck->shards[f->t[k].shard].name) == 0;
         char *path = g_build_filename(out, f->path, NULL);
         done[i] = same && fs_file_size(path) == (int64_t)r->size;
         g_free(path);
@@ -529,13 +537,17 @@ static int finish_outputs(job *j, const char *src_path, int *complete, GError **
     uint8_t *done = g_new0(uint8_t, j->p->n_files > 0 ? j->p->n_files : 1);
     manifest *m = g_new0(manifest, 1);
     if (rc == 0) {
-        find_done(j->p, out, recs, done);
+        find_done(j->p, j->ck, j->source_id, out, recs, done);
         *complete = 1;
         for (int i = 0; i < j->p->n_files; i++)
             *complete &= done[i];
         plan_describe(j->p, j->ck, src_path, m);
         m->shards = j->o->shards;
-        m->complete = *complete;
+        m->source_id = g_strdup(j->source_id);
+        m->source_identity = cJSON_Duplicate(j->source_identity, 1);
+        m->missing_from_source = od_plan_gap(j->p, &m->missing_count);
+        /* a gap kept by --allow-missing is never complete (od_complete) */
+        m->complete = *complete && !m->missing_from_source;
         /* keep only records of files that are in place */
         GHashTable *in = g_hash_table_new(g_str_hash, g_str_equal);
         for (int i = 0; i < j->p->n_files; i++)
@@ -595,9 +607,67 @@ static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, GError
         ckpt_close(ck);
         return NULL;
     }
+    int n_gap = 0;
+    char *gap = od_plan_gap(*p, &n_gap);
+    if (gap && !o->allow_missing) {
+        g_strdelimit(gap, "\n", ';');
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s' lacks %d expert%s its config declares: %s; nothing written "
+                    "(--allow-missing extracts the rest and records the gap)",
+                    o->src, n_gap, n_gap == 1 ? "" : "s", gap);
+        g_free(gap);
+        plan_free(*p);
+        *p = NULL;
+        ckpt_close(ck);
+        return NULL;
+    }
+    g_free(gap);
     if (o->shards > 1)
         plan_partition(*p, o->shards);
     return ck;
+}
+
+/* The source identity against OUT's record of it (outdir.h): refuses a
+ * different or changed source before anything is written. Empties OUT of
+ * qmoe's files first with --restart. Called with the lock held. */
+static int check_source(job *j, GError **err)
+{
+    const char *out = j->o->out;
+    j->source_identity = od_source_identity(j->ck, j->o->src, err);
+    if (!j->source_identity)
+        return -1;
+    g_strlcpy(j->source_id, od_source_id(j->source_identity), sizeof j->source_id);
+    int top = lock_top(out);
+    int rc = 0;
+    if (j->o->restart) {
+        int removed = 0;
+        rc = od_restart(out, &removed, err);
+        if (rc == 0) {
+            job_log(j, "--restart: removed %d files of an earlier extraction", removed);
+            fprintf(stderr, "qmoe-extract: --restart: removed %d files of an earlier "
+                    "extraction from '%s'\n", removed, out);
+        }
+    }
+    cJSON *then = rc == 0 ? od_source_load(out, err) : NULL;
+    if (rc == 0 && !then && err && *err)
+        rc = -1;
+    if (rc == 0 && then) {
+        char *diff = od_source_diff(then, j->source_identity);
+        if (diff) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "'%s' holds an extraction of another source than '%s' (or of "
+                        "it before it changed): %s; nothing written (--restart empties "
+                        "OUT of qmoe's files and starts over)", out, j->o->src, diff);
+            rc = -1;
+        }
+        g_free(diff);
+    } else if (rc == 0) {
+        rc = od_source_save(out, j->source_identity, err);
+    }
+    cJSON_Delete(then);
+    if (top >= 0)
+        close(top);
+    return rc;
 }
 
 int ex_dry_run(const ex_opts *o, int json, GError **err)
@@ -639,6 +709,14 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         cJSON_AddNumberToObject(j, "shards", o->shards);
         cJSON_AddNumberToObject(j, "shard_files", mine_files);
         cJSON_AddNumberToObject(j, "shard_bytes", (double)mine);
+        int n_gap = 0;
+        char *gap = od_plan_gap(p, &n_gap);
+        cJSON_AddNumberToObject(j, "missing_from_source_count", n_gap);
+        if (gap)
+            cJSON_AddStringToObject(j, "missing_from_source", gap);
+        else
+            cJSON_AddNullToObject(j, "missing_from_source");
+        g_free(gap);
         char *s = cJSON_PrintUnformatted(j);
         printf("%s\n", s);
         cJSON_free(s);
@@ -658,6 +736,15 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         if (o->shards > 1)
             printf("shard:    %d/%d: %d files, %s\n", o->shard, o->shards, mine_files,
                    qm_human_bytes(mine, b1, sizeof b1));
+        int n_gap = 0;
+        char *gap = od_plan_gap(p, &n_gap);
+        if (gap) {
+            char **lines = g_strsplit(gap, "\n", -1);
+            for (int i = 0; lines[i]; i++)
+                printf("missing:  %s\n", lines[i]);
+            g_strfreev(lines);
+        }
+        g_free(gap);
     }
     g_free(layers);
     g_free(experts);
@@ -696,6 +783,15 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     if (lock_fd < 0)
         goto out;
     j.log_fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (check_source(&j, err))
+        goto out;
+    if (o->before_write) {
+        if (o->before_write(o->before_write_arg, err))
+            goto out;
+        /* maybe another process now (--detach's child): the lock says who */
+        if (progress_lock_handover(lock_fd, lock_path, err))
+            goto out;
+    }
     if (stale) {
         fprintf(stderr, "qmoe-extract: taking over the stale lock of pid %ld (no longer "
                 "running); resuming\n", (long)stale);
@@ -725,7 +821,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         g_free(done);
         goto out;
     }
-    find_done(p, o->out, recs, done);
+    find_done(p, j.ck, j.source_id, o->out, recs, done);
     for (guint i = 0; i < recs->len; i++)
         mf_file_clear(&g_array_index(recs, mf_file, i));
     g_array_free(recs, TRUE);
@@ -867,6 +963,15 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         goto out;
     }
     write_progress(&j, prog_path, "finished");
+    int n_gap = 0;
+    char *gap = od_plan_gap(p, &n_gap);
+    if (gap) {
+        g_strdelimit(gap, "\n", ';');
+        fprintf(stderr, "qmoe-extract: '%s' is incomplete (--allow-missing): %s; "
+                "recorded in qmoe.json\n", o->out, gap);
+        job_log(&j, "incomplete (--allow-missing): %s", gap);
+        g_free(gap);
+    }
     res->seconds = qm_monotonic() - t0;
     job_log(&j, "finished: %llu files (%llu written, %llu already complete) in %.2f s%s",
             (unsigned long long)res->files_planned,
@@ -894,6 +999,7 @@ out:
     g_free(j.src_bs);
     g_free(j.todo);
     progress_clear(&j.prog);
+    cJSON_Delete(j.source_identity);
     g_mutex_clear(&j.mu);
     plan_free(p);
     ckpt_close(j.ck);

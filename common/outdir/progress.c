@@ -178,6 +178,15 @@ int progress_lock(const char *path, pid_t *stale_pid, GError **err)
     return fd;
 }
 
+int progress_lock_handover(int fd, const char *path, GError **err)
+{
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n)
+        return qm_set_errno(err, errno, "cannot write lock", path);
+    return 0;
+}
+
 void progress_unlock(int fd, const char *path)
 {
     (void)path;

@@ -55,6 +55,10 @@ void progress_clear(progress *p);
  * to keep open for the life of the job, or -1. */
 int progress_lock(const char *path, pid_t *stale_pid, GError **err);
 
+/* Rewrites a held lock with this process's pid: for a child that
+ * inherited the lock fd across fork() (qmoe-extract --detach). */
+int progress_lock_handover(int fd, const char *path, GError **err);
+
 /* Releases the lock, leaving the file empty (pid 0: nobody holds it). */
 void progress_unlock(int fd, const char *path);
 
