@@ -274,6 +274,14 @@ char *st_render_text(const st_snap *s, const st_style *y)
     emitf(out, y, "%s%s%s  %s%s%s%s", B, "qmoe-status", R, y->color ? state_color(s->state) : "",
           g->str, R, s->complete ? "  complete" : "");
     emitf(out, y, "dir       %s", s->out);
+    if (!s->complete && s->why && strcmp(s->why, "running") != 0)
+        emitf(out, y, "%sincomplete%s %s", y->color ? C_YELLOW : "", R, s->why);
+    if (s->source_gap) {
+        char **lines = g_strsplit(s->source_gap, "\n", -1);
+        for (int i = 0; lines[i]; i++)
+            emitf(out, y, "%sgap%s       %s", y->color ? C_YELLOW : "", R, lines[i]);
+        g_strfreev(lines);
+    }
     emitf(out, y, "experts   %s%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT " (%.1f %%)%s   layers %d/%d complete%s",
           B, s->experts_done - s->unexpected, s->experts_expected,
           pct(s->experts_done - s->unexpected, s->experts_expected), R,
@@ -433,6 +441,8 @@ char *st_render_json(const st_snap *s, int pretty)
     cJSON_AddStringToObject(j, "state", s->state);
     add_num_or_null(j, "pid", s->pid, s->pid > 0);
     cJSON_AddBoolToObject(j, "complete", s->complete);
+    add_str_or_null(j, "incomplete_reason", s->why);
+    add_str_or_null(j, "missing_from_source", s->source_gap);
     cJSON_AddStringToObject(j, "expected_from", s->expected_from);
     cJSON_AddBoolToObject(j, "partial", s->partial);
     add_str_or_null(j, "selected_layers", s->sel_layers);

@@ -3,6 +3,7 @@
 #include "format/checkpoint.h"
 #include "base/fs.h"
 #include "format/layout.h"
+#include "outdir/outdir.h"
 #include "outdir/progress.h"
 #include "base/util.h"
 
@@ -15,25 +16,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-/* An expert file name: "expert_EEE_layer_LL.safetensors" -> (e, l). */
-static int parse_expert_name(const char *n, int *e, int *l)
-{
-    if (strncmp(n, "expert_", 7) != 0)
-        return -1;
-    char *q;
-    long ev = strtol(n + 7, &q, 10);
-    if (q == n + 7 || strncmp(q, "_layer_", 7) != 0)
-        return -1;
-    const char *r = q + 7;
-    long lv = strtol(r, &q, 10);
-    if (q == r || strcmp(q, ".safetensors") != 0 || ev < 0 || lv < 0 ||
-        ev > 1 << 20 || lv > 1 << 20)
-        return -1;
-    *e = (int)ev;
-    *l = (int)lv;
-    return 0;
-}
 
 typedef struct {
     int layer, expert;
@@ -70,7 +52,7 @@ static int scan_dir(const char *out, const char *sub, scan *sc, int experts,
             continue;
         pair p;
         if (experts) {
-            if (parse_expert_name(n, &p.expert, &p.layer))
+            if (od_parse_expert(n, &p.expert, &p.layer))
                 continue;
             g_array_append_val(sc->experts, p);
         } else {
@@ -84,6 +66,29 @@ static int scan_dir(const char *out, const char *sub, scan *sc, int experts,
     }
     closedir(d);
     return 0;
+}
+
+/* Sets *mixed when qmoe.json's "source"."id" and source.json's differ
+ * (both present). Reads only the head of qmoe.json, where "source" is. */
+static void manifest_src_id(const char *mpath, const cJSON *sj, int *mixed)
+{
+    *mixed = 0;
+    if (!sj)
+        return;
+    FILE *f = fopen(mpath, "re");
+    if (!f)
+        return;
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *src = strstr(buf, "\"source\":{");
+    const char *id = src ? strstr(src, "\"id\":\"") : NULL;
+    if (!id)
+        return;
+    id += 6;
+    const char *want = od_source_id(sj);
+    *mixed = *want && (strncmp(id, want, strlen(want)) != 0 || id[strlen(want)] != '"');
 }
 
 /* ---- jobs ---- */
@@ -318,10 +323,14 @@ static void grid(st_snap *s, int n_layers, int n_experts, const uint8_t *is_moe,
 static int from_manifest(st_snap *s)
 {
     char *path = g_build_filename(s->out, "qmoe.json", NULL);
-    cJSON *e = st_manifest_expected(path, NULL);
+    cJSON *e = st_manifest_expected(path, NULL, &s->manifest_complete);
     g_free(path);
     if (!e)
         return -1;
+    s->has_manifest = 1;
+    const cJSON *gap = cJSON_GetObjectItemCaseSensitive(e, "missing_from_source");
+    if (cJSON_IsString(gap) && *gap->valuestring)
+        s->source_gap = g_strdup(gap->valuestring);
     int64_t nl = 0, ne = 0, count = -1, files = -1;
     double bytes = -1;
     int rc = -1;
@@ -635,8 +644,22 @@ st_snap *st_snap_take(const char *out, GError **err)
     s->elapsed = s->eta = -1;
     s->bytes_done = -1;
     load_jobs(s);
+    /* a job record: any progress file, or a journal */
+    int job_record = 0;
+    for (int i = 0; i < s->n_jobs; i++)
+        job_record |= s->jobs[i].present;
+    /* a mixed OUT: its source.json names another source than qmoe.json */
+    int mixed = 0;
+    {
+        cJSON *sj = od_source_load(out, NULL);
+        char *mp = g_build_filename(out, "qmoe.json", NULL);
+        manifest_src_id(mp, sj, &mixed);
+        g_free(mp);
+        cJSON_Delete(sj);
+    }
     int have_journal_bytes = 0;
     journal_figures(s, &have_journal_bytes);
+    job_record |= s->journal_records > 0;
     /* bytes: the jobs count tensor bytes like the plan does, so prefer
      * them; the journal (file sizes) for a directory without progress;
      * stat() only when there is neither */
@@ -714,16 +737,26 @@ st_snap *st_snap_take(const char *out, GError **err)
     for (int i = 0; i < s->n_flight; i++) {
         int e, l;
         const char *b = strrchr(s->flight[i].path, '/');
-        if (b && parse_expert_name(b + 1, &e, &l) == 0 && l < s->n_layers)
+        if (b && od_parse_expert(b + 1, &e, &l) == 0 && l < s->n_layers)
             s->layers[l].in_flight++;
     }
 
-    /* complete: every expected expert, and every other file when known */
-    s->complete = s->experts_expected > 0 &&
-                  s->experts_done - s->unexpected >= s->experts_expected &&
-                  (s->other_expected < 0 || s->other_done >= s->other_expected);
-    if (s->experts_expected == 0 && s->other_expected > 0)
-        s->complete = s->other_done >= s->other_expected;
+    /* complete: the one verdict (outdir.h) from what the snapshot found */
+    od_facts facts = {
+        .experts_expected = s->experts_expected,
+        .experts_present = s->experts_done - s->unexpected,
+        .others_expected = s->other_expected,
+        .others_present = s->other_done,
+        .has_job_record = job_record,
+        .has_manifest = s->has_manifest,
+        .manifest_complete = s->manifest_complete,
+        .live_writer = strcmp(s->state, "running") == 0 || s->n_flight > 0,
+        .source_gap = s->source_gap != NULL,
+        .mixed = mixed,
+    };
+    od_verdict v = od_complete(&facts);
+    s->complete = v == OD_COMPLETE;
+    s->why = s->complete ? NULL : od_verdict_name(v);
 
     if (strcmp(s->state, "running") == 0 && s->rate_files > 0) {
         int64_t left_b = s->bytes_planned >= 0 && s->bytes_done >= 0
@@ -764,5 +797,6 @@ void st_snap_free(st_snap *s)
     g_free(s->log);
     g_free(s->sel_layers);
     g_free(s->sel_experts);
+    g_free(s->source_gap);
     g_free(s);
 }

@@ -49,7 +49,7 @@ state files-only "$T/files" 0 --quick
 cp -a "$T/files" "$T/files-short"
 rm "$T/files-short/experts/expert_03_layer_02.safetensors"
 state files-only-short "$T/files-short" 1 --quick
-mentions files-only-short-names "$T/files-short.verify" "layer 02: expert 3 missing"
+mentions files-only-short-names "$T/files-only-short.verify" "layer 02: expert 3 missing"
 cp -a "$T/files" "$T/files-bad"
 printf 'garbage' > "$T/files-bad/experts/expert_04_layer_00.safetensors"
 qmoe-verify --quick "$T/files-bad" >"$T/files-bad.verify" 2>&1; v=$?
