@@ -5,6 +5,7 @@
 #include "outdir/manifest.h"
 
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -294,7 +295,7 @@ char *od_source_diff(const cJSON *then, const cJSON *now)
         else if (strcmp(str_of(x, "sample_sha256"), str_of(y, "sample_sha256")) != 0)
             CLAUSE("'%s': its data differs (first and last %d KiB)", name,
                    OD_SAMPLE >> 10);
-        else if (num_of(x, "mtime") != num_of(y, "mtime"))
+        else if (fabs(num_of(x, "mtime") - num_of(y, "mtime")) > 1e-5) /* JSON's digits */
             CLAUSE("'%s': modified since (mtime %.3f then, %.3f now)", name, num_of(x, "mtime"), num_of(y, "mtime"));
     }
     cJSON_ArrayForEach(x, nf)
