@@ -54,6 +54,9 @@ typedef struct {
     char *last_error;      /* or NULL */
     char *log;             /* relative to OUT, or NULL */
     char *layers, *experts;/* selection lists if progress.json gives them */
+    char *host;            /* the writer's host, or NULL */
+    int remote;            /* on another host: liveness by heartbeat */
+    double heartbeat_age;  /* seconds since progress.json was updated, -1 */
 } st_job;
 
 typedef struct {

@@ -94,21 +94,27 @@ static void manifest_src_id(const char *mpath, const cJSON *sj, int *mixed)
 /* ---- jobs ---- */
 
 static char *job_state(const progress *p, pid_t lock_pid, int lock_held,
-                       int *stale_lock)
+                       int *stale_lock, int *remote)
 {
     *stale_lock = lock_pid > 0 && !lock_held;
     if (strcmp(p->state, "running") == 0) {
-        /* the writer of a "running" file that is gone died without saying so */
-        if (!fs_pid_alive(p->pid))
+        /* the writer of a "running" file that is gone died without saying
+         * so; on another host only its heartbeat can tell */
+        if (!progress_owner_alive(p->host, p->pid, p->pid_start, p->updated, remote)) {
+            *stale_lock = lock_pid > 0;
             return g_strdup("crashed");
+        }
+        *stale_lock = 0;
         return g_strdup("running");
     }
+    *remote = p->host && strcmp(p->host, progress_host()) != 0;
     return g_strdup(p->state);
 }
 
 static void job_load(const char *out, const char *rel, st_job *j)
 {
     memset(j, 0, sizeof *j);
+    j->heartbeat_age = -1;
     j->dir = g_strdup(rel);
     j->shards = 1;
     char *dir = g_build_filename(out, rel, NULL);
@@ -119,7 +125,9 @@ static void job_load(const char *out, const char *rel, st_job *j)
     pid_t lock_pid = progress_lock_owner(lk, &held);
     if (progress_read(pp, &p, NULL) == 0) {
         j->present = 1;
-        j->state = job_state(&p, lock_pid, held, &j->stale_lock);
+        j->state = job_state(&p, lock_pid, held, &j->stale_lock, &j->remote);
+        j->host = g_strdup(p.host);
+        j->heartbeat_age = p.updated > 0 ? qm_now() - p.updated : -1;
         j->pid = p.pid;
         j->started = p.started;
         j->updated = p.updated;
@@ -164,6 +172,7 @@ static void job_load(const char *out, const char *rel, st_job *j)
 
 static void job_clear(st_job *j)
 {
+    g_free(j->host);
     g_free(j->dir);
     g_free(j->state);
     g_strfreev(j->current);

@@ -340,6 +340,89 @@ int od_source_save(const char *out, const cJSON *identity, GError **err)
     return rc;
 }
 
+/* ---- resuming ---- */
+
+/* Marks in done[] the plan files that a journal records and that are in
+ * place with the recorded size, from this source (its identity, and each
+ * tensor's source file and range). */
+void od_find_done(const plan *p, const ckpt *ck, const char *source_id,
+                      const char *out, GArray *recs, uint8_t *done)
+{
+    GHashTable *by = g_hash_table_new(g_str_hash, g_str_equal);
+    for (guint i = 0; i < recs->len; i++) {
+        mf_file *r = &g_array_index(recs, mf_file, i);
+        g_hash_table_insert(by, r->path, r);
+    }
+    for (int i = 0; i < p->n_files; i++) {
+        const plan_file *f = &p->files[i];
+        mf_file *r = g_hash_table_lookup(by, f->path);
+        if (!r || r->n_tensors != f->n)
+            continue;
+        int same = !r->source_id[0] || strcmp(r->source_id, source_id) == 0;
+        for (int k = 0; k < f->n && same; k++)
+            same = strcmp(r->tensors[k].name, f->t[k].name) == 0 &&
+                   r->tensors[k].end - r->tensors[k].begin == f->t[k].nbytes &&
+                   r->tensors[k].src_offset == f->t[k].src_offset &&
+                   g_strcmp0(r->tensors[k].src_file, ck->shards[f->t[k].shard].name) == 0;
+        char *path = g_build_filename(out, f->path, NULL);
+        done[i] = same && fs_file_size(path) == (int64_t)r->size;
+        g_free(path);
+    }
+    g_hash_table_destroy(by);
+}
+
+/* Final path (relative to OUT) of the temporary `name` found in `dir`
+ * ("" for OUT itself). Caller frees. */
+static char *tmp_final(const char *dir, const char *name)
+{
+    const char *t = g_strrstr(name, ".tmp.");
+    char *base = g_strndup(name, (gsize)(t - name));
+    char *rel = *dir ? g_build_filename(dir, base, NULL) : g_strdup(base);
+    g_free(base);
+    return rel;
+}
+
+/* Removes temporaries left by extractors that died. A temporary's pid says
+ * nothing about a process on another machine that shares OUT, so the pid
+ * is not what decides: a temporary of a file of this part is stale because
+ * only the holder of this part's lock (us) writes such files; one of a
+ * file outside the plan (config, tokenizer, index, qmoe.json) is stale
+ * because every writer of those holds .qmoe/manifest.lock, which the
+ * caller holds. Temporaries of other parts' files are left to those parts
+ * (an unsharded run owns every file); one outside the plan in a
+ * subdirectory (from a run with another --layers/--experts) goes only when
+ * unsharded and its pid is dead, as nothing else can tell. */
+void od_remove_stale_tmps(const char *out, const plan *p, int shard, int shards)
+{
+    GHashTable *owner = g_hash_table_new(g_str_hash, g_str_equal);
+    for (int i = 0; i < p->n_files; i++)
+        g_hash_table_insert(owner, p->files[i].path, GINT_TO_POINTER(p->files[i].part + 1));
+    const char *dirs[] = {"", od_subdirs[0], od_subdirs[1], od_subdirs[2], NULL};
+    for (int i = 0; dirs[i]; i++) {
+        char *dir = g_build_filename(out, dirs[i], NULL);
+        GDir *d = g_dir_open(dir, 0, NULL);
+        const char *n;
+        while (d && (n = g_dir_read_name(d))) {
+            if (!fs_is_tmp(n))
+                continue;
+            char *rel = tmp_final(dirs[i], n);
+            int part = GPOINTER_TO_INT(g_hash_table_lookup(owner, rel)) - 1;
+            pid_t pid = fs_tmp_pid(n);
+            if (part == shard || (part < 0 && !*dirs[i]) ||
+                (part < 0 && shards == 1 && (!fs_pid_alive(pid) || pid == getpid()))) {
+                char *path = g_build_filename(dir, n, NULL);
+                unlink(path);
+                g_free(path);
+            }
+            g_free(rel);
+        }
+        if (d)
+            g_dir_close(d);
+        g_free(dir);
+    }
+    g_hash_table_destroy(owner);
+}
+
 /* ---- starting over ---- */
 
 static int remove_rel(const char *out, const char *rel, int *removed, GError **err)

@@ -102,6 +102,21 @@ char *od_source_diff(const cJSON *then, const cJSON *now);
 cJSON *od_source_load(const char *out, GError **err);
 int od_source_save(const char *out, const cJSON *identity, GError **err);
 
+/* ---- resuming (qmoe-extract) ---- */
+
+/* Marks in done[] (p->n_files) the plan files that a record in `recs`
+ * (journals, mf_file) describes and that are in place with the recorded
+ * size, read from this source: the record's source_id (when it has one)
+ * equals `source_id`, and each tensor's name, length, source file and
+ * offset equal the plan's. */
+void od_find_done(const plan *p, const ckpt *ck, const char *source_id,
+                  const char *out, GArray *recs, uint8_t *done);
+
+/* Removes temporaries FINAL.tmp.PID left by extractors that died, for the
+ * part `shard` of `shards` (see the comment in outdir.c on why the pid
+ * alone does not decide). Call with OUT/.qmoe/manifest.lock held. */
+void od_remove_stale_tmps(const char *out, const plan *p, int shard, int shards);
+
 /* ---- starting over ---- */
 
 /* Removes qmoe's files from OUT and nothing else: every file a journal or

@@ -290,12 +290,16 @@ static void read_job(vf_target *t, vf_result *r)
     for (guint i = 0; i < dirs->len; i++) {
         char *lock = g_build_filename(dirs->pdata[i], "lock", NULL);
         char *prog = g_build_filename(dirs->pdata[i], "progress.json", NULL);
-        int held;
-        pid_t pid = progress_lock_owner(lock, &held);
-        if (held)
-            add_pid(t, pid);
+        char *host;
+        int64_t start;
+        pid_t pid = progress_lock_read(lock, &host, &start);
         progress p;
-        if (progress_read(prog, &p, NULL) == 0) {
+        int have_p = progress_read(prog, &p, NULL) == 0;
+        /* kill() on this host; another host's part by its heartbeat */
+        if (pid > 0 && progress_owner_alive(host, pid, start, have_p ? p.updated : 0, NULL))
+            add_pid(t, pid);
+        g_free(host);
+        if (have_p) {
             t->has_job_record = 1;
             if (!t->prog_layers && !t->prog_experts && (p.layers || p.experts)) {
                 t->prog_layers = g_strdup(p.layers);

@@ -74,3 +74,41 @@ run qmoe-verify "$T/d2"
 expect detach-result-verifies 0
 grep -q "\[$child\] finished" "$T/d2/.qmoe/extract.log" && ok detach-child-did-the-work \
     || fail detach-child-did-the-work "$(tail -3 "$T/d2/.qmoe/extract.log")"
+
+# -- owner records: host, pid, start time; liveness by kill() on this host
+#    (start time checked against pid reuse), by heartbeat on another
+QMOE_THROTTLE_MS=100 qmoe-extract --no-progress -j 1 "$OMNI" "$T/own" >/dev/null 2>&1 & pid=$!
+for _ in $(seq 100); do [ -s "$T/own/.qmoe/progress.json" ] && break; sleep 0.05; done
+sleep 0.3
+read -r lpid lhost lstart < "$T/own/.qmoe/lock"
+want_start=$(sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20)
+[ "$lpid" = $pid ] && [ "$lhost" = "$(hostname)" ] && [ "$lstart" = "$want_start" ] \
+    && ok lock-records-host-pid-start || fail lock-records-host-pid-start "lock '$lpid $lhost $lstart', want '$pid $(hostname) $want_start'"
+run qmoe-status --json "$T/own"
+out=$(printf %s "$out" | tr -d ' \t\n')
+[[ "$out" == *"\"host\":\"$(hostname)\""* && "$out" == *'"liveness":"pid"'* ]] \
+    && ok status-json-owner-local || fail status-json-owner-local "$out"
+run qmoe-status "$T/own"
+expect status-owner-local 1 "this host, judged by kill()" stdout
+kill -TERM $pid; wait $pid
+# a part on another host, progress fresh: running (a local pid means nothing there)
+prog="$T/own/.qmoe/progress.json"; now=$(date +%s)
+jq -c --argjson now "$now" '.state="running" | .host="node-elsewhere" | .pid=999999 | .updated_unix=$now' "$prog" > "$T/p" && mv "$T/p" "$prog"
+echo "999999 node-elsewhere 42" > "$T/own/.qmoe/lock"
+run qmoe-status "$T/own"
+expect remote-fresh-running 1 "running" stdout
+[[ "$out" == *"on node-elsewhere: another host, judged by its heartbeat"* ]] && ok remote-says-heartbeat || fail remote-says-heartbeat "$out"
+qmoe-verify --quick "$T/own" >"$T/own.verify" 2>&1; v=$?
+[ $v = 1 ] && grep -q "extraction running (pid 999999)" "$T/own.verify" && ok remote-fresh-verify-running \
+    || fail remote-fresh-verify-running "exit $v $(cat "$T/own.verify")"
+# the same part, heartbeat ten minutes old: crashed
+jq -c --argjson t "$((now - 600))" '.updated_unix=$t' "$prog" > "$T/p" && mv "$T/p" "$prog"
+run qmoe-status "$T/own"
+expect remote-stale-crashed 1 "crashed" stdout
+qmoe-verify --quick "$T/own" >"$T/own.verify" 2>&1; v=$?
+[ $v = 1 ] && ! grep -q "extraction running" "$T/own.verify" && ok remote-stale-verify-not-running \
+    || fail remote-stale-verify-not-running "exit $v $(cat "$T/own.verify")"
+# this host, a live pid of another process (reused): the start time differs
+jq -c --argjson now "$now" --arg h "$(hostname)" --argjson p $$ '.state="running" | .host=$h | .pid=$p | .pid_start=1 | .updated_unix=$now' "$prog" > "$T/p" && mv "$T/p" "$prog"
+run qmoe-status "$T/own"
+expect reused-pid-crashed 1 "crashed" stdout
