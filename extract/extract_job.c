@@ -503,6 +503,16 @@ static int finish_outputs(job *j, const char *src_path, int *complete, GError **
     return rc;
 }
 
+/* od_plan_gap's lines joined into one ("; "): errors are one line. */
+static char *gap_one_line(char *gap)
+{
+    char **lines = g_strsplit(gap, "\n", -1);
+    char *one = g_strjoinv("; ", lines);
+    g_strfreev(lines);
+    g_free(gap);
+    return one;
+}
+
 static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, GError **err)
 {
     ckpt *ck = ckpt_open(o->src, err);
@@ -529,7 +539,7 @@ static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, GError
     int n_gap = 0;
     char *gap = od_plan_gap(*p, &n_gap);
     if (gap && !o->allow_missing) {
-        g_strdelimit(gap, "\n", ';');
+        gap = gap_one_line(gap);
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                     "'%s' lacks %d expert%s its config declares: %s; nothing written "
                     "(--allow-missing extracts the rest and records the gap)",
@@ -885,7 +895,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     int n_gap = 0;
     char *gap = od_plan_gap(p, &n_gap);
     if (gap) {
-        g_strdelimit(gap, "\n", ';');
+        gap = gap_one_line(gap);
         fprintf(stderr, "qmoe-extract: '%s' is incomplete (--allow-missing): %s; "
                 "recorded in qmoe.json\n", o->out, gap);
         job_log(&j, "incomplete (--allow-missing): %s", gap);

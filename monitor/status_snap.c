@@ -93,81 +93,50 @@ static void manifest_src_id(const char *mpath, const cJSON *sj, int *mixed)
 
 /* ---- jobs ---- */
 
-static char *job_state(const progress *p, pid_t lock_pid, int lock_held,
-                       int *stale_lock, int *remote)
-{
-    *stale_lock = lock_pid > 0 && !lock_held;
-    if (strcmp(p->state, "running") == 0) {
-        /* the writer of a "running" file that is gone died without saying
-         * so; on another host only its heartbeat can tell */
-        if (!progress_owner_alive(p->host, p->pid, p->pid_start, p->updated, remote)) {
-            *stale_lock = lock_pid > 0;
-            return g_strdup("crashed");
-        }
-        *stale_lock = 0;
-        return g_strdup("running");
-    }
-    *remote = p->host && strcmp(p->host, progress_host()) != 0;
-    return g_strdup(p->state);
-}
-
+/* One state directory through the module's job reader (outdir.h): the
+ * state and liveness are decided there, the same for qmoe-verify. */
 static void job_load(const char *out, const char *rel, st_job *j)
 {
     memset(j, 0, sizeof *j);
     j->heartbeat_age = -1;
+    od_job o;
+    od_job_read(out, rel, &o);
     j->dir = g_strdup(rel);
     j->shards = 1;
-    char *dir = g_build_filename(out, rel, NULL);
-    char *pp = g_build_filename(dir, "progress.json", NULL);
-    char *lk = g_build_filename(dir, "lock", NULL);
-    progress p;
-    int held = 0;
-    pid_t lock_pid = progress_lock_owner(lk, &held);
-    if (progress_read(pp, &p, NULL) == 0) {
-        j->present = 1;
-        j->state = job_state(&p, lock_pid, held, &j->stale_lock, &j->remote);
-        j->host = g_strdup(p.host);
-        j->heartbeat_age = p.updated > 0 ? qm_now() - p.updated : -1;
-        j->pid = p.pid;
-        j->started = p.started;
-        j->updated = p.updated;
-        j->files_done = p.files_done;
-        j->files_planned = p.files_planned;
-        j->bytes_done = p.bytes_done;
-        j->bytes_planned = p.bytes_planned;
-        j->experts_done = p.experts_done;
-        j->experts_planned = p.experts_planned;
-        j->current = p.current;
-        p.current = NULL;
-        j->last_error = p.last_error;
-        p.last_error = NULL;
-        j->log = p.log;
-        p.log = NULL;
-        j->shard = p.shard;
-        j->shards = p.shards;
-        progress_clear(&p);
+    j->present = o.present;
+    j->state = g_strdup(o.state);
+    j->pid = o.pid;
+    j->stale_lock = o.stale_lock;
+    j->remote = o.remote;
+    if (o.present) {
+        progress *p = &o.prog;
+        j->host = g_strdup(p->host);
+        j->heartbeat_age = p->updated > 0 ? qm_now() - p->updated : -1;
+        j->started = p->started;
+        j->updated = p->updated;
+        j->files_done = p->files_done;
+        j->files_planned = p->files_planned;
+        j->bytes_done = p->bytes_done;
+        j->bytes_planned = p->bytes_planned;
+        j->experts_done = p->experts_done;
+        j->experts_planned = p->experts_planned;
+        j->current = p->current;
+        p->current = NULL;
+        j->last_error = p->last_error;
+        p->last_error = NULL;
+        j->log = p->log;
+        p->log = NULL;
+        j->shard = p->shard;
+        j->shards = p->shards;
         /* optional selection lists (not every writer has them) */
-        cJSON *x = qm_json_load(pp, NULL);
-        const cJSON *ls = cJSON_GetObjectItemCaseSensitive(x, "layers");
-        const cJSON *es = cJSON_GetObjectItemCaseSensitive(x, "experts");
-        if (cJSON_IsString(ls))
-            j->layers = g_strdup(ls->valuestring);
-        if (cJSON_IsString(es))
-            j->experts = g_strdup(es->valuestring);
-        cJSON_Delete(x);
-    } else {
-        j->state = g_strdup(lock_pid > 0 && held ? "running" : "none");
-        j->pid = lock_pid;
-        j->stale_lock = lock_pid > 0 && !held;
-        if (j->stale_lock) {
-            g_free(j->state);
-            j->state = g_strdup("crashed");
-        }
-        j->current = g_new0(char *, 1);
+        j->layers = p->layers;
+        p->layers = NULL;
+        j->experts = p->experts;
+        p->experts = NULL;
     }
-    g_free(dir);
-    g_free(pp);
-    g_free(lk);
+    if (!j->current)
+        j->current = g_new0(char *, 1);
+    od_job_clear(&o);
 }
 
 static void job_clear(st_job *j)

@@ -51,6 +51,90 @@ int od_parse_expert(const char *n, int *expert, int *layer)
     return 0;
 }
 
+/* ---- job records ---- */
+
+void od_job_read(const char *out, const char *rel, od_job *j)
+{
+    memset(j, 0, sizeof *j);
+    j->dir = g_strdup(rel);
+    j->shards = 1;
+    int i, n;
+    if (sscanf(rel, ".qmoe/shard-%d-of-%d", &i, &n) == 2 && n >= 1 && i >= 0 && i < n) {
+        j->shard = i;
+        j->shards = n;
+    }
+    char *pp = g_build_filename(out, rel, "progress.json", NULL);
+    char *lk = g_build_filename(out, rel, "lock", NULL);
+    j->lock_pid = progress_lock_owner(lk, &j->lock_held);
+    if (progress_read(pp, &j->prog, NULL) == 0) {
+        const progress *p = &j->prog;
+        j->present = 1;
+        j->pid = p->pid;
+        j->remote = p->host && strcmp(p->host, progress_host()) != 0;
+        if (strcmp(p->state, "running") == 0) {
+            /* a "running" file whose writer is gone: it died without saying so */
+            j->alive = progress_owner_alive(p->host, p->pid, p->pid_start, p->updated,
+                                            &j->remote);
+            j->state = g_strdup(j->alive ? "running" : "crashed");
+            j->stale_lock = !j->alive && j->lock_pid > 0;
+        } else {
+            j->state = g_strdup(p->state);
+            j->stale_lock = j->lock_pid > 0 && !j->lock_held;
+        }
+    } else {
+        memset(&j->prog, 0, sizeof j->prog);
+        j->pid = j->lock_pid;
+        j->alive = j->lock_pid > 0 && j->lock_held;
+        j->stale_lock = j->lock_pid > 0 && !j->lock_held;
+        j->state = g_strdup(j->alive ? "running" : j->stale_lock ? "crashed" : "none");
+    }
+    g_free(pp);
+    g_free(lk);
+}
+
+void od_job_clear(od_job *j)
+{
+    if (!j)
+        return;
+    g_free(j->dir);
+    g_free(j->state);
+    progress_clear(&j->prog);
+    memset(j, 0, sizeof *j);
+}
+
+GArray *od_jobs_read(const char *out)
+{
+    GArray *a = g_array_new(FALSE, TRUE, sizeof(od_job));
+    od_job j;
+    od_job_read(out, ".qmoe", &j);
+    g_array_append_val(a, j);
+    char *q = g_build_filename(out, ".qmoe", NULL);
+    GDir *d = g_dir_open(q, 0, NULL);
+    const char *n;
+    while (d && (n = g_dir_read_name(d))) {
+        int i, k;
+        if (sscanf(n, "shard-%d-of-%d", &i, &k) != 2 || k < 1 || i < 0 || i >= k)
+            continue;
+        char *rel = g_strdup_printf(".qmoe/%s", n);
+        od_job_read(out, rel, &j);
+        g_array_append_val(a, j);
+        g_free(rel);
+    }
+    if (d)
+        g_dir_close(d);
+    g_free(q);
+    return a;
+}
+
+void od_jobs_free(GArray *jobs)
+{
+    if (!jobs)
+        return;
+    for (guint i = 0; i < jobs->len; i++)
+        od_job_clear(&g_array_index(jobs, od_job, i));
+    g_array_free(jobs, TRUE);
+}
+
 /* ---- the verdict ---- */
 
 od_verdict od_complete(const od_facts *f)

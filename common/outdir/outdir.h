@@ -31,6 +31,7 @@
 
 #include "format/checkpoint.h"
 #include "outdir/plan.h"
+#include "outdir/progress.h"
 
 /* "experts", "layers", "other", NULL */
 extern const char *const od_subdirs[];
@@ -43,6 +44,37 @@ char *od_layer_path(int width_l, int layer);
  * indices, or -1 when it is not one (any padding accepted; canonical
  * padding is the caller's check against od_expert_path). */
 int od_parse_expert(const char *name, int *expert, int *layer);
+
+/* ---- job records ---- */
+
+/* One state directory's job: its progress.json and lock, and the state
+ * they mean together. */
+typedef struct {
+    char *dir;             /* relative to OUT: ".qmoe", ".qmoe/shard-0-of-4" */
+    int shard, shards;     /* from the name (0 and 1 for .qmoe) */
+    int present;           /* progress.json exists and parsed */
+    progress prog;         /* when present (else zeroed) */
+    pid_t lock_pid;        /* pid in the lock file, 0 none (released) */
+    int lock_held;         /* the lock's owner lives (progress_lock_owner) */
+    char *state;           /* running finished failed stopped crashed none */
+    pid_t pid;             /* the job's pid: progress's, else the lock's */
+    int alive;             /* its writer lives: state "running" */
+    int remote;            /* its writer is on another host */
+    int stale_lock;        /* a lock file naming a writer that is gone */
+} od_job;
+
+/* Reads OUT/rel (a state directory) into *j (free with od_job_clear). A
+ * "running" progress file whose writer is gone (progress_owner_alive:
+ * kill() and start time here, heartbeat elsewhere) is "crashed"; without
+ * progress.json, a held lock is "running", a stale one "crashed", else
+ * "none". */
+void od_job_read(const char *out, const char *rel, od_job *j);
+void od_job_clear(od_job *j);
+
+/* Every state directory of OUT: .qmoe first (always, present or not), then
+ * each .qmoe/shard-I-of-N in readdir order. GArray of od_job. */
+GArray *od_jobs_read(const char *out);
+void od_jobs_free(GArray *jobs);
 
 /* ---- the verdict ---- */
 

@@ -277,50 +277,32 @@ static int scan_dir(vf_target *t, const char *sub, vf_result *r, GError **err)
 /* Live lock holders, and the job's last recorded state. */
 static void read_job(vf_target *t, vf_result *r)
 {
-    char *qdir = g_build_filename(t->out, ".qmoe", NULL);
-    GPtrArray *dirs = g_ptr_array_new_with_free_func(g_free);
-    g_ptr_array_add(dirs, g_strdup(qdir));
-    GDir *d = g_dir_open(qdir, 0, NULL);
-    const char *n;
-    while (d && (n = g_dir_read_name(d)))
-        if (g_str_has_prefix(n, "shard-"))
-            g_ptr_array_add(dirs, g_build_filename(qdir, n, NULL));
-    if (d)
-        g_dir_close(d);
-    for (guint i = 0; i < dirs->len; i++) {
-        char *lock = g_build_filename(dirs->pdata[i], "lock", NULL);
-        char *prog = g_build_filename(dirs->pdata[i], "progress.json", NULL);
-        char *host;
-        int64_t start;
-        pid_t pid = progress_lock_read(lock, &host, &start);
-        progress p;
-        int have_p = progress_read(prog, &p, NULL) == 0;
-        /* kill() on this host; another host's part by its heartbeat */
-        if (pid > 0 && progress_owner_alive(host, pid, start, have_p ? p.updated : 0, NULL))
-            add_pid(t, pid);
-        g_free(host);
-        if (have_p) {
-            t->has_job_record = 1;
-            if (!t->prog_layers && !t->prog_experts && (p.layers || p.experts)) {
-                t->prog_layers = g_strdup(p.layers);
-                t->prog_experts = g_strdup(p.experts);
-            }
-            int bad = strcmp(p.state, "finished") != 0;
-            if (!r->job_state || bad) {
-                g_free(r->job_state);
-                r->job_state = g_strdup(p.state);
-                if (!r->pid)
-                    r->pid = p.pid;
-            }
-            if (p.last_error && !r->job_error)
-                r->job_error = g_strdup(p.last_error);
-            progress_clear(&p);
+    /* the module's job reader: the same liveness as qmoe-status (kill()
+     * and start time on this host, heartbeat on another) */
+    GArray *jobs = od_jobs_read(t->out);
+    for (guint i = 0; i < jobs->len; i++) {
+        od_job *j = &g_array_index(jobs, od_job, i);
+        if (j->alive || (j->lock_held && !j->remote && j->lock_pid > 0))
+            add_pid(t, j->alive ? j->pid : j->lock_pid);
+        if (!j->present)
+            continue;
+        const progress *p = &j->prog;
+        t->has_job_record = 1;
+        if (!t->prog_layers && !t->prog_experts && (p->layers || p->experts)) {
+            t->prog_layers = g_strdup(p->layers);
+            t->prog_experts = g_strdup(p->experts);
         }
-        g_free(lock);
-        g_free(prog);
+        int bad = strcmp(p->state, "finished") != 0;
+        if (!r->job_state || bad) {
+            g_free(r->job_state);
+            r->job_state = g_strdup(p->state);
+            if (!r->pid)
+                r->pid = p->pid;
+        }
+        if (p->last_error && !r->job_error)
+            r->job_error = g_strdup(p->last_error);
     }
-    g_ptr_array_free(dirs, TRUE);
-    g_free(qdir);
+    od_jobs_free(jobs);
 }
 
 /* A manifest made of the journals alone (qmoe.json not written yet). */
