@@ -6,6 +6,7 @@
 #include "base/fs.h"
 #include "format/layout.h"
 #include "outdir/manifest.h"
+#include "outdir/outdir.h"
 #include "outdir/plan.h"
 #include "outdir/progress.h"
 #include "base/util.h"
@@ -89,6 +90,8 @@ typedef struct {
     char **current;         /* per worker slot, NULL-terminated view */
     int failed;
     GError *error;          /* first error of any worker */
+    char source_id[17];     /* outdir.h identity of the source */
+    cJSON *source_identity;
 } job;
 
 static void job_log(job *j, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
@@ -365,6 +368,7 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
         return -1;
     }
     rec->path = g_strdup(f->path);
+    g_strlcpy(rec->source_id, j->source_id, sizeof rec->source_id);
     rec->kind = f->kind;
     rec->layer = f->layer;
     rec->expert = f->expert;
@@ -508,58 +512,6 @@ static int copy_side_files(const char *src_dir, const char *out, GError **err)
     return rc;
 }
 
-/* Final path (relative to OUT) of the temporary `name` found in `dir`
- * ("" for OUT itself). Caller frees. */
-static char *tmp_final(const char *dir, const char *name)
-{
-    const char *t = g_strrstr(name, ".tmp.");
-    char *base = g_strndup(name, (gsize)(t - name));
-    char *rel = *dir ? g_build_filename(dir, base, NULL) : g_strdup(base);
-    g_free(base);
-    return rel;
-}
-
-/* Removes temporaries left by extractors that died. A temporary's pid says
- * nothing about a process on another machine that shares OUT, so the pid
- * is not what decides: a temporary of a file of this part is stale because
- * only the holder of this part's lock (us) writes such files; one of a
- * file outside the plan (config, tokenizer, index, qmoe.json) is stale
- * because every writer of those holds .qmoe/manifest.lock, which the
- * caller holds. Temporaries of other parts' files are left to those parts
- * (an unsharded run owns every file); one outside the plan in a
- * subdirectory (from a run with another --layers/--experts) goes only when
- * unsharded and its pid is dead, as nothing else can tell. */
-static void remove_stale_tmps(const char *out, const plan *p, int shard, int shards)
-{
-    GHashTable *owner = g_hash_table_new(g_str_hash, g_str_equal);
-    for (int i = 0; i < p->n_files; i++)
-        g_hash_table_insert(owner, p->files[i].path, GINT_TO_POINTER(p->files[i].part + 1));
-    static const char *dirs[] = {"", "experts", "layers", "other", NULL};
-    for (int i = 0; dirs[i]; i++) {
-        char *dir = g_build_filename(out, dirs[i], NULL);
-        GDir *d = g_dir_open(dir, 0, NULL);
-        const char *n;
-        while (d && (n = g_dir_read_name(d))) {
-            if (!fs_is_tmp(n))
-                continue;
-            char *rel = tmp_final(dirs[i], n);
-            int part = GPOINTER_TO_INT(g_hash_table_lookup(owner, rel)) - 1;
-            pid_t pid = fs_tmp_pid(n);
-            if (part == shard || (part < 0 && !*dirs[i]) ||
-                (part < 0 && shards == 1 && (!fs_pid_alive(pid) || pid == getpid()))) {
-                char *path = g_build_filename(dir, n, NULL);
-                unlink(path);
-                g_free(path);
-            }
-            g_free(rel);
-        }
-        if (d)
-            g_dir_close(d);
-        g_free(dir);
-    }
-    g_hash_table_destroy(owner);
-}
-
 /* Takes OUT/.qmoe/manifest.lock, which serialises every write to OUT's top
  * directory among the parts of a --shard run (on one machine or several).
  * Returns the fd to close to release it, or -1 (then the caller goes on
@@ -573,31 +525,6 @@ static int lock_top(const char *out)
         while (flock(fd, LOCK_EX) != 0 && errno == EINTR)
             ;
     return fd;
-}
-
-/* Marks in done[] the plan files that a journal records and that are in
- * place with the recorded size and tensor names. */
-static void find_done(const plan *p, const char *out, GArray *recs, uint8_t *done)
-{
-    GHashTable *by = g_hash_table_new(g_str_hash, g_str_equal);
-    for (guint i = 0; i < recs->len; i++) {
-        mf_file *r = &g_array_index(recs, mf_file, i);
-        g_hash_table_insert(by, r->path, r);
-    }
-    for (int i = 0; i < p->n_files; i++) {
-        const plan_file *f = &p->files[i];
-        mf_file *r = g_hash_table_lookup(by, f->path);
-        if (!r || r->n_tensors != f->n)
-            continue;
-        int same = 1;
-        for (int k = 0; k < f->n && same; k++)
-            same = strcmp(r->tensors[k].name, f->t[k].name) == 0 &&
-                   r->tensors[k].end - r->tensors[k].begin == f->t[k].nbytes;
-        char *path = g_build_filename(out, f->path, NULL);
-        done[i] = same && fs_file_size(path) == (int64_t)r->size;
-        g_free(path);
-    }
-    g_hash_table_destroy(by);
 }
 
 static void draw_bar(const job *j, double t0)
@@ -657,13 +584,17 @@ static int finish_outputs(job *j, const char *src_path, int *complete, GError **
     uint8_t *done = g_new0(uint8_t, j->p->n_files > 0 ? j->p->n_files : 1);
     manifest *m = g_new0(manifest, 1);
     if (rc == 0) {
-        find_done(j->p, out, recs, done);
+        od_find_done(j->p, j->ck, j->source_id, out, recs, done);
         *complete = 1;
         for (int i = 0; i < j->p->n_files; i++)
             *complete &= done[i];
         plan_describe(j->p, j->ck, src_path, m);
         m->shards = j->o->shards;
-        m->complete = *complete;
+        m->source_id = g_strdup(j->source_id);
+        m->source_identity = cJSON_Duplicate(j->source_identity, 1);
+        m->missing_from_source = od_plan_gap(j->p, &m->missing_count);
+        /* a gap kept by --allow-missing is never complete (od_complete) */
+        m->complete = *complete && !m->missing_from_source;
         /* keep only records of files that are in place */
         GHashTable *in = g_hash_table_new(g_str_hash, g_str_equal);
         for (int i = 0; i < j->p->n_files; i++)
@@ -700,6 +631,16 @@ static int finish_outputs(job *j, const char *src_path, int *complete, GError **
     return rc;
 }
 
+/* od_plan_gap's lines joined into one ("; "): errors are one line. */
+static char *gap_one_line(char *gap)
+{
+    char **lines = g_strsplit(gap, "\n", -1);
+    char *one = g_strjoinv("; ", lines);
+    g_strfreev(lines);
+    g_free(gap);
+    return one;
+}
+
 static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, GError **err)
 {
     ckpt *ck = ckpt_open(o->src, err);
@@ -725,9 +666,67 @@ static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, GError
         ckpt_close(ck);
         return NULL;
     }
+    int n_gap = 0;
+    char *gap = od_plan_gap(*p, &n_gap);
+    if (gap && !o->allow_missing) {
+        gap = gap_one_line(gap);
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s' lacks %d expert%s its config declares: %s; nothing written "
+                    "(--allow-missing extracts the rest and records the gap)",
+                    o->src, n_gap, n_gap == 1 ? "" : "s", gap);
+        g_free(gap);
+        plan_free(*p);
+        *p = NULL;
+        ckpt_close(ck);
+        return NULL;
+    }
+    g_free(gap);
     if (o->shards > 1)
         plan_partition(*p, o->shards);
     return ck;
+}
+
+/* The source identity against OUT's record of it (outdir.h): refuses a
+ * different or changed source before anything is written. Empties OUT of
+ * qmoe's files first with --restart. Called with the lock held. */
+static int check_source(job *j, GError **err)
+{
+    const char *out = j->o->out;
+    j->source_identity = od_source_identity(j->ck, j->o->src, err);
+    if (!j->source_identity)
+        return -1;
+    g_strlcpy(j->source_id, od_source_id(j->source_identity), sizeof j->source_id);
+    int top = lock_top(out);
+    int rc = 0;
+    if (j->o->restart) {
+        int removed = 0;
+        rc = od_restart(out, &removed, err);
+        if (rc == 0) {
+            job_log(j, "--restart: removed %d files of an earlier extraction", removed);
+            fprintf(stderr, "qmoe-extract: --restart: removed %d files of an earlier "
+                    "extraction from '%s'\n", removed, out);
+        }
+    }
+    cJSON *then = rc == 0 ? od_source_load(out, err) : NULL;
+    if (rc == 0 && !then && err && *err)
+        rc = -1;
+    if (rc == 0 && then) {
+        char *diff = od_source_diff(then, j->source_identity);
+        if (diff) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "'%s' holds an extraction of another source than '%s' (or of "
+                        "it before it changed): %s; nothing written (--restart empties "
+                        "OUT of qmoe's files and starts over)", out, j->o->src, diff);
+            rc = -1;
+        }
+        g_free(diff);
+    } else if (rc == 0) {
+        rc = od_source_save(out, j->source_identity, err);
+    }
+    cJSON_Delete(then);
+    if (top >= 0)
+        close(top);
+    return rc;
 }
 
 int ex_dry_run(const ex_opts *o, int json, GError **err)
@@ -769,6 +768,14 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         cJSON_AddNumberToObject(j, "shards", o->shards);
         cJSON_AddNumberToObject(j, "shard_files", mine_files);
         cJSON_AddNumberToObject(j, "shard_bytes", (double)mine);
+        int n_gap = 0;
+        char *gap = od_plan_gap(p, &n_gap);
+        cJSON_AddNumberToObject(j, "missing_from_source_count", n_gap);
+        if (gap)
+            cJSON_AddStringToObject(j, "missing_from_source", gap);
+        else
+            cJSON_AddNullToObject(j, "missing_from_source");
+        g_free(gap);
         char *s = cJSON_PrintUnformatted(j);
         printf("%s\n", s);
         cJSON_free(s);
@@ -788,6 +795,15 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         if (o->shards > 1)
             printf("shard:    %d/%d: %d files, %s\n", o->shard, o->shards, mine_files,
                    qm_human_bytes(mine, b1, sizeof b1));
+        int n_gap = 0;
+        char *gap = od_plan_gap(p, &n_gap);
+        if (gap) {
+            char **lines = g_strsplit(gap, "\n", -1);
+            for (int i = 0; lines[i]; i++)
+                printf("missing:  %s\n", lines[i]);
+            g_strfreev(lines);
+        }
+        g_free(gap);
     }
     g_free(layers);
     g_free(experts);
@@ -829,6 +845,15 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     j.log_fd = fs_open_out(log_path, O_WRONLY | O_APPEND | O_CREAT, "cannot open log", err);
     if (j.log_fd < 0)
         goto out;
+    if (check_source(&j, err))
+        goto out;
+    if (o->before_write) {
+        if (o->before_write(o->before_write_arg, err))
+            goto out;
+        /* maybe another process now (--detach's child): the lock says who */
+        if (progress_lock_handover(lock_fd, lock_path, err))
+            goto out;
+    }
     if (stale) {
         fprintf(stderr, "qmoe-extract: taking over the stale lock of pid %ld (no longer "
                 "running); resuming\n", (long)stale);
@@ -843,7 +868,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
             goto out;
     }
     int top = lock_top(o->out);
-    remove_stale_tmps(o->out, p, o->shard, o->shards);
+    od_remove_stale_tmps(o->out, p, o->shard, o->shards);
     int side = copy_side_files(j.ck->dir, o->out, err);
     if (top >= 0)
         close(top);
@@ -858,7 +883,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         g_free(done);
         goto out;
     }
-    find_done(p, o->out, recs, done);
+    od_find_done(p, j.ck, j.source_id, o->out, recs, done);
     for (guint i = 0; i < recs->len; i++)
         mf_file_clear(&g_array_index(recs, mf_file, i));
     g_array_free(recs, TRUE);
@@ -1010,6 +1035,15 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         goto out;
     }
     write_progress(&j, prog_path, "finished");
+    int n_gap = 0;
+    char *gap = od_plan_gap(p, &n_gap);
+    if (gap) {
+        gap = gap_one_line(gap);
+        fprintf(stderr, "qmoe-extract: '%s' is incomplete (--allow-missing): %s; "
+                "recorded in qmoe.json\n", o->out, gap);
+        job_log(&j, "incomplete (--allow-missing): %s", gap);
+        g_free(gap);
+    }
     res->seconds = qm_monotonic() - t0;
     job_log(&j, "finished: %llu files (%llu written, %llu already complete) in %.2f s%s",
             (unsigned long long)res->files_planned,
@@ -1039,6 +1073,7 @@ out:
     g_free(j.src_bs);
     g_free(j.todo);
     progress_clear(&j.prog);
+    cJSON_Delete(j.source_identity);
     g_mutex_clear(&j.mu);
     g_mutex_clear(&j.commit_mu);
     plan_free(p);

@@ -33,6 +33,14 @@ typedef struct {
     int progress_bar;        /* draw a bar on stderr */
     int throttle_ms;         /* test knob: sleep per file (QMOE_THROTTLE_MS) */
     int no_reflink;          /* always copy bytes, never share blocks */
+    int allow_missing;       /* extract a source lacking experts its config
+                                declares; the manifest records the gap */
+    int restart;             /* empty OUT of qmoe's files first */
+    /* Called once the source is planned and checked against OUT and the
+     * lock is taken, before anything is written (--detach forks there);
+     * returns 0 to go on. NULL: none. */
+    int (*before_write)(void *arg, GError **err);
+    void *before_write_arg;
 } ex_opts;
 
 typedef struct {
@@ -45,7 +53,10 @@ typedef struct {
     char *layout;
 } ex_result;
 
-/* Runs the job. Returns 0 when every planned file of this part is in
+/* Runs the job. Refuses (QM_ERR_USAGE) before writing when OUT holds files
+ * of another source or of this source before it changed (outdir.h source
+ * identity), unless o->restart; refuses (QM_ERR_FORMAT) when the source
+ * lacks experts its config declares, unless o->allow_missing. Returns 0 when every planned file of this part is in
  * place; else -1 with *err (QM_ERR_STOPPED after a signal). */
 int ex_run(const ex_opts *o, ex_result *res, GError **err);
 

@@ -21,7 +21,7 @@ static const char *prog = "qmoe-extract";
 static gchar *opt_layers, *opt_experts, *opt_layout, *opt_shard;
 static gint opt_jobs;
 static gboolean opt_detach, opt_dry_run, opt_json, opt_version, opt_no_progress;
-static gboolean opt_no_reflink;
+static gboolean opt_no_reflink, opt_restart, opt_allow_missing;
 
 static GOptionEntry entries[] = {
     {"layers", 0, 0, G_OPTION_ARG_STRING, &opt_layers,
@@ -44,6 +44,10 @@ static GOptionEntry entries[] = {
      "No progress bar even on a terminal", NULL},
     {"no-reflink", 0, 0, G_OPTION_ARG_NONE, &opt_no_reflink,
      "Always copy the bytes, even where blocks could be shared with SRC", NULL},
+    {"restart", 0, 0, G_OPTION_ARG_NONE, &opt_restart,
+     "Empty OUT of qmoe's files first and start over (another or a changed source)", NULL},
+    {"allow-missing", 0, 0, G_OPTION_ARG_NONE, &opt_allow_missing,
+     "Extract a source that lacks experts its config declares; qmoe.json records the gap", NULL},
     {"version", 0, 0, G_OPTION_ARG_NONE, &opt_version, "Print the version", NULL},
     {NULL, 0, 0, 0, NULL, NULL, NULL},
 };
@@ -56,7 +60,11 @@ static const char *description =
     "qmoe.json and .qmoe/ (lock, progress.json, journal.jsonl, extract.log).\n"
     "\n"
     "A rerun resumes: complete files are kept, the rest is redone. SIGINT or\n"
-    "SIGTERM stops cleanly (files in flight are discarded).\n"
+    "SIGTERM stops cleanly (files in flight are discarded). A rerun with another\n"
+    "source, or with the source changed since, refuses (exit 2) unless --restart.\n"
+    "A source lacking experts its config declares is refused (exit 2, listed per\n"
+    "layer) unless --allow-missing. --detach checks all this and takes the lock\n"
+    "before it returns.\n"
     "\n"
     "When SRC and OUT are on one filesystem with reflinks (XFS reflink=1, btrfs),\n"
     "the files share SRC's data blocks instead of copying them; their headers are\n"
@@ -81,10 +89,13 @@ static int parse_shard(const char *s, int *i, int *n)
     return 0;
 }
 
-/* Forks a background job whose output goes to OUT/.qmoe/extract.log. The
- * parent prints the pid and returns; the child returns 0 and goes on. */
-static int detach(const char *out, GError **err)
+/* Forks a background job whose output goes to OUT/.qmoe/extract.log: called
+ * by the job once SRC is planned and checked and the lock is taken (the
+ * child inherits the lock). The parent prints the pid and exits 0; the
+ * child returns 0 and goes on. */
+static int detach(void *arg, GError **err)
 {
+    const char *out = arg;
     char *qdir = g_build_filename(out, ".qmoe", NULL);
     char *log = g_build_filename(qdir, "extract.log", NULL);
     int rc = fs_mkdir_out(out, qdir, err);
@@ -100,7 +111,8 @@ static int detach(const char *out, GError **err)
             } else if (pid > 0) {
                 printf("extracting in the background: pid %ld\nlog: %s\n"
                        "watch: qmoe-status --watch %s\n", (long)pid, log, out);
-                exit(0);
+                fflush(stdout);
+                _exit(0); /* the lock, fds and files are the child's now */
             } else {
                 setsid();
                 int nul = open("/dev/null", O_RDONLY);
@@ -156,15 +168,18 @@ int main(int argc, char **argv)
     o.progress_bar = !opt_json && !opt_detach && !opt_no_progress && isatty(2);
     o.no_reflink = opt_no_reflink;
 
+    o.allow_missing = opt_allow_missing;
     if (opt_dry_run) {
         int rc = ex_dry_run(&o, opt_json, &err) ? qm_exit_code(err) : 0;
         qm_report(prog, err);
         g_clear_error(&err);
         return rc;
     }
-    if (opt_detach && detach(o.out, &err)) {
-        qm_report(prog, err);
-        return 2;
+    o.allow_missing = opt_allow_missing;
+    o.restart = opt_restart;
+    if (opt_detach) {
+        o.before_write = detach;
+        o.before_write_arg = (void *)o.out;
     }
     ex_install_signals();
     ex_result res;

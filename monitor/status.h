@@ -54,6 +54,9 @@ typedef struct {
     char *last_error;      /* or NULL */
     char *log;             /* relative to OUT, or NULL */
     char *layers, *experts;/* selection lists if progress.json gives them */
+    char *host;            /* the writer's host, or NULL */
+    int remote;            /* on another host: liveness by heartbeat */
+    double heartbeat_age;  /* seconds since progress.json was updated, -1 */
 } st_job;
 
 typedef struct {
@@ -85,7 +88,10 @@ typedef struct {
     int64_t unexpected;    /* expert files outside the expected set */
     int64_t bytes_planned; /* -1 unknown */
     int64_t bytes_done;    /* -1 unknown */
-    int complete;
+    int complete;          /* od_complete() said so (outdir.h) */
+    const char *why;       /* od_verdict_name() when not complete */
+    int has_manifest, manifest_complete;
+    char *source_gap;      /* qmoe.json's missing_from_source, or NULL */
 
     /* rate */
     double rate_files, rate_bytes; /* per second over the window; -1 unknown */
@@ -126,9 +132,10 @@ typedef struct {
 int st_journal_line(char *p, char *end, st_rec *r);
 
 /* The "expected" object of qmoe.json as a cJSON tree (caller deletes), or
- * NULL when the file is absent or has none. Reads only the head of the
+ * NULL when the file is absent or has none; *complete (when given) set from
+ * its top-level "complete", which precedes "expected". Reads only the head of the
  * file when it can: the "files" array after it can be megabytes. */
-struct cJSON *st_manifest_expected(const char *path, char **layout);
+struct cJSON *st_manifest_expected(const char *path, char **layout, int *complete);
 
 /* ---- rendering (status_render.c) ---- */
 

@@ -216,7 +216,8 @@ int st_journal_line(char *p, char *end, st_rec *r)
 }
 
 /* Finds the top-level "expected" value in [buf, buf+len) and parses it. */
-static cJSON *expected_in(char *buf, size_t len, char **layout, int *need_more)
+static cJSON *expected_in(char *buf, size_t len, char **layout, int *complete,
+                          int *need_more)
 {
     jcur c = {buf, buf + len};
     *need_more = 0;
@@ -239,7 +240,9 @@ static cJSON *expected_in(char *buf, size_t len, char **layout, int *need_more)
         char *v = c.p;
         if (skip_value(&c))
             break;
-        if (klen == 8 && memcmp(k, "expected", 8) == 0) {
+        if (klen == 8 && memcmp(k, "complete", 8) == 0 && complete) {
+            *complete = c.p - v == 4 && memcmp(v, "true", 4) == 0;
+        } else if (klen == 8 && memcmp(k, "expected", 8) == 0) {
             found = cJSON_ParseWithLength(v, (size_t)(c.p - v));
         } else if (klen == 6 && memcmp(k, "layout", 6) == 0 && layout && !*layout) {
             cJSON *s = cJSON_ParseWithLength(v, (size_t)(c.p - v));
@@ -260,8 +263,10 @@ static cJSON *expected_in(char *buf, size_t len, char **layout, int *need_more)
     return NULL;
 }
 
-cJSON *st_manifest_expected(const char *path, char **layout)
+cJSON *st_manifest_expected(const char *path, char **layout, int *complete)
 {
+    if (complete)
+        *complete = 0;
     int fd = fs_open_regular(path, O_RDONLY, "cannot open", NULL);
     if (fd < 0)
         return NULL;
@@ -279,14 +284,14 @@ cJSON *st_manifest_expected(const char *path, char **layout)
             continue;
         /* a full buffer: try it, else read more */
         int more;
-        if ((found = expected_in(buf, len, layout, &more)) || !more)
+        if ((found = expected_in(buf, len, layout, complete, &more)) || !more)
             break;
         cap *= 2;
         buf = g_realloc(buf, cap);
     }
     if (!found) {
         int more;
-        found = expected_in(buf, len, layout, &more);
+        found = expected_in(buf, len, layout, complete, &more);
     }
     close(fd);
     g_free(buf);

@@ -1,5 +1,6 @@
 /* status_render.c - the dashboard, the log line and the JSON (status.h) */
 #include "status.h"
+#include "outdir/progress.h"
 #include "base/util.h"
 
 #include <cjson/cJSON.h>
@@ -275,6 +276,30 @@ char *st_render_text(const st_snap *s, const st_style *y)
     emitf(out, y, "%s%s%s  %s%s%s%s", B, "qmoe-status", R, y->color ? state_color(s->state) : "",
           g->str, R, s->complete ? "  complete" : "");
     emitf(out, y, "dir       %s", s->out);
+    if (!s->complete && s->why && strcmp(s->why, "running") != 0)
+        emitf(out, y, "%sincomplete%s %s", y->color ? C_YELLOW : "", R, s->why);
+    /* whose job, and how its liveness was judged (progress.h) */
+    for (int i = 0; i < s->n_jobs && i < 16; i++) {
+        const st_job *j = &s->jobs[i];
+        if (!j->host || (strcmp(j->state, "running") && strcmp(j->state, "crashed")))
+            continue;
+        char part[48] = "";
+        if (s->sharded)
+            snprintf(part, sizeof part, " (part %d/%d)", j->shard, j->shards);
+        if (j->remote)
+            emitf(out, y, "owner     pid %ld on %s%s: another host, judged by its "
+                  "heartbeat (%.0f s ago, stale after %.0f s)", (long)j->pid, j->host,
+                  part, j->heartbeat_age, PROGRESS_HEARTBEAT_STALE);
+        else
+            emitf(out, y, "owner     pid %ld on %s%s: this host, judged by kill() and "
+                  "the process start time", (long)j->pid, j->host, part);
+    }
+    if (s->source_gap) {
+        char **lines = g_strsplit(s->source_gap, "\n", -1);
+        for (int i = 0; lines[i]; i++)
+            emitf(out, y, "%sgap%s       %s", y->color ? C_YELLOW : "", R, lines[i]);
+        g_strfreev(lines);
+    }
     emitf(out, y, "experts   %s%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT " (%.1f %%)%s   layers %d/%d complete%s",
           B, s->experts_done - s->unexpected, s->experts_expected,
           pct(s->experts_done - s->unexpected, s->experts_expected), R,
@@ -434,6 +459,8 @@ char *st_render_json(const st_snap *s, int pretty)
     cJSON_AddStringToObject(j, "state", s->state);
     add_num_or_null(j, "pid", s->pid, s->pid > 0);
     cJSON_AddBoolToObject(j, "complete", s->complete);
+    add_str_or_null(j, "incomplete_reason", s->why);
+    add_str_or_null(j, "missing_from_source", s->source_gap);
     cJSON_AddStringToObject(j, "expected_from", s->expected_from);
     cJSON_AddBoolToObject(j, "partial", s->partial);
     add_str_or_null(j, "selected_layers", s->sel_layers);
@@ -487,6 +514,9 @@ char *st_render_json(const st_snap *s, int pretty)
         cJSON_AddStringToObject(o, "state", b->state);
         add_num_or_null(o, "pid", b->pid, b->pid > 0);
         cJSON_AddBoolToObject(o, "stale_lock", b->stale_lock);
+        add_str_or_null(o, "host", b->host);
+        add_str_or_null(o, "liveness", !b->host ? NULL : b->remote ? "heartbeat" : "pid");
+        add_num_or_null(o, "heartbeat_age_s", b->heartbeat_age, b->heartbeat_age >= 0);
         add_num_or_null(o, "files_done", (double)b->files_done, b->present);
         add_num_or_null(o, "files_planned", (double)b->files_planned, b->present);
         add_num_or_null(o, "experts_done", (double)b->experts_done, b->present);

@@ -3,6 +3,7 @@
 #include "format/checkpoint.h"
 #include "base/fs.h"
 #include "format/layout.h"
+#include "outdir/outdir.h"
 #include "outdir/progress.h"
 #include "base/util.h"
 
@@ -15,25 +16,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-/* An expert file name: "expert_EEE_layer_LL.safetensors" -> (e, l). */
-static int parse_expert_name(const char *n, int *e, int *l)
-{
-    if (strncmp(n, "expert_", 7) != 0)
-        return -1;
-    char *q;
-    long ev = strtol(n + 7, &q, 10);
-    if (q == n + 7 || strncmp(q, "_layer_", 7) != 0)
-        return -1;
-    const char *r = q + 7;
-    long lv = strtol(r, &q, 10);
-    if (q == r || strcmp(q, ".safetensors") != 0 || ev < 0 || lv < 0 ||
-        ev > 1 << 20 || lv > 1 << 20)
-        return -1;
-    *e = (int)ev;
-    *l = (int)lv;
-    return 0;
-}
 
 typedef struct {
     int layer, expert;
@@ -70,7 +52,7 @@ static int scan_dir(const char *out, const char *sub, scan *sc, int experts,
             continue;
         pair p;
         if (experts) {
-            if (parse_expert_name(n, &p.expert, &p.layer))
+            if (od_parse_expert(n, &p.expert, &p.layer))
                 continue;
             g_array_append_val(sc->experts, p);
         } else {
@@ -86,79 +68,80 @@ static int scan_dir(const char *out, const char *sub, scan *sc, int experts,
     return 0;
 }
 
-/* ---- jobs ---- */
-
-static char *job_state(const progress *p, pid_t lock_pid, int lock_held,
-                       int *stale_lock)
+/* Sets *mixed when qmoe.json's "source"."id" and source.json's differ
+ * (both present). Reads only the head of qmoe.json, where "source" is. */
+static void manifest_src_id(const char *mpath, const cJSON *sj, int *mixed)
 {
-    *stale_lock = lock_pid > 0 && !lock_held;
-    if (strcmp(p->state, "running") == 0) {
-        /* the writer of a "running" file that is gone died without saying so */
-        if (!fs_pid_alive(p->pid))
-            return g_strdup("crashed");
-        return g_strdup("running");
-    }
-    return g_strdup(p->state);
+    *mixed = 0;
+    if (!sj)
+        return;
+    int fd = fs_open_regular(mpath, O_RDONLY, "cannot open", NULL);
+    if (fd < 0)
+        return;
+    char buf[4096];
+    ssize_t r = pread(fd, buf, sizeof buf - 1, 0);
+    close(fd);
+    buf[r > 0 ? r : 0] = 0;
+    const char *src = strstr(buf, "\"source\":{");
+    const char *id = src ? strstr(src, "\"id\":\"") : NULL;
+    if (!id)
+        return;
+    id += 6;
+    const char *want = od_source_id(sj);
+    *mixed = *want && (strncmp(id, want, strlen(want)) != 0 || id[strlen(want)] != '"');
 }
 
+/* ---- jobs ---- */
+
+/* One state directory through the module's job reader (outdir.h): the
+ * state and liveness are decided there, the same for qmoe-verify. */
 static void job_load(const char *out, const char *rel, st_job *j)
 {
     memset(j, 0, sizeof *j);
+    j->heartbeat_age = -1;
+    od_job o;
+    od_job_read(out, rel, &o);
     j->dir = g_strdup(rel);
     j->shards = 1;
-    char *dir = g_build_filename(out, rel, NULL);
-    char *pp = g_build_filename(dir, "progress.json", NULL);
-    char *lk = g_build_filename(dir, "lock", NULL);
-    progress p;
-    int held = 0;
-    pid_t lock_pid = progress_lock_owner(lk, &held);
-    if (progress_read(pp, &p, NULL) == 0) {
-        j->present = 1;
-        j->state = job_state(&p, lock_pid, held, &j->stale_lock);
-        j->pid = p.pid;
-        j->started = p.started;
-        j->updated = p.updated;
-        j->files_done = p.files_done;
-        j->files_planned = p.files_planned;
-        j->bytes_done = p.bytes_done;
-        j->bytes_planned = p.bytes_planned;
-        j->experts_done = p.experts_done;
-        j->experts_planned = p.experts_planned;
-        j->current = p.current;
-        p.current = NULL;
-        j->last_error = p.last_error;
-        p.last_error = NULL;
-        j->log = p.log;
-        p.log = NULL;
-        j->shard = p.shard;
-        j->shards = p.shards;
-        progress_clear(&p);
+    j->present = o.present;
+    j->state = g_strdup(o.state);
+    j->pid = o.pid;
+    j->stale_lock = o.stale_lock;
+    j->remote = o.remote;
+    if (o.present) {
+        progress *p = &o.prog;
+        j->host = g_strdup(p->host);
+        j->heartbeat_age = p->updated > 0 ? qm_now() - p->updated : -1;
+        j->started = p->started;
+        j->updated = p->updated;
+        j->files_done = p->files_done;
+        j->files_planned = p->files_planned;
+        j->bytes_done = p->bytes_done;
+        j->bytes_planned = p->bytes_planned;
+        j->experts_done = p->experts_done;
+        j->experts_planned = p->experts_planned;
+        j->current = p->current;
+        p->current = NULL;
+        j->last_error = p->last_error;
+        p->last_error = NULL;
+        j->log = p->log;
+        p->log = NULL;
+        j->shard = p->shard;
+        j->shards = p->shards;
         /* optional selection lists (not every writer has them) */
-        cJSON *x = qm_json_load(pp, NULL);
-        const cJSON *ls = cJSON_GetObjectItemCaseSensitive(x, "layers");
-        const cJSON *es = cJSON_GetObjectItemCaseSensitive(x, "experts");
-        if (cJSON_IsString(ls))
-            j->layers = g_strdup(ls->valuestring);
-        if (cJSON_IsString(es))
-            j->experts = g_strdup(es->valuestring);
-        cJSON_Delete(x);
-    } else {
-        j->state = g_strdup(lock_pid > 0 && held ? "running" : "none");
-        j->pid = lock_pid;
-        j->stale_lock = lock_pid > 0 && !held;
-        if (j->stale_lock) {
-            g_free(j->state);
-            j->state = g_strdup("crashed");
-        }
-        j->current = g_new0(char *, 1);
+        j->layers = p->layers;
+        p->layers = NULL;
+        j->experts = p->experts;
+        p->experts = NULL;
     }
-    g_free(dir);
-    g_free(pp);
-    g_free(lk);
+    if (!j->current)
+        j->current = g_new0(char *, 1);
+    od_job_clear(&o);
 }
 
 static void job_clear(st_job *j)
 {
+    g_free(j->host);
     g_free(j->dir);
     g_free(j->state);
     g_strfreev(j->current);
@@ -318,10 +301,14 @@ static void grid(st_snap *s, int n_layers, int n_experts, const uint8_t *is_moe,
 static int from_manifest(st_snap *s)
 {
     char *path = g_build_filename(s->out, "qmoe.json", NULL);
-    cJSON *e = st_manifest_expected(path, NULL);
+    cJSON *e = st_manifest_expected(path, NULL, &s->manifest_complete);
     g_free(path);
     if (!e)
         return -1;
+    s->has_manifest = 1;
+    const cJSON *gap = cJSON_GetObjectItemCaseSensitive(e, "missing_from_source");
+    if (cJSON_IsString(gap) && *gap->valuestring)
+        s->source_gap = g_strdup(gap->valuestring);
     int64_t nl = 0, ne = 0, count = -1, files = -1;
     double bytes = -1;
     int rc = -1;
@@ -667,8 +654,22 @@ st_snap *st_snap_take(const char *out, GError **err)
     s->elapsed = s->eta = -1;
     s->bytes_done = -1;
     load_jobs(s);
+    /* a job record: any progress file, or a journal */
+    int job_record = 0;
+    for (int i = 0; i < s->n_jobs; i++)
+        job_record |= s->jobs[i].present;
+    /* a mixed OUT: its source.json names another source than qmoe.json */
+    int mixed = 0;
+    {
+        cJSON *sj = od_source_load(out, NULL);
+        char *mp = g_build_filename(out, "qmoe.json", NULL);
+        manifest_src_id(mp, sj, &mixed);
+        g_free(mp);
+        cJSON_Delete(sj);
+    }
     int have_journal_bytes = 0;
     journal_figures(s, &have_journal_bytes);
+    job_record |= s->journal_records > 0;
     /* bytes: the jobs count tensor bytes like the plan does, so prefer
      * them; the journal (file sizes) for a directory without progress;
      * stat() only when there is neither */
@@ -746,16 +747,26 @@ st_snap *st_snap_take(const char *out, GError **err)
     for (int i = 0; i < s->n_flight; i++) {
         int e, l;
         const char *b = strrchr(s->flight[i].path, '/');
-        if (b && parse_expert_name(b + 1, &e, &l) == 0 && l < s->n_layers)
+        if (b && od_parse_expert(b + 1, &e, &l) == 0 && l < s->n_layers)
             s->layers[l].in_flight++;
     }
 
-    /* complete: every expected expert, and every other file when known */
-    s->complete = s->experts_expected > 0 &&
-                  s->experts_done - s->unexpected >= s->experts_expected &&
-                  (s->other_expected < 0 || s->other_done >= s->other_expected);
-    if (s->experts_expected == 0 && s->other_expected > 0)
-        s->complete = s->other_done >= s->other_expected;
+    /* complete: the one verdict (outdir.h) from what the snapshot found */
+    od_facts facts = {
+        .experts_expected = s->experts_expected,
+        .experts_present = s->experts_done - s->unexpected,
+        .others_expected = s->other_expected,
+        .others_present = s->other_done,
+        .has_job_record = job_record,
+        .has_manifest = s->has_manifest,
+        .manifest_complete = s->manifest_complete,
+        .live_writer = strcmp(s->state, "running") == 0 || s->n_flight > 0,
+        .source_gap = s->source_gap != NULL,
+        .mixed = mixed,
+    };
+    od_verdict v = od_complete(&facts);
+    s->complete = v == OD_COMPLETE;
+    s->why = s->complete ? NULL : od_verdict_name(v);
 
     if (strcmp(s->state, "running") == 0 && s->rate_files > 0) {
         int64_t left_b = s->bytes_planned >= 0 && s->bytes_done >= 0
@@ -796,5 +807,6 @@ void st_snap_free(st_snap *s)
     g_free(s->log);
     g_free(s->sel_layers);
     g_free(s->sel_experts);
+    g_free(s->source_gap);
     g_free(s);
 }

@@ -1,5 +1,6 @@
 /* checkpoint.c - see checkpoint.h */
 #include "format/checkpoint.h"
+#include "base/fs.h"
 #include "base/util.h"
 
 #include <errno.h>
@@ -265,7 +266,14 @@ static char *hub_snapshot(const char *dir, char **how, GError **err)
         return NULL;
     }
     char *ref_path = g_build_filename(dir, "refs", "main", NULL), *ref = NULL;
-    if (g_file_get_contents(ref_path, &ref, NULL, NULL)) {
+    if (g_file_test(ref_path, G_FILE_TEST_EXISTS) &&
+        fs_read_file(ref_path, "cannot read", &ref, NULL, err) != 0) {
+        g_dir_close(d);
+        g_free(ref_path);
+        g_free(snaps);
+        return NULL;
+    }
+    if (ref) {
         g_strstrip(ref);
         if (!*ref || strchr(ref, '/') || !strcmp(ref, "..")) {
             g_set_error(err, QM_ERROR, QM_ERR_FORMAT,

@@ -1,5 +1,6 @@
 /* routerstats.c - counting the router's picks per domain; the statistics. */
 #include "model/routerstats.h"
+#include "base/fs.h"
 
 #include "base/util.h"
 
@@ -77,13 +78,9 @@ int rs_corpus_add(rs_corpus *c, int line, const char *domain, const char *text,
 rs_corpus *rs_corpus_load(const char *path, GError **err)
 {
     char *buf = NULL;
-    gsize len = 0;
-    GError *e = NULL;
-    if (!g_file_get_contents(path, &buf, &len, &e)) {
-        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read corpus '%s': %s", path, e->message);
-        g_error_free(e);
+    size_t len = 0;
+    if (fs_read_file(path, "cannot read corpus", &buf, &len, err))
         return NULL;
-    }
     if (memchr(buf, '\0', len)) {
         g_set_error(err, QM_ERROR, QM_ERR_USAGE, "corpus '%s': holds a NUL byte", path);
         g_free(buf);

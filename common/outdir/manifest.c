@@ -33,6 +33,8 @@ cJSON *mf_file_to_json(const mf_file *f)
     cJSON_AddNumberToObject(j, "size", (double)f->size);
     cJSON_AddStringToObject(j, "sha256", f->sha256);
     cJSON_AddNumberToObject(j, "time", f->time);
+    if (f->source_id[0])
+        cJSON_AddStringToObject(j, "source_id", f->source_id);
     cJSON *ts = cJSON_AddArrayToObject(j, "tensors");
     for (int i = 0; i < f->n_tensors; i++) {
         const mf_tensor *t = &f->tensors[i];
@@ -152,6 +154,9 @@ int mf_file_from_json(const cJSON *j, mf_file *f, const char *where, GError **er
     memcpy(f->sha256, sha, 65);
     const cJSON *tm = cJSON_GetObjectItemCaseSensitive(j, "time");
     f->time = cJSON_IsNumber(tm) ? tm->valuedouble : 0;
+    const char *sid = str_of(j, "source_id");
+    if (sid)
+        g_strlcpy(f->source_id, sid, sizeof f->source_id);
     int n = cJSON_GetArraySize(ts);
     f->tensors = g_new0(mf_tensor, n > 0 ? n : 1);
     const cJSON *o;
@@ -357,6 +362,9 @@ void manifest_free(manifest *m)
     g_free(m->version);
     g_free(m->created);
     g_free(m->source_path);
+    g_free(m->source_id);
+    cJSON_Delete(m->source_identity);
+    g_free(m->missing_from_source);
     g_free(m->layout);
     g_free(m->model_type);
     g_free(m->moe_layers);
@@ -382,6 +390,10 @@ int manifest_save(const manifest *m, const char *path, GError **err)
         cJSON_AddItemToArray(sf, o);
     }
     cJSON_AddNumberToObject(src, "bytes", (double)m->source_bytes);
+    if (m->source_id && *m->source_id)
+        cJSON_AddStringToObject(src, "id", m->source_id);
+    if (m->source_identity)
+        cJSON_AddItemToObject(src, "identity", cJSON_Duplicate(m->source_identity, 1));
     cJSON_AddStringToObject(j, "layout", m->layout ? m->layout : "");
     cJSON_AddStringToObject(j, "model_type", m->model_type ? m->model_type : "");
     cJSON *e = cJSON_AddObjectToObject(j, "expected");
@@ -394,6 +406,10 @@ int manifest_save(const manifest *m, const char *path, GError **err)
     cJSON_AddNumberToObject(e, "files", m->expected_files);
     cJSON_AddNumberToObject(e, "bytes", (double)m->expected_bytes);
     cJSON_AddBoolToObject(e, "partial", m->partial);
+    if (m->missing_from_source && *m->missing_from_source) {
+        cJSON_AddStringToObject(e, "missing_from_source", m->missing_from_source);
+        cJSON_AddNumberToObject(e, "missing_count", m->missing_count);
+    }
     cJSON_AddNumberToObject(j, "shards", m->shards > 0 ? m->shards : 1);
     cJSON *fs = cJSON_AddArrayToObject(j, "files");
     for (int i = 0; i < m->n_files; i++)
@@ -464,6 +480,13 @@ manifest *manifest_load(const char *path, GError **err)
     m->layers = dup_str(e, "layers");
     m->experts = dup_str(e, "experts");
     m->partial = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "partial"));
+    m->missing_from_source = dup_str(e, "missing_from_source");
+    if (qm_json_int(e, "missing_count", 0, 1 << 30, &v) == 0)
+        m->missing_count = (int)v;
+    m->source_id = dup_str(src, "id");
+    const cJSON *ident = cJSON_GetObjectItemCaseSensitive(src, "identity");
+    if (cJSON_IsObject(ident))
+        m->source_identity = cJSON_Duplicate(ident, 1);
     m->shards = qm_json_int(j, "shards", 1, 1 << 20, &v) == 0 ? (int)v : 1;
     GArray *files = g_array_new(FALSE, TRUE, sizeof(mf_file));
     int i = 0;

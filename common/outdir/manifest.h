@@ -28,6 +28,10 @@
  *                "layers":"0-47","experts":"0-127","count":6144,
  *                "files":6200,"bytes":N,"partial":false},
  *    "shards":N, "files":[record...]}
+ * Added fields (absent in older files): each record's "source_id" and
+ * "source":{"id":...,"identity":{...}} (outdir.h, source identity), and
+ * "expected":{"missing_from_source":"layers 0-2: experts 16-31 missing ...",
+ * "missing_count":48} when --allow-missing kept a gap.
  */
 #ifndef QMOE_MANIFEST_H
 #define QMOE_MANIFEST_H
@@ -60,6 +64,7 @@ typedef struct {
     uint64_t size;
     char sha256[65];
     double time;           /* when it was finished (seconds since epoch) */
+    char source_id[17];    /* outdir.h source identity it was read from, or "" */
     int n_tensors;
     mf_tensor *tensors;
 } mf_file;
@@ -73,6 +78,8 @@ typedef struct {
     char **source_names;
     uint64_t *source_sizes;
     uint64_t source_bytes;
+    char *source_id;       /* outdir.h identity digest, or "" (older qmoe) */
+    cJSON *source_identity;/* .qmoe/source.json as written into "source", or NULL */
     char *layout;
     char *model_type;
     int num_layers, num_experts;
@@ -81,6 +88,8 @@ typedef struct {
     int expected_files;    /* all files expected */
     uint64_t expected_bytes;
     int partial;
+    char *missing_from_source; /* od_plan_gap text ("" none), --allow-missing */
+    int missing_count;     /* (layer, expert) files the source lacks */
     int shards;            /* number of --shard parts (1 when unsharded) */
     int n_files;
     mf_file *files;        /* sorted by path */

@@ -52,6 +52,9 @@ int progress_write(const char *path, const progress *p, GError **err)
         cJSON_AddStringToObject(j, "layers", p->layers);
     if (p->experts)
         cJSON_AddStringToObject(j, "experts", p->experts);
+    cJSON_AddStringToObject(j, "host", p->host ? p->host : progress_host());
+    cJSON_AddNumberToObject(j, "pid_start",
+                            (double)(p->pid_start ? p->pid_start : progress_pid_start(p->pid)));
     char *text = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     g_free(st);
@@ -97,6 +100,9 @@ int progress_read(const char *path, progress *p, GError **err)
     p->bytes_done = get_u64(j, "bytes_done");
     p->bytes_planned = get_u64(j, "bytes_planned");
     p->experts_done = get_u64(j, "experts_done");
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "host");
+    p->host = cJSON_IsString(h) && *h->valuestring ? g_strdup(h->valuestring) : NULL;
+    p->pid_start = (int64_t)get_u64(j, "pid_start");
     p->experts_planned = get_u64(j, "experts_planned");
     p->files_skipped = get_u64(j, "files_skipped");
     p->shard = (int)get_u64(j, "shard");
@@ -133,14 +139,99 @@ void progress_clear(progress *p)
     g_free(p->log);
     g_free(p->layers);
     g_free(p->experts);
+    g_free(p->host);
     memset(p, 0, sizeof *p);
+}
+
+const char *progress_host(void)
+{
+    return g_get_host_name();
+}
+
+int64_t progress_pid_start(pid_t pid)
+{
+    if (pid <= 0)
+        return 0;
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    int fd = fs_open_regular(path, O_RDONLY, "cannot open", NULL);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    /* the command name (field 2) may hold spaces and parentheses */
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return 0;
+    p++;
+    for (int field = 3; field < 22 && p; field++) {
+        p = strchr(p + 1, ' ');
+    }
+    return p ? (int64_t)strtoll(p + 1, NULL, 10) : 0;
+}
+
+int progress_owner_alive(const char *host, pid_t pid, int64_t start, double updated,
+                         int *by_heartbeat)
+{
+    int remote = host && *host && strcmp(host, progress_host()) != 0;
+    if (by_heartbeat)
+        *by_heartbeat = remote;
+    if (remote)
+        return updated > 0 && qm_now() - updated < PROGRESS_HEARTBEAT_STALE;
+    if (!fs_pid_alive(pid))
+        return 0;
+    int64_t now_start = progress_pid_start(pid);
+    return !start || !now_start || now_start == start;
+}
+
+/* "PID HOST START\n" (older files: "PID\n") */
+static pid_t parse_lock(const char *buf, char **host, int64_t *start)
+{
+    char *end;
+    pid_t pid = (pid_t)strtol(buf, &end, 10);
+    if (host)
+        *host = NULL;
+    if (start)
+        *start = 0;
+    char h[256];
+    long long st = 0;
+    if (sscanf(end, " %255s %lld", h, &st) == 2) {
+        if (host)
+            *host = g_strdup(h);
+        if (start)
+            *start = st;
+    }
+    return pid;
 }
 
 static pid_t read_pid(int fd)
 {
-    char buf[32] = {0};
+    char buf[320] = {0};
     ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
-    return n > 0 ? (pid_t)strtol(buf, NULL, 10) : 0;
+    return n > 0 ? parse_lock(buf, NULL, NULL) : 0;
+}
+
+/* This process's lock line. */
+static int lock_line(char *buf, size_t cap)
+{
+    return snprintf(buf, cap, "%ld %s %lld\n", (long)getpid(), progress_host(),
+                    (long long)progress_pid_start(getpid()));
+}
+
+pid_t progress_lock_read(const char *path, char **host, int64_t *start)
+{
+    *host = NULL;
+    *start = 0;
+    int fd = fs_open_regular(path, O_RDONLY, "cannot open", NULL);
+    if (fd < 0)
+        return 0;
+    char buf[320] = {0};
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    close(fd);
+    return n > 0 ? parse_lock(buf, host, start) : 0;
 }
 
 int progress_lock(const char *path, pid_t *stale_pid, GError **err)
@@ -160,14 +251,23 @@ int progress_lock(const char *path, pid_t *stale_pid, GError **err)
     pid_t old = read_pid(fd);
     if (old > 0 && old != getpid())
         *stale_pid = old;
-    char buf[32];
-    int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    char buf[320];
+    int n = lock_line(buf, sizeof buf);
     if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) {
         qm_set_errno(err, errno, "cannot write lock", path);
         close(fd);
         return -1;
     }
     return fd;
+}
+
+int progress_lock_handover(int fd, const char *path, GError **err)
+{
+    char buf[320];
+    int n = lock_line(buf, sizeof buf);
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n)
+        return qm_set_errno(err, errno, "cannot write lock", path);
+    return 0;
 }
 
 void progress_unlock(int fd, const char *path)
@@ -187,11 +287,12 @@ void progress_unlock(int fd, const char *path)
 pid_t progress_lock_owner(const char *path, int *held)
 {
     *held = 0;
-    int fd = fs_open_regular(path, O_RDONLY, "cannot open", NULL);
-    if (fd < 0)
-        return 0;
-    pid_t pid = read_pid(fd);
-    close(fd);
-    *held = fs_pid_alive(pid);
+    char *host;
+    int64_t start;
+    pid_t pid = progress_lock_read(path, &host, &start);
+    /* no heartbeat here: an owner on another host is taken to hold it */
+    int remote = host && strcmp(host, progress_host()) != 0;
+    *held = pid > 0 && (remote || progress_owner_alive(host, pid, start, 0, NULL));
+    g_free(host);
     return pid;
 }

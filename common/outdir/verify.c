@@ -2,6 +2,7 @@
 #include "outdir/verify.h"
 #include "outdir/plan.h"
 #include "base/fs.h"
+#include "outdir/outdir.h"
 #include "outdir/progress.h"
 #include "base/util.h"
 
@@ -177,17 +178,15 @@ static int classify_path(const vf_target *t, const char *path, mf_kind *kind,
 {
     *layer = *expert = -1;
     int e, l, n = 0;
-    if (sscanf(path, "experts/expert_%d_layer_%d.safetensors%n", &e, &l, &n) == 2 &&
-        path[n] == '\0' && e >= 0 && l >= 0) {
-        char want[128];
-        snprintf(want, sizeof want, "experts/expert_%0*d_layer_%0*d.safetensors",
-                 t->width_e, e, t->width_l, l);
+    if (g_str_has_prefix(path, "experts/") && od_parse_expert(path, &e, &l) == 0) {
+        char *want = od_expert_path(t->width_e, e, t->width_l, l);
         *kind = MF_EXPERT;
         *layer = l;
         *expert = e;
-        return strcmp(want, path) == 0 ? 0 : -1;
+        int rc = strcmp(want, path) == 0 ? 0 : -1;
+        g_free(want);
+        return rc;
     }
-    n = 0;
     if (sscanf(path, "layers/layer_%d.safetensors%n", &l, &n) == 1 &&
         path[n] == '\0' && l >= 0) {
         *kind = MF_LAYER;
@@ -278,41 +277,32 @@ static int scan_dir(vf_target *t, const char *sub, vf_result *r, GError **err)
 /* Live lock holders, and the job's last recorded state. */
 static void read_job(vf_target *t, vf_result *r)
 {
-    char *qdir = g_build_filename(t->out, ".qmoe", NULL);
-    GPtrArray *dirs = g_ptr_array_new_with_free_func(g_free);
-    g_ptr_array_add(dirs, g_strdup(qdir));
-    GDir *d = g_dir_open(qdir, 0, NULL);
-    const char *n;
-    while (d && (n = g_dir_read_name(d)))
-        if (g_str_has_prefix(n, "shard-"))
-            g_ptr_array_add(dirs, g_build_filename(qdir, n, NULL));
-    if (d)
-        g_dir_close(d);
-    for (guint i = 0; i < dirs->len; i++) {
-        char *lock = g_build_filename(dirs->pdata[i], "lock", NULL);
-        char *prog = g_build_filename(dirs->pdata[i], "progress.json", NULL);
-        int held;
-        pid_t pid = progress_lock_owner(lock, &held);
-        if (held)
-            add_pid(t, pid);
-        progress p;
-        if (progress_read(prog, &p, NULL) == 0) {
-            int bad = strcmp(p.state, "finished") != 0;
-            if (!r->job_state || bad) {
-                g_free(r->job_state);
-                r->job_state = g_strdup(p.state);
-                if (!r->pid)
-                    r->pid = p.pid;
-            }
-            if (p.last_error && !r->job_error)
-                r->job_error = g_strdup(p.last_error);
-            progress_clear(&p);
+    /* the module's job reader: the same liveness as qmoe-status (kill()
+     * and start time on this host, heartbeat on another) */
+    GArray *jobs = od_jobs_read(t->out);
+    for (guint i = 0; i < jobs->len; i++) {
+        od_job *j = &g_array_index(jobs, od_job, i);
+        if (j->alive || (j->lock_held && !j->remote && j->lock_pid > 0))
+            add_pid(t, j->alive ? j->pid : j->lock_pid);
+        if (!j->present)
+            continue;
+        const progress *p = &j->prog;
+        t->has_job_record = 1;
+        if (!t->prog_layers && !t->prog_experts && (p->layers || p->experts)) {
+            t->prog_layers = g_strdup(p->layers);
+            t->prog_experts = g_strdup(p->experts);
         }
-        g_free(lock);
-        g_free(prog);
+        int bad = strcmp(p->state, "finished") != 0;
+        if (!r->job_state || bad) {
+            g_free(r->job_state);
+            r->job_state = g_strdup(p->state);
+            if (!r->pid)
+                r->pid = p->pid;
+        }
+        if (p->last_error && !r->job_error)
+            r->job_error = g_strdup(p->last_error);
     }
-    g_ptr_array_free(dirs, TRUE);
-    g_free(qdir);
+    od_jobs_free(jobs);
 }
 
 /* A manifest made of the journals alone (qmoe.json not written yet). */
@@ -481,6 +471,18 @@ static void expected_set(vf_target *t, int expect, vf_result *r)
             t->layer_sel[l] = 1;
         memset(t->expert_sel, 1, (size_t)(ne > 0 ? ne : 1));
     }
+    /* no manifest yet: a stopped or running partial job's own selection */
+    if (!t->have_manifest && (t->prog_layers || t->prog_experts)) {
+        GError *e = NULL;
+        if ((t->prog_layers &&
+             qm_list_parse(t->prog_layers, nl, t->layer_sel, "progress.json layers", &e)) ||
+            (t->prog_experts &&
+             qm_list_parse(t->prog_experts, ne, t->expert_sel, "progress.json experts", &e))) {
+            vf_add(r, VF_MANIFEST, "coverage", ".qmoe/progress.json", NULL, -1, "%s",
+                   e->message);
+            g_clear_error(&e);
+        }
+    }
     for (int l = 0; l < nl; l++)
         t->layer_sel[l] &= t->shape.is_moe[l];
     int full = t->shape.n_moe_layers * ne;
@@ -524,13 +526,25 @@ vf_target *vf_target_open(const char *out, int expect, vf_result *r, GError **er
     char *qdir = g_build_filename(out, ".qmoe", NULL);
     int has_state = g_file_test(qdir, G_FILE_TEST_IS_DIR);
     g_free(qdir);
+    t->has_job_record |= t->m->n_files > 0;
     if (!t->have_manifest && t->m->n_files == 0 && !has_state) {
-        g_set_error(err, QM_ERROR, QM_ERR_IO,
-                    "'%s' holds no qmoe extraction (no qmoe.json and no "
-                    ".qmoe/journal.jsonl)", out);
-        vf_target_close(t);
-        return NULL;
+        /* files only (another tool, same names): checked against the config */
+        char *xdir = g_build_filename(out, "experts", NULL);
+        t->files_only = g_file_test(xdir, G_FILE_TEST_IS_DIR);
+        g_free(xdir);
+        if (!t->files_only) {
+            g_set_error(err, QM_ERROR, QM_ERR_IO,
+                        "'%s' holds no qmoe extraction (no qmoe.json, no "
+                        ".qmoe/journal.jsonl and no experts/)", out);
+            vf_target_close(t);
+            return NULL;
+        }
+        r->from_journal = 0;
     }
+    cJSON *sj = od_source_load(out, NULL);
+    if (sj)
+        t->source_id = g_strdup(od_source_id(sj));
+    cJSON_Delete(sj);
     load_config(t, r);
     cross_check(t, r);
     t->width_e = plan_width(t->shape.n_experts);
@@ -542,11 +556,9 @@ vf_target *vf_target_open(const char *out, int expect, vf_result *r, GError **er
         for (int e = 0; l < t->shape.n_layers && t->layer_sel[l] &&
                         e < t->shape.n_experts; e++)
             if (t->expert_sel[e]) {
-                char path[128];
-                snprintf(path, sizeof path,
-                         "experts/expert_%0*d_layer_%0*d.safetensors", t->width_e,
-                         e, t->width_l, l);
+                char *path = od_expert_path(t->width_e, e, t->width_l, l);
                 file_get(t, path)->expected = 1;
+                g_free(path);
             }
     /* recorded files: non-expert ones are expected; experts only in the set
      * (a record outside it is reported as unexpected) */
@@ -594,6 +606,9 @@ void vf_target_close(vf_target *t)
     if (!t)
         return;
     g_free(t->out);
+    g_free(t->prog_layers);
+    g_free(t->prog_experts);
+    g_free(t->source_id);
     manifest_free(t->m);
     layout_shape_free(&t->shape);
     g_free(t->layer_sel);
@@ -700,7 +715,7 @@ void vf_check_coverage(vf_target *t, vf_result *r)
             else
                 vf_add(r, VF_UNEXPECTED, "coverage", f->path, NULL, -1,
                        "unexpected file");
-        } else if (f->present && !f->rec && !r->running) {
+        } else if (f->present && !f->rec && !r->running && !t->files_only) {
             vf_add(r, VF_MANIFEST, "coverage", f->path, NULL, -1,
                    "not recorded in %s", r->from_journal ? "the journal" : "qmoe.json");
         } else if (f->rec && f->src == NULL && t->src_plan && !t->src_partial) {
@@ -739,21 +754,79 @@ void vf_check_coverage(vf_target *t, vf_result *r)
     g_free(extra);
     g_free(extra_n);
 
-    if (r->running) {
+    /* files of more than one source (outdir.h source identity) */
+    const char *sid = t->source_id ? t->source_id
+                      : t->have_manifest && t->m->source_id ? t->m->source_id : "";
+    int mixed = 0;
+    for (int i = 0; i < t->m->n_files && !mixed; i++) {
+        const char *fid = t->m->files[i].source_id;
+        if (*fid && *sid && strcmp(fid, sid) != 0) {
+            mixed = 1;
+            vf_add(r, VF_SOURCE, "coverage", t->m->files[i].path, NULL, -1,
+                   "read from source %s, but OUT's source is %s: OUT mixes files of "
+                   "two sources (qmoe-extract --restart starts over)", fid, sid);
+        }
+    }
+    if (!mixed && t->have_manifest && t->source_id && t->m->source_id &&
+        *t->m->source_id && strcmp(t->source_id, t->m->source_id) != 0) {
+        mixed = 1;
+        vf_add(r, VF_SOURCE, "coverage", "qmoe.json", NULL, -1,
+               "names source %s but .qmoe/source.json names %s", t->m->source_id,
+               t->source_id);
+    }
+    /* the verdict: the same function as qmoe-status and qmoe-extract */
+    od_facts facts = {
+        .experts_expected = r->experts_expected,
+        .experts_present = r->experts_present,
+        .others_expected = r->others_expected,
+        .others_present = r->others_present,
+        .has_job_record = t->has_job_record,
+        .has_manifest = t->have_manifest,
+        .manifest_complete = t->have_manifest && t->m->complete,
+        .live_writer = r->running,
+        .source_gap = t->have_manifest && t->m->missing_from_source &&
+                      *t->m->missing_from_source,
+        .mixed = mixed,
+    };
+    switch (od_complete(&facts)) {
+    case OD_RUNNING:
         vf_add(r, VF_INCOMPLETE, "coverage", NULL, NULL, -1,
                "extraction running (pid %ld): %d/%d expert files so far",
                (long)r->pid, r->experts_present, r->experts_expected);
-    } else if (!t->have_manifest) {
+        break;
+    case OD_SOURCE_GAP: {
+        char **lines = g_strsplit(t->m->missing_from_source, "\n", -1);
+        for (int i = 0; lines[i]; i++)
+            vf_add(r, VF_INCOMPLETE, "coverage", "qmoe.json", NULL, -1,
+                   "%s (extracted with --allow-missing)", lines[i]);
+        g_strfreev(lines);
+        break;
+    }
+    case OD_NO_MANIFEST:
         vf_add(r, VF_INCOMPLETE, "coverage", "qmoe.json", NULL, -1,
                "missing: the extraction did not finish (%s%s%s); checked the files "
                "its journal records", r->job_state ? "job state: " : "no progress.json",
                r->job_state ? r->job_state : "",
                r->job_state && strcmp(r->job_state, "running") == 0 ? ", process gone"
                                                                     : "");
-    } else if (!t->m->complete) {
+        break;
+    case OD_NOT_FINISHED:
         vf_add(r, VF_INCOMPLETE, "coverage", "qmoe.json", NULL, -1,
                "the extraction is not complete (\"complete\": false)");
+        break;
+    case OD_NOTHING:
+        vf_add(r, VF_MISSING, "coverage", NULL, NULL, -1,
+               "nothing expected: no usable qmoe.json or config.json");
+        break;
+    case OD_MIXED:     /* reported above */
+    case OD_MISSING:   /* listed above */
+    case OD_COMPLETE:
+        break;
     }
+    if (t->files_only)
+        g_ptr_array_add(r->notes, g_strdup("no job record and no qmoe.json: coverage "
+                                           "from config.json and the layout, every "
+                                           "header checked"));
     if (r->expect_override && r->experts_present != t->expect) {
         r->experts_expected = t->expect;
         vf_add(r, VF_MISSING, "coverage", NULL, NULL, -1,
@@ -762,7 +835,7 @@ void vf_check_coverage(vf_target *t, vf_result *r)
     }
     /* counts that the manifest states about itself */
     if (t->have_manifest && !r->expect_override &&
-        t->m->expected_count != r->experts_expected)
+        t->m->expected_count + t->m->missing_count != r->experts_expected)
         vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
                "expected.count is %d but its layer and expert lists give %d",
                t->m->expected_count, r->experts_expected);
@@ -776,7 +849,7 @@ void vf_check_coverage(vf_target *t, vf_result *r)
     if (t->have_manifest && t->m->complete && !t->index) {
         vf_add(r, VF_MISSING, "coverage", "model.safetensors.index.json", NULL, -1,
                "missing: OUT is not loadable as a checkpoint");
-    } else if (t->index) {
+    } else if (t->index && !t->files_only) {
         const cJSON *wm = cJSON_GetObjectItemCaseSensitive(t->index, "weight_map");
         GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
         /* cJSON looks members up linearly: index the weight_map once */

@@ -145,6 +145,10 @@ typedef struct {
     int src_partial;       /* the extraction is partial: no source-missing */
     GPtrArray *stale_tmp;  /* temporaries whose writer is gone */
     GArray *live_pids;     /* pid_t of live writers (lock holders, tmp owners) */
+    int files_only;        /* no job record and no qmoe.json: names only */
+    int has_job_record;    /* .qmoe/ holds a progress file or a journal */
+    char *prog_layers, *prog_experts; /* progress.json selection, or NULL */
+    char *source_id;       /* .qmoe/source.json's id, or NULL */
 } vf_target;
 
 /* Opens OUT for verification. Problems found while reading (a damaged

@@ -62,7 +62,7 @@ fi
 # -- a source shard truncated while the extraction runs
 cp -r "$SRC" "$T/src-trunc"
 SH="$T/src-trunc/model-00003-of-00003.safetensors"
-cp "$SH" "$T/shard3.orig"
+cp -p "$SH" "$T/shard3.orig"  # -p: a restore keeps the mtime the source identity recorded
 QMOE_THROTTLE_MS=60 qmoe-extract -j 1 "$T/src-trunc" "$T/trunc" >"$T/trunc.out" 2>"$T/trunc.err" &
 pid=$!
 wait_journal "$T/trunc" 3 $pid
@@ -73,7 +73,7 @@ grep -q "model-00003-of-00003.safetensors" "$T/trunc.err" && grep -q "truncated"
     ok trunc-message || fail trunc-message "$(cat "$T/trunc.err")"
 [ "$(grep -c . "$T/trunc.err")" = 1 ] && ok trunc-one-line || fail trunc-one-line "$(cat "$T/trunc.err")"
 intact trunc "$T/trunc"
-cp "$T/shard3.orig" "$SH"
+cp -p "$T/shard3.orig" "$SH"
 run qmoe-extract "$T/src-trunc" "$T/trunc"
 expect trunc-rerun 0
 complete trunc "$T/trunc"

@@ -273,7 +273,9 @@ awk 'BEGIN { for (l = 0; l < 48; l++) for (e = 0; e < 128; e++) {
     printf "{\"path\":\"%s\",\"kind\":\"expert\",\"layer\":%d,\"expert\":%d,\"size\":9437336,\"sha256\":\"%064d\",\"time\":%.1f,\"tensors\":[%s]}\n", p, l, e, 0, 1764197000 + (l * 128 + e) * 0.1, t
 } }' >"$big/.qmoe/journal.jsonl"
 run qmoe-status --json "$big"
-expect big-exit 0
+# a journal but no qmoe.json: the job did not finish (qmoe-verify agrees)
+expect big-exit 1
+jeq big-reason incomplete_reason '"qmoe.json not written"'
 jeq big-experts experts_done 6144
 jeq big-layers layers_complete 48
 jeq big-records journal_records 6144

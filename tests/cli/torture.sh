@@ -65,7 +65,7 @@ for i in $(seq 1 $n_cycles); do
         kill -0 $pid 2>/dev/null || break
         # a SIGTERM before main() has installed its handler kills like any
         # program's; wait until the job holds the lock (SIGKILL: any time)
-        if [ $sig = TERM ] && [ "$(cat "$OUT/.qmoe/lock" 2>/dev/null)" != $pid ]; then
+        if [ $sig = TERM ] && [ "$(cut -d' ' -f1 "$OUT/.qmoe/lock" 2>/dev/null)" != $pid ]; then
             sleep 0.005; continue
         fi
         [ "$(done_paths "$OUT")" -ge $target ] && break
@@ -86,7 +86,7 @@ for i in $(seq 1 $n_cycles); do
     n=$(done_paths "$OUT")
     echo "# cycle $i: SIG$sig at $n/$TOTAL files (target $target, -j $jobs_n), rc $rc"
     # did it take the lock (and so take over the previous crash's)?
-    started=0; [ "$(cat "$OUT/.qmoe/lock" 2>/dev/null)" = $pid ] && started=1
+    started=0; [ "$(cut -d' ' -f1 "$OUT/.qmoe/lock" 2>/dev/null)" = $pid ] && started=1
     [ $sig = TERM ] && started=1 # it held the lock before the signal (waited for above)
     if [ $started = 1 ] && [ -n "$prev_pid" ]; then
         grep -q "taking over the stale lock of pid $prev_pid" "$T/run.err" ||

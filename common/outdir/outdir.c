@@ -1,0 +1,592 @@
+/* outdir.c - see outdir.h */
+#include "outdir/outdir.h"
+#include "base/fs.h"
+#include "base/util.h"
+#include "outdir/manifest.h"
+
+#include <errno.h>
+#include <math.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+const char *const od_subdirs[] = {"experts", "layers", "other", NULL};
+
+char *od_expert_path(int width_e, int expert, int width_l, int layer)
+{
+    return g_strdup_printf("experts/expert_%0*d_layer_%0*d.safetensors", width_e,
+                           expert, width_l, layer);
+}
+
+char *od_layer_path(int width_l, int layer)
+{
+    return g_strdup_printf("layers/layer_%0*d.safetensors", width_l, layer);
+}
+
+int od_parse_expert(const char *n, int *expert, int *layer)
+{
+    if (g_str_has_prefix(n, "experts/"))
+        n += 8;
+    if (strncmp(n, "expert_", 7) != 0)
+        return -1;
+    char *q;
+    const char *p = n + 7;
+    if (*p < '0' || *p > '9')
+        return -1;
+    long ev = strtol(p, &q, 10);
+    if (strncmp(q, "_layer_", 7) != 0)
+        return -1;
+    p = q + 7;
+    if (*p < '0' || *p > '9')
+        return -1;
+    long lv = strtol(p, &q, 10);
+    if (strcmp(q, ".safetensors") != 0 || ev > 1 << 20 || lv > 1 << 20)
+        return -1;
+    *expert = (int)ev;
+    *layer = (int)lv;
+    return 0;
+}
+
+/* ---- job records ---- */
+
+void od_job_read(const char *out, const char *rel, od_job *j)
+{
+    memset(j, 0, sizeof *j);
+    j->dir = g_strdup(rel);
+    j->shards = 1;
+    int i, n;
+    if (sscanf(rel, ".qmoe/shard-%d-of-%d", &i, &n) == 2 && n >= 1 && i >= 0 && i < n) {
+        j->shard = i;
+        j->shards = n;
+    }
+    char *pp = g_build_filename(out, rel, "progress.json", NULL);
+    char *lk = g_build_filename(out, rel, "lock", NULL);
+    j->lock_pid = progress_lock_owner(lk, &j->lock_held);
+    if (progress_read(pp, &j->prog, NULL) == 0) {
+        const progress *p = &j->prog;
+        j->present = 1;
+        j->pid = p->pid;
+        j->remote = p->host && strcmp(p->host, progress_host()) != 0;
+        if (strcmp(p->state, "running") == 0) {
+            /* a "running" file whose writer is gone: it died without saying so */
+            j->alive = progress_owner_alive(p->host, p->pid, p->pid_start, p->updated,
+                                            &j->remote);
+            j->state = g_strdup(j->alive ? "running" : "crashed");
+            j->stale_lock = !j->alive && j->lock_pid > 0;
+        } else {
+            j->state = g_strdup(p->state);
+            j->stale_lock = j->lock_pid > 0 && !j->lock_held;
+        }
+    } else {
+        memset(&j->prog, 0, sizeof j->prog);
+        j->pid = j->lock_pid;
+        j->alive = j->lock_pid > 0 && j->lock_held;
+        j->stale_lock = j->lock_pid > 0 && !j->lock_held;
+        j->state = g_strdup(j->alive ? "running" : j->stale_lock ? "crashed" : "none");
+    }
+    g_free(pp);
+    g_free(lk);
+}
+
+void od_job_clear(od_job *j)
+{
+    if (!j)
+        return;
+    g_free(j->dir);
+    g_free(j->state);
+    progress_clear(&j->prog);
+    memset(j, 0, sizeof *j);
+}
+
+GArray *od_jobs_read(const char *out)
+{
+    GArray *a = g_array_new(FALSE, TRUE, sizeof(od_job));
+    od_job j;
+    od_job_read(out, ".qmoe", &j);
+    g_array_append_val(a, j);
+    char *q = g_build_filename(out, ".qmoe", NULL);
+    GDir *d = g_dir_open(q, 0, NULL);
+    const char *n;
+    while (d && (n = g_dir_read_name(d))) {
+        int i, k;
+        if (sscanf(n, "shard-%d-of-%d", &i, &k) != 2 || k < 1 || i < 0 || i >= k)
+            continue;
+        char *rel = g_strdup_printf(".qmoe/%s", n);
+        od_job_read(out, rel, &j);
+        g_array_append_val(a, j);
+        g_free(rel);
+    }
+    if (d)
+        g_dir_close(d);
+    g_free(q);
+    return a;
+}
+
+void od_jobs_free(GArray *jobs)
+{
+    if (!jobs)
+        return;
+    for (guint i = 0; i < jobs->len; i++)
+        od_job_clear(&g_array_index(jobs, od_job, i));
+    g_array_free(jobs, TRUE);
+}
+
+/* ---- the verdict ---- */
+
+od_verdict od_complete(const od_facts *f)
+{
+    if (f->live_writer)
+        return OD_RUNNING;
+    if (f->mixed)
+        return OD_MIXED;
+    if (f->source_gap)
+        return OD_SOURCE_GAP;
+    if (f->has_job_record && !f->has_manifest)
+        return OD_NO_MANIFEST;
+    if (f->has_manifest && !f->manifest_complete)
+        return OD_NOT_FINISHED;
+    if (f->experts_present < f->experts_expected ||
+        (f->others_expected > 0 && f->others_present < f->others_expected))
+        return OD_MISSING;
+    if (f->experts_expected <= 0 && f->others_expected <= 0)
+        return OD_NOTHING;
+    return OD_COMPLETE;
+}
+
+const char *od_verdict_name(od_verdict v)
+{
+    static const char *names[] = {"complete", "running", "mixed sources",
+                                  "experts missing from the source",
+                                  "qmoe.json not written", "not finished",
+                                  "files missing", "nothing expected"};
+    return v <= OD_NOTHING ? names[v] : "?";
+}
+
+/* ---- source completeness ---- */
+
+char *od_plan_gap(const plan *p, int *count)
+{
+    int nl = p->shape.n_layers, ne = p->shape.n_experts;
+    *count = 0;
+    if (nl <= 0 || ne <= 0)
+        return NULL;
+    uint8_t *have = g_new0(uint8_t, (gsize)nl * (gsize)ne);
+    for (int i = 0; i < p->n_files; i++) {
+        const plan_file *f = &p->files[i];
+        if (f->kind == MF_EXPERT && f->layer >= 0 && f->layer < nl && f->expert >= 0 &&
+            f->expert < ne)
+            have[(gsize)f->layer * (gsize)ne + (gsize)f->expert] = 1;
+    }
+    /* per layer: the selected experts it lacks, as a list */
+    char **gap = g_new0(char *, nl);
+    uint8_t *miss = g_new0(uint8_t, ne);
+    for (int l = 0; l < nl; l++) {
+        if (!p->layer_sel[l] || !p->shape.is_moe[l])
+            continue;
+        int n = 0;
+        for (int e = 0; e < ne; e++) {
+            miss[e] = p->expert_sel[e] && !have[(gsize)l * (gsize)ne + (gsize)e];
+            n += miss[e];
+        }
+        if (n) {
+            gap[l] = qm_list_format(miss, ne);
+            *count += n;
+        }
+    }
+    GString *s = NULL;
+    for (int l = 0; l < nl;) {
+        if (!gap[l]) {
+            l++;
+            continue;
+        }
+        int k = l + 1; /* a run of layers with the same gap */
+        while (k < nl && gap[k] && strcmp(gap[k], gap[l]) == 0)
+            k++;
+        if (!s)
+            s = g_string_new(NULL);
+        else
+            g_string_append_c(s, '\n');
+        if (k - l > 1)
+            g_string_append_printf(s, "layers %d-%d: ", l, k - 1);
+        else
+            g_string_append_printf(s, "layer %d: ", l);
+        g_string_append_printf(s, "expert%s %s missing from the source (config.json "
+                               "declares %d)", strpbrk(gap[l], ",-") ? "s" : "",
+                               gap[l], ne);
+        l = k;
+    }
+    for (int l = 0; l < nl; l++)
+        g_free(gap[l]);
+    g_free(gap);
+    g_free(miss);
+    g_free(have);
+    return s ? g_string_free(s, FALSE) : NULL;
+}
+
+/* ---- source identity ---- */
+
+/* Bytes of data at each end of a shard that its identity hashes: seeds of
+ * one sample shape differ there, at the cost of two small reads. */
+#define OD_SAMPLE (64u << 10)
+
+/* SHA-256 of [a0, a1) followed by [b0, b1) of the file. */
+static int range_sha(const char *path, uint64_t a0, uint64_t a1, uint64_t b0,
+                     uint64_t b1, char hex[65], GError **err)
+{
+    int fd = fs_open_regular(path, O_RDONLY, "cannot open source", err);
+    if (fd < 0)
+        return -1;
+    EVP_MD_CTX *sha = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(sha, EVP_sha256(), NULL);
+    uint8_t buf[1 << 16];
+    int rc = 0;
+    for (int pass = 0; pass < 2 && rc == 0; pass++) {
+    uint64_t off = pass ? b0 : a0, len = pass ? b1 : a1;
+    while (off < len) {
+        size_t want = (size_t)MIN((uint64_t)sizeof buf, len - off);
+        ssize_t n = pread(fd, buf, want, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            rc = n < 0 ? qm_set_errno(err, errno, "cannot read source", path) : -1;
+            if (n == 0)
+                g_set_error(err, QM_ERROR, QM_ERR_IO,
+                            "cannot read source '%s': shorter than its header", path);
+            break;
+        }
+        EVP_DigestUpdate(sha, buf, (size_t)n);
+        off += (uint64_t)n;
+    }
+    }
+    uint8_t md[32];
+    unsigned mdlen = 0;
+    EVP_DigestFinal_ex(sha, md, &mdlen);
+    EVP_MD_CTX_free(sha);
+    close(fd);
+    qm_hex(md, 32, hex);
+    return rc;
+}
+
+cJSON *od_source_identity(const ckpt *ck, const char *src_path, GError **err)
+{
+    cJSON *id = cJSON_CreateObject();
+    cJSON *files = cJSON_CreateArray();
+    EVP_MD_CTX *all = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(all, EVP_sha256(), NULL);
+    for (int i = 0; i < ck->n_shards; i++) {
+        const ckpt_shard *s = &ck->shards[i];
+        struct stat st;
+        char hex[65], sample[65];
+        if (stat(s->path, &st) != 0) {
+            qm_set_errno(err, errno, "cannot stat source", s->path);
+            goto fail;
+        }
+        uint64_t hlen = s->st ? s->st->data_start : 0, size = (uint64_t)st.st_size;
+        uint64_t head_end = MIN(size, hlen + OD_SAMPLE);
+        uint64_t tail = size > OD_SAMPLE ? MAX(size - OD_SAMPLE, head_end) : head_end;
+        if (range_sha(s->path, 0, hlen, 0, 0, hex, err) ||
+            range_sha(s->path, hlen < size ? hlen : size, head_end, tail, size, sample,
+                      err))
+            goto fail;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", s->name);
+        cJSON_AddNumberToObject(o, "size", (double)st.st_size);
+        cJSON_AddNumberToObject(o, "mtime",
+                                (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9);
+        cJSON_AddStringToObject(o, "header_sha256", hex);
+        cJSON_AddStringToObject(o, "sample_sha256", sample);
+        cJSON_AddItemToArray(files, o);
+        char *line = g_strdup_printf("%s\t%lld\t%s\t%s\n", s->name,
+                                     (long long)st.st_size, hex, sample);
+        EVP_DigestUpdate(all, line, strlen(line));
+        g_free(line);
+    }
+    uint8_t md[32];
+    unsigned mdlen = 0;
+    char hex[65];
+    EVP_DigestFinal_ex(all, md, &mdlen);
+    EVP_MD_CTX_free(all);
+    qm_hex(md, 8, hex);
+    cJSON_AddStringToObject(id, "id", hex);
+    cJSON_AddStringToObject(id, "path", src_path ? src_path : "");
+    cJSON_AddItemToObject(id, "files", files);
+    return id;
+fail:
+    EVP_MD_CTX_free(all);
+    cJSON_Delete(files);
+    cJSON_Delete(id);
+    return NULL;
+}
+
+const char *od_source_id(const cJSON *identity)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(identity, "id");
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static const cJSON *file_named(const cJSON *files, const char *name)
+{
+    const cJSON *x;
+    cJSON_ArrayForEach(x, files) {
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(x, "name");
+        if (cJSON_IsString(n) && strcmp(n->valuestring, name) == 0)
+            return x;
+    }
+    return NULL;
+}
+
+static double num_of(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : -1;
+}
+
+static const char *str_of(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+char *od_source_diff(const cJSON *then, const cJSON *now)
+{
+    const cJSON *tf = cJSON_GetObjectItemCaseSensitive(then, "files");
+    const cJSON *nf = cJSON_GetObjectItemCaseSensitive(now, "files");
+    GString *s = g_string_new(NULL);
+    int n = 0;
+#define CLAUSE(fmt, ...)                                                      \
+    do {                                                                      \
+        if (n < 4)                                                            \
+            g_string_append_printf(s, "%s" fmt, n ? "; " : "", __VA_ARGS__);  \
+        n++;                                                                  \
+    } while (0)
+    const cJSON *x;
+    cJSON_ArrayForEach(x, tf) {
+        const char *name = str_of(x, "name");
+        const cJSON *y = file_named(nf, name);
+        if (!y) {
+            CLAUSE("'%s' was read then and is absent now", name);
+            continue;
+        }
+        if (num_of(x, "size") != num_of(y, "size"))
+            CLAUSE("'%s': size %.0f then, %.0f now", name,
+                   num_of(x, "size"), num_of(y, "size"));
+        else if (strcmp(str_of(x, "header_sha256"), str_of(y, "header_sha256")) != 0)
+            CLAUSE("'%s': its header differs", name);
+        else if (strcmp(str_of(x, "sample_sha256"), str_of(y, "sample_sha256")) != 0)
+            CLAUSE("'%s': its data differs (first and last %d KiB)", name,
+                   OD_SAMPLE >> 10);
+        else if (fabs(num_of(x, "mtime") - num_of(y, "mtime")) > 1e-5) /* JSON's digits */
+            CLAUSE("'%s': modified since (mtime %.3f then, %.3f now)", name, num_of(x, "mtime"), num_of(y, "mtime"));
+    }
+    cJSON_ArrayForEach(x, nf)
+        if (!file_named(tf, str_of(x, "name")))
+            CLAUSE("'%s' is new", str_of(x, "name"));
+#undef CLAUSE
+    if (n > 4)
+        g_string_append_printf(s, "; %d more differences", n - 4);
+    if (n == 0) {
+        g_string_free(s, TRUE);
+        return NULL;
+    }
+    return g_string_free(s, FALSE);
+}
+
+cJSON *od_source_load(const char *out, GError **err)
+{
+    char *path = g_build_filename(out, ".qmoe", "source.json", NULL);
+    cJSON *j = NULL;
+    if (g_file_test(path, G_FILE_TEST_EXISTS)) {
+        j = qm_json_load(path, err);
+        if (j && !cJSON_IsObject(j)) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT, "'%s' is not a JSON object", path);
+            cJSON_Delete(j);
+            j = NULL;
+        }
+    }
+    g_free(path);
+    return j;
+}
+
+int od_source_save(const char *out, const cJSON *identity, GError **err)
+{
+    char *path = g_build_filename(out, ".qmoe", "source.json", NULL);
+    char *text = cJSON_PrintUnformatted(identity);
+    GString *s = g_string_new(text);
+    g_string_append_c(s, '\n');
+    cJSON_free(text);
+    int rc = fs_write_atomic(path, s->str, s->len, err);
+    g_string_free(s, TRUE);
+    g_free(path);
+    return rc;
+}
+
+/* ---- resuming ---- */
+
+/* Marks in done[] the plan files that a journal records and that are in
+ * place with the recorded size, from this source (its identity, and each
+ * tensor's source file and range). */
+void od_find_done(const plan *p, const ckpt *ck, const char *source_id,
+                      const char *out, GArray *recs, uint8_t *done)
+{
+    GHashTable *by = g_hash_table_new(g_str_hash, g_str_equal);
+    for (guint i = 0; i < recs->len; i++) {
+        mf_file *r = &g_array_index(recs, mf_file, i);
+        g_hash_table_insert(by, r->path, r);
+    }
+    for (int i = 0; i < p->n_files; i++) {
+        const plan_file *f = &p->files[i];
+        mf_file *r = g_hash_table_lookup(by, f->path);
+        if (!r || r->n_tensors != f->n)
+            continue;
+        int same = !r->source_id[0] || strcmp(r->source_id, source_id) == 0;
+        for (int k = 0; k < f->n && same; k++)
+            same = strcmp(r->tensors[k].name, f->t[k].name) == 0 &&
+                   r->tensors[k].end - r->tensors[k].begin == f->t[k].nbytes &&
+                   r->tensors[k].src_offset == f->t[k].src_offset &&
+                   g_strcmp0(r->tensors[k].src_file, ck->shards[f->t[k].shard].name) == 0;
+        char *path = g_build_filename(out, f->path, NULL);
+        done[i] = same && fs_file_size(path) == (int64_t)r->size;
+        g_free(path);
+    }
+    g_hash_table_destroy(by);
+}
+
+/* Final path (relative to OUT) of the temporary `name` found in `dir`
+ * ("" for OUT itself). Caller frees. */
+static char *tmp_final(const char *dir, const char *name)
+{
+    const char *t = g_strrstr(name, ".tmp.");
+    char *base = g_strndup(name, (gsize)(t - name));
+    char *rel = *dir ? g_build_filename(dir, base, NULL) : g_strdup(base);
+    g_free(base);
+    return rel;
+}
+
+/* Removes temporaries left by extractors that died. A temporary's pid says
+ * nothing about a process on another machine that shares OUT, so the pid
+ * is not what decides: a temporary of a file of this part is stale because
+ * only the holder of this part's lock (us) writes such files; one of a
+ * file outside the plan (config, tokenizer, index, qmoe.json) is stale
+ * because every writer of those holds .qmoe/manifest.lock, which the
+ * caller holds. Temporaries of other parts' files are left to those parts
+ * (an unsharded run owns every file); one outside the plan in a
+ * subdirectory (from a run with another --layers/--experts) goes only when
+ * unsharded and its pid is dead, as nothing else can tell. */
+void od_remove_stale_tmps(const char *out, const plan *p, int shard, int shards)
+{
+    GHashTable *owner = g_hash_table_new(g_str_hash, g_str_equal);
+    for (int i = 0; i < p->n_files; i++)
+        g_hash_table_insert(owner, p->files[i].path, GINT_TO_POINTER(p->files[i].part + 1));
+    const char *dirs[] = {"", od_subdirs[0], od_subdirs[1], od_subdirs[2], NULL};
+    for (int i = 0; dirs[i]; i++) {
+        char *dir = g_build_filename(out, dirs[i], NULL);
+        GDir *d = g_dir_open(dir, 0, NULL);
+        const char *n;
+        while (d && (n = g_dir_read_name(d))) {
+            if (!fs_is_tmp(n))
+                continue;
+            char *rel = tmp_final(dirs[i], n);
+            int part = GPOINTER_TO_INT(g_hash_table_lookup(owner, rel)) - 1;
+            pid_t pid = fs_tmp_pid(n);
+            if (part == shard || (part < 0 && !*dirs[i]) ||
+                (part < 0 && shards == 1 && (!fs_pid_alive(pid) || pid == getpid()))) {
+                char *path = g_build_filename(dir, n, NULL);
+                unlink(path);
+                g_free(path);
+            }
+            g_free(rel);
+        }
+        if (d)
+            g_dir_close(d);
+        g_free(dir);
+    }
+    g_hash_table_destroy(owner);
+}
+
+/* ---- starting over ---- */
+
+static int remove_rel(const char *out, const char *rel, int *removed, GError **err)
+{
+    /* recorded paths come from a file: only our own names, never "..". */
+    if (!*rel || rel[0] == '/' || strstr(rel, ".."))
+        return 0;
+    char *path = g_build_filename(out, rel, NULL);
+    int rc = 0;
+    if (unlink(path) == 0)
+        (*removed)++;
+    else if (errno != ENOENT)
+        rc = qm_set_errno(err, errno, "cannot remove", path);
+    g_free(path);
+    return rc;
+}
+
+static int is_output_tmp(const char *sub, const char *n)
+{
+    if (!fs_is_tmp(n))
+        return 0;
+    if (*sub)
+        return strstr(n, ".safetensors.tmp.") != NULL;
+    return g_str_has_prefix(n, "qmoe.json.tmp.") ||
+           g_str_has_prefix(n, "model.safetensors.index.json.tmp.") ||
+           g_str_has_prefix(n, "globals.safetensors.tmp.");
+}
+
+int od_restart(const char *out, int *removed, GError **err)
+{
+    *removed = 0;
+    GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
+    int rc = mf_journals_read_all(out, recs, err);
+    char *mp = g_build_filename(out, "qmoe.json", NULL);
+    manifest *m = rc == 0 && g_file_test(mp, G_FILE_TEST_EXISTS)
+                      ? manifest_load(mp, NULL) : NULL;
+    g_free(mp);
+    for (guint i = 0; i < recs->len && rc == 0; i++)
+        rc = remove_rel(out, g_array_index(recs, mf_file, i).path, removed, err);
+    for (int i = 0; m && i < m->n_files && rc == 0; i++)
+        rc = remove_rel(out, m->files[i].path, removed, err);
+    manifest_free(m);
+    for (guint i = 0; i < recs->len; i++)
+        mf_file_clear(&g_array_index(recs, mf_file, i));
+    g_array_free(recs, TRUE);
+    static const char *const tops[] = {"", "experts", "layers", "other", NULL};
+    for (int i = 0; tops[i] && rc == 0; i++) {
+        char *dir = g_build_filename(out, tops[i], NULL);
+        GDir *d = g_dir_open(dir, 0, NULL);
+        const char *n;
+        while (d && (n = g_dir_read_name(d)) && rc == 0)
+            if (is_output_tmp(tops[i], n)) {
+                char *rel = *tops[i] ? g_strdup_printf("%s/%s", tops[i], n) : g_strdup(n);
+                rc = remove_rel(out, rel, removed, err);
+                g_free(rel);
+            }
+        if (d)
+            g_dir_close(d);
+        g_free(dir);
+    }
+    static const char *const files[] = {"qmoe.json", "model.safetensors.index.json",
+                                        ".qmoe/journal.jsonl", ".qmoe/progress.json",
+                                        ".qmoe/source.json", NULL};
+    for (int i = 0; files[i] && rc == 0; i++)
+        rc = remove_rel(out, files[i], removed, err);
+    char *q = g_build_filename(out, ".qmoe", NULL);
+    GDir *d = g_dir_open(q, 0, NULL);
+    const char *n;
+    while (d && (n = g_dir_read_name(d)) && rc == 0)
+        if (g_str_has_prefix(n, "shard-")) {
+            char *j = g_strdup_printf(".qmoe/%s/journal.jsonl", n);
+            char *p = g_strdup_printf(".qmoe/%s/progress.json", n);
+            rc = remove_rel(out, j, removed, err);
+            if (rc == 0)
+                rc = remove_rel(out, p, removed, err);
+            g_free(j);
+            g_free(p);
+        }
+    if (d)
+        g_dir_close(d);
+    g_free(q);
+    return rc;
+}

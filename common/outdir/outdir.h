@@ -1,0 +1,161 @@
+/* outdir.h - the extracted directory OUT: its names, its source, and the one
+ * verdict on whether it is complete.
+ *
+ * Names (DESIGN.md), formatted and parsed here only:
+ *   experts/expert_EEE_layer_LL.safetensors   EEE, LL zero-padded (plan_width)
+ *   layers/layer_LL.safetensors
+ *   globals.safetensors, other/PREFIX.safetensors
+ * od_subdirs lists OUT's subdirectories that hold output files.
+ *
+ * Source identity: .qmoe/source.json, written before the first output
+ * file, holds what the extraction reads:
+ *   {"id":"<16 hex>","path":"SRC","files":[{"name":"model-00001-of-00003.safetensors",
+ *     "size":N,"mtime":1764197000.123,"header_sha256":"<64 hex>",
+ *     "sample_sha256":"<64 hex>"}]}
+ * sample_sha256 hashes the first and last 64 KiB of the data. "id" is a
+ * digest of the names, sizes and hashes (not the mtimes); a rerun refuses
+ * when any of it differs, mtimes included (changed in place). Every journal
+ * record and qmoe.json carry the id, so that files from two sources in one
+ * OUT are told apart.
+ *
+ * The verdict: qmoe-status, qmoe-verify and qmoe-extract's end all decide
+ * "complete" with od_complete() from the facts they gathered, so that they
+ * cannot disagree on a state of OUT.
+ */
+#ifndef QMOE_OUTDIR_H
+#define QMOE_OUTDIR_H
+
+#include <cjson/cJSON.h>
+#include <glib.h>
+#include <stdint.h>
+
+#include "format/checkpoint.h"
+#include "outdir/plan.h"
+#include "outdir/progress.h"
+
+/* "experts", "layers", "other", NULL */
+extern const char *const od_subdirs[];
+
+/* "experts/expert_EEE_layer_LL.safetensors". Caller frees. */
+char *od_expert_path(int width_e, int expert, int width_l, int layer);
+/* "layers/layer_LL.safetensors". Caller frees. */
+char *od_layer_path(int width_l, int layer);
+/* Parses an expert file name, with or without "experts/": 0 and the
+ * indices, or -1 when it is not one (any padding accepted; canonical
+ * padding is the caller's check against od_expert_path). */
+int od_parse_expert(const char *name, int *expert, int *layer);
+
+/* ---- job records ---- */
+
+/* One state directory's job: its progress.json and lock, and the state
+ * they mean together. */
+typedef struct {
+    char *dir;             /* relative to OUT: ".qmoe", ".qmoe/shard-0-of-4" */
+    int shard, shards;     /* from the name (0 and 1 for .qmoe) */
+    int present;           /* progress.json exists and parsed */
+    progress prog;         /* when present (else zeroed) */
+    pid_t lock_pid;        /* pid in the lock file, 0 none (released) */
+    int lock_held;         /* the lock's owner lives (progress_lock_owner) */
+    char *state;           /* running finished failed stopped crashed none */
+    pid_t pid;             /* the job's pid: progress's, else the lock's */
+    int alive;             /* its writer lives: state "running" */
+    int remote;            /* its writer is on another host */
+    int stale_lock;        /* a lock file naming a writer that is gone */
+} od_job;
+
+/* Reads OUT/rel (a state directory) into *j (free with od_job_clear). A
+ * "running" progress file whose writer is gone (progress_owner_alive:
+ * kill() and start time here, heartbeat elsewhere) is "crashed"; without
+ * progress.json, a held lock is "running", a stale one "crashed", else
+ * "none". */
+void od_job_read(const char *out, const char *rel, od_job *j);
+void od_job_clear(od_job *j);
+
+/* Every state directory of OUT: .qmoe first (always, present or not), then
+ * each .qmoe/shard-I-of-N in readdir order. GArray of od_job. */
+GArray *od_jobs_read(const char *out);
+void od_jobs_free(GArray *jobs);
+
+/* ---- the verdict ---- */
+
+typedef enum {
+    OD_COMPLETE,
+    OD_RUNNING,          /* a live writer holds OUT */
+    OD_MIXED,            /* files from more than one source */
+    OD_SOURCE_GAP,       /* the source lacked experts its config declares */
+    OD_NO_MANIFEST,      /* a job record but no qmoe.json: did not finish */
+    OD_NOT_FINISHED,     /* qmoe.json says "complete": false */
+    OD_MISSING,          /* expected files absent */
+    OD_NOTHING,          /* nothing expected (no config, no manifest) */
+} od_verdict;
+
+typedef struct {
+    int64_t experts_expected, experts_present; /* present: of the expected set */
+    int64_t others_expected;   /* non-expert files expected, -1 unknown */
+    int64_t others_present;
+    int has_job_record;        /* .qmoe/ holds a progress file or a journal */
+    int has_manifest;          /* qmoe.json read */
+    int manifest_complete;     /* its "complete" */
+    int live_writer;           /* a live lock holder or temporary owner */
+    int source_gap;            /* experts missing from the source (manifest) */
+    int mixed;                 /* records of more than one source */
+} od_facts;
+
+/* The one decision: complete, else the first reason why not (in the order
+ * of the enum). A directory with neither job record nor manifest (written
+ * by another tool with the same names) is complete when every file the
+ * config and the layout expect is present. */
+od_verdict od_complete(const od_facts *f);
+/* "running", "mixed sources", ... for messages and --json. */
+const char *od_verdict_name(od_verdict v);
+
+/* ---- source completeness ---- */
+
+/* The experts of the plan's selection (MoE layers x selected experts) that
+ * the source holds no tensor for, one line per run of layers with the same
+ * gap: "layers 0-2: experts 16-31 missing from the source (config.json
+ * declares 32)". NULL when nothing is missing; else a newline-separated
+ * string (caller frees) and *count the number of (layer, expert) files. */
+char *od_plan_gap(const plan *p, int *count);
+
+/* ---- source identity ---- */
+
+/* The identity of ck's shards (loads every shard header): a cJSON object
+ * as in source.json above (caller deletes), or NULL with *err. */
+cJSON *od_source_identity(const ckpt *ck, const char *src_path, GError **err);
+/* "id" of an identity, or "" */
+const char *od_source_id(const cJSON *identity);
+/* What differs between an earlier identity and the current one, one
+ * clause per difference ("'model-00002-of-00003.safetensors': size 1200
+ * then, 1300 now"), or NULL when they are the same source. Caller frees. */
+char *od_source_diff(const cJSON *then, const cJSON *now);
+
+/* .qmoe/source.json of OUT, or NULL when absent; a damaged one is an error. */
+cJSON *od_source_load(const char *out, GError **err);
+int od_source_save(const char *out, const cJSON *identity, GError **err);
+
+/* ---- resuming (qmoe-extract) ---- */
+
+/* Marks in done[] (p->n_files) the plan files that a record in `recs`
+ * (journals, mf_file) describes and that are in place with the recorded
+ * size, read from this source: the record's source_id (when it has one)
+ * equals `source_id`, and each tensor's name, length, source file and
+ * offset equal the plan's. */
+void od_find_done(const plan *p, const ckpt *ck, const char *source_id,
+                  const char *out, GArray *recs, uint8_t *done);
+
+/* Removes temporaries FINAL.tmp.PID left by extractors that died, for the
+ * part `shard` of `shards` (see the comment in outdir.c on why the pid
+ * alone does not decide). Call with OUT/.qmoe/manifest.lock held. */
+void od_remove_stale_tmps(const char *out, const plan *p, int shard, int shards);
+
+/* ---- starting over ---- */
+
+/* Removes qmoe's files from OUT and nothing else: every file a journal or
+ * qmoe.json records, temporaries FINAL.tmp.PID of output names, qmoe.json,
+ * model.safetensors.index.json and the journals, progress files and
+ * source.json under .qmoe/ (locks and the log stay). *removed counts the
+ * files removed. */
+int od_restart(const char *out, int *removed, GError **err);
+
+#endif

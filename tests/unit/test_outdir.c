@@ -1,0 +1,163 @@
+/* test_outdir.c - OUT's names, the one verdict, the source identity diff,
+ * the gap listing and the owner liveness (common/outdir/outdir.c,
+ * progress.c). */
+#include "base/util.h"
+#include "outdir/outdir.h"
+#include "outdir/progress.h"
+#include "testhelp.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void test_names(void)
+{
+    char *p = od_expert_path(3, 5, 2, 7);
+    CHECK(strcmp(p, "experts/expert_005_layer_07.safetensors") == 0);
+    int e = -1, l = -1;
+    CHECK(od_parse_expert(p, &e, &l) == 0 && e == 5 && l == 7);
+    CHECK(od_parse_expert(p + 8, &e, &l) == 0 && e == 5 && l == 7);
+    g_free(p);
+    p = od_layer_path(2, 3);
+    CHECK(strcmp(p, "layers/layer_03.safetensors") == 0);
+    g_free(p);
+    CHECK(od_parse_expert("expert_1_layer_2.safetensors.tmp.12", &e, &l) != 0);
+    CHECK(od_parse_expert("expert_-1_layer_2.safetensors", &e, &l) != 0);
+    CHECK(od_parse_expert("expert__layer_2.safetensors", &e, &l) != 0);
+    CHECK(od_parse_expert("expert_1_layer_99999999.safetensors", &e, &l) != 0);
+    CHECK(od_parse_expert("layers/layer_01.safetensors", &e, &l) != 0);
+    CHECK(strcmp(od_subdirs[0], "experts") == 0 && od_subdirs[3] == NULL);
+}
+
+/* Every state the verdict distinguishes, in its order of precedence. */
+static void test_verdict(void)
+{
+    od_facts done = {.experts_expected = 48, .experts_present = 48,
+                     .others_expected = 4, .others_present = 4,
+                     .has_job_record = 1, .has_manifest = 1, .manifest_complete = 1};
+    CHECK(od_complete(&done) == OD_COMPLETE);
+    od_facts f = done;
+    f.live_writer = 1;
+    f.mixed = 1;
+    CHECK(od_complete(&f) == OD_RUNNING);
+    f = done;
+    f.mixed = 1;
+    CHECK(od_complete(&f) == OD_MIXED);
+    f = done;
+    f.source_gap = 1;
+    CHECK(od_complete(&f) == OD_SOURCE_GAP);
+    f = done;
+    f.has_manifest = f.manifest_complete = 0;
+    CHECK(od_complete(&f) == OD_NO_MANIFEST);
+    f.has_job_record = 0; /* files only: the counts decide */
+    CHECK(od_complete(&f) == OD_COMPLETE);
+    f.experts_present = 47;
+    CHECK(od_complete(&f) == OD_MISSING);
+    f = done;
+    f.manifest_complete = 0;
+    CHECK(od_complete(&f) == OD_NOT_FINISHED);
+    f = done;
+    f.others_present = 3;
+    CHECK(od_complete(&f) == OD_MISSING);
+    od_facts none = {.others_expected = -1};
+    CHECK(od_complete(&none) == OD_NOTHING);
+    CHECK(strcmp(od_verdict_name(OD_NO_MANIFEST), "qmoe.json not written") == 0);
+}
+
+static cJSON *ident(const char *size2, const char *hdr2, double mtime2)
+{
+    char *text = g_strdup_printf(
+        "{\"id\":\"x\",\"files\":[{\"name\":\"a.safetensors\",\"size\":10,\"mtime\":1.5,"
+        "\"header_sha256\":\"aa\",\"sample_sha256\":\"s\"},{\"name\":\"b.safetensors\","
+        "\"size\":%s,\"mtime\":%.6f,\"header_sha256\":\"%s\",\"sample_sha256\":\"s\"}]}",
+        size2, mtime2, hdr2);
+    cJSON *j = cJSON_Parse(text);
+    g_free(text);
+    return j;
+}
+
+static void test_source_diff(void)
+{
+    cJSON *a = ident("20", "bb", 1764197000.25), *b = ident("20", "bb", 1764197000.25);
+    CHECK(od_source_diff(a, b) == NULL);
+    cJSON_Delete(b);
+    b = ident("21", "bb", 1764197000.25);
+    char *d = od_source_diff(a, b);
+    CHECK_CONTAINS(d, "'b.safetensors': size 20 then, 21 now");
+    g_free(d);
+    cJSON_Delete(b);
+    b = ident("20", "cc", 1764197000.25);
+    d = od_source_diff(a, b);
+    CHECK_CONTAINS(d, "'b.safetensors': its header differs");
+    g_free(d);
+    cJSON_Delete(b);
+    b = ident("20", "bb", 1764197001.25);
+    d = od_source_diff(a, b);
+    CHECK_CONTAINS(d, "'b.safetensors': modified since");
+    CHECK(d && strncmp(d, "'b", 2) == 0); /* no leading separator */
+    g_free(d);
+    cJSON_Delete(b);
+    cJSON_Delete(a);
+}
+
+static void test_gap(void)
+{
+    /* a plan of 4 MoE layers x 8 experts whose source holds experts 0-3 of
+     * layers 0-2 and all of layer 3 */
+    plan p;
+    memset(&p, 0, sizeof p);
+    p.shape.n_layers = 4;
+    p.shape.n_experts = 8;
+    uint8_t moe[4] = {1, 1, 1, 1}, lsel[4] = {1, 1, 1, 1};
+    uint8_t esel[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    p.shape.is_moe = moe;
+    p.layer_sel = lsel;
+    p.expert_sel = esel;
+    plan_file files[32];
+    memset(files, 0, sizeof files);
+    for (int l = 0; l < 4; l++)
+        for (int e = 0; e < 8; e++)
+            if (l == 3 || e < 4)
+                files[p.n_files++] = (plan_file){.kind = MF_EXPERT, .layer = l,
+                                                 .expert = e};
+    p.files = files;
+    int n = 0;
+    char *g = od_plan_gap(&p, &n);
+    CHECK(n == 12);
+    CHECK(g && strcmp(g, "layers 0-2: experts 4-7 missing from the source "
+                         "(config.json declares 8)") == 0);
+    g_free(g);
+    lsel[1] = 0; /* not selected: not missing */
+    g = od_plan_gap(&p, &n);
+    CHECK(n == 8);
+    CHECK_CONTAINS(g, "layer 0: experts 4-7 missing");
+    CHECK_CONTAINS(g, "\nlayer 2: experts 4-7 missing");
+    g_free(g);
+    esel[4] = esel[5] = esel[6] = esel[7] = 0;
+    CHECK(od_plan_gap(&p, &n) == NULL && n == 0);
+}
+
+static void test_owner(void)
+{
+    pid_t me = getpid();
+    int64_t start = progress_pid_start(me);
+    CHECK(start > 0);
+    int hb = -1;
+    CHECK(progress_owner_alive(NULL, me, 0, 0, &hb) == 1 && hb == 0);
+    CHECK(progress_owner_alive(progress_host(), me, start, 0, &hb) == 1);
+    CHECK(progress_owner_alive(progress_host(), me, start + 1, 0, &hb) == 0); /* reused */
+    CHECK(progress_owner_alive("elsewhere.invalid", me, start, qm_now() - 1, &hb) == 1 &&
+          hb == 1);
+    CHECK(progress_owner_alive("elsewhere.invalid", me, start, qm_now() - 600, &hb) == 0);
+    CHECK(progress_owner_alive("elsewhere.invalid", me, start, 0, &hb) == 0);
+}
+
+int main(void)
+{
+    RUN(test_names);
+    RUN(test_verdict);
+    RUN(test_source_diff);
+    RUN(test_gap);
+    RUN(test_owner);
+    TEST_EXIT();
+}
