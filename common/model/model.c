@@ -9,6 +9,10 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Logits computed at once by model_nll (lm_head over this many positions
+ * per pass over its weights). */
+#define LOGIT_ROWS 16
+
 typedef struct {
     qm_mat q, k, v, o;            /* [H*hd, hidden] x3 (k, v: [KV*hd, hidden]), [hidden, H*hd] */
     float *q_norm, *k_norm;       /* (head_dim) */
@@ -57,6 +61,22 @@ struct model {
     const qm_mat **bdown;         /* (top_k) */
     float *moe;                   /* (hidden) weighted sum of expert outputs */
     float *logits;                /* (vocab) for model_generate */
+    /* Prefill: a micro-batch of up to max_batch tokens through each layer
+     * at once (forward_batch), made once at load. */
+    int max_batch;
+    float *px, *pxb, *pxb2;       /* (max_batch, hidden) residuals, block inputs, outputs */
+    float *pq, *patt_out;         /* (max_batch, n_heads * head_dim) */
+    float *pcos, *psin;           /* (max_batch, head_dim / 2) RoPE at each position */
+    float *prl;                   /* (max_batch, n_experts) router logits */
+    int *ptop;                    /* (n_layers, max_batch, top_k) chosen experts */
+    float *ptopw;                 /* (n_layers, max_batch, top_k) their weights */
+    int *pstart;                  /* (n_experts + 1) start of each expert's tokens in plist */
+    int *plist;                   /* (max_batch * top_k) tokens routed to each expert */
+    float *plw;                   /* (max_batch * top_k) their routing weights */
+    float *pg;                    /* (max_batch, hidden) an expert's gathered inputs */
+    float *ph, *ph2;              /* (max_batch, max(moe_inter, dense_inter)) */
+    float *pmoe;                  /* (max_batch, hidden) weighted sums of expert outputs */
+    float *plg;                   /* (LOGIT_ROWS, vocab) logits for model_nll */
     char name[512];
 };
 
@@ -312,6 +332,28 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     m->bmat = g_new0(const qm_mat *, 2 * k);
     m->bdown = g_new0(const qm_mat *, k);
     m->logits = g_new0(float, c->vocab);
+    int B = o->max_batch > 0 ? o->max_batch : MODEL_BATCH;
+    m->max_batch = B = B < c->max_seq ? B : c->max_seq;
+    size_t nth = (size_t)team_size(m->team), E = (size_t)MAX(c->n_experts, 1);
+    m->att = g_renew(float, m->att, MAX((size_t)c->n_heads, nth) * c->max_seq);
+    m->px = g_new0(float, (size_t)B * c->hidden);
+    m->pxb = g_new0(float, (size_t)B * c->hidden);
+    m->pxb2 = g_new0(float, (size_t)B * c->hidden);
+    m->pq = g_new0(float, (size_t)B * qd);
+    m->patt_out = g_new0(float, (size_t)B * qd);
+    m->pcos = g_new0(float, (size_t)B * (c->head_dim / 2));
+    m->psin = g_new0(float, (size_t)B * (c->head_dim / 2));
+    m->prl = g_new0(float, (size_t)B * E);
+    m->ptop = g_new0(int, (size_t)c->n_layers * B * k);
+    m->ptopw = g_new0(float, (size_t)c->n_layers * B * k);
+    m->pstart = g_new0(int, E + 1);
+    m->plist = g_new0(int, (size_t)B * k);
+    m->plw = g_new0(float, (size_t)B * k);
+    m->pg = g_new0(float, (size_t)B * c->hidden);
+    m->ph = g_new0(float, (size_t)B * inter);
+    m->ph2 = g_new0(float, (size_t)B * inter);
+    m->pmoe = g_new0(float, (size_t)B * c->hidden);
+    m->plg = g_new0(float, (size_t)LOGIT_ROWS * c->vocab);
     return m;
 fail:
     model_free(m);
@@ -360,6 +402,24 @@ void model_free(model *m)
     g_free(m->bmat);
     g_free(m->bdown);
     g_free(m->logits);
+    g_free(m->px);
+    g_free(m->pxb);
+    g_free(m->pxb2);
+    g_free(m->pq);
+    g_free(m->patt_out);
+    g_free(m->pcos);
+    g_free(m->psin);
+    g_free(m->prl);
+    g_free(m->ptop);
+    g_free(m->ptopw);
+    g_free(m->pstart);
+    g_free(m->plist);
+    g_free(m->plw);
+    g_free(m->pg);
+    g_free(m->ph);
+    g_free(m->ph2);
+    g_free(m->pmoe);
+    g_free(m->plg);
     layout_shape_free(&m->shape);
     ckpt_close(m->ck);
     g_free(m);
@@ -433,9 +493,53 @@ static void rope(float *v, const float *cs, const float *sn, int d)
     }
 }
 
+/* Causal attention of one query head over T cached positions: q (hd),
+ * keys and values at kc, vc (stride floats apart), att (T) scratch, o (hd)
+ * the output. The one routine for decode and prefill, so both give the
+ * same bits. Eight partial sums in the dot products and eight-wide
+ * updates of o are what the compiler vectorises (a single float sum it
+ * may not reorder). */
+static void attend(const float *q, const float *kc, const float *vc, size_t stride, int T,
+                   int hd, float *att, float *o)
+{
+    float scale = 1.0f / sqrtf((float)hd);
+    int hd8 = hd & ~7;
+    float mx = -INFINITY;
+    for (int t = 0; t < T; t++) {
+        const float *k = kc + (size_t)t * stride;
+        float acc[8] = {0};
+        for (int d = 0; d < hd8; d += 8)
+            for (int j = 0; j < 8; j++)
+                acc[j] += q[d + j] * k[d + j];
+        float s = 0;
+        for (int j = 0; j < 8; j++)
+            s += acc[j];
+        for (int d = hd8; d < hd; d++)
+            s += q[d] * k[d];
+        att[t] = s * scale;
+        mx = att[t] > mx ? att[t] : mx;
+    }
+    float sum = 0;
+    for (int t = 0; t < T; t++) {
+        att[t] = expf(att[t] - mx);
+        sum += att[t];
+    }
+    memset(o, 0, sizeof(float) * hd);
+    for (int t = 0; t < T; t++) {
+        const float *v = vc + (size_t)t * stride;
+        float a = att[t] / sum;
+        for (int d = 0; d < hd8; d += 8)
+            for (int j = 0; j < 8; j++)
+                o[d + j] += a * v[d + j];
+        for (int d = hd8; d < hd; d++)
+            o[d] += a * v[d];
+    }
+}
+
 typedef struct {
     model *m;
     int layer;
+    int n;          /* prefill: tokens of the batch (at positions m->pos..) */
 } att_job;
 
 /* Causal attention of the current token, heads split over threads. */
@@ -445,36 +549,32 @@ static void attention_part(void *arg, int i, int n)
     model *m = j->m;
     const model_config *c = &m->c;
     int hd = c->head_dim, kvd = c->n_kv_heads * hd, group = c->n_heads / c->n_kv_heads;
-    int T = m->pos + 1;
-    float scale = 1.0f / sqrtf((float)hd);
     const float *kc = m->kcache + (size_t)j->layer * c->max_seq * kvd;
     const float *vc = m->vcache + (size_t)j->layer * c->max_seq * kvd;
     for (int h = c->n_heads * i / n; h < c->n_heads * (i + 1) / n; h++) {
-        const float *q = m->q + (size_t)h * hd;
-        float *att = m->att + (size_t)h * c->max_seq;
         int kvh = h / group; /* query heads h*group..: share key-value head h/group */
-        float mx = -INFINITY;
-        for (int t = 0; t < T; t++) {
-            const float *k = kc + (size_t)t * kvd + (size_t)kvh * hd;
-            float s = 0;
-            for (int d = 0; d < hd; d++)
-                s += q[d] * k[d];
-            att[t] = s * scale;
-            mx = att[t] > mx ? att[t] : mx;
-        }
-        float sum = 0;
-        for (int t = 0; t < T; t++) {
-            att[t] = expf(att[t] - mx);
-            sum += att[t];
-        }
-        float *o = m->att_out + (size_t)h * hd;
-        memset(o, 0, sizeof(float) * hd);
-        for (int t = 0; t < T; t++) {
-            const float *v = vc + (size_t)t * kvd + (size_t)kvh * hd;
-            float a = att[t] / sum;
-            for (int d = 0; d < hd; d++)
-                o[d] += a * v[d];
-        }
+        attend(m->q + (size_t)h * hd, kc + (size_t)kvh * hd, vc + (size_t)kvh * hd, kvd,
+               m->pos + 1, hd, m->att + (size_t)h * c->max_seq, m->att_out + (size_t)h * hd);
+    }
+}
+
+/* Prefill: query t of the batch (at position m->pos + t) over positions
+ * 0..m->pos + t. (token, head) pairs are dealt out round-robin, which
+ * balances their growing lengths; thread i uses row i of m->att. */
+static void attention_batch_part(void *arg, int i, int n)
+{
+    const att_job *j = arg;
+    model *m = j->m;
+    const model_config *c = &m->c;
+    int hd = c->head_dim, kvd = c->n_kv_heads * hd, group = c->n_heads / c->n_kv_heads;
+    size_t qd = (size_t)c->n_heads * hd;
+    const float *kc = m->kcache + (size_t)j->layer * c->max_seq * kvd;
+    const float *vc = m->vcache + (size_t)j->layer * c->max_seq * kvd;
+    float *att = m->att + (size_t)i * c->max_seq;
+    for (int p = i; p < j->n * c->n_heads; p += n) {
+        int t = p / c->n_heads, h = p % c->n_heads, kvh = h / group;
+        attend(m->pq + t * qd + (size_t)h * hd, kc + (size_t)kvh * hd, vc + (size_t)kvh * hd,
+               kvd, m->pos + t + 1, hd, att, m->patt_out + t * qd + (size_t)h * hd);
     }
 }
 
@@ -501,12 +601,9 @@ static void swiglu(model *m, const qm_mat *gate, const qm_mat *up, const qm_mat 
 /* Router: softmax over the (allowed) experts in float32, top-k in
  * descending probability (lowest id first on ties), renormalised when
  * norm_topk_prob. */
-static void route(model *m, int l)
+static void route_pick(const model *m, float *p, int *top, float *topw)
 {
     const model_config *c = &m->c;
-    float *p = m->rlogits;
-    qm_matvec(m->team, p, &m->layers[l].router, m->xb);
-    m->step_bytes += qm_mat_bytes(m->layers[l].router.dtype, c->n_experts, c->hidden);
     float mx = -INFINITY;
     for (int e = 0; e < c->n_experts; e++) {
         if (m->allow && !m->allow[e])
@@ -528,17 +625,25 @@ static void route(model *m, int l)
                 continue;
             int taken = 0;
             for (int j = 0; j < k; j++)
-                taken |= m->top[j] == e;
+                taken |= top[j] == e;
             if (!taken && (best < 0 || p[e] > p[best]))
                 best = e;
         }
-        m->top[k] = best;
-        m->topw[k] = p[best];
+        top[k] = best;
+        topw[k] = p[best];
         wsum += p[best];
     }
     if (c->norm_topk)
         for (int k = 0; k < c->top_k; k++)
-            m->topw[k] /= wsum;
+            topw[k] /= wsum;
+}
+
+static void route(model *m, int l)
+{
+    const model_config *c = &m->c;
+    qm_matvec(m->team, m->rlogits, &m->layers[l].router, m->xb);
+    m->step_bytes += qm_mat_bytes(m->layers[l].router.dtype, c->n_experts, c->hidden);
+    route_pick(m, m->rlogits, m->top, m->topw);
 }
 
 /* The chosen experts of layer l, in m->order, computed together: gate and
@@ -658,7 +763,7 @@ int model_step(model *m, int token, float *logits, GError **err)
             model_rmsnorm(kh, kh, w->k_norm, hd, c->eps);
             rope(kh, m->rope_cos, m->rope_sin, hd);
         }
-        att_job aj = {m, l};
+        att_job aj = {m, l, 1};
         if (c->n_heads > 1 && m->pos >= 64)
             team_run(m->team, attention_part, &aj);
         else
@@ -689,14 +794,201 @@ int model_step(model *m, int token, float *logits, GError **err)
     return 0;
 }
 
+/* ---- prefill: a micro-batch through each layer at once ----
+ *
+ * Every float operation of a token is the one model_step does, in the same
+ * order (the matrix products are bit-identical to the matrix-vector ones,
+ * the experts of a token are added in ascending id as in moe()), so the
+ * KV cache, the logits and the router choices are exactly those of
+ * feeding the tokens one by one; only the order of the work differs. */
+
+/* The routed experts of layer l for the n tokens of the batch: per
+ * expert, in ascending id, gather the tokens routed to it, one product per
+ * projection (its weights streamed once for all of them), SwiGLU, then add
+ * each output times its routing weight to the token's sum. */
+static int moe_batch(model *m, int l, int n, GError **err)
+{
+    const model_config *c = &m->c;
+    int K = c->top_k, E = c->n_experts, H = c->hidden, I = c->moe_inter;
+    int *top = m->ptop + (size_t)l * m->max_batch * K;
+    float *topw = m->ptopw + (size_t)l * m->max_batch * K;
+    qm_matmat(m->team, m->prl, E, &m->layers[l].router, m->pxb, H, n);
+    for (int t = 0; t < n; t++)
+        route_pick(m, m->prl + (size_t)t * E, top + (size_t)t * K, topw + (size_t)t * K);
+    /* counting sort of (token, expert) pairs by expert, tokens ascending */
+    memset(m->pstart, 0, sizeof(int) * (E + 1));
+    for (int i = 0; i < n * K; i++)
+        m->pstart[top[i] + 1]++;
+    for (int e = 0; e < E; e++)
+        m->pstart[e + 1] += m->pstart[e];
+    for (int i = 0; i < n * K; i++) {
+        int at = m->pstart[top[i]]++;
+        m->plist[at] = i / K;
+        m->plw[at] = topw[i];
+    }
+    for (int e = E; e > 0; e--)
+        m->pstart[e] = m->pstart[e - 1];
+    m->pstart[0] = 0;
+    memset(m->pmoe, 0, sizeof(float) * n * H);
+    for (int e = 0; e < E; e++) {
+        int a = m->pstart[e], cnt = m->pstart[e + 1] - a;
+        if (cnt == 0)
+            continue;
+        const expert_mats *em = expert_store_get(m->store, l, e, err);
+        if (!em)
+            return -1;
+        for (int i = 0; i < cnt; i++)
+            memcpy(m->pg + (size_t)i * H, m->pxb + (size_t)m->plist[a + i] * H,
+                   sizeof(float) * H);
+        float *o2[2] = {m->ph, m->ph2};
+        int ld2[2] = {I, I};
+        const qm_mat *w2[2] = {&em->gate, &em->up};
+        qm_matmat_multi(m->team, 2, o2, ld2, w2, m->pg, H, cnt);
+        for (size_t i = 0; i < (size_t)cnt * I; i++)
+            m->ph[i] = silu(m->ph[i]) * m->ph2[i];
+        qm_matmat(m->team, m->pg, H, &em->down, m->ph, I, cnt);
+        for (int i = 0; i < cnt; i++) {
+            float w = m->plw[a + i];
+            const float *o = m->pg + (size_t)i * H;
+            float *acc = m->pmoe + (size_t)m->plist[a + i] * H;
+            for (int d = 0; d < H; d++)
+                acc[d] += w * o[d];
+        }
+    }
+    return 0;
+}
+
+/* Feeds ids[0..n) (n <= max_batch, checked by the caller) at positions
+ * pos..pos+n-1 through all layers, leaving the residual stream in px;
+ * then reports the router choices token by token, as model_step would. */
+static int forward_batch(model *m, const int *ids, int n, GError **err)
+{
+    const model_config *c = &m->c;
+    int hd = c->head_dim, hh = hd / 2, kvd = c->n_kv_heads * hd, H = c->hidden;
+    int qd = c->n_heads * hd;
+    for (int t = 0; t < n; t++) {
+        qm_mat_row(&m->embed, ids[t], m->px + (size_t)t * H);
+        for (int i = 0; i < hh; i++) {
+            float f = (float)(m->pos + t) * m->inv_freq[i];
+            m->pcos[(size_t)t * hh + i] = cosf(f);
+            m->psin[(size_t)t * hh + i] = sinf(f);
+        }
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_w *w = &m->layers[l];
+        size_t at = ((size_t)l * c->max_seq + m->pos) * kvd;
+        float *k = m->kcache + at, *v = m->vcache + at;
+        for (int t = 0; t < n; t++)
+            model_rmsnorm(m->pxb + (size_t)t * H, m->px + (size_t)t * H, w->in_norm, H,
+                          c->eps);
+        float *o3[3] = {m->pq, k, v};
+        int ld3[3] = {qd, kvd, kvd};
+        const qm_mat *w3[3] = {&w->q, &w->k, &w->v};
+        qm_matmat_multi(m->team, 3, o3, ld3, w3, m->pxb, H, n);
+        for (int t = 0; t < n; t++) {
+            const float *cs = m->pcos + (size_t)t * hh, *sn = m->psin + (size_t)t * hh;
+            for (int h = 0; h < c->n_heads; h++) {
+                float *qh = m->pq + (size_t)t * qd + (size_t)h * hd;
+                model_rmsnorm(qh, qh, w->q_norm, hd, c->eps);
+                rope(qh, cs, sn, hd);
+            }
+            for (int h = 0; h < c->n_kv_heads; h++) {
+                float *kh = k + (size_t)t * kvd + (size_t)h * hd;
+                model_rmsnorm(kh, kh, w->k_norm, hd, c->eps);
+                rope(kh, cs, sn, hd);
+            }
+        }
+        att_job aj = {m, l, n};
+        team_run(m->team, attention_batch_part, &aj);
+        qm_matmat(m->team, m->pxb2, H, &w->o, m->patt_out, qd, n);
+        for (size_t i = 0; i < (size_t)n * H; i++)
+            m->px[i] += m->pxb2[i];
+        for (int t = 0; t < n; t++)
+            model_rmsnorm(m->pxb + (size_t)t * H, m->px + (size_t)t * H, w->post_norm, H,
+                          c->eps);
+        if (c->is_moe[l]) {
+            if (moe_batch(m, l, n, err) != 0)
+                return -1;
+            for (size_t i = 0; i < (size_t)n * H; i++)
+                m->px[i] += m->pmoe[i];
+        } else {
+            int I = w->gate.rows;
+            float *o2[2] = {m->ph, m->ph2};
+            int ld2[2] = {I, I};
+            const qm_mat *w2[2] = {&w->gate, &w->up};
+            qm_matmat_multi(m->team, 2, o2, ld2, w2, m->pxb, H, n);
+            for (size_t i = 0; i < (size_t)n * I; i++)
+                m->ph[i] = silu(m->ph[i]) * m->ph2[i];
+            qm_matmat(m->team, m->pxb2, H, &w->down, m->ph, I, n);
+            for (size_t i = 0; i < (size_t)n * H; i++)
+                m->px[i] += m->pxb2[i];
+        }
+    }
+    if (m->router_fn)
+        for (int t = 0; t < n; t++)
+            for (int l = 0; l < c->n_layers; l++) {
+                if (!c->is_moe[l])
+                    continue;
+                size_t i = ((size_t)l * m->max_batch + t) * c->top_k;
+                m->router_fn(m->router_user, m->pos + t, ids[t], l, c->top_k, m->ptop + i,
+                             m->ptopw + i);
+            }
+    m->pos += n;
+    return 0;
+}
+
+/* Logits of rows t0..t0+nt-1 of the last batch into out[nt x vocab]. */
+static void batch_logits(model *m, int t0, int nt, float *out)
+{
+    const model_config *c = &m->c;
+    for (int t = t0; t < t0 + nt; t++)
+        model_rmsnorm(m->pxb + (size_t)t * c->hidden, m->px + (size_t)t * c->hidden,
+                      m->final_norm, c->hidden, c->eps);
+    qm_matmat(m->team, out, c->vocab, &m->lm_head, m->pxb + (size_t)t0 * c->hidden,
+              c->hidden, nt);
+}
+
+/* The checks model_step makes for every token, for all of them first. */
+static int feed_check(const model *m, const int *ids, int n, GError **err)
+{
+    for (int t = 0; t < n; t++)
+        if (ids[t] < 0 || ids[t] >= m->c.vocab) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "token id %d is outside the vocabulary [0, %d)", ids[t], m->c.vocab);
+            return -1;
+        }
+    if (n > m->c.max_seq - m->pos) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "the sequence is longer than the context of %d tokens", m->c.max_seq);
+        return -1;
+    }
+    return 0;
+}
+
+int model_feed(model *m, const int *ids, int n, model_logits which, float *logits,
+               GError **err)
+{
+    if (n <= 0)
+        return 0;
+    if (feed_check(m, ids, n, err) != 0)
+        return -1;
+    for (int s = 0; s < n; s += m->max_batch) {
+        int len = n - s < m->max_batch ? n - s : m->max_batch;
+        if (forward_batch(m, ids + s, len, err) != 0)
+            return -1;
+        if (which == MODEL_LOGITS_ALL)
+            batch_logits(m, 0, len, logits + (size_t)s * m->c.vocab);
+        else if (which == MODEL_LOGITS_LAST && s + len == n)
+            batch_logits(m, len - 1, 1, logits);
+    }
+    return 0;
+}
+
 int model_sequence_logits(model *m, const int *ids, int n, float *logits,
                           GError **err)
 {
     model_reset(m);
-    for (int t = 0; t < n; t++)
-        if (model_step(m, ids[t], logits + (size_t)t * m->c.vocab, err) != 0)
-            return -1;
-    return 0;
+    return model_feed(m, ids, n, MODEL_LOGITS_ALL, logits, err);
 }
 
 /* log sum exp(logits) - logits[id] */
@@ -719,17 +1011,19 @@ int model_nll(model *m, const int *ids, int n, double *nll, GError **err)
         return -1;
     }
     model_reset(m);
+    if (feed_check(m, ids, n - 1, err) != 0 || feed_check(m, ids + n - 1, 1, err) != 0)
+        return -1;
     double sum = 0;
-    for (int t = 0; t + 1 < n; t++) {
-        if (model_step(m, ids[t], m->logits, err) != 0)
+    for (int s = 0; s < n - 1; s += m->max_batch) {
+        int len = n - 1 - s < m->max_batch ? n - 1 - s : m->max_batch;
+        if (forward_batch(m, ids + s, len, err) != 0)
             return -1;
-        if (ids[t + 1] < 0 || ids[t + 1] >= m->c.vocab) {
-            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
-                        "token id %d is outside the vocabulary [0, %d)", ids[t + 1],
-                        m->c.vocab);
-            return -1;
+        for (int t = 0; t < len; t += LOGIT_ROWS) {
+            int nt = len - t < LOGIT_ROWS ? len - t : LOGIT_ROWS;
+            batch_logits(m, t, nt, m->plg);
+            for (int i = 0; i < nt; i++)
+                sum += nll_of(m->plg + (size_t)i * m->c.vocab, m->c.vocab, ids[s + t + i + 1]);
         }
-        sum += nll_of(m->logits, m->c.vocab, ids[t + 1]);
     }
     *nll = sum / (n - 1);
     return 0;
@@ -782,15 +1076,11 @@ int model_generate(model *m, const int *prompt, int n_prompt, int n_new,
     uint64_t rng = s ? s->seed : 0;
     model_reset(m);
     double t0 = qm_monotonic();
-    for (int t = 0; t < n_prompt; t++) {
-        float *lg = NULL;
-        if (prompt_logits)
-            lg = prompt_logits + (size_t)t * c->vocab;
-        else if (t == n_prompt - 1 && n_new > 0)
-            lg = m->logits;
-        if (model_step(m, prompt[t], lg, err) != 0)
-            return -1;
-    }
+    if (prompt_logits ? model_feed(m, prompt, n_prompt, MODEL_LOGITS_ALL, prompt_logits, err)
+                      : model_feed(m, prompt, n_prompt,
+                                   n_new > 0 ? MODEL_LOGITS_LAST : MODEL_LOGITS_NONE,
+                                   m->logits, err))
+        return -1;
     if (prompt_logits && n_new > 0)
         memcpy(m->logits, prompt_logits + (size_t)(n_prompt - 1) * c->vocab,
                sizeof(float) * c->vocab);

@@ -8,7 +8,8 @@
  * in float32, top-k, optional renormalisation, SwiGLU experts, weighted sum)
  * or a dense SwiGLU MLP (mlp_only_layers, decoder_sparse_step), and a
  * residual; final RMSNorm and lm_head. Everything is computed in float32
- * from bf16/f16/f32 weights; one token at a time with a KV cache.
+ * from bf16/f16/f32 weights with a KV cache: prompts in micro-batches
+ * (model_feed), generated tokens one at a time (model_step).
  *
  * Non-expert weights are mapped from the checkpoint; routed experts come
  * through an expert_store (expert_store.h) so that only the ones the router
@@ -35,7 +36,12 @@ typedef struct {
     uint64_t cache_bytes; /* expert cache budget; 0 = 4 GiB */
     int max_seq;          /* KV cache length; 0 = min(max_position_embeddings, 4096) */
     expert_io expert_io;  /* how misses bring experts in (expert_store.h) */
+    int max_batch;        /* prefill micro-batch in tokens; 0 = MODEL_BATCH */
 } model_opts;
+
+/* Default prefill micro-batch: at 128 experts top-8 an expert sees 16 of
+ * 256 tokens on average, enough to use each weight it streams many times. */
+#define MODEL_BATCH 256
 
 /* The text config as used. */
 typedef struct {
@@ -86,6 +92,21 @@ int model_pos(const model *m);
  * id outside the vocabulary, a full KV cache or an expert that cannot be
  * loaded. */
 int model_step(model *m, int token, float *logits, GError **err);
+
+typedef enum {
+    MODEL_LOGITS_NONE, /* no lm_head */
+    MODEL_LOGITS_LAST, /* logits is [vocab]: the last position's */
+    MODEL_LOGITS_ALL,  /* logits is [n x vocab] */
+} model_logits;
+
+/* Feeds n tokens at the next positions in micro-batches of max_batch
+ * (prefill): the KV cache, the logits asked for and the router log are
+ * bit-identical to n model_step calls, at matrix-matrix speed. Fails
+ * before feeding anything if an id is outside the vocabulary or the
+ * tokens do not fit the KV cache; fails for an expert that cannot be
+ * loaded. */
+int model_feed(model *m, const int *ids, int n, model_logits which, float *logits,
+               GError **err);
 
 /* Resets and computes the logits of every position of ids:
  * logits is [n x vocab]. */
