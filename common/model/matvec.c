@@ -249,77 +249,92 @@ void qm_matvec(team *t, float *out, const qm_mat *m, const float *x)
  * A tile of MM_R weight rows x MM_T tokens: each bf16 weight is widened
  * once and used MM_T times, each input float used MM_R times, from
  * registers. Written with GCC/Clang generic vectors (plain C semantics,
- * no intrinsics): with -march=native they become AVX2/AVX-512VL code,
- * elsewhere whatever the target has. The two 8-lane accumulators of a
- * (row, token) pair are lanes 0-7 and 8-15 of dot_bf16's 16 partial sums,
- * added in the same order and reduced the same way, so every output is
- * bit-identical to qm_matvec_rows of that token: batched prefill and
- * token-by-token decode agree exactly (logits, router choices).
+ * no intrinsics): a 16-float vector is one AVX-512 register, two AVX2
+ * ones, four SSE ones: whatever the target has. The 16 lanes of a (row,
+ * token) accumulator are dot_bf16's 16 partial sums, added in the same
+ * order and reduced the same way, so every output is bit-identical to
+ * qm_matvec_rows of that token: batched prefill and token-by-token
+ * decode agree exactly (logits, router choices).
  *
  * Measured (qmoe-mkbench-style product, 2048x2048 bf16, 64 tokens, one
  * thread, shared 2-core Sapphire Rapids): see matmat_bench in
  * tests/bench/run_prefill.sh. */
-typedef float v8f __attribute__((vector_size(32)));
-typedef uint16_t v8u16 __attribute__((vector_size(16)));
-typedef uint32_t v8u32 __attribute__((vector_size(32)));
+typedef float v16f __attribute__((vector_size(64)));
+typedef uint16_t v16u16 __attribute__((vector_size(32)));
+typedef uint32_t v16u32 __attribute__((vector_size(64)));
 
-static inline v8f bf16x8(const uint8_t *p)
+static inline v16f bf16x16(const uint8_t *p)
 {
-    v8u16 h;
+    v16u16 h;
     memcpy(&h, p, sizeof h);
-    v8u32 u = __builtin_convertvector(h, v8u32) << 16;
-    v8f f;
+    v16u32 u = __builtin_convertvector(h, v16u32) << 16;
+    v16f f;
     memcpy(&f, &u, sizeof f);
     return f;
 }
 
-static inline v8f f32x8(const float *p)
+static inline v16f f32x16(const float *p)
 {
-    v8f f;
+    v16f f;
     memcpy(&f, p, sizeof f);
     return f;
 }
 
-#define MM_R 2
-#define MM_T 4
+#ifndef MM_R
+#define MM_R 4
+#endif
+#ifndef MM_T
+#define MM_T 6
+#endif
+/* Unrolled tile loops let the compiler keep acc[][] in registers (it
+ * scalarises an array only once every index is a constant). */
+#define MM_UNROLL _Pragma("GCC unroll 8")
+#define MM_CASE(R, T)                                                                 \
+    case T:                                                                           \
+        mm_tile_bf16(w, rb, R, xt, ldx, T, m->cols, ot + r, ldo);                     \
+        break;
 
 /* nr <= MM_R rows at w (row_bytes apart) x nt <= MM_T tokens at x (ldx
  * floats apart) into out[t * ldo + r]. Inlined with constant nr, nt so
- * the accumulators live in registers. */
+ * the accumulators live in registers. Lane j of acc[r][t] is dot_bf16's
+ * partial sum j. */
 static inline __attribute__((always_inline)) void
 mm_tile_bf16(const uint8_t *w, size_t row_bytes, int nr, const float *x, size_t ldx, int nt,
              int cols, float *out, size_t ldo)
 {
-    v8f acc[MM_R][MM_T][2];
-    for (int r = 0; r < nr; r++)
+    v16f acc[MM_R][MM_T];
+    MM_UNROLL
+    for (int r = 0; r < nr; r++) {
+        MM_UNROLL
         for (int t = 0; t < nt; t++)
-            acc[r][t][0] = acc[r][t][1] = (v8f){0};
+            acc[r][t] = (v16f){0};
+    }
     int i = 0;
     for (; i + 16 <= cols; i += 16) {
-        v8f wl[MM_R], wh[MM_R];
-        for (int r = 0; r < nr; r++) {
-            wl[r] = bf16x8(w + r * row_bytes + 2 * (size_t)i);
-            wh[r] = bf16x8(w + r * row_bytes + 2 * (size_t)i + 16);
-        }
+        v16f wv[MM_R];
+        MM_UNROLL
+        for (int r = 0; r < nr; r++)
+            wv[r] = bf16x16(w + r * row_bytes + 2 * (size_t)i);
+        MM_UNROLL
         for (int t = 0; t < nt; t++) {
-            v8f xl = f32x8(x + t * ldx + i), xh = f32x8(x + t * ldx + i + 8);
-            for (int r = 0; r < nr; r++) {
-                acc[r][t][0] += wl[r] * xl;
-                acc[r][t][1] += wh[r] * xh;
-            }
+            v16f xv = f32x16(x + t * ldx + i);
+            MM_UNROLL
+            for (int r = 0; r < nr; r++)
+                acc[r][t] += wv[r] * xv;
         }
     }
-    for (int r = 0; r < nr; r++)
+    MM_UNROLL
+    for (int r = 0; r < nr; r++) {
+        MM_UNROLL
         for (int t = 0; t < nt; t++) {
             float s = 0;
-            for (int j = 0; j < 8; j++)
-                s += acc[r][t][0][j];
-            for (int j = 0; j < 8; j++)
-                s += acc[r][t][1][j];
+            for (int j = 0; j < 16; j++)
+                s += acc[r][t][j];
             for (int c = i; c < cols; c++)
                 s += bf16_at(w + r * row_bytes, (size_t)c) * x[t * ldx + c];
             out[t * ldo + r] = s;
         }
+    }
 }
 
 /* Rows per block: a block of weights (at most ~128 KB) stays in L2 while
@@ -327,7 +342,7 @@ mm_tile_bf16(const uint8_t *w, size_t row_bytes, int nr, const float *x, size_t 
 static int mm_block_rows(size_t row_bytes)
 {
     size_t n = (128u << 10) / (row_bytes ? row_bytes : 1);
-    n &= ~(size_t)(MM_R - 1);
+    n -= n % MM_R;
     return n < MM_R ? MM_R : n > 256 ? 256 : (int)n;
 }
 
@@ -345,19 +360,23 @@ static void mm_rows_bf16(float *out, int ldo, const qm_mat *m, const float *x, i
             for (int r = b0; r < b1; r += MM_R) {
                 const uint8_t *w = m->data + (size_t)r * rb;
                 int nr = b1 - r < MM_R ? b1 - r : MM_R;
-                /* constant shapes for the inliner: the full tile, then the edges */
-                if (nr == MM_R && nt == MM_T)
-                    mm_tile_bf16(w, rb, MM_R, xt, ldx, MM_T, m->cols, ot + r, ldo);
-                else if (nr == MM_R && nt == 3)
-                    mm_tile_bf16(w, rb, MM_R, xt, ldx, 3, m->cols, ot + r, ldo);
-                else if (nr == MM_R && nt == 2)
-                    mm_tile_bf16(w, rb, MM_R, xt, ldx, 2, m->cols, ot + r, ldo);
-                else if (nr == MM_R)
-                    mm_tile_bf16(w, rb, MM_R, xt, ldx, 1, m->cols, ot + r, ldo);
-                else
+                /* constant shapes for the inliner: full tiles, then the edges */
+                if (nr == MM_R) {
+                    switch (nt) {
+                    MM_CASE(MM_R, 1)
+                    MM_CASE(MM_R, 2)
+                    MM_CASE(MM_R, 3)
+                    MM_CASE(MM_R, 4)
+#if MM_T > 4
+                    MM_CASE(MM_R, 5)
+                    MM_CASE(MM_R, 6)
+#endif
+                    }
+                } else {
                     for (int k = 0; k < nt; k++)
                         mm_tile_bf16(w, rb, 1, xt + (size_t)k * ldx, ldx, 1, m->cols,
                                      ot + (size_t)k * ldo + r, ldo);
+                }
             }
         }
     }
