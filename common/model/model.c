@@ -71,6 +71,7 @@ struct model {
     int *ptop;                    /* (n_layers, max_batch, top_k) chosen experts */
     float *ptopw;                 /* (n_layers, max_batch, top_k) their weights */
     int *pstart;                  /* (n_experts + 1) start of each expert's tokens in plist */
+    int *pord;                    /* (n_experts) the experts a batch routes to */
     int *plist;                   /* (max_batch * top_k) tokens routed to each expert */
     float *plw;                   /* (max_batch * top_k) their routing weights */
     float *pg;                    /* (max_batch, hidden) an expert's gathered inputs */
@@ -335,7 +336,9 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     int B = o->max_batch > 0 ? o->max_batch : MODEL_BATCH;
     m->max_batch = B = B < c->max_seq ? B : c->max_seq;
     size_t nth = (size_t)team_size(m->team), E = (size_t)MAX(c->n_experts, 1);
-    m->att = g_renew(float, m->att, MAX((size_t)c->n_heads, nth) * c->max_seq);
+    m->att = g_renew(float, m->att,
+                     (size_t)MAX(c->n_heads, (int)nth * (c->n_heads / c->n_kv_heads)) *
+                         c->max_seq);
     m->px = g_new0(float, (size_t)B * c->hidden);
     m->pxb = g_new0(float, (size_t)B * c->hidden);
     m->pxb2 = g_new0(float, (size_t)B * c->hidden);
@@ -347,6 +350,7 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     m->ptop = g_new0(int, (size_t)c->n_layers * B * k);
     m->ptopw = g_new0(float, (size_t)c->n_layers * B * k);
     m->pstart = g_new0(int, E + 1);
+    m->pord = g_new0(int, E);
     m->plist = g_new0(int, (size_t)B * k);
     m->plw = g_new0(float, (size_t)B * k);
     m->pg = g_new0(float, (size_t)B * c->hidden);
@@ -413,6 +417,7 @@ void model_free(model *m)
     g_free(m->ptop);
     g_free(m->ptopw);
     g_free(m->pstart);
+    g_free(m->pord);
     g_free(m->plist);
     g_free(m->plw);
     g_free(m->pg);
@@ -493,46 +498,57 @@ static void rope(float *v, const float *cs, const float *sn, int d)
     }
 }
 
-/* Causal attention of one query head over T cached positions: q (hd),
- * keys and values at kc, vc (stride floats apart), att (T) scratch, o (hd)
- * the output. The one routine for decode and prefill, so both give the
- * same bits. Eight partial sums in the dot products and eight-wide
- * updates of o are what the compiler vectorises (a single float sum it
- * may not reorder). */
+/* Causal attention of the g query heads that share one key-value head
+ * over T cached positions: q (g, hd), keys and values at kc, vc (stride
+ * floats apart), att (g, T) scratch, o (g, hd) the output. Each key and
+ * value row is loaded once for the g heads, whose independent sums keep
+ * the vector units busy; eight partial sums per dot product and
+ * eight-wide updates of o are what the compiler vectorises (a single
+ * float sum it may not reorder). The one routine for decode and prefill,
+ * so both give the same bits. */
 static void attend(const float *q, const float *kc, const float *vc, size_t stride, int T,
-                   int hd, float *att, float *o)
+                   int hd, int g, float *att, float *o)
 {
     float scale = 1.0f / sqrtf((float)hd);
     int hd8 = hd & ~7;
-    float mx = -INFINITY;
     for (int t = 0; t < T; t++) {
         const float *k = kc + (size_t)t * stride;
-        float acc[8] = {0};
-        for (int d = 0; d < hd8; d += 8)
+        for (int h = 0; h < g; h++) {
+            const float *qh = q + (size_t)h * hd;
+            float acc[8] = {0};
+            for (int d = 0; d < hd8; d += 8)
+                for (int j = 0; j < 8; j++)
+                    acc[j] += qh[d + j] * k[d + j];
+            float s = 0;
             for (int j = 0; j < 8; j++)
-                acc[j] += q[d + j] * k[d + j];
-        float s = 0;
-        for (int j = 0; j < 8; j++)
-            s += acc[j];
-        for (int d = hd8; d < hd; d++)
-            s += q[d] * k[d];
-        att[t] = s * scale;
-        mx = att[t] > mx ? att[t] : mx;
+                s += acc[j];
+            for (int d = hd8; d < hd; d++)
+                s += qh[d] * k[d];
+            att[(size_t)h * T + t] = s * scale;
+        }
     }
-    float sum = 0;
-    for (int t = 0; t < T; t++) {
-        att[t] = expf(att[t] - mx);
-        sum += att[t];
+    for (int h = 0; h < g; h++) {
+        float *a = att + (size_t)h * T, mx = -INFINITY, sum = 0;
+        for (int t = 0; t < T; t++)
+            mx = a[t] > mx ? a[t] : mx;
+        for (int t = 0; t < T; t++) {
+            a[t] = expf(a[t] - mx);
+            sum += a[t];
+        }
+        for (int t = 0; t < T; t++)
+            a[t] /= sum;
     }
-    memset(o, 0, sizeof(float) * hd);
+    memset(o, 0, sizeof(float) * hd * g);
     for (int t = 0; t < T; t++) {
         const float *v = vc + (size_t)t * stride;
-        float a = att[t] / sum;
-        for (int d = 0; d < hd8; d += 8)
-            for (int j = 0; j < 8; j++)
-                o[d + j] += a * v[d + j];
-        for (int d = hd8; d < hd; d++)
-            o[d] += a * v[d];
+        for (int h = 0; h < g; h++) {
+            float a = att[(size_t)h * T + t], *oh = o + (size_t)h * hd;
+            for (int d = 0; d < hd8; d += 8)
+                for (int j = 0; j < 8; j++)
+                    oh[d + j] += a * v[d + j];
+            for (int d = hd8; d < hd; d++)
+                oh[d] += a * v[d];
+        }
     }
 }
 
@@ -542,7 +558,8 @@ typedef struct {
     int n;          /* prefill: tokens of the batch (at positions m->pos..) */
 } att_job;
 
-/* Causal attention of the current token, heads split over threads. */
+/* Causal attention of the current token, key-value heads split over
+ * threads (query heads h*group.. share key-value head h). */
 static void attention_part(void *arg, int i, int n)
 {
     const att_job *j = arg;
@@ -551,16 +568,17 @@ static void attention_part(void *arg, int i, int n)
     int hd = c->head_dim, kvd = c->n_kv_heads * hd, group = c->n_heads / c->n_kv_heads;
     const float *kc = m->kcache + (size_t)j->layer * c->max_seq * kvd;
     const float *vc = m->vcache + (size_t)j->layer * c->max_seq * kvd;
-    for (int h = c->n_heads * i / n; h < c->n_heads * (i + 1) / n; h++) {
-        int kvh = h / group; /* query heads h*group..: share key-value head h/group */
-        attend(m->q + (size_t)h * hd, kc + (size_t)kvh * hd, vc + (size_t)kvh * hd, kvd,
-               m->pos + 1, hd, m->att + (size_t)h * c->max_seq, m->att_out + (size_t)h * hd);
+    for (int h = c->n_kv_heads * i / n; h < c->n_kv_heads * (i + 1) / n; h++) {
+        size_t q0 = (size_t)h * group * hd;
+        attend(m->q + q0, kc + (size_t)h * hd, vc + (size_t)h * hd, kvd, m->pos + 1, hd,
+               group, m->att + (size_t)h * group * c->max_seq, m->att_out + q0);
     }
 }
 
 /* Prefill: query t of the batch (at position m->pos + t) over positions
- * 0..m->pos + t. (token, head) pairs are dealt out round-robin, which
- * balances their growing lengths; thread i uses row i of m->att. */
+ * 0..m->pos + t. (token, key-value head) pairs are dealt out round-robin,
+ * which balances their growing lengths; thread i uses rows i*group.. of
+ * m->att. */
 static void attention_batch_part(void *arg, int i, int n)
 {
     const att_job *j = arg;
@@ -570,11 +588,12 @@ static void attention_batch_part(void *arg, int i, int n)
     size_t qd = (size_t)c->n_heads * hd;
     const float *kc = m->kcache + (size_t)j->layer * c->max_seq * kvd;
     const float *vc = m->vcache + (size_t)j->layer * c->max_seq * kvd;
-    float *att = m->att + (size_t)i * c->max_seq;
-    for (int p = i; p < j->n * c->n_heads; p += n) {
-        int t = p / c->n_heads, h = p % c->n_heads, kvh = h / group;
-        attend(m->pq + t * qd + (size_t)h * hd, kc + (size_t)kvh * hd, vc + (size_t)kvh * hd,
-               kvd, m->pos + t + 1, hd, att, m->patt_out + t * qd + (size_t)h * hd);
+    float *att = m->att + (size_t)i * group * c->max_seq;
+    for (int p = i; p < j->n * c->n_kv_heads; p += n) {
+        int t = p / c->n_kv_heads, h = p % c->n_kv_heads;
+        size_t q0 = t * qd + (size_t)h * group * hd;
+        attend(m->pq + q0, kc + (size_t)h * hd, vc + (size_t)h * hd, kvd, m->pos + t + 1, hd,
+               group, att, m->patt_out + q0);
     }
 }
 
@@ -702,6 +721,7 @@ static int moe(model *m, int l, int token, GError **err)
         }
         m->order[j] = k;
     }
+    expert_store_prefetch(m->store, l, m->top, c->top_k);
     if (expert_store_holds(m->store, c->top_k)) {
         if (moe_batched(m, l, err) != 0)
             return -1;
@@ -764,7 +784,7 @@ int model_step(model *m, int token, float *logits, GError **err)
             rope(kh, m->rope_cos, m->rope_sin, hd);
         }
         att_job aj = {m, l, 1};
-        if (c->n_heads > 1 && m->pos >= 64)
+        if (c->n_kv_heads > 1 && m->pos >= 64)
             team_run(m->team, attention_part, &aj);
         else
             attention_part(&aj, 0, 1);
@@ -829,6 +849,12 @@ static int moe_batch(model *m, int l, int n, GError **err)
     for (int e = E; e > 0; e--)
         m->pstart[e] = m->pstart[e - 1];
     m->pstart[0] = 0;
+    /* every expert the batch routes to, read ahead at once */
+    int nused = 0;
+    for (int e = 0; e < E; e++)
+        if (m->pstart[e + 1] > m->pstart[e])
+            m->pord[nused++] = e;
+    expert_store_prefetch(m->store, l, m->pord, nused);
     memset(m->pmoe, 0, sizeof(float) * n * H);
     for (int e = 0; e < E; e++) {
         int a = m->pstart[e], cnt = m->pstart[e + 1] - a;
