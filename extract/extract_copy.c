@@ -1,5 +1,6 @@
 /* extract_copy.c - see extract_copy.h */
 #include "extract_copy.h"
+#include "base/fs.h"
 #include "base/util.h"
 
 #include <errno.h>
@@ -31,7 +32,7 @@ static int clone_range(int src_fd, uint64_t src_off, int dst_fd, uint64_t dst_of
 
 uint64_t ec_probe(int src_fd, const char *probe_path)
 {
-    int fd = open(probe_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = fs_open_out(probe_path, O_RDWR | O_CREAT | O_TRUNC, "cannot create", NULL);
     if (fd < 0)
         return 0;
     struct statvfs sv;

@@ -364,16 +364,12 @@ static int copy_side_files(const char *src_dir, const char *out, GError **err)
         char *to = g_build_filename(out, n, NULL);
         gchar *data = NULL;
         gsize len = 0;
-        GError *ge = NULL;
-        if (!g_file_get_contents(from, &data, &len, &ge)) {
-            g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read '%s': %s", from,
-                        ge->message);
-            g_error_free(ge);
+        if (fs_read_file(from, "cannot read", &data, &len, err) != 0) {
             rc = -1;
         } else {
             gchar *old = NULL;
             gsize olen = 0;
-            if (!g_file_get_contents(to, &old, &olen, NULL) || olen != len ||
+            if (fs_read_file(to, "cannot read", &old, &olen, NULL) != 0 || olen != len ||
                 memcmp(old, data, len) != 0)
                 rc = fs_write_atomic(to, data, len, err);
             g_free(old);
@@ -445,7 +441,7 @@ static void remove_stale_tmps(const char *out, const plan *p, int shard, int sha
 static int lock_top(const char *out)
 {
     char *path = g_build_filename(out, ".qmoe", "manifest.lock", NULL);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    int fd = fs_open_out(path, O_RDWR | O_CREAT, "cannot open", NULL);
     g_free(path);
     if (fd >= 0)
         while (flock(fd, LOCK_EX) != 0 && errno == EINTR)
@@ -494,7 +490,7 @@ static void draw_bar(const job *j, double t0)
             100 * frac, rate / 1e6);
 }
 
-static int write_progress(job *j, const char *path, const char *state)
+static int write_progress_err(job *j, const char *path, const char *state, GError **err)
 {
     g_mutex_lock(&j->mu);
     j->prog.updated = qm_now();
@@ -510,9 +506,15 @@ static int write_progress(job *j, const char *path, const char *state)
             cur[k++] = g_strdup(j->current[i]);
     g_strfreev(j->prog.current);
     j->prog.current = cur;
-    GError *err = NULL;
-    int rc = progress_write(path, &j->prog, &err);
+    int rc = progress_write(path, &j->prog, err);
     g_mutex_unlock(&j->mu);
+    return rc;
+}
+
+static int write_progress(job *j, const char *path, const char *state)
+{
+    GError *err = NULL;
+    int rc = write_progress_err(j, path, state, &err);
     if (err)
         g_error_free(err); /* advisory; a full disk shows up in the files */
     return rc;
@@ -691,13 +693,15 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         goto out;
     j.p = p;
     res->layout = g_strdup(lt->name);
-    if (fs_mkdir_p(state_dir, err))
+    if (fs_mkdir_out(o->out, state_dir, err))
         goto out;
     pid_t stale = 0;
     lock_fd = progress_lock(lock_path, &stale, err);
     if (lock_fd < 0)
         goto out;
-    j.log_fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    j.log_fd = fs_open_out(log_path, O_WRONLY | O_APPEND | O_CREAT, "cannot open log", err);
+    if (j.log_fd < 0)
+        goto out;
     if (stale) {
         fprintf(stderr, "qmoe-extract: taking over the stale lock of pid %ld (no longer "
                 "running); resuming\n", (long)stale);
@@ -706,7 +710,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     static const char *subdirs[] = {"experts", "layers", "other"};
     for (int i = 0; i < 3; i++) {
         char *d = g_build_filename(o->out, subdirs[i], NULL);
-        int r = fs_mkdir_p(d, err);
+        int r = fs_mkdir_out(o->out, d, err);
         g_free(d);
         if (r)
             goto out;
@@ -764,11 +768,9 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     for (int i = 0; i < j.ck->n_shards; i++)
         j.src_fd[i] = -1;
     for (int i = 0; i < j.ck->n_shards; i++) {
-        j.src_fd[i] = open(j.ck->shards[i].path, O_RDONLY | O_CLOEXEC);
-        if (j.src_fd[i] < 0) {
-            qm_set_errno(err, errno, "cannot open source", j.ck->shards[i].path);
+        j.src_fd[i] = fs_open_regular(j.ck->shards[i].path, O_RDONLY, "cannot open source", err);
+        if (j.src_fd[i] < 0)
             goto out;
-        }
         posix_fadvise(j.src_fd[i], 0, 0, POSIX_FADV_SEQUENTIAL);
     }
     j.src_bs = g_new0(uint64_t, j.ck->n_shards);
@@ -797,7 +799,10 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
             (unsigned long long)j.prog.files_skipped, j.n_todo, o->jobs);
 
     j.current = g_new0(char *, o->jobs + 1);
-    write_progress(&j, prog_path, "running");
+    /* the first write is checked: .qmoe/ refusing it (a symlink planted at
+     * the temporary's name) stops the run before any work */
+    if (write_progress_err(&j, prog_path, "running", err))
+        goto out;
     GThread **th = g_new(GThread *, o->jobs);
     void **args = g_new(void *, 2 * o->jobs);
     for (int i = 0; i < o->jobs; i++) {

@@ -87,11 +87,11 @@ static int detach(const char *out, GError **err)
 {
     char *qdir = g_build_filename(out, ".qmoe", NULL);
     char *log = g_build_filename(qdir, "extract.log", NULL);
-    int rc = fs_mkdir_p(qdir, err);
+    int rc = fs_mkdir_out(out, qdir, err);
     if (rc == 0) {
-        int fd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        int fd = fs_open_out(log, O_WRONLY | O_APPEND | O_CREAT, "cannot open log", err);
         if (fd < 0) {
-            rc = qm_set_errno(err, errno, "cannot open log", log);
+            rc = -1;
         } else {
             fflush(NULL);
             pid_t pid = fork();

@@ -10,6 +10,7 @@
  * handed to cJSON, so the scanner only has to be right on the fast path.
  */
 #include "status.h"
+#include "base/fs.h"
 #include "base/util.h"
 
 #include <cjson/cJSON.h>
@@ -261,7 +262,7 @@ static cJSON *expected_in(char *buf, size_t len, char **layout, int *need_more)
 
 cJSON *st_manifest_expected(const char *path, char **layout)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = fs_open_regular(path, O_RDONLY, "cannot open", NULL);
     if (fd < 0)
         return NULL;
     size_t cap = 1 << 16, len = 0;

@@ -471,7 +471,7 @@ typedef struct {
 static void read_journal(const char *path, GHashTable *sizes, GArray *ticks,
                          st_snap *s, GStringChunk *paths)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = fs_open_regular(path, O_RDONLY, "cannot open", NULL);
     if (fd < 0)
         return;
     size_t cap = 256 << 10, have = 0;
@@ -598,6 +598,36 @@ static void add_flight(GArray *a, const char *path, pid_t pid, int has_tmp)
     g_array_append_val(a, f);
 }
 
+/* The readers below skip files they cannot read (an extraction starting
+ * has none yet); a FIFO or a device in their place is an error to report,
+ * not a file to skip: exit 2 naming it. */
+static int check_state_files(const char *out, GError **err)
+{
+    static const char *top[] = {"qmoe.json", "config.json", "model.safetensors.index.json",
+                                ".qmoe/journal.jsonl", ".qmoe/progress.json", ".qmoe/lock",
+                                NULL};
+    static const char *per_shard[] = {"journal.jsonl", "progress.json", "lock", NULL};
+    int rc = 0;
+    for (int i = 0; top[i] && !rc; i++) {
+        char *p = g_build_filename(out, top[i], NULL);
+        rc = fs_check_regular(p, err);
+        g_free(p);
+    }
+    char *q = g_build_filename(out, ".qmoe", NULL);
+    GDir *d = rc ? NULL : g_dir_open(q, 0, NULL);
+    const char *n;
+    while (d && !rc && (n = g_dir_read_name(d)))
+        for (int i = 0; g_str_has_prefix(n, "shard-") && per_shard[i] && !rc; i++) {
+            char *p = g_build_filename(q, n, per_shard[i], NULL);
+            rc = fs_check_regular(p, err);
+            g_free(p);
+        }
+    if (d)
+        g_dir_close(d);
+    g_free(q);
+    return rc;
+}
+
 st_snap *st_snap_take(const char *out, GError **err)
 {
     double t0 = qm_monotonic();
@@ -610,6 +640,8 @@ st_snap *st_snap_take(const char *out, GError **err)
         g_set_error(err, QM_ERROR, QM_ERR_IO, "'%s' is not a directory", out);
         return NULL;
     }
+    if (check_state_files(out, err))
+        return NULL;
 
     scan sc = {g_array_new(FALSE, FALSE, sizeof(pair)),
                g_ptr_array_new_with_free_func(g_free), 0, 0};

@@ -11,14 +11,248 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* ---- checked opens ---- */
+
+static const char *type_name(mode_t m)
+{
+    if (S_ISDIR(m))
+        return "a directory";
+    if (S_ISFIFO(m))
+        return "a FIFO";
+    if (S_ISCHR(m))
+        return "a character device";
+    if (S_ISBLK(m))
+        return "a block device";
+    if (S_ISSOCK(m))
+        return "a socket";
+    if (S_ISLNK(m))
+        return "a symbolic link";
+    return "something else";
+}
+
+/* Target of the symlink at `path`, or NULL. Caller frees. */
+static char *link_target(const char *path)
+{
+    return g_file_read_link(path, NULL);
+}
+
+/* "WHAT 'PATH': is a FIFO", naming the target of a symlink on the way. */
+static int set_type_error(GError **err, const char *what, const char *path,
+                          mode_t mode, int followed)
+{
+    int e = S_ISDIR(mode) ? EISDIR : S_ISLNK(mode) ? ELOOP : EINVAL;
+    char *to = (followed || S_ISLNK(mode)) ? link_target(path) : NULL;
+    const char *t = type_name(mode);
+    if (S_ISLNK(mode))
+        g_set_error(err, QM_ERROR, QM_ERR_IO, "%s '%s': is a symbolic link to '%s'",
+                    what, path, to ? to : "?");
+    else if (to)
+        g_set_error(err, QM_ERROR, QM_ERR_IO, "%s '%s': is %s (through the symbolic "
+                    "link to '%s')", what, path, t, to);
+    else
+        g_set_error(err, QM_ERROR, QM_ERR_IO, "%s '%s': is %s", what, path, t);
+    g_free(to);
+    errno = e;
+    return -1;
+}
+
+/* open() with O_NONBLOCK, then the fstat check and O_NONBLOCK cleared. */
+static int open_checked(const char *path, int flags, const char *what, GError **err)
+{
+    int fd = open(path, flags | O_NONBLOCK | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int e = errno;
+        struct stat st;
+        /* ELOOP from O_NOFOLLOW, EEXIST from O_EXCL, ENXIO from a FIFO
+         * opened for writing: say what is there rather than strerror */
+        if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode) &&
+            ((flags & O_NOFOLLOW) || !S_ISLNK(st.st_mode)))
+            return set_type_error(err, what, path, st.st_mode, 0);
+        qm_set_errno(err, e, what, path);
+        errno = e;
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        qm_set_errno(err, e, what, path);
+        errno = e;
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return set_type_error(err, what, path, st.st_mode, !(flags & O_NOFOLLOW));
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        close(fd);
+        qm_set_errno(err, e, what, path);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+int fs_open_regular(const char *path, int flags, const char *what, GError **err)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        int e = errno;
+        qm_set_errno(err, e, what, path);
+        errno = e;
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode))
+        return set_type_error(err, what, path, st.st_mode, 1);
+    return open_checked(path, flags & ~O_CREAT, what, err);
+}
+
+int fs_open_out(const char *path, int flags, const char *what, GError **err)
+{
+    struct stat st;
+    if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return set_type_error(err, what, path, st.st_mode, 0);
+    return open_checked(path, flags | O_NOFOLLOW, what, err);
+}
+
+static int read_all(int fd, const char *path, const char *what, char **data, size_t *len,
+                    GError **err)
+{
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    /* room for the size fstat gives, the NUL and one byte more, so that
+     * EOF is seen without growing the buffer */
+    size_t cap = fstat(fd, &st) == 0 && st.st_size > 0 ? (size_t)st.st_size + 2 : 4096;
+    size_t n = 0;
+    char *buf = g_malloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) /* the file grew: read on */
+            buf = g_realloc(buf, cap *= 2);
+        ssize_t r = read(fd, buf + n, cap - 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            g_free(buf);
+            close(fd);
+            qm_set_errno(err, e, what, path);
+            errno = e;
+            return -1;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    close(fd);
+    buf[n] = '\0';
+    *data = buf;
+    if (len)
+        *len = n;
+    return 0;
+}
+
+int fs_read_file(const char *path, const char *what, char **data, size_t *len,
+                 GError **err)
+{
+    *data = NULL;
+    if (len)
+        *len = 0;
+    return read_all(fs_open_regular(path, O_RDONLY, what, err), path, what, data, len,
+                    err);
+}
+
+int fs_read_out_file(const char *path, const char *what, char **data, size_t *len,
+                     GError **err)
+{
+    *data = NULL;
+    if (len)
+        *len = 0;
+    return read_all(fs_open_out(path, O_RDONLY, what, err), path, what, data, len, err);
+}
+
+int fs_check_regular(const char *path, GError **err)
+{
+    struct stat st;
+    if (stat(path, &st) != 0 || S_ISREG(st.st_mode))
+        return 0; /* absent (or a dangling link): its reader says so */
+    const char *t = type_name(st.st_mode);
+    char *to = link_target(path);
+    if (to)
+        g_set_error(err, QM_ERROR, QM_ERR_IO, "'%s' is %s (through the symbolic link "
+                    "to '%s'), not a regular file", path, t, to);
+    else
+        g_set_error(err, QM_ERROR, QM_ERR_IO, "'%s' is %s, not a regular file", path, t);
+    g_free(to);
+    return -1;
+}
+
+int fs_mkdir_out(const char *out, const char *path, GError **err)
+{
+    if (fs_mkdir_p(out, err))
+        return -1;
+    size_t n = strlen(out);
+    while (n > 1 && out[n - 1] == '/')
+        n--;
+    if (strncmp(path, out, n) != 0 || (path[n] && path[n] != '/')) {
+        g_set_error(err, QM_ERROR, QM_ERR_IO, "'%s' is not inside '%s'", path, out);
+        return -1;
+    }
+    GString *p = g_string_new_len(out, (gssize)n);
+    const char *s = path + n;
+    int rc = 0;
+    while (*s && !rc) {
+        while (*s == '/')
+            s++;
+        const char *e = s;
+        while (*e && *e != '/')
+            e++;
+        if (e == s)
+            break;
+        g_string_append_c(p, '/');
+        g_string_append_len(p, s, e - s);
+        s = e;
+        if (mkdir(p->str, 0755) != 0 && errno != EEXIST) {
+            rc = qm_set_errno(err, errno, "cannot create directory", p->str);
+            break;
+        }
+        struct stat st;
+        if (lstat(p->str, &st) != 0) {
+            rc = qm_set_errno(err, errno, "cannot create directory", p->str);
+        } else if (S_ISLNK(st.st_mode)) {
+            char *to = link_target(p->str);
+            g_set_error(err, QM_ERROR, QM_ERR_IO, "'%s' is a symbolic link to '%s': "
+                        "refusing to write outside '%s'", p->str, to ? to : "?", out);
+            g_free(to);
+            rc = -1;
+        } else if (!S_ISDIR(st.st_mode)) {
+            const char *t = type_name(st.st_mode);
+            g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot create directory '%s': "
+                        "it is %s", p->str, S_ISREG(st.st_mode) ? "a file" : t);
+            rc = -1;
+        }
+    }
+    g_string_free(p, TRUE);
+    return rc;
+}
+
+/* ---- files complete under their final name ---- */
+
 fs_out *fs_out_open(const char *path, GError **err)
 {
     fs_out *o = g_new0(fs_out, 1);
     o->path = g_strdup(path);
     o->tmp = g_strdup_printf("%s.tmp.%ld", path, (long)getpid());
-    o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int flags = O_WRONLY | O_CREAT | O_EXCL;
+    struct stat st;
+    /* a regular file under our temporary name is an earlier process's with
+     * the same pid (or ours, after a failed rename): ours to replace */
+    if (lstat(o->tmp, &st) == 0 && S_ISREG(st.st_mode))
+        unlink(o->tmp);
+    o->fd = fs_open_out(o->tmp, flags, "cannot create", err);
     if (o->fd < 0) {
-        qm_set_errno(err, errno, "cannot create", o->tmp);
         g_free(o->path);
         g_free(o->tmp);
         g_free(o);
@@ -99,6 +333,29 @@ int fs_write_atomic(const char *path, const void *data, size_t len, GError **err
         return -1;
     }
     return fs_out_commit(o, err);
+}
+
+int fs_write_replace(const char *path, const void *data, size_t len, GError **err)
+{
+    fs_out *o = fs_out_open(path, err);
+    if (!o)
+        return -1;
+    if (fs_out_write(o, data, len, err) != 0) {
+        fs_out_abort(o);
+        return -1;
+    }
+    int rc = 0;
+    if (close(o->fd) != 0)
+        rc = qm_set_errno(err, errno, "cannot close", o->path);
+    o->fd = -1;
+    if (rc == 0 && rename(o->tmp, o->path) != 0)
+        rc = qm_set_errno(err, errno, "cannot rename into place", o->path);
+    if (rc != 0) {
+        fs_out_abort(o);
+        return -1;
+    }
+    out_free(o);
+    return 0;
 }
 
 int fs_mkdir_p(const char *path, GError **err)

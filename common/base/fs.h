@@ -1,4 +1,10 @@
-/* fs.h - files that appear under their final name only when complete.
+/* fs.h - files that are what they claim to be, and files that appear under
+ * their final name only when complete.
+ *
+ * Every file qmoe opens goes through fs_open_regular (files it reads) or
+ * fs_open_out (files it creates or appends inside OUT): a FIFO or a device
+ * where a file belongs would block open() or read() forever, or yield
+ * endless bytes; a symlink planted in OUT would redirect a write outside it.
  *
  * An fs_out writes to "FINAL.tmp.PID" in the same directory; fs_out_commit
  * fsyncs it, renames it to FINAL and fsyncs the directory; fs_out_abort
@@ -18,7 +24,53 @@ typedef struct {
     uint64_t written;
 } fs_out;
 
-/* Opens a temporary beside `path`. Returns NULL with *err set. */
+/* ---- checked opens ---- */
+
+/* Opens an existing regular file without blocking: stat() first, so a FIFO
+ * or a device is refused before it is opened; open with O_NONBLOCK (a FIFO
+ * swapped in meanwhile cannot block), fstat() the fd, clear O_NONBLOCK.
+ * Symlinks are followed and the check applies to their target (SRC may be
+ * a Hugging Face cache, which is made of links). flags: O_RDONLY or O_RDWR
+ * plus e.g. O_APPEND; O_CLOEXEC is added. Returns the fd, or -1 with *err
+ * "WHAT 'PATH': is a FIFO" ("is a character device", "is a directory", or
+ * strerror) and errno kept (ENOENT for a missing file). */
+int fs_open_regular(const char *path, int flags, const char *what, GError **err);
+
+/* Opens (O_CREAT: creates, mode 0644 before umask) a file qmoe writes inside
+ * OUT. As fs_open_regular, but the last component must not be a symlink
+ * (O_NOFOLLOW; the refusal names its target: "WHAT 'PATH': is a symbolic
+ * link to 'TARGET'"). The directories above it are checked by fs_mkdir_out
+ * when they are made. O_EXCL in flags refuses an existing file. */
+int fs_open_out(const char *path, int flags, const char *what, GError **err);
+
+/* Reads a whole regular file through fs_open_regular. *data is
+ * NUL-terminated (not counted in *len, which may be NULL); caller g_free()s.
+ * Returns 0, or -1 with *err "WHAT 'PATH': ..." and errno kept. */
+int fs_read_file(const char *path, const char *what, char **data, size_t *len,
+                 GError **err);
+
+/* fs_read_file for OUT's own state files (.qmoe/): a symlink is refused as
+ * by fs_open_out. */
+int fs_read_out_file(const char *path, const char *what, char **data, size_t *len,
+                     GError **err);
+
+/* 0 if `path` is absent or (after symlinks) a regular file, else -1 with
+ * *err "'PATH' is a FIFO, not a regular file" (no file is opened). For
+ * readers that skip missing files but must not meet a FIFO. */
+int fs_check_regular(const char *path, GError **err);
+
+/* Makes `path`, which is `out` or a directory below it, with mode 0755
+ * (before umask). OUT itself may be a symlink (the user chose it) and is
+ * made with its parents; every component below it must be a directory of
+ * its own, not a symlink: "'OUT/experts' is a symbolic link to 'TARGET':
+ * refusing to write outside OUT". */
+int fs_mkdir_out(const char *out, const char *path, GError **err);
+
+/* ---- files complete under their final name ---- */
+
+/* Opens a temporary beside `path` (created O_EXCL | O_NOFOLLOW: a symlink
+ * planted at the temporary's name is refused; a regular leftover of an
+ * earlier process with our pid is replaced). Returns NULL with *err set. */
 fs_out *fs_out_open(const char *path, GError **err);
 
 /* Writes all of buf (retrying short writes and EINTR). Errors name the
@@ -34,6 +86,10 @@ void fs_out_abort(fs_out *o);
 
 /* Whole-file atomic write through an fs_out. */
 int fs_write_atomic(const char *path, const void *data, size_t len, GError **err);
+
+/* fs_write_atomic without the fsyncs, for advisory files rewritten many
+ * times a second: the rename alone keeps readers from seeing half a file. */
+int fs_write_replace(const char *path, const void *data, size_t len, GError **err);
 
 /* mkdir -p. */
 int fs_mkdir_p(const char *path, GError **err);

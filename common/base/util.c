@@ -1,5 +1,6 @@
 /* util.c - see util.h */
 #include "base/util.h"
+#include "base/fs.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -123,23 +124,10 @@ char *qm_list_format(const uint8_t *mask, int n)
 
 cJSON *qm_json_load(const char *path, GError **err)
 {
-    gchar *text = NULL;
-    gsize len = 0;
-    GError *ge = NULL;
-    if (g_file_test(path, G_FILE_TEST_IS_DIR)) {
-        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read '%s': is a directory",
-                    path);
+    char *text = NULL;
+    size_t len = 0;
+    if (fs_read_file(path, "cannot read", &text, &len, err) != 0)
         return NULL;
-    }
-    if (!g_file_get_contents(path, &text, &len, &ge)) {
-        /* GLib says "Failed to open file “PATH”: REASON"; keep the reason
-         * (strerror text never holds ": "), the path is named already. */
-        const char *why = g_strrstr(ge->message, ": ");
-        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read '%s': %s", path,
-                    why ? why + 2 : ge->message);
-        g_error_free(ge);
-        return NULL;
-    }
     const char *end = NULL;
     cJSON *j = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (!j) {

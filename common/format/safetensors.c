@@ -372,11 +372,9 @@ st_file *st_parse_header(const char *label, const uint8_t *hdr, uint64_t hdr_len
 
 static int open_regular(const char *path, struct stat *st, GError **err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        qm_set_errno(err, errno, "cannot open", path);
+    int fd = fs_open_regular(path, O_RDONLY, "cannot open", err);
+    if (fd < 0)
         return -1;
-    }
     int fe = fstat(fd, st) != 0 ? errno : 0;
     if (fe || !S_ISREG(st->st_mode)) {
         int e = fe ? fe : S_ISDIR(st->st_mode) ? EISDIR : EINVAL;

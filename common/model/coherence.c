@@ -5,6 +5,7 @@
 #include "model/model.h"
 #include "model/perplexity.h"
 #include "model/tokenizer.h"
+#include "base/fs.h"
 #include "base/util.h"
 
 #include <math.h>
@@ -115,13 +116,8 @@ static GPtrArray *load_prompts(const char *path, GError **err)
 {
     char *text = NULL;
     gsize len = 0;
-    GError *e = NULL;
-    if (!g_file_get_contents(path, &text, &len, &e)) {
-        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read prompt set '%s': %s", path,
-                    e->message);
-        g_error_free(e);
+    if (fs_read_file(path, "cannot read prompt set", &text, &len, err) != 0)
         return NULL;
-    }
     GPtrArray *a = g_ptr_array_new_with_free_func(prompt_free);
     char **lines = g_strsplit(text, "\n", -1);
     g_free(text);
@@ -500,17 +496,12 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
     char *text = NULL;
     gsize text_len = 0;
-    GError *e = NULL;
     int rc = -1;
 
     if (!(r->prompts = load_prompts(o->prompts_path, err)))
         goto done;
-    if (!g_file_get_contents(o->text_path, &text, &text_len, &e)) {
-        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read reference text '%s': %s",
-                    o->text_path, e->message);
-        g_error_free(e);
+    if (fs_read_file(o->text_path, "cannot read reference text", &text, &text_len, err))
         goto done;
-    }
     if (!(m = model_load(path, &mo, err)) || !(tok = tok_load(path, err)))
         goto done;
     const model_config *c = model_get_config(m);

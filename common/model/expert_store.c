@@ -1,5 +1,6 @@
 /* expert_store.c - see expert_store.h */
 #include "model/expert_store.h"
+#include "base/fs.h"
 #include "base/util.h"
 
 #include <errno.h>
@@ -147,9 +148,9 @@ static int open_shard(expert_store *s, int shard, GError **err)
         if (s->fd >= 0)
             close(s->fd);
         s->fd_shard = -1;
-        s->fd = open(path, O_RDONLY | O_CLOEXEC);
+        s->fd = fs_open_regular(path, O_RDONLY, "cannot open", err);
         if (s->fd < 0)
-            return qm_set_errno(err, errno, "cannot open", path);
+            return -1;
         s->fd_shard = shard;
     }
     return 0;

@@ -1,5 +1,6 @@
 /* tokenizer.c - byte-level BPE (see tokenizer.h for the pipeline). */
 #include "model/tokenizer.h"
+#include "base/fs.h"
 #include "base/util.h"
 
 #include <errno.h>
@@ -691,12 +692,8 @@ static tok_t *load_json_file(const char *path, GError **err)
 {
     char *data = NULL;
     gsize len = 0;
-    GError *ge = NULL;
-    if (!g_file_get_contents(path, &data, &len, &ge)) {
-        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read '%s': %s", path, ge->message);
-        g_error_free(ge);
+    if (fs_read_file(path, "cannot read", &data, &len, err) != 0)
         return NULL;
-    }
     if (len >= 2 && (uint8_t)data[0] == 0x1f && (uint8_t)data[1] == 0x8b) {
         char *raw = NULL;
         size_t raw_len = 0;
@@ -722,7 +719,6 @@ static tok_t *load_vocab_merges(const char *dir, GError **err)
     char *mtext = NULL;
     char **lines = NULL;
     tok_t *t = NULL;
-    GError *ge = NULL;
 
     if (!(vocab = qm_json_load(vpath, err)))
         goto out;
@@ -730,11 +726,8 @@ static tok_t *load_vocab_merges(const char *dir, GError **err)
         parse_error(err, vpath, "not a JSON object");
         goto out;
     }
-    if (!g_file_get_contents(mpath, &mtext, NULL, &ge)) {
-        g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read '%s': %s", mpath, ge->message);
-        g_error_free(ge);
+    if (fs_read_file(mpath, "cannot read", &mtext, NULL, err) != 0)
         goto out;
-    }
     if (g_file_test(cpath, G_FILE_TEST_EXISTS) && !(conf = qm_json_load(cpath, err)))
         goto out;
     /* added_tokens_decoder {"151643": {content, special, ...}} -> HF's list */

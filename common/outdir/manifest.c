@@ -204,9 +204,9 @@ int mf_journal_append(int fd, const char *journal_path, const mf_file *f,
 
 int mf_journal_open(const char *path, GError **err)
 {
-    int fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    int fd = fs_open_out(path, O_RDWR | O_APPEND | O_CREAT, "cannot open journal", err);
     if (fd < 0)
-        return qm_set_errno(err, errno, "cannot open journal", path);
+        return -1;
     struct stat st;
     if (fstat(fd, &st) != 0) {
         qm_set_errno(err, errno, "cannot read journal", path);
@@ -271,12 +271,12 @@ int mf_journal_read(const char *path, GArray *files, GError **err)
     gchar *text = NULL;
     gsize len = 0;
     GError *ge = NULL;
-    if (!g_file_get_contents(path, &text, &len, &ge)) {
-        int missing = g_error_matches(ge, G_FILE_ERROR, G_FILE_ERROR_NOENT);
+    if (fs_read_out_file(path, "cannot read", &text, &len, &ge) != 0) {
+        int missing = errno == ENOENT;
         if (!missing)
-            g_set_error(err, QM_ERROR, QM_ERR_IO, "cannot read '%s': %s", path,
-                        ge->message);
-        g_error_free(ge);
+            g_propagate_error(err, ge);
+        else
+            g_error_free(ge);
         return missing ? 0 : -1;
     }
     int rc = 0, lineno = 0;

@@ -58,13 +58,7 @@ int progress_write(const char *path, const progress *p, GError **err)
     g_free(up);
     /* No fsync: progress is advisory and rewritten many times a second;
      * the rename alone keeps readers from seeing half a file. */
-    char *tmp = g_strdup_printf("%s.tmp.%ld", path, (long)getpid());
-    int rc = 0;
-    if (!g_file_set_contents(tmp, text, -1, NULL) || rename(tmp, path) != 0) {
-        rc = qm_set_errno(err, errno ? errno : EIO, "cannot write", path);
-        unlink(tmp);
-    }
-    g_free(tmp);
+    int rc = fs_write_replace(path, text, strlen(text), err);
     cJSON_free(text);
     return rc;
 }
@@ -152,11 +146,9 @@ static pid_t read_pid(int fd)
 int progress_lock(const char *path, pid_t *stale_pid, GError **err)
 {
     *stale_pid = 0;
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        qm_set_errno(err, errno, "cannot create lock", path);
+    int fd = fs_open_out(path, O_RDWR | O_CREAT, "cannot create lock", err);
+    if (fd < 0)
         return -1;
-    }
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         pid_t owner = read_pid(fd);
         close(fd);
@@ -195,7 +187,7 @@ void progress_unlock(int fd, const char *path)
 pid_t progress_lock_owner(const char *path, int *held)
 {
     *held = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = fs_open_regular(path, O_RDONLY, "cannot open", NULL);
     if (fd < 0)
         return 0;
     pid_t pid = read_pid(fd);

@@ -1,6 +1,7 @@
 /* verify_files.c - see verify.h: per-file checks (headers, shapes, hashes,
  * bytes against the source), run by a pool of threads. */
 #include "outdir/verify.h"
+#include "base/fs.h"
 #include "base/util.h"
 
 #include <errno.h>
@@ -379,11 +380,15 @@ static void check_one(pool *pl, int idx, uint8_t *buf, EVP_MD_CTX *ctx)
     file_out *o = &pl->outs[idx];
     const mf_file *rec = f->rec;
     char *abs = g_build_filename(t->out, f->path, NULL);
-    int fd = open(abs, O_RDONLY | O_CLOEXEC);
+    GError *oe = NULL;
+    int fd = fs_open_regular(abs, O_RDONLY, "cannot open", &oe);
     g_free(abs);
     if (fd < 0) {
+        /* the finding names f->path already: keep the reason only */
+        const char *why = g_strrstr(oe->message, "': ");
         vf_add(o->res, VF_IO, "read", f->path, NULL, -1, "cannot open: %s",
-               g_strerror(errno));
+               why ? why + 3 : oe->message);
+        g_error_free(oe);
         return;
     }
     struct stat st;

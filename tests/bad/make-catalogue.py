@@ -14,6 +14,9 @@ tests/cli/bad_inputs.sh:
     output SUBSTRING         (must appear in stdout or stderr; repeatable)
     requires PROG OPTION     (skip the entry until PROG --help lists OPTION)
     env NAME=VALUE           (set for the command)
+    limit SECONDS            (a hang fails after this long; default 60)
+    check SHELL-COMMAND      (run after the command; must succeed, e.g. a
+                              sentinel outside OUT is unchanged)
 
 Entries stay tiny: anything large is made by a `setup` line (truncate -s
 makes sparse files).
@@ -293,6 +296,94 @@ entry('089-run-generate-huge', {'README': b'-n 100000000: the KV cache is refuse
        '# giant allocation aborts unless the allocator may return NULL, as malloc does',
        'env ASAN_OPTIONS=allocator_may_return_null=1', XM + 'true',
        'run qmoe-run --token-ids 1 -n 100000000 $D/m', 'exit 2', 'stderr KV cache'])
+
+# ---- special files and planted symlinks (issue 17): never a hang, never a
+# write outside OUT. FIFOs and links are made by setup (git keeps neither a
+# FIFO nor, portably, a link to /dev); $D/sentinel is a file outside OUT that
+# the links point at and that must stay byte-identical. ----
+SENT = {'sentinel': b'outside OUT: must not change\n', 'sentinel.orig': b'outside OUT: must not change\n'}
+SAME = ['limit 10', 'check cmp $D/sentinel $D/sentinel.orig']
+SH = 'model-00001-of-00001.safetensors'
+def ck_sent(drop=None):
+    f = dict(ck_files(), **SENT)
+    if drop:
+        del f['ck/' + drop]
+    return f
+entry('100-shard-fifo', ck_sent(SH),
+      ['# the shard is a FIFO: open() would block forever', f'setup mkfifo $D/ck/{SH}']
+      + CK + SAME + [f'stderr {SH}', 'stderr is a FIFO'])
+entry('101-config-fifo', ck_sent('config.json'),
+      ['# config.json is a FIFO', 'setup mkfifo $D/ck/config.json']
+      + CK + SAME + ['stderr config.json', 'stderr is a FIFO'])
+entry('102-journal-fifo', ck_sent(),
+      ['# OUT/.qmoe/journal.jsonl is a FIFO (extract read it whole, blocking)',
+       'setup mkdir -p $OUT/.qmoe && mkfifo $OUT/.qmoe/journal.jsonl']
+      + CK + SAME + ['stderr .qmoe/journal.jsonl', 'stderr is a FIFO'])
+for n, dev in (('103-shard-dev-zero', 'zero'), ('104-shard-dev-urandom', 'urandom')):
+    entry(n, ck_sent(SH),
+          [f'# the shard is a symlink to /dev/{dev}: a character device, endless bytes',
+           f'setup ln -s /dev/{dev} $D/ck/{SH}']
+          + CK + SAME + [f'stderr {SH}', 'stderr is a character device', f'stderr /dev/{dev}'])
+for n, what in (('105-extract-log-symlink', 'extract.log'), ('106-journal-symlink', 'journal.jsonl'),
+                ('107-lock-symlink', 'lock')):
+    entry(n, ck_sent(),
+          [f'# OUT/.qmoe/{what} is a symlink to a file outside OUT: it was followed and written',
+           f'setup mkdir -p $OUT/.qmoe && ln -s $D/sentinel $OUT/.qmoe/{what}']
+          + CK + SAME + [f'stderr .qmoe/{what}', 'stderr is a symbolic link to', 'stderr sentinel'])
+entry('108-experts-dir-symlink', dict(ck_sent(), **{'elsewhere/README': b'must stay alone here\n'}),
+      ['# OUT/experts is a symlink to a directory outside OUT',
+       'setup mkdir -p $OUT && ln -s $D/elsewhere $OUT/experts']
+      + CK + SAME + ['check [ "$(ls -A $D/elsewhere)" = README ]',
+                     'stderr experts', 'stderr is a symbolic link to', 'stderr elsewhere'])
+entry('109-tmp-name-symlink', ck_sent(),
+      ['# a symlink planted at the name of a temporary the extractor creates',
+       '# (.qmoe/progress.json.tmp.PID; exec keeps the shell\'s pid)',
+       'setup mkdir -p $OUT/.qmoe',
+       "run bash -c 'ln -s $D/sentinel $OUT/.qmoe/progress.json.tmp.$$ && exec qmoe-extract $D/ck $OUT'",
+       'exit 2'] + SAME + ['stderr progress.json.tmp.', 'stderr is a symbolic link to', 'stderr sentinel'])
+entry('110-extract-log-fifo', ck_sent(),
+      ['# OUT/.qmoe/extract.log is a FIFO (opening it to write blocks without a reader)',
+       'setup mkdir -p $OUT/.qmoe && mkfifo $OUT/.qmoe/extract.log']
+      + CK + SAME + ['stderr .qmoe/extract.log', 'stderr is a FIFO'])
+
+# the readers of an extraction meet a FIFO in OUT
+XF = 'setup qmoe-extract $FIX/qwen3moe-tiny/qwen3moe $D/m >/dev/null && '
+entry('111-status-journal-fifo', dict(SENT),
+      ['# qmoe-status on an OUT whose journal is a FIFO',
+       XF + 'rm $D/m/.qmoe/journal.jsonl && mkfifo $D/m/.qmoe/journal.jsonl',
+       'run qmoe-status $D/m', 'exit 2'] + SAME + ['stderr .qmoe/journal.jsonl', 'stderr is a FIFO'])
+entry('112-status-progress-fifo', dict(SENT),
+      ['# qmoe-status on an OUT whose progress.json is a FIFO',
+       XF + 'rm $D/m/.qmoe/progress.json && mkfifo $D/m/.qmoe/progress.json',
+       'run qmoe-status $D/m', 'exit 2'] + SAME + ['stderr .qmoe/progress.json', 'stderr is a FIFO'])
+entry('113-verify-manifest-fifo', dict(SENT),
+      ['# qmoe-verify on an OUT whose qmoe.json is a FIFO: an unreadable manifest is a',
+       '# failed check (exit 1, as 065), not a hang',
+       XF + 'rm $D/m/qmoe.json && mkfifo $D/m/qmoe.json',
+       'run qmoe-verify $D/m', 'exit 1'] + SAME + ['output qmoe.json', 'output is a FIFO'])
+entry('114-verify-expert-fifo', dict(SENT),
+      ['# qmoe-verify on an OUT with a FIFO where an expert file belongs',
+       XF + f'rm $D/m/{EV} && mkfifo $D/m/{EV}',
+       'run qmoe-verify $D/m', 'exit 1'] + SAME + ['output ' + EV, 'output not a regular file'])
+entry('115-verify-source-shard-fifo', dict(SENT),
+      ['# qmoe-verify --source SRC whose shard is a FIFO',
+       XF + 'cp -r $FIX/qwen3moe-tiny/qwen3moe $D/src && rm $D/src/model-00002-of-00003.safetensors'
+       ' && mkfifo $D/src/model-00002-of-00003.safetensors',
+       'run qmoe-verify --source $D/src $D/m', 'exit 2'] + SAME
+      + ['stderr model-00002-of-00003.safetensors', 'stderr is a FIFO'])
+entry('116-run-expert-fifo', dict(SENT),
+      ['# qmoe-run on an OUT whose layer-0 expert files are FIFOs (one is routed to)',
+       XF + 'for f in $D/m/experts/*_layer_00.safetensors; do rm $f && mkfifo $f; done'] + RUN + SAME
+      + ['stderr _layer_00.safetensors', 'stderr is a FIFO'])
+entry('117-run-config-fifo', dict(SENT),
+      ['# qmoe-run on an OUT whose config.json is a FIFO',
+       XF + 'rm $D/m/config.json && mkfifo $D/m/config.json'] + RUN + SAME
+      + ['stderr config.json', 'stderr is a FIFO'])
+entry('118-run-tokenizer-fifo', dict(SENT),
+      ['# qmoe-run --prompt on an OUT whose tokenizer.json is a FIFO',
+       XF + 'rm $D/m/tokenizer.json && mkfifo $D/m/tokenizer.json',
+       'run qmoe-run --prompt hi -n 1 $D/m', 'exit 2'] + SAME
+      + ['stderr tokenizer.json', 'stderr is a FIFO'])
 
 def main():
     keep = {'README.md', 'make-catalogue.py'}

@@ -13,13 +13,15 @@ for e in "$BAD"/[0-9][0-9][0-9]-*/; do
     D="$T/$name"; OUT="$T/$name.out"
     cp -r "$e" "$D"
     export D OUT FIX
-    want_rc= cmd= subs=() setup_ok=1 req=() envs=()
+    want_rc= cmd= subs=() setup_ok=1 req=() envs=() limit=$LIMIT checks=()
     while IFS= read -r line || [ -n "$line" ]; do
         case "$line" in
             '#'*|'') ;;
             setup\ *) bash -c "${line#setup }" >"$T/.setup" 2>&1 || { setup_ok=0; break; } ;;
             requires\ *) req=(${line#requires }) ;;
             env\ *) envs+=("${line#env }") ;;
+            limit\ *) limit=${line#limit } ;;
+            check\ *) checks+=("${line#check }") ;;
             run\ *) cmd=${line#run } ;;
             exit\ *) want_rc=${line#exit } ;;
             stderr\ *) subs+=("E${line#stderr }") ;;
@@ -34,8 +36,8 @@ for e in "$BAD"/[0-9][0-9][0-9]-*/; do
         skip "bad-$name" "${req[0]} has no ${req[1]} yet"; continue
     fi
     eval "set -- $cmd"
-    run env "${envs[@]}" timeout -k 5 "$LIMIT" "$@"
-    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then fail "bad-$name" "no answer within $LIMIT s (hang?)"; continue; fi
+    run env "${envs[@]}" timeout -k 5 "$limit" "$@"
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then fail "bad-$name" "no answer within $limit s (hang?)"; continue; fi
     good=1
     [ "$rc" = "$want_rc" ] || { fail "bad-$name" "exit $rc, wanted $want_rc; stderr: $(head -c 400 <<<"$err")"; good=0; }
     for s in "${subs[@]}"; do
@@ -56,6 +58,10 @@ for e in "$BAD"/[0-9][0-9][0-9]-*/; do
             fail "bad-$name" "left files in OUT: $(find "$OUT" -name '*.safetensors*' | head -3)"; good=0
         fi
     fi
+    for c in "${checks[@]}"; do
+        [ $good = 1 ] || break
+        bash -c "$c" >"$T/.check" 2>&1 || { fail "bad-$name" "check failed: $c: $(head -c 300 "$T/.check")"; good=0; }
+    done
     [ $good = 1 ] && ok "bad-$name"
     rm -rf "$D" "$OUT"
 done

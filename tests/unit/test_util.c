@@ -10,7 +10,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char *tmpdir;
@@ -586,6 +588,157 @@ static void test_fs_misc(void)
     g_free(file);
 }
 
+/* ---- checked opens (issue 17) ---- */
+
+/* Each call returns at once (a FIFO opened without O_NONBLOCK would block
+ * this test forever, which tests/run.sh reports as a hang). */
+static void test_fs_checked_opens(void)
+{
+    char *d = g_build_filename(tmpdir, "chk", NULL);
+    char *reg = g_build_filename(d, "reg", NULL);
+    char *fifo = g_build_filename(d, "fifo", NULL);
+    char *to_zero = g_build_filename(d, "zero", NULL);
+    char *to_reg = g_build_filename(d, "link", NULL);
+    char *sentinel = g_build_filename(tmpdir, "sentinel", NULL);
+    GError *err = NULL;
+    CHECK(g_mkdir(d, 0755) == 0);
+    CHECK(g_file_set_contents(reg, "abc", -1, NULL));
+    CHECK(g_file_set_contents(sentinel, "keep", -1, NULL));
+    CHECK(mkfifo(fifo, 0644) == 0);
+    CHECK(symlink("/dev/zero", to_zero) == 0);
+    CHECK(symlink(sentinel, to_reg) == 0);
+
+    /* reading: regular files and links to them; FIFOs and devices refused */
+    int fd = fs_open_regular(reg, O_RDONLY, "cannot open", &err);
+    CHECK(fd >= 0 && err == NULL);
+    CHECK(fd < 0 || (fcntl(fd, F_GETFL) & O_NONBLOCK) == 0);
+    if (fd >= 0)
+        close(fd);
+    fd = fs_open_regular(to_reg, O_RDONLY, "cannot open", &err);
+    CHECK(fd >= 0); /* SRC may be made of links (the hub cache) */
+    if (fd >= 0)
+        close(fd);
+    CHECK(fs_open_regular(fifo, O_RDONLY, "cannot open", &err) == -1);
+    CHECK(err && err->code == QM_ERR_IO);
+    CHECK_CONTAINS(err ? err->message : NULL, fifo);
+    CHECK_CONTAINS(err ? err->message : NULL, "is a FIFO");
+    g_clear_error(&err);
+    CHECK(fs_open_regular(to_zero, O_RDONLY, "cannot open source", &err) == -1);
+    CHECK_CONTAINS(err ? err->message : NULL, "cannot open source");
+    CHECK_CONTAINS(err ? err->message : NULL, "is a character device");
+    CHECK_CONTAINS(err ? err->message : NULL, "'/dev/zero'");
+    g_clear_error(&err);
+    CHECK(fs_open_regular(d, O_RDONLY, "cannot open", &err) == -1 && errno == EISDIR);
+    CHECK_CONTAINS(err ? err->message : NULL, "is a directory");
+    g_clear_error(&err);
+    char *missing = g_build_filename(d, "missing", NULL);
+    CHECK(fs_open_regular(missing, O_RDONLY, "cannot open", &err) == -1 && errno == ENOENT);
+    CHECK_CONTAINS(err ? err->message : NULL, g_strerror(ENOENT));
+    g_clear_error(&err);
+
+    char *data = NULL;
+    size_t len = 0;
+    CHECK(fs_read_file(reg, "cannot read", &data, &len, &err) == 0);
+    CHECK(len == 3 && data && strcmp(data, "abc") == 0);
+    g_free(data);
+    CHECK(fs_read_file(fifo, "cannot read", &data, &len, &err) == -1 && !data);
+    CHECK_CONTAINS(err ? err->message : NULL, "is a FIFO");
+    g_clear_error(&err);
+    CHECK(fs_read_file(to_zero, "cannot read", &data, &len, &err) == -1);
+    g_clear_error(&err);
+    CHECK(fs_read_out_file(to_reg, "cannot read", &data, &len, &err) == -1);
+    CHECK_CONTAINS(err ? err->message : NULL, "is a symbolic link to");
+    g_clear_error(&err);
+    CHECK(fs_check_regular(reg, &err) == 0 && fs_check_regular(missing, &err) == 0);
+    CHECK(fs_check_regular(fifo, &err) == -1);
+    CHECK_CONTAINS(err ? err->message : NULL, "is a FIFO, not a regular file");
+    g_clear_error(&err);
+
+    /* writing in OUT: no symlink followed, no FIFO opened, 0644 */
+    CHECK(fs_open_out(to_reg, O_WRONLY | O_APPEND | O_CREAT, "cannot open log", &err) == -1);
+    CHECK_CONTAINS(err ? err->message : NULL, to_reg);
+    CHECK_CONTAINS(err ? err->message : NULL, sentinel); /* what it points at */
+    g_clear_error(&err);
+    CHECK(fs_open_out(fifo, O_WRONLY | O_APPEND | O_CREAT, "cannot open", &err) == -1);
+    CHECK_CONTAINS(err ? err->message : NULL, "is a FIFO");
+    g_clear_error(&err);
+    mode_t old_mask = umask(0);
+    char *made = g_build_filename(d, "made", NULL);
+    fd = fs_open_out(made, O_WRONLY | O_CREAT, "cannot create", &err);
+    CHECK(fd >= 0);
+    if (fd >= 0)
+        close(fd);
+    struct stat st;
+    CHECK(stat(made, &st) == 0 && (st.st_mode & 07777) == 0644);
+
+    /* a symlink at the temporary's name is refused; a regular leftover of
+     * an earlier process with our pid is replaced */
+    char *fin = g_build_filename(d, "final", NULL);
+    char *tmp = g_strdup_printf("%s.tmp.%ld", fin, (long)getpid());
+    CHECK(symlink(sentinel, tmp) == 0);
+    CHECK(fs_write_atomic(fin, "new", 3, &err) == -1);
+    CHECK_CONTAINS(err ? err->message : NULL, tmp);
+    CHECK_CONTAINS(err ? err->message : NULL, "is a symbolic link to");
+    g_clear_error(&err);
+    g_unlink(tmp);
+    CHECK(g_file_set_contents(tmp, "leftover", -1, NULL));
+    CHECK(fs_write_atomic(fin, "new", 3, &err) == 0);
+    CHECK(stat(fin, &st) == 0 && (st.st_mode & 07777) == 0644);
+    CHECK(fs_write_replace(fin, "newer", 5, &err) == 0);
+    CHECK(fs_read_file(fin, "cannot read", &data, &len, &err) == 0 && len == 5);
+    g_free(data);
+    CHECK(!g_file_test(tmp, G_FILE_TEST_EXISTS));
+    CHECK(g_file_get_contents(sentinel, &data, NULL, NULL) && strcmp(data, "keep") == 0);
+    g_free(data);
+
+    /* directories: OUT may be a link, its subdirectories may not */
+    char *real = g_build_filename(d, "real", NULL);
+    char *out = g_build_filename(d, "out", NULL);
+    char *sub = g_build_filename(out, ".qmoe", "shard-0-of-2", NULL);
+    CHECK(g_mkdir(real, 0755) == 0 && symlink(real, out) == 0);
+    CHECK(fs_mkdir_out(out, sub, &err) == 0);
+    CHECK(stat(sub, &st) == 0 && (st.st_mode & 07777) == 0755);
+    char *ex = g_build_filename(out, "experts", NULL);
+    CHECK(symlink(d, ex) == 0);
+    CHECK(fs_mkdir_out(out, ex, &err) == -1);
+    CHECK_CONTAINS(err ? err->message : NULL, ex);
+    CHECK_CONTAINS(err ? err->message : NULL, d); /* its target */
+    g_clear_error(&err);
+    CHECK(fs_mkdir_out(out, "/elsewhere", &err) == -1);
+    g_clear_error(&err);
+    umask(old_mask);
+
+    g_unlink(ex);
+    g_rmdir(sub);
+    char *q = g_path_get_dirname(sub);
+    g_rmdir(q);
+    g_free(q);
+    g_unlink(out);
+    g_rmdir(real);
+    g_unlink(fin);
+    g_unlink(made);
+    g_unlink(reg);
+    g_unlink(fifo);
+    g_unlink(to_zero);
+    g_unlink(to_reg);
+    g_rmdir(d);
+    g_unlink(sentinel);
+    g_free(ex);
+    g_free(sub);
+    g_free(out);
+    g_free(real);
+    g_free(fin);
+    g_free(tmp);
+    g_free(made);
+    g_free(missing);
+    g_free(sentinel);
+    g_free(to_reg);
+    g_free(to_zero);
+    g_free(fifo);
+    g_free(reg);
+    g_free(d);
+}
+
 int main(void)
 {
     tmpdir = g_dir_make_tmp("qmoe-util-XXXXXX", NULL);
@@ -608,6 +761,7 @@ int main(void)
     RUN(test_fs_out_errors);
     RUN(test_tmp_names);
     RUN(test_fs_misc);
+    RUN(test_fs_checked_opens);
     g_rmdir(tmpdir);
     g_free(tmpdir);
     TEST_EXIT();
