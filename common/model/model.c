@@ -15,10 +15,14 @@
 
 typedef struct {
     qm_mat q, k, v, o;            /* [H*hd, hidden] x3 (k, v: [KV*hd, hidden]), [hidden, H*hd] */
-    float *q_norm, *k_norm;       /* (head_dim) */
+    float *q_norm, *k_norm;       /* (head_dim), LT_QK_FULL: (H*hd), (KV*hd); or NULL */
+    float *q_bias, *k_bias, *v_bias; /* (H*hd), (KV*hd) x2, or NULL */
     float *in_norm, *post_norm;   /* (hidden) */
     qm_mat router;                /* [n_experts, hidden] (MoE layers) */
     qm_mat gate, up, down;        /* dense MLP (other layers) */
+    int shared;                   /* MoE layer with a gated shared expert: */
+    qm_mat sgate, sup, sdown;     /* its SwiGLU MLP */
+    qm_mat sg;                    /* [1, hidden] its sigmoid gate */
 } layer_w;
 
 struct model {
@@ -157,6 +161,9 @@ static int read_config(model *m, GError **err)
     if (m->shape.n_moe_layers < c->n_layers &&
         cfg_int(m, tc, "intermediate_size", 1, big, -1, &c->dense_inter, err))
         return -1;
+    if (m->shape.n_moe_layers > 0 && m->lt->shared &&
+        cfg_int(m, tc, m->lt->shared_inter_key, 1, big, -1, &c->shared_inter, err))
+        return -1;
     int max_pos = 4096;
     if (cfg_int(m, tc, "max_position_embeddings", 1, INT32_MAX, 4096, &max_pos, err))
         return -1;
@@ -169,7 +176,9 @@ static int read_config(model *m, GError **err)
         return -1;
     c->eps = (float)eps;
     c->rope_theta = (float)rope.rope_theta;
-    c->norm_topk = cfg_bool(m, tc, "norm_topk_prob", m->lt->norm_topk_default);
+    c->norm_topk = m->lt->norm_topk_fixed
+                       ? m->lt->norm_topk_default
+                       : cfg_bool(m, tc, "norm_topk_prob", m->lt->norm_topk_default);
     c->tie_embeddings = cfg_bool(m, tc, "tie_word_embeddings", 0);
     c->is_moe = m->shape.is_moe;
     if (c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0) {
@@ -241,16 +250,45 @@ static int load_weights(model *m, GError **err)
             get_mat(m, lname(m, l, "self_attn.k_proj.weight"), kvd, c->hidden, &w->k, err) ||
             get_mat(m, lname(m, l, "self_attn.v_proj.weight"), kvd, c->hidden, &w->v, err) ||
             get_mat(m, lname(m, l, "self_attn.o_proj.weight"), c->hidden, qd, &w->o, err) ||
-            !(w->q_norm = get_vec(m, lname(m, l, "self_attn.q_norm.weight"), c->head_dim, err)) ||
-            !(w->k_norm = get_vec(m, lname(m, l, "self_attn.k_norm.weight"), c->head_dim, err)) ||
             !(w->in_norm = get_vec(m, lname(m, l, "input_layernorm.weight"), c->hidden, err)) ||
             !(w->post_norm = get_vec(m, lname(m, l, "post_attention_layernorm.weight"),
                                      c->hidden, err)))
             return -1;
-        if (c->is_moe[l]) {
-            if (get_mat(m, lname(m, l, "mlp.gate.weight"), c->n_experts, c->hidden,
-                        &w->router, err))
+        if (m->lt->qk_norm != LT_QK_NONE) {
+            int full = m->lt->qk_norm == LT_QK_FULL;
+            if (!(w->q_norm = get_vec(m, lname(m, l, "self_attn.q_norm.weight"),
+                                      full ? qd : c->head_dim, err)) ||
+                !(w->k_norm = get_vec(m, lname(m, l, "self_attn.k_norm.weight"),
+                                      full ? kvd : c->head_dim, err)))
                 return -1;
+        }
+        if (m->lt->qkv_bias &&
+            (!(w->q_bias = get_vec(m, lname(m, l, "self_attn.q_proj.bias"), qd, err)) ||
+             !(w->k_bias = get_vec(m, lname(m, l, "self_attn.k_proj.bias"), kvd, err)) ||
+             !(w->v_bias = get_vec(m, lname(m, l, "self_attn.v_proj.bias"), kvd, err))))
+            return -1;
+        if (c->is_moe[l]) {
+            char part[256];
+            snprintf(part, sizeof part, "%s.weight", m->lt->router);
+            if (get_mat(m, lname(m, l, part), c->n_experts, c->hidden, &w->router, err))
+                return -1;
+            if (m->lt->shared) {
+                int si = c->shared_inter;
+                const char *sp = m->lt->shared;
+                w->shared = 1;
+                snprintf(part, sizeof part, "%s.gate_proj.weight", sp);
+                if (get_mat(m, lname(m, l, part), si, c->hidden, &w->sgate, err))
+                    return -1;
+                snprintf(part, sizeof part, "%s.up_proj.weight", sp);
+                if (get_mat(m, lname(m, l, part), si, c->hidden, &w->sup, err))
+                    return -1;
+                snprintf(part, sizeof part, "%s.down_proj.weight", sp);
+                if (get_mat(m, lname(m, l, part), c->hidden, si, &w->sdown, err))
+                    return -1;
+                snprintf(part, sizeof part, "%s.weight", m->lt->shared_gate);
+                if (get_mat(m, lname(m, l, part), 1, c->hidden, &w->sg, err))
+                    return -1;
+            }
         } else if (get_mat(m, lname(m, l, "mlp.gate_proj.weight"), c->dense_inter,
                            c->hidden, &w->gate, err) ||
                    get_mat(m, lname(m, l, "mlp.up_proj.weight"), c->dense_inter,
@@ -273,11 +311,16 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     model *m = g_new0(model, 1);
     if (!(m->ck = ckpt_open(path, err)) || !(m->lt = layout_detect(m->ck, err)))
         goto fail;
-    if (m->lt->fused || (strcmp(m->lt->name, "qwen3_moe") != 0 &&
-                         strcmp(m->lt->name, "qwen3_omni_moe") != 0)) {
+    if (!m->lt->forward) {
+        GString *names = g_string_new(NULL);
+        for (int i = 0; layouts[i]; i++)
+            if (layouts[i]->forward)
+                g_string_append_printf(names, "%s%s", names->len ? ", " : "",
+                                       layouts[i]->name);
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                    "'%s': the forward pass supports the qwen3_moe and qwen3_omni_moe "
-                    "layouts, not %s", path, m->lt->name);
+                    "'%s': the forward pass supports the %s layouts, not %s", path,
+                    names->str, m->lt->name);
+        g_string_free(names, TRUE);
         goto fail;
     }
     if (layout_shape(m->lt, m->ck, &m->shape, err) != 0)
@@ -295,7 +338,7 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     if (!(m->team = team_new(o->n_threads > 0 ? o->n_threads : 1, err)))
         goto fail;
     size_t kvd = (size_t)c->n_kv_heads * c->head_dim, qd = (size_t)c->n_heads * c->head_dim;
-    size_t inter = (size_t)MAX(c->moe_inter, c->dense_inter);
+    size_t inter = (size_t)MAX(MAX(c->moe_inter, c->dense_inter), c->shared_inter);
     size_t cache = (size_t)c->n_layers * c->max_seq * kvd;
     m->x = g_new0(float, c->hidden);
     m->xb = g_new0(float, c->hidden);
@@ -372,6 +415,9 @@ void model_free(model *m)
         for (int l = 0; l < m->c.n_layers; l++) {
             g_free(m->layers[l].q_norm);
             g_free(m->layers[l].k_norm);
+            g_free(m->layers[l].q_bias);
+            g_free(m->layers[l].k_bias);
+            g_free(m->layers[l].v_bias);
             g_free(m->layers[l].in_norm);
             g_free(m->layers[l].post_norm);
         }
@@ -636,9 +682,49 @@ static void attention_batch_part(void *arg, int i, int n)
     }
 }
 
+static inline float sigmoid(float x)
+{
+    return 1.0f / (1.0f + expf(-x));
+}
+
 static inline float silu(float x)
 {
     return x / (1.0f + expf(-x));
+}
+
+/* One token's projections before attention, as its family computes them:
+ * q/k/v biases, the RMSNorm of q and k (over the whole projection, or per
+ * head), then RoPE per head. */
+static void qkv_prepare(const model *m, const layer_w *w, float *q, float *k, float *v,
+                        const float *cs, const float *sn)
+{
+    const model_config *c = &m->c;
+    int hd = c->head_dim, qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
+    lt_qk_norm norm = m->lt->qk_norm;
+    if (w->q_bias) {
+        for (int i = 0; i < qd; i++)
+            q[i] += w->q_bias[i];
+        for (int i = 0; i < kvd; i++) {
+            k[i] += w->k_bias[i];
+            v[i] += w->v_bias[i];
+        }
+    }
+    if (norm == LT_QK_FULL) {
+        model_rmsnorm(q, q, w->q_norm, qd, c->eps);
+        model_rmsnorm(k, k, w->k_norm, kvd, c->eps);
+    }
+    for (int h = 0; h < c->n_heads; h++) {
+        float *qh = q + (size_t)h * hd;
+        if (norm == LT_QK_HEAD)
+            model_rmsnorm(qh, qh, w->q_norm, hd, c->eps);
+        rope(qh, cs, sn, hd);
+    }
+    for (int h = 0; h < c->n_kv_heads; h++) {
+        float *kh = k + (size_t)h * hd;
+        if (norm == LT_QK_HEAD)
+            model_rmsnorm(kh, kh, w->k_norm, hd, c->eps);
+        rope(kh, cs, sn, hd);
+    }
 }
 
 /* down(silu(gate(x)) * up(x)) into out. */
@@ -812,16 +898,7 @@ int model_step(model *m, int token, float *logits, GError **err)
         float *o3[3] = {m->q, k, v};
         const qm_mat *w3[3] = {&w->q, &w->k, &w->v};
         qm_matvec_multi(m->team, 3, o3, w3, m->xb);
-        for (int h = 0; h < c->n_heads; h++) {
-            float *qh = m->q + (size_t)h * hd;
-            model_rmsnorm(qh, qh, w->q_norm, hd, c->eps);
-            rope(qh, m->rope_cos, m->rope_sin, hd);
-        }
-        for (int h = 0; h < c->n_kv_heads; h++) {
-            float *kh = k + (size_t)h * hd;
-            model_rmsnorm(kh, kh, w->k_norm, hd, c->eps);
-            rope(kh, m->rope_cos, m->rope_sin, hd);
-        }
+        qkv_prepare(m, w, m->q, k, v, m->rope_cos, m->rope_sin);
         att_job aj = {m, l, 1};
         if (c->n_kv_heads > 1 && m->pos >= 64)
             team_run(m->team, attention_part, &aj);
@@ -838,6 +915,15 @@ int model_step(model *m, int token, float *logits, GError **err)
         if (c->is_moe[l]) {
             if (moe(m, l, token, err) != 0)
                 return -1;
+            if (w->shared) {
+                float g;
+                swiglu(m, &w->sgate, &w->sup, &w->sdown, m->xb2);
+                qm_matvec(m->team, &g, &w->sg, m->xb);
+                m->step_bytes += qm_mat_bytes(w->sg.dtype, 1, c->hidden);
+                g = sigmoid(g);
+                for (int d = 0; d < c->hidden; d++)
+                    m->x[d] += g * m->xb2[d];
+            }
         } else {
             swiglu(m, &w->gate, &w->up, &w->down, m->xb2);
             for (int d = 0; d < c->hidden; d++)
@@ -923,6 +1009,26 @@ static int moe_batch(model *m, int l, int n, GError **err)
     return 0;
 }
 
+/* The gated shared expert of a MoE layer for the n tokens of the batch,
+ * added to the residual stream: the same operations as model_step's. */
+static void shared_batch(model *m, const layer_w *w, int n)
+{
+    int H = m->c.hidden, I = w->sgate.rows;
+    float *o2[2] = {m->ph, m->ph2};
+    int ld2[2] = {I, I};
+    const qm_mat *w2[2] = {&w->sgate, &w->sup};
+    qm_matmat_multi(m->team, 2, o2, ld2, w2, m->pxb, H, n);
+    for (size_t i = 0; i < (size_t)n * I; i++)
+        m->ph[i] = silu(m->ph[i]) * m->ph2[i];
+    qm_matmat(m->team, m->pxb2, H, &w->sdown, m->ph, I, n);
+    qm_matmat(m->team, m->prl, 1, &w->sg, m->pxb, H, n);
+    for (int t = 0; t < n; t++) {
+        float g = sigmoid(m->prl[t]);
+        for (int d = 0; d < H; d++)
+            m->px[(size_t)t * H + d] += g * m->pxb2[(size_t)t * H + d];
+    }
+}
+
 /* Feeds ids[0..n) (n <= max_batch, checked by the caller) at positions
  * pos..pos+n-1 through all layers, leaving the residual stream in px;
  * then reports the router choices token by token, as model_step would. */
@@ -950,19 +1056,10 @@ static int forward_batch(model *m, const int *ids, int n, GError **err)
         int ld3[3] = {qd, kvd, kvd};
         const qm_mat *w3[3] = {&w->q, &w->k, &w->v};
         qm_matmat_multi(m->team, 3, o3, ld3, w3, m->pxb, H, n);
-        for (int t = 0; t < n; t++) {
-            const float *cs = m->pcos + (size_t)t * hh, *sn = m->psin + (size_t)t * hh;
-            for (int h = 0; h < c->n_heads; h++) {
-                float *qh = m->pq + (size_t)t * qd + (size_t)h * hd;
-                model_rmsnorm(qh, qh, w->q_norm, hd, c->eps);
-                rope(qh, cs, sn, hd);
-            }
-            for (int h = 0; h < c->n_kv_heads; h++) {
-                float *kh = k + (size_t)t * kvd + (size_t)h * hd;
-                model_rmsnorm(kh, kh, w->k_norm, hd, c->eps);
-                rope(kh, cs, sn, hd);
-            }
-        }
+        for (int t = 0; t < n; t++)
+            qkv_prepare(m, w, m->pq + (size_t)t * qd, k + (size_t)t * kvd,
+                        v + (size_t)t * kvd, m->pcos + (size_t)t * hh,
+                        m->psin + (size_t)t * hh);
         att_job aj = {m, l, n};
         team_run(m->team, attention_batch_part, &aj);
         qm_matmat(m->team, m->pxb2, H, &w->o, m->patt_out, qd, n);
@@ -976,6 +1073,8 @@ static int forward_batch(model *m, const int *ids, int n, GError **err)
                 return -1;
             for (size_t i = 0; i < (size_t)n * H; i++)
                 m->px[i] += m->pmoe[i];
+            if (w->shared)
+                shared_batch(m, w, n);
         } else {
             int I = w->gate.rows;
             float *o2[2] = {m->ph, m->ph2};

@@ -47,6 +47,7 @@ typedef struct {
 typedef struct {
     int vocab, hidden, n_layers, n_heads, n_kv_heads, head_dim;
     int n_experts, top_k, moe_inter, dense_inter;
+    int shared_inter;     /* gated shared expert's width (layout.shared), else 0 */
     int norm_topk;        /* renormalise top-k weights (config or layout default) */
     int tie_embeddings;
     int max_seq;          /* KV cache length in tokens */
