@@ -63,6 +63,9 @@ static const layout deepseek_v3 = {
     .experts = "mlp.experts.", .proj = {"gate_proj", "up_proj", "down_proj"},
     .count_keys = "n_routed_experts", .inter_key = "moe_intermediate_size",
     .norm_topk_default = 1,
+    .forward = 1, .router = "mlp.gate", .attn = LT_ATTN_MLA,
+    .score = LT_SCORE_SIGMOID_GROUPED,
+    .shared = "mlp.shared_experts", .shared_count_key = "n_shared_experts",
 };
 
 const layout *const layouts[] = {

@@ -35,6 +35,15 @@ enum { LT_GATE, LT_UP, LT_DOWN }; /* order of layout.proj[] */
  * with a [heads * head_dim] weight (OLMoE), or not at all. */
 typedef enum { LT_QK_NONE, LT_QK_HEAD, LT_QK_FULL } lt_qk_norm;
 
+/* Attention: grouped-query heads from q/k/v_proj, or DeepSeek's
+ * multi-head latent attention (q_a/q_b, kv_a_proj_with_mqa, kv_b). */
+typedef enum { LT_ATTN_GQA, LT_ATTN_MLA } lt_attn;
+
+/* Router scoring: softmax then top-k; or DeepSeek-V3's sigmoid with
+ * e_score_correction_bias for the choice only, group-limited top-k and
+ * routed_scaling_factor. */
+typedef enum { LT_SCORE_SOFTMAX, LT_SCORE_SIGMOID_GROUPED } lt_score;
+
 typedef struct {
     const char *name;         /* "qwen3_omni_moe" */
     const char *model_types;  /* space-separated config model_type values */
@@ -55,7 +64,10 @@ typedef struct {
     int qkv_bias;             /* q/k/v projections have biases */
     const char *shared;       /* inside "layers.L.": "mlp.shared_expert", or NULL */
     const char *shared_gate;  /* sigmoid gate of the shared expert, or NULL */
-    const char *shared_inter_key; /* its width */
+    const char *shared_inter_key; /* its width, or NULL: */
+    const char *shared_count_key; /* this many expert widths ("n_shared_experts") */
+    lt_attn attn;
+    lt_score score;
 } layout;
 
 typedef struct {

@@ -22,7 +22,12 @@ typedef struct {
     qm_mat gate, up, down;        /* dense MLP (other layers) */
     int shared;                   /* MoE layer with a gated shared expert: */
     qm_mat sgate, sup, sdown;     /* its SwiGLU MLP */
-    qm_mat sg;                    /* [1, hidden] its sigmoid gate */
+    qm_mat sg;                    /* [1, hidden] its sigmoid gate (rows 0: none) */
+    float *score_bias;            /* (n_experts) e_score_correction_bias, or NULL */
+    /* MLA (instead of q, k, v): */
+    qm_mat qa, qb;                /* [q_lora, hidden], [H*(nope+rope), q_lora] */
+    qm_mat kva, kvb;              /* [kv_lora+rope, hidden], [H*(nope+v), kv_lora] */
+    float *qa_norm, *kva_norm;    /* (q_lora), (kv_lora) */
 } layer_w;
 
 struct model {
@@ -82,6 +87,9 @@ struct model {
     float *ph, *ph2;              /* (max_batch, max(moe_inter, dense_inter)) */
     float *pmoe;                  /* (max_batch, hidden) weighted sums of expert outputs */
     float *plg;                   /* (LOGIT_ROWS, vocab) logits for model_nll */
+    float *mqa, *mkva, *mkvb;     /* MLA: (max_batch, q_lora / kv_lora+rope / H*(nope+v)) */
+    float *rscore;                /* (2 * n_experts) sigmoid routing: choices, group scores */
+    int *rgroup;                  /* (2 * n_experts) group order, kept groups */
     char name[512];
 };
 
@@ -136,6 +144,80 @@ static int cfg_bool(const model *m, const cJSON *tc, const char *key, int dflt)
     return cJSON_IsBool(j) ? cJSON_IsTrue(j) : dflt;
 }
 
+/* A string key that must have one value (absent is fine). */
+static int cfg_str_is(const model *m, const cJSON *tc, const char *key, const char *want,
+                      GError **err)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(tc, key);
+    if (!j || cJSON_IsNull(j) || (cJSON_IsString(j) && strcmp(j->valuestring, want) == 0))
+        return 0;
+    g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                "'%s/config.json': %s '%s' is not supported (the forward pass implements "
+                "%s)", m->ck->dir, key, cJSON_IsString(j) ? j->valuestring : "(not a string)",
+                want);
+    return -1;
+}
+
+/* DeepSeek's multi-head latent attention. config.head_dim, when present,
+ * is HF's name for qk_rope_head_dim (it sizes RoPE): the heads are
+ * qk_nope + qk_rope wide and the softmax scale is theirs. */
+static int read_mla(model *m, const cJSON *tc, GError **err)
+{
+    model_config *c = &m->c;
+    const cJSON *ql = cJSON_GetObjectItemCaseSensitive(tc, "q_lora_rank");
+    if (!cJSON_IsNumber(ql)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s/config.json': q_lora_rank %s is not supported (the forward pass "
+                    "implements MLA with a query low-rank projection)", m->ck->dir,
+                    ql ? "null" : "missing");
+        return -1;
+    }
+    if (cfg_int(m, tc, "q_lora_rank", 1, 1 << 16, -1, &c->q_lora, err) ||
+        cfg_int(m, tc, "kv_lora_rank", 1, 1 << 16, -1, &c->kv_lora, err) ||
+        cfg_int(m, tc, "qk_nope_head_dim", 0, 1 << 12, -1, &c->nope, err) ||
+        cfg_int(m, tc, "qk_rope_head_dim", 2, 1 << 12, -1, &c->rope_dim, err) ||
+        cfg_int(m, tc, "v_head_dim", 1, 1 << 12, -1, &c->v_dim, err))
+        return -1;
+    const cJSON *il = cJSON_GetObjectItemCaseSensitive(tc, "rope_interleave");
+    if (il && !cJSON_IsNull(il) && !cJSON_IsTrue(il)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s/config.json': rope_interleave false is not supported", m->ck->dir);
+        return -1;
+    }
+    c->head_dim = c->nope + c->rope_dim;
+    c->n_kv_heads = c->n_heads; /* one K and V per head (the cache holds them expanded) */
+    if (c->v_dim > c->head_dim) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s/config.json': v_head_dim %d wider than the %d-wide query heads is "
+                    "not supported", m->ck->dir, c->v_dim, c->head_dim);
+        return -1;
+    }
+    return 0;
+}
+
+/* DeepSeek-V3's router: sigmoid, noaux_tc group-limited top-k. */
+static int read_grouped(model *m, const cJSON *tc, GError **err)
+{
+    model_config *c = &m->c;
+    double rs;
+    if (cfg_str_is(m, tc, "scoring_func", "sigmoid", err) ||
+        cfg_str_is(m, tc, "topk_method", "noaux_tc", err) ||
+        cfg_int(m, tc, "n_group", 1, c->n_experts, 1, &c->n_group, err) ||
+        cfg_int(m, tc, "topk_group", 1, c->n_group, c->n_group, &c->topk_group, err) ||
+        cfg_num(m, tc, "routed_scaling_factor", 1.0, &rs, err))
+        return -1;
+    c->routed_scale = (float)rs;
+    int per = c->n_experts / c->n_group;
+    if (c->n_experts % c->n_group != 0 || per < 2 || c->top_k > c->topk_group * per) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s/config.json': %d experts in n_group %d groups, top %d of "
+                    "topk_group %d groups: not a valid grouping", m->ck->dir, c->n_experts,
+                    c->n_group, c->top_k, c->topk_group);
+        return -1;
+    }
+    return 0;
+}
+
 static int read_config(model *m, GError **err)
 {
     model_config *c = &m->c;
@@ -161,7 +243,7 @@ static int read_config(model *m, GError **err)
     if (m->shape.n_moe_layers < c->n_layers &&
         cfg_int(m, tc, "intermediate_size", 1, big, -1, &c->dense_inter, err))
         return -1;
-    if (m->shape.n_moe_layers > 0 && m->lt->shared &&
+    if (m->shape.n_moe_layers > 0 && m->lt->shared_inter_key &&
         cfg_int(m, tc, m->lt->shared_inter_key, 1, big, -1, &c->shared_inter, err))
         return -1;
     int max_pos = 4096;
@@ -181,7 +263,18 @@ static int read_config(model *m, GError **err)
                        : cfg_bool(m, tc, "norm_topk_prob", m->lt->norm_topk_default);
     c->tie_embeddings = cfg_bool(m, tc, "tie_word_embeddings", 0);
     c->is_moe = m->shape.is_moe;
-    if (c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0) {
+    c->v_dim = c->rope_dim = c->head_dim;
+    if ((m->lt->attn == LT_ATTN_MLA && read_mla(m, tc, err)) ||
+        (m->lt->score == LT_SCORE_SIGMOID_GROUPED && m->shape.n_moe_layers > 0 &&
+         read_grouped(m, tc, err)))
+        return -1;
+    if (m->lt->shared_count_key && m->shape.n_moe_layers > 0) {
+        int ns = 0;
+        if (cfg_int(m, tc, m->lt->shared_count_key, 0, 1 << 10, 0, &ns, err))
+            return -1;
+        c->shared_inter = ns * c->moe_inter;
+    }
+    if (c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0 || c->rope_dim % 2 != 0) {
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                     "'%s/config.json': %d attention heads cannot share %d key-value "
                     "heads of dimension %d", m->ck->dir, c->n_heads, c->n_kv_heads,
@@ -226,6 +319,28 @@ static const char *lname(model *m, int l, const char *suffix)
     return m->name;
 }
 
+/* DeepSeek's attention weights. */
+static int load_mla(model *m, int l, layer_w *w, GError **err)
+{
+    const model_config *c = &m->c;
+    int H = c->n_heads;
+    return get_mat(m, lname(m, l, "self_attn.q_a_proj.weight"), c->q_lora, c->hidden,
+                   &w->qa, err) ||
+           !(w->qa_norm = get_vec(m, lname(m, l, "self_attn.q_a_layernorm.weight"),
+                                  c->q_lora, err)) ||
+           get_mat(m, lname(m, l, "self_attn.q_b_proj.weight"), H * c->head_dim, c->q_lora,
+                   &w->qb, err) ||
+           get_mat(m, lname(m, l, "self_attn.kv_a_proj_with_mqa.weight"),
+                   c->kv_lora + c->rope_dim, c->hidden, &w->kva, err) ||
+           !(w->kva_norm = get_vec(m, lname(m, l, "self_attn.kv_a_layernorm.weight"),
+                                   c->kv_lora, err)) ||
+           get_mat(m, lname(m, l, "self_attn.kv_b_proj.weight"), H * (c->nope + c->v_dim),
+                   c->kv_lora, &w->kvb, err) ||
+           get_mat(m, lname(m, l, "self_attn.o_proj.weight"), c->hidden, H * c->v_dim, &w->o,
+                   err)
+               ? -1 : 0;
+}
+
 static int load_weights(model *m, GError **err)
 {
     const model_config *c = &m->c;
@@ -246,11 +361,20 @@ static int load_weights(model *m, GError **err)
     m->layers = g_new0(layer_w, c->n_layers);
     for (int l = 0; l < c->n_layers; l++) {
         layer_w *w = &m->layers[l];
-        if (get_mat(m, lname(m, l, "self_attn.q_proj.weight"), qd, c->hidden, &w->q, err) ||
-            get_mat(m, lname(m, l, "self_attn.k_proj.weight"), kvd, c->hidden, &w->k, err) ||
-            get_mat(m, lname(m, l, "self_attn.v_proj.weight"), kvd, c->hidden, &w->v, err) ||
-            get_mat(m, lname(m, l, "self_attn.o_proj.weight"), c->hidden, qd, &w->o, err) ||
-            !(w->in_norm = get_vec(m, lname(m, l, "input_layernorm.weight"), c->hidden, err)) ||
+        if (m->lt->attn == LT_ATTN_MLA) {
+            if (load_mla(m, l, w, err))
+                return -1;
+        } else if (get_mat(m, lname(m, l, "self_attn.q_proj.weight"), qd, c->hidden, &w->q,
+                           err) ||
+                   get_mat(m, lname(m, l, "self_attn.k_proj.weight"), kvd, c->hidden, &w->k,
+                           err) ||
+                   get_mat(m, lname(m, l, "self_attn.v_proj.weight"), kvd, c->hidden, &w->v,
+                           err) ||
+                   get_mat(m, lname(m, l, "self_attn.o_proj.weight"), c->hidden, qd, &w->o,
+                           err)) {
+            return -1;
+        }
+        if (!(w->in_norm = get_vec(m, lname(m, l, "input_layernorm.weight"), c->hidden, err)) ||
             !(w->post_norm = get_vec(m, lname(m, l, "post_attention_layernorm.weight"),
                                      c->hidden, err)))
             return -1;
@@ -272,7 +396,12 @@ static int load_weights(model *m, GError **err)
             snprintf(part, sizeof part, "%s.weight", m->lt->router);
             if (get_mat(m, lname(m, l, part), c->n_experts, c->hidden, &w->router, err))
                 return -1;
-            if (m->lt->shared) {
+            if (m->lt->score == LT_SCORE_SIGMOID_GROUPED) {
+                snprintf(part, sizeof part, "%s.e_score_correction_bias", m->lt->router);
+                if (!(w->score_bias = get_vec(m, lname(m, l, part), c->n_experts, err)))
+                    return -1;
+            }
+            if (m->lt->shared && c->shared_inter > 0) {
                 int si = c->shared_inter;
                 const char *sp = m->lt->shared;
                 w->shared = 1;
@@ -286,7 +415,8 @@ static int load_weights(model *m, GError **err)
                 if (get_mat(m, lname(m, l, part), c->hidden, si, &w->sdown, err))
                     return -1;
                 snprintf(part, sizeof part, "%s.weight", m->lt->shared_gate);
-                if (get_mat(m, lname(m, l, part), 1, c->hidden, &w->sg, err))
+                if (m->lt->shared_gate &&
+                    get_mat(m, lname(m, l, part), 1, c->hidden, &w->sg, err))
                     return -1;
             }
         } else if (get_mat(m, lname(m, l, "mlp.gate_proj.weight"), c->dense_inter,
@@ -359,8 +489,8 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     m->rope_cos = g_new0(float, c->head_dim / 2);
     m->rope_sin = g_new0(float, c->head_dim / 2);
     /* As Hugging Face computes it, in float32: base ** (2i / dim). */
-    for (int i = 0; i < c->head_dim / 2; i++)
-        m->inv_freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
+    for (int i = 0; i < c->rope_dim / 2; i++)
+        m->inv_freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->rope_dim);
     m->rlogits = g_new0(float, MAX(c->n_experts, 1));
     m->top = g_new0(int, MAX(c->top_k, 1));
     m->topw = g_new0(float, MAX(c->top_k, 1));
@@ -401,6 +531,13 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     m->ph2 = g_new0(float, (size_t)B * inter);
     m->pmoe = g_new0(float, (size_t)B * c->hidden);
     m->plg = g_new0(float, (size_t)LOGIT_ROWS * c->vocab);
+    m->rscore = g_new0(float, 2 * E);
+    m->rgroup = g_new0(int, 2 * E);
+    if (m->lt->attn == LT_ATTN_MLA) {
+        m->mqa = g_new0(float, (size_t)B * c->q_lora);
+        m->mkva = g_new0(float, (size_t)B * (c->kv_lora + c->rope_dim));
+        m->mkvb = g_new0(float, (size_t)B * c->n_heads * (c->nope + c->v_dim));
+    }
     return m;
 fail:
     model_free(m);
@@ -418,6 +555,9 @@ void model_free(model *m)
             g_free(m->layers[l].q_bias);
             g_free(m->layers[l].k_bias);
             g_free(m->layers[l].v_bias);
+            g_free(m->layers[l].score_bias);
+            g_free(m->layers[l].qa_norm);
+            g_free(m->layers[l].kva_norm);
             g_free(m->layers[l].in_norm);
             g_free(m->layers[l].post_norm);
         }
@@ -471,6 +611,11 @@ void model_free(model *m)
     g_free(m->ph2);
     g_free(m->pmoe);
     g_free(m->plg);
+    g_free(m->mqa);
+    g_free(m->mkva);
+    g_free(m->mkvb);
+    g_free(m->rscore);
+    g_free(m->rgroup);
     layout_shape_free(&m->shape);
     ckpt_close(m->ck);
     g_free(m);
@@ -742,12 +887,162 @@ static void swiglu(model *m, const qm_mat *gate, const qm_mat *up, const qm_mat 
                      qm_mat_bytes(down->dtype, down->rows, down->cols);
 }
 
+/* Adjacent-pair RoPE on d floats: (x[2i], x[2i+1]) by angle i. This is
+ * DeepSeek's rope_interleave as HF applies it (view d/2 x 2, transpose,
+ * rotate_half): HF leaves the result in the transposed order, the same
+ * permutation for queries and keys, so their dot products are these. */
+static void rope_pairs(float *x, const float *cs, const float *sn, int d)
+{
+    for (int i = 0; i < d / 2; i++) {
+        float a = x[2 * i], b = x[2 * i + 1];
+        x[2 * i] = a * cs[i] - b * sn[i];
+        x[2 * i + 1] = b * cs[i] + a * sn[i];
+    }
+}
+
+/* Multi-head latent attention's projections (DeepseekV3Attention, without
+ * absorption) for n tokens x (hidden floats apart): the queries into q
+ * (H heads of nope + rope), the keys and values of every head expanded
+ * into k and v (kvd floats apart). A head's key is its kv_b slice of the
+ * normed latent, then the one RoPE key of the token shared by all heads;
+ * its value is padded with zeros to the key width so that attend() treats
+ * MLA like any head (compact_heads drops the padding). cs, sn: RoPE of
+ * each token, hh floats apart (0: one token). */
+static void mla_project(model *m, const layer_w *w, const float *x, int n, float *q,
+                        float *k, float *v, const float *cs, const float *sn, int hh)
+{
+    const model_config *c = &m->c;
+    int H = c->n_heads, hd = c->head_dim, nope = c->nope, rd = c->rope_dim, vd = c->v_dim;
+    int ql = c->q_lora, kl = c->kv_lora, ka = kl + rd, kb = nope + vd, qd = H * hd;
+    /* q_a_layernorm and kv_a_layernorm are DeepseekV3RMSNorm(dim): HF gives
+     * them no eps, so its default, not rms_norm_eps. */
+    const float lora_eps = 1e-6f;
+    float *o2[2] = {m->mqa, m->mkva};
+    int ld2[2] = {ql, ka};
+    const qm_mat *w2[2] = {&w->qa, &w->kva};
+    qm_matmat_multi(m->team, 2, o2, ld2, w2, x, c->hidden, n);
+    for (int t = 0; t < n; t++) {
+        model_rmsnorm(m->mqa + (size_t)t * ql, m->mqa + (size_t)t * ql, w->qa_norm, ql,
+                      lora_eps);
+        model_rmsnorm(m->mkva + (size_t)t * ka, m->mkva + (size_t)t * ka, w->kva_norm, kl,
+                      lora_eps);
+    }
+    qm_matmat(m->team, q, qd, &w->qb, m->mqa, ql, n);
+    qm_matmat(m->team, m->mkvb, H * kb, &w->kvb, m->mkva, ka, n);
+    for (int t = 0; t < n; t++) {
+        const float *tc = cs + (size_t)t * hh, *ts = sn + (size_t)t * hh;
+        float *kr = m->mkva + (size_t)t * ka + kl;
+        rope_pairs(kr, tc, ts, rd);
+        for (int h = 0; h < H; h++) {
+            float *qh = q + (size_t)t * qd + (size_t)h * hd;
+            float *kh = k + (size_t)t * qd + (size_t)h * hd;
+            float *vh = v + (size_t)t * qd + (size_t)h * hd;
+            const float *b = m->mkvb + (size_t)t * H * kb + (size_t)h * kb;
+            rope_pairs(qh + nope, tc, ts, rd);
+            memcpy(kh, b, sizeof(float) * nope);
+            memcpy(kh + nope, kr, sizeof(float) * rd);
+            memcpy(vh, b + nope, sizeof(float) * vd);
+            memset(vh + vd, 0, sizeof(float) * (hd - vd));
+        }
+    }
+}
+
+static uint64_t mla_bytes(const layer_w *w)
+{
+    return qm_mat_bytes(w->qa.dtype, w->qa.rows, w->qa.cols) +
+           qm_mat_bytes(w->qb.dtype, w->qb.rows, w->qb.cols) +
+           qm_mat_bytes(w->kva.dtype, w->kva.rows, w->kva.cols) +
+           qm_mat_bytes(w->kvb.dtype, w->kvb.rows, w->kvb.cols);
+}
+
+/* Attention outputs of H heads of width hd whose first vd floats are the
+ * values (MLA): packed to H x vd in place, as o_proj reads them. */
+static void compact_heads(float *o, int H, int hd, int vd)
+{
+    for (int h = 1; h < H; h++)
+        memmove(o + (size_t)h * vd, o + (size_t)h * hd, sizeof(float) * vd);
+}
+
+/* DeepSeek-V3's router (DeepseekV3TopkRouter, noaux_tc) on logits p:
+ * scores sigmoid(p) (into p); choices score + e_score_correction_bias,
+ * -inf for a masked expert (never chosen, whatever its bias); groups of
+ * n_experts / n_group ranked by the sum of their two best choices, the
+ * topk_group best kept (more, in rank order, if a mask leaves them fewer
+ * than top_k allowed experts); top_k of the kept groups' experts in
+ * descending choice (lowest id on ties); weights the unbiased scores,
+ * divided by their sum (+1e-20) when norm_topk_prob, times
+ * routed_scaling_factor. Experts outside the kept groups are never chosen,
+ * as in DeepSeek's reference code; HF fills their choices with 0.0, which
+ * differs only when fewer than top_k kept experts have a positive choice. */
+static void route_grouped(const model *m, const float *bias, float *p, int *top,
+                          float *topw)
+{
+    const model_config *c = &m->c;
+    int E = c->n_experts, G = c->n_group, per = E / G, K = c->top_k;
+    float *ch = m->rscore, *gs = m->rscore + E;
+    int *gorder = m->rgroup, *keep = m->rgroup + G;
+    for (int e = 0; e < E; e++) {
+        p[e] = sigmoid(p[e]);
+        ch[e] = m->allow && !m->allow[e] ? -INFINITY : p[e] + bias[e];
+    }
+    for (int g = 0; g < G; g++) {
+        float b1 = -INFINITY, b2 = -INFINITY;
+        for (int e = g * per; e < (g + 1) * per; e++)
+            if (ch[e] > b1) {
+                b2 = b1;
+                b1 = ch[e];
+            } else if (ch[e] > b2) {
+                b2 = ch[e];
+            }
+        gs[g] = b1 + b2;
+        keep[g] = 0;
+    }
+    int avail = 0;
+    for (int r = 0; r < G; r++) {
+        int best = -1;
+        for (int g = 0; g < G; g++)
+            if (!keep[g] && (best < 0 || gs[g] > gs[best]))
+                best = g;
+        gorder[r] = best;
+        if (r >= c->topk_group && avail >= K)
+            break;
+        keep[best] = 1;
+        for (int e = best * per; e < (best + 1) * per; e++)
+            avail += ch[e] > -INFINITY;
+    }
+    float wsum = 0;
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            if (!keep[e / per] || ch[e] == -INFINITY)
+                continue;
+            int taken = 0;
+            for (int j = 0; j < k; j++)
+                taken |= top[j] == e;
+            if (!taken && (best < 0 || ch[e] > ch[best]))
+                best = e;
+        }
+        top[k] = best;
+        topw[k] = p[best];
+        wsum += p[best];
+    }
+    for (int k = 0; k < K; k++) {
+        if (c->norm_topk)
+            topw[k] /= wsum + 1e-20f;
+        topw[k] *= c->routed_scale;
+    }
+}
+
 /* Router: softmax over the (allowed) experts in float32, top-k in
  * descending probability (lowest id first on ties), renormalised when
  * norm_topk_prob. */
-static void route_pick(const model *m, float *p, int *top, float *topw)
+static void route_pick(const model *m, const layer_w *w, float *p, int *top, float *topw)
 {
     const model_config *c = &m->c;
+    if (m->lt->score == LT_SCORE_SIGMOID_GROUPED) {
+        route_grouped(m, w->score_bias, p, top, topw);
+        return;
+    }
     float mx = -INFINITY;
     for (int e = 0; e < c->n_experts; e++) {
         if (m->allow && !m->allow[e])
@@ -787,7 +1082,7 @@ static void route(model *m, int l)
     const model_config *c = &m->c;
     qm_matvec(m->team, m->rlogits, &m->layers[l].router, m->xb);
     m->step_bytes += qm_mat_bytes(m->layers[l].router.dtype, c->n_experts, c->hidden);
-    route_pick(m, m->rlogits, m->top, m->topw);
+    route_pick(m, &m->layers[l], m->rlogits, m->top, m->topw);
 }
 
 /* The chosen experts of layer l, in m->order, computed together: gate and
@@ -895,20 +1190,27 @@ int model_step(model *m, int token, float *logits, GError **err)
         size_t at = ((size_t)l * c->max_seq + m->pos) * kvd;
         float *k = m->kcache + at, *v = m->vcache + at;
         model_rmsnorm(m->xb, m->x, w->in_norm, c->hidden, c->eps);
-        float *o3[3] = {m->q, k, v};
-        const qm_mat *w3[3] = {&w->q, &w->k, &w->v};
-        qm_matvec_multi(m->team, 3, o3, w3, m->xb);
-        qkv_prepare(m, w, m->q, k, v, m->rope_cos, m->rope_sin);
+        if (m->lt->attn == LT_ATTN_MLA) {
+            mla_project(m, w, m->xb, 1, m->q, k, v, m->rope_cos, m->rope_sin, 0);
+            m->step_bytes += mla_bytes(w);
+        } else {
+            float *o3[3] = {m->q, k, v};
+            const qm_mat *w3[3] = {&w->q, &w->k, &w->v};
+            qm_matvec_multi(m->team, 3, o3, w3, m->xb);
+            qkv_prepare(m, w, m->q, k, v, m->rope_cos, m->rope_sin);
+            m->step_bytes += qm_mat_bytes(w->q.dtype, w->q.rows, w->q.cols) +
+                             qm_mat_bytes(w->k.dtype, w->k.rows, w->k.cols) +
+                             qm_mat_bytes(w->v.dtype, w->v.rows, w->v.cols);
+        }
         att_job aj = {m, l, 1};
         if (c->n_kv_heads > 1 && m->pos >= 64)
             team_run(m->team, attention_part, &aj);
         else
             attention_part(&aj, 0, 1);
+        if (c->v_dim != hd)
+            compact_heads(m->att_out, c->n_heads, hd, c->v_dim);
         qm_matvec(m->team, m->xb2, &w->o, m->att_out);
-        m->step_bytes += qm_mat_bytes(w->q.dtype, w->q.rows, w->q.cols) +
-                         qm_mat_bytes(w->k.dtype, w->k.rows, w->k.cols) +
-                         qm_mat_bytes(w->v.dtype, w->v.rows, w->v.cols) +
-                         qm_mat_bytes(w->o.dtype, w->o.rows, w->o.cols);
+        m->step_bytes += qm_mat_bytes(w->o.dtype, w->o.rows, w->o.cols);
         for (int d = 0; d < c->hidden; d++)
             m->x[d] += m->xb2[d];
         model_rmsnorm(m->xb, m->x, w->post_norm, c->hidden, c->eps);
@@ -916,11 +1218,13 @@ int model_step(model *m, int token, float *logits, GError **err)
             if (moe(m, l, token, err) != 0)
                 return -1;
             if (w->shared) {
-                float g;
+                float g = 1.0f;
                 swiglu(m, &w->sgate, &w->sup, &w->sdown, m->xb2);
-                qm_matvec(m->team, &g, &w->sg, m->xb);
-                m->step_bytes += qm_mat_bytes(w->sg.dtype, 1, c->hidden);
-                g = sigmoid(g);
+                if (w->sg.rows) {
+                    qm_matvec(m->team, &g, &w->sg, m->xb);
+                    m->step_bytes += qm_mat_bytes(w->sg.dtype, 1, c->hidden);
+                    g = sigmoid(g);
+                }
                 for (int d = 0; d < c->hidden; d++)
                     m->x[d] += g * m->xb2[d];
             }
@@ -959,7 +1263,8 @@ static int moe_batch(model *m, int l, int n, GError **err)
     float *topw = m->ptopw + (size_t)l * m->max_batch * K;
     qm_matmat(m->team, m->prl, E, &m->layers[l].router, m->pxb, H, n);
     for (int t = 0; t < n; t++)
-        route_pick(m, m->prl + (size_t)t * E, top + (size_t)t * K, topw + (size_t)t * K);
+        route_pick(m, &m->layers[l], m->prl + (size_t)t * E, top + (size_t)t * K,
+                   topw + (size_t)t * K);
     /* counting sort of (token, expert) pairs by expert, tokens ascending */
     memset(m->pstart, 0, sizeof(int) * (E + 1));
     for (int i = 0; i < n * K; i++)
@@ -1021,9 +1326,10 @@ static void shared_batch(model *m, const layer_w *w, int n)
     for (size_t i = 0; i < (size_t)n * I; i++)
         m->ph[i] = silu(m->ph[i]) * m->ph2[i];
     qm_matmat(m->team, m->pxb2, H, &w->sdown, m->ph, I, n);
-    qm_matmat(m->team, m->prl, 1, &w->sg, m->pxb, H, n);
+    if (w->sg.rows)
+        qm_matmat(m->team, m->prl, 1, &w->sg, m->pxb, H, n);
     for (int t = 0; t < n; t++) {
-        float g = sigmoid(m->prl[t]);
+        float g = w->sg.rows ? sigmoid(m->prl[t]) : 1.0f;
         for (int d = 0; d < H; d++)
             m->px[(size_t)t * H + d] += g * m->pxb2[(size_t)t * H + d];
     }
@@ -1052,16 +1358,23 @@ static int forward_batch(model *m, const int *ids, int n, GError **err)
         for (int t = 0; t < n; t++)
             model_rmsnorm(m->pxb + (size_t)t * H, m->px + (size_t)t * H, w->in_norm, H,
                           c->eps);
-        float *o3[3] = {m->pq, k, v};
-        int ld3[3] = {qd, kvd, kvd};
-        const qm_mat *w3[3] = {&w->q, &w->k, &w->v};
-        qm_matmat_multi(m->team, 3, o3, ld3, w3, m->pxb, H, n);
-        for (int t = 0; t < n; t++)
-            qkv_prepare(m, w, m->pq + (size_t)t * qd, k + (size_t)t * kvd,
-                        v + (size_t)t * kvd, m->pcos + (size_t)t * hh,
-                        m->psin + (size_t)t * hh);
+        if (m->lt->attn == LT_ATTN_MLA) {
+            mla_project(m, w, m->pxb, n, m->pq, k, v, m->pcos, m->psin, hh);
+        } else {
+            float *o3[3] = {m->pq, k, v};
+            int ld3[3] = {qd, kvd, kvd};
+            const qm_mat *w3[3] = {&w->q, &w->k, &w->v};
+            qm_matmat_multi(m->team, 3, o3, ld3, w3, m->pxb, H, n);
+            for (int t = 0; t < n; t++)
+                qkv_prepare(m, w, m->pq + (size_t)t * qd, k + (size_t)t * kvd,
+                            v + (size_t)t * kvd, m->pcos + (size_t)t * hh,
+                            m->psin + (size_t)t * hh);
+        }
         att_job aj = {m, l, n};
         team_run(m->team, attention_batch_part, &aj);
+        if (c->v_dim != hd)
+            for (int t = 0; t < n; t++)
+                compact_heads(m->patt_out + (size_t)t * qd, c->n_heads, hd, c->v_dim);
         qm_matmat(m->team, m->pxb2, H, &w->o, m->patt_out, qd, n);
         for (size_t i = 0; i < (size_t)n * H; i++)
             m->px[i] += m->pxb2[i];

@@ -47,7 +47,15 @@ typedef struct {
 typedef struct {
     int vocab, hidden, n_layers, n_heads, n_kv_heads, head_dim;
     int n_experts, top_k, moe_inter, dense_inter;
-    int shared_inter;     /* gated shared expert's width (layout.shared), else 0 */
+    int shared_inter;     /* shared expert's width (layout.shared), else 0 */
+    /* Multi-head latent attention (layout.attn LT_ATTN_MLA): head_dim is
+     * qk_nope + qk_rope (the softmax scale's), v_dim the value heads',
+     * rope_dim the last dims of a head that RoPE rotates, as adjacent pairs.
+     * Otherwise v_dim = rope_dim = head_dim. */
+    int v_dim, rope_dim, q_lora, kv_lora, nope;
+    /* Sigmoid grouped routing (layout.score LT_SCORE_SIGMOID_GROUPED). */
+    int n_group, topk_group;
+    float routed_scale;
     int norm_topk;        /* renormalise top-k weights (config or layout default) */
     int tie_embeddings;
     int max_seq;          /* KV cache length in tokens */

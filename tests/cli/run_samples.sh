@@ -6,7 +6,7 @@
 # layouts it does not support are refused with a message naming the layout.
 . "$(dirname "$0")/lib.sh"
 
-for layout in qwen3_omni_moe qwen3_moe; do
+for layout in qwen3_omni_moe qwen3_moe mixtral qwen2_moe olmoe deepseek_v3; do
     for dtype in bf16 f16 f32; do
         n=${layout}_$dtype src=$T/src_$n dst=$T/out_$n
         run qmoe-mksample --layout "$layout" --dtype "$dtype" --layers 3 --experts 8 --topk 2 "$src"
@@ -29,7 +29,8 @@ done
 # tails after the 16-wide and 8-wide vector loops
 ids=5,17,200,3,9,11,250,7,1,2,3,4,100,101
 for spec in "qwen3_omni_moe bf16 64" "qwen3_omni_moe f16 64" "qwen3_omni_moe f32 64" \
-            "qwen3_moe bf16 40"; do
+            "qwen3_moe bf16 40" "mixtral bf16 40" "qwen2_moe f16 40" "olmoe bf16 40" \
+            "deepseek_v3 bf16 40"; do
     set -- $spec
     n=batch_$1_$2_$3 src=$T/src_$n
     run qmoe-mksample --layout "$1" --dtype "$2" --hidden "$3" --head-dim 10 --layers 3 \
@@ -50,6 +51,6 @@ for spec in "qwen3_omni_moe bf16 64" "qwen3_omni_moe f16 64" "qwen3_omni_moe f32
     done
 done
 
-run qmoe-mksample --layout mixtral --experts 4 "$T/mx"
-run qmoe-run --token-ids 1 "$T/mx"
-expect samples_mixtral_refused 2 "supports the qwen3_moe and qwen3_omni_moe layouts, not mixtral"
+run qmoe-mksample --layout qwen3_moe_fused --experts 4 "$T/fu"
+run qmoe-run --token-ids 1 "$T/fu"
+expect samples_fused_refused 2 "layouts, not qwen3_moe_fused"
