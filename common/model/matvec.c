@@ -373,9 +373,12 @@ static void mm_rows_bf16(float *out, int ldo, const qm_mat *m, const float *x, i
 #endif
                     }
                 } else {
-                    for (int k = 0; k < nt; k++)
-                        mm_tile_bf16(w, rb, 1, xt + (size_t)k * ldx, ldx, 1, m->cols,
-                                     ot + (size_t)k * ldo + r, ldo);
+                    /* the last nr < MM_R rows, each on its own (all of them:
+                     * rows % 4 of 2 or 3 left rows unwritten) */
+                    for (int e = 0; e < nr; e++)
+                        for (int k = 0; k < nt; k++)
+                            mm_tile_bf16(w + (size_t)e * rb, rb, 1, xt + (size_t)k * ldx, ldx,
+                                         1, m->cols, ot + (size_t)k * ldo + r + e, ldo);
                 }
             }
         }

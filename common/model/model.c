@@ -956,7 +956,8 @@ static uint64_t mla_bytes(const layer_w *w)
 }
 
 /* Attention outputs of H heads of width hd whose first vd floats are the
- * values (MLA): packed to H x vd in place, as o_proj reads them. */
+ * values (MLA): packed to H x vd in place, as o_proj reads them (H may
+ * count the heads of several tokens: all rows packed). */
 static void compact_heads(float *o, int H, int hd, int vd)
 {
     for (int h = 1; h < H; h++)
@@ -1372,10 +1373,10 @@ static int forward_batch(model *m, const int *ids, int n, GError **err)
         }
         att_job aj = {m, l, n};
         team_run(m->team, attention_batch_part, &aj);
+        /* MLA: o_proj reads the values packed, n x H*v_dim */
         if (c->v_dim != hd)
-            for (int t = 0; t < n; t++)
-                compact_heads(m->patt_out + (size_t)t * qd, c->n_heads, hd, c->v_dim);
-        qm_matmat(m->team, m->pxb2, H, &w->o, m->patt_out, qd, n);
+            compact_heads(m->patt_out, n * c->n_heads, hd, c->v_dim);
+        qm_matmat(m->team, m->pxb2, H, &w->o, m->patt_out, w->o.cols, n);
         for (size_t i = 0; i < (size_t)n * H; i++)
             m->px[i] += m->pxb2[i];
         for (int t = 0; t < n; t++)
