@@ -11,7 +11,7 @@
 
 /* Logits computed at once by model_nll (lm_head over this many positions
  * per pass over its weights). */
-#define LOGIT_ROWS 16
+#define LOGIT_ROWS 32
 
 typedef struct {
     qm_mat q, k, v, o;            /* [H*hd, hidden] x3 (k, v: [KV*hd, hidden]), [hidden, H*hd] */

@@ -6,6 +6,8 @@
 # moe_intermediate 768, vocab 151936) and 4 layers (6.2 GB) with
 # qmoe-mksample, reads it into the page cache, then measures in the same
 # run, best of $TRIALS each:
+#   - the bf16 product alone, one thread: matrix-matrix against
+#     matrix-vector GFLOP/s (tests/bench/kernels.c);
 #   - memcpy bandwidth (tests/bench/membw.c, same threads);
 #   - for each prompt length in $PROMPTS: prefill tokens/s of a prompt of
 #     that many ids, and decode tokens/s of $TOKENS generated tokens after
@@ -16,8 +18,10 @@
 #
 #   QMOE_BUILD=build bash tests/bench/run_prefill.sh   (make bench calls it)
 # Environment: THREADS (default: processors), TRIALS (3), PROMPTS ("64 256"),
-# TOKENS (16), PPL_TRIALS (1), QMOE_REAL (an existing real-width sample to
-# use instead of writing one), QMOE_RUN (the qmoe-run to measure).
+# TOKENS (16), PPL_TRIALS (1), CACHE_MB (expert cache, default 8192: all
+# 4.8 GB of experts, so that decode measures the forward pass, not
+# evictions), QMOE_REAL (an existing real-width sample to use instead of
+# writing one), QMOE_RUN (the qmoe-run to measure, e.g. an older build).
 set -eu
 cd "$(dirname "$0")/../.."
 : "${QMOE_BUILD:?set QMOE_BUILD to the build directory}"
@@ -26,12 +30,21 @@ TRIALS=${TRIALS:-3}
 PROMPTS=${PROMPTS:-64 256}
 TOKENS=${TOKENS:-16}
 PPL_TRIALS=${PPL_TRIALS:-1}
+CACHE_MB=${CACHE_MB:-8192}
 RUN=${QMOE_RUN:-$QMOE_BUILD/bin/qmoe-run}
 B=${QMOE_BENCH_DIR:-$QMOE_BUILD/bench}
 mkdir -p "$B"
 CC=${CC:-cc}
 $CC -std=c11 -D_GNU_SOURCE -O2 -march=native -Wall -Wextra -Werror tests/bench/membw.c \
     -pthread -o "$B/membw"
+PKGS="glib-2.0 libcjson libcrypto zlib"
+# shellcheck disable=SC2046
+$CC -std=c11 -D_GNU_SOURCE -O2 -march=native -Wall -Wextra -Werror $(pkg-config --cflags $PKGS) \
+    -Icommon tests/bench/kernels.c "$QMOE_BUILD/libqmoe.a" $(pkg-config --libs $PKGS) -lm \
+    -pthread -o "$B/kernels"
+# the product alone: an expert's gate (768 x 2048) and q_proj (4096 x 2048)
+"$B/kernels" 768 2048 16 5
+"$B/kernels" 4096 2048 64 3
 
 MODEL=${QMOE_REAL:-$B/real-width}
 if [ ! -f "$MODEL/model.safetensors.index.json" ]; then
@@ -55,13 +68,14 @@ printf 'memcpy bandwidth (%s threads): %.2f GB/s\n' "$THREADS" \
     "$(awk -v b="$membw" 'BEGIN { print b / 1e9 }')"
 
 # one untimed run maps every expert the prompts route to
-"$RUN" --ignore-eos -n 2 -j "$THREADS" --token-ids "$(ids 256)" "$MODEL" >/dev/null 2>&1
+"$RUN" --ignore-eos -n 2 -j "$THREADS" --cache-mb "$CACHE_MB" --token-ids "$(ids 256)" \
+    "$MODEL" >/dev/null 2>&1
 
 for P in $PROMPTS; do
     best_pp=0 best_tg=0 best_bw=0
     for _ in $(seq "$TRIALS"); do
-        j=$("$RUN" --json --ignore-eos -n "$TOKENS" -j "$THREADS" --token-ids "$(ids "$P")" \
-            "$MODEL" 2>/dev/null)
+        j=$("$RUN" --json --ignore-eos -n "$TOKENS" -j "$THREADS" --cache-mb "$CACHE_MB" \
+            --token-ids "$(ids "$P")" "$MODEL" 2>/dev/null)
         pp=$(awk -v p="$P" -v s="$(printf %s "$j" | jnum prefill_s)" 'BEGIN { print p / s }')
         tg=$(printf %s "$j" | jnum decode_tokens_per_s)
         bw=$(awk -v b="$(printf %s "$j" | jnum decode_weight_bytes)" \
@@ -82,7 +96,8 @@ while [ "$(ntok)" -lt 1024 ]; do n=$((n + 20)); head -c "$n" README.md >"$TEXT";
 while [ "$(ntok)" -gt 1024 ]; do n=$((n - 1)); head -c "$n" README.md >"$TEXT"; done
 best=0
 for _ in $(seq "$PPL_TRIALS"); do
-    j=$("$RUN" --json -j "$THREADS" --context 1024 --perplexity "$TEXT" "$MODEL" 2>/dev/null)
+    j=$("$RUN" --json -j "$THREADS" --cache-mb "$CACHE_MB" --context 1024 --perplexity "$TEXT" \
+        "$MODEL" 2>/dev/null)
     tps=$(printf %s "$j" | jnum tokens_per_s)
     tok=$(printf %s "$j" | jnum tokens)
     best=$(max "$best" "$tps")
