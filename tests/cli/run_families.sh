@@ -1,8 +1,10 @@
 # run_families.sh - the forward pass of every family but Qwen3 against the
 # golden outputs of tests/fixtures/families (an independent float32 port of
 # the transformers modeling code, cross-checked by llama.cpp and NumPy):
-# for Mixtral, OLMoE and Qwen2-MoE, from the Hugging Face checkpoint and
-# from its extraction, full and masked to experts 0-3: prompt logits within
+# for Mixtral, OLMoE, Qwen2-MoE and DeepSeek-V3, from the Hugging Face
+# checkpoint and from its extraction, full and masked to experts 0-3
+# (DeepSeek-V3 from the checkpoint only while its MTP block does not
+# extract; the forward pass ignores that block): prompt logits within
 # 1e-3 of max(1, max |golden|), greedy continuations identical, the router's
 # choices (and weights) of seq3 equal to the shipped router logs. Negative
 # controls: the cheapest bugs of each sensitivity.json (a wrong eps, a
@@ -48,11 +50,16 @@ same_routes() {
 
 worst=$T/worst.txt
 : >"$worst"
-for fam in mixtral olmoe qwen2moe; do
+for fam in mixtral olmoe qwen2moe deepseekv3; do
     G=$FAM/$fam-tiny/golden
-    run qmoe-extract --no-progress "$FAM/$fam-tiny/hf" "$T/$fam"
-    expect "families_${fam}_extract" 0
-    for src in hf out; do
+    srcs="hf out"
+    if [ $fam = deepseekv3 ]; then
+        srcs=hf
+    else
+        run qmoe-extract --no-progress "$FAM/$fam-tiny/hf" "$T/$fam"
+        expect "families_${fam}_extract" 0
+    fi
+    for src in $srcs; do
         dir=$FAM/$fam-tiny/hf; [ $src = out ] && dir=$T/$fam
         for mode in full masked; do
             mask=(); key=torch_ref; pre=
@@ -104,6 +111,11 @@ control olmoe eps_1e-6 's/"rms_norm_eps": 1e-05/"rms_norm_eps": 1e-06/'
 control olmoe renormalised 's/"norm_topk_prob": false/"norm_topk_prob": true/'
 control qwen2moe eps_1e-5 's/"rms_norm_eps": 1e-06/"rms_norm_eps": 1e-05/'
 control qwen2moe renormalised 's/"norm_topk_prob": false/"norm_topk_prob": true/'
+control deepseekv3 eps_1e-5 's/"rms_norm_eps": 1e-06/"rms_norm_eps": 1e-05/'
+control deepseekv3 no_group_limit 's/"topk_group": 2/"topk_group": 4/'
+control deepseekv3 no_routed_scaling 's/"routed_scaling_factor": 2.5/"routed_scaling_factor": 1.0/'
+control deepseekv3 not_renormalised 's/"norm_topk_prob": true/"norm_topk_prob": false/'
+control deepseekv3 mtp_as_4th_layer 's/"num_hidden_layers": 3/"num_hidden_layers": 4/'
 # Mixtral renormalises always: a norm_topk_prob key is not Mixtral's and changes nothing.
 control_same() {
     local G=$FAM/mixtral-tiny/golden
@@ -129,3 +141,28 @@ rm -rf "$T/ctl"; mkdir -p "$T/ctl"; cp "$FAM/olmoe-tiny/hf"/* "$T/ctl/"; chmod u
 sed -i 's/"clip_qkv": null/"clip_qkv": 8.0/' "$T/ctl/config.json"
 run qmoe-run -n 0 --token-ids 1,2 "$T/ctl"
 expect families_olmoe_clip_qkv_refused 2 "clip_qkv 8 is not supported"
+
+# DeepSeek: a rope_scaling the pass does not implement (the real V3's YaRN)
+# and a routing other than sigmoid noaux_tc are refused, naming the key.
+ds() {
+    rm -rf "$T/ctl"; mkdir -p "$T/ctl"; cp "$FAM/deepseekv3-tiny/hf"/* "$T/ctl/"
+    chmod u+w "$T/ctl/config.json"; sed -i "$1" "$T/ctl/config.json"
+    run qmoe-run -n 0 --token-ids 1,2 "$T/ctl"
+}
+ds 's/"rope_scaling": null/"rope_scaling": {"type": "yarn", "factor": 40, "mscale": 1, "mscale_all_dim": 1, "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1}/'
+expect families_deepseekv3_yarn_refused 2 "rope_scaling.rope_type 'yarn' is not supported"
+ds 's/"scoring_func": "sigmoid"/"scoring_func": "softmax"/'
+expect families_deepseekv3_softmax_refused 2 "scoring_func 'softmax' is not supported"
+ds 's/"topk_method": "noaux_tc"/"topk_method": "group_limited_greedy"/'
+expect families_deepseekv3_topk_method_refused 2 "topk_method 'group_limited_greedy' is not supported"
+ds 's/"q_lora_rank": 48/"q_lora_rank": null/'
+expect families_deepseekv3_no_q_lora_refused 2 "q_lora_rank null is not supported"
+# --mask-experts masks before the sigmoid: experts 4-15 have negative
+# biases here, so mask 4-15 instead and no expert outside them is chosen,
+# whatever the positive biases of 0-3.
+run qmoe-run --mask-experts 4-15 -n 4 --token-ids "$(ids "$FAM/deepseekv3-tiny/golden" 3)" \
+    --router-log "$T/r.jsonl" "$FAM/deepseekv3-tiny/hf"
+expect families_deepseekv3_mask_high_run 0
+bad=$(jq -r '.experts[] | select(. < 4)' "$T/r.jsonl" | head -3)
+[ -s "$T/r.jsonl" ] && [ -z "$bad" ] && ok families_deepseekv3_mask_never_chosen ||
+    fail families_deepseekv3_mask_never_chosen "chose $bad"
