@@ -1,6 +1,11 @@
-/* model.h - the reference forward pass of a Qwen3-MoE text decoder.
+/* model.h - the reference forward pass of a MoE text decoder.
  *
- * The network of Hugging Face's modeling_qwen3_moe.py, which is also the
+ * Families differ where their layout entry (format/layout.h) says so: q/k
+ * norms over the whole projection (OLMoE) or none (Mixtral, Qwen2-MoE),
+ * q/k/v biases and a sigmoid-gated shared expert (Qwen2-MoE), multi-head
+ * latent attention, sigmoid group-limited routing with a selection bias
+ * and routed scaling, ungated shared experts (DeepSeek-V3). The base is
+ * the network of Hugging Face's modeling_qwen3_moe.py, which is also the
  * text path of the Qwen3-Omni thinker: token embedding; per layer RMSNorm,
  * attention (q/k/v projections, per-head RMSNorm of q and k, rotate-half
  * RoPE, grouped-query heads, causal softmax scaled by head_dim^-0.5, o_proj)
@@ -64,12 +69,13 @@ typedef struct {
 } model_config;
 
 /* Called once per token and MoE layer with the chosen experts in
- * descending router probability and their (renormalised) weights. */
+ * descending selection score (router probability; DeepSeek-V3: sigmoid +
+ * bias) and their mixing weights (after renormalisation and scaling). */
 typedef void (*model_router_fn)(void *user, int pos, int token, int layer, int k,
                                 const int *experts, const float *weights);
 
-/* Opens the checkpoint at `path`, detects its layout (qwen3_moe or
- * qwen3_omni_moe), reads the text config, maps the non-expert weights and
+/* Opens the checkpoint at `path`, detects its layout (one whose entry has
+ * `forward` set), reads the text config, maps the non-expert weights and
  * checks every shape against the config. Errors name the file and the
  * tensor or key (QM_ERR_FORMAT, QM_ERR_IO). */
 model *model_load(const char *path, const model_opts *o, GError **err);
