@@ -166,3 +166,23 @@ expect families_deepseekv3_mask_high_run 0
 bad=$(jq -r '.experts[] | select(. < 4)' "$T/r.jsonl" | head -3)
 [ -s "$T/r.jsonl" ] && [ -z "$bad" ] && ok families_deepseekv3_mask_never_chosen ||
     fail families_deepseekv3_mask_never_chosen "chose $bad"
+
+# Perplexity: the mean NLL of each sequence's text (tokenized with the
+# fixture's tokenizer to the same ids) equals nll.json, full and masked.
+for fam in mixtral olmoe qwen2moe deepseekv3; do
+    G=$FAM/$fam-tiny/golden
+    for s in 1 2 3; do
+        jq -j ".sequences.seq$s.text" "$G/tokens.json" >"$T/s.txt"
+        run qmoe-run --tokenize "$FAM/$fam-tiny/hf" <"$T/s.txt"
+        [ "$out" = "[$(ids "$G" $s)]" ] || { fail "families_${fam}_nll_seq${s}_ids" "$out"; continue; }
+        for mode in full masked; do
+            mask=(); [ $mode = masked ] && mask=(--mask-experts 0-3)
+            run qmoe-run "${mask[@]}" --perplexity "$T/s.txt" --json "$FAM/$fam-tiny/hf"
+            got=$(printf %s "$out" | jq -r .mean_nll)
+            want=$(jq -r ".nll.seq$s.nll_$mode" "$G/nll.json")
+            awk -v a="$got" -v b="$want" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a != "" && d <= 1e-3 * b) }' &&
+                ok "families_${fam}_nll_${mode}_seq$s" ||
+                fail "families_${fam}_nll_${mode}_seq$s" "mean nll $got, golden $want"
+        done
+    done
+done
