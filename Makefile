@@ -70,6 +70,11 @@ $(BUILD)/%.o: %.c $(HEADERS)
 	@echo "CC $<"
 	@$(CC) $(CFLAGS) $(WARN) -c -o $@ $<
 
+# The matrix products contract a*b+c into FMA (-std=c11 turns contraction
+# off): prefill 1.2-1.5x faster on the real widths, decode unchanged (it
+# streams memory), golden logits as close (see common/model/matvec.c).
+$(BUILD)/common/model/matvec.o: CFLAGS += -ffp-contract=fast
+
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	@ar rcs $@ $^

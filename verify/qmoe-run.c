@@ -22,6 +22,7 @@
 static gchar *opt_token_ids, *opt_logits_out, *opt_router_log, *opt_mask, *opt_expert_io;
 static gchar *opt_prompt, *opt_perplexity, *opt_router_stats, *opt_report;
 static gint opt_n = 16, opt_threads, opt_cache_mb = 4096, opt_context = PPL_DEFAULT_CONTEXT;
+static gint opt_batch;
 static gdouble opt_temperature;
 static gint64 opt_seed = -1;
 static gboolean opt_json, opt_version, opt_ignore_eos, opt_chat, opt_tokenize, opt_detokenize,
@@ -60,6 +61,8 @@ static GOptionEntry entries[] = {
      "restrict the router to these experts, e.g. 0-7", "LIST"},
     {"cache-mb", 0, 0, G_OPTION_ARG_INT, &opt_cache_mb,
      "expert cache size in MiB (default 4096; at least one expert is held)", "N"},
+    {"batch", 0, 0, G_OPTION_ARG_INT, &opt_batch,
+     "prompt tokens per prefill micro-batch (default 256; 1: one by one)", "N"},
     {"expert-io", 0, 0, G_OPTION_ARG_STRING, &opt_expert_io,
      "how a cache miss brings an expert in: map (default) or read", "map|read"},
     {"router-log", 0, 0, G_OPTION_ARG_FILENAME, &opt_router_log,
@@ -808,8 +811,10 @@ int main(int argc, char **argv)
         usage_error("--logits-out works with --prompt and --token-ids");
         goto out;
     }
-    if (opt_n < 0 || opt_cache_mb < 0 || opt_threads < 0 || opt_temperature < 0) {
-        fprintf(stderr, "qmoe-run: -n, --cache-mb, -j and --temperature cannot be negative\n");
+    if (opt_n < 0 || opt_cache_mb < 0 || opt_threads < 0 || opt_temperature < 0 ||
+        opt_batch < 0) {
+        fprintf(stderr, "qmoe-run: -n, --cache-mb, --batch, -j and --temperature cannot be "
+                "negative\n");
         goto out;
     }
     if (opt_context < 2) {
@@ -892,7 +897,8 @@ int main(int argc, char **argv)
                                  : n_prompt + opt_n;
     model_opts mo = {.n_threads = opt_threads,
                      .cache_bytes = opt_cache_mb ? (uint64_t)opt_cache_mb << 20 : 1,
-                     .max_seq = max_seq > 0 ? max_seq : 1, .expert_io = io};
+                     .max_seq = max_seq > 0 ? max_seq : 1, .expert_io = io,
+                     .max_batch = opt_batch};
     if (!(rc.m = model_load(argv[1], &mo, &err)))
         goto fail;
     const model_config *c = model_get_config(rc.m);

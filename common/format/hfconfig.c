@@ -125,6 +125,22 @@ int hf_check_supported(const cJSON *tc, const char *path, GError **err)
                     path, cJSON_IsNumber(w) ? w->valuedouble : 0.0);
         return -1;
     }
+    /* Mistral's rule (Mixtral): a window is used whenever sliding_window is
+     * set; Qwen's configs switch it with use_sliding_window (above). */
+    j = member(tc, "sliding_window");
+    if (!cJSON_GetObjectItemCaseSensitive(tc, "use_sliding_window") && j) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': sliding_window %g is not supported", path,
+                    cJSON_IsNumber(j) ? j->valuedouble : 0.0);
+        return -1;
+    }
+    j = member(tc, "clip_qkv");
+    if (j) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': clip_qkv %g is not supported", path,
+                    cJSON_IsNumber(j) ? j->valuedouble : 0.0);
+        return -1;
+    }
     j = member(tc, "hidden_act");
     if (j && (!cJSON_IsString(j) || strcmp(j->valuestring, "silu"))) {
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,

@@ -12,12 +12,14 @@ static const layout qwen3_omni_moe = {
     .experts = "mlp.experts.", .proj = {"gate_proj", "up_proj", "down_proj"},
     .count_keys = "num_experts", .inter_key = "moe_intermediate_size",
     .norm_topk_default = 1,
+    .forward = 1, .router = "mlp.gate", .qk_norm = LT_QK_HEAD,
 };
 static const layout qwen3_moe = {
     .name = "qwen3_moe", .model_types = "qwen3_moe", .text_config = "",
     .root = "model.", .lm_head = "lm_head.",
     .experts = "mlp.experts.", .proj = {"gate_proj", "up_proj", "down_proj"},
     .count_keys = "num_experts", .inter_key = "moe_intermediate_size",
+    .forward = 1, .router = "mlp.gate", .qk_norm = LT_QK_HEAD,
 };
 /* Experts stacked in one parameter per layer (transformers v5 style):
  * gate_up_proj [E, 2I, H] and down_proj [E, H, I]. */
@@ -34,18 +36,26 @@ static const layout mixtral = {
     .experts = "block_sparse_moe.experts.", .proj = {"w1", "w3", "w2"},
     .count_keys = "num_local_experts", .inter_key = "intermediate_size",
     .norm_topk_default = 1,
+    .forward = 1, .norm_topk_fixed = 1, .router = "block_sparse_moe.gate",
 };
+/* q/k/v biases (no config key in the real configs), a shared expert
+ * scaled by sigmoid(shared_expert_gate . h) added to the routed sum. */
 static const layout qwen2_moe = {
     .name = "qwen2_moe", .model_types = "qwen2_moe", .text_config = "",
     .root = "model.", .lm_head = "lm_head.",
     .experts = "mlp.experts.", .proj = {"gate_proj", "up_proj", "down_proj"},
     .count_keys = "num_experts", .inter_key = "moe_intermediate_size",
+    .forward = 1, .router = "mlp.gate", .qkv_bias = 1,
+    .shared = "mlp.shared_expert", .shared_gate = "mlp.shared_expert_gate",
+    .shared_inter_key = "shared_expert_intermediate_size",
 };
+/* q_norm/k_norm over the whole projection, before the per-head view. */
 static const layout olmoe = {
     .name = "olmoe", .model_types = "olmoe", .text_config = "",
     .root = "model.", .lm_head = "lm_head.",
     .experts = "mlp.experts.", .proj = {"gate_proj", "up_proj", "down_proj"},
     .count_keys = "num_experts", .inter_key = "intermediate_size",
+    .forward = 1, .router = "mlp.gate", .qk_norm = LT_QK_FULL,
 };
 static const layout deepseek_v3 = {
     .name = "deepseek_v3", .model_types = "deepseek_v3 deepseek_v2", .text_config = "",
@@ -53,6 +63,9 @@ static const layout deepseek_v3 = {
     .experts = "mlp.experts.", .proj = {"gate_proj", "up_proj", "down_proj"},
     .count_keys = "n_routed_experts", .inter_key = "moe_intermediate_size",
     .norm_topk_default = 1,
+    .forward = 1, .router = "mlp.gate", .attn = LT_ATTN_MLA,
+    .score = LT_SCORE_SIGMOID_GROUPED,
+    .shared = "mlp.shared_experts", .shared_count_key = "n_shared_experts",
 };
 
 const layout *const layouts[] = {

@@ -5,6 +5,11 @@
  * expert projections, the config keys that give counts and sizes. Adding a
  * family means adding a row to the table in layout.c.
  *
+ * The same entry says how the family computes its parts where families
+ * differ (the fields after `fused`): the router's name, q/k norms, q/k/v
+ * biases, a gated shared expert, renormalisation; model.c branches on
+ * them, so a family is a row here, not a copy of the forward pass.
+ *
  * Every tensor of a checkpoint is classified as one of:
  *   EXPERT  one routed expert E of layer L   -> experts/expert_EEE_layer_LL
  *   FUSED   all experts of layer L stacked along dim 0 (sliced per expert)
@@ -25,6 +30,20 @@ typedef enum { LT_EXPERT, LT_FUSED, LT_LAYER, LT_GLOBAL, LT_OTHER } lt_kind;
 
 enum { LT_GATE, LT_UP, LT_DOWN }; /* order of layout.proj[] */
 
+/* Where a family normalises queries and keys (before RoPE):
+ * per head with a [head_dim] weight (Qwen3), over the whole projection
+ * with a [heads * head_dim] weight (OLMoE), or not at all. */
+typedef enum { LT_QK_NONE, LT_QK_HEAD, LT_QK_FULL } lt_qk_norm;
+
+/* Attention: grouped-query heads from q/k/v_proj, or DeepSeek's
+ * multi-head latent attention (q_a/q_b, kv_a_proj_with_mqa, kv_b). */
+typedef enum { LT_ATTN_GQA, LT_ATTN_MLA } lt_attn;
+
+/* Router scoring: softmax then top-k; or DeepSeek-V3's sigmoid with
+ * e_score_correction_bias for the choice only, group-limited top-k and
+ * routed_scaling_factor. */
+typedef enum { LT_SCORE_SOFTMAX, LT_SCORE_SIGMOID_GROUPED } lt_score;
+
 typedef struct {
     const char *name;         /* "qwen3_omni_moe" */
     const char *model_types;  /* space-separated config model_type values */
@@ -37,6 +56,18 @@ typedef struct {
     const char *inter_key;    /* config key of the expert intermediate size */
     int fused;                /* experts stored stacked: "<experts><proj>" */
     int norm_topk_default;    /* Hugging Face default for norm_topk_prob */
+    /* How the family computes (the forward pass, model.c). */
+    int forward;              /* the forward pass implements this family */
+    int norm_topk_fixed;      /* norm_topk_default always (Mixtral: no key) */
+    const char *router;       /* inside "layers.L.": "mlp.gate" */
+    lt_qk_norm qk_norm;       /* RMSNorm of q and k before RoPE */
+    int qkv_bias;             /* q/k/v projections have biases */
+    const char *shared;       /* inside "layers.L.": "mlp.shared_expert", or NULL */
+    const char *shared_gate;  /* sigmoid gate of the shared expert, or NULL */
+    const char *shared_inter_key; /* its width, or NULL: */
+    const char *shared_count_key; /* this many expert widths ("n_shared_experts") */
+    lt_attn attn;
+    lt_score score;
 } layout;
 
 typedef struct {

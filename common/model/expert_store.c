@@ -316,6 +316,29 @@ const expert_mats *expert_store_get(expert_store *s, int layer, int expert,
     return &e->mats;
 }
 
+void expert_store_prefetch(expert_store *s, int layer, const int *experts, int n)
+{
+    if (layer < 0 || layer >= s->n_layers)
+        return;
+    for (int j = 0; j < n; j++) {
+        int x = experts[j];
+        if (x < 0 || x >= s->n_experts || s->slot[(size_t)layer * s->n_experts + x])
+            continue;
+        for (int k = 0; k < 3; k++) {
+            snprintf(s->name, sizeof s->name, "%slayers.%d.%s%d.%s.weight", s->lt->root,
+                     layer, s->lt->experts, x, s->lt->proj[k]);
+            const st_tensor *t = ckpt_tensor(s->ck, s->name, 0, NULL, NULL);
+            int shard = t ? ckpt_shard_index(s->ck, s->name) : -1;
+            /* a failure shows when the expert is asked for */
+            if (shard < 0 || open_shard(s, shard, NULL) != 0)
+                continue;
+            const st_file *st = s->ck->shards[shard].st;
+            posix_fadvise(s->fd, (off_t)(st->data_start + t->begin),
+                          (off_t)(t->end - t->begin), POSIX_FADV_WILLNEED);
+        }
+    }
+}
+
 int expert_store_holds(const expert_store *s, int n)
 {
     /* Asking for one evicts least recently used ones only until it fits:

@@ -66,6 +66,13 @@ void expert_store_free(expert_store *s);
 const expert_mats *expert_store_get(expert_store *s, int layer, int expert,
                                     GError **err);
 
+/* Starts reading the experts[0..n) of `layer` that are not held into the
+ * page cache in the background (posix_fadvise WILLNEED on their byte
+ * ranges: the kernel reads them in parallel while the caller computes),
+ * so that the misses expert_store_get takes for them next wait less. A
+ * hint: errors are ignored here and reported by expert_store_get. */
+void expert_store_prefetch(expert_store *s, int layer, const int *experts, int n);
+
 /* 1 if n experts asked for one after another are all held at once, so
  * that the pointers expert_store_get returned for them stay valid until
  * the next call after the n-th (the cache has room for n; known once one

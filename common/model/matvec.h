@@ -55,4 +55,22 @@ void qm_matvec_batch(team *t, int n, float *const *out, const qm_mat *const *mat
 /* out = m x, parallel over rows. */
 void qm_matvec(team *t, float *out, const qm_mat *m, const float *x);
 
+/* Matrix-matrix products for a batch of n_tok tokens (prefill): each
+ * weight row is read once per batch and used for every token.
+ * out[t * ldo + r] = sum_c m[r][c] * x[t * ldx + c] for t < n_tok and
+ * r in [r0, r1). Every output is bit-identical to qm_matvec_rows on that
+ * token's row (the same sums in the same order). */
+void qm_matmat_rows(float *out, int ldo, const qm_mat *m, const float *x, int ldx,
+                    int n_tok, int r0, int r1);
+
+/* Several products of the same n_tok inputs in one parallel pass (q, k, v;
+ * gate, up): out[j] (leading dimension ldo[j]) = mats[j] x; rows of all
+ * matrices are split evenly over the threads. */
+void qm_matmat_multi(team *t, int n, float *const *out, const int *ldo,
+                     const qm_mat *const *mats, const float *x, int ldx, int n_tok);
+
+/* out = m x for n_tok inputs, parallel over rows. */
+void qm_matmat(team *t, float *out, int ldo, const qm_mat *m, const float *x, int ldx,
+               int n_tok);
+
 #endif

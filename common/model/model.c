@@ -9,12 +9,25 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Logits computed at once by model_nll (lm_head over this many positions
+ * per pass over its weights). */
+#define LOGIT_ROWS 32
+
 typedef struct {
     qm_mat q, k, v, o;            /* [H*hd, hidden] x3 (k, v: [KV*hd, hidden]), [hidden, H*hd] */
-    float *q_norm, *k_norm;       /* (head_dim) */
+    float *q_norm, *k_norm;       /* (head_dim), LT_QK_FULL: (H*hd), (KV*hd); or NULL */
+    float *q_bias, *k_bias, *v_bias; /* (H*hd), (KV*hd) x2, or NULL */
     float *in_norm, *post_norm;   /* (hidden) */
     qm_mat router;                /* [n_experts, hidden] (MoE layers) */
     qm_mat gate, up, down;        /* dense MLP (other layers) */
+    int shared;                   /* MoE layer with a gated shared expert: */
+    qm_mat sgate, sup, sdown;     /* its SwiGLU MLP */
+    qm_mat sg;                    /* [1, hidden] its sigmoid gate (rows 0: none) */
+    float *score_bias;            /* (n_experts) e_score_correction_bias, or NULL */
+    /* MLA (instead of q, k, v): */
+    qm_mat qa, qb;                /* [q_lora, hidden], [H*(nope+rope), q_lora] */
+    qm_mat kva, kvb;              /* [kv_lora+rope, hidden], [H*(nope+v), kv_lora] */
+    float *qa_norm, *kva_norm;    /* (q_lora), (kv_lora) */
 } layer_w;
 
 struct model {
@@ -57,6 +70,26 @@ struct model {
     const qm_mat **bdown;         /* (top_k) */
     float *moe;                   /* (hidden) weighted sum of expert outputs */
     float *logits;                /* (vocab) for model_generate */
+    /* Prefill: a micro-batch of up to max_batch tokens through each layer
+     * at once (forward_batch), made once at load. */
+    int max_batch;
+    float *px, *pxb, *pxb2;       /* (max_batch, hidden) residuals, block inputs, outputs */
+    float *pq, *patt_out;         /* (max_batch, n_heads * head_dim) */
+    float *pcos, *psin;           /* (max_batch, head_dim / 2) RoPE at each position */
+    float *prl;                   /* (max_batch, n_experts) router logits */
+    int *ptop;                    /* (n_layers, max_batch, top_k) chosen experts */
+    float *ptopw;                 /* (n_layers, max_batch, top_k) their weights */
+    int *pstart;                  /* (n_experts + 1) start of each expert's tokens in plist */
+    int *pord;                    /* (n_experts) the experts a batch routes to */
+    int *plist;                   /* (max_batch * top_k) tokens routed to each expert */
+    float *plw;                   /* (max_batch * top_k) their routing weights */
+    float *pg;                    /* (max_batch, hidden) an expert's gathered inputs */
+    float *ph, *ph2;              /* (max_batch, max(moe_inter, dense_inter)) */
+    float *pmoe;                  /* (max_batch, hidden) weighted sums of expert outputs */
+    float *plg;                   /* (LOGIT_ROWS, vocab) logits for model_nll */
+    float *mqa, *mkva, *mkvb;     /* MLA: (max_batch, q_lora / kv_lora+rope / H*(nope+v)) */
+    float *rscore;                /* (2 * n_experts) sigmoid routing: choices, group scores */
+    int *rgroup;                  /* (2 * n_experts) group order, kept groups */
     char name[512];
 };
 
@@ -111,6 +144,80 @@ static int cfg_bool(const model *m, const cJSON *tc, const char *key, int dflt)
     return cJSON_IsBool(j) ? cJSON_IsTrue(j) : dflt;
 }
 
+/* A string key that must have one value (absent is fine). */
+static int cfg_str_is(const model *m, const cJSON *tc, const char *key, const char *want,
+                      GError **err)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(tc, key);
+    if (!j || cJSON_IsNull(j) || (cJSON_IsString(j) && strcmp(j->valuestring, want) == 0))
+        return 0;
+    g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                "'%s/config.json': %s '%s' is not supported (the forward pass implements "
+                "%s)", m->ck->dir, key, cJSON_IsString(j) ? j->valuestring : "(not a string)",
+                want);
+    return -1;
+}
+
+/* DeepSeek's multi-head latent attention. config.head_dim, when present,
+ * is HF's name for qk_rope_head_dim (it sizes RoPE): the heads are
+ * qk_nope + qk_rope wide and the softmax scale is theirs. */
+static int read_mla(model *m, const cJSON *tc, GError **err)
+{
+    model_config *c = &m->c;
+    const cJSON *ql = cJSON_GetObjectItemCaseSensitive(tc, "q_lora_rank");
+    if (!cJSON_IsNumber(ql)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s/config.json': q_lora_rank %s is not supported (the forward pass "
+                    "implements MLA with a query low-rank projection)", m->ck->dir,
+                    ql ? "null" : "missing");
+        return -1;
+    }
+    if (cfg_int(m, tc, "q_lora_rank", 1, 1 << 16, -1, &c->q_lora, err) ||
+        cfg_int(m, tc, "kv_lora_rank", 1, 1 << 16, -1, &c->kv_lora, err) ||
+        cfg_int(m, tc, "qk_nope_head_dim", 0, 1 << 12, -1, &c->nope, err) ||
+        cfg_int(m, tc, "qk_rope_head_dim", 2, 1 << 12, -1, &c->rope_dim, err) ||
+        cfg_int(m, tc, "v_head_dim", 1, 1 << 12, -1, &c->v_dim, err))
+        return -1;
+    const cJSON *il = cJSON_GetObjectItemCaseSensitive(tc, "rope_interleave");
+    if (il && !cJSON_IsNull(il) && !cJSON_IsTrue(il)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s/config.json': rope_interleave false is not supported", m->ck->dir);
+        return -1;
+    }
+    c->head_dim = c->nope + c->rope_dim;
+    c->n_kv_heads = c->n_heads; /* one K and V per head (the cache holds them expanded) */
+    if (c->v_dim > c->head_dim) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s/config.json': v_head_dim %d wider than the %d-wide query heads is "
+                    "not supported", m->ck->dir, c->v_dim, c->head_dim);
+        return -1;
+    }
+    return 0;
+}
+
+/* DeepSeek-V3's router: sigmoid, noaux_tc group-limited top-k. */
+static int read_grouped(model *m, const cJSON *tc, GError **err)
+{
+    model_config *c = &m->c;
+    double rs;
+    if (cfg_str_is(m, tc, "scoring_func", "sigmoid", err) ||
+        cfg_str_is(m, tc, "topk_method", "noaux_tc", err) ||
+        cfg_int(m, tc, "n_group", 1, c->n_experts, 1, &c->n_group, err) ||
+        cfg_int(m, tc, "topk_group", 1, c->n_group, c->n_group, &c->topk_group, err) ||
+        cfg_num(m, tc, "routed_scaling_factor", 1.0, &rs, err))
+        return -1;
+    c->routed_scale = (float)rs;
+    int per = c->n_experts / c->n_group;
+    if (c->n_experts % c->n_group != 0 || per < 2 || c->top_k > c->topk_group * per) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s/config.json': %d experts in n_group %d groups, top %d of "
+                    "topk_group %d groups: not a valid grouping", m->ck->dir, c->n_experts,
+                    c->n_group, c->top_k, c->topk_group);
+        return -1;
+    }
+    return 0;
+}
+
 static int read_config(model *m, GError **err)
 {
     model_config *c = &m->c;
@@ -136,6 +243,9 @@ static int read_config(model *m, GError **err)
     if (m->shape.n_moe_layers < c->n_layers &&
         cfg_int(m, tc, "intermediate_size", 1, big, -1, &c->dense_inter, err))
         return -1;
+    if (m->shape.n_moe_layers > 0 && m->lt->shared_inter_key &&
+        cfg_int(m, tc, m->lt->shared_inter_key, 1, big, -1, &c->shared_inter, err))
+        return -1;
     int max_pos = 4096;
     if (cfg_int(m, tc, "max_position_embeddings", 1, INT32_MAX, 4096, &max_pos, err))
         return -1;
@@ -148,10 +258,23 @@ static int read_config(model *m, GError **err)
         return -1;
     c->eps = (float)eps;
     c->rope_theta = (float)rope.rope_theta;
-    c->norm_topk = cfg_bool(m, tc, "norm_topk_prob", m->lt->norm_topk_default);
+    c->norm_topk = m->lt->norm_topk_fixed
+                       ? m->lt->norm_topk_default
+                       : cfg_bool(m, tc, "norm_topk_prob", m->lt->norm_topk_default);
     c->tie_embeddings = cfg_bool(m, tc, "tie_word_embeddings", 0);
     c->is_moe = m->shape.is_moe;
-    if (c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0) {
+    c->v_dim = c->rope_dim = c->head_dim;
+    if ((m->lt->attn == LT_ATTN_MLA && read_mla(m, tc, err)) ||
+        (m->lt->score == LT_SCORE_SIGMOID_GROUPED && m->shape.n_moe_layers > 0 &&
+         read_grouped(m, tc, err)))
+        return -1;
+    if (m->lt->shared_count_key && m->shape.n_moe_layers > 0) {
+        int ns = 0;
+        if (cfg_int(m, tc, m->lt->shared_count_key, 0, 1 << 10, 0, &ns, err))
+            return -1;
+        c->shared_inter = ns * c->moe_inter;
+    }
+    if (c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0 || c->rope_dim % 2 != 0) {
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                     "'%s/config.json': %d attention heads cannot share %d key-value "
                     "heads of dimension %d", m->ck->dir, c->n_heads, c->n_kv_heads,
@@ -196,6 +319,28 @@ static const char *lname(model *m, int l, const char *suffix)
     return m->name;
 }
 
+/* DeepSeek's attention weights. */
+static int load_mla(model *m, int l, layer_w *w, GError **err)
+{
+    const model_config *c = &m->c;
+    int H = c->n_heads;
+    return get_mat(m, lname(m, l, "self_attn.q_a_proj.weight"), c->q_lora, c->hidden,
+                   &w->qa, err) ||
+           !(w->qa_norm = get_vec(m, lname(m, l, "self_attn.q_a_layernorm.weight"),
+                                  c->q_lora, err)) ||
+           get_mat(m, lname(m, l, "self_attn.q_b_proj.weight"), H * c->head_dim, c->q_lora,
+                   &w->qb, err) ||
+           get_mat(m, lname(m, l, "self_attn.kv_a_proj_with_mqa.weight"),
+                   c->kv_lora + c->rope_dim, c->hidden, &w->kva, err) ||
+           !(w->kva_norm = get_vec(m, lname(m, l, "self_attn.kv_a_layernorm.weight"),
+                                   c->kv_lora, err)) ||
+           get_mat(m, lname(m, l, "self_attn.kv_b_proj.weight"), H * (c->nope + c->v_dim),
+                   c->kv_lora, &w->kvb, err) ||
+           get_mat(m, lname(m, l, "self_attn.o_proj.weight"), c->hidden, H * c->v_dim, &w->o,
+                   err)
+               ? -1 : 0;
+}
+
 static int load_weights(model *m, GError **err)
 {
     const model_config *c = &m->c;
@@ -216,20 +361,64 @@ static int load_weights(model *m, GError **err)
     m->layers = g_new0(layer_w, c->n_layers);
     for (int l = 0; l < c->n_layers; l++) {
         layer_w *w = &m->layers[l];
-        if (get_mat(m, lname(m, l, "self_attn.q_proj.weight"), qd, c->hidden, &w->q, err) ||
-            get_mat(m, lname(m, l, "self_attn.k_proj.weight"), kvd, c->hidden, &w->k, err) ||
-            get_mat(m, lname(m, l, "self_attn.v_proj.weight"), kvd, c->hidden, &w->v, err) ||
-            get_mat(m, lname(m, l, "self_attn.o_proj.weight"), c->hidden, qd, &w->o, err) ||
-            !(w->q_norm = get_vec(m, lname(m, l, "self_attn.q_norm.weight"), c->head_dim, err)) ||
-            !(w->k_norm = get_vec(m, lname(m, l, "self_attn.k_norm.weight"), c->head_dim, err)) ||
-            !(w->in_norm = get_vec(m, lname(m, l, "input_layernorm.weight"), c->hidden, err)) ||
+        if (m->lt->attn == LT_ATTN_MLA) {
+            if (load_mla(m, l, w, err))
+                return -1;
+        } else if (get_mat(m, lname(m, l, "self_attn.q_proj.weight"), qd, c->hidden, &w->q,
+                           err) ||
+                   get_mat(m, lname(m, l, "self_attn.k_proj.weight"), kvd, c->hidden, &w->k,
+                           err) ||
+                   get_mat(m, lname(m, l, "self_attn.v_proj.weight"), kvd, c->hidden, &w->v,
+                           err) ||
+                   get_mat(m, lname(m, l, "self_attn.o_proj.weight"), c->hidden, qd, &w->o,
+                           err)) {
+            return -1;
+        }
+        if (!(w->in_norm = get_vec(m, lname(m, l, "input_layernorm.weight"), c->hidden, err)) ||
             !(w->post_norm = get_vec(m, lname(m, l, "post_attention_layernorm.weight"),
                                      c->hidden, err)))
             return -1;
-        if (c->is_moe[l]) {
-            if (get_mat(m, lname(m, l, "mlp.gate.weight"), c->n_experts, c->hidden,
-                        &w->router, err))
+        if (m->lt->qk_norm != LT_QK_NONE) {
+            int full = m->lt->qk_norm == LT_QK_FULL;
+            if (!(w->q_norm = get_vec(m, lname(m, l, "self_attn.q_norm.weight"),
+                                      full ? qd : c->head_dim, err)) ||
+                !(w->k_norm = get_vec(m, lname(m, l, "self_attn.k_norm.weight"),
+                                      full ? kvd : c->head_dim, err)))
                 return -1;
+        }
+        if (m->lt->qkv_bias &&
+            (!(w->q_bias = get_vec(m, lname(m, l, "self_attn.q_proj.bias"), qd, err)) ||
+             !(w->k_bias = get_vec(m, lname(m, l, "self_attn.k_proj.bias"), kvd, err)) ||
+             !(w->v_bias = get_vec(m, lname(m, l, "self_attn.v_proj.bias"), kvd, err))))
+            return -1;
+        if (c->is_moe[l]) {
+            char part[256];
+            snprintf(part, sizeof part, "%s.weight", m->lt->router);
+            if (get_mat(m, lname(m, l, part), c->n_experts, c->hidden, &w->router, err))
+                return -1;
+            if (m->lt->score == LT_SCORE_SIGMOID_GROUPED) {
+                snprintf(part, sizeof part, "%s.e_score_correction_bias", m->lt->router);
+                if (!(w->score_bias = get_vec(m, lname(m, l, part), c->n_experts, err)))
+                    return -1;
+            }
+            if (m->lt->shared && c->shared_inter > 0) {
+                int si = c->shared_inter;
+                const char *sp = m->lt->shared;
+                w->shared = 1;
+                snprintf(part, sizeof part, "%s.gate_proj.weight", sp);
+                if (get_mat(m, lname(m, l, part), si, c->hidden, &w->sgate, err))
+                    return -1;
+                snprintf(part, sizeof part, "%s.up_proj.weight", sp);
+                if (get_mat(m, lname(m, l, part), si, c->hidden, &w->sup, err))
+                    return -1;
+                snprintf(part, sizeof part, "%s.down_proj.weight", sp);
+                if (get_mat(m, lname(m, l, part), c->hidden, si, &w->sdown, err))
+                    return -1;
+                snprintf(part, sizeof part, "%s.weight", m->lt->shared_gate);
+                if (m->lt->shared_gate &&
+                    get_mat(m, lname(m, l, part), 1, c->hidden, &w->sg, err))
+                    return -1;
+            }
         } else if (get_mat(m, lname(m, l, "mlp.gate_proj.weight"), c->dense_inter,
                            c->hidden, &w->gate, err) ||
                    get_mat(m, lname(m, l, "mlp.up_proj.weight"), c->dense_inter,
@@ -252,11 +441,16 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     model *m = g_new0(model, 1);
     if (!(m->ck = ckpt_open(path, err)) || !(m->lt = layout_detect(m->ck, err)))
         goto fail;
-    if (m->lt->fused || (strcmp(m->lt->name, "qwen3_moe") != 0 &&
-                         strcmp(m->lt->name, "qwen3_omni_moe") != 0)) {
+    if (!m->lt->forward) {
+        GString *names = g_string_new(NULL);
+        for (int i = 0; layouts[i]; i++)
+            if (layouts[i]->forward)
+                g_string_append_printf(names, "%s%s", names->len ? ", " : "",
+                                       layouts[i]->name);
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                    "'%s': the forward pass supports the qwen3_moe and qwen3_omni_moe "
-                    "layouts, not %s", path, m->lt->name);
+                    "'%s': the forward pass supports the %s layouts, not %s", path,
+                    names->str, m->lt->name);
+        g_string_free(names, TRUE);
         goto fail;
     }
     if (layout_shape(m->lt, m->ck, &m->shape, err) != 0)
@@ -274,7 +468,7 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     if (!(m->team = team_new(o->n_threads > 0 ? o->n_threads : 1, err)))
         goto fail;
     size_t kvd = (size_t)c->n_kv_heads * c->head_dim, qd = (size_t)c->n_heads * c->head_dim;
-    size_t inter = (size_t)MAX(c->moe_inter, c->dense_inter);
+    size_t inter = (size_t)MAX(MAX(c->moe_inter, c->dense_inter), c->shared_inter);
     size_t cache = (size_t)c->n_layers * c->max_seq * kvd;
     m->x = g_new0(float, c->hidden);
     m->xb = g_new0(float, c->hidden);
@@ -295,8 +489,8 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     m->rope_cos = g_new0(float, c->head_dim / 2);
     m->rope_sin = g_new0(float, c->head_dim / 2);
     /* As Hugging Face computes it, in float32: base ** (2i / dim). */
-    for (int i = 0; i < c->head_dim / 2; i++)
-        m->inv_freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
+    for (int i = 0; i < c->rope_dim / 2; i++)
+        m->inv_freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->rope_dim);
     m->rlogits = g_new0(float, MAX(c->n_experts, 1));
     m->top = g_new0(int, MAX(c->top_k, 1));
     m->topw = g_new0(float, MAX(c->top_k, 1));
@@ -312,6 +506,38 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     m->bmat = g_new0(const qm_mat *, 2 * k);
     m->bdown = g_new0(const qm_mat *, k);
     m->logits = g_new0(float, c->vocab);
+    int B = o->max_batch > 0 ? o->max_batch : MODEL_BATCH;
+    m->max_batch = B = B < c->max_seq ? B : c->max_seq;
+    size_t nth = (size_t)team_size(m->team), E = (size_t)MAX(c->n_experts, 1);
+    m->att = g_renew(float, m->att,
+                     (size_t)MAX(c->n_heads, (int)nth * (c->n_heads / c->n_kv_heads)) *
+                         c->max_seq);
+    m->px = g_new0(float, (size_t)B * c->hidden);
+    m->pxb = g_new0(float, (size_t)B * c->hidden);
+    m->pxb2 = g_new0(float, (size_t)B * c->hidden);
+    m->pq = g_new0(float, (size_t)B * qd);
+    m->patt_out = g_new0(float, (size_t)B * qd);
+    m->pcos = g_new0(float, (size_t)B * (c->head_dim / 2));
+    m->psin = g_new0(float, (size_t)B * (c->head_dim / 2));
+    m->prl = g_new0(float, (size_t)B * E);
+    m->ptop = g_new0(int, (size_t)c->n_layers * B * k);
+    m->ptopw = g_new0(float, (size_t)c->n_layers * B * k);
+    m->pstart = g_new0(int, E + 1);
+    m->pord = g_new0(int, E);
+    m->plist = g_new0(int, (size_t)B * k);
+    m->plw = g_new0(float, (size_t)B * k);
+    m->pg = g_new0(float, (size_t)B * c->hidden);
+    m->ph = g_new0(float, (size_t)B * inter);
+    m->ph2 = g_new0(float, (size_t)B * inter);
+    m->pmoe = g_new0(float, (size_t)B * c->hidden);
+    m->plg = g_new0(float, (size_t)LOGIT_ROWS * c->vocab);
+    m->rscore = g_new0(float, 2 * E);
+    m->rgroup = g_new0(int, 2 * E);
+    if (m->lt->attn == LT_ATTN_MLA) {
+        m->mqa = g_new0(float, (size_t)B * c->q_lora);
+        m->mkva = g_new0(float, (size_t)B * (c->kv_lora + c->rope_dim));
+        m->mkvb = g_new0(float, (size_t)B * c->n_heads * (c->nope + c->v_dim));
+    }
     return m;
 fail:
     model_free(m);
@@ -326,6 +552,12 @@ void model_free(model *m)
         for (int l = 0; l < m->c.n_layers; l++) {
             g_free(m->layers[l].q_norm);
             g_free(m->layers[l].k_norm);
+            g_free(m->layers[l].q_bias);
+            g_free(m->layers[l].k_bias);
+            g_free(m->layers[l].v_bias);
+            g_free(m->layers[l].score_bias);
+            g_free(m->layers[l].qa_norm);
+            g_free(m->layers[l].kva_norm);
             g_free(m->layers[l].in_norm);
             g_free(m->layers[l].post_norm);
         }
@@ -360,6 +592,30 @@ void model_free(model *m)
     g_free(m->bmat);
     g_free(m->bdown);
     g_free(m->logits);
+    g_free(m->px);
+    g_free(m->pxb);
+    g_free(m->pxb2);
+    g_free(m->pq);
+    g_free(m->patt_out);
+    g_free(m->pcos);
+    g_free(m->psin);
+    g_free(m->prl);
+    g_free(m->ptop);
+    g_free(m->ptopw);
+    g_free(m->pstart);
+    g_free(m->pord);
+    g_free(m->plist);
+    g_free(m->plw);
+    g_free(m->pg);
+    g_free(m->ph);
+    g_free(m->ph2);
+    g_free(m->pmoe);
+    g_free(m->plg);
+    g_free(m->mqa);
+    g_free(m->mkva);
+    g_free(m->mkvb);
+    g_free(m->rscore);
+    g_free(m->rgroup);
     layout_shape_free(&m->shape);
     ckpt_close(m->ck);
     g_free(m);
@@ -433,54 +689,187 @@ static void rope(float *v, const float *cs, const float *sn, int d)
     }
 }
 
+/* Causal attention of the g query heads that share one key-value head
+ * over T cached positions: q (g, hd), keys and values at kc, vc (stride
+ * floats apart), att (g, T) scratch, o (g, hd) the output. Written with
+ * 8-float generic vectors (the compiler left the plain loops scalar: it
+ * cannot prove q, k and o apart): eight partial sums per dot product,
+ * four positions at once, eight-wide updates of o. The one routine for
+ * decode and prefill, so both give the same bits. */
+typedef float v8f __attribute__((vector_size(32)));
+
+static inline v8f ld8(const float *p)
+{
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void st8(float *p, v8f v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+static inline float sum8(v8f v)
+{
+    float s = 0;
+    for (int j = 0; j < 8; j++)
+        s += v[j];
+    return s;
+}
+
+static void attend(const float *q, const float *kc, const float *vc, size_t stride, int T,
+                   int hd, int g, float *att, float *o)
+{
+    float scale = 1.0f / sqrtf((float)hd);
+    int hd8 = hd & ~7;
+    /* four positions at a time: four independent sums in flight */
+    int t0 = 0;
+    for (; t0 + 4 <= T; t0 += 4) {
+        const float *k = kc + (size_t)t0 * stride;
+        for (int h = 0; h < g; h++) {
+            const float *qh = q + (size_t)h * hd;
+            v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (int d = 0; d < hd8; d += 8) {
+                v8f qv = ld8(qh + d);
+                a0 += qv * ld8(k + d);
+                a1 += qv * ld8(k + stride + d);
+                a2 += qv * ld8(k + 2 * stride + d);
+                a3 += qv * ld8(k + 3 * stride + d);
+            }
+            float s[4] = {sum8(a0), sum8(a1), sum8(a2), sum8(a3)};
+            for (int u = 0; u < 4; u++) {
+                for (int d = hd8; d < hd; d++)
+                    s[u] += qh[d] * k[u * stride + d];
+                att[(size_t)h * T + t0 + u] = s[u] * scale;
+            }
+        }
+    }
+    for (int t = t0; t < T; t++) {
+        const float *k = kc + (size_t)t * stride;
+        for (int h = 0; h < g; h++) {
+            const float *qh = q + (size_t)h * hd;
+            v8f a0 = {0};
+            for (int d = 0; d < hd8; d += 8)
+                a0 += ld8(qh + d) * ld8(k + d);
+            float s = sum8(a0);
+            for (int d = hd8; d < hd; d++)
+                s += qh[d] * k[d];
+            att[(size_t)h * T + t] = s * scale;
+        }
+    }
+    for (int h = 0; h < g; h++) {
+        float *a = att + (size_t)h * T, mx = -INFINITY, sum = 0;
+        for (int t = 0; t < T; t++)
+            mx = a[t] > mx ? a[t] : mx;
+        for (int t = 0; t < T; t++) {
+            a[t] = expf(a[t] - mx);
+            sum += a[t];
+        }
+        for (int t = 0; t < T; t++)
+            a[t] /= sum;
+    }
+    memset(o, 0, sizeof(float) * hd * g);
+    for (int t = 0; t < T; t++) {
+        const float *v = vc + (size_t)t * stride;
+        for (int h = 0; h < g; h++) {
+            float a = att[(size_t)h * T + t], *oh = o + (size_t)h * hd;
+            for (int d = 0; d < hd8; d += 8)
+                st8(oh + d, ld8(oh + d) + a * ld8(v + d));
+            for (int d = hd8; d < hd; d++)
+                oh[d] += a * v[d];
+        }
+    }
+}
+
 typedef struct {
     model *m;
     int layer;
+    int n;          /* prefill: tokens of the batch (at positions m->pos..) */
 } att_job;
 
-/* Causal attention of the current token, heads split over threads. */
+/* Causal attention of the current token, key-value heads split over
+ * threads (query heads h*group.. share key-value head h). */
 static void attention_part(void *arg, int i, int n)
 {
     const att_job *j = arg;
     model *m = j->m;
     const model_config *c = &m->c;
     int hd = c->head_dim, kvd = c->n_kv_heads * hd, group = c->n_heads / c->n_kv_heads;
-    int T = m->pos + 1;
-    float scale = 1.0f / sqrtf((float)hd);
     const float *kc = m->kcache + (size_t)j->layer * c->max_seq * kvd;
     const float *vc = m->vcache + (size_t)j->layer * c->max_seq * kvd;
-    for (int h = c->n_heads * i / n; h < c->n_heads * (i + 1) / n; h++) {
-        const float *q = m->q + (size_t)h * hd;
-        float *att = m->att + (size_t)h * c->max_seq;
-        int kvh = h / group; /* query heads h*group..: share key-value head h/group */
-        float mx = -INFINITY;
-        for (int t = 0; t < T; t++) {
-            const float *k = kc + (size_t)t * kvd + (size_t)kvh * hd;
-            float s = 0;
-            for (int d = 0; d < hd; d++)
-                s += q[d] * k[d];
-            att[t] = s * scale;
-            mx = att[t] > mx ? att[t] : mx;
-        }
-        float sum = 0;
-        for (int t = 0; t < T; t++) {
-            att[t] = expf(att[t] - mx);
-            sum += att[t];
-        }
-        float *o = m->att_out + (size_t)h * hd;
-        memset(o, 0, sizeof(float) * hd);
-        for (int t = 0; t < T; t++) {
-            const float *v = vc + (size_t)t * kvd + (size_t)kvh * hd;
-            float a = att[t] / sum;
-            for (int d = 0; d < hd; d++)
-                o[d] += a * v[d];
-        }
+    for (int h = c->n_kv_heads * i / n; h < c->n_kv_heads * (i + 1) / n; h++) {
+        size_t q0 = (size_t)h * group * hd;
+        attend(m->q + q0, kc + (size_t)h * hd, vc + (size_t)h * hd, kvd, m->pos + 1, hd,
+               group, m->att + (size_t)h * group * c->max_seq, m->att_out + q0);
     }
+}
+
+/* Prefill: query t of the batch (at position m->pos + t) over positions
+ * 0..m->pos + t. (token, key-value head) pairs are dealt out round-robin,
+ * which balances their growing lengths; thread i uses rows i*group.. of
+ * m->att. */
+static void attention_batch_part(void *arg, int i, int n)
+{
+    const att_job *j = arg;
+    model *m = j->m;
+    const model_config *c = &m->c;
+    int hd = c->head_dim, kvd = c->n_kv_heads * hd, group = c->n_heads / c->n_kv_heads;
+    size_t qd = (size_t)c->n_heads * hd;
+    const float *kc = m->kcache + (size_t)j->layer * c->max_seq * kvd;
+    const float *vc = m->vcache + (size_t)j->layer * c->max_seq * kvd;
+    float *att = m->att + (size_t)i * group * c->max_seq;
+    for (int p = i; p < j->n * c->n_kv_heads; p += n) {
+        int t = p / c->n_kv_heads, h = p % c->n_kv_heads;
+        size_t q0 = t * qd + (size_t)h * group * hd;
+        attend(m->pq + q0, kc + (size_t)h * hd, vc + (size_t)h * hd, kvd, m->pos + t + 1, hd,
+               group, att, m->patt_out + q0);
+    }
+}
+
+static inline float sigmoid(float x)
+{
+    return 1.0f / (1.0f + expf(-x));
 }
 
 static inline float silu(float x)
 {
     return x / (1.0f + expf(-x));
+}
+
+/* One token's projections before attention, as its family computes them:
+ * q/k/v biases, the RMSNorm of q and k (over the whole projection, or per
+ * head), then RoPE per head. */
+static void qkv_prepare(const model *m, const layer_w *w, float *q, float *k, float *v,
+                        const float *cs, const float *sn)
+{
+    const model_config *c = &m->c;
+    int hd = c->head_dim, qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
+    lt_qk_norm norm = m->lt->qk_norm;
+    if (w->q_bias) {
+        for (int i = 0; i < qd; i++)
+            q[i] += w->q_bias[i];
+        for (int i = 0; i < kvd; i++) {
+            k[i] += w->k_bias[i];
+            v[i] += w->v_bias[i];
+        }
+    }
+    if (norm == LT_QK_FULL) {
+        model_rmsnorm(q, q, w->q_norm, qd, c->eps);
+        model_rmsnorm(k, k, w->k_norm, kvd, c->eps);
+    }
+    for (int h = 0; h < c->n_heads; h++) {
+        float *qh = q + (size_t)h * hd;
+        if (norm == LT_QK_HEAD)
+            model_rmsnorm(qh, qh, w->q_norm, hd, c->eps);
+        rope(qh, cs, sn, hd);
+    }
+    for (int h = 0; h < c->n_kv_heads; h++) {
+        float *kh = k + (size_t)h * hd;
+        if (norm == LT_QK_HEAD)
+            model_rmsnorm(kh, kh, w->k_norm, hd, c->eps);
+        rope(kh, cs, sn, hd);
+    }
 }
 
 /* down(silu(gate(x)) * up(x)) into out. */
@@ -498,15 +887,163 @@ static void swiglu(model *m, const qm_mat *gate, const qm_mat *up, const qm_mat 
                      qm_mat_bytes(down->dtype, down->rows, down->cols);
 }
 
+/* Adjacent-pair RoPE on d floats: (x[2i], x[2i+1]) by angle i. This is
+ * DeepSeek's rope_interleave as HF applies it (view d/2 x 2, transpose,
+ * rotate_half): HF leaves the result in the transposed order, the same
+ * permutation for queries and keys, so their dot products are these. */
+static void rope_pairs(float *x, const float *cs, const float *sn, int d)
+{
+    for (int i = 0; i < d / 2; i++) {
+        float a = x[2 * i], b = x[2 * i + 1];
+        x[2 * i] = a * cs[i] - b * sn[i];
+        x[2 * i + 1] = b * cs[i] + a * sn[i];
+    }
+}
+
+/* Multi-head latent attention's projections (DeepseekV3Attention, without
+ * absorption) for n tokens x (hidden floats apart): the queries into q
+ * (H heads of nope + rope), the keys and values of every head expanded
+ * into k and v (kvd floats apart). A head's key is its kv_b slice of the
+ * normed latent, then the one RoPE key of the token shared by all heads;
+ * its value is padded with zeros to the key width so that attend() treats
+ * MLA like any head (compact_heads drops the padding). cs, sn: RoPE of
+ * each token, hh floats apart (0: one token). */
+static void mla_project(model *m, const layer_w *w, const float *x, int n, float *q,
+                        float *k, float *v, const float *cs, const float *sn, int hh)
+{
+    const model_config *c = &m->c;
+    int H = c->n_heads, hd = c->head_dim, nope = c->nope, rd = c->rope_dim, vd = c->v_dim;
+    int ql = c->q_lora, kl = c->kv_lora, ka = kl + rd, kb = nope + vd, qd = H * hd;
+    /* q_a_layernorm and kv_a_layernorm are DeepseekV3RMSNorm(dim): HF gives
+     * them no eps, so its default, not rms_norm_eps. */
+    const float lora_eps = 1e-6f;
+    float *o2[2] = {m->mqa, m->mkva};
+    int ld2[2] = {ql, ka};
+    const qm_mat *w2[2] = {&w->qa, &w->kva};
+    qm_matmat_multi(m->team, 2, o2, ld2, w2, x, c->hidden, n);
+    for (int t = 0; t < n; t++) {
+        model_rmsnorm(m->mqa + (size_t)t * ql, m->mqa + (size_t)t * ql, w->qa_norm, ql,
+                      lora_eps);
+        model_rmsnorm(m->mkva + (size_t)t * ka, m->mkva + (size_t)t * ka, w->kva_norm, kl,
+                      lora_eps);
+    }
+    qm_matmat(m->team, q, qd, &w->qb, m->mqa, ql, n);
+    qm_matmat(m->team, m->mkvb, H * kb, &w->kvb, m->mkva, ka, n);
+    for (int t = 0; t < n; t++) {
+        const float *tc = cs + (size_t)t * hh, *ts = sn + (size_t)t * hh;
+        float *kr = m->mkva + (size_t)t * ka + kl;
+        rope_pairs(kr, tc, ts, rd);
+        for (int h = 0; h < H; h++) {
+            float *qh = q + (size_t)t * qd + (size_t)h * hd;
+            float *kh = k + (size_t)t * qd + (size_t)h * hd;
+            float *vh = v + (size_t)t * qd + (size_t)h * hd;
+            const float *b = m->mkvb + (size_t)t * H * kb + (size_t)h * kb;
+            rope_pairs(qh + nope, tc, ts, rd);
+            memcpy(kh, b, sizeof(float) * nope);
+            memcpy(kh + nope, kr, sizeof(float) * rd);
+            memcpy(vh, b + nope, sizeof(float) * vd);
+            memset(vh + vd, 0, sizeof(float) * (hd - vd));
+        }
+    }
+}
+
+static uint64_t mla_bytes(const layer_w *w)
+{
+    return qm_mat_bytes(w->qa.dtype, w->qa.rows, w->qa.cols) +
+           qm_mat_bytes(w->qb.dtype, w->qb.rows, w->qb.cols) +
+           qm_mat_bytes(w->kva.dtype, w->kva.rows, w->kva.cols) +
+           qm_mat_bytes(w->kvb.dtype, w->kvb.rows, w->kvb.cols);
+}
+
+/* Attention outputs of H heads of width hd whose first vd floats are the
+ * values (MLA): packed to H x vd in place, as o_proj reads them (H may
+ * count the heads of several tokens: all rows packed). */
+static void compact_heads(float *o, int H, int hd, int vd)
+{
+    for (int h = 1; h < H; h++)
+        memmove(o + (size_t)h * vd, o + (size_t)h * hd, sizeof(float) * vd);
+}
+
+/* DeepSeek-V3's router (DeepseekV3TopkRouter, noaux_tc) on logits p:
+ * scores sigmoid(p) (into p); choices score + e_score_correction_bias,
+ * -inf for a masked expert (never chosen, whatever its bias); groups of
+ * n_experts / n_group ranked by the sum of their two best choices, the
+ * topk_group best kept (more, in rank order, if a mask leaves them fewer
+ * than top_k allowed experts); top_k of the kept groups' experts in
+ * descending choice (lowest id on ties); weights the unbiased scores,
+ * divided by their sum (+1e-20) when norm_topk_prob, times
+ * routed_scaling_factor. Experts outside the kept groups are never chosen,
+ * as in DeepSeek's reference code; HF fills their choices with 0.0, which
+ * differs only when fewer than top_k kept experts have a positive choice. */
+static void route_grouped(const model *m, const float *bias, float *p, int *top,
+                          float *topw)
+{
+    const model_config *c = &m->c;
+    int E = c->n_experts, G = c->n_group, per = E / G, K = c->top_k;
+    float *ch = m->rscore, *gs = m->rscore + E;
+    int *gorder = m->rgroup, *keep = m->rgroup + G;
+    for (int e = 0; e < E; e++) {
+        p[e] = sigmoid(p[e]);
+        ch[e] = m->allow && !m->allow[e] ? -INFINITY : p[e] + bias[e];
+    }
+    for (int g = 0; g < G; g++) {
+        float b1 = -INFINITY, b2 = -INFINITY;
+        for (int e = g * per; e < (g + 1) * per; e++)
+            if (ch[e] > b1) {
+                b2 = b1;
+                b1 = ch[e];
+            } else if (ch[e] > b2) {
+                b2 = ch[e];
+            }
+        gs[g] = b1 + b2;
+        keep[g] = 0;
+    }
+    int avail = 0;
+    for (int r = 0; r < G; r++) {
+        int best = -1;
+        for (int g = 0; g < G; g++)
+            if (!keep[g] && (best < 0 || gs[g] > gs[best]))
+                best = g;
+        gorder[r] = best;
+        if (r >= c->topk_group && avail >= K)
+            break;
+        keep[best] = 1;
+        for (int e = best * per; e < (best + 1) * per; e++)
+            avail += ch[e] > -INFINITY;
+    }
+    float wsum = 0;
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            if (!keep[e / per] || ch[e] == -INFINITY)
+                continue;
+            int taken = 0;
+            for (int j = 0; j < k; j++)
+                taken |= top[j] == e;
+            if (!taken && (best < 0 || ch[e] > ch[best]))
+                best = e;
+        }
+        top[k] = best;
+        topw[k] = p[best];
+        wsum += p[best];
+    }
+    for (int k = 0; k < K; k++) {
+        if (c->norm_topk)
+            topw[k] /= wsum + 1e-20f;
+        topw[k] *= c->routed_scale;
+    }
+}
+
 /* Router: softmax over the (allowed) experts in float32, top-k in
  * descending probability (lowest id first on ties), renormalised when
  * norm_topk_prob. */
-static void route(model *m, int l)
+static void route_pick(const model *m, const layer_w *w, float *p, int *top, float *topw)
 {
     const model_config *c = &m->c;
-    float *p = m->rlogits;
-    qm_matvec(m->team, p, &m->layers[l].router, m->xb);
-    m->step_bytes += qm_mat_bytes(m->layers[l].router.dtype, c->n_experts, c->hidden);
+    if (m->lt->score == LT_SCORE_SIGMOID_GROUPED) {
+        route_grouped(m, w->score_bias, p, top, topw);
+        return;
+    }
     float mx = -INFINITY;
     for (int e = 0; e < c->n_experts; e++) {
         if (m->allow && !m->allow[e])
@@ -528,17 +1065,25 @@ static void route(model *m, int l)
                 continue;
             int taken = 0;
             for (int j = 0; j < k; j++)
-                taken |= m->top[j] == e;
+                taken |= top[j] == e;
             if (!taken && (best < 0 || p[e] > p[best]))
                 best = e;
         }
-        m->top[k] = best;
-        m->topw[k] = p[best];
+        top[k] = best;
+        topw[k] = p[best];
         wsum += p[best];
     }
     if (c->norm_topk)
         for (int k = 0; k < c->top_k; k++)
-            m->topw[k] /= wsum;
+            topw[k] /= wsum;
+}
+
+static void route(model *m, int l)
+{
+    const model_config *c = &m->c;
+    qm_matvec(m->team, m->rlogits, &m->layers[l].router, m->xb);
+    m->step_bytes += qm_mat_bytes(m->layers[l].router.dtype, c->n_experts, c->hidden);
+    route_pick(m, &m->layers[l], m->rlogits, m->top, m->topw);
 }
 
 /* The chosen experts of layer l, in m->order, computed together: gate and
@@ -597,6 +1142,7 @@ static int moe(model *m, int l, int token, GError **err)
         }
         m->order[j] = k;
     }
+    expert_store_prefetch(m->store, l, m->top, c->top_k);
     if (expert_store_holds(m->store, c->top_k)) {
         if (moe_batched(m, l, err) != 0)
             return -1;
@@ -645,35 +1191,44 @@ int model_step(model *m, int token, float *logits, GError **err)
         size_t at = ((size_t)l * c->max_seq + m->pos) * kvd;
         float *k = m->kcache + at, *v = m->vcache + at;
         model_rmsnorm(m->xb, m->x, w->in_norm, c->hidden, c->eps);
-        float *o3[3] = {m->q, k, v};
-        const qm_mat *w3[3] = {&w->q, &w->k, &w->v};
-        qm_matvec_multi(m->team, 3, o3, w3, m->xb);
-        for (int h = 0; h < c->n_heads; h++) {
-            float *qh = m->q + (size_t)h * hd;
-            model_rmsnorm(qh, qh, w->q_norm, hd, c->eps);
-            rope(qh, m->rope_cos, m->rope_sin, hd);
+        if (m->lt->attn == LT_ATTN_MLA) {
+            mla_project(m, w, m->xb, 1, m->q, k, v, m->rope_cos, m->rope_sin, 0);
+            m->step_bytes += mla_bytes(w);
+        } else {
+            float *o3[3] = {m->q, k, v};
+            const qm_mat *w3[3] = {&w->q, &w->k, &w->v};
+            qm_matvec_multi(m->team, 3, o3, w3, m->xb);
+            qkv_prepare(m, w, m->q, k, v, m->rope_cos, m->rope_sin);
+            m->step_bytes += qm_mat_bytes(w->q.dtype, w->q.rows, w->q.cols) +
+                             qm_mat_bytes(w->k.dtype, w->k.rows, w->k.cols) +
+                             qm_mat_bytes(w->v.dtype, w->v.rows, w->v.cols);
         }
-        for (int h = 0; h < c->n_kv_heads; h++) {
-            float *kh = k + (size_t)h * hd;
-            model_rmsnorm(kh, kh, w->k_norm, hd, c->eps);
-            rope(kh, m->rope_cos, m->rope_sin, hd);
-        }
-        att_job aj = {m, l};
-        if (c->n_heads > 1 && m->pos >= 64)
+        att_job aj = {m, l, 1};
+        if (c->n_kv_heads > 1 && m->pos >= 64)
             team_run(m->team, attention_part, &aj);
         else
             attention_part(&aj, 0, 1);
+        if (c->v_dim != hd)
+            compact_heads(m->att_out, c->n_heads, hd, c->v_dim);
         qm_matvec(m->team, m->xb2, &w->o, m->att_out);
-        m->step_bytes += qm_mat_bytes(w->q.dtype, w->q.rows, w->q.cols) +
-                         qm_mat_bytes(w->k.dtype, w->k.rows, w->k.cols) +
-                         qm_mat_bytes(w->v.dtype, w->v.rows, w->v.cols) +
-                         qm_mat_bytes(w->o.dtype, w->o.rows, w->o.cols);
+        m->step_bytes += qm_mat_bytes(w->o.dtype, w->o.rows, w->o.cols);
         for (int d = 0; d < c->hidden; d++)
             m->x[d] += m->xb2[d];
         model_rmsnorm(m->xb, m->x, w->post_norm, c->hidden, c->eps);
         if (c->is_moe[l]) {
             if (moe(m, l, token, err) != 0)
                 return -1;
+            if (w->shared) {
+                float g = 1.0f;
+                swiglu(m, &w->sgate, &w->sup, &w->sdown, m->xb2);
+                if (w->sg.rows) {
+                    qm_matvec(m->team, &g, &w->sg, m->xb);
+                    m->step_bytes += qm_mat_bytes(w->sg.dtype, 1, c->hidden);
+                    g = sigmoid(g);
+                }
+                for (int d = 0; d < c->hidden; d++)
+                    m->x[d] += g * m->xb2[d];
+            }
         } else {
             swiglu(m, &w->gate, &w->up, &w->down, m->xb2);
             for (int d = 0; d < c->hidden; d++)
@@ -689,14 +1244,229 @@ int model_step(model *m, int token, float *logits, GError **err)
     return 0;
 }
 
+/* ---- prefill: a micro-batch through each layer at once ----
+ *
+ * Every float operation of a token is the one model_step does, in the same
+ * order (the matrix products are bit-identical to the matrix-vector ones,
+ * the experts of a token are added in ascending id as in moe()), so the
+ * KV cache, the logits and the router choices are exactly those of
+ * feeding the tokens one by one; only the order of the work differs. */
+
+/* The routed experts of layer l for the n tokens of the batch: per
+ * expert, in ascending id, gather the tokens routed to it, one product per
+ * projection (its weights streamed once for all of them), SwiGLU, then add
+ * each output times its routing weight to the token's sum. */
+static int moe_batch(model *m, int l, int n, GError **err)
+{
+    const model_config *c = &m->c;
+    int K = c->top_k, E = c->n_experts, H = c->hidden, I = c->moe_inter;
+    int *top = m->ptop + (size_t)l * m->max_batch * K;
+    float *topw = m->ptopw + (size_t)l * m->max_batch * K;
+    qm_matmat(m->team, m->prl, E, &m->layers[l].router, m->pxb, H, n);
+    for (int t = 0; t < n; t++)
+        route_pick(m, &m->layers[l], m->prl + (size_t)t * E, top + (size_t)t * K,
+                   topw + (size_t)t * K);
+    /* counting sort of (token, expert) pairs by expert, tokens ascending */
+    memset(m->pstart, 0, sizeof(int) * (E + 1));
+    for (int i = 0; i < n * K; i++)
+        m->pstart[top[i] + 1]++;
+    for (int e = 0; e < E; e++)
+        m->pstart[e + 1] += m->pstart[e];
+    for (int i = 0; i < n * K; i++) {
+        int at = m->pstart[top[i]]++;
+        m->plist[at] = i / K;
+        m->plw[at] = topw[i];
+    }
+    for (int e = E; e > 0; e--)
+        m->pstart[e] = m->pstart[e - 1];
+    m->pstart[0] = 0;
+    /* every expert the batch routes to, read ahead at once */
+    int nused = 0;
+    for (int e = 0; e < E; e++)
+        if (m->pstart[e + 1] > m->pstart[e])
+            m->pord[nused++] = e;
+    expert_store_prefetch(m->store, l, m->pord, nused);
+    memset(m->pmoe, 0, sizeof(float) * n * H);
+    for (int e = 0; e < E; e++) {
+        int a = m->pstart[e], cnt = m->pstart[e + 1] - a;
+        if (cnt == 0)
+            continue;
+        const expert_mats *em = expert_store_get(m->store, l, e, err);
+        if (!em)
+            return -1;
+        for (int i = 0; i < cnt; i++)
+            memcpy(m->pg + (size_t)i * H, m->pxb + (size_t)m->plist[a + i] * H,
+                   sizeof(float) * H);
+        float *o2[2] = {m->ph, m->ph2};
+        int ld2[2] = {I, I};
+        const qm_mat *w2[2] = {&em->gate, &em->up};
+        qm_matmat_multi(m->team, 2, o2, ld2, w2, m->pg, H, cnt);
+        for (size_t i = 0; i < (size_t)cnt * I; i++)
+            m->ph[i] = silu(m->ph[i]) * m->ph2[i];
+        qm_matmat(m->team, m->pg, H, &em->down, m->ph, I, cnt);
+        for (int i = 0; i < cnt; i++) {
+            float w = m->plw[a + i];
+            const float *o = m->pg + (size_t)i * H;
+            float *acc = m->pmoe + (size_t)m->plist[a + i] * H;
+            for (int d = 0; d < H; d++)
+                acc[d] += w * o[d];
+        }
+    }
+    return 0;
+}
+
+/* The gated shared expert of a MoE layer for the n tokens of the batch,
+ * added to the residual stream: the same operations as model_step's. */
+static void shared_batch(model *m, const layer_w *w, int n)
+{
+    int H = m->c.hidden, I = w->sgate.rows;
+    float *o2[2] = {m->ph, m->ph2};
+    int ld2[2] = {I, I};
+    const qm_mat *w2[2] = {&w->sgate, &w->sup};
+    qm_matmat_multi(m->team, 2, o2, ld2, w2, m->pxb, H, n);
+    for (size_t i = 0; i < (size_t)n * I; i++)
+        m->ph[i] = silu(m->ph[i]) * m->ph2[i];
+    qm_matmat(m->team, m->pxb2, H, &w->sdown, m->ph, I, n);
+    if (w->sg.rows)
+        qm_matmat(m->team, m->prl, 1, &w->sg, m->pxb, H, n);
+    for (int t = 0; t < n; t++) {
+        float g = w->sg.rows ? sigmoid(m->prl[t]) : 1.0f;
+        for (int d = 0; d < H; d++)
+            m->px[(size_t)t * H + d] += g * m->pxb2[(size_t)t * H + d];
+    }
+}
+
+/* Feeds ids[0..n) (n <= max_batch, checked by the caller) at positions
+ * pos..pos+n-1 through all layers, leaving the residual stream in px;
+ * then reports the router choices token by token, as model_step would. */
+static int forward_batch(model *m, const int *ids, int n, GError **err)
+{
+    const model_config *c = &m->c;
+    int hd = c->head_dim, hh = hd / 2, kvd = c->n_kv_heads * hd, H = c->hidden;
+    int qd = c->n_heads * hd;
+    for (int t = 0; t < n; t++) {
+        qm_mat_row(&m->embed, ids[t], m->px + (size_t)t * H);
+        for (int i = 0; i < hh; i++) {
+            float f = (float)(m->pos + t) * m->inv_freq[i];
+            m->pcos[(size_t)t * hh + i] = cosf(f);
+            m->psin[(size_t)t * hh + i] = sinf(f);
+        }
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_w *w = &m->layers[l];
+        size_t at = ((size_t)l * c->max_seq + m->pos) * kvd;
+        float *k = m->kcache + at, *v = m->vcache + at;
+        for (int t = 0; t < n; t++)
+            model_rmsnorm(m->pxb + (size_t)t * H, m->px + (size_t)t * H, w->in_norm, H,
+                          c->eps);
+        if (m->lt->attn == LT_ATTN_MLA) {
+            mla_project(m, w, m->pxb, n, m->pq, k, v, m->pcos, m->psin, hh);
+        } else {
+            float *o3[3] = {m->pq, k, v};
+            int ld3[3] = {qd, kvd, kvd};
+            const qm_mat *w3[3] = {&w->q, &w->k, &w->v};
+            qm_matmat_multi(m->team, 3, o3, ld3, w3, m->pxb, H, n);
+            for (int t = 0; t < n; t++)
+                qkv_prepare(m, w, m->pq + (size_t)t * qd, k + (size_t)t * kvd,
+                            v + (size_t)t * kvd, m->pcos + (size_t)t * hh,
+                            m->psin + (size_t)t * hh);
+        }
+        att_job aj = {m, l, n};
+        team_run(m->team, attention_batch_part, &aj);
+        /* MLA: o_proj reads the values packed, n x H*v_dim */
+        if (c->v_dim != hd)
+            compact_heads(m->patt_out, n * c->n_heads, hd, c->v_dim);
+        qm_matmat(m->team, m->pxb2, H, &w->o, m->patt_out, w->o.cols, n);
+        for (size_t i = 0; i < (size_t)n * H; i++)
+            m->px[i] += m->pxb2[i];
+        for (int t = 0; t < n; t++)
+            model_rmsnorm(m->pxb + (size_t)t * H, m->px + (size_t)t * H, w->post_norm, H,
+                          c->eps);
+        if (c->is_moe[l]) {
+            if (moe_batch(m, l, n, err) != 0)
+                return -1;
+            for (size_t i = 0; i < (size_t)n * H; i++)
+                m->px[i] += m->pmoe[i];
+            if (w->shared)
+                shared_batch(m, w, n);
+        } else {
+            int I = w->gate.rows;
+            float *o2[2] = {m->ph, m->ph2};
+            int ld2[2] = {I, I};
+            const qm_mat *w2[2] = {&w->gate, &w->up};
+            qm_matmat_multi(m->team, 2, o2, ld2, w2, m->pxb, H, n);
+            for (size_t i = 0; i < (size_t)n * I; i++)
+                m->ph[i] = silu(m->ph[i]) * m->ph2[i];
+            qm_matmat(m->team, m->pxb2, H, &w->down, m->ph, I, n);
+            for (size_t i = 0; i < (size_t)n * H; i++)
+                m->px[i] += m->pxb2[i];
+        }
+    }
+    if (m->router_fn)
+        for (int t = 0; t < n; t++)
+            for (int l = 0; l < c->n_layers; l++) {
+                if (!c->is_moe[l])
+                    continue;
+                size_t i = ((size_t)l * m->max_batch + t) * c->top_k;
+                m->router_fn(m->router_user, m->pos + t, ids[t], l, c->top_k, m->ptop + i,
+                             m->ptopw + i);
+            }
+    m->pos += n;
+    return 0;
+}
+
+/* Logits of rows t0..t0+nt-1 of the last batch into out[nt x vocab]. */
+static void batch_logits(model *m, int t0, int nt, float *out)
+{
+    const model_config *c = &m->c;
+    for (int t = t0; t < t0 + nt; t++)
+        model_rmsnorm(m->pxb + (size_t)t * c->hidden, m->px + (size_t)t * c->hidden,
+                      m->final_norm, c->hidden, c->eps);
+    qm_matmat(m->team, out, c->vocab, &m->lm_head, m->pxb + (size_t)t0 * c->hidden,
+              c->hidden, nt);
+}
+
+/* The checks model_step makes for every token, for all of them first. */
+static int feed_check(const model *m, const int *ids, int n, GError **err)
+{
+    for (int t = 0; t < n; t++)
+        if (ids[t] < 0 || ids[t] >= m->c.vocab) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "token id %d is outside the vocabulary [0, %d)", ids[t], m->c.vocab);
+            return -1;
+        }
+    if (n > m->c.max_seq - m->pos) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "the sequence is longer than the context of %d tokens", m->c.max_seq);
+        return -1;
+    }
+    return 0;
+}
+
+int model_feed(model *m, const int *ids, int n, model_logits which, float *logits,
+               GError **err)
+{
+    if (n <= 0)
+        return 0;
+    if (feed_check(m, ids, n, err) != 0)
+        return -1;
+    for (int s = 0; s < n; s += m->max_batch) {
+        int len = n - s < m->max_batch ? n - s : m->max_batch;
+        if (forward_batch(m, ids + s, len, err) != 0)
+            return -1;
+        if (which == MODEL_LOGITS_ALL)
+            batch_logits(m, 0, len, logits + (size_t)s * m->c.vocab);
+        else if (which == MODEL_LOGITS_LAST && s + len == n)
+            batch_logits(m, len - 1, 1, logits);
+    }
+    return 0;
+}
+
 int model_sequence_logits(model *m, const int *ids, int n, float *logits,
                           GError **err)
 {
     model_reset(m);
-    for (int t = 0; t < n; t++)
-        if (model_step(m, ids[t], logits + (size_t)t * m->c.vocab, err) != 0)
-            return -1;
-    return 0;
+    return model_feed(m, ids, n, MODEL_LOGITS_ALL, logits, err);
 }
 
 /* log sum exp(logits) - logits[id] */
@@ -719,17 +1489,19 @@ int model_nll(model *m, const int *ids, int n, double *nll, GError **err)
         return -1;
     }
     model_reset(m);
+    if (feed_check(m, ids, n - 1, err) != 0 || feed_check(m, ids + n - 1, 1, err) != 0)
+        return -1;
     double sum = 0;
-    for (int t = 0; t + 1 < n; t++) {
-        if (model_step(m, ids[t], m->logits, err) != 0)
+    for (int s = 0; s < n - 1; s += m->max_batch) {
+        int len = n - 1 - s < m->max_batch ? n - 1 - s : m->max_batch;
+        if (forward_batch(m, ids + s, len, err) != 0)
             return -1;
-        if (ids[t + 1] < 0 || ids[t + 1] >= m->c.vocab) {
-            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
-                        "token id %d is outside the vocabulary [0, %d)", ids[t + 1],
-                        m->c.vocab);
-            return -1;
+        for (int t = 0; t < len; t += LOGIT_ROWS) {
+            int nt = len - t < LOGIT_ROWS ? len - t : LOGIT_ROWS;
+            batch_logits(m, t, nt, m->plg);
+            for (int i = 0; i < nt; i++)
+                sum += nll_of(m->plg + (size_t)i * m->c.vocab, m->c.vocab, ids[s + t + i + 1]);
         }
-        sum += nll_of(m->logits, m->c.vocab, ids[t + 1]);
     }
     *nll = sum / (n - 1);
     return 0;
@@ -782,15 +1554,11 @@ int model_generate(model *m, const int *prompt, int n_prompt, int n_new,
     uint64_t rng = s ? s->seed : 0;
     model_reset(m);
     double t0 = qm_monotonic();
-    for (int t = 0; t < n_prompt; t++) {
-        float *lg = NULL;
-        if (prompt_logits)
-            lg = prompt_logits + (size_t)t * c->vocab;
-        else if (t == n_prompt - 1 && n_new > 0)
-            lg = m->logits;
-        if (model_step(m, prompt[t], lg, err) != 0)
-            return -1;
-    }
+    if (prompt_logits ? model_feed(m, prompt, n_prompt, MODEL_LOGITS_ALL, prompt_logits, err)
+                      : model_feed(m, prompt, n_prompt,
+                                   n_new > 0 ? MODEL_LOGITS_LAST : MODEL_LOGITS_NONE,
+                                   m->logits, err))
+        return -1;
     if (prompt_logits && n_new > 0)
         memcpy(m->logits, prompt_logits + (size_t)(n_prompt - 1) * c->vocab,
                sizeof(float) * c->vocab);

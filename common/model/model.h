@@ -1,6 +1,11 @@
-/* model.h - the reference forward pass of a Qwen3-MoE text decoder.
+/* model.h - the reference forward pass of a MoE text decoder.
  *
- * The network of Hugging Face's modeling_qwen3_moe.py, which is also the
+ * Families differ where their layout entry (format/layout.h) says so: q/k
+ * norms over the whole projection (OLMoE) or none (Mixtral, Qwen2-MoE),
+ * q/k/v biases and a sigmoid-gated shared expert (Qwen2-MoE), multi-head
+ * latent attention, sigmoid group-limited routing with a selection bias
+ * and routed scaling, ungated shared experts (DeepSeek-V3). The base is
+ * the network of Hugging Face's modeling_qwen3_moe.py, which is also the
  * text path of the Qwen3-Omni thinker: token embedding; per layer RMSNorm,
  * attention (q/k/v projections, per-head RMSNorm of q and k, rotate-half
  * RoPE, grouped-query heads, causal softmax scaled by head_dim^-0.5, o_proj)
@@ -8,7 +13,8 @@
  * in float32, top-k, optional renormalisation, SwiGLU experts, weighted sum)
  * or a dense SwiGLU MLP (mlp_only_layers, decoder_sparse_step), and a
  * residual; final RMSNorm and lm_head. Everything is computed in float32
- * from bf16/f16/f32 weights; one token at a time with a KV cache.
+ * from bf16/f16/f32 weights with a KV cache: prompts in micro-batches
+ * (model_feed), generated tokens one at a time (model_step).
  *
  * Non-expert weights are mapped from the checkpoint; routed experts come
  * through an expert_store (expert_store.h) so that only the ones the router
@@ -35,12 +41,26 @@ typedef struct {
     uint64_t cache_bytes; /* expert cache budget; 0 = 4 GiB */
     int max_seq;          /* KV cache length; 0 = min(max_position_embeddings, 4096) */
     expert_io expert_io;  /* how misses bring experts in (expert_store.h) */
+    int max_batch;        /* prefill micro-batch in tokens; 0 = MODEL_BATCH */
 } model_opts;
+
+/* Default prefill micro-batch: at 128 experts top-8 an expert sees 16 of
+ * 256 tokens on average, enough to use each weight it streams many times. */
+#define MODEL_BATCH 256
 
 /* The text config as used. */
 typedef struct {
     int vocab, hidden, n_layers, n_heads, n_kv_heads, head_dim;
     int n_experts, top_k, moe_inter, dense_inter;
+    int shared_inter;     /* shared expert's width (layout.shared), else 0 */
+    /* Multi-head latent attention (layout.attn LT_ATTN_MLA): head_dim is
+     * qk_nope + qk_rope (the softmax scale's), v_dim the value heads',
+     * rope_dim the last dims of a head that RoPE rotates, as adjacent pairs.
+     * Otherwise v_dim = rope_dim = head_dim. */
+    int v_dim, rope_dim, q_lora, kv_lora, nope;
+    /* Sigmoid grouped routing (layout.score LT_SCORE_SIGMOID_GROUPED). */
+    int n_group, topk_group;
+    float routed_scale;
     int norm_topk;        /* renormalise top-k weights (config or layout default) */
     int tie_embeddings;
     int max_seq;          /* KV cache length in tokens */
@@ -49,12 +69,13 @@ typedef struct {
 } model_config;
 
 /* Called once per token and MoE layer with the chosen experts in
- * descending router probability and their (renormalised) weights. */
+ * descending selection score (router probability; DeepSeek-V3: sigmoid +
+ * bias) and their mixing weights (after renormalisation and scaling). */
 typedef void (*model_router_fn)(void *user, int pos, int token, int layer, int k,
                                 const int *experts, const float *weights);
 
-/* Opens the checkpoint at `path`, detects its layout (qwen3_moe or
- * qwen3_omni_moe), reads the text config, maps the non-expert weights and
+/* Opens the checkpoint at `path`, detects its layout (one whose entry has
+ * `forward` set), reads the text config, maps the non-expert weights and
  * checks every shape against the config. Errors name the file and the
  * tensor or key (QM_ERR_FORMAT, QM_ERR_IO). */
 model *model_load(const char *path, const model_opts *o, GError **err);
@@ -86,6 +107,21 @@ int model_pos(const model *m);
  * id outside the vocabulary, a full KV cache or an expert that cannot be
  * loaded. */
 int model_step(model *m, int token, float *logits, GError **err);
+
+typedef enum {
+    MODEL_LOGITS_NONE, /* no lm_head */
+    MODEL_LOGITS_LAST, /* logits is [vocab]: the last position's */
+    MODEL_LOGITS_ALL,  /* logits is [n x vocab] */
+} model_logits;
+
+/* Feeds n tokens at the next positions in micro-batches of max_batch
+ * (prefill): the KV cache, the logits asked for and the router log are
+ * bit-identical to n model_step calls, at matrix-matrix speed. Fails
+ * before feeding anything if an id is outside the vocabulary or the
+ * tokens do not fit the KV cache; fails for an expert that cannot be
+ * loaded. */
+int model_feed(model *m, const int *ids, int n, model_logits which, float *logits,
+               GError **err);
 
 /* Resets and computes the logits of every position of ids:
  * logits is [n x vocab]. */

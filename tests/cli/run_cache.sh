@@ -10,8 +10,18 @@ jnum() { sed -n "s/.*\"$1\":[[:space:]]*\([0-9.e+-]*\).*/\1/p" | head -1; }
 
 run qmoe-run -n 0 --json --token-ids "$SEQ3" --logits-out "$T/big.f32" "$M"
 expect cache_big 0 && big_misses=$(printf %s "$out" | jnum misses)
-# 48 experts of 12 KiB = 576 KiB; --cache-mb 0 holds one expert at a time
-run qmoe-run -n 0 --json --cache-mb 0 --token-ids "$SEQ3" --logits-out "$T/one.f32" "$M"
+# 48 experts of 12 KiB = 576 KiB; --cache-mb 0 holds one expert at a time.
+# A batched prompt asks for each expert of a layer once (then evicts it):
+# as many misses as the big cache, none twice.
+run qmoe-run -n 0 --json --cache-mb 0 --token-ids "$SEQ3" --logits-out "$T/onebatch.f32" "$M"
+expect cache_one_batched 0 &&
+    cmp -s "$T/big.f32" "$T/onebatch.f32" && ok cache_one_batched_same_logits ||
+    fail cache_one_batched_same_logits
+misses=$(printf %s "$out" | jnum misses) hits=$(printf %s "$out" | jnum hits)
+[ "$misses" = "${big_misses:-x}" ] && [ "$hits" = 0 ] && ok cache_one_batched_counts ||
+    fail cache_one_batched_counts "misses $misses hits $hits (big: $big_misses misses)"
+# token by token
+run qmoe-run -n 0 --json --cache-mb 0 --batch 1 --token-ids "$SEQ3" --logits-out "$T/one.f32" "$M"
 expect cache_one 0 || exit 0
 cmp -s "$T/big.f32" "$T/one.f32" && ok cache_one_same_logits || fail cache_one_same_logits
 misses=$(printf %s "$out" | jnum misses) hits=$(printf %s "$out" | jnum hits)

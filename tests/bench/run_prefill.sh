@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# run_prefill.sh - prompt (prefill) and decode speed at the real widths.
+#
+# Writes a random checkpoint with the widths of Qwen3-30B-A3B / the
+# Qwen3-Omni thinker (hidden 2048, 32/4 heads of 128, 128 experts top-8,
+# moe_intermediate 768, vocab 151936) and 4 layers (6.2 GB) with
+# qmoe-mksample, reads it into the page cache, then measures in the same
+# run, best of $TRIALS each:
+#   - the bf16 product alone, one thread: matrix-matrix against
+#     matrix-vector GFLOP/s (tests/bench/kernels.c);
+#   - memcpy bandwidth (tests/bench/membw.c, same threads);
+#   - for each prompt length in $PROMPTS: prefill tokens/s of a prompt of
+#     that many ids, and decode tokens/s of $TOKENS generated tokens after
+#     it; prefill/decode (target >= 7) and the decode weight bandwidth as
+#     a share of memcpy (target >= 90 %);
+#   - one --perplexity window of 1024 tokens (best of $PPL_TRIALS).
+# The machine may be shared: compare the ratios, not absolute numbers.
+#
+#   QMOE_BUILD=build bash tests/bench/run_prefill.sh   (make bench calls it)
+# Environment: THREADS (default: processors), TRIALS (3), PROMPTS ("64 256"),
+# TOKENS (16), PPL_TRIALS (1), CACHE_MB (expert cache, default 8192: all
+# 4.8 GB of experts, so that decode measures the forward pass, not
+# evictions), QMOE_REAL (an existing real-width sample to use instead of
+# writing one), QMOE_RUN (the qmoe-run to measure, e.g. an older build).
+set -eu
+cd "$(dirname "$0")/../.."
+: "${QMOE_BUILD:?set QMOE_BUILD to the build directory}"
+THREADS=${THREADS:-$(getconf _NPROCESSORS_ONLN)}
+TRIALS=${TRIALS:-3}
+PROMPTS=${PROMPTS:-64 256}
+TOKENS=${TOKENS:-16}
+PPL_TRIALS=${PPL_TRIALS:-1}
+CACHE_MB=${CACHE_MB:-8192}
+RUN=${QMOE_RUN:-$QMOE_BUILD/bin/qmoe-run}
+B=${QMOE_BENCH_DIR:-$QMOE_BUILD/bench}
+mkdir -p "$B"
+CC=${CC:-cc}
+$CC -std=c11 -D_GNU_SOURCE -O2 -march=native -Wall -Wextra -Werror tests/bench/membw.c \
+    -pthread -o "$B/membw"
+PKGS="glib-2.0 libcjson libcrypto zlib"
+# shellcheck disable=SC2046
+$CC -std=c11 -D_GNU_SOURCE -O2 -march=native -Wall -Wextra -Werror $(pkg-config --cflags $PKGS) \
+    -Icommon tests/bench/kernels.c "$QMOE_BUILD/libqmoe.a" $(pkg-config --libs $PKGS) -lm \
+    -pthread -o "$B/kernels"
+# the product alone: an expert's gate (768 x 2048) and q_proj (4096 x 2048)
+"$B/kernels" 768 2048 16 5
+"$B/kernels" 4096 2048 64 3
+
+MODEL=${QMOE_REAL:-$B/real-width}
+if [ ! -f "$MODEL/model.safetensors.index.json" ]; then
+    echo "writing a real-width random checkpoint (4 layers x 128 experts, 6.2 GB) to $MODEL"
+    "$QMOE_BUILD/bin/qmoe-mksample" --layers 4 --experts 128 --topk 8 --hidden 2048 \
+        --inter 768 --heads 32 --kv-heads 4 --head-dim 128 --vocab 151936 "$MODEL" >/dev/null
+fi
+cat "$MODEL"/*.safetensors >/dev/null
+
+jnum() { sed -n "s/.*\"$1\":[[:space:]]*\([0-9.e+-]*\).*/\1/p" | head -1; }
+max() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > a ? b : a) }'; }
+# n ids spread over the vocabulary (a fixed LCG, the same every run)
+ids() { awk -v n="$1" 'BEGIN { s = 12345; for (i = 0; i < n; i++) {
+    s = (s * 1103515245 + 12345) % 2147483648; printf "%s%d", i ? "," : "", s % 151936 } }'; }
+
+membw=0
+for _ in $(seq "$TRIALS"); do
+    membw=$(max "$membw" "$("$B/membw" "$THREADS" 512)")
+done
+printf 'memcpy bandwidth (%s threads): %.2f GB/s\n' "$THREADS" \
+    "$(awk -v b="$membw" 'BEGIN { print b / 1e9 }')"
+
+# one untimed run maps every expert the prompts route to
+"$RUN" --ignore-eos -n 2 -j "$THREADS" --cache-mb "$CACHE_MB" --token-ids "$(ids 256)" \
+    "$MODEL" >/dev/null 2>&1
+
+for P in $PROMPTS; do
+    best_pp=0 best_tg=0 best_bw=0
+    for _ in $(seq "$TRIALS"); do
+        j=$("$RUN" --json --ignore-eos -n "$TOKENS" -j "$THREADS" --cache-mb "$CACHE_MB" \
+            --token-ids "$(ids "$P")" "$MODEL" 2>/dev/null)
+        pp=$(awk -v p="$P" -v s="$(printf %s "$j" | jnum prefill_s)" 'BEGIN { print p / s }')
+        tg=$(printf %s "$j" | jnum decode_tokens_per_s)
+        bw=$(awk -v b="$(printf %s "$j" | jnum decode_weight_bytes)" \
+             -v s="$(printf %s "$j" | jnum decode_s)" 'BEGIN { print b / s }')
+        best_pp=$(max "$best_pp" "$pp") best_tg=$(max "$best_tg" "$tg") best_bw=$(max "$best_bw" "$bw")
+    done
+    awk -v p="$P" -v pp="$best_pp" -v tg="$best_tg" -v bw="$best_bw" -v m="$membw" 'BEGIN {
+        printf "prompt %4d: prefill %7.2f tokens/s, decode %6.2f tokens/s, prefill/decode %5.2f; decode weights %6.2f GB/s = %5.1f %% of memcpy\n",
+               p, pp, tg, pp / tg, bw / 1e9, 100 * bw / m }'
+done
+
+# the longest head of README.md of at most 1024 tokens: one full window
+TEXT=$B/ppl.txt
+ntok() { "$RUN" --tokenize "$MODEL" <"$TEXT" | tr ',' '\n' | grep -c .; }
+n=1400
+head -c "$n" README.md >"$TEXT"
+while [ "$(ntok)" -lt 1024 ]; do n=$((n + 20)); head -c "$n" README.md >"$TEXT"; done
+while [ "$(ntok)" -gt 1024 ]; do n=$((n - 1)); head -c "$n" README.md >"$TEXT"; done
+best=0
+for _ in $(seq "$PPL_TRIALS"); do
+    j=$("$RUN" --json -j "$THREADS" --cache-mb "$CACHE_MB" --context 1024 --perplexity "$TEXT" \
+        "$MODEL" 2>/dev/null)
+    tps=$(printf %s "$j" | jnum tokens_per_s)
+    tok=$(printf %s "$j" | jnum tokens)
+    best=$(max "$best" "$tps")
+done
+awk -v t="$best" -v n="$tok" 'BEGIN {
+    printf "perplexity, one window of %d tokens: %6.2f tokens/s (%.1f s)\n", n, t, n / t }'
