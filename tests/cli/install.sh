@@ -4,6 +4,7 @@
 # sample, a man page per tool that man -l renders, and installed tools that
 # find their data in PREFIX/share/qmoe.
 . "$(dirname "$0")/lib.sh"
+plan 21
 D=$T/dest P=/opt/qmoe
 san=(); [ "$(basename "$QMOE_BUILD")" = build-san ] && san=(SAN=1)
 inst() { run make -s -C "$QMOE_ROOT" install "${san[@]}" BUILD="$QMOE_BUILD" "$@"; }

@@ -3,6 +3,7 @@
 # before writing; --restart removes qmoe's files only and starts over) and
 # --detach validating in the foreground.
 . "$(dirname "$0")/lib.sh"
+plan 33
 OMNI="$FIX/qwen3moe-tiny/omni"
 tree_sum() { (cd "$1" && find . -path ./.qmoe -prune -o -type f ! -name qmoe.json -print | LC_ALL=C sort | xargs sha256sum); }
 

@@ -7,6 +7,7 @@
 # well-formed XML (xmllint), self-contained, and hold what they claim;
 # bad corpora and options fail with a message naming the problem.
 . "$(dirname "$0")/lib.sh"
+plan 49
 PY=/usr/bin/python3
 C=$QMOE_ROOT/samples/corpus.jsonl
 M=$T/out

@@ -2,7 +2,7 @@
 # to a single expert) gives bit-identical logits, with the misses counted;
 # a missing expert file is a clear error naming (layer, expert) and file.
 . "$(dirname "$0")/lib.sh"
-plan 8
+plan 11
 G=$FIX/qwen3moe-tiny/golden
 M=$FIX/qwen3moe-tiny/qwen3moe
 SEQ3=$(grep -A1 '"seq3"' "$G/tokens.json" | sed -n 's/.*"ids": \[\(.*\)\].*/\1/p' | tr -d ' ')

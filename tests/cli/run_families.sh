@@ -11,6 +11,7 @@
 # renormalisation the family does not do) move the logits far beyond the
 # tolerance, so the comparison can fail.
 . "$(dirname "$0")/lib.sh"
+plan 211
 FAM=$FIX/families
 
 # ids G SEQ: the prompt of seqN as "a,b,c"

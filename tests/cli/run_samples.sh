@@ -5,7 +5,7 @@
 # and continuation as feeding the prompt token by token (--batch 1); the
 # layouts it does not support are refused with a message naming the layout.
 . "$(dirname "$0")/lib.sh"
-plan 37
+plan 165
 
 for layout in qwen3_omni_moe qwen3_moe mixtral qwen2_moe olmoe deepseek_v3; do
     for dtype in bf16 f16 f32; do

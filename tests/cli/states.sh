@@ -5,6 +5,7 @@
 # at the end (one "# state status verify" line each) is what the closing
 # note of issue 11 quotes.
 . "$(dirname "$0")/lib.sh"
+plan 44
 OMNI="$FIX/qwen3moe-tiny/omni"   # 3 layers x 16 experts, 52 files
 
 wait_files() { # DIR N: until DIR/experts has >= N final files (at most 20 s)

@@ -3,7 +3,7 @@
 # stopped, crashed, sharded), on directories without progress.json, on bad
 # input, and --watch through a pseudo-terminal during a real extraction.
 . "$(dirname "$0")/lib.sh"
-plan 105
+plan 106
 OMNI="$FIX/qwen3moe-tiny/omni"   # 3 layers x 16 experts, 52 files
 
 # jf NAME: a top-level field of the JSON in $out (first occurrence; top-level
