@@ -125,13 +125,7 @@ static void router_line(void *user, int pos, int token, int layer, int k,
     if (rc->router_err)
         return;
     GString *s = rc->line;
-    g_string_printf(s, "{\"pos\":%d,\"token\":%d,\"layer\":%d,\"experts\":[", pos, token, layer);
-    for (int i = 0; i < k; i++)
-        g_string_append_printf(s, "%s%d", i ? "," : "", experts[i]);
-    g_string_append(s, "],\"weights\":[");
-    for (int i = 0; i < k; i++)
-        g_string_append_printf(s, "%s%.9g", i ? "," : "", weights[i]);
-    g_string_append(s, "]}\n");
+    run_router_log_line(s, -1, pos, token, layer, k, experts, weights);
     fs_out_write(rc->router_out, s->str, s->len, &rc->router_err);
 }
 

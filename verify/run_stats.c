@@ -17,6 +17,23 @@ typedef struct {
     GError *err;               /* first write error */
 } log_ctx;
 
+void run_router_log_line(GString *s, int line, int pos, int token, int layer, int k,
+                         const int *experts, const float *weights)
+{
+    g_string_truncate(s, 0);
+    if (line >= 0)
+        g_string_append_printf(s, "{\"line\":%d,\"pos\":%d", line, pos);
+    else
+        g_string_append_printf(s, "{\"pos\":%d", pos);
+    g_string_append_printf(s, ",\"token\":%d,\"layer\":%d,\"experts\":[", token, layer);
+    for (int i = 0; i < k; i++)
+        g_string_append_printf(s, "%s%d", i ? "," : "", experts[i]);
+    g_string_append(s, "],\"weights\":[");
+    for (int i = 0; i < k; i++)
+        g_string_append_printf(s, "%s%.9g", i ? "," : "", weights[i]);
+    g_string_append(s, "]}\n");
+}
+
 /* --router-log in this mode: the run's usual line with the corpus line
  * first, so that a pick can be traced back to its domain. */
 static void log_pick(void *user, int line, int pos, int token, int layer, int k,
@@ -26,14 +43,7 @@ static void log_pick(void *user, int line, int pos, int token, int layer, int k,
     if (lc->err)
         return;
     GString *s = lc->line;
-    g_string_printf(s, "{\"line\":%d,\"pos\":%d,\"token\":%d,\"layer\":%d,\"experts\":[", line,
-                    pos, token, layer);
-    for (int i = 0; i < k; i++)
-        g_string_append_printf(s, "%s%d", i ? "," : "", experts[i]);
-    g_string_append(s, "],\"weights\":[");
-    for (int i = 0; i < k; i++)
-        g_string_append_printf(s, "%s%.9g", i ? "," : "", weights[i]);
-    g_string_append(s, "]}\n");
+    run_router_log_line(s, line, pos, token, layer, k, experts, weights);
     fs_out_write(lc->out, s->str, s->len, &lc->err);
 }
 

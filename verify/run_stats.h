@@ -20,6 +20,12 @@ typedef struct {
     int json;
 } run_stats_opts;
 
+/* One --router-log line into s (replacing its contents): {"line":N,"pos":...}
+ * with line >= 0 (this mode: the corpus line), {"pos":...} without. The one
+ * writer of the router log's format, for both of qmoe-run's modes. */
+void run_router_log_line(GString *s, int line, int pos, int token, int layer, int k,
+                         const int *experts, const float *weights);
+
 /* Returns 0, or -1 with *err set (the caller reports it). */
 int run_router_stats(const run_stats_opts *o, GError **err);
 

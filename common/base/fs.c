@@ -524,27 +524,28 @@ int fs_batch_commit(fs_batch *b, GError **err)
     return rc;
 }
 
-int fs_write_atomic(const char *path, const void *data, size_t len, GError **err)
+/* A temporary beside path holding data, or NULL with *err set. */
+static fs_out *out_with(const char *path, const void *data, size_t len, GError **err)
 {
     fs_out *o = fs_out_open(path, err);
-    if (!o)
-        return -1;
-    if (fs_out_write(o, data, len, err) != 0) {
+    if (o && fs_out_write(o, data, len, err) != 0) {
         fs_out_abort(o);
-        return -1;
+        o = NULL;
     }
-    return fs_out_commit(o, err);
+    return o;
+}
+
+int fs_write_atomic(const char *path, const void *data, size_t len, GError **err)
+{
+    fs_out *o = out_with(path, data, len, err);
+    return o ? fs_out_commit(o, err) : -1;
 }
 
 int fs_write_replace(const char *path, const void *data, size_t len, GError **err)
 {
-    fs_out *o = fs_out_open(path, err);
+    fs_out *o = out_with(path, data, len, err);
     if (!o)
         return -1;
-    if (fs_out_write(o, data, len, err) != 0) {
-        fs_out_abort(o);
-        return -1;
-    }
     int rc = 0;
     if (close(o->fd) != 0)
         rc = qm_set_errno(err, errno, "cannot close", o->path);
