@@ -265,8 +265,8 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         int n_new = o->n_new > 0 ? o->n_new : COH_DEFAULT_NEW;
         if (p->expected && (int)exp_ids->len + 1 > n_new)
             n_new = (int)exp_ids->len + 1;
-        progress(o, "prompt %u of %u [%s], %u tokens + up to %d generated", i + 1,
-                 r->prompts->len, p->domain, ids->len, n_new);
+        progress(o, "prompt %u of %u [%s], %u token%s + up to %d generated", i + 1,
+                 r->prompts->len, p->domain, ids->len, ids->len == 1 ? "" : "s", n_new);
         out = g_renew(int, out, n_new);
         rc.domain = domain_for(r, p->domain);
         rc.domain->n_prompts++;
