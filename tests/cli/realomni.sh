@@ -5,7 +5,7 @@
 # is refused; a dangling blob is named with its target; the tokenizer as the
 # repo ships it (vocab.json + merges.txt, no tokenizer.json) loads.
 . "$(dirname "$0")/lib.sh"
-plan 16
+plan 21
 RO="${QMOE_SHARED:-$QMOE_ROOT/../shared}/tools/realomni.py"
 if [ ! -f "$RO" ]; then fail realomni-script "no $RO (shared/ beside the clone)"; exit 1; fi
 R=$T/omni
@@ -19,6 +19,18 @@ expect realomni-dry-run 0
 run qmoe-extract --dry-run "$R" "$T/out"
 expect realomni-dry-run-text 0 "files:    6144 expert, 48 layer, 1 globals, 7 other (6200 in all)" stdout
 [ ! -e "$T/out" ] && ok realomni-dry-run-writes-nothing || fail realomni-dry-run-writes-nothing
+
+# the space check: 41.2 GB free (simulated, QMOE_TEST_FREE_BYTES) for 70.5 GB
+run env QMOE_TEST_FREE_BYTES=41200000000 qmoe-extract --dry-run --json "$R" "$T/out"
+expect realomni-space-dry-run 0 '"todo_files":6200,"todo_bytes":70519637090,"shared_bytes":0,"needed_bytes":70545032290,"available_bytes":41200000000' stdout
+[[ "$out" == *'"fits":false'* ]] && ok realomni-space-dry-run-verdict || fail realomni-space-dry-run-verdict "$out"
+run env QMOE_TEST_FREE_BYTES=41200000000 qmoe-extract "$R" "$T/out"
+expect realomni-space-refused 2 "qmoe-extract: '$T/out': needs 70.5 GB, 41.2 GB available on "
+[[ "$err" == *"(QMOE_TEST_FREE_BYTES); nothing written (--force tries anyway)" ]] && ok realomni-space-refused-text ||
+    fail realomni-space-refused-text "$err"
+[ -z "$(find "$T/out" -name '*.safetensors' -print -quit)" ] && ok realomni-space-refused-nothing-written ||
+    fail realomni-space-refused-nothing-written
+rm -rf "$T/out"
 
 # the tokenizer the repo ships: vocab.json + merges.txt
 run sh -c "printf 'Hello world' | qmoe-run --tokenize '$R'"
