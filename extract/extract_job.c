@@ -662,7 +662,7 @@ static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, GError
         ckpt_close(ck);
         return NULL;
     }
-    *p = plan_build(ck, *lt, o->layers, o->experts, err);
+    *p = plan_build_sel(ck, *lt, o->layers, o->experts, o->no_other, err);
     if (!*p) {
         ckpt_close(ck);
         return NULL;
