@@ -22,6 +22,7 @@
 #include <zlib.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #define CHUNK (4u << 20) /* bytes per read: large sequential reads */
@@ -661,7 +662,7 @@ static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, GError
         ckpt_close(ck);
         return NULL;
     }
-    *p = plan_build(ck, *lt, o->layers, o->experts, err);
+    *p = plan_build_sel(ck, *lt, o->layers, o->experts, o->no_other, err);
     if (!*p) {
         ckpt_close(ck);
         return NULL;
@@ -729,6 +730,173 @@ static int check_source(job *j, GError **err)
     return rc;
 }
 
+/* ---- space check ----
+ *
+ * Before writing, the bytes still to write are compared with the free
+ * space of OUT's filesystem. Bytes to write: the tensor bytes of the files
+ * not yet complete, plus one block per file for its header, less the whole
+ * blocks that reflinks will share with the source (an estimate: every
+ * stretch of a file taken as lined up, as the padded header makes the
+ * first one). */
+#define SPACE_HEADER_BYTES 4096
+
+typedef struct {
+    uint64_t to_write;    /* tensor bytes of the files still to write */
+    uint64_t shared;      /* of them: whole blocks reflinks will share */
+    uint64_t needed;      /* to_write + headers - shared */
+    uint64_t avail;       /* statvfs f_bavail, or the test hook's figure */
+    char *where;          /* mount point of OUT's filesystem */
+    char *dir;            /* OUT, or its nearest existing ancestor */
+    int simulated;        /* avail came from QMOE_TEST_FREE_BYTES */
+} space_check;
+
+static void space_count(space_check *sc, const plan *p, const int *todo, int n_todo,
+                        const uint64_t *src_bs)
+{
+    sc->to_write = sc->shared = 0;
+    uint64_t headers = 0;
+    for (int k = 0; k < n_todo; k++) {
+        const plan_file *f = &p->files[todo[k]];
+        sc->to_write += f->bytes;
+        headers += SPACE_HEADER_BYTES;
+        for (int i = 0; src_bs && i < f->n; i += run_length(f, i)) {
+            uint64_t bs = src_bs[f->t[i].shard];
+            if (!bs)
+                continue;
+            const plan_tensor *last = &f->t[i + run_length(f, i) - 1];
+            uint64_t a = (f->t[i].src_offset + bs - 1) / bs,
+                     b = (last->src_offset + last->nbytes) / bs;
+            if (b > a)
+                sc->shared += (b - a) * bs;
+        }
+    }
+    sc->needed = sc->to_write + headers - sc->shared;
+}
+
+/* The free space for OUT (its nearest existing directory when OUT is not
+ * made yet) and the mount point that holds it. QMOE_TEST_FREE_BYTES is a
+ * test hook: a simulated free-space figure in bytes. */
+static int space_free(space_check *sc, const char *out, GError **err)
+{
+    char *dir = g_strdup(out);
+    struct stat st;
+    while (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        char *up = g_path_get_dirname(dir);
+        int top = strcmp(up, dir) == 0;
+        g_free(dir);
+        dir = up;
+        if (top)
+            break;
+    }
+    struct statvfs vs;
+    if (statvfs(dir, &vs) != 0) {
+        int rc = qm_set_errno(err, errno, "cannot get the free space of", dir);
+        g_free(dir);
+        return rc;
+    }
+    sc->avail = (uint64_t)vs.f_bavail * (uint64_t)vs.f_frsize;
+    const char *hook = getenv("QMOE_TEST_FREE_BYTES");
+    if (hook && *hook) {
+        sc->avail = g_ascii_strtoull(hook, NULL, 10);
+        sc->simulated = 1;
+    }
+    /* the mount point: the highest ancestor on the same device */
+    char *real = realpath(dir, NULL);
+    char *m = g_strdup(real ? real : dir);
+    free(real);
+    dev_t dev = stat(m, &st) == 0 ? st.st_dev : 0;
+    for (;;) {
+        char *up = g_path_get_dirname(m);
+        struct stat su;
+        if (strcmp(up, m) == 0 || stat(up, &su) != 0 || su.st_dev != dev) {
+            g_free(up);
+            break;
+        }
+        g_free(m);
+        m = up;
+    }
+    sc->where = m;
+    sc->dir = dir;
+    return 0;
+}
+
+/* "needs 57.9 GB, 41.2 GB available on /data" */
+static char *space_text(const space_check *sc)
+{
+    char a[32], b[32];
+    return g_strdup_printf("needs %s, %s available on %s%s",
+                           qm_human_bytes(sc->needed, a, sizeof a),
+                           qm_human_bytes(sc->avail, b, sizeof b), sc->where,
+                           sc->simulated ? " (QMOE_TEST_FREE_BYTES)" : "");
+}
+
+/* Opens the source shards (fds into src_fd) and probes which can share
+ * blocks with files made at probe_path (src_bs; all 0 with no_reflink).
+ * Returns the number that can. */
+static int open_sources(const ckpt *ck, int *src_fd, uint64_t *src_bs, int no_reflink,
+                        const char *probe_path, GError **err)
+{
+    int n_shared = 0;
+    for (int i = 0; i < ck->n_shards; i++) {
+        src_fd[i] = fs_open_regular(ck->shards[i].path, O_RDONLY, "cannot open source", err);
+        if (src_fd[i] < 0)
+            return -1;
+        posix_fadvise(src_fd[i], 0, 0, POSIX_FADV_SEQUENTIAL);
+        if (!no_reflink && probe_path && (src_bs[i] = ec_probe(src_fd[i], probe_path)))
+            n_shared++;
+    }
+    return n_shared;
+}
+
+static int source_same(const cJSON *then, const cJSON *now)
+{
+    char *d = od_source_diff(then, now);
+    g_free(d);
+    return d == NULL;
+}
+
+/* What of this part's plan OUT already holds (files complete as the
+ * journals and the files say, of this very source): *todo gets the
+ * indices still to write. An OUT that does not exist holds nothing. */
+static int dry_done(const ex_opts *o, plan *p, ckpt *ck, int *todo, int *n_todo,
+                    int *done_files, uint64_t *done_bytes, GError **err)
+{
+    uint8_t *done = g_new0(uint8_t, p->n_files > 0 ? p->n_files : 1);
+    *n_todo = *done_files = 0;
+    *done_bytes = 0;
+    struct stat st;
+    int rc = 0;
+    if (stat(o->out, &st) == 0) {
+        cJSON *now = od_source_identity(ck, o->src, err);
+        cJSON *then = now ? od_source_load(o->out, err) : NULL;
+        GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
+        if (!now || (!then && err && *err) || mf_journals_read_all(o->out, recs, err))
+            rc = -1;
+        /* another source's files are no use: the real run refuses them */
+        else if (!then || !source_same(then, now))
+            ;
+        else
+            od_find_done(p, ck, od_source_id(now), o->out, recs, done);
+        for (guint i = 0; i < recs->len; i++)
+            mf_file_clear(&g_array_index(recs, mf_file, i));
+        g_array_free(recs, TRUE);
+        cJSON_Delete(then);
+        cJSON_Delete(now);
+    }
+    for (int i = 0; rc == 0 && i < p->n_files; i++) {
+        if (p->files[i].part != o->shard)
+            continue;
+        if (done[i]) {
+            (*done_files)++;
+            *done_bytes += p->files[i].bytes;
+        } else {
+            todo[(*n_todo)++] = i;
+        }
+    }
+    g_free(done);
+    return rc;
+}
+
 int ex_dry_run(const ex_opts *o, int json, GError **err)
 {
     const layout *lt;
@@ -747,6 +915,41 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
             mine += p->files[i].bytes;
         }
     }
+    /* what is left, and whether it fits (the real run's space check; the
+     * reflink probe makes and removes a scratch file next to OUT) */
+    int *todo = g_new(int, p->n_files > 0 ? p->n_files : 1), n_todo = 0, done_files = 0;
+    uint64_t done_bytes = 0;
+    int *fd = g_new(int, ck->n_shards);
+    uint64_t *bs = g_new0(uint64_t, ck->n_shards);
+    for (int i = 0; i < ck->n_shards; i++)
+        fd[i] = -1;
+    space_check sc = {0};
+    int rc = dry_done(o, p, ck, todo, &n_todo, &done_files, &done_bytes, err);
+    if (rc == 0)
+        rc = space_free(&sc, o->out, err);
+    if (rc == 0 && !o->no_reflink) {
+        char *probe = g_strdup_printf("%s/.qmoe-reflink-probe.%ld", sc.dir, (long)getpid());
+        rc = open_sources(ck, fd, bs, 0, probe, err) < 0 ? -1 : 0;
+        g_free(probe);
+    }
+    for (int i = 0; i < ck->n_shards; i++)
+        if (fd[i] >= 0)
+            close(fd[i]);
+    g_free(fd);
+    if (rc) {
+        g_free(bs);
+        g_free(todo);
+        g_free(sc.where);
+        g_free(sc.dir);
+        plan_free(p);
+        ckpt_close(ck);
+        return -1;
+    }
+    space_count(&sc, p, todo, n_todo, bs);
+    g_free(bs);
+    g_free(todo);
+    int fits = sc.needed <= sc.avail;
+    char *stext = space_text(&sc);
     char *layers = qm_list_format(p->layer_sel, p->shape.n_layers);
     char *experts = qm_list_format(p->expert_sel, p->shape.n_experts);
     if (json) {
@@ -768,6 +971,15 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         cJSON_AddNumberToObject(j, "shards", o->shards);
         cJSON_AddNumberToObject(j, "shard_files", mine_files);
         cJSON_AddNumberToObject(j, "shard_bytes", (double)mine);
+        cJSON_AddNumberToObject(j, "done_files", done_files);
+        cJSON_AddNumberToObject(j, "done_bytes", (double)done_bytes);
+        cJSON_AddNumberToObject(j, "todo_files", n_todo);
+        cJSON_AddNumberToObject(j, "todo_bytes", (double)sc.to_write);
+        cJSON_AddNumberToObject(j, "shared_bytes", (double)sc.shared);
+        cJSON_AddNumberToObject(j, "needed_bytes", (double)sc.needed);
+        cJSON_AddNumberToObject(j, "available_bytes", (double)sc.avail);
+        cJSON_AddStringToObject(j, "filesystem", sc.where);
+        cJSON_AddBoolToObject(j, "fits", fits);
         int n_gap = 0;
         char *gap = od_plan_gap(p, &n_gap);
         cJSON_AddNumberToObject(j, "missing_from_source_count", n_gap);
@@ -795,6 +1007,15 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         if (o->shards > 1)
             printf("shard:    %d/%d: %d files, %s\n", o->shard, o->shards, mine_files,
                    qm_human_bytes(mine, b1, sizeof b1));
+        printf("done:     %d files, %s already complete in '%s'\n", done_files,
+               qm_human_bytes(done_bytes, b1, sizeof b1), o->out);
+        printf("to write: %d files, %s", n_todo,
+               qm_human_bytes(sc.to_write, b1, sizeof b1));
+        if (sc.shared)
+            printf(" (%s of it shared with the source by reflinks)",
+                   qm_human_bytes(sc.shared, b2, sizeof b2));
+        printf("\nspace:    %s: %s\n", stext,
+               fits ? "fits" : "too little (the run refuses unless --force)");
         int n_gap = 0;
         char *gap = od_plan_gap(p, &n_gap);
         if (gap) {
@@ -805,6 +1026,9 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         }
         g_free(gap);
     }
+    g_free(stext);
+    g_free(sc.where);
+    g_free(sc.dir);
     g_free(layers);
     g_free(experts);
     plan_free(p);
@@ -847,34 +1071,6 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         goto out;
     if (check_source(&j, err))
         goto out;
-    if (o->before_write) {
-        if (o->before_write(o->before_write_arg, err))
-            goto out;
-        /* maybe another process now (--detach's child): the lock says who */
-        if (progress_lock_handover(lock_fd, lock_path, err))
-            goto out;
-    }
-    if (stale) {
-        fprintf(stderr, "qmoe-extract: taking over the stale lock of pid %ld (no longer "
-                "running); resuming\n", (long)stale);
-        job_log(&j, "took over the stale lock of pid %ld", (long)stale);
-    }
-    static const char *subdirs[] = {"experts", "layers", "other"};
-    for (int i = 0; i < 3; i++) {
-        char *d = g_build_filename(o->out, subdirs[i], NULL);
-        int r = fs_mkdir_out(o->out, d, err);
-        g_free(d);
-        if (r)
-            goto out;
-    }
-    int top = lock_top(o->out);
-    od_remove_stale_tmps(o->out, p, o->shard, o->shards);
-    int side = copy_side_files(j.ck->dir, o->out, err);
-    if (top >= 0)
-        close(top);
-    if (side)
-        goto out;
-
     /* What earlier runs (of any part) finished stays. */
     GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
     uint8_t *done = g_new0(uint8_t, p->n_files > 0 ? p->n_files : 1);
@@ -919,29 +1115,61 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     j.src_fd = g_new(int, j.ck->n_shards);
     for (int i = 0; i < j.ck->n_shards; i++)
         j.src_fd[i] = -1;
-    for (int i = 0; i < j.ck->n_shards; i++) {
-        j.src_fd[i] = fs_open_regular(j.ck->shards[i].path, O_RDONLY, "cannot open source", err);
-        if (j.src_fd[i] < 0)
-            goto out;
-        posix_fadvise(j.src_fd[i], 0, 0, POSIX_FADV_SEQUENTIAL);
-    }
     j.src_bs = g_new0(uint64_t, j.ck->n_shards);
-    if (!o->no_reflink) {
-        char *probe = g_build_filename(state_dir, "reflink-probe", NULL);
-        int n_shared = 0;
-        uint64_t bsz = 0;
-        for (int i = 0; i < j.ck->n_shards; i++)
-            if ((j.src_bs[i] = ec_probe(j.src_fd[i], probe)) != 0) {
-                n_shared++;
-                bsz = j.src_bs[i];
-            }
-        g_free(probe);
-        g_atomic_int_set(&j.reflink, n_shared > 0);
-        if (n_shared)
-            job_log(&j, "zero-copy: %d of %d source files share blocks with '%s' "
-                    "(reflink, block size %llu)", n_shared, j.ck->n_shards, o->out,
-                    (unsigned long long)bsz);
+    char *probe = g_build_filename(state_dir, "reflink-probe", NULL);
+    int n_shared = open_sources(j.ck, j.src_fd, j.src_bs, o->no_reflink, probe, err);
+    g_free(probe);
+    if (n_shared < 0)
+        goto out;
+    g_atomic_int_set(&j.reflink, n_shared > 0);
+    if (n_shared)
+        job_log(&j, "zero-copy: %d of %d source files share blocks with '%s' "
+                "(reflink)", n_shared, j.ck->n_shards, o->out);
+    space_check sc = {0};
+    space_count(&sc, p, j.todo, j.n_todo, j.src_bs);
+    if (space_free(&sc, o->out, err))
+        goto out;
+    char *stext = space_text(&sc);
+    job_log(&j, "space: %s", stext);
+    if (sc.needed > sc.avail && !o->force) {
+        g_set_error(err, QM_ERROR, QM_ERR_IO, "'%s': %s; nothing written (--force "
+                    "tries anyway)", o->out, stext);
+        g_free(stext);
+        g_free(sc.where);
+        g_free(sc.dir);
+        goto out;
     }
+    g_free(stext);
+    g_free(sc.where);
+    g_free(sc.dir);
+    if (o->before_write) {
+        if (o->before_write(o->before_write_arg, err))
+            goto out;
+        /* maybe another process now (--detach's child): the lock says who */
+        if (progress_lock_handover(lock_fd, lock_path, err))
+            goto out;
+    }
+    if (stale) {
+        fprintf(stderr, "qmoe-extract: taking over the stale lock of pid %ld (no longer "
+                "running); resuming\n", (long)stale);
+        job_log(&j, "took over the stale lock of pid %ld", (long)stale);
+    }
+    static const char *subdirs[] = {"experts", "layers", "other"};
+    for (int i = 0; i < 3; i++) {
+        char *d = g_build_filename(o->out, subdirs[i], NULL);
+        int r = fs_mkdir_out(o->out, d, err);
+        g_free(d);
+        if (r)
+            goto out;
+    }
+    int top = lock_top(o->out);
+    od_remove_stale_tmps(o->out, p, o->shard, o->shards);
+    int side = copy_side_files(j.ck->dir, o->out, err);
+    if (top >= 0)
+        close(top);
+    if (side)
+        goto out;
+
     j.journal_fd = mf_journal_open(j.journal_path, err);
     if (j.journal_fd < 0)
         goto out;

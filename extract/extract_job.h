@@ -33,6 +33,9 @@ typedef struct {
     int progress_bar;        /* draw a bar on stderr */
     int throttle_ms;         /* test knob: sleep per file (QMOE_THROTTLE_MS) */
     int no_reflink;          /* always copy bytes, never share blocks */
+    int no_other;            /* leave other/ out (outside the text model) */
+    int force;               /* write even when the space check says it will
+                                not fit */
     int allow_missing;       /* extract a source lacking experts its config
                                 declares; the manifest records the gap */
     int restart;             /* empty OUT of qmoe's files first */

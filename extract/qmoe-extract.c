@@ -21,7 +21,7 @@ static const char *prog = "qmoe-extract";
 static gchar *opt_layers, *opt_experts, *opt_layout, *opt_shard;
 static gint opt_jobs;
 static gboolean opt_detach, opt_dry_run, opt_json, opt_version, opt_no_progress;
-static gboolean opt_no_reflink, opt_restart, opt_allow_missing;
+static gboolean opt_no_reflink, opt_restart, opt_allow_missing, opt_force, opt_no_other;
 
 static GOptionEntry entries[] = {
     {"layers", 0, 0, G_OPTION_ARG_STRING, &opt_layers,
@@ -48,6 +48,10 @@ static GOptionEntry entries[] = {
      "Empty OUT of qmoe's files first and start over (another or a changed source)", NULL},
     {"allow-missing", 0, 0, G_OPTION_ARG_NONE, &opt_allow_missing,
      "Extract a source that lacks experts its config declares; qmoe.json records the gap", NULL},
+    {"no-other", 0, 0, G_OPTION_ARG_NONE, &opt_no_other,
+     "Leave out other/ (the tensors outside the text model: talker, audio, vision, ...); globals stay", NULL},
+    {"force", 0, 0, G_OPTION_ARG_NONE, &opt_force,
+     "Write even when OUT's filesystem has less free space than the bytes still to write", NULL},
     {"version", 0, 0, G_OPTION_ARG_NONE, &opt_version, "Print the version", NULL},
     {NULL, 0, 0, 0, NULL, NULL, NULL},
 };
@@ -64,7 +68,9 @@ static const char *description =
     "source, or with the source changed since, refuses (exit 2) unless --restart.\n"
     "A source lacking experts its config declares is refused (exit 2, listed per\n"
     "layer) unless --allow-missing. --detach checks all this and takes the lock\n"
-    "before it returns.\n"
+    "before it returns. Before writing, the bytes still to write (less what\n"
+    "reflinks share) are compared with OUT's free space: too little is refused\n"
+    "(exit 2) unless --force.\n"
     "\n"
     "When SRC and OUT are on one filesystem with reflinks (XFS reflink=1, btrfs),\n"
     "the files share SRC's data blocks instead of copying them; their headers are\n"
@@ -167,6 +173,8 @@ int main(int argc, char **argv)
     o.throttle_ms = thr ? atoi(thr) : 0;
     o.progress_bar = !opt_json && !opt_detach && !opt_no_progress && isatty(2);
     o.no_reflink = opt_no_reflink;
+    o.force = opt_force;
+    o.no_other = opt_no_other;
 
     o.allow_missing = opt_allow_missing;
     if (opt_dry_run) {

@@ -78,6 +78,7 @@ typedef struct {
     /* expected set */
     const char *expected_from; /* "manifest", "progress", "config", "scan" */
     int partial;
+    int no_other;          /* --no-other: other/ left out of the expected set */
     char *sel_layers, *sel_experts; /* lists, or NULL */
     int n_layers, n_experts; /* grid size */
     st_layer *layers;      /* n_layers rows */

@@ -313,7 +313,8 @@ char *st_render_text(const st_snap *s, const st_style *y)
               y->color ? C_YELLOW : "", s->unexpected, R);
     if (s->other_expected >= 0)
         emitf(out, y, "other     %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT
-              " files (layers/, globals, other/)", s->other_done, s->other_expected);
+              " files (layers/, globals%s)", s->other_done, s->other_expected,
+              s->no_other ? "; other/ left out by --no-other" : ", other/");
     else
         emitf(out, y, "other     %" G_GINT64_FORMAT " files (layers/, globals, other/)",
               s->other_done);

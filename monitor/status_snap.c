@@ -334,6 +334,7 @@ static int from_manifest(st_snap *s)
         if (count >= 0)
             s->experts_expected = count;
         s->partial = cJSON_IsTrue(pa);
+        s->no_other = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "no_other"));
         if (cJSON_IsString(ls) && s->partial)
             s->sel_layers = g_strdup(ls->valuestring);
         if (cJSON_IsString(es) && s->partial)

@@ -406,6 +406,8 @@ int manifest_save(const manifest *m, const char *path, GError **err)
     cJSON_AddNumberToObject(e, "files", m->expected_files);
     cJSON_AddNumberToObject(e, "bytes", (double)m->expected_bytes);
     cJSON_AddBoolToObject(e, "partial", m->partial);
+    if (m->no_other)
+        cJSON_AddBoolToObject(e, "no_other", 1);
     if (m->missing_from_source && *m->missing_from_source) {
         cJSON_AddStringToObject(e, "missing_from_source", m->missing_from_source);
         cJSON_AddNumberToObject(e, "missing_count", m->missing_count);
@@ -480,6 +482,7 @@ manifest *manifest_load(const char *path, GError **err)
     m->layers = dup_str(e, "layers");
     m->experts = dup_str(e, "experts");
     m->partial = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "partial"));
+    m->no_other = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "no_other"));
     m->missing_from_source = dup_str(e, "missing_from_source");
     if (qm_json_int(e, "missing_count", 0, 1 << 30, &v) == 0)
         m->missing_count = (int)v;

@@ -27,6 +27,7 @@
  *    "expected":{"num_layers":48,"num_experts":128,"moe_layers":"0-47",
  *                "layers":"0-47","experts":"0-127","count":6144,
  *                "files":6200,"bytes":N,"partial":false},
+ *               ("no_other":true after --no-other: other/ is not expected)
  *    "shards":N, "files":[record...]}
  * Added fields (absent in older files): each record's "source_id" and
  * "source":{"id":...,"identity":{...}} (outdir.h, source identity), and
@@ -88,6 +89,7 @@ typedef struct {
     int expected_files;    /* all files expected */
     uint64_t expected_bytes;
     int partial;
+    int no_other;          /* --no-other: other/ not extracted, not expected */
     char *missing_from_source; /* od_plan_gap text ("" none), --allow-missing */
     int missing_count;     /* (layer, expert) files the source lacks */
     int shards;            /* number of --shard parts (1 when unsharded) */

@@ -162,6 +162,12 @@ static void add_other(builder *b, GPtrArray *names, const layout *lt, ckpt *ck)
 plan *plan_build(ckpt *ck, const layout *lt, const char *layers,
                  const char *experts, GError **err)
 {
+    return plan_build_sel(ck, lt, layers, experts, 0, err);
+}
+
+plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
+                     const char *experts, int no_other, GError **err)
+{
     if (ckpt_load_all(ck, err))
         return NULL;
     if (ck->n_names == 0) {
@@ -193,6 +199,7 @@ plan *plan_build(ckpt *ck, const layout *lt, const char *layers,
         selection(experts, ne, p->expert_sel, "--experts", err))
         goto out;
     p->partial = layers != NULL || experts != NULL;
+    p->no_other = no_other;
 
     for (int i = 0; i < ck->n_names; i++) {
         const char *name = ck->names[i];
@@ -255,7 +262,8 @@ plan *plan_build(ckpt *ck, const layout *lt, const char *layers,
                        name, name, s, off, nb, t->dtype, t->ndim, t->shape, -1);
             break;
         case LT_OTHER:
-            g_ptr_array_add(others, (gpointer)name);
+            if (!no_other)
+                g_ptr_array_add(others, (gpointer)name);
             break;
         }
     }
@@ -405,6 +413,7 @@ void plan_describe(const plan *p, const ckpt *ck, const char *src_path, manifest
     m->expected_files = p->n_files;
     m->expected_bytes = p->total_bytes;
     m->partial = p->partial;
+    m->no_other = p->no_other;
     if (m->shards < 1)
         m->shards = 1;
 }

@@ -51,6 +51,7 @@ typedef struct {
     uint8_t *layer_sel;    /* [shape.n_layers] selected layers */
     uint8_t *expert_sel;   /* [shape.n_experts] selected experts */
     int partial;           /* a selection narrower than everything */
+    int no_other;          /* --no-other: other/ left out of the plan */
     int n_files;
     plan_file *files;      /* in source order (sequential reads) */
     int expected_experts;  /* expert files in the plan */
@@ -67,6 +68,10 @@ typedef struct {
  * ("config says 16 experts but tensor '...' is expert 17"). */
 plan *plan_build(ckpt *ck, const layout *lt, const char *layers,
                  const char *experts, GError **err);
+/* plan_build with other/ (the tensors outside the text model) left out
+ * when no_other (--no-other); globals and layer files stay. */
+plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
+                     const char *experts, int no_other, GError **err);
 void plan_free(plan *p);
 
 /* Assigns every file a part in [0, n): greedy by bytes, largest first,

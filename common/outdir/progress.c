@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 char *progress_state_dir(const char *out, int shard, int shards)
@@ -19,6 +20,38 @@ char *progress_state_dir(const char *out, int shard, int shards)
     char name[64];
     snprintf(name, sizeof name, "shard-%d-of-%d", shard, shards);
     return g_build_filename(out, ".qmoe", name, NULL);
+}
+
+/* On a full disk the atomic replace cannot create its temporary, yet the
+ * final state (failed: no space) must still reach progress.json: the
+ * existing file is overwritten in place when the text fits in the blocks
+ * it already has, then cut to length (neither needs a new block). A reader
+ * may see a half-written file for that moment; the state is final. */
+static int rewrite_in_place(const char *path, const char *text, size_t len)
+{
+    GError *e = NULL;
+    int fd = fs_open_out(path, O_WRONLY, "cannot open", &e);
+    if (fd < 0) {
+        g_clear_error(&e);
+        return -1;
+    }
+    struct stat st;
+    int rc = -1;
+    if (fstat(fd, &st) == 0 && (uint64_t)st.st_blocks * 512 >= len) {
+        size_t at = 0;
+        while (at < len) {
+            ssize_t n = pwrite(fd, text + at, len - at, (off_t)at);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                break;
+            at += (size_t)n;
+        }
+        if (at == len && ftruncate(fd, (off_t)len) == 0)
+            rc = 0;
+    }
+    close(fd);
+    return rc;
 }
 
 int progress_write(const char *path, const progress *p, GError **err)
@@ -62,6 +95,11 @@ int progress_write(const char *path, const progress *p, GError **err)
     /* No fsync: progress is advisory and rewritten many times a second;
      * the rename alone keeps readers from seeing half a file. */
     int rc = fs_write_replace(path, text, strlen(text), err);
+    if (rc != 0 && rewrite_in_place(path, text, strlen(text)) == 0) {
+        if (err)
+            g_clear_error(err); /* the state reached the file after all */
+        rc = 0;
+    }
     cJSON_free(text);
     return rc;
 }

@@ -644,7 +644,8 @@ int vf_attach_source(vf_target *t, const char *src, vf_result *r, GError **err)
         return -1;
     /* The whole source is planned: a partial extraction's files are then
      * compared with their counterparts, and a full one must have them all. */
-    t->src_plan = plan_build(t->src, lt, NULL, NULL, err);
+    t->src_plan = plan_build_sel(t->src, lt, NULL, NULL,
+                                 t->have_manifest && t->m->no_other, err);
     if (!t->src_plan) {
         g_prefix_error(err, "cannot plan the source: ");
         return -1;

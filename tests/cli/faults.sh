@@ -7,7 +7,7 @@
 # gone must complete with output identical to the source. The mount tests
 # need root (CI runs as root); elsewhere they are skipped (skip_rest).
 . "$(dirname "$0")/lib.sh"
-plan 68
+plan 74
 TOOLS="$QMOE_BUILD/tests/tools"
 SRC="$FIX/qwen3moe-tiny/omni"
 
@@ -147,16 +147,32 @@ if ! mount -t tmpfs -o size=400k tmpfs "$T/small" 2>"$T/.m"; then
 fi
 mounts+=("$T/small")
 
-# -- disk full: a 400 kB tmpfs for 870 kB of output
+# -- disk full: a 400 kB tmpfs for 870 kB of output. The space check
+# refuses before writing anything ...
 run qmoe-extract -j 2 "$SRC" "$T/small/out"
+expect space-refused 2 "available on $T/small; nothing written (--force tries anyway)"
+[[ "$err" =~ needs\ 1\.[0-9]\ MB,\ [34][0-9][0-9]\.[0-9]\ kB\ available ]] && ok space-refused-figures ||
+    fail space-refused-figures "$err"
+[ "$(grep -c . <<<"$err")" = 1 ] && ok space-refused-one-line || fail space-refused-one-line "$err"
+[ -z "$(find "$T/small/out" -name '*.safetensors' -print -quit)" ] && ok space-refused-nothing-written ||
+    fail space-refused-nothing-written "$(find "$T/small/out" -name '*.safetensors' | head -3)"
+run qmoe-extract --dry-run "$SRC" "$T/small/out"
+expect space-dry-run 0 "too little (the run refuses unless --force)" stdout
+# ... --force tries anyway and meets the full disk
+run qmoe-extract -j 2 --force "$SRC" "$T/small/out"
 expect enospc-exit-2 2 "no space left on device"
 [[ "$err" =~ \'[^\']*(safetensors|json|jsonl)\' ]] && ok enospc-names-file || fail enospc-names-file "$err"
 [ "$(grep -c . <<<"$err")" = 1 ] && ok enospc-one-line || fail enospc-one-line "$err"
 intact enospc "$T/small/out"
-grep -q '"state":"failed"' "$T/small/out/.qmoe/progress.json" 2>/dev/null && ok enospc-state-failed ||
-    skip enospc-state-failed "progress.json could not be written on the full disk"
+# the failure reaches progress.json even on the full disk, and status says so
+jq -e '.state == "failed" and (.last_error | test("no space left on device"; "i"))' \
+    "$T/small/out/.qmoe/progress.json" >/dev/null 2>&1 && ok enospc-state-failed ||
+    fail enospc-state-failed "$(head -c 300 "$T/small/out/.qmoe/progress.json" 2>&1)"
+run qmoe-status "$T/small/out"
+[[ "$out" =~ failed ]] && [[ "$out" =~ [Nn]o\ space\ left\ on\ device ]] && ! [[ "$out" =~ crashed ]] &&
+    ok enospc-status-failed || fail enospc-status-failed "$out"
 # a rerun on the still-full disk fails the same way, harmlessly
-run qmoe-extract -j 2 "$SRC" "$T/small/out"
+run qmoe-extract -j 2 --force "$SRC" "$T/small/out"
 expect enospc-rerun-still-full 2 "no space left on device"
 intact enospc-rerun "$T/small/out"
 # space freed: remount bigger, resume
@@ -168,7 +184,7 @@ complete enospc "$T/small/out"
 # -- disk full again, freed by deleting a filler file
 umount "$T/small"; mount -t tmpfs -o size=1600k tmpfs "$T/small"
 head -c 1100000 /dev/zero >"$T/small/filler"
-run qmoe-extract -j 1 "$SRC" "$T/small/out2"
+run qmoe-extract -j 1 --force "$SRC" "$T/small/out2"
 expect filler-exit-2 2 "no space left on device"
 intact filler "$T/small/out2"
 rm "$T/small/filler"

@@ -23,7 +23,8 @@ mask() {
         -e 's#\bin [0-9.]+ s\b#in <DUR>#g' \
         -e 's#\([0-9.]+ [kMG]?B/s\)#(<RATE>)#g' \
         -e 's#^(elapsed +)[0-9][0-9hms ]*#\1<DUR> #' \
-        -e 's#\bpid [0-9]+#pid <PID>#g'
+        -e 's#\bpid [0-9]+#pid <PID>#g' \
+        -e 's#, [0-9.]+ [kMGT]?B available on [^:;]*#, <FREE> available on <FS>#'
 }
 
 # golden NAME CMD... : CMD's masked output and exit code against NAME.exact

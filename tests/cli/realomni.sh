@@ -5,7 +5,7 @@
 # is refused; a dangling blob is named with its target; the tokenizer as the
 # repo ships it (vocab.json + merges.txt, no tokenizer.json) loads.
 . "$(dirname "$0")/lib.sh"
-plan 16
+plan 30
 RO="${QMOE_SHARED:-$QMOE_ROOT/../shared}/tools/realomni.py"
 if [ ! -f "$RO" ]; then fail realomni-script "no $RO (shared/ beside the clone)"; exit 1; fi
 R=$T/omni
@@ -19,6 +19,18 @@ expect realomni-dry-run 0
 run qmoe-extract --dry-run "$R" "$T/out"
 expect realomni-dry-run-text 0 "files:    6144 expert, 48 layer, 1 globals, 7 other (6200 in all)" stdout
 [ ! -e "$T/out" ] && ok realomni-dry-run-writes-nothing || fail realomni-dry-run-writes-nothing
+
+# the space check: 41.2 GB free (simulated, QMOE_TEST_FREE_BYTES) for 70.5 GB
+run env QMOE_TEST_FREE_BYTES=41200000000 qmoe-extract --dry-run --json "$R" "$T/out"
+expect realomni-space-dry-run 0 '"todo_files":6200,"todo_bytes":70519637090,"shared_bytes":0,"needed_bytes":70545032290,"available_bytes":41200000000' stdout
+[[ "$out" == *'"fits":false'* ]] && ok realomni-space-dry-run-verdict || fail realomni-space-dry-run-verdict "$out"
+run env QMOE_TEST_FREE_BYTES=41200000000 qmoe-extract "$R" "$T/out"
+expect realomni-space-refused 2 "qmoe-extract: '$T/out': needs 70.5 GB, 41.2 GB available on "
+[[ "$err" == *"(QMOE_TEST_FREE_BYTES); nothing written (--force tries anyway)" ]] && ok realomni-space-refused-text ||
+    fail realomni-space-refused-text "$err"
+[ -z "$(find "$T/out" -name '*.safetensors' -print -quit)" ] && ok realomni-space-refused-nothing-written ||
+    fail realomni-space-refused-nothing-written
+rm -rf "$T/out"
 
 # the tokenizer the repo ships: vocab.json + merges.txt
 run sh -c "printf 'Hello world' | qmoe-run --tokenize '$R'"
@@ -59,3 +71,29 @@ mv "$T/blob" "$REPO/snapshots/$rev/$target"
 run qmoe-extract --dry-run "$REPO" "$T/out"
 expect realomni-hf-blob-back 0
 rm -rf "$R" "$H"
+
+# --no-other on a filled layer 0: experts 0-3 of layer 0, its layer file and
+# the globals (1.2 GB, sparse zeros in the replica but written); none of the
+# 7 other/ files (9.5 GB)
+R0=$T/omni0
+/usr/bin/python3 "$RO" "$R0" --fill-layers 0 --quiet >"$T/ro.log" 2>&1 || { fail realomni-fill-writes "$(cat "$T/ro.log")"; exit 1; }
+run qmoe-extract --dry-run --json --layers 0 --experts 0-3 --no-other "$R0" "$T/o0"
+expect realomni-no-other-dry-run 0 '"expert_files":4,"layer_files":1,"globals_files":1,"other_files":0,"files":6,' stdout
+run qmoe-extract --no-progress --json --layers 0 --experts 0-3 --no-other "$R0" "$T/o0"
+expect realomni-no-other 0 '"files_planned":6,"files_done":6,' stdout
+[ -z "$(ls -A "$T/o0/other")" ] && ok realomni-no-other-nothing-in-other || fail realomni-no-other-nothing-in-other "$(ls "$T/o0/other")"
+jq -e '.expected.no_other == true and .expected.files == 6 and .complete == true' "$T/o0/qmoe.json" >/dev/null &&
+    ok realomni-no-other-manifest || fail realomni-no-other-manifest "$(jq -c .expected "$T/o0/qmoe.json")"
+run qmoe-verify --source "$R0" "$T/o0"
+expect realomni-no-other-verify-source 0 "compared with the source" stdout
+run qmoe-status "$T/o0"
+expect realomni-no-other-status 0 "other     2/2 files (layers/, globals; other/ left out by --no-other)" stdout
+# the dry run on it: all done, nothing to write; without --no-other the 7
+# other/ files are what is left
+run qmoe-extract --dry-run --layers 0 --experts 0-3 --no-other "$R0" "$T/o0"
+expect realomni-dry-run-done 0 "to write: 0 files, 0 B" stdout
+run qmoe-extract --dry-run --json --layers 0 --experts 0-3 "$R0" "$T/o0"
+expect realomni-dry-run-left 0 '"done_files":6,' stdout
+[[ "$out" == *'"todo_files":7,"todo_bytes":9454343266,'* ]] && ok realomni-dry-run-left-figures ||
+    fail realomni-dry-run-left-figures "$out"
+rm -rf "$R0" "$T/o0"
