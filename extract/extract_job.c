@@ -1066,6 +1066,11 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     lock_fd = progress_lock(lock_path, &stale, err);
     if (lock_fd < 0)
         goto out;
+    /* said at once: the source checks below take time, and a kill during
+     * them must not hide that the stale lock was taken over */
+    if (stale)
+        fprintf(stderr, "qmoe-extract: taking over the stale lock of pid %ld (no longer "
+                "running); resuming\n", (long)stale);
     j.log_fd = fs_open_out(log_path, O_WRONLY | O_APPEND | O_CREAT, "cannot open log", err);
     if (j.log_fd < 0)
         goto out;
@@ -1149,11 +1154,8 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         if (progress_lock_handover(lock_fd, lock_path, err))
             goto out;
     }
-    if (stale) {
-        fprintf(stderr, "qmoe-extract: taking over the stale lock of pid %ld (no longer "
-                "running); resuming\n", (long)stale);
+    if (stale)
         job_log(&j, "took over the stale lock of pid %ld", (long)stale);
-    }
     static const char *subdirs[] = {"experts", "layers", "other"};
     for (int i = 0; i < 3; i++) {
         char *d = g_build_filename(o->out, subdirs[i], NULL);
