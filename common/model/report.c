@@ -88,22 +88,6 @@ static void fill(GString *o, rgb c)
 
 /* ---- counts ---- */
 
-static uint64_t expert_picks(const rs_stats *s, int li, int e)
-{
-    uint64_t n = 0;
-    for (int d = 0; d < s->n_domains; d++)
-        n += rs_count(s, li, d, e);
-    return n;
-}
-
-static uint64_t domain_picks(const rs_stats *s, int li, int d)
-{
-    uint64_t n = 0;
-    for (int e = 0; e < s->n_experts; e++)
-        n += rs_count(s, li, d, e);
-    return n;
-}
-
 static const char *run_name(const rs_stats *s)
 {
     return s->mask ? "router masked" : "free router";
@@ -147,9 +131,9 @@ static void svg_heatmap(GString *o, const rs_stats *s, int li)
             y + ch - 5);
         esc(o, s->domains[d]);
         g_string_append(o, "</text>\n");
-        uint64_t nd = domain_picks(s, li, d);
+        uint64_t nd = rs_domain_total(s, li, d);
         for (int e = 0; e < s->n_experts; e++) {
-            uint64_t ne = expert_picks(s, li, e), n = rs_count(s, li, d, e);
+            uint64_t ne = rs_expert_total(s, li, e), n = rs_count(s, li, d, e);
             double lift = rs_lift(s, li, d, e);
             put(o, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" ", LABEL_W + e * cw, y,
                 cw, ch);
@@ -314,7 +298,7 @@ static void table_layers(GString *o, const rs_stats *s)
         rs_layer_summary sm;
         rs_summarise(s, li, &sm);
         for (int e = 0; e < s->n_experts; e++)
-            never[e] = expert_picks(s, li, e) == 0;
+            never[e] = rs_expert_total(s, li, e) == 0;
         char *l = qm_list_format(never, s->n_experts);
         put(o, "<tr><td>%d</td><td>%" G_GUINT64_FORMAT "</td><td>%d/%d</td><td>%.4f</td>"
                "<td>%.4f</td><td>%.3f</td><td>%.3f</td><td>%s</td></tr>\n",

@@ -320,7 +320,7 @@ out:
 
 /* ---- statistics ---- */
 
-static uint64_t expert_total(const rs_stats *s, int li, int e)
+uint64_t rs_expert_total(const rs_stats *s, int li, int e)
 {
     uint64_t n = 0;
     for (int d = 0; d < s->n_domains; d++)
@@ -328,7 +328,7 @@ static uint64_t expert_total(const rs_stats *s, int li, int e)
     return n;
 }
 
-static uint64_t domain_total(const rs_stats *s, int li, int d)
+uint64_t rs_domain_total(const rs_stats *s, int li, int d)
 {
     uint64_t n = 0;
     for (int e = 0; e < s->n_experts; e++)
@@ -382,16 +382,16 @@ double rs_load(const rs_stats *s, int li, int e)
 {
     uint64_t all = 0;
     for (int d = 0; d < s->n_domains; d++)
-        all += domain_total(s, li, d);
-    return all ? (double)expert_total(s, li, e) / (double)all : 0;
+        all += rs_domain_total(s, li, d);
+    return all ? (double)rs_expert_total(s, li, e) / (double)all : 0;
 }
 
 double rs_lift(const rs_stats *s, int li, int d, int e)
 {
     uint64_t all = 0;
     for (int x = 0; x < s->n_domains; x++)
-        all += domain_total(s, li, x);
-    uint64_t ne = expert_total(s, li, e), nd = domain_total(s, li, d);
+        all += rs_domain_total(s, li, x);
+    uint64_t ne = rs_expert_total(s, li, e), nd = rs_domain_total(s, li, d);
     if (!ne || !nd)
         return 0;
     return ((double)rs_count(s, li, d, e) / (double)nd) / ((double)ne / (double)all);
@@ -417,7 +417,7 @@ int rs_top(const rs_stats *s, int li, int d, int n, rs_top_entry *out)
         if (got < n)
             got++;
     }
-    uint64_t nd = domain_total(s, li, d);
+    uint64_t nd = rs_domain_total(s, li, d);
     for (int i = 0; i < got; i++) {
         out[i].share = nd ? (double)out[i].count / (double)nd : 0;
         out[i].lift = rs_lift(s, li, d, out[i].expert);
@@ -462,7 +462,7 @@ cJSON *rs_stats_to_json(const rs_stats *s, int n_top)
         cJSON *never = cJSON_AddArrayToObject(o, "never_chosen");
         for (int e = 0; e < s->n_experts; e++) {
             load[e] = rs_load(s, li, e);
-            if (expert_total(s, li, e) == 0)
+            if (rs_expert_total(s, li, e) == 0)
                 cJSON_AddItemToArray(never, cJSON_CreateNumber(e));
         }
         cJSON_AddItemToObject(o, "load", cJSON_CreateDoubleArray(load, s->n_experts));

@@ -102,6 +102,11 @@ static inline uint64_t rs_count(const rs_stats *s, int li, int d, int e)
     return s->counts[((size_t)li * s->n_domains + d) * s->n_experts + e];
 }
 
+/* Picks of expert e in layer li over all domains, and of domain d over all
+ * experts (the marginals of rs_count). */
+uint64_t rs_expert_total(const rs_stats *s, int li, int e);
+uint64_t rs_domain_total(const rs_stats *s, int li, int d);
+
 /* ---- running the corpus ---- */
 
 /* Also told of every pick, with the corpus line (e.g. to write a log). */
