@@ -399,6 +399,8 @@ int manifest_save(const manifest *m, const char *path, GError **err)
     cJSON *e = cJSON_AddObjectToObject(j, "expected");
     cJSON_AddNumberToObject(e, "num_layers", m->num_layers);
     cJSON_AddNumberToObject(e, "num_experts", m->num_experts);
+    if (m->mtp_layers > 0)
+        cJSON_AddNumberToObject(e, "mtp_layers", m->mtp_layers);
     cJSON_AddStringToObject(e, "moe_layers", m->moe_layers ? m->moe_layers : "");
     cJSON_AddStringToObject(e, "layers", m->layers ? m->layers : "");
     cJSON_AddStringToObject(e, "experts", m->experts ? m->experts : "");
@@ -472,6 +474,12 @@ manifest *manifest_load(const char *path, GError **err)
     if (qm_json_int(e, "num_experts", 0, 1 << 24, &v))
         BAD("'%s': expected.num_experts missing", path);
     m->num_experts = (int)v;
+    if (cJSON_GetObjectItemCaseSensitive(e, "mtp_layers")) {
+        if (qm_json_int(e, "mtp_layers", 0, (1 << 20) - m->num_layers, &v))
+            BAD("'%s': expected.mtp_layers is not an integer in [0, %d]", path,
+                (1 << 20) - m->num_layers);
+        m->mtp_layers = (int)v;
+    }
     if (qm_json_int(e, "count", 0, 1 << 30, &v))
         BAD("'%s': expected.count missing", path);
     m->expected_count = (int)v;
