@@ -22,13 +22,16 @@ static const layout qwen3_moe = {
     .forward = 1, .router = "mlp.gate", .qk_norm = LT_QK_HEAD,
 };
 /* Experts stacked in one parameter per layer (transformers v5 style):
- * gate_up_proj [E, 2I, H] and down_proj [E, H, I]. */
+ * gate_up_proj [E, 2I, H] (gate the first I rows, up the next I) and
+ * down_proj [E, H, I]; computed as qwen3_moe (expert_store.c reads a
+ * stack's rows, or an extraction's per-expert slices). */
 static const layout qwen3_moe_fused = {
     .name = "qwen3_moe_fused", .model_types = "qwen3_moe", .text_config = "",
     .root = "model.", .lm_head = "lm_head.",
     .experts = "mlp.experts.", .proj = {"gate_up_proj", "gate_up_proj", "down_proj"},
     .count_keys = "num_experts", .inter_key = "moe_intermediate_size",
     .fused = 1,
+    .forward = 1, .router = "mlp.gate", .qk_norm = LT_QK_HEAD,
 };
 static const layout mixtral = {
     .name = "mixtral", .model_types = "mixtral", .text_config = "",
@@ -192,14 +195,17 @@ static int word_in(const char *word, const char *list)
     return hit;
 }
 
-/* How many tensor names this layout recognises as routed experts. */
+/* How many tensor names this layout recognises as routed experts: a
+ * stack, or one expert's projection by a name the layout gives it (an
+ * extraction of a fused layout holds "experts.5.gate_up_proj", which the
+ * unfused twin would take for an expert with an unknown projection). */
 static int expert_matches(const layout *lt, const ckpt *ck)
 {
     int n = 0;
     lt_class c;
     for (int i = 0; i < ck->n_names; i++) {
         layout_classify(lt, ck->names[i], &c);
-        n += c.kind == LT_EXPERT || c.kind == LT_FUSED;
+        n += c.kind == LT_FUSED || (c.kind == LT_EXPERT && c.proj >= 0);
     }
     return n;
 }
