@@ -418,6 +418,9 @@ char *st_render_line(const st_snap *s)
                            s->layers_complete, s->layers_expected, s->other_done);
     if (s->other_expected >= 0)
         g_string_append_printf(g, "/%" G_GINT64_FORMAT, s->other_expected);
+    if (s->mtp_layers_expected > 0) /* of the experts above: the MTP block's */
+        g_string_append_printf(g, " (MTP experts %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT ")",
+                               s->mtp_experts_done, s->mtp_experts_expected);
     if (s->bytes_done >= 0) {
         g_string_append_printf(g, " bytes %s", qm_human_bytes((uint64_t)s->bytes_done, b1, sizeof b1));
         if (s->bytes_planned > 0)
