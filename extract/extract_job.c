@@ -960,13 +960,6 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         /* as in qmoe.json: num_layers the decoder's, the MTP block's apart */
         cJSON_AddNumberToObject(j, "num_layers", lt_decoder_layers(&p->shape));
         cJSON_AddNumberToObject(j, "moe_layers", p->shape.n_moe_layers - p->shape.n_moe_mtp);
-        cJSON_AddNumberToObject(j, "mtp_layers", p->shape.n_mtp);
-        cJSON_AddNumberToObject(j, "mtp_moe_layers", p->shape.n_moe_mtp);
-        int mtp_files = 0;
-        for (int i = 0; i < p->n_files; i++)
-            mtp_files += p->files[i].kind == MF_EXPERT &&
-                         lt_is_mtp(&p->shape, p->files[i].layer);
-        cJSON_AddNumberToObject(j, "mtp_expert_files", mtp_files);
         cJSON_AddNumberToObject(j, "num_experts", p->shape.n_experts);
         cJSON_AddStringToObject(j, "layers", layers);
         cJSON_AddStringToObject(j, "experts", experts);
@@ -977,6 +970,13 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         cJSON_AddNumberToObject(j, "files", p->n_files);
         cJSON_AddNumberToObject(j, "bytes", (double)p->total_bytes);
         cJSON_AddNumberToObject(j, "expert_bytes", (double)bytes[MF_EXPERT]);
+        cJSON_AddNumberToObject(j, "mtp_layers", p->shape.n_mtp);
+        cJSON_AddNumberToObject(j, "mtp_moe_layers", p->shape.n_moe_mtp);
+        int mtp_files = 0;
+        for (int i = 0; i < p->n_files; i++)
+            mtp_files += p->files[i].kind == MF_EXPERT &&
+                         lt_is_mtp(&p->shape, p->files[i].layer);
+        cJSON_AddNumberToObject(j, "mtp_expert_files", mtp_files);
         cJSON_AddNumberToObject(j, "shard", o->shard);
         cJSON_AddNumberToObject(j, "shards", o->shards);
         cJSON_AddNumberToObject(j, "shard_files", mine_files);
