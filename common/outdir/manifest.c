@@ -405,6 +405,8 @@ int manifest_save(const manifest *m, const char *path, GError **err)
     cJSON_AddStringToObject(e, "layers", m->layers ? m->layers : "");
     cJSON_AddStringToObject(e, "experts", m->experts ? m->experts : "");
     cJSON_AddNumberToObject(e, "count", m->expected_count);
+    if (m->mtp_layers > 0)
+        cJSON_AddNumberToObject(e, "mtp_count", m->mtp_count);
     cJSON_AddNumberToObject(e, "files", m->expected_files);
     cJSON_AddNumberToObject(e, "bytes", (double)m->expected_bytes);
     cJSON_AddBoolToObject(e, "partial", m->partial);
@@ -483,6 +485,8 @@ manifest *manifest_load(const char *path, GError **err)
     if (qm_json_int(e, "count", 0, 1 << 30, &v))
         BAD("'%s': expected.count missing", path);
     m->expected_count = (int)v;
+    if (qm_json_int(e, "mtp_count", 0, m->expected_count, &v) == 0)
+        m->mtp_count = (int)v;
     if (qm_json_int(e, "files", 0, 1 << 30, &v) == 0)
         m->expected_files = (int)v;
     uint_of(e, "bytes", &m->expected_bytes);

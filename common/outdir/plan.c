@@ -418,6 +418,9 @@ void plan_describe(const plan *p, const ckpt *ck, const char *src_path, manifest
     g_free(sel);
     m->experts = qm_list_format(p->expert_sel, p->shape.n_experts);
     m->expected_count = p->expected_experts;
+    m->mtp_count = 0;
+    for (int i = 0; i < p->n_files; i++)
+        m->mtp_count += p->files[i].kind == MF_EXPERT && lt_is_mtp(&p->shape, p->files[i].layer);
     m->expected_files = p->n_files;
     m->expected_bytes = p->total_bytes;
     m->partial = p->partial;

@@ -859,6 +859,12 @@ void vf_check_coverage(vf_target *t, vf_result *r)
         vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
                "expected.count is %d but its layer and expert lists give %d",
                t->m->expected_count, r->experts_expected);
+    if (t->have_manifest && !r->expect_override && t->m->mtp_layers > 0 &&
+        !t->m->missing_count &&
+        t->m->mtp_count != r->mtp_experts_expected)
+        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
+               "expected.mtp_count is %d but its layer and expert lists give %d MTP "
+               "expert files", t->m->mtp_count, r->mtp_experts_expected);
     if (t->have_manifest && t->m->complete && t->m->expected_files > 0 &&
         t->m->n_files != t->m->expected_files)
         vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,

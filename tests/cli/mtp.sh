@@ -9,7 +9,7 @@
 # (golden logits from the OUT), a missing MTP expert is incomplete, and a
 # selection of the MTP layer alone works.
 . "$(dirname "$0")/lib.sh"
-plan 37
+plan 38
 F=$FIX/families/deepseekv3-tiny
 SRC=$F/hf
 O=$T/out
@@ -31,8 +31,8 @@ expect mtp_extract 0 "53/53 files complete (48 experts: 2 layers x 16 + MTP 1 la
 check mtp_layer_file test -f "$O/layers/layer_03.safetensors"
 n=$(ls "$O/experts" | grep -c '_layer_03\.safetensors$')
 same mtp_expert_files "$n" 16
-same mtp_manifest_expected "$(jq -c '.expected | [.num_layers, .mtp_layers, .moe_layers, .layers, .count, .files]' "$O/qmoe.json")" \
-    '[3,1,"1-3","1-3",48,53]'
+same mtp_manifest_expected "$(jq -c '.expected | [.num_layers, .mtp_layers, .moe_layers, .layers, .count, .mtp_count, .files]' "$O/qmoe.json")" \
+    '[3,1,"1-3","1-3",48,16,53]'
 # the MTP block's own tensors (embed_tokens, enorm, hnorm, eh_proj, shared_head)
 # are in its layer file
 bad=
@@ -92,6 +92,12 @@ expect mtp_status 0 "mtp       layer 3: 16/16 experts, 1/1 layer complete" stdou
 run qmoe-status --json "$O"
 same mtp_status_json "$(printf %s "$out" | jq -c '[.complete, .num_layers, .mtp_layers, .mtp_experts_done, .mtp_experts_expected, ([.layers[] | select(.mtp) | .layer])]')" \
     '[true,3,1,16,16,[3]]'
+
+# a qmoe.json whose mtp_count disagrees with its own lists is caught
+cp -r "$O" "$T/mc"
+jq -c '.expected.mtp_count = 15' "$O/qmoe.json" >"$T/mc/qmoe.json"
+run qmoe-verify --quick "$T/mc"
+expect mtp_manifest_count_checked 1 "expected.mtp_count is 15 but its layer and expert lists give 16 MTP expert files" stdout
 
 # ---- the forward pass ignores the block: golden logits from the OUT,
 # bit-identical to the source's run ----
