@@ -63,6 +63,8 @@ void ex_result_clear(ex_result *r)
     if (r) {
         g_free(r->layout);
         r->layout = NULL;
+        g_free(r->experts_split);
+        r->experts_split = NULL;
     }
 }
 
@@ -955,8 +957,9 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
     if (json) {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "layout", lt->name);
-        cJSON_AddNumberToObject(j, "num_layers", p->shape.n_layers);
-        cJSON_AddNumberToObject(j, "moe_layers", p->shape.n_moe_layers);
+        /* as in qmoe.json: num_layers the decoder's, the MTP block's apart */
+        cJSON_AddNumberToObject(j, "num_layers", lt_decoder_layers(&p->shape));
+        cJSON_AddNumberToObject(j, "moe_layers", p->shape.n_moe_layers - p->shape.n_moe_mtp);
         cJSON_AddNumberToObject(j, "num_experts", p->shape.n_experts);
         cJSON_AddStringToObject(j, "layers", layers);
         cJSON_AddStringToObject(j, "experts", experts);
@@ -967,6 +970,13 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         cJSON_AddNumberToObject(j, "files", p->n_files);
         cJSON_AddNumberToObject(j, "bytes", (double)p->total_bytes);
         cJSON_AddNumberToObject(j, "expert_bytes", (double)bytes[MF_EXPERT]);
+        cJSON_AddNumberToObject(j, "mtp_layers", p->shape.n_mtp);
+        cJSON_AddNumberToObject(j, "mtp_moe_layers", p->shape.n_moe_mtp);
+        int mtp_files = 0;
+        for (int i = 0; i < p->n_files; i++)
+            mtp_files += p->files[i].kind == MF_EXPERT &&
+                         lt_is_mtp(&p->shape, p->files[i].layer);
+        cJSON_AddNumberToObject(j, "mtp_expert_files", mtp_files);
         cJSON_AddNumberToObject(j, "shard", o->shard);
         cJSON_AddNumberToObject(j, "shards", o->shards);
         cJSON_AddNumberToObject(j, "shard_files", mine_files);
@@ -995,9 +1005,26 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
     } else {
         char b1[32], b2[32];
         printf("layout:   %s\n", lt->name);
-        printf("layers:   %s of %d (%d MoE)\n", layers, p->shape.n_layers,
-               p->shape.n_moe_layers);
-        printf("experts:  %s of %d per layer\n", experts, p->shape.n_experts);
+        if (p->shape.n_mtp) {
+            /* the MTP block's layers follow the decoder's, counted apart */
+            char *split = od_plan_mtp_breakdown(p);
+            int d = lt_decoder_layers(&p->shape);
+            char which[32];
+            if (p->shape.n_mtp > 1)
+                snprintf(which, sizeof which, "layers %d-%d", d, p->shape.n_layers - 1);
+            else
+                snprintf(which, sizeof which, "layer %d", d);
+            printf("layers:   %s of %d + MTP %d (%d + MTP %d MoE; MTP: %s)\n", layers, d,
+                   p->shape.n_mtp, p->shape.n_moe_layers - p->shape.n_moe_mtp,
+                   p->shape.n_moe_mtp, which);
+            printf("experts:  %s of %d per layer%s%s\n", experts, p->shape.n_experts,
+                   split ? ": " : "", split ? split : "");
+            g_free(split);
+        } else {
+            printf("layers:   %s of %d (%d MoE)\n", layers, p->shape.n_layers,
+                   p->shape.n_moe_layers);
+            printf("experts:  %s of %d per layer\n", experts, p->shape.n_experts);
+        }
         printf("files:    %d expert, %d layer, %d globals, %d other (%d in all)\n",
                count[MF_EXPERT], count[MF_LAYER], count[MF_GLOBALS], count[MF_OTHER],
                p->n_files);
@@ -1060,6 +1087,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         goto out;
     j.p = p;
     res->layout = g_strdup(lt->name);
+    res->experts_split = od_plan_mtp_breakdown(p);
     if (fs_mkdir_out(o->out, state_dir, err))
         goto out;
     pid_t stale = 0;

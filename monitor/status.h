@@ -82,8 +82,13 @@ typedef struct {
     char *sel_layers, *sel_experts; /* lists, or NULL */
     int n_layers, n_experts; /* grid size */
     st_layer *layers;      /* n_layers rows */
+    int mtp_first, n_mtp;  /* rows [mtp_first, mtp_first + n_mtp) are the MTP
+                              block's (layout.h); n_mtp 0 when none */
     int64_t experts_expected, experts_done;
     int layers_expected, layers_complete;
+    /* of the above, the MTP block's (counted apart, and said so) */
+    int64_t mtp_experts_expected, mtp_experts_done;
+    int mtp_layers_expected, mtp_layers_complete;
     int64_t other_expected;/* non-expert files; -1 unknown */
     int64_t other_done;
     int64_t unexpected;    /* expert files outside the expected set */
@@ -109,6 +114,12 @@ typedef struct {
     int64_t journal_records;
     int64_t journal_bad;
 } st_snap;
+
+/* Row l of the grid is an MTP layer. */
+static inline int st_is_mtp(const st_snap *s, int l)
+{
+    return s->n_mtp > 0 && l >= s->mtp_first && l < s->mtp_first + s->n_mtp;
+}
 
 /* Takes a snapshot of OUT. Errors (QM_ERR_IO): OUT missing or not a
  * directory, or not an extraction directory (names what is missing). */

@@ -312,8 +312,17 @@ static int from_manifest(st_snap *s)
     int64_t nl = 0, ne = 0, count = -1, files = -1;
     double bytes = -1;
     int rc = -1;
-    if (qm_json_int(e, "num_layers", 1, 1 << 16, &nl) == 0 &&
-        qm_json_int(e, "num_experts", 0, 1 << 16, &ne) == 0) {
+    int64_t mtp = 0;
+    if (cJSON_GetObjectItemCaseSensitive(e, "mtp_layers") &&
+        qm_json_int(e, "mtp_layers", 0, 1 << 16, &mtp) != 0)
+        nl = -1; /* a damaged count: the manifest cannot size the grid */
+    else if (qm_json_int(e, "num_layers", 1, 1 << 16, &nl) != 0)
+        nl = -1;
+    if (nl > 0 && qm_json_int(e, "num_experts", 0, 1 << 16, &ne) == 0) {
+        /* the MTP block's layers follow the decoder's */
+        s->mtp_first = (int)nl;
+        s->n_mtp = (int)mtp;
+        nl += mtp;
         qm_json_int(e, "count", 0, INT64_MAX, &count);
         qm_json_int(e, "files", 0, INT64_MAX, &files);
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(e, "bytes");
@@ -412,6 +421,8 @@ static void expected_set(st_snap *s, const scan *sc)
         int per = es ? list_count(es, sh.n_experts, esel) : -1;
         grid(s, sh.n_layers, sh.n_experts, sh.is_moe, have_l ? lsel : NULL,
              per >= 0 ? per : sh.n_experts);
+        s->mtp_first = lt_decoder_layers(&sh);
+        s->n_mtp = sh.n_mtp;
         s->partial = have_l || (per >= 0 && per < sh.n_experts);
         if (s->partial) {
             s->sel_layers = g_strdup(ls);
@@ -714,9 +725,16 @@ st_snap *st_snap_take(const char *out, GError **err)
     }
     for (int l = 0; l < s->n_layers; l++) {
         st_layer *L = &s->layers[l];
+        int mtp = st_is_mtp(s, l);
         if (L->expected > 0) {
             s->layers_expected++;
             s->layers_complete += L->done >= L->expected;
+            s->mtp_layers_expected += mtp;
+            s->mtp_layers_complete += mtp && L->done >= L->expected;
+        }
+        if (mtp) {
+            s->mtp_experts_expected += L->expected;
+            s->mtp_experts_done += MIN(L->done, L->expected);
         }
     }
 

@@ -9,6 +9,7 @@
 #include "verify_report.h"
 #include "base/util.h"
 #include "cli/cli.h"
+#include "outdir/outdir.h"
 #include "outdir/verify.h"
 
 #include <math.h>
@@ -234,9 +235,20 @@ static void print_text(const vf_result *r, const char *out, int quick, const coh
     for (guint i = 0; i < r->notes->len; i++)
         printf("note: %s\n", (char *)r->notes->pdata[i]);
     printf("%s\n", out);
-    printf("  experts: %d/%d%s\n", r->experts_present, r->experts_expected,
-           r->expect_override ? " (--expect)" : "");
-    printf("  layers complete: %d/%d\n", r->layers_complete, r->layers_expected);
+    /* the MTP block's experts and layers are counted apart (layout.h) */
+    int ml = r->mtp_layers_expected;
+    char *split = ml ? od_mtp_breakdown(r->layers_expected - ml, ml,
+                                        r->mtp_experts_expected / ml) : NULL;
+    char mtp[160] = "", mtp_l[64] = "";
+    if (split) {
+        snprintf(mtp, sizeof mtp, " (%s; MTP %d/%d)", split, r->mtp_experts_present,
+                 r->mtp_experts_expected);
+        snprintf(mtp_l, sizeof mtp_l, " (MTP %d/%d)", r->mtp_layers_complete, ml);
+    }
+    g_free(split);
+    printf("  experts: %d/%d%s%s\n", r->experts_present, r->experts_expected,
+           r->expect_override ? " (--expect)" : "", mtp);
+    printf("  layers complete: %d/%d%s\n", r->layers_complete, r->layers_expected, mtp_l);
     printf("  other files: %d/%d\n", r->others_present, r->others_expected);
     char hb[32];
     if (r->hashed)

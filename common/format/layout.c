@@ -22,13 +22,16 @@ static const layout qwen3_moe = {
     .forward = 1, .router = "mlp.gate", .qk_norm = LT_QK_HEAD,
 };
 /* Experts stacked in one parameter per layer (transformers v5 style):
- * gate_up_proj [E, 2I, H] and down_proj [E, H, I]. */
+ * gate_up_proj [E, 2I, H] (gate the first I rows, up the next I) and
+ * down_proj [E, H, I]; computed as qwen3_moe (expert_store.c reads a
+ * stack's rows, or an extraction's per-expert slices). */
 static const layout qwen3_moe_fused = {
     .name = "qwen3_moe_fused", .model_types = "qwen3_moe", .text_config = "",
     .root = "model.", .lm_head = "lm_head.",
     .experts = "mlp.experts.", .proj = {"gate_up_proj", "gate_up_proj", "down_proj"},
     .count_keys = "num_experts", .inter_key = "moe_intermediate_size",
     .fused = 1,
+    .forward = 1, .router = "mlp.gate", .qk_norm = LT_QK_HEAD,
 };
 static const layout mixtral = {
     .name = "mixtral", .model_types = "mixtral", .text_config = "",
@@ -62,6 +65,7 @@ static const layout deepseek_v3 = {
     .root = "model.", .lm_head = "lm_head.",
     .experts = "mlp.experts.", .proj = {"gate_proj", "up_proj", "down_proj"},
     .count_keys = "n_routed_experts", .inter_key = "moe_intermediate_size",
+    .mtp_key = "num_nextn_predict_layers",
     .norm_topk_default = 1,
     .forward = 1, .router = "mlp.gate", .attn = LT_ATTN_MLA,
     .score = LT_SCORE_SIGMOID_GROUPED,
@@ -191,14 +195,17 @@ static int word_in(const char *word, const char *list)
     return hit;
 }
 
-/* How many tensor names this layout recognises as routed experts. */
+/* How many tensor names this layout recognises as routed experts: a
+ * stack, or one expert's projection by a name the layout gives it (an
+ * extraction of a fused layout holds "experts.5.gate_up_proj", which the
+ * unfused twin would take for an expert with an unknown projection). */
 static int expert_matches(const layout *lt, const ckpt *ck)
 {
     int n = 0;
     lt_class c;
     for (int i = 0; i < ck->n_names; i++) {
         layout_classify(lt, ck->names[i], &c);
-        n += c.kind == LT_EXPERT || c.kind == LT_FUSED;
+        n += c.kind == LT_FUSED || (c.kind == LT_EXPERT && c.proj >= 0);
     }
     return n;
 }
@@ -356,7 +363,24 @@ int layout_shape(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
                          &first_dense, err) < 0 ||
             config_count(lt, ck, tc, "moe_layer_freq", 1, LT_MAX_LAYERS, 1, &freq, err) < 0)
             return -1;
-        s->n_layers = (int)nl;
+        /* the MTP block's layers follow the decoder's (layout.h) */
+        int64_t mtp = 0;
+        if (lt->mtp_key &&
+            config_count(lt, ck, tc, lt->mtp_key, 0, LT_MAX_LAYERS, 1, &mtp, err) < 0)
+            return -1;
+        if (nl + mtp > LT_MAX_LAYERS) {
+            char *a = key_path(lt, "num_hidden_layers"), *b = key_path(lt, lt->mtp_key);
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "'%s/config.json': '%s' %" G_GINT64_FORMAT " + '%s' %"
+                        G_GINT64_FORMAT " make %" G_GINT64_FORMAT " layers, more than "
+                        "qmoe supports (%d)", ck->dir, a, nl, b, mtp, nl + mtp,
+                        LT_MAX_LAYERS);
+            g_free(a);
+            g_free(b);
+            return -1;
+        }
+        s->n_layers = (int)(nl + mtp);
+        s->n_mtp = (int)mtp;
         s->n_experts = (int)ne;
         s->hidden = (int)hidden;
         s->inter = (int)inter;
@@ -372,13 +396,16 @@ int layout_shape(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
                 s->is_moe[l] = 0;
         }
     }
-    for (int l = 0; l < s->n_layers; l++)
+    for (int l = 0; l < s->n_layers; l++) {
         s->n_moe_layers += s->is_moe[l];
+        s->n_moe_mtp += s->is_moe[l] && lt_is_mtp(s, l);
+    }
     if ((int64_t)s->n_moe_layers * s->n_experts > LT_MAX_EXPERT_FILES) {
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                    "'%s%s': %d MoE layers x %d experts make %" G_GINT64_FORMAT
+                    "'%s%s': %d MoE layers%s x %d experts make %" G_GINT64_FORMAT
                     " expert files, more than qmoe supports (%d)", ck->dir,
-                    ck->config ? "/config.json" : "", s->n_moe_layers, s->n_experts,
+                    ck->config ? "/config.json" : "", s->n_moe_layers,
+                    s->n_moe_mtp ? " (MTP included)" : "", s->n_experts,
                     (int64_t)s->n_moe_layers * s->n_experts, LT_MAX_EXPERT_FILES);
         layout_shape_free(s);
         return -1;

@@ -54,6 +54,8 @@ typedef struct {
     const char *proj[3];      /* gate, up, down names: "gate_proj", ... */
     const char *count_keys;   /* config keys for experts per layer */
     const char *inter_key;    /* config key of the expert intermediate size */
+    const char *mtp_key;      /* config key of the multi-token-prediction layers
+                                 stored after the decoder's, or NULL */
     int fused;                /* experts stored stacked: "<experts><proj>" */
     int norm_topk_default;    /* Hugging Face default for norm_topk_prob */
     /* How the family computes (the forward pass, model.c). */
@@ -86,15 +88,37 @@ typedef struct {
 #define LT_MAX_HIDDEN (1 << 20)
 #define LT_MAX_INTER (1 << 24)
 
-/* Text-model shape as the config gives it. */
+/* Text-model shape as the config gives it.
+ *
+ * The layers of the checkpoint are the decoder's (num_hidden_layers) and,
+ * after them, a multi-token-prediction block when the layout has an
+ * mtp_key (DeepSeek-V3's num_nextn_predict_layers 1 stores it as
+ * "model.layers.61.*" after 61 decoder layers). The MTP layers are part of
+ * the checkpoint: they are extracted, named and counted like any layer
+ * (indices n_layers - n_mtp ... n_layers - 1), reported apart, and never run
+ * by the forward pass. */
 typedef struct {
-    int n_layers;      /* num_hidden_layers */
+    int n_layers;      /* layers in the checkpoint: num_hidden_layers + n_mtp */
+    int n_mtp;         /* the last n_mtp of them are the MTP block */
     int n_experts;     /* routed experts per MoE layer */
     int hidden;        /* hidden_size */
     int inter;         /* expert intermediate size */
     uint8_t *is_moe;   /* [n_layers]: layer has routed experts */
-    int n_moe_layers;
+    int n_moe_layers;  /* MoE layers of all n_layers */
+    int n_moe_mtp;     /* of which in the MTP block */
 } lt_shape;
+
+/* The decoder's layers (num_hidden_layers): what the forward pass runs. */
+static inline int lt_decoder_layers(const lt_shape *s)
+{
+    return s->n_layers - s->n_mtp;
+}
+
+/* Layer l belongs to the MTP block. */
+static inline int lt_is_mtp(const lt_shape *s, int l)
+{
+    return l >= s->n_layers - s->n_mtp && l < s->n_layers;
+}
 
 /* The table, NULL-terminated. */
 extern const layout *const layouts[];
@@ -124,7 +148,8 @@ int layout_proj_of(const layout *lt, const char *suffix);
 /* Reads the text config into *out (free with layout_shape_free). When the
  * checkpoint has no config, counts are inferred from the tensor names.
  * Counts are distrusted like sizes in a file: each must be an integer
- * within the caps below, and MoE layers x experts at most
+ * within the caps below (the MTP layers included: decoder + MTP layers at
+ * most LT_MAX_LAYERS), and MoE layers x experts at most
  * LT_MAX_EXPERT_FILES. Errors name config.json and the key (with its
  * path: 'thinker_config.text_config.num_experts') and say what is wrong;
  * on error *out holds nothing to free. */

@@ -399,10 +399,14 @@ int manifest_save(const manifest *m, const char *path, GError **err)
     cJSON *e = cJSON_AddObjectToObject(j, "expected");
     cJSON_AddNumberToObject(e, "num_layers", m->num_layers);
     cJSON_AddNumberToObject(e, "num_experts", m->num_experts);
+    if (m->mtp_layers > 0)
+        cJSON_AddNumberToObject(e, "mtp_layers", m->mtp_layers);
     cJSON_AddStringToObject(e, "moe_layers", m->moe_layers ? m->moe_layers : "");
     cJSON_AddStringToObject(e, "layers", m->layers ? m->layers : "");
     cJSON_AddStringToObject(e, "experts", m->experts ? m->experts : "");
     cJSON_AddNumberToObject(e, "count", m->expected_count);
+    if (m->mtp_layers > 0)
+        cJSON_AddNumberToObject(e, "mtp_count", m->mtp_count);
     cJSON_AddNumberToObject(e, "files", m->expected_files);
     cJSON_AddNumberToObject(e, "bytes", (double)m->expected_bytes);
     cJSON_AddBoolToObject(e, "partial", m->partial);
@@ -472,9 +476,17 @@ manifest *manifest_load(const char *path, GError **err)
     if (qm_json_int(e, "num_experts", 0, 1 << 24, &v))
         BAD("'%s': expected.num_experts missing", path);
     m->num_experts = (int)v;
+    if (cJSON_GetObjectItemCaseSensitive(e, "mtp_layers")) {
+        if (qm_json_int(e, "mtp_layers", 0, (1 << 20) - m->num_layers, &v))
+            BAD("'%s': expected.mtp_layers is not an integer in [0, %d]", path,
+                (1 << 20) - m->num_layers);
+        m->mtp_layers = (int)v;
+    }
     if (qm_json_int(e, "count", 0, 1 << 30, &v))
         BAD("'%s': expected.count missing", path);
     m->expected_count = (int)v;
+    if (qm_json_int(e, "mtp_count", 0, m->expected_count, &v) == 0)
+        m->mtp_count = (int)v;
     if (qm_json_int(e, "files", 0, 1 << 30, &v) == 0)
         m->expected_files = (int)v;
     uint_of(e, "bytes", &m->expected_bytes);

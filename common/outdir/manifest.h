@@ -32,7 +32,12 @@
  * Added fields (absent in older files): each record's "source_id" and
  * "source":{"id":...,"identity":{...}} (outdir.h, source identity), and
  * "expected":{"missing_from_source":"layers 0-2: experts 16-31 missing ...",
- * "missing_count":48} when --allow-missing kept a gap.
+ * "missing_count":48} when --allow-missing kept a gap; "expected":{"mtp_layers":1}
+ * and "mtp_count":16 when the checkpoint has a multi-token-prediction block
+ * (DeepSeek-V3's num_nextn_predict_layers): num_layers stays the decoder's,
+ * the MTP layers are the indices num_layers ... num_layers + mtp_layers - 1,
+ * moe_layers, layers, count and the files include them, and mtp_count says
+ * how many of count are theirs.
  */
 #ifndef QMOE_MANIFEST_H
 #define QMOE_MANIFEST_H
@@ -83,7 +88,9 @@ typedef struct {
     cJSON *source_identity;/* .qmoe/source.json as written into "source", or NULL */
     char *layout;
     char *model_type;
-    int num_layers, num_experts;
+    int num_layers, num_experts; /* num_layers: the decoder's (num_hidden_layers) */
+    int mtp_layers;        /* MTP layers after them (layer indices num_layers...) */
+    int mtp_count;         /* of expected_count, the MTP layers' expert files */
     char *moe_layers, *layers, *experts; /* lists such as "0-47" */
     int expected_count;    /* expert files expected */
     int expected_files;    /* all files expected */

@@ -51,6 +51,30 @@ int od_parse_expert(const char *n, int *expert, int *layer)
     return 0;
 }
 
+char *od_mtp_breakdown(int decoder_layers, int mtp_layers, int per_layer)
+{
+    if (mtp_layers <= 0)
+        return NULL;
+    if (decoder_layers <= 0) /* a selection of MTP layers only */
+        return g_strdup_printf("MTP %d layer%s x %d", mtp_layers,
+                               mtp_layers == 1 ? "" : "s", per_layer);
+    return g_strdup_printf("%d layer%s x %d + MTP %d layer%s x %d", decoder_layers,
+                           decoder_layers == 1 ? "" : "s", per_layer, mtp_layers,
+                           mtp_layers == 1 ? "" : "s", per_layer);
+}
+
+char *od_plan_mtp_breakdown(const plan *p)
+{
+    const lt_shape *s = &p->shape;
+    int dec = 0, mtp = 0, per = 0;
+    for (int l = 0; l < s->n_layers; l++)
+        if (p->layer_sel[l] && s->is_moe[l])
+            *(lt_is_mtp(s, l) ? &mtp : &dec) += 1;
+    for (int e = 0; e < s->n_experts; e++)
+        per += p->expert_sel[e];
+    return od_mtp_breakdown(dec, mtp, per);
+}
+
 /* ---- job records ---- */
 
 void od_job_read(const char *out, const char *rel, od_job *j)
@@ -203,17 +227,20 @@ char *od_plan_gap(const plan *p, int *count)
             l++;
             continue;
         }
-        int k = l + 1; /* a run of layers with the same gap */
-        while (k < nl && gap[k] && strcmp(gap[k], gap[l]) == 0)
+        int k = l + 1; /* a run of layers with the same gap, MTP apart */
+        while (k < nl && gap[k] && strcmp(gap[k], gap[l]) == 0 &&
+               lt_is_mtp(&p->shape, k) == lt_is_mtp(&p->shape, l))
             k++;
         if (!s)
             s = g_string_new(NULL);
         else
             g_string_append_c(s, '\n');
         if (k - l > 1)
-            g_string_append_printf(s, "layers %d-%d: ", l, k - 1);
+            g_string_append_printf(s, "layers %d-%d%s: ", l, k - 1,
+                                   lt_is_mtp(&p->shape, l) ? " (MTP)" : "");
         else
-            g_string_append_printf(s, "layer %d: ", l);
+            g_string_append_printf(s, "layer %d%s: ", l,
+                                   lt_is_mtp(&p->shape, l) ? " (MTP)" : "");
         g_string_append_printf(s, "expert%s %s missing from the source (config.json "
                                "declares %d)", strpbrk(gap[l], ",-") ? "s" : "",
                                gap[l], ne);

@@ -45,6 +45,13 @@ char *od_layer_path(int width_l, int layer);
  * padding is the caller's check against od_expert_path). */
 int od_parse_expert(const char *name, int *expert, int *layer);
 
+/* How the expert files of a selection split between the decoder's layers
+ * and the MTP block's (layout.h), in the words every tool uses: "2 layers
+ * x 16 + MTP 1 layer x 16". NULL when no MTP layer is in it. Caller frees. */
+char *od_mtp_breakdown(int decoder_layers, int mtp_layers, int per_layer);
+/* The same for the expert files of a plan's selection. */
+char *od_plan_mtp_breakdown(const plan *p);
+
 /* ---- job records ---- */
 
 /* One state directory's job: its progress.json and lock, and the state

@@ -211,10 +211,17 @@ plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
         uint64_t nb = t->end - t->begin;
         if ((c.kind == LT_EXPERT || c.kind == LT_FUSED) &&
             (c.layer >= nl || !p->shape.is_moe[c.layer])) {
+            /* a layer past the config's: most likely an MTP block the config
+             * does not declare (layout.h) */
+            char *why = c.layer < nl ? g_strdup("no experts in that layer")
+                        : lt->mtp_key ? g_strdup_printf(
+                              "fewer layers (num_hidden_layers %d, %s %d)",
+                              lt_decoder_layers(&p->shape), lt->mtp_key, p->shape.n_mtp)
+                        : g_strdup("fewer layers");
             g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                         "'%s': tensor '%s' is an expert of layer %d, but the config "
-                        "has %s", ck->dir, name, c.layer,
-                        c.layer >= nl ? "fewer layers" : "no experts in that layer");
+                        "has %s", ck->dir, name, c.layer, why);
+            g_free(why);
             goto out;
         }
         switch (c.kind) {
@@ -400,7 +407,8 @@ void plan_describe(const plan *p, const ckpt *ck, const char *src_path, manifest
     }
     m->layout = g_strdup(p->lt->name);
     m->model_type = g_strdup(ck->model_type ? ck->model_type : "");
-    m->num_layers = p->shape.n_layers;
+    m->num_layers = lt_decoder_layers(&p->shape);
+    m->mtp_layers = p->shape.n_mtp;
     m->num_experts = p->shape.n_experts;
     m->moe_layers = qm_list_format(p->shape.is_moe, p->shape.n_layers);
     uint8_t *sel = g_new0(uint8_t, p->shape.n_layers > 0 ? p->shape.n_layers : 1);
@@ -410,6 +418,9 @@ void plan_describe(const plan *p, const ckpt *ck, const char *src_path, manifest
     g_free(sel);
     m->experts = qm_list_format(p->expert_sel, p->shape.n_experts);
     m->expected_count = p->expected_experts;
+    m->mtp_count = 0;
+    for (int i = 0; i < p->n_files; i++)
+        m->mtp_count += p->files[i].kind == MF_EXPERT && lt_is_mtp(&p->shape, p->files[i].layer);
     m->expected_files = p->n_files;
     m->expected_bytes = p->total_bytes;
     m->partial = p->partial;

@@ -113,9 +113,14 @@ cJSON *vf_result_to_json(const vf_result *r, const char *out)
     cJSON_AddNumberToObject(e, "present", r->experts_present);
     cJSON_AddNumberToObject(e, "expected", r->experts_expected);
     cJSON_AddBoolToObject(e, "expect_override", r->expect_override);
+    /* of present/expected: the MTP block's (counted apart) */
+    cJSON_AddNumberToObject(e, "mtp_present", r->mtp_experts_present);
+    cJSON_AddNumberToObject(e, "mtp_expected", r->mtp_experts_expected);
     cJSON *l = cJSON_AddObjectToObject(j, "layers");
     cJSON_AddNumberToObject(l, "complete", r->layers_complete);
     cJSON_AddNumberToObject(l, "expected", r->layers_expected);
+    cJSON_AddNumberToObject(l, "mtp_complete", r->mtp_layers_complete);
+    cJSON_AddNumberToObject(l, "mtp_expected", r->mtp_layers_expected);
     cJSON *o = cJSON_AddObjectToObject(j, "other_files");
     cJSON_AddNumberToObject(o, "present", r->others_present);
     cJSON_AddNumberToObject(o, "expected", r->others_expected);
@@ -407,14 +412,17 @@ static void load_config(vf_target *t, vf_result *r)
         /* counts from the manifest; sizes unknown, so no shape checks */
         layout_shape_free(&t->shape);
         memset(&t->shape, 0, sizeof t->shape);
-        int nl = t->m->num_layers;
+        int nl = t->m->num_layers + t->m->mtp_layers; /* the MTP block after */
         t->shape.n_layers = nl;
+        t->shape.n_mtp = t->m->mtp_layers;
         t->shape.n_experts = t->m->num_experts;
         t->shape.is_moe = g_new0(uint8_t, nl > 0 ? nl : 1);
         if (t->m->moe_layers && *t->m->moe_layers)
             qm_list_parse(t->m->moe_layers, nl, t->shape.is_moe, "moe_layers", NULL);
-        for (int l = 0; l < nl; l++)
+        for (int l = 0; l < nl; l++) {
             t->shape.n_moe_layers += t->shape.is_moe[l];
+            t->shape.n_moe_mtp += t->shape.is_moe[l] && lt_is_mtp(&t->shape, l);
+        }
     }
     g_ptr_array_free(names, TRUE);
     if (ck.config)
@@ -428,10 +436,14 @@ static void cross_check(vf_target *t, vf_result *r)
     if (!t->have_manifest || !t->have_config)
         return;
     const manifest *m = t->m;
-    if (m->num_layers != t->shape.n_layers)
+    if (m->num_layers != lt_decoder_layers(&t->shape))
         vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
                "expected.num_layers is %d but config.json has %d layers",
-               m->num_layers, t->shape.n_layers);
+               m->num_layers, lt_decoder_layers(&t->shape));
+    if (m->mtp_layers != t->shape.n_mtp)
+        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
+               "expected.mtp_layers is %d but config.json has %d MTP layers",
+               m->mtp_layers, t->shape.n_mtp);
     if (m->num_experts != t->shape.n_experts)
         vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
                "expected.num_experts is %d but config.json has %d experts per layer",
@@ -689,6 +701,10 @@ void vf_check_coverage(vf_target *t, vf_result *r)
             if (in_set) {
                 r->experts_expected++;
                 r->experts_present += f->present;
+                if (lt_is_mtp(&t->shape, f->layer)) {
+                    r->mtp_experts_expected++;
+                    r->mtp_experts_present += f->present;
+                }
                 if (!f->present) {
                     miss[(gsize)f->layer * (gsize)ne + (gsize)f->expert] = 1;
                     miss_n[f->layer]++;
@@ -737,9 +753,12 @@ void vf_check_coverage(vf_target *t, vf_result *r)
         }
         if (!t->layer_sel[l])
             continue;
+        int mtp = lt_is_mtp(&t->shape, l);
         r->layers_expected++;
+        r->mtp_layers_expected += mtp;
         if (miss_n[l] == 0) {
             r->layers_complete++;
+            r->mtp_layers_complete += mtp;
             continue;
         }
         vf_missing_layer m = {.layer = l, .n_missing = miss_n[l],
@@ -747,8 +766,8 @@ void vf_check_coverage(vf_target *t, vf_result *r)
         g_array_append_val(r->missing_layers, m);
         if (!r->running)
             vf_add(r, VF_MISSING, "coverage", NULL, NULL, -1,
-                   "layer %0*d: expert%s %s missing", t->width_l, l,
-                   miss_n[l] > 1 ? "s" : "", m.experts);
+                   "layer %0*d%s: expert%s %s missing", t->width_l, l,
+                   mtp ? " (MTP)" : "", miss_n[l] > 1 ? "s" : "", m.experts);
     }
     g_free(miss);
     g_free(miss_n);
@@ -840,6 +859,12 @@ void vf_check_coverage(vf_target *t, vf_result *r)
         vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
                "expected.count is %d but its layer and expert lists give %d",
                t->m->expected_count, r->experts_expected);
+    if (t->have_manifest && !r->expect_override && t->m->mtp_layers > 0 &&
+        !t->m->missing_count &&
+        t->m->mtp_count != r->mtp_experts_expected)
+        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
+               "expected.mtp_count is %d but its layer and expert lists give %d MTP "
+               "expert files", t->m->mtp_count, r->mtp_experts_expected);
     if (t->have_manifest && t->m->complete && t->m->expected_files > 0 &&
         t->m->n_files != t->m->expected_files)
         vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,

@@ -77,6 +77,9 @@ typedef struct {
     /* coverage */
     int experts_expected, experts_present;
     int layers_expected, layers_complete;   /* MoE layers in the expected set */
+    /* of the above, the MTP block's (layout.h: counted apart, and said so) */
+    int mtp_experts_expected, mtp_experts_present;
+    int mtp_layers_expected, mtp_layers_complete;
     int others_expected, others_present;    /* non-expert files */
     int expect_override;                    /* --expect given */
     GArray *missing_layers;                 /* vf_missing_layer */

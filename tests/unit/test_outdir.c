@@ -1,5 +1,5 @@
 /* test_outdir.c - OUT's names, the one verdict, the source identity diff,
- * the gap listing and the owner liveness (common/outdir/outdir.c,
+ * the gap listing, the MTP block's wording and the owner liveness (common/outdir/outdir.c,
  * progress.c). */
 #include "base/util.h"
 #include "outdir/outdir.h"
@@ -137,6 +137,50 @@ static void test_gap(void)
     CHECK(od_plan_gap(&p, &n) == NULL && n == 0);
 }
 
+/* The MTP block's layers follow the decoder's: a gap there is labelled and
+ * not merged with the decoder's run, and the breakdown wording. */
+static void test_mtp(void)
+{
+    plan p;
+    memset(&p, 0, sizeof p);
+    p.shape.n_layers = 4;
+    p.shape.n_mtp = 1; /* layer 3 */
+    p.shape.n_experts = 8;
+    uint8_t moe[4] = {0, 1, 1, 1}, lsel[4] = {1, 1, 1, 1};
+    uint8_t esel[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    p.shape.is_moe = moe;
+    p.layer_sel = lsel;
+    p.expert_sel = esel;
+    plan_file files[24];
+    memset(files, 0, sizeof files);
+    for (int l = 1; l < 4; l++)
+        for (int e = 0; e < 4; e++)
+            files[p.n_files++] = (plan_file){.kind = MF_EXPERT, .layer = l, .expert = e};
+    p.files = files;
+    CHECK(!lt_is_mtp(&p.shape, 2) && lt_is_mtp(&p.shape, 3) && lt_decoder_layers(&p.shape) == 3);
+    int n = 0;
+    char *g = od_plan_gap(&p, &n);
+    CHECK(n == 12);
+    CHECK(g && strcmp(g, "layers 1-2: experts 4-7 missing from the source (config.json "
+                         "declares 8)\nlayer 3 (MTP): experts 4-7 missing from the source "
+                         "(config.json declares 8)") == 0);
+    g_free(g);
+    g = od_plan_mtp_breakdown(&p);
+    CHECK(g && strcmp(g, "2 layers x 8 + MTP 1 layer x 8") == 0);
+    g_free(g);
+    lsel[1] = lsel[2] = 0;
+    esel[7] = 0;
+    g = od_plan_mtp_breakdown(&p);
+    CHECK(g && strcmp(g, "MTP 1 layer x 7") == 0);
+    g_free(g);
+    lsel[3] = 0; /* no MTP layer selected: nothing to say apart */
+    CHECK(od_plan_mtp_breakdown(&p) == NULL);
+    CHECK(od_mtp_breakdown(61, 0, 256) == NULL);
+    g = od_mtp_breakdown(58, 1, 256);
+    CHECK(g && strcmp(g, "58 layers x 256 + MTP 1 layer x 256") == 0);
+    g_free(g);
+}
+
 static void test_owner(void)
 {
     pid_t me = getpid();
@@ -158,6 +202,7 @@ int main(void)
     RUN(test_verdict);
     RUN(test_source_diff);
     RUN(test_gap);
+    RUN(test_mtp);
     RUN(test_owner);
     TEST_EXIT();
 }
