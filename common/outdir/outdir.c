@@ -154,6 +154,8 @@ od_verdict od_complete(const od_facts *f)
         return OD_MISSING;
     if (f->experts_expected <= 0 && f->others_expected <= 0)
         return OD_NOTHING;
+    if (f->unexpected > 0)
+        return OD_UNEXPECTED;
     return OD_COMPLETE;
 }
 
@@ -162,8 +164,9 @@ const char *od_verdict_name(od_verdict v)
     static const char *names[] = {"complete", "running", "mixed sources",
                                   "experts missing from the source",
                                   "qmoe.json not written", "not finished",
-                                  "files missing", "nothing expected"};
-    return v <= OD_NOTHING ? names[v] : "?";
+                                  "files missing", "nothing expected",
+                                  "unexpected files"};
+    return v <= OD_UNEXPECTED ? names[v] : "?";
 }
 
 /* ---- source completeness ---- */
