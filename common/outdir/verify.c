@@ -416,18 +416,19 @@ vf_target *vf_target_open(const char *out, int expect, vf_result *r, GError **er
     t->by_path = g_hash_table_new(g_str_hash, g_str_equal);
     read_job(t, r);
     load_records(t, r);
+    /* files only (another tool, same names): checked against the config */
+    t->files_only = !t->have_manifest && t->m->n_files == 0 && !v->has_job_record;
     if (!t->have_manifest && t->m->n_files == 0 && !v->has_qmoe_dir) {
-        /* files only (another tool, same names): checked against the config */
-        t->files_only = v->has_experts_dir;
-        if (!t->files_only) {
+        if (!v->has_experts_dir) {
             g_set_error(err, QM_ERROR, QM_ERR_IO,
                         "'%s' holds no qmoe extraction (no qmoe.json, no "
                         ".qmoe/journal.jsonl and no experts/)", out);
             vf_target_close(t);
             return NULL;
         }
-        r->from_journal = 0;
     }
+    if (t->files_only)
+        r->from_journal = 0;
     load_config(t, r);
     cross_check(t, r);
     t->width_e = v->width_e;
@@ -447,6 +448,12 @@ vf_target *vf_target_open(const char *out, int expect, vf_result *r, GError **er
     }
     g_free(ipath);
 
+    for (guint i = 0; i < v->unreadable->len; i++) {
+        char **w = g_strsplit(v->unreadable->pdata[i], "\t", 2);
+        vf_add(r, VF_IO, "coverage", w[0], NULL, -1, "cannot read directory: %s",
+               w[1] ? w[1] : "");
+        g_strfreev(w);
+    }
     /* every file of the view, with its full record when there is one */
     for (guint i = 0; i < v->files->len; i++) {
         const od_file *of = v->files->pdata[i];

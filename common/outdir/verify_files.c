@@ -546,7 +546,7 @@ void vf_check_files(vf_target *t, int quick, int jobs, vf_result *r)
         dtype_outliers(&pl);
 
     /* merge in path order; a file with a problem is not complete (the
-     * view's rule), so neither is its layer */
+     * view's rule: od_view_mark_bad), so neither is its layer */
     for (int i = 0; i < pl.n; i++) {
         vf_result *fr = pl.outs[i].res;
         const vf_file *f = pl.files[i];
@@ -559,9 +559,8 @@ void vf_check_files(vf_target *t, int quick, int jobs, vf_result *r)
         vf_result_free(fr);
     }
     od_view_count(t->view);
-    if (!r->expect_override)
-        r->experts_present = (int)t->view->experts_complete;
-    r->others_present = (int)t->view->others_complete;
+    /* experts N/M stays coverage's count (the coherence gate runs on a
+     * damaged file, to show what it does); the layers are the view's now */
     r->layers_complete = t->view->layers_complete;
     r->files_checked += pl.n;
     r->hashed = !quick;

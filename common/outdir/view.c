@@ -418,6 +418,8 @@ static int scan_dir(od_view *v, const char *sub, GError **err)
     if (!d) {
         int e = errno;
         int rc = !*sub ? qm_set_errno(err, e, "cannot read", dir) : 0;
+        if (*sub && e != ENOENT)
+            g_ptr_array_add(v->unreadable, g_strdup_printf("%s\t%s", sub, g_strerror(e)));
         g_free(dir);
         return rc;
     }
@@ -672,6 +674,7 @@ od_view *od_view_open(const char *out, GError **err)
     v->live_pids = g_array_new(FALSE, FALSE, sizeof(pid_t));
     v->times = g_array_new(FALSE, FALSE, sizeof(double));
     v->sizes = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+    v->unreadable = g_ptr_array_new_with_free_func(g_free);
     v->m_count = v->m_files = v->m_bytes = -1;
     char *q = g_build_filename(out, ".qmoe", NULL);
     v->has_qmoe_dir = g_file_test(q, G_FILE_TEST_IS_DIR);
@@ -782,6 +785,8 @@ void od_view_close(od_view *v)
         g_array_free(v->times, TRUE);
     if (v->sizes)
         g_array_free(v->sizes, TRUE);
+    if (v->unreadable)
+        g_ptr_array_free(v->unreadable, TRUE);
     if (v->by_path)
         g_hash_table_destroy(v->by_path);
     if (v->files)

@@ -125,6 +125,8 @@ typedef struct od_view_s {
     GPtrArray *files;      /* od_file*, sorted by path */
     GHashTable *by_path;   /* path -> od_file* */
     GArray *tmps;          /* od_tmp */
+    GPtrArray *unreadable; /* "SUBDIR\tstrerror" of subdirectories that exist
+                            * but could not be listed */
     /* counts (od_view_count) */
     int64_t experts_expected, experts_complete, experts_present;
     int64_t experts_unexpected; /* expert files present outside the expected set */
