@@ -260,18 +260,16 @@ static void load_records(vf_target *t, vf_result *r)
     t->m->files = (mf_file *)g_array_free(files, FALSE);
 }
 
-/* Reads config.json and works out the layout and the text model's shape,
- * through a checkpoint that has a config but no tensors (the functions
- * only look at ck->config, ck->dir and ck->names). */
+/* Reads config.json and works out the layout and the text model's shape
+ * from it and the recorded tensor names. */
 static void load_config(vf_target *t, vf_result *r)
 {
     char *cpath = g_build_filename(t->out, "config.json", NULL);
     GError *e = NULL;
-    ckpt ck;
-    memset(&ck, 0, sizeof ck);
-    ck.dir = t->out;
+    cJSON *config = NULL;
+    lt_model ck = {.dir = t->out};
     if (g_file_test(cpath, G_FILE_TEST_EXISTS)) {
-        ck.config = qm_json_load(cpath, &e);
+        ck.config = config = qm_json_load(cpath, &e);
         if (!ck.config) {
             vf_add(r, VF_MANIFEST, "coverage", "config.json", NULL, -1, "%s",
                    e->message);
@@ -297,14 +295,14 @@ static void load_config(vf_target *t, vf_result *r)
     ck.n_names = (int)names->len;
     ck.names = (char **)names->pdata;
     if (!t->lt && (ck.config || ck.n_names)) {
-        t->lt = layout_detect(&ck, &e);
+        t->lt = layout_detect_model(&ck, &e);
         if (!t->lt) {
             vf_add(r, VF_MANIFEST, "coverage", NULL, NULL, -1, "%s", e->message);
             g_clear_error(&e);
         }
     }
     if (t->lt && ck.config) {
-        if (layout_shape(t->lt, &ck, &t->shape, &e) == 0) {
+        if (layout_shape_model(t->lt, &ck, &t->shape, &e) == 0) {
             t->have_config = 1;
         } else {
             vf_add(r, VF_MANIFEST, "coverage", "config.json", NULL, -1, "%s",
@@ -326,8 +324,7 @@ static void load_config(vf_target *t, vf_result *r)
             t->shape.n_moe_layers += t->shape.is_moe[l];
     }
     g_ptr_array_free(names, TRUE);
-    if (ck.config)
-        cJSON_Delete(ck.config);
+    cJSON_Delete(config);
 }
 
 /* Manifest and config must describe the same model: a qmoe.json copied

@@ -350,17 +350,14 @@ static int config_shape(od_view *v)
     g_free(path);
     if (!cfg)
         return -1;
-    ckpt ck; /* layout_detect and layout_shape read only config, dir, model_type */
-    memset(&ck, 0, sizeof ck);
-    ck.dir = v->out;
-    ck.config = cfg;
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(cfg, "model_type");
-    ck.model_type = cJSON_IsString(mt) ? mt->valuestring : NULL;
+    lt_model m = {.dir = v->out, .config = cfg,
+                  .model_type = cJSON_IsString(mt) ? mt->valuestring : NULL};
     const layout *lt = v->layout_name ? layout_find(v->layout_name) : NULL;
     if (!lt)
-        lt = layout_detect(&ck, NULL);
+        lt = layout_detect_model(&m, NULL);
     int rc = -1;
-    if (lt && layout_shape(lt, &ck, &v->shape, NULL) == 0) {
+    if (lt && layout_shape_model(lt, &m, &v->shape, NULL) == 0) {
         v->lt = lt;
         rc = 0;
     }
