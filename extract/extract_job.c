@@ -4,6 +4,7 @@
 #include "format/checkpoint.h"
 #include "extract_copy.h"
 #include "base/fs.h"
+#include "cli/cli.h"
 #include "format/layout.h"
 #include "outdir/manifest.h"
 #include "outdir/outdir.h"
@@ -988,10 +989,7 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         else
             cJSON_AddNullToObject(j, "missing_from_source");
         g_free(gap);
-        char *s = cJSON_PrintUnformatted(j);
-        printf("%s\n", s);
-        cJSON_free(s);
-        cJSON_Delete(j);
+        qm_json_out(j, 0);
     } else {
         char b1[32], b2[32];
         printf("layout:   %s\n", lt->name);
