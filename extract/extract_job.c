@@ -153,17 +153,11 @@ static void record_tensor(job *j, mf_file *rec, const plan_tensor *t, uint64_t a
                           uint32_t crc)
 {
     mf_tensor *m = &rec->tensors[rec->n_tensors++];
-    m->name = g_strdup(t->name);
-    m->dtype = t->dtype;
-    m->ndim = t->ndim;
-    memcpy(m->shape, t->shape, sizeof m->shape);
+    mf_desc_copy(&m->desc, &t->desc); /* name, dtype, shape, source range */
     m->begin = at;
     m->end = at + t->nbytes;
     m->crc32 = crc;
     m->src_file = g_strdup(j->ck->shards[t->shard].name);
-    m->src_tensor = g_strdup(t->src_name);
-    m->src_offset = t->src_offset;
-    m->slice = t->slice;
 }
 
 /* The header alignment that lets most of the file's blocks be shared with
