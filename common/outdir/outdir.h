@@ -138,6 +138,15 @@ int od_source_save(const char *out, const cJSON *identity, GError **err);
 
 /* ---- resuming (qmoe-extract) ---- */
 
+/* The rule for one file under its final name that a record describes:
+ * in place with the recorded size (size_now: its size, -1 absent), read
+ * from OUT's source (the record's id, when it has one, equals out_id;
+ * NULL or "" out_id: unknown, not held against it). qmoe-extract's resume
+ * (od_find_done) and the view of OUT (view.h, for qmoe-status and
+ * qmoe-verify) both decide with it. */
+int od_record_in_place(uint64_t rec_size, const char *rec_source_id, int64_t size_now,
+                       const char *out_id);
+
 /* Marks in done[] (p->n_files) the plan files that a record in `recs`
  * (journals, mf_file) describes and that are in place with the recorded
  * size, read from this source: the record's source_id (when it has one)

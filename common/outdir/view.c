@@ -512,8 +512,8 @@ int od_file_complete(const od_view *v, const od_file *f)
         return 0;
     if (v->n_records == 0)
         return 1; /* files only: nothing to hold them to */
-    return f->recorded && (uint64_t)f->size == f->rec_size &&
-           (!f->source_id[0] || !v->source_id || strcmp(f->source_id, v->source_id) == 0);
+    return f->recorded && od_record_in_place(f->rec_size, f->source_id, f->size,
+                                             v->source_id);
 }
 
 static int expert_expected(const od_view *v, const od_file *f)
