@@ -4,6 +4,7 @@
 #include "format/checkpoint.h"
 #include "extract_copy.h"
 #include "base/fs.h"
+#include "cli/cli.h"
 #include "format/layout.h"
 #include "outdir/manifest.h"
 #include "outdir/outdir.h"
@@ -154,17 +155,11 @@ static void record_tensor(job *j, mf_file *rec, const plan_tensor *t, uint64_t a
                           uint32_t crc)
 {
     mf_tensor *m = &rec->tensors[rec->n_tensors++];
-    m->name = g_strdup(t->name);
-    m->dtype = t->dtype;
-    m->ndim = t->ndim;
-    memcpy(m->shape, t->shape, sizeof m->shape);
+    mf_desc_copy(&m->desc, &t->desc); /* name, dtype, shape, source range */
     m->begin = at;
     m->end = at + t->nbytes;
     m->crc32 = crc;
     m->src_file = g_strdup(j->ck->shards[t->shard].name);
-    m->src_tensor = g_strdup(t->src_name);
-    m->src_offset = t->src_offset;
-    m->slice = t->slice;
 }
 
 /* The header alignment that lets most of the file's blocks be shared with
@@ -998,10 +993,7 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         else
             cJSON_AddNullToObject(j, "missing_from_source");
         g_free(gap);
-        char *s = cJSON_PrintUnformatted(j);
-        printf("%s\n", s);
-        cJSON_free(s);
-        cJSON_Delete(j);
+        qm_json_out(j, 0);
     } else {
         char b1[32], b2[32];
         printf("layout:   %s\n", lt->name);

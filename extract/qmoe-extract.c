@@ -144,8 +144,7 @@ int main(int argc, char **argv)
                                       "safetensors file per (layer, expert).");
     g_option_context_set_description(ctx, description);
     g_option_context_add_main_entries(ctx, entries, NULL);
-    argv = qm_argv_split_short(&argc, argv, "j");
-    if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+    if (qm_options_parse(ctx, &argc, &argv, "j", &err)) {
         fprintf(stderr, "%s: %s\nTry '%s --help'.\n", prog, err->message, prog);
         return 2;
     }

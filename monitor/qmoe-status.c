@@ -61,6 +61,7 @@
  */
 #include "status.h"
 #include "base/util.h"
+#include "cli/cli.h"
 
 #include <errno.h>
 #include <langinfo.h>
@@ -335,7 +336,7 @@ int main(int argc, char **argv)
             argv[i] = (char *)"--watch=1";
     }
     GError *err = NULL;
-    if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+    if (qm_options_parse(ctx, &argc, &argv, NULL, &err)) {
         fprintf(stderr, "%s: %s\n", PROG, err->message);
         fprintf(stderr, "usage: %s [--watch[=SECS]] [--json] OUT (see --help)\n", PROG);
         g_error_free(err);

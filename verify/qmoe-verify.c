@@ -308,8 +308,7 @@ int main(int argc, char **argv)
     g_option_context_set_summary(ctx, summary);
     g_option_context_set_description(ctx, description);
     g_option_context_add_main_entries(ctx, entries, NULL);
-    argv = qm_argv_split_short(&argc, argv, "j");
-    if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+    if (qm_options_parse(ctx, &argc, &argv, "j", &err)) {
         fprintf(stderr, "%s: %s\n", prog, err->message);
         fprintf(stderr, "Try '%s --help' for more information.\n", prog);
         g_error_free(err);
@@ -375,10 +374,7 @@ int main(int argc, char **argv)
             cJSON_AddNumberToObject(j, "exit", code ? code : 2);
             cJSON_AddBoolToObject(j, "ok", 0);
             cJSON_AddStringToObject(j, "error", err->message);
-            char *text = cJSON_Print(j);
-            puts(text);
-            cJSON_free(text);
-            cJSON_Delete(j);
+            qm_json_out(j, 1);
         }
         g_error_free(err);
         vf_target_close(t);
@@ -416,10 +412,7 @@ int main(int argc, char **argv)
             cJSON_AddStringToObject(j, "report", p);
             g_free(p);
         }
-        char *text = cJSON_Print(j);
-        puts(text);
-        cJSON_free(text);
-        cJSON_Delete(j);
+        qm_json_out(j, 1);
     } else {
         print_text(r, out, opt_quick, coh);
         if (opt_report && !report_failed)

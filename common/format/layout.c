@@ -199,7 +199,7 @@ static int word_in(const char *word, const char *list)
  * stack, or one expert's projection by a name the layout gives it (an
  * extraction of a fused layout holds "experts.5.gate_up_proj", which the
  * unfused twin would take for an expert with an unknown projection). */
-static int expert_matches(const layout *lt, const ckpt *ck)
+static int expert_matches(const layout *lt, const lt_model *ck)
 {
     int n = 0;
     lt_class c;
@@ -210,7 +210,7 @@ static int expert_matches(const layout *lt, const ckpt *ck)
     return n;
 }
 
-const layout *layout_detect(const ckpt *ck, GError **err)
+const layout *layout_detect_model(const lt_model *ck, GError **err)
 {
     const layout *best = NULL;
     int best_n = -1;
@@ -260,7 +260,7 @@ static char *key_path(const layout *lt, const char *key)
 /* A count from config.json, distrusted like a size in a file: the first of
  * the space-separated `keys` present (and not null) must be an integer in
  * [lo, hi]. Absent: 1 when `optional` (out untouched), else an error. */
-static int config_count(const layout *lt, const ckpt *ck, const cJSON *tc,
+static int config_count(const layout *lt, const lt_model *ck, const cJSON *tc,
                         const char *keys, int64_t lo, int64_t hi, int optional,
                         int64_t *out, GError **err)
 {
@@ -305,17 +305,17 @@ static int config_count(const layout *lt, const ckpt *ck, const cJSON *tc,
 
 /* Counts from the tensor names alone (a bare .safetensors file), bounded
  * like the config's. */
-static int shape_from_names(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
+static int shape_from_names(const layout *lt, const lt_model *ck, lt_shape *s, GError **err)
 {
     lt_class c;
     for (int i = 0; i < ck->n_names; i++) {
         layout_classify(lt, ck->names[i], &c);
         if (c.layer >= LT_MAX_LAYERS ||
             (c.kind == LT_EXPERT && c.expert >= LT_MAX_EXPERTS)) {
-            int sh = ck->shard_of ? ckpt_shard_index(ck, ck->names[i]) : -1;
+            const char *file = ck->file_of ? ck->file_of(ck->ctx, ck->names[i]) : NULL;
             g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                         "'%s': tensor '%s': %s index %d is more than qmoe supports "
-                        "(%d at most)", sh >= 0 ? ck->shards[sh].path : ck->dir,
+                        "(%d at most)", file ? file : ck->dir,
                         ck->names[i],
                         c.layer >= LT_MAX_LAYERS ? "layer" : "expert",
                         c.layer >= LT_MAX_LAYERS ? c.layer : c.expert,
@@ -336,7 +336,7 @@ static int shape_from_names(const layout *lt, const ckpt *ck, lt_shape *s, GErro
     return 0;
 }
 
-int layout_shape(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
+int layout_shape_model(const layout *lt, const lt_model *ck, lt_shape *s, GError **err)
 {
     memset(s, 0, sizeof *s);
     if (!ck->config) {
@@ -411,6 +411,35 @@ int layout_shape(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
         return -1;
     }
     return 0;
+}
+
+/* ---- a checkpoint as a model ---- */
+
+static const char *shard_path_of(const void *ctx, const char *name)
+{
+    const ckpt *ck = ctx;
+    int sh = ck->shard_of ? ckpt_shard_index(ck, name) : -1;
+    return sh >= 0 ? ck->shards[sh].path : NULL;
+}
+
+static lt_model model_of(const ckpt *ck)
+{
+    lt_model m = {.dir = ck->dir, .config = ck->config, .model_type = ck->model_type,
+                  .names = ck->names, .n_names = ck->n_names,
+                  .file_of = shard_path_of, .ctx = ck};
+    return m;
+}
+
+const layout *layout_detect(const ckpt *ck, GError **err)
+{
+    lt_model m = model_of(ck);
+    return layout_detect_model(&m, err);
+}
+
+int layout_shape(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
+{
+    lt_model m = model_of(ck);
+    return layout_shape_model(lt, &m, s, err);
 }
 
 void layout_shape_free(lt_shape *s)

@@ -129,9 +129,25 @@ const layout *layout_find(const char *name);
 /* Comma-separated names of all layouts (static string). */
 const char *layout_names(void);
 
+/* What the layout functions read of a model: its config and its tensor
+ * names, not a checkpoint (an extracted OUT before its index exists, or a
+ * manifest's records, have names and a config but no shards). */
+typedef struct {
+    const char *dir;          /* the model's directory, for messages */
+    const cJSON *config;      /* config.json, or NULL */
+    const char *model_type;   /* its "model_type", or NULL */
+    char *const *names;       /* tensor names */
+    int n_names;
+    /* the file holding a tensor, for messages (NULL: dir) */
+    const char *(*file_of)(const void *ctx, const char *name);
+    const void *ctx;
+} lt_model;
+
 /* Picks the layout: by config model_type when present (a fused variant
  * when the expert tensors are stacked), else by tensor names. Fails with
  * a message listing the known layouts. */
+const layout *layout_detect_model(const lt_model *m, GError **err);
+/* layout_detect_model of a checkpoint's config and names. */
 const layout *layout_detect(const ckpt *ck, GError **err);
 
 /* Classifies one tensor name. Always succeeds (unmatched names are OTHER). */
@@ -153,6 +169,8 @@ int layout_proj_of(const layout *lt, const char *suffix);
  * LT_MAX_EXPERT_FILES. Errors name config.json and the key (with its
  * path: 'thinker_config.text_config.num_experts') and say what is wrong;
  * on error *out holds nothing to free. */
+int layout_shape_model(const layout *lt, const lt_model *m, lt_shape *out, GError **err);
+/* layout_shape_model of a checkpoint's config and names. */
 int layout_shape(const layout *lt, const ckpt *ck, lt_shape *out, GError **err);
 void layout_shape_free(lt_shape *s);
 

@@ -50,17 +50,36 @@
 
 typedef enum { MF_EXPERT, MF_LAYER, MF_GLOBALS, MF_OTHER } mf_kind;
 
+/* An output tensor as the plan (plan_tensor) and the manifest (mf_tensor)
+ * both describe it: name, type and shape, and where in the source its
+ * bytes are. The fields are declared once, here; each of the two types
+ * holds them both as a member `desc` (an mf_desc, to pass or copy whole)
+ * and, through an anonymous union, under their own names (t->name). */
+#define MF_DESC_FIELDS                                                        \
+    char *name;            /* output tensor name (source name, or a slice's) */ \
+    st_dtype dtype;                                                           \
+    int ndim;                                                                 \
+    int64_t shape[ST_MAX_DIMS];                                               \
+    char *src_name;        /* source tensor name */                           \
+    uint64_t src_offset;   /* absolute byte offset of the bytes in the source file */ \
+    int slice;             /* expert index of a fused slice, else -1 */
+
 typedef struct {
-    char *name;
-    st_dtype dtype;
-    int ndim;
-    int64_t shape[ST_MAX_DIMS];
+    MF_DESC_FIELDS
+} mf_desc;
+
+/* Copies a descriptor, strings included (free with mf_desc_clear). */
+void mf_desc_copy(mf_desc *to, const mf_desc *from);
+void mf_desc_clear(mf_desc *d);
+
+typedef struct {
+    union {
+        mf_desc desc;
+        struct { MF_DESC_FIELDS };
+    };
     uint64_t begin, end;   /* offsets within the output file's data section */
     uint32_t crc32;
     char *src_file;        /* source file name (relative to the source dir) */
-    char *src_tensor;      /* source tensor name */
-    uint64_t src_offset;   /* absolute byte offset of the bytes in src_file */
-    int slice;             /* expert index of a fused slice, else -1 */
 } mf_tensor;
 
 typedef struct {

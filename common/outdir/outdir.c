@@ -178,6 +178,8 @@ od_verdict od_complete(const od_facts *f)
         return OD_MISSING;
     if (f->experts_expected <= 0 && f->others_expected <= 0)
         return OD_NOTHING;
+    if (f->unexpected > 0)
+        return OD_UNEXPECTED;
     return OD_COMPLETE;
 }
 
@@ -186,8 +188,9 @@ const char *od_verdict_name(od_verdict v)
     static const char *names[] = {"complete", "running", "mixed sources",
                                   "experts missing from the source",
                                   "qmoe.json not written", "not finished",
-                                  "files missing", "nothing expected"};
-    return v <= OD_NOTHING ? names[v] : "?";
+                                  "files missing", "nothing expected",
+                                  "unexpected files"};
+    return v <= OD_UNEXPECTED ? names[v] : "?";
 }
 
 /* ---- source completeness ---- */
@@ -453,6 +456,14 @@ int od_source_save(const char *out, const cJSON *identity, GError **err)
 
 /* ---- resuming ---- */
 
+int od_record_in_place(uint64_t rec_size, const char *rec_source_id, int64_t size_now,
+                       const char *out_id)
+{
+    int same_source = !rec_source_id || !rec_source_id[0] || !out_id || !out_id[0] ||
+                      strcmp(rec_source_id, out_id) == 0;
+    return same_source && size_now >= 0 && (uint64_t)size_now == rec_size;
+}
+
 /* Marks in done[] the plan files that a journal records and that are in
  * place with the recorded size, from this source (its identity, and each
  * tensor's source file and range). */
@@ -469,14 +480,15 @@ void od_find_done(const plan *p, const ckpt *ck, const char *source_id,
         mf_file *r = g_hash_table_lookup(by, f->path);
         if (!r || r->n_tensors != f->n)
             continue;
-        int same = !r->source_id[0] || strcmp(r->source_id, source_id) == 0;
+        int same = 1;
         for (int k = 0; k < f->n && same; k++)
             same = strcmp(r->tensors[k].name, f->t[k].name) == 0 &&
                    r->tensors[k].end - r->tensors[k].begin == f->t[k].nbytes &&
                    r->tensors[k].src_offset == f->t[k].src_offset &&
                    g_strcmp0(r->tensors[k].src_file, ck->shards[f->t[k].shard].name) == 0;
         char *path = g_build_filename(out, f->path, NULL);
-        done[i] = same && fs_file_size(path) == (int64_t)r->size;
+        done[i] = same && od_record_in_place(r->size, r->source_id, fs_file_size(path),
+                                             source_id);
         g_free(path);
     }
     g_hash_table_destroy(by);

@@ -94,10 +94,11 @@ typedef enum {
     OD_NOT_FINISHED,     /* qmoe.json says "complete": false */
     OD_MISSING,          /* expected files absent */
     OD_NOTHING,          /* nothing expected (no config, no manifest) */
+    OD_UNEXPECTED,       /* files that nothing expects (a foreign or stray file) */
 } od_verdict;
 
 typedef struct {
-    int64_t experts_expected, experts_present; /* present: of the expected set */
+    int64_t experts_expected, experts_present; /* present: complete, of the expected set */
     int64_t others_expected;   /* non-expert files expected, -1 unknown */
     int64_t others_present;
     int has_job_record;        /* .qmoe/ holds a progress file or a journal */
@@ -106,10 +107,11 @@ typedef struct {
     int live_writer;           /* a live lock holder or temporary owner */
     int source_gap;            /* experts missing from the source (manifest) */
     int mixed;                 /* records of more than one source */
+    int64_t unexpected;        /* present files that nothing expects */
 } od_facts;
 
 /* The one decision: complete, else the first reason why not (in the order
- * of the enum). A directory with neither job record nor manifest (written
+ * of the enum; OD_UNEXPECTED last, after OD_NOTHING). A directory with neither job record nor manifest (written
  * by another tool with the same names) is complete when every file the
  * config and the layout expect is present. */
 od_verdict od_complete(const od_facts *f);
@@ -142,6 +144,15 @@ cJSON *od_source_load(const char *out, GError **err);
 int od_source_save(const char *out, const cJSON *identity, GError **err);
 
 /* ---- resuming (qmoe-extract) ---- */
+
+/* The rule for one file under its final name that a record describes:
+ * in place with the recorded size (size_now: its size, -1 absent), read
+ * from OUT's source (the record's id, when it has one, equals out_id;
+ * NULL or "" out_id: unknown, not held against it). qmoe-extract's resume
+ * (od_find_done) and the view of OUT (view.h, for qmoe-status and
+ * qmoe-verify) both decide with it. */
+int od_record_in_place(uint64_t rec_size, const char *rec_source_id, int64_t size_now,
+                       const char *out_id);
 
 /* Marks in done[] (p->n_files) the plan files that a record in `recs`
  * (journals, mf_file) describes and that are in place with the recorded

@@ -22,10 +22,8 @@ void plan_free(plan *p)
         return;
     for (int i = 0; i < p->n_files; i++) {
         plan_file *f = &p->files[i];
-        for (int k = 0; k < f->n; k++) {
-            g_free(f->t[k].name);
-            g_free(f->t[k].src_name);
-        }
+        for (int k = 0; k < f->n; k++)
+            mf_desc_clear(&f->t[k].desc);
         g_free(f->t);
         g_free(f->path);
     }
@@ -297,10 +295,8 @@ out:
         for (guint i = 0; i < b.files->len; i++) {
             plan_file *f = &g_array_index(b.files, plan_file, i);
             GArray *ts = (GArray *)f->t;
-            for (guint k = 0; k < ts->len; k++) {
-                g_free(g_array_index(ts, plan_tensor, k).name);
-                g_free(g_array_index(ts, plan_tensor, k).src_name);
-            }
+            for (guint k = 0; k < ts->len; k++)
+                mf_desc_clear(&g_array_index(ts, plan_tensor, k).desc);
             g_array_free(ts, TRUE);
             g_free(f->path);
         }
