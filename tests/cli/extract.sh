@@ -78,7 +78,7 @@ run qmoe-extract "$T/empty" "$T/o-empty"
 expect bad-empty-dir 2 "no model.safetensors.index.json or model.safetensors"
 cp -r "$OMNI" "$T/noshard"; rm "$T/noshard/model-00002-of-00003.safetensors"
 run qmoe-extract "$T/noshard" "$T/o-noshard"
-expect bad-missing-shard 2 "model-00002-of-00003.safetensors': No such file or directory"
+expect bad-missing-shard 2 "files of the selection need source shards that are missing (an incomplete download?): shard 'model-00002-of-00003.safetensors' (No such file or directory) blocks 20 files: layers 0-2; nothing written"
 [ -z "$(ls "$T/o-noshard/experts" 2>/dev/null)" ] && ok bad-missing-shard-nothing-written || fail bad-missing-shard-nothing-written
 cp -r "$OMNI" "$T/trunc"; truncate -s 200000 "$T/trunc/model-00003-of-00003.safetensors"
 run qmoe-extract "$T/trunc" "$T/o-trunc"
