@@ -7,7 +7,7 @@
 # rerun once the blob is back resumes); the tokenizer as the
 # repo ships it (vocab.json + merges.txt, no tokenizer.json) loads.
 . "$(dirname "$0")/lib.sh"
-plan 42
+plan 48
 RO="${QMOE_SHARED:-$QMOE_ROOT/../shared}/tools/realomni.py"
 if [ ! -f "$RO" ]; then fail realomni-script "no $RO (shared/ beside the clone)"; exit 1; fi
 R=$T/omni
@@ -105,6 +105,16 @@ jq -e --arg id "$id0" '.id == $id and ([.files[].name] | index("model-00007-of-0
     fail realomni-hf-resumed-same-id "$(cat "$T/out/.qmoe/source.json")"
 run qmoe-verify --source "$REPO" "$T/out"
 expect realomni-hf-resumed-verify 0 "checked: 11 files" stdout
+# reading and hashing (1.4 GB) reports progress on stderr: whole lines off a
+# terminal (QMOE_PROGRESS_INTERVAL shortens the 1 s interval), a closing line
+run env QMOE_PROGRESS_INTERVAL=0.05 qmoe-verify -j 1 --source "$REPO" "$T/out"
+expect realomni-verify-progress 0 "qmoe-verify: reading, hashing and comparing with the source: 1.4 GB of 1.4 GB (100.0 %), 11/11 files, "
+tail -n 1 <<<"$err" | grep -Eq '\(100\.0 %\), 11/11 files, .*/s in [0-9.]+ s$' && ok realomni-verify-progress-closing ||
+    fail realomni-verify-progress-closing "$err"
+grep -Eq ' %\), [0-9]+/11 files, .*/s, ETA [0-9]+s$' <<<"$err" && ok realomni-verify-progress-eta || fail realomni-verify-progress-eta "$err"
+[ "$(grep -c $'\r' <<<"$err")" = 0 ] && ok realomni-verify-progress-lines || fail realomni-verify-progress-lines "carriage returns off a terminal"
+run env QMOE_PROGRESS_INTERVAL=0.05 qmoe-verify --no-progress -j 1 "$T/out"
+expect realomni-verify-no-progress 0 "" && { [ -z "$err" ] && ok realomni-verify-no-progress-quiet || fail realomni-verify-no-progress-quiet "$err"; }
 # the blob gone again: the files read from it cannot be compared (exit 2)
 mv "$REPO/snapshots/$rev/$target" "$T/blob"
 run qmoe-verify --source "$REPO" "$T/out"
