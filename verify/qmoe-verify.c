@@ -419,7 +419,9 @@ int main(int argc, char **argv)
         return code ? code : 2;
     }
     vf_check_coverage(t, r);
-    read_progress rp = {.t0 = qm_monotonic(), .tty = isatty(2),
+    const char *term = getenv("TERM"); /* a dumb terminal cannot clear a line */
+    read_progress rp = {.t0 = qm_monotonic(),
+                        .tty = isatty(2) && !(term && !strcmp(term, "dumb")),
                         .what = opt_source ? "reading, hashing and comparing with the source"
                                            : "reading and hashing"};
     rp.interval = rp.tty ? 0.2 : 1.0;

@@ -7,7 +7,7 @@
 # rerun once the blob is back resumes); the tokenizer as the
 # repo ships it (vocab.json + merges.txt, no tokenizer.json) loads.
 . "$(dirname "$0")/lib.sh"
-plan 48
+plan 49
 RO="${QMOE_SHARED:-$QMOE_ROOT/../shared}/tools/realomni.py"
 if [ ! -f "$RO" ]; then fail realomni-script "no $RO (shared/ beside the clone)"; exit 1; fi
 R=$T/omni
@@ -113,6 +113,10 @@ tail -n 1 <<<"$err" | grep -Eq '\(100\.0 %\), 11/11 files, .*/s in [0-9.]+ s$' &
     fail realomni-verify-progress-closing "$err"
 grep -Eq ' %\), [0-9]+/11 files, .*/s, ETA [0-9]+s$' <<<"$err" && ok realomni-verify-progress-eta || fail realomni-verify-progress-eta "$err"
 [ "$(grep -c $'\r' <<<"$err")" = 0 ] && ok realomni-verify-progress-lines || fail realomni-verify-progress-lines "carriage returns off a terminal"
+# on a terminal (script(1) gives one): redrawn in place
+run script -qec "env QMOE_PROGRESS_INTERVAL=0.05 qmoe-verify -j 1 '$T/out' >/dev/null" /dev/null
+[[ "$out" == *$'\r\033[K'"qmoe-verify: reading and hashing: "*" ETA "*$'\r\033[K'* ]] && ok realomni-verify-progress-tty ||
+    fail realomni-verify-progress-tty "$(head -c 300 <<<"$out" | od -c | head -5)"
 run env QMOE_PROGRESS_INTERVAL=0.05 qmoe-verify --no-progress -j 1 "$T/out"
 expect realomni-verify-no-progress 0 "" && { [ -z "$err" ] && ok realomni-verify-no-progress-quiet || fail realomni-verify-no-progress-quiet "$err"; }
 # the blob gone again: the files read from it cannot be compared (exit 2)
