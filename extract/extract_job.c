@@ -724,10 +724,6 @@ static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, int dr
 static int check_source(job *j, GError **err)
 {
     const char *out = j->o->out;
-    j->source_identity = od_source_identity(j->ck, j->o->src, err);
-    if (!j->source_identity)
-        return -1;
-    g_strlcpy(j->source_id, od_source_id(j->source_identity), sizeof j->source_id);
     int top = lock_top(out);
     int rc = 0;
     if (j->o->restart) {
@@ -742,6 +738,13 @@ static int check_source(job *j, GError **err)
     cJSON *then = rc == 0 ? od_source_load(out, err) : NULL;
     if (rc == 0 && !then && err && *err)
         rc = -1;
+    /* the shards earlier runs read are checked again, needed now or not */
+    if (rc == 0 && then)
+        rc = od_source_reread(j->ck, then, err);
+    if (rc == 0 && !(j->source_identity = od_source_identity(j->ck, j->o->src, err)))
+        rc = -1;
+    if (rc == 0)
+        g_strlcpy(j->source_id, od_source_id(j->source_identity), sizeof j->source_id);
     if (rc == 0 && then) {
         char *diff = NULL;
         cJSON *merged = od_source_merge(then, j->source_identity, &diff);
@@ -901,10 +904,12 @@ static int dry_done(const ex_opts *o, plan *p, ckpt *ck, int *todo, int *n_todo,
     struct stat st;
     int rc = 0;
     if (stat(o->out, &st) == 0) {
-        cJSON *now = od_source_identity(ck, o->src, err);
-        cJSON *then = now ? od_source_load(o->out, err) : NULL;
+        cJSON *then = od_source_load(o->out, err), *now = NULL;
+        if (then || !(err && *err))
+            now = then && od_source_reread(ck, then, err) ? NULL
+                                                          : od_source_identity(ck, o->src, err);
         GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
-        if (!now || (!then && err && *err) || mf_journals_read_all(o->out, recs, err))
+        if (!now || mf_journals_read_all(o->out, recs, err))
             rc = -1;
         else if (then) {
             /* another source's files are no use: the real run refuses them */

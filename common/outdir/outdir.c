@@ -474,13 +474,13 @@ cJSON *od_source_merge(const cJSON *then, const cJSON *now, char **diff)
     const cJSON *x;
     cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(then, "files")) {
         const char *name = str_of(x, "name");
-        const cJSON *y = listed(now, "files", name), *m;
+        const cJSON *y = listed(now, "files", name);
         if (!y) {
-            if (listed(now, "unread", name))
-                g_ptr_array_add(keep, (gpointer)x); /* not needed now: still then's */
-            else if ((m = listed(now, "missing", name)))
-                CLAUSE("'%s' was read then and is missing now (%s)", name,
-                       str_of(m, "why"));
+            /* not read now (a plan that needs it refuses while it is
+             * missing): the files already written from it stay, and when it
+             * is read again it must be what it was */
+            if (listed(now, "unread", name) || listed(now, "missing", name))
+                g_ptr_array_add(keep, (gpointer)x);
             else
                 CLAUSE("'%s' was read then and is absent now", name);
             continue;
@@ -538,7 +538,8 @@ cJSON *od_source_merge(const cJSON *then, const cJSON *now, char **diff)
         if (!listed(m, "files", x->valuestring))
             cJSON_AddItemToArray(unread, cJSON_Duplicate(x, 1));
     cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(now, "missing"))
-        cJSON_AddItemToArray(missing, cJSON_Duplicate(x, 1));
+        if (!listed(m, "files", str_of(x, "name")))
+            cJSON_AddItemToArray(missing, cJSON_Duplicate(x, 1));
     g_ptr_array_free(all, TRUE);
     if (cJSON_GetArraySize(unread))
         cJSON_AddItemToObject(m, "unread", unread);
@@ -549,6 +550,32 @@ cJSON *od_source_merge(const cJSON *then, const cJSON *now, char **diff)
     else
         cJSON_Delete(missing);
     return m;
+}
+
+int od_source_reread(ckpt *ck, const cJSON *then, GError **err)
+{
+    GHashTable *by = g_hash_table_new(g_str_hash, g_str_equal);
+    for (int i = 0; i < ck->n_shards; i++)
+        g_hash_table_insert(by, ck->shards[i].name, GINT_TO_POINTER(i + 1));
+    int rc = 0;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(then, "files")) {
+        int i = GPOINTER_TO_INT(g_hash_table_lookup(by, str_of(x, "name"))) - 1;
+        if (i < 0 || ck->shards[i].st)
+            continue; /* not in the index now (the merge says so), or read */
+        GError *e = NULL;
+        if (!ckpt_shard_load(ck, i, 0, &e)) {
+            if (ck->shards[i].missing) {
+                g_error_free(e);
+            } else {
+                g_propagate_error(err, e);
+                rc = -1;
+                break;
+            }
+        }
+    }
+    g_hash_table_destroy(by);
+    return rc;
 }
 
 char *od_source_diff(const cJSON *then, const cJSON *now)

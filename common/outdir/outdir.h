@@ -147,15 +147,24 @@ const char *od_source_id(const cJSON *identity);
 /* The identity OUT keeps when `now` is the source `then` was taken from,
  * as far as either read it: then's id (OUT's files carry it), the shards
  * read by either (a shard unread or missing then may be read now: a
- * download that went on), now's unread and missing ones. NULL with *diff
- * (one clause per difference, as od_source_diff) when it is another
- * source or this one changed: a shard read then differs now, is missing
- * now, or the index lists other shards. Caller deletes / frees. */
+ * download that went on; one read then and not now keeps then's record),
+ * now's unread and missing ones. NULL with *diff (one clause per
+ * difference, as od_source_diff) when it is another source or this one
+ * changed: a shard read both times differs, or the index lists other
+ * shards. Caller deletes / frees. */
 cJSON *od_source_merge(const cJSON *then, const cJSON *now, char **diff);
 /* What differs between an earlier identity and the current one, one
  * clause per difference ("'model-00002-of-00003.safetensors': size 1200
  * then, 1300 now"), or NULL when they are the same source. Caller frees. */
 char *od_source_diff(const cJSON *then, const cJSON *now);
+
+/* Loads the headers of the shards an earlier identity (`then`)
+ * fingerprinted that are present, so that od_source_identity fingerprints
+ * them again and od_source_merge compares them: a shard changed since is
+ * noticed even when this plan does not read it. One that is missing now is
+ * left (the merge keeps then's record); another failure to read it is an
+ * error. */
+int od_source_reread(ckpt *ck, const cJSON *then, GError **err);
 
 /* .qmoe/source.json of OUT, or NULL when absent; a damaged one is an error. */
 cJSON *od_source_load(const char *out, GError **err);

@@ -7,7 +7,7 @@
 # rerun once the blob is back resumes); the tokenizer as the
 # repo ships it (vocab.json + merges.txt, no tokenizer.json) loads.
 . "$(dirname "$0")/lib.sh"
-plan 49
+plan 51
 RO="${QMOE_SHARED:-$QMOE_ROOT/../shared}/tools/realomni.py"
 if [ ! -f "$RO" ]; then fail realomni-script "no $RO (shared/ beside the clone)"; exit 1; fi
 R=$T/omni
@@ -119,10 +119,18 @@ run script -qec "env QMOE_PROGRESS_INTERVAL=0.05 qmoe-verify -j 1 '$T/out' >/dev
     fail realomni-verify-progress-tty "$(head -c 300 <<<"$out" | od -c | head -5)"
 run env QMOE_PROGRESS_INTERVAL=0.05 qmoe-verify --no-progress -j 1 "$T/out"
 expect realomni-verify-no-progress 0 "" && { [ -z "$err" ] && ok realomni-verify-no-progress-quiet || fail realomni-verify-no-progress-quiet "$err"; }
+# a shard an earlier run read is checked again, also when this run does
+# not need it (layer 0 needs shards 1 and 13, not 7)
+touch -d 2001-01-01 "$REPO/snapshots/$rev/$target"
+run qmoe-extract --no-progress --layers 0 --experts 0-3 --no-other "$REPO" "$T/out"
+expect realomni-hf-changed-unneeded-shard 2 "'model-00007-of-00015.safetensors': modified since"
 # the blob gone again: the files read from it cannot be compared (exit 2)
 mv "$REPO/snapshots/$rev/$target" "$T/blob"
 run qmoe-verify --source "$REPO" "$T/out"
 expect realomni-hf-verify-dangling 2 "5 of its files (experts/expert_000_layer_23.safetensors, ...) need shard 'model-00007-of-00015.safetensors', which is missing (a symlink to '$target', which does not exist: an incomplete download?)"
+# ... while a run that does not need it goes on (its record is kept)
+run qmoe-extract --no-progress --json --layers 0 --experts 0-3 --no-other "$REPO" "$T/out"
+expect realomni-hf-missing-unneeded-shard 0 '"files_planned":6,"files_done":6,"files_skipped":6,' stdout
 mv "$T/blob" "$REPO/snapshots/$rev/$target"
 rm -rf "$T/out"
 rm -rf "$R" "$H"

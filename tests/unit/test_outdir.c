@@ -134,12 +134,22 @@ static void test_source_merge(void)
     CHECK(d2 == NULL);
     cJSON_Delete(m);
     cJSON_Delete(now);
-    /* m1 read then, missing now: refused, saying why */
+    /* m1 read then, missing now (not needed by this run): its record stays */
     now = parsed("{\"id\":\"bbbb\",\"files\":[],\"unread\":[\"m2\",\"m3\"],\"missing\":"
                  "[{\"name\":\"m1\",\"why\":\"No such file or directory\"}]}");
     m = od_source_merge(then, now, &diff);
+    CHECK(m && !diff);
+    files = cJSON_GetObjectItemCaseSensitive(m, "files");
+    CHECK(cJSON_GetArraySize(files) == 1 &&
+          !strcmp(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(files, 0), "header_sha256")->valuestring, "h1"));
+    CHECK(!cJSON_GetObjectItemCaseSensitive(m, "missing"));
+    cJSON_Delete(m);
+    cJSON_Delete(now);
+    /* read then, gone from the directory and the index: another source */
+    now = parsed("{\"id\":\"bbbb\",\"files\":[],\"unread\":[\"m2\",\"m3\"]}");
+    m = od_source_merge(then, now, &diff);
     CHECK(!m);
-    CHECK_CONTAINS(diff, "'m1' was read then and is missing now (No such file or directory)");
+    CHECK_CONTAINS(diff, "'m1' was read then and is absent now");
     g_free(diff);
     cJSON_Delete(now);
     /* m1 changed; a shard the index did not list then; one it no longer lists */
