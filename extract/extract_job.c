@@ -4,6 +4,7 @@
 #include "format/checkpoint.h"
 #include "extract_copy.h"
 #include "base/fs.h"
+#include "cli/cli.h"
 #include "format/layout.h"
 #include "outdir/manifest.h"
 #include "outdir/outdir.h"
@@ -63,6 +64,8 @@ void ex_result_clear(ex_result *r)
     if (r) {
         g_free(r->layout);
         r->layout = NULL;
+        g_free(r->experts_split);
+        r->experts_split = NULL;
     }
 }
 
@@ -152,17 +155,11 @@ static void record_tensor(job *j, mf_file *rec, const plan_tensor *t, uint64_t a
                           uint32_t crc)
 {
     mf_tensor *m = &rec->tensors[rec->n_tensors++];
-    m->name = g_strdup(t->name);
-    m->dtype = t->dtype;
-    m->ndim = t->ndim;
-    memcpy(m->shape, t->shape, sizeof m->shape);
+    mf_desc_copy(&m->desc, &t->desc); /* name, dtype, shape, source range */
     m->begin = at;
     m->end = at + t->nbytes;
     m->crc32 = crc;
     m->src_file = g_strdup(j->ck->shards[t->shard].name);
-    m->src_tensor = g_strdup(t->src_name);
-    m->src_offset = t->src_offset;
-    m->slice = t->slice;
 }
 
 /* The header alignment that lets most of the file's blocks be shared with
@@ -998,8 +995,9 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
     if (json) {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "layout", lt->name);
-        cJSON_AddNumberToObject(j, "num_layers", p->shape.n_layers);
-        cJSON_AddNumberToObject(j, "moe_layers", p->shape.n_moe_layers);
+        /* as in qmoe.json: num_layers the decoder's, the MTP block's apart */
+        cJSON_AddNumberToObject(j, "num_layers", lt_decoder_layers(&p->shape));
+        cJSON_AddNumberToObject(j, "moe_layers", p->shape.n_moe_layers - p->shape.n_moe_mtp);
         cJSON_AddNumberToObject(j, "num_experts", p->shape.n_experts);
         cJSON_AddStringToObject(j, "layers", layers);
         cJSON_AddStringToObject(j, "experts", experts);
@@ -1010,6 +1008,13 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         cJSON_AddNumberToObject(j, "files", p->n_files);
         cJSON_AddNumberToObject(j, "bytes", (double)p->total_bytes);
         cJSON_AddNumberToObject(j, "expert_bytes", (double)bytes[MF_EXPERT]);
+        cJSON_AddNumberToObject(j, "mtp_layers", p->shape.n_mtp);
+        cJSON_AddNumberToObject(j, "mtp_moe_layers", p->shape.n_moe_mtp);
+        int mtp_files = 0;
+        for (int i = 0; i < p->n_files; i++)
+            mtp_files += p->files[i].kind == MF_EXPERT &&
+                         lt_is_mtp(&p->shape, p->files[i].layer);
+        cJSON_AddNumberToObject(j, "mtp_expert_files", mtp_files);
         cJSON_AddNumberToObject(j, "shard", o->shard);
         cJSON_AddNumberToObject(j, "shards", o->shards);
         cJSON_AddNumberToObject(j, "shard_files", mine_files);
@@ -1067,16 +1072,30 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         else if (p->n_blocked)
             cJSON_AddNullToObject(j, "extractable_layers");
         g_free(ok);
-        char *s = cJSON_PrintUnformatted(j);
-        printf("%s\n", s);
-        cJSON_free(s);
-        cJSON_Delete(j);
+        qm_json_out(j, 0);
     } else {
         char b1[32], b2[32];
         printf("layout:   %s\n", lt->name);
-        printf("layers:   %s of %d (%d MoE)\n", layers, p->shape.n_layers,
-               p->shape.n_moe_layers);
-        printf("experts:  %s of %d per layer\n", experts, p->shape.n_experts);
+        if (p->shape.n_mtp) {
+            /* the MTP block's layers follow the decoder's, counted apart */
+            char *split = od_plan_mtp_breakdown(p);
+            int d = lt_decoder_layers(&p->shape);
+            char which[32];
+            if (p->shape.n_mtp > 1)
+                snprintf(which, sizeof which, "layers %d-%d", d, p->shape.n_layers - 1);
+            else
+                snprintf(which, sizeof which, "layer %d", d);
+            printf("layers:   %s of %d + MTP %d (%d + MTP %d MoE; MTP: %s)\n", layers, d,
+                   p->shape.n_mtp, p->shape.n_moe_layers - p->shape.n_moe_mtp,
+                   p->shape.n_moe_mtp, which);
+            printf("experts:  %s of %d per layer%s%s\n", experts, p->shape.n_experts,
+                   split ? ": " : "", split ? split : "");
+            g_free(split);
+        } else {
+            printf("layers:   %s of %d (%d MoE)\n", layers, p->shape.n_layers,
+                   p->shape.n_moe_layers);
+            printf("experts:  %s of %d per layer\n", experts, p->shape.n_experts);
+        }
         printf("files:    %d expert, %d layer, %d globals, %d other (%d in all)\n",
                count[MF_EXPERT], count[MF_LAYER], count[MF_GLOBALS], count[MF_OTHER],
                p->n_files);
@@ -1155,6 +1174,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         goto out;
     j.p = p;
     res->layout = g_strdup(lt->name);
+    res->experts_split = od_plan_mtp_breakdown(p);
     if (fs_mkdir_out(o->out, state_dir, err))
         goto out;
     pid_t stale = 0;

@@ -54,6 +54,8 @@ typedef struct {
     double seconds;
     int complete;            /* every file of the whole plan is in place */
     char *layout;
+    char *experts_split;     /* "2 layers x 16 + MTP 1 layer x 16" when the plan
+                                has MTP experts, else NULL */
 } ex_result;
 
 /* Runs the job. Refuses (QM_ERR_USAGE) before writing when OUT holds files

@@ -144,8 +144,7 @@ int main(int argc, char **argv)
                                       "safetensors file per (layer, expert).");
     g_option_context_set_description(ctx, description);
     g_option_context_add_main_entries(ctx, entries, NULL);
-    argv = qm_argv_split_short(&argc, argv, "j");
-    if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+    if (qm_options_parse(ctx, &argc, &argv, "j", &err)) {
         fprintf(stderr, "%s: %s\nTry '%s --help'.\n", prog, err->message, prog);
         return 2;
     }
@@ -214,10 +213,12 @@ int main(int argc, char **argv)
         if (res.bytes_shared)
             snprintf(sh, sizeof sh, ", %s of it shared with the source (reflink)",
                      qm_human_bytes(res.bytes_shared, b2, sizeof b2));
-        printf("%s: %llu/%llu files complete (%llu experts), %s in %.2f s (%.0f MB/s)%s%s\n",
+        printf("%s: %llu/%llu files complete (%llu experts%s%s), %s in %.2f s (%.0f MB/s)%s%s\n",
                prog, (unsigned long long)res.files_done,
                (unsigned long long)res.files_planned,
                (unsigned long long)res.experts_done,
+               res.experts_split && o.shards <= 1 ? ": " : "",
+               res.experts_split && o.shards <= 1 ? res.experts_split : "",
                qm_human_bytes(res.bytes_written, b, sizeof b), res.seconds, mb,
                sh, res.files_skipped ? " (resumed)" : "");
     }

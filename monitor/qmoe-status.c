@@ -33,7 +33,11 @@
  *   experts_unexpected  expert files present outside the expected set
  *   percent             100 * experts_done / experts_expected, one decimal
  *   layers_complete, layers_expected    layers with all their experts / with any expected
- *   num_layers, num_experts             size of the grid
+ *   num_layers, num_experts             size of the grid (num_layers without the
+ *                                       MTP block's rows, which follow it)
+ *   mtp_layers          layers of a DeepSeek-V3 MTP block (0 when none)
+ *   mtp_experts_done, mtp_experts_expected, mtp_layers_complete,
+ *   mtp_layers_expected of the counts above, the MTP block's
  *   other_done          non-expert files present (layers/, globals, other/)
  *   other_expected      non-expert files expected, or null
  *   bytes_done, bytes_planned           bytes written (journal sizes) / planned
@@ -46,7 +50,7 @@
  *   log                 path of the extraction log, or null
  *   in_flight           [{path, pid, alive, tmp}] files being written
  *   stale_tmp           [{path, pid, alive, tmp}] temporaries of dead writers
- *   layers              [{layer, done, expected, complete, in_flight}]
+ *   layers              [{layer, done, expected, complete, in_flight, mtp}]
  *                       (layers with nothing expected and nothing present omitted)
  *   jobs                [{dir, shard, shards, state, pid, stale_lock,
  *                         files_done, files_planned, experts_done, experts_planned,
@@ -57,6 +61,7 @@
  */
 #include "status.h"
 #include "base/util.h"
+#include "cli/cli.h"
 
 #include <errno.h>
 #include <langinfo.h>
@@ -331,7 +336,7 @@ int main(int argc, char **argv)
             argv[i] = (char *)"--watch=1";
     }
     GError *err = NULL;
-    if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+    if (qm_options_parse(ctx, &argc, &argv, NULL, &err)) {
         fprintf(stderr, "%s: %s\n", PROG, err->message);
         fprintf(stderr, "usage: %s [--watch[=SECS]] [--json] OUT (see --help)\n", PROG);
         g_error_free(err);

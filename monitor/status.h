@@ -1,20 +1,10 @@
 /* status.h - one snapshot of an extraction directory, for qmoe-status.
  *
- * A snapshot is built from what is on disk, cheapest source first:
- *   experts/, layers/, other/, OUT itself   one readdir each: the files that
- *                                           are complete (final names) and the
- *                                           temporaries FINAL.tmp.PID in flight
- *   .qmoe/progress.json, .qmoe/shard-I-of-N/progress.json
- *                                           job state, pid, planned counts
- *   .qmoe/lock (and per shard)              stale lock = pid gone
- *   .qmoe/journal.jsonl (and per shard)     sizes and finish times -> bytes,
- *                                           rate over a recent window
- *   qmoe.json "expected"                    the expected set (layers, experts)
- *   config.json                             the expected set when neither
- *                                           qmoe.json nor progress.json say
- *   names in experts/                       the last resort (scan only)
- * Nothing is stat()ed per file unless there is neither a journal nor a
- * progress file to give the bytes.
+ * A snapshot is the view of OUT (outdir/view.h: jobs, records, expected
+ * set, files, the verdict, all read and decided there, the same for
+ * qmoe-verify) turned into what the renderers show: rows per layer, the
+ * jobs, bytes, the rate over the journal's recent records, ETA and the
+ * files in flight.
  */
 #ifndef QMOE_STATUS_H
 #define QMOE_STATUS_H
@@ -82,8 +72,13 @@ typedef struct {
     char *sel_layers, *sel_experts; /* lists, or NULL */
     int n_layers, n_experts; /* grid size */
     st_layer *layers;      /* n_layers rows */
+    int mtp_first, n_mtp;  /* rows [mtp_first, mtp_first + n_mtp) are the MTP
+                              block's (layout.h); n_mtp 0 when none */
     int64_t experts_expected, experts_done;
     int layers_expected, layers_complete;
+    /* of the above, the MTP block's (counted apart, and said so) */
+    int64_t mtp_experts_expected, mtp_experts_done;
+    int mtp_layers_expected, mtp_layers_complete;
     int64_t other_expected;/* non-expert files; -1 unknown */
     int64_t other_done;
     int64_t unexpected;    /* expert files outside the expected set */
@@ -110,33 +105,16 @@ typedef struct {
     int64_t journal_bad;
 } st_snap;
 
+/* Row l of the grid is an MTP layer. */
+static inline int st_is_mtp(const st_snap *s, int l)
+{
+    return s->n_mtp > 0 && l >= s->mtp_first && l < s->mtp_first + s->n_mtp;
+}
+
 /* Takes a snapshot of OUT. Errors (QM_ERR_IO): OUT missing or not a
  * directory, or not an extraction directory (names what is missing). */
 st_snap *st_snap_take(const char *out, GError **err);
 void st_snap_free(st_snap *s);
-
-/* ---- minimal JSON scanning (status_json.c) ---- */
-
-/* One journal record's top-level fields; path points into the line. */
-typedef struct {
-    const char *path;
-    int kind_expert;
-    int layer, expert;
-    uint64_t size;
-    double time;
-} st_rec;
-
-/* Parses the fields of one journal line [p, end) (no newline) without
- * building a tree; stops after the fields it needs. Writes a NUL after
- * the path in place. Falls back to cJSON for lines it cannot scan. Returns
- * 0 or -1 (bad line). */
-int st_journal_line(char *p, char *end, st_rec *r);
-
-/* The "expected" object of qmoe.json as a cJSON tree (caller deletes), or
- * NULL when the file is absent or has none; *complete (when given) set from
- * its top-level "complete", which precedes "expected". Reads only the head of the
- * file when it can: the "files" array after it can be megabytes. */
-struct cJSON *st_manifest_expected(const char *path, char **layout, int *complete);
 
 /* ---- rendering (status_render.c) ---- */
 

@@ -1,5 +1,6 @@
 /* status_render.c - the dashboard, the log line and the JSON (status.h) */
 #include "status.h"
+#include "outdir/outdir.h"
 #include "outdir/progress.h"
 #include "base/util.h"
 
@@ -155,8 +156,9 @@ static void layer_cell(GString *g, const st_snap *s, const st_layer *L, int lw,
                       : complete ? C_GREEN
                       : (L->done > 0 || L->in_flight) ? C_YELLOW
                                                         : C_DIM;
-    g_string_append_printf(g, "%sL%0*d %*d/%-*d ", col, lw, L->layer, cw, L->done, cw,
-                           L->expected);
+    /* M: a layer of the MTP block (the "mtp" line says so) */
+    g_string_append_printf(g, "%s%c%0*d %*d/%-*d ", col, st_is_mtp(s, L->layer) ? 'M' : 'L',
+                           lw, L->layer, cw, L->done, cw, L->expected);
     bar(g, L->done, L->expected, bw, y);
     if (y->color)
         g_string_append(g, C_RESET);
@@ -166,7 +168,6 @@ static void layer_cell(GString *g, const st_snap *s, const st_layer *L, int lw,
         g_string_append(g, y->utf8 ? "\u25B8" : ">");
     else
         g_string_append_c(g, ' ');
-    (void)s;
 }
 
 /* The per-layer grid: as many columns as fit with a bar of 5+ cells. */
@@ -305,6 +306,23 @@ char *st_render_text(const st_snap *s, const st_style *y)
           pct(s->experts_done - s->unexpected, s->experts_expected), R,
           s->layers_complete, s->layers_expected,
           !strcmp(s->expected_from, "scan") ? "  (expected set guessed from names)" : "");
+    if (s->mtp_layers_expected > 0) {
+        /* the MTP block's experts, counted apart (layout.h) */
+        int ml = s->mtp_layers_expected;
+        char *split = od_mtp_breakdown(s->layers_expected - ml, ml,
+                                       (int)(s->mtp_experts_expected / ml));
+        char which[48];
+        if (s->n_mtp > 1)
+            snprintf(which, sizeof which, "layers %d-%d", s->mtp_first,
+                     s->mtp_first + s->n_mtp - 1);
+        else
+            snprintf(which, sizeof which, "layer %d", s->mtp_first);
+        emitf(out, y, "mtp       %s: %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT
+              " experts, %d/%d layer%s complete (multi-token prediction, rows M; "
+              "experts in all: %s)", which, s->mtp_experts_done, s->mtp_experts_expected,
+              s->mtp_layers_complete, ml, ml > 1 ? "s" : "", split);
+        g_free(split);
+    }
     if (s->partial)
         emitf(out, y, "selection layers %s, experts %s (partial extraction)",
               s->sel_layers ? s->sel_layers : "?", s->sel_experts ? s->sel_experts : "?");
@@ -400,6 +418,9 @@ char *st_render_line(const st_snap *s)
                            s->layers_complete, s->layers_expected, s->other_done);
     if (s->other_expected >= 0)
         g_string_append_printf(g, "/%" G_GINT64_FORMAT, s->other_expected);
+    if (s->mtp_layers_expected > 0) /* of the experts above: the MTP block's */
+        g_string_append_printf(g, " (MTP experts %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT ")",
+                               s->mtp_experts_done, s->mtp_experts_expected);
     if (s->bytes_done >= 0) {
         g_string_append_printf(g, " bytes %s", qm_human_bytes((uint64_t)s->bytes_done, b1, sizeof b1));
         if (s->bytes_planned > 0)
@@ -473,7 +494,13 @@ char *st_render_json(const st_snap *s, int pretty)
                             round(pct(s->experts_done - s->unexpected, s->experts_expected) * 10) / 10);
     cJSON_AddNumberToObject(j, "layers_complete", s->layers_complete);
     cJSON_AddNumberToObject(j, "layers_expected", s->layers_expected);
-    cJSON_AddNumberToObject(j, "num_layers", s->n_layers);
+    /* num_layers: the decoder's, as in qmoe.json; the MTP block's follow */
+    cJSON_AddNumberToObject(j, "num_layers", s->n_mtp ? s->mtp_first : s->n_layers);
+    cJSON_AddNumberToObject(j, "mtp_layers", s->n_mtp);
+    cJSON_AddNumberToObject(j, "mtp_experts_done", (double)s->mtp_experts_done);
+    cJSON_AddNumberToObject(j, "mtp_experts_expected", (double)s->mtp_experts_expected);
+    cJSON_AddNumberToObject(j, "mtp_layers_complete", s->mtp_layers_complete);
+    cJSON_AddNumberToObject(j, "mtp_layers_expected", s->mtp_layers_expected);
     cJSON_AddNumberToObject(j, "num_experts", s->n_experts);
     cJSON_AddNumberToObject(j, "other_done", (double)s->other_done);
     add_num_or_null(j, "other_expected", (double)s->other_expected, s->other_expected >= 0);
@@ -503,6 +530,7 @@ char *st_render_json(const st_snap *s, int pretty)
         cJSON_AddNumberToObject(o, "expected", L->expected);
         cJSON_AddBoolToObject(o, "complete", L->expected > 0 && L->done >= L->expected);
         cJSON_AddNumberToObject(o, "in_flight", L->in_flight);
+        cJSON_AddBoolToObject(o, "mtp", st_is_mtp(s, L->layer));
         cJSON_AddItemToArray(ls, o);
     }
     cJSON *jobs = cJSON_AddArrayToObject(j, "jobs");

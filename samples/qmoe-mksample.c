@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli/cli.h"
 #include "base/fs.h"
 #include "format/layout.h"
 #include "mksample.h"
@@ -538,10 +539,7 @@ static int write_coherent(const char *out)
         cJSON_AddNumberToObject(j, "perplexity", st.ppl);
         cJSON_AddNumberToObject(j, "perplexity_masked", st.ppl_masked);
         cJSON_AddNumberToObject(j, "seconds", secs);
-        char *s = cJSON_PrintUnformatted(j);
-        printf("%s\n", s);
-        cJSON_free(s);
-        cJSON_Delete(j);
+        qm_json_out(j, 0);
     } else {
         printf("%s: coherent %s, %d layers x %d experts, %d corpus tokens; logit margins: "
                "healthy >= %.1f, one expert lost >= %.1f, router masked to 0-7 >= %.1f; "
@@ -558,7 +556,7 @@ int main(int argc, char **argv)
     GOptionContext *ctx = g_option_context_new("OUT");
     g_option_context_set_summary(ctx, summary_text);
     g_option_context_add_main_entries(ctx, entries, NULL);
-    if (!g_option_context_parse(ctx, &argc, &argv, &err))
+    if (qm_options_parse(ctx, &argc, &argv, NULL, &err))
         usage_error("%s", err->message);
     g_option_context_free(ctx);
     if (opt_version) {
@@ -710,10 +708,7 @@ int main(int argc, char **argv)
         cJSON_AddNumberToObject(j, "file_bytes", (double)file_bytes);
         cJSON_AddNumberToObject(j, "seconds", secs);
         cJSON_AddNumberToObject(j, "mb_per_s", mbps);
-        char *s = cJSON_PrintUnformatted(j);
-        printf("%s\n", s);
-        cJSON_free(s);
-        cJSON_Delete(j);
+        qm_json_out(j, 0);
     } else {
         char hb[32];
         printf("%s: %s, %d layers x %d experts, %d tensors in %d shard%s, %s in %.2f s "

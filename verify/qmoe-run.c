@@ -565,10 +565,7 @@ static void json_print(run_ctx *rc, cJSON *j)
             if (c->is_moe[l])
                 cJSON_AddItemToArray(d, cJSON_CreateNumber(expert_store_distinct(st, l)));
     }
-    char *s = cJSON_Print(j);
-    printf("%s\n", s);
-    free(s);
-    cJSON_Delete(j);
+    qm_json_out(j, 1);
 }
 
 /* A string member that may hold NUL bytes (cJSON's strings cannot). */
@@ -760,8 +757,7 @@ int main(int argc, char **argv)
     run_ctx rc = {0};
     int *ids = NULL;
     char *text = NULL;
-    argv = qm_argv_split_short(&argc, argv, "jn");
-    if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+    if (qm_options_parse(ctx, &argc, &argv, "jn", &err)) {
         fprintf(stderr, "qmoe-run: %s (see qmoe-run --help)\n", err->message);
         g_clear_error(&err);
         goto out;

@@ -9,6 +9,7 @@
 #include "verify_report.h"
 #include "base/util.h"
 #include "cli/cli.h"
+#include "outdir/outdir.h"
 #include "outdir/verify.h"
 
 #include <math.h>
@@ -277,9 +278,20 @@ static void print_text(const vf_result *r, const char *out, int quick, const coh
     for (guint i = 0; i < r->notes->len; i++)
         printf("note: %s\n", (char *)r->notes->pdata[i]);
     printf("%s\n", out);
-    printf("  experts: %d/%d%s\n", r->experts_present, r->experts_expected,
-           r->expect_override ? " (--expect)" : "");
-    printf("  layers complete: %d/%d\n", r->layers_complete, r->layers_expected);
+    /* the MTP block's experts and layers are counted apart (layout.h) */
+    int ml = r->mtp_layers_expected;
+    char *split = ml ? od_mtp_breakdown(r->layers_expected - ml, ml,
+                                        r->mtp_experts_expected / ml) : NULL;
+    char mtp[160] = "", mtp_l[64] = "";
+    if (split) {
+        snprintf(mtp, sizeof mtp, " (%s; MTP %d/%d)", split, r->mtp_experts_present,
+                 r->mtp_experts_expected);
+        snprintf(mtp_l, sizeof mtp_l, " (MTP %d/%d)", r->mtp_layers_complete, ml);
+    }
+    g_free(split);
+    printf("  experts: %d/%d%s%s\n", r->experts_present, r->experts_expected,
+           r->expect_override ? " (--expect)" : "", mtp);
+    printf("  layers complete: %d/%d%s\n", r->layers_complete, r->layers_expected, mtp_l);
     printf("  other files: %d/%d\n", r->others_present, r->others_expected);
     char hb[32];
     if (r->hashed)
@@ -339,8 +351,7 @@ int main(int argc, char **argv)
     g_option_context_set_summary(ctx, summary);
     g_option_context_set_description(ctx, description);
     g_option_context_add_main_entries(ctx, entries, NULL);
-    argv = qm_argv_split_short(&argc, argv, "j");
-    if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+    if (qm_options_parse(ctx, &argc, &argv, "j", &err)) {
         fprintf(stderr, "%s: %s\n", prog, err->message);
         fprintf(stderr, "Try '%s --help' for more information.\n", prog);
         g_error_free(err);
@@ -406,10 +417,7 @@ int main(int argc, char **argv)
             cJSON_AddNumberToObject(j, "exit", code ? code : 2);
             cJSON_AddBoolToObject(j, "ok", 0);
             cJSON_AddStringToObject(j, "error", err->message);
-            char *text = cJSON_Print(j);
-            puts(text);
-            cJSON_free(text);
-            cJSON_Delete(j);
+            qm_json_out(j, 1);
         }
         g_error_free(err);
         vf_target_close(t);
@@ -459,10 +467,7 @@ int main(int argc, char **argv)
             cJSON_AddStringToObject(j, "report", p);
             g_free(p);
         }
-        char *text = cJSON_Print(j);
-        puts(text);
-        cJSON_free(text);
-        cJSON_Delete(j);
+        qm_json_out(j, 1);
     } else {
         print_text(r, out, opt_quick, coh);
         if (opt_report && !report_failed)

@@ -2,6 +2,7 @@
 #include "run_stats.h"
 
 #include "base/fs.h"
+#include "cli/cli.h"
 #include "base/util.h"
 #include "model/model.h"
 #include "model/report.h"
@@ -168,10 +169,7 @@ int run_router_stats(const run_stats_opts *o, GError **err)
             cJSON_AddStringToObject(j, "report", p);
             g_free(p);
         }
-        char *t = cJSON_Print(j);
-        printf("%s\n", t);
-        free(t);
-        cJSON_Delete(j);
+        qm_json_out(j, 1);
     } else {
         print_text(s);
         if (o->report)

@@ -1,7 +1,24 @@
 /* cli.c - see cli.h */
 #include "cli/cli.h"
 
+#include <stdio.h>
 #include <string.h>
+
+void qm_json_out(cJSON *doc, int pretty)
+{
+    char *text = pretty ? cJSON_Print(doc) : cJSON_PrintUnformatted(doc);
+    printf("%s\n", text ? text : "null");
+    cJSON_free(text);
+    cJSON_Delete(doc);
+}
+
+int qm_options_parse(GOptionContext *ctx, int *argc, char ***argv, const char *letters,
+                     GError **err)
+{
+    if (letters && *letters)
+        *argv = qm_argv_split_short(argc, *argv, letters);
+    return g_option_context_parse(ctx, argc, argv, err) ? 0 : -1;
+}
 
 char **qm_argv_split_short(int *argc, char **argv, const char *letters)
 {

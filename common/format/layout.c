@@ -22,13 +22,16 @@ static const layout qwen3_moe = {
     .forward = 1, .router = "mlp.gate", .qk_norm = LT_QK_HEAD,
 };
 /* Experts stacked in one parameter per layer (transformers v5 style):
- * gate_up_proj [E, 2I, H] and down_proj [E, H, I]. */
+ * gate_up_proj [E, 2I, H] (gate the first I rows, up the next I) and
+ * down_proj [E, H, I]; computed as qwen3_moe (expert_store.c reads a
+ * stack's rows, or an extraction's per-expert slices). */
 static const layout qwen3_moe_fused = {
     .name = "qwen3_moe_fused", .model_types = "qwen3_moe", .text_config = "",
     .root = "model.", .lm_head = "lm_head.",
     .experts = "mlp.experts.", .proj = {"gate_up_proj", "gate_up_proj", "down_proj"},
     .count_keys = "num_experts", .inter_key = "moe_intermediate_size",
     .fused = 1,
+    .forward = 1, .router = "mlp.gate", .qk_norm = LT_QK_HEAD,
 };
 static const layout mixtral = {
     .name = "mixtral", .model_types = "mixtral", .text_config = "",
@@ -62,6 +65,7 @@ static const layout deepseek_v3 = {
     .root = "model.", .lm_head = "lm_head.",
     .experts = "mlp.experts.", .proj = {"gate_proj", "up_proj", "down_proj"},
     .count_keys = "n_routed_experts", .inter_key = "moe_intermediate_size",
+    .mtp_key = "num_nextn_predict_layers",
     .norm_topk_default = 1,
     .forward = 1, .router = "mlp.gate", .attn = LT_ATTN_MLA,
     .score = LT_SCORE_SIGMOID_GROUPED,
@@ -191,19 +195,22 @@ static int word_in(const char *word, const char *list)
     return hit;
 }
 
-/* How many tensor names this layout recognises as routed experts. */
-static int expert_matches(const layout *lt, const ckpt *ck)
+/* How many tensor names this layout recognises as routed experts: a
+ * stack, or one expert's projection by a name the layout gives it (an
+ * extraction of a fused layout holds "experts.5.gate_up_proj", which the
+ * unfused twin would take for an expert with an unknown projection). */
+static int expert_matches(const layout *lt, const lt_model *ck)
 {
     int n = 0;
     lt_class c;
     for (int i = 0; i < ck->n_names; i++) {
         layout_classify(lt, ck->names[i], &c);
-        n += c.kind == LT_EXPERT || c.kind == LT_FUSED;
+        n += c.kind == LT_FUSED || (c.kind == LT_EXPERT && c.proj >= 0);
     }
     return n;
 }
 
-const layout *layout_detect(const ckpt *ck, GError **err)
+const layout *layout_detect_model(const lt_model *ck, GError **err)
 {
     const layout *best = NULL;
     int best_n = -1;
@@ -253,7 +260,7 @@ static char *key_path(const layout *lt, const char *key)
 /* A count from config.json, distrusted like a size in a file: the first of
  * the space-separated `keys` present (and not null) must be an integer in
  * [lo, hi]. Absent: 1 when `optional` (out untouched), else an error. */
-static int config_count(const layout *lt, const ckpt *ck, const cJSON *tc,
+static int config_count(const layout *lt, const lt_model *ck, const cJSON *tc,
                         const char *keys, int64_t lo, int64_t hi, int optional,
                         int64_t *out, GError **err)
 {
@@ -298,17 +305,17 @@ static int config_count(const layout *lt, const ckpt *ck, const cJSON *tc,
 
 /* Counts from the tensor names alone (a bare .safetensors file), bounded
  * like the config's. */
-static int shape_from_names(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
+static int shape_from_names(const layout *lt, const lt_model *ck, lt_shape *s, GError **err)
 {
     lt_class c;
     for (int i = 0; i < ck->n_names; i++) {
         layout_classify(lt, ck->names[i], &c);
         if (c.layer >= LT_MAX_LAYERS ||
             (c.kind == LT_EXPERT && c.expert >= LT_MAX_EXPERTS)) {
-            int sh = ck->shard_of ? ckpt_shard_index(ck, ck->names[i]) : -1;
+            const char *file = ck->file_of ? ck->file_of(ck->ctx, ck->names[i]) : NULL;
             g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                         "'%s': tensor '%s': %s index %d is more than qmoe supports "
-                        "(%d at most)", sh >= 0 ? ck->shards[sh].path : ck->dir,
+                        "(%d at most)", file ? file : ck->dir,
                         ck->names[i],
                         c.layer >= LT_MAX_LAYERS ? "layer" : "expert",
                         c.layer >= LT_MAX_LAYERS ? c.layer : c.expert,
@@ -329,7 +336,7 @@ static int shape_from_names(const layout *lt, const ckpt *ck, lt_shape *s, GErro
     return 0;
 }
 
-int layout_shape(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
+int layout_shape_model(const layout *lt, const lt_model *ck, lt_shape *s, GError **err)
 {
     memset(s, 0, sizeof *s);
     if (!ck->config) {
@@ -356,7 +363,24 @@ int layout_shape(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
                          &first_dense, err) < 0 ||
             config_count(lt, ck, tc, "moe_layer_freq", 1, LT_MAX_LAYERS, 1, &freq, err) < 0)
             return -1;
-        s->n_layers = (int)nl;
+        /* the MTP block's layers follow the decoder's (layout.h) */
+        int64_t mtp = 0;
+        if (lt->mtp_key &&
+            config_count(lt, ck, tc, lt->mtp_key, 0, LT_MAX_LAYERS, 1, &mtp, err) < 0)
+            return -1;
+        if (nl + mtp > LT_MAX_LAYERS) {
+            char *a = key_path(lt, "num_hidden_layers"), *b = key_path(lt, lt->mtp_key);
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "'%s/config.json': '%s' %" G_GINT64_FORMAT " + '%s' %"
+                        G_GINT64_FORMAT " make %" G_GINT64_FORMAT " layers, more than "
+                        "qmoe supports (%d)", ck->dir, a, nl, b, mtp, nl + mtp,
+                        LT_MAX_LAYERS);
+            g_free(a);
+            g_free(b);
+            return -1;
+        }
+        s->n_layers = (int)(nl + mtp);
+        s->n_mtp = (int)mtp;
         s->n_experts = (int)ne;
         s->hidden = (int)hidden;
         s->inter = (int)inter;
@@ -372,18 +396,50 @@ int layout_shape(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
                 s->is_moe[l] = 0;
         }
     }
-    for (int l = 0; l < s->n_layers; l++)
+    for (int l = 0; l < s->n_layers; l++) {
         s->n_moe_layers += s->is_moe[l];
+        s->n_moe_mtp += s->is_moe[l] && lt_is_mtp(s, l);
+    }
     if ((int64_t)s->n_moe_layers * s->n_experts > LT_MAX_EXPERT_FILES) {
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                    "'%s%s': %d MoE layers x %d experts make %" G_GINT64_FORMAT
+                    "'%s%s': %d MoE layers%s x %d experts make %" G_GINT64_FORMAT
                     " expert files, more than qmoe supports (%d)", ck->dir,
-                    ck->config ? "/config.json" : "", s->n_moe_layers, s->n_experts,
+                    ck->config ? "/config.json" : "", s->n_moe_layers,
+                    s->n_moe_mtp ? " (MTP included)" : "", s->n_experts,
                     (int64_t)s->n_moe_layers * s->n_experts, LT_MAX_EXPERT_FILES);
         layout_shape_free(s);
         return -1;
     }
     return 0;
+}
+
+/* ---- a checkpoint as a model ---- */
+
+static const char *shard_path_of(const void *ctx, const char *name)
+{
+    const ckpt *ck = ctx;
+    int sh = ck->shard_of ? ckpt_shard_index(ck, name) : -1;
+    return sh >= 0 ? ck->shards[sh].path : NULL;
+}
+
+static lt_model model_of(const ckpt *ck)
+{
+    lt_model m = {.dir = ck->dir, .config = ck->config, .model_type = ck->model_type,
+                  .names = ck->names, .n_names = ck->n_names,
+                  .file_of = shard_path_of, .ctx = ck};
+    return m;
+}
+
+const layout *layout_detect(const ckpt *ck, GError **err)
+{
+    lt_model m = model_of(ck);
+    return layout_detect_model(&m, err);
+}
+
+int layout_shape(const layout *lt, const ckpt *ck, lt_shape *s, GError **err)
+{
+    lt_model m = model_of(ck);
+    return layout_shape_model(lt, &m, s, err);
 }
 
 void layout_shape_free(lt_shape *s)

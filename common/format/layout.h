@@ -54,6 +54,8 @@ typedef struct {
     const char *proj[3];      /* gate, up, down names: "gate_proj", ... */
     const char *count_keys;   /* config keys for experts per layer */
     const char *inter_key;    /* config key of the expert intermediate size */
+    const char *mtp_key;      /* config key of the multi-token-prediction layers
+                                 stored after the decoder's, or NULL */
     int fused;                /* experts stored stacked: "<experts><proj>" */
     int norm_topk_default;    /* Hugging Face default for norm_topk_prob */
     /* How the family computes (the forward pass, model.c). */
@@ -86,15 +88,37 @@ typedef struct {
 #define LT_MAX_HIDDEN (1 << 20)
 #define LT_MAX_INTER (1 << 24)
 
-/* Text-model shape as the config gives it. */
+/* Text-model shape as the config gives it.
+ *
+ * The layers of the checkpoint are the decoder's (num_hidden_layers) and,
+ * after them, a multi-token-prediction block when the layout has an
+ * mtp_key (DeepSeek-V3's num_nextn_predict_layers 1 stores it as
+ * "model.layers.61.*" after 61 decoder layers). The MTP layers are part of
+ * the checkpoint: they are extracted, named and counted like any layer
+ * (indices n_layers - n_mtp ... n_layers - 1), reported apart, and never run
+ * by the forward pass. */
 typedef struct {
-    int n_layers;      /* num_hidden_layers */
+    int n_layers;      /* layers in the checkpoint: num_hidden_layers + n_mtp */
+    int n_mtp;         /* the last n_mtp of them are the MTP block */
     int n_experts;     /* routed experts per MoE layer */
     int hidden;        /* hidden_size */
     int inter;         /* expert intermediate size */
     uint8_t *is_moe;   /* [n_layers]: layer has routed experts */
-    int n_moe_layers;
+    int n_moe_layers;  /* MoE layers of all n_layers */
+    int n_moe_mtp;     /* of which in the MTP block */
 } lt_shape;
+
+/* The decoder's layers (num_hidden_layers): what the forward pass runs. */
+static inline int lt_decoder_layers(const lt_shape *s)
+{
+    return s->n_layers - s->n_mtp;
+}
+
+/* Layer l belongs to the MTP block. */
+static inline int lt_is_mtp(const lt_shape *s, int l)
+{
+    return l >= s->n_layers - s->n_mtp && l < s->n_layers;
+}
 
 /* The table, NULL-terminated. */
 extern const layout *const layouts[];
@@ -105,9 +129,25 @@ const layout *layout_find(const char *name);
 /* Comma-separated names of all layouts (static string). */
 const char *layout_names(void);
 
+/* What the layout functions read of a model: its config and its tensor
+ * names, not a checkpoint (an extracted OUT before its index exists, or a
+ * manifest's records, have names and a config but no shards). */
+typedef struct {
+    const char *dir;          /* the model's directory, for messages */
+    const cJSON *config;      /* config.json, or NULL */
+    const char *model_type;   /* its "model_type", or NULL */
+    char *const *names;       /* tensor names */
+    int n_names;
+    /* the file holding a tensor, for messages (NULL: dir) */
+    const char *(*file_of)(const void *ctx, const char *name);
+    const void *ctx;
+} lt_model;
+
 /* Picks the layout: by config model_type when present (a fused variant
  * when the expert tensors are stacked), else by tensor names. Fails with
  * a message listing the known layouts. */
+const layout *layout_detect_model(const lt_model *m, GError **err);
+/* layout_detect_model of a checkpoint's config and names. */
 const layout *layout_detect(const ckpt *ck, GError **err);
 
 /* Classifies one tensor name. Always succeeds (unmatched names are OTHER). */
@@ -124,10 +164,13 @@ int layout_proj_of(const layout *lt, const char *suffix);
 /* Reads the text config into *out (free with layout_shape_free). When the
  * checkpoint has no config, counts are inferred from the tensor names.
  * Counts are distrusted like sizes in a file: each must be an integer
- * within the caps below, and MoE layers x experts at most
+ * within the caps below (the MTP layers included: decoder + MTP layers at
+ * most LT_MAX_LAYERS), and MoE layers x experts at most
  * LT_MAX_EXPERT_FILES. Errors name config.json and the key (with its
  * path: 'thinker_config.text_config.num_experts') and say what is wrong;
  * on error *out holds nothing to free. */
+int layout_shape_model(const layout *lt, const lt_model *m, lt_shape *out, GError **err);
+/* layout_shape_model of a checkpoint's config and names. */
 int layout_shape(const layout *lt, const ckpt *ck, lt_shape *out, GError **err);
 void layout_shape_free(lt_shape *s);
 

@@ -207,28 +207,97 @@ static int read_at(expert_store *s, int shard, uint8_t *dst, uint64_t len,
     return 0;
 }
 
-/* Locates the three tensors of (layer, expert) and reads them into e. */
+/* One projection of an expert: where its bytes are and what they hold. */
+typedef struct {
+    int shard;
+    uint64_t off, len;          /* absolute offset in the shard file, bytes */
+    st_dtype dtype;
+} piece;
+
+/* Where projection k of (layer, expert) lives. Per-expert layouts name one
+ * tensor per projection. A fused layout stacks the experts of a layer
+ * (gate_up_proj [E, 2I, H], down_proj [E, H, I], as transformers v5
+ * computes them: gate is the first I rows of gate_up, up the next I); its
+ * extraction holds one slice per expert under the slice name
+ * ("experts.5.gate_up_proj" [2I, H]). Either is read: the slice when the
+ * checkpoint has it (an OUT), else expert E's rows of the stacked tensor
+ * (the source), so both give the same bytes. */
+static int locate(expert_store *s, int layer, int expert, int k, piece *pc, GError **err)
+{
+    const layout *lt = s->lt;
+    int H = s->hidden, I = s->inter;
+    int rows = k == LT_DOWN ? H : I, cols = k == LT_DOWN ? I : H;
+    const st_tensor *t;
+    int stacked = 0;
+    if (!lt->fused) {
+        snprintf(s->name, sizeof s->name, "%slayers.%d.%s%d.%s.weight", lt->root, layer,
+                 lt->experts, expert, lt->proj[k]);
+        t = ckpt_tensor(s->ck, s->name, 0, NULL, err);
+    } else {
+        char *stack = g_strdup_printf("%slayers.%d.%s%s", lt->root, layer, lt->experts,
+                                      lt->proj[k]);
+        char *slice = layout_fused_slice_name(lt, stack, expert);
+        g_strlcpy(s->name, slice, sizeof s->name);
+        t = ckpt_shard_index(s->ck, s->name) >= 0 ? ckpt_tensor(s->ck, s->name, 0, NULL, err)
+                                                  : NULL;
+        if (!t && !(err && *err)) {
+            g_strlcpy(s->name, stack, sizeof s->name);
+            t = ckpt_tensor(s->ck, s->name, 0, NULL, err);
+            stacked = 1;
+        }
+        g_free(slice);
+        g_free(stack);
+    }
+    if (!t)
+        return -1;
+    pc->shard = ckpt_shard_index(s->ck, s->name);
+    const char *path = s->ck->shards[pc->shard].path;
+    /* the whole tensor a per-expert view is checked against */
+    int fr = lt->fused && k != LT_DOWN ? 2 * I : rows;
+    int64_t want[3] = {s->n_experts, fr, cols};
+    int wn = stacked ? 3 : 2;
+    const int64_t *w = stacked ? want : want + 1;
+    int same = t->ndim == wn;
+    for (int d = 0; same && d < wn; d++)
+        same = t->shape[d] == w[d];
+    char got[64], exp[64];
+    if (!qm_mat_dtype_ok(t->dtype)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': tensor '%s' has dtype %s (the forward pass needs BF16, F16 "
+                    "or F32)", path, t->name, st_dtype_name(t->dtype));
+        return -1;
+    }
+    if (!same) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': tensor '%s' has shape %s, the config implies %s", path,
+                    t->name, st_shape_str(t->shape, t->ndim, got, sizeof got),
+                    st_shape_str(w, wn, exp, sizeof exp));
+        return -1;
+    }
+    pc->dtype = t->dtype;
+    pc->len = qm_mat_bytes(t->dtype, rows, cols);
+    /* expert E's rows of a stack; up after gate in gate_up */
+    uint64_t at = stacked ? (uint64_t)expert * qm_mat_bytes(t->dtype, fr, cols) : 0;
+    if (lt->fused && k == LT_UP)
+        at += pc->len;
+    pc->off = s->ck->shards[pc->shard].st->data_start + t->begin + at;
+    return 0;
+}
+
+/* Locates the three projections of (layer, expert) and reads them into e. */
 static int load(expert_store *s, entry *e, int layer, int expert, GError **err)
 {
-    const st_tensor *t[3];
-    int shard[3];
+    piece pc[3];
     uint64_t off[3], need = 0;
     for (int k = 0; k < 3; k++) {
-        snprintf(s->name, sizeof s->name, "%slayers.%d.%s%d.%s.weight", s->lt->root,
-                 layer, s->lt->experts, expert, s->lt->proj[k]);
-        t[k] = ckpt_tensor(s->ck, s->name, 0, NULL, err);
-        if (!t[k])
+        if (locate(s, layer, expert, k, &pc[k], err) != 0)
             return -1;
-        shard[k] = ckpt_shard_index(s->ck, s->name);
-        int rows = k == LT_DOWN ? s->hidden : s->inter;
-        int cols = k == LT_DOWN ? s->inter : s->hidden;
         qm_mat *m = k == LT_GATE ? &e->mats.gate : k == LT_UP ? &e->mats.up : &e->mats.down;
-        char label[1100];
-        snprintf(label, sizeof label, "'%s'", s->ck->shards[shard[k]].path);
-        if (qm_mat_view(m, t[k], NULL, rows, cols, label, err) != 0)
-            return -1;
+        m->dtype = pc[k].dtype;
+        m->rows = k == LT_DOWN ? s->hidden : s->inter;
+        m->cols = k == LT_DOWN ? s->inter : s->hidden;
         off[k] = need;
-        need += (t[k]->end - t[k]->begin + ALIGN - 1) / ALIGN * ALIGN;
+        need += (pc[k].len + ALIGN - 1) / ALIGN * ALIGN;
     }
     /* Sizes and offsets come from headers the checkpoint has checked
      * against the file size. */
@@ -236,11 +305,9 @@ static int load(expert_store *s, entry *e, int layer, int expert, GError **err)
     if (s->io == EXPERT_IO_MAP) {
         need = 0;
         for (int k = 0; k < 3; k++) {
-            const st_file *st = s->ck->shards[shard[k]].st;
-            uint64_t len = t[k]->end - t[k]->begin;
-            if (!(data[k] = map_at(s, shard[k], e, k, len, st->data_start + t[k]->begin, err)))
+            if (!(data[k] = map_at(s, pc[k].shard, e, k, pc[k].len, pc[k].off, err)))
                 return -1;
-            need += len;
+            need += pc[k].len;
         }
     } else {
         if (e->cap < need) {
@@ -249,9 +316,7 @@ static int load(expert_store *s, entry *e, int layer, int expert, GError **err)
             e->cap = need;
         }
         for (int k = 0; k < 3; k++) {
-            const st_file *st = s->ck->shards[shard[k]].st;
-            if (read_at(s, shard[k], e->buf + off[k], t[k]->end - t[k]->begin,
-                        st->data_start + t[k]->begin, err) != 0)
+            if (read_at(s, pc[k].shard, e->buf + off[k], pc[k].len, pc[k].off, err) != 0)
                 return -1;
             data[k] = e->buf + off[k];
         }
@@ -325,16 +390,11 @@ void expert_store_prefetch(expert_store *s, int layer, const int *experts, int n
         if (x < 0 || x >= s->n_experts || s->slot[(size_t)layer * s->n_experts + x])
             continue;
         for (int k = 0; k < 3; k++) {
-            snprintf(s->name, sizeof s->name, "%slayers.%d.%s%d.%s.weight", s->lt->root,
-                     layer, s->lt->experts, x, s->lt->proj[k]);
-            const st_tensor *t = ckpt_tensor(s->ck, s->name, 0, NULL, NULL);
-            int shard = t ? ckpt_shard_index(s->ck, s->name) : -1;
+            piece pc;
             /* a failure shows when the expert is asked for */
-            if (shard < 0 || open_shard(s, shard, NULL) != 0)
+            if (locate(s, layer, x, k, &pc, NULL) != 0 || open_shard(s, pc.shard, NULL) != 0)
                 continue;
-            const st_file *st = s->ck->shards[shard].st;
-            posix_fadvise(s->fd, (off_t)(st->data_start + t->begin),
-                          (off_t)(t->end - t->begin), POSIX_FADV_WILLNEED);
+            posix_fadvise(s->fd, (off_t)pc.off, (off_t)pc.len, POSIX_FADV_WILLNEED);
         }
     }
 }

@@ -218,6 +218,13 @@ static int read_grouped(model *m, const cJSON *tc, GError **err)
     return 0;
 }
 
+/* MoE layers of the decoder: the forward pass never runs the MTP block's
+ * (layout.h), which the shape counts too. */
+static int moe_layers(const model *m)
+{
+    return m->shape.n_moe_layers - m->shape.n_moe_mtp;
+}
+
 static int read_config(model *m, GError **err)
 {
     model_config *c = &m->c;
@@ -235,15 +242,15 @@ static int read_config(model *m, GError **err)
         cfg_int(m, tc, "num_key_value_heads", 1, 4096, c->n_heads, &c->n_kv_heads, err) ||
         cfg_int(m, tc, "head_dim", 2, 1 << 14, c->hidden / c->n_heads, &c->head_dim, err))
         return -1;
-    if (m->shape.n_moe_layers > 0 &&
+    if (moe_layers(m) > 0 &&
         (cfg_int(m, tc, m->lt->count_keys, 1, 1 << 16, -1, &c->n_experts, err) ||
          cfg_int(m, tc, "num_experts_per_tok", 1, c->n_experts, -1, &c->top_k, err) ||
          cfg_int(m, tc, m->lt->inter_key, 1, big, -1, &c->moe_inter, err)))
         return -1;
-    if (m->shape.n_moe_layers < c->n_layers &&
+    if (moe_layers(m) < c->n_layers &&
         cfg_int(m, tc, "intermediate_size", 1, big, -1, &c->dense_inter, err))
         return -1;
-    if (m->shape.n_moe_layers > 0 && m->lt->shared_inter_key &&
+    if (moe_layers(m) > 0 && m->lt->shared_inter_key &&
         cfg_int(m, tc, m->lt->shared_inter_key, 1, big, -1, &c->shared_inter, err))
         return -1;
     int max_pos = 4096;
@@ -265,10 +272,10 @@ static int read_config(model *m, GError **err)
     c->is_moe = m->shape.is_moe;
     c->v_dim = c->rope_dim = c->head_dim;
     if ((m->lt->attn == LT_ATTN_MLA && read_mla(m, tc, err)) ||
-        (m->lt->score == LT_SCORE_SIGMOID_GROUPED && m->shape.n_moe_layers > 0 &&
+        (m->lt->score == LT_SCORE_SIGMOID_GROUPED && moe_layers(m) > 0 &&
          read_grouped(m, tc, err)))
         return -1;
-    if (m->lt->shared_count_key && m->shape.n_moe_layers > 0) {
+    if (m->lt->shared_count_key && moe_layers(m) > 0) {
         int ns = 0;
         if (cfg_int(m, tc, m->lt->shared_count_key, 0, 1 << 10, 0, &ns, err))
             return -1;
@@ -459,7 +466,7 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     if (read_config(m, err) != 0 || load_weights(m, err) != 0)
         goto fail;
     model_config *c = &m->c;
-    if (m->shape.n_moe_layers > 0 &&
+    if (moe_layers(m) > 0 &&
         !(m->store = expert_store_new(m->ck, m->lt, c->n_layers, c->n_experts, c->hidden,
                                       c->moe_inter,
                                       o->cache_bytes ? o->cache_bytes : (4ull << 30),

@@ -50,7 +50,7 @@ cJSON *mf_file_to_json(const mf_file *f)
         cJSON_AddNumberToObject(o, "crc32", t->crc32);
         cJSON *src = cJSON_AddObjectToObject(o, "source");
         cJSON_AddStringToObject(src, "file", t->src_file ? t->src_file : "");
-        cJSON_AddStringToObject(src, "tensor", t->src_tensor ? t->src_tensor : "");
+        cJSON_AddStringToObject(src, "tensor", t->src_name ? t->src_name : "");
         cJSON_AddNumberToObject(src, "offset", (double)t->src_offset);
         cJSON_AddNumberToObject(src, "slice", t->slice);
         cJSON_AddItemToArray(ts, o);
@@ -58,14 +58,27 @@ cJSON *mf_file_to_json(const mf_file *f)
     return j;
 }
 
+void mf_desc_copy(mf_desc *to, const mf_desc *from)
+{
+    *to = *from;
+    to->name = g_strdup(from->name);
+    to->src_name = g_strdup(from->src_name);
+}
+
+void mf_desc_clear(mf_desc *d)
+{
+    g_free(d->name);
+    g_free(d->src_name);
+    d->name = d->src_name = NULL;
+}
+
 void mf_file_clear(mf_file *f)
 {
     if (!f)
         return;
     for (int i = 0; i < f->n_tensors; i++) {
-        g_free(f->tensors[i].name);
+        mf_desc_clear(&f->tensors[i].desc);
         g_free(f->tensors[i].src_file);
-        g_free(f->tensors[i].src_tensor);
     }
     g_free(f->tensors);
     g_free(f->path);
@@ -118,7 +131,7 @@ static int tensor_from_json(const cJSON *o, mf_tensor *t, const char *where,
     t->slice = -1;
     if (cJSON_IsObject(src)) {
         t->src_file = g_strdup(str_of(src, "file"));
-        t->src_tensor = g_strdup(str_of(src, "tensor"));
+        t->src_name = g_strdup(str_of(src, "tensor"));
         uint_of(src, "offset", &t->src_offset);
         int64_t s;
         if (qm_json_int(src, "slice", -1, 1 << 24, &s) == 0)
@@ -399,10 +412,14 @@ int manifest_save(const manifest *m, const char *path, GError **err)
     cJSON *e = cJSON_AddObjectToObject(j, "expected");
     cJSON_AddNumberToObject(e, "num_layers", m->num_layers);
     cJSON_AddNumberToObject(e, "num_experts", m->num_experts);
+    if (m->mtp_layers > 0)
+        cJSON_AddNumberToObject(e, "mtp_layers", m->mtp_layers);
     cJSON_AddStringToObject(e, "moe_layers", m->moe_layers ? m->moe_layers : "");
     cJSON_AddStringToObject(e, "layers", m->layers ? m->layers : "");
     cJSON_AddStringToObject(e, "experts", m->experts ? m->experts : "");
     cJSON_AddNumberToObject(e, "count", m->expected_count);
+    if (m->mtp_layers > 0)
+        cJSON_AddNumberToObject(e, "mtp_count", m->mtp_count);
     cJSON_AddNumberToObject(e, "files", m->expected_files);
     cJSON_AddNumberToObject(e, "bytes", (double)m->expected_bytes);
     cJSON_AddBoolToObject(e, "partial", m->partial);
@@ -472,9 +489,17 @@ manifest *manifest_load(const char *path, GError **err)
     if (qm_json_int(e, "num_experts", 0, 1 << 24, &v))
         BAD("'%s': expected.num_experts missing", path);
     m->num_experts = (int)v;
+    if (cJSON_GetObjectItemCaseSensitive(e, "mtp_layers")) {
+        if (qm_json_int(e, "mtp_layers", 0, (1 << 20) - m->num_layers, &v))
+            BAD("'%s': expected.mtp_layers is not an integer in [0, %d]", path,
+                (1 << 20) - m->num_layers);
+        m->mtp_layers = (int)v;
+    }
     if (qm_json_int(e, "count", 0, 1 << 30, &v))
         BAD("'%s': expected.count missing", path);
     m->expected_count = (int)v;
+    if (qm_json_int(e, "mtp_count", 0, m->expected_count, &v) == 0)
+        m->mtp_count = (int)v;
     if (qm_json_int(e, "files", 0, 1 << 30, &v) == 0)
         m->expected_files = (int)v;
     uint_of(e, "bytes", &m->expected_bytes);

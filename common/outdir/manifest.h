@@ -32,7 +32,12 @@
  * Added fields (absent in older files): each record's "source_id" and
  * "source":{"id":...,"identity":{...}} (outdir.h, source identity), and
  * "expected":{"missing_from_source":"layers 0-2: experts 16-31 missing ...",
- * "missing_count":48} when --allow-missing kept a gap.
+ * "missing_count":48} when --allow-missing kept a gap; "expected":{"mtp_layers":1}
+ * and "mtp_count":16 when the checkpoint has a multi-token-prediction block
+ * (DeepSeek-V3's num_nextn_predict_layers): num_layers stays the decoder's,
+ * the MTP layers are the indices num_layers ... num_layers + mtp_layers - 1,
+ * moe_layers, layers, count and the files include them, and mtp_count says
+ * how many of count are theirs.
  */
 #ifndef QMOE_MANIFEST_H
 #define QMOE_MANIFEST_H
@@ -45,17 +50,36 @@
 
 typedef enum { MF_EXPERT, MF_LAYER, MF_GLOBALS, MF_OTHER } mf_kind;
 
+/* An output tensor as the plan (plan_tensor) and the manifest (mf_tensor)
+ * both describe it: name, type and shape, and where in the source its
+ * bytes are. The fields are declared once, here; each of the two types
+ * holds them both as a member `desc` (an mf_desc, to pass or copy whole)
+ * and, through an anonymous union, under their own names (t->name). */
+#define MF_DESC_FIELDS                                                        \
+    char *name;            /* output tensor name (source name, or a slice's) */ \
+    st_dtype dtype;                                                           \
+    int ndim;                                                                 \
+    int64_t shape[ST_MAX_DIMS];                                               \
+    char *src_name;        /* source tensor name */                           \
+    uint64_t src_offset;   /* absolute byte offset of the bytes in the source file */ \
+    int slice;             /* expert index of a fused slice, else -1 */
+
 typedef struct {
-    char *name;
-    st_dtype dtype;
-    int ndim;
-    int64_t shape[ST_MAX_DIMS];
+    MF_DESC_FIELDS
+} mf_desc;
+
+/* Copies a descriptor, strings included (free with mf_desc_clear). */
+void mf_desc_copy(mf_desc *to, const mf_desc *from);
+void mf_desc_clear(mf_desc *d);
+
+typedef struct {
+    union {
+        mf_desc desc;
+        struct { MF_DESC_FIELDS };
+    };
     uint64_t begin, end;   /* offsets within the output file's data section */
     uint32_t crc32;
     char *src_file;        /* source file name (relative to the source dir) */
-    char *src_tensor;      /* source tensor name */
-    uint64_t src_offset;   /* absolute byte offset of the bytes in src_file */
-    int slice;             /* expert index of a fused slice, else -1 */
 } mf_tensor;
 
 typedef struct {
@@ -83,7 +107,9 @@ typedef struct {
     cJSON *source_identity;/* .qmoe/source.json as written into "source", or NULL */
     char *layout;
     char *model_type;
-    int num_layers, num_experts;
+    int num_layers, num_experts; /* num_layers: the decoder's (num_hidden_layers) */
+    int mtp_layers;        /* MTP layers after them (layer indices num_layers...) */
+    int mtp_count;         /* of expected_count, the MTP layers' expert files */
     char *moe_layers, *layers, *experts; /* lists such as "0-47" */
     int expected_count;    /* expert files expected */
     int expected_files;    /* all files expected */

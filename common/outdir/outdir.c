@@ -51,6 +51,30 @@ int od_parse_expert(const char *n, int *expert, int *layer)
     return 0;
 }
 
+char *od_mtp_breakdown(int decoder_layers, int mtp_layers, int per_layer)
+{
+    if (mtp_layers <= 0)
+        return NULL;
+    if (decoder_layers <= 0) /* a selection of MTP layers only */
+        return g_strdup_printf("MTP %d layer%s x %d", mtp_layers,
+                               mtp_layers == 1 ? "" : "s", per_layer);
+    return g_strdup_printf("%d layer%s x %d + MTP %d layer%s x %d", decoder_layers,
+                           decoder_layers == 1 ? "" : "s", per_layer, mtp_layers,
+                           mtp_layers == 1 ? "" : "s", per_layer);
+}
+
+char *od_plan_mtp_breakdown(const plan *p)
+{
+    const lt_shape *s = &p->shape;
+    int dec = 0, mtp = 0, per = 0;
+    for (int l = 0; l < s->n_layers; l++)
+        if (p->layer_sel[l] && s->is_moe[l])
+            *(lt_is_mtp(s, l) ? &mtp : &dec) += 1;
+    for (int e = 0; e < s->n_experts; e++)
+        per += p->expert_sel[e];
+    return od_mtp_breakdown(dec, mtp, per);
+}
+
 /* ---- job records ---- */
 
 void od_job_read(const char *out, const char *rel, od_job *j)
@@ -154,6 +178,8 @@ od_verdict od_complete(const od_facts *f)
         return OD_MISSING;
     if (f->experts_expected <= 0 && f->others_expected <= 0)
         return OD_NOTHING;
+    if (f->unexpected > 0)
+        return OD_UNEXPECTED;
     return OD_COMPLETE;
 }
 
@@ -162,8 +188,9 @@ const char *od_verdict_name(od_verdict v)
     static const char *names[] = {"complete", "running", "mixed sources",
                                   "experts missing from the source",
                                   "qmoe.json not written", "not finished",
-                                  "files missing", "nothing expected"};
-    return v <= OD_NOTHING ? names[v] : "?";
+                                  "files missing", "nothing expected",
+                                  "unexpected files"};
+    return v <= OD_UNEXPECTED ? names[v] : "?";
 }
 
 /* ---- source completeness ---- */
@@ -209,17 +236,20 @@ char *od_plan_gap(const plan *p, int *count)
             l++;
             continue;
         }
-        int k = l + 1; /* a run of layers with the same gap */
-        while (k < nl && gap[k] && strcmp(gap[k], gap[l]) == 0)
+        int k = l + 1; /* a run of layers with the same gap, MTP apart */
+        while (k < nl && gap[k] && strcmp(gap[k], gap[l]) == 0 &&
+               lt_is_mtp(&p->shape, k) == lt_is_mtp(&p->shape, l))
             k++;
         if (!s)
             s = g_string_new(NULL);
         else
             g_string_append_c(s, '\n');
         if (k - l > 1)
-            g_string_append_printf(s, "layers %d-%d: ", l, k - 1);
+            g_string_append_printf(s, "layers %d-%d%s: ", l, k - 1,
+                                   lt_is_mtp(&p->shape, l) ? " (MTP)" : "");
         else
-            g_string_append_printf(s, "layer %d: ", l);
+            g_string_append_printf(s, "layer %d%s: ", l,
+                                   lt_is_mtp(&p->shape, l) ? " (MTP)" : "");
         g_string_append_printf(s, "expert%s %s missing from the source (config.json "
                                "declares %d)", strpbrk(gap[l], ",-") ? "s" : "",
                                gap[l], ne);
@@ -616,6 +646,14 @@ int od_source_save(const char *out, const cJSON *identity, GError **err)
 
 /* ---- resuming ---- */
 
+int od_record_in_place(uint64_t rec_size, const char *rec_source_id, int64_t size_now,
+                       const char *out_id)
+{
+    int same_source = !rec_source_id || !rec_source_id[0] || !out_id || !out_id[0] ||
+                      strcmp(rec_source_id, out_id) == 0;
+    return same_source && size_now >= 0 && (uint64_t)size_now == rec_size;
+}
+
 /* Marks in done[] the plan files that a journal records and that are in
  * place with the recorded size, from this source (its identity, and each
  * tensor's source file and range). */
@@ -632,14 +670,15 @@ void od_find_done(const plan *p, const ckpt *ck, const char *source_id,
         mf_file *r = g_hash_table_lookup(by, f->path);
         if (!r || r->n_tensors != f->n)
             continue;
-        int same = !r->source_id[0] || strcmp(r->source_id, source_id) == 0;
+        int same = 1;
         for (int k = 0; k < f->n && same; k++)
             same = strcmp(r->tensors[k].name, f->t[k].name) == 0 &&
                    r->tensors[k].end - r->tensors[k].begin == f->t[k].nbytes &&
                    r->tensors[k].src_offset == f->t[k].src_offset &&
                    g_strcmp0(r->tensors[k].src_file, ck->shards[f->t[k].shard].name) == 0;
         char *path = g_build_filename(out, f->path, NULL);
-        done[i] = same && fs_file_size(path) == (int64_t)r->size;
+        done[i] = same && od_record_in_place(r->size, r->source_id, fs_file_size(path),
+                                             source_id);
         g_free(path);
     }
     g_hash_table_destroy(by);

@@ -52,6 +52,13 @@ char *od_layer_path(int width_l, int layer);
  * padding is the caller's check against od_expert_path). */
 int od_parse_expert(const char *name, int *expert, int *layer);
 
+/* How the expert files of a selection split between the decoder's layers
+ * and the MTP block's (layout.h), in the words every tool uses: "2 layers
+ * x 16 + MTP 1 layer x 16". NULL when no MTP layer is in it. Caller frees. */
+char *od_mtp_breakdown(int decoder_layers, int mtp_layers, int per_layer);
+/* The same for the expert files of a plan's selection. */
+char *od_plan_mtp_breakdown(const plan *p);
+
 /* ---- job records ---- */
 
 /* One state directory's job: its progress.json and lock, and the state
@@ -94,10 +101,11 @@ typedef enum {
     OD_NOT_FINISHED,     /* qmoe.json says "complete": false */
     OD_MISSING,          /* expected files absent */
     OD_NOTHING,          /* nothing expected (no config, no manifest) */
+    OD_UNEXPECTED,       /* files that nothing expects (a foreign or stray file) */
 } od_verdict;
 
 typedef struct {
-    int64_t experts_expected, experts_present; /* present: of the expected set */
+    int64_t experts_expected, experts_present; /* present: complete, of the expected set */
     int64_t others_expected;   /* non-expert files expected, -1 unknown */
     int64_t others_present;
     int has_job_record;        /* .qmoe/ holds a progress file or a journal */
@@ -106,10 +114,11 @@ typedef struct {
     int live_writer;           /* a live lock holder or temporary owner */
     int source_gap;            /* experts missing from the source (manifest) */
     int mixed;                 /* records of more than one source */
+    int64_t unexpected;        /* present files that nothing expects */
 } od_facts;
 
 /* The one decision: complete, else the first reason why not (in the order
- * of the enum). A directory with neither job record nor manifest (written
+ * of the enum; OD_UNEXPECTED last, after OD_NOTHING). A directory with neither job record nor manifest (written
  * by another tool with the same names) is complete when every file the
  * config and the layout expect is present. */
 od_verdict od_complete(const od_facts *f);
@@ -171,6 +180,15 @@ cJSON *od_source_load(const char *out, GError **err);
 int od_source_save(const char *out, const cJSON *identity, GError **err);
 
 /* ---- resuming (qmoe-extract) ---- */
+
+/* The rule for one file under its final name that a record describes:
+ * in place with the recorded size (size_now: its size, -1 absent), read
+ * from OUT's source (the record's id, when it has one, equals out_id;
+ * NULL or "" out_id: unknown, not held against it). qmoe-extract's resume
+ * (od_find_done) and the view of OUT (view.h, for qmoe-status and
+ * qmoe-verify) both decide with it. */
+int od_record_in_place(uint64_t rec_size, const char *rec_source_id, int64_t size_now,
+                       const char *out_id);
 
 /* Marks in done[] (p->n_files) the plan files that a record in `recs`
  * (journals, mf_file) describes and that are in place with the recorded

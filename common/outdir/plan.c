@@ -23,10 +23,8 @@ void plan_free(plan *p)
         return;
     for (int i = 0; i < p->n_files; i++) {
         plan_file *f = &p->files[i];
-        for (int k = 0; k < f->n; k++) {
-            g_free(f->t[k].name);
-            g_free(f->t[k].src_name);
-        }
+        for (int k = 0; k < f->n; k++)
+            mf_desc_clear(&f->t[k].desc);
         g_free(f->t);
         g_free(f->path);
     }
@@ -243,10 +241,17 @@ plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
         layout_classify(lt, name, &c);
         if ((c.kind == LT_EXPERT || c.kind == LT_FUSED) &&
             (c.layer >= nl || !p->shape.is_moe[c.layer])) {
+            /* a layer past the config's: most likely an MTP block the config
+             * does not declare (layout.h) */
+            char *why = c.layer < nl ? g_strdup("no experts in that layer")
+                        : lt->mtp_key ? g_strdup_printf(
+                              "fewer layers (num_hidden_layers %d, %s %d)",
+                              lt_decoder_layers(&p->shape), lt->mtp_key, p->shape.n_mtp)
+                        : g_strdup("fewer layers");
             g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                         "'%s': tensor '%s' is an expert of layer %d, but the config "
-                        "has %s", ck->dir, name, c.layer,
-                        c.layer >= nl ? "fewer layers" : "no experts in that layer");
+                        "has %s", ck->dir, name, c.layer, why);
+            g_free(why);
             goto out;
         }
         if (c.kind == LT_EXPERT && c.expert >= ne) {
@@ -352,10 +357,8 @@ plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
             continue;
         }
         GArray *ts = (GArray *)f->t;
-        for (guint k = 0; k < ts->len; k++) {
-            g_free(g_array_index(ts, plan_tensor, k).name);
-            g_free(g_array_index(ts, plan_tensor, k).src_name);
-        }
+        for (guint k = 0; k < ts->len; k++)
+            mf_desc_clear(&g_array_index(ts, plan_tensor, k).desc);
         g_array_free(ts, TRUE);
         g_free(f->path);
         g_array_remove_index_fast(b.files, i);
@@ -384,10 +387,8 @@ out:
         for (guint i = 0; i < b.files->len; i++) {
             plan_file *f = &g_array_index(b.files, plan_file, i);
             GArray *ts = (GArray *)f->t;
-            for (guint k = 0; k < ts->len; k++) {
-                g_free(g_array_index(ts, plan_tensor, k).name);
-                g_free(g_array_index(ts, plan_tensor, k).src_name);
-            }
+            for (guint k = 0; k < ts->len; k++)
+                mf_desc_clear(&g_array_index(ts, plan_tensor, k).desc);
             g_array_free(ts, TRUE);
             g_free(f->path);
         }
@@ -503,7 +504,8 @@ void plan_describe(const plan *p, const ckpt *ck, const char *src_path, manifest
     }
     m->layout = g_strdup(p->lt->name);
     m->model_type = g_strdup(ck->model_type ? ck->model_type : "");
-    m->num_layers = p->shape.n_layers;
+    m->num_layers = lt_decoder_layers(&p->shape);
+    m->mtp_layers = p->shape.n_mtp;
     m->num_experts = p->shape.n_experts;
     m->moe_layers = qm_list_format(p->shape.is_moe, p->shape.n_layers);
     uint8_t *sel = g_new0(uint8_t, p->shape.n_layers > 0 ? p->shape.n_layers : 1);
@@ -513,6 +515,9 @@ void plan_describe(const plan *p, const ckpt *ck, const char *src_path, manifest
     g_free(sel);
     m->experts = qm_list_format(p->expert_sel, p->shape.n_experts);
     m->expected_count = p->expected_experts;
+    m->mtp_count = 0;
+    for (int i = 0; i < p->n_files; i++)
+        m->mtp_count += p->files[i].kind == MF_EXPERT && lt_is_mtp(&p->shape, p->files[i].layer);
     m->expected_files = p->n_files;
     m->expected_bytes = p->total_bytes;
     m->partial = p->partial;

@@ -24,15 +24,12 @@
 #include "outdir/manifest.h"
 
 typedef struct {
-    char *name;            /* output tensor name (source name, or a slice name) */
-    char *src_name;        /* source tensor name */
+    union {                /* name, dtype, shape, source range (manifest.h) */
+        mf_desc desc;
+        struct { MF_DESC_FIELDS };
+    };
     int shard;             /* source shard index in the ckpt */
-    uint64_t src_offset;   /* absolute offset of the bytes in the shard file */
     uint64_t nbytes;
-    st_dtype dtype;
-    int ndim;
-    int64_t shape[ST_MAX_DIMS];
-    int slice;             /* expert index of a fused slice, else -1 */
 } plan_tensor;
 
 typedef struct {

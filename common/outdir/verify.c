@@ -4,6 +4,7 @@
 #include "base/fs.h"
 #include "outdir/outdir.h"
 #include "outdir/progress.h"
+#include "outdir/view.h"
 #include "base/util.h"
 
 #include <dirent.h>
@@ -113,9 +114,14 @@ cJSON *vf_result_to_json(const vf_result *r, const char *out)
     cJSON_AddNumberToObject(e, "present", r->experts_present);
     cJSON_AddNumberToObject(e, "expected", r->experts_expected);
     cJSON_AddBoolToObject(e, "expect_override", r->expect_override);
+    /* of present/expected: the MTP block's (counted apart) */
+    cJSON_AddNumberToObject(e, "mtp_present", r->mtp_experts_present);
+    cJSON_AddNumberToObject(e, "mtp_expected", r->mtp_experts_expected);
     cJSON *l = cJSON_AddObjectToObject(j, "layers");
     cJSON_AddNumberToObject(l, "complete", r->layers_complete);
     cJSON_AddNumberToObject(l, "expected", r->layers_expected);
+    cJSON_AddNumberToObject(l, "mtp_complete", r->mtp_layers_complete);
+    cJSON_AddNumberToObject(l, "mtp_expected", r->mtp_layers_expected);
     cJSON *o = cJSON_AddObjectToObject(j, "other_files");
     cJSON_AddNumberToObject(o, "present", r->others_present);
     cJSON_AddNumberToObject(o, "expected", r->others_expected);
@@ -171,127 +177,36 @@ static void file_free(gpointer p)
     g_free(f);
 }
 
-/* Kind and indices told by a relative path; -1 kind for names we do not
- * write. Expert and layer names must be canonical (padding included). */
-static int classify_path(const vf_target *t, const char *path, mf_kind *kind,
-                         int *layer, int *expert)
-{
-    *layer = *expert = -1;
-    int e, l, n = 0;
-    if (g_str_has_prefix(path, "experts/") && od_parse_expert(path, &e, &l) == 0) {
-        char *want = od_expert_path(t->width_e, e, t->width_l, l);
-        *kind = MF_EXPERT;
-        *layer = l;
-        *expert = e;
-        int rc = strcmp(want, path) == 0 ? 0 : -1;
-        g_free(want);
-        return rc;
-    }
-    if (sscanf(path, "layers/layer_%d.safetensors%n", &l, &n) == 1 &&
-        path[n] == '\0' && l >= 0) {
-        *kind = MF_LAYER;
-        *layer = l;
-        return 0;
-    }
-    if (strcmp(path, "globals.safetensors") == 0) {
-        *kind = MF_GLOBALS;
-        return 0;
-    }
-    if (g_str_has_prefix(path, "other/") && g_str_has_suffix(path, ".safetensors") &&
-        !strchr(path + 6, '/')) {
-        *kind = MF_OTHER;
-        return 0;
-    }
-    return -1;
-}
-
+/* The target's file for a path: one per file of the view (outdir/view.h),
+ * which decided its kind, whether it is expected and present. */
 static vf_file *file_get(vf_target *t, const char *path)
 {
     vf_file *f = g_hash_table_lookup(t->by_path, path);
     if (f)
         return f;
+    const od_file *of = od_view_add(t->view, path);
     f = g_new0(vf_file, 1);
     f->path = g_strdup(path);
-    if (classify_path(t, path, &f->kind, &f->layer, &f->expert) != 0 &&
-        f->kind != MF_EXPERT)
-        f->kind = MF_OTHER;
+    f->of = of;
+    f->kind = of->kind;
+    f->layer = of->layer;
+    f->expert = of->expert;
+    f->expected = of->expected;
+    f->present = of->present;
     g_ptr_array_add(t->files, f);
     g_hash_table_insert(t->by_path, f->path, f);
     return f;
 }
 
-static void add_pid(vf_target *t, pid_t pid)
-{
-    for (guint i = 0; i < t->live_pids->len; i++)
-        if (g_array_index(t->live_pids, pid_t, i) == pid)
-            return;
-    g_array_append_val(t->live_pids, pid);
-}
-
-/* Lists one directory of OUT ("experts", "" for the top), marking files
- * present and sorting temporaries by whether their writer lives. */
-static int scan_dir(vf_target *t, const char *sub, vf_result *r, GError **err)
-{
-    char *dir = *sub ? g_build_filename(t->out, sub, NULL) : g_strdup(t->out);
-    DIR *d = opendir(dir);
-    if (!d) {
-        int e = errno;
-        int rc = 0;
-        if (!*sub)
-            rc = qm_set_errno(err, e, "cannot read", dir);
-        else if (e != ENOENT)
-            vf_add(r, VF_IO, "coverage", sub, NULL, -1, "cannot read directory: %s",
-                   g_strerror(e));
-        g_free(dir);
-        return rc;
-    }
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        const char *n = de->d_name;
-        if (n[0] == '.')
-            continue;
-        char *rel = *sub ? g_strdup_printf("%s/%s", sub, n) : g_strdup(n);
-        char *abs = g_build_filename(dir, n, NULL);
-        struct stat st;
-        if (fs_is_tmp(n)) {
-            pid_t pid = fs_tmp_pid(n);
-            if (fs_pid_alive(pid))
-                add_pid(t, pid);
-            else
-                g_ptr_array_add(t->stale_tmp, g_strdup(rel));
-        } else if (*sub || g_str_has_suffix(n, ".safetensors")) {
-            if (stat(abs, &st) == 0 && S_ISREG(st.st_mode))
-                file_get(t, rel)->present = 1;
-            else if (*sub)
-                vf_add(r, VF_UNEXPECTED, "coverage", rel, NULL, -1,
-                       "not a regular file");
-        }
-        g_free(rel);
-        g_free(abs);
-    }
-    closedir(d);
-    g_free(dir);
-    return 0;
-}
-
-/* Live lock holders, and the job's last recorded state. */
+/* The job's last recorded state, from the view's jobs. */
 static void read_job(vf_target *t, vf_result *r)
 {
-    /* the module's job reader: the same liveness as qmoe-status (kill()
-     * and start time on this host, heartbeat on another) */
-    GArray *jobs = od_jobs_read(t->out);
+    GArray *jobs = t->view->all_jobs;
     for (guint i = 0; i < jobs->len; i++) {
-        od_job *j = &g_array_index(jobs, od_job, i);
-        if (j->alive || (j->lock_held && !j->remote && j->lock_pid > 0))
-            add_pid(t, j->alive ? j->pid : j->lock_pid);
+        const od_job *j = &g_array_index(jobs, od_job, i);
         if (!j->present)
             continue;
         const progress *p = &j->prog;
-        t->has_job_record = 1;
-        if (!t->prog_layers && !t->prog_experts && (p->layers || p->experts)) {
-            t->prog_layers = g_strdup(p->layers);
-            t->prog_experts = g_strdup(p->experts);
-        }
         int bad = strcmp(p->state, "finished") != 0;
         if (!r->job_state || bad) {
             g_free(r->job_state);
@@ -302,7 +217,6 @@ static void read_job(vf_target *t, vf_result *r)
         if (p->last_error && !r->job_error)
             r->job_error = g_strdup(p->last_error);
     }
-    od_jobs_free(jobs);
 }
 
 /* A manifest made of the journals alone (qmoe.json not written yet). */
@@ -351,18 +265,16 @@ static void load_records(vf_target *t, vf_result *r)
     t->m->files = (mf_file *)g_array_free(files, FALSE);
 }
 
-/* Reads config.json and works out the layout and the text model's shape,
- * through a checkpoint that has a config but no tensors (the functions
- * only look at ck->config, ck->dir and ck->names). */
+/* Reads config.json and works out the layout and the text model's shape
+ * from it and the recorded tensor names. */
 static void load_config(vf_target *t, vf_result *r)
 {
     char *cpath = g_build_filename(t->out, "config.json", NULL);
     GError *e = NULL;
-    ckpt ck;
-    memset(&ck, 0, sizeof ck);
-    ck.dir = t->out;
+    cJSON *config = NULL;
+    lt_model ck = {.dir = t->out};
     if (g_file_test(cpath, G_FILE_TEST_EXISTS)) {
-        ck.config = qm_json_load(cpath, &e);
+        ck.config = config = qm_json_load(cpath, &e);
         if (!ck.config) {
             vf_add(r, VF_MANIFEST, "coverage", "config.json", NULL, -1, "%s",
                    e->message);
@@ -388,14 +300,14 @@ static void load_config(vf_target *t, vf_result *r)
     ck.n_names = (int)names->len;
     ck.names = (char **)names->pdata;
     if (!t->lt && (ck.config || ck.n_names)) {
-        t->lt = layout_detect(&ck, &e);
+        t->lt = layout_detect_model(&ck, &e);
         if (!t->lt) {
             vf_add(r, VF_MANIFEST, "coverage", NULL, NULL, -1, "%s", e->message);
             g_clear_error(&e);
         }
     }
     if (t->lt && ck.config) {
-        if (layout_shape(t->lt, &ck, &t->shape, &e) == 0) {
+        if (layout_shape_model(t->lt, &ck, &t->shape, &e) == 0) {
             t->have_config = 1;
         } else {
             vf_add(r, VF_MANIFEST, "coverage", "config.json", NULL, -1, "%s",
@@ -407,18 +319,20 @@ static void load_config(vf_target *t, vf_result *r)
         /* counts from the manifest; sizes unknown, so no shape checks */
         layout_shape_free(&t->shape);
         memset(&t->shape, 0, sizeof t->shape);
-        int nl = t->m->num_layers;
+        int nl = t->m->num_layers + t->m->mtp_layers; /* the MTP block after */
         t->shape.n_layers = nl;
+        t->shape.n_mtp = t->m->mtp_layers;
         t->shape.n_experts = t->m->num_experts;
         t->shape.is_moe = g_new0(uint8_t, nl > 0 ? nl : 1);
         if (t->m->moe_layers && *t->m->moe_layers)
             qm_list_parse(t->m->moe_layers, nl, t->shape.is_moe, "moe_layers", NULL);
-        for (int l = 0; l < nl; l++)
+        for (int l = 0; l < nl; l++) {
             t->shape.n_moe_layers += t->shape.is_moe[l];
+            t->shape.n_moe_mtp += t->shape.is_moe[l] && lt_is_mtp(&t->shape, l);
+        }
     }
     g_ptr_array_free(names, TRUE);
-    if (ck.config)
-        cJSON_Delete(ck.config);
+    cJSON_Delete(config);
 }
 
 /* Manifest and config must describe the same model: a qmoe.json copied
@@ -428,10 +342,14 @@ static void cross_check(vf_target *t, vf_result *r)
     if (!t->have_manifest || !t->have_config)
         return;
     const manifest *m = t->m;
-    if (m->num_layers != t->shape.n_layers)
+    if (m->num_layers != lt_decoder_layers(&t->shape))
         vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
                "expected.num_layers is %d but config.json has %d layers",
-               m->num_layers, t->shape.n_layers);
+               m->num_layers, lt_decoder_layers(&t->shape));
+    if (m->mtp_layers != t->shape.n_mtp)
+        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
+               "expected.mtp_layers is %d but config.json has %d MTP layers",
+               m->mtp_layers, t->shape.n_mtp);
     if (m->num_experts != t->shape.n_experts)
         vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
                "expected.num_experts is %d but config.json has %d experts per layer",
@@ -444,56 +362,39 @@ static void cross_check(vf_target *t, vf_result *r)
     g_free(moe);
 }
 
-/* The expected (layer, expert) set: the manifest's selection, the whole
- * model when there is no manifest, the whole model when --expect asks for
- * exactly that many. */
+/* The expected (layer, expert) set is the view's; what is wrong with the
+ * lists it came from is reported here, and --expect for exactly the whole
+ * model widens it to that. */
 static void expected_set(vf_target *t, int expect, vf_result *r)
 {
-    int nl = t->shape.n_layers, ne = t->shape.n_experts;
-    t->layer_sel = g_new0(uint8_t, nl > 0 ? nl : 1);
-    t->expert_sel = g_new0(uint8_t, ne > 0 ? ne : 1);
-    int from_lists = t->have_manifest && t->m->layers && t->m->experts &&
-                     (*t->m->layers || *t->m->experts);
-    if (from_lists) {
-        GError *e = NULL;
-        if ((*t->m->layers &&
-             qm_list_parse(t->m->layers, nl, t->layer_sel, "expected.layers", &e)) ||
-            (*t->m->experts &&
-             qm_list_parse(t->m->experts, ne, t->expert_sel, "expected.experts", &e))) {
-            vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1, "%s",
-                   e->message);
-            g_clear_error(&e);
-            from_lists = 0;
-        }
+    od_view *v = t->view;
+    int nl = v->shape.n_layers, ne = v->shape.n_experts;
+    uint8_t *scratch = g_new0(uint8_t, (nl > ne ? nl : ne) + 1);
+    GError *e = NULL;
+    if (t->have_manifest &&
+        ((t->m->layers && *t->m->layers &&
+          qm_list_parse(t->m->layers, nl, scratch, "expected.layers", &e)) ||
+         (t->m->experts && *t->m->experts &&
+          qm_list_parse(t->m->experts, ne, scratch, "expected.experts", &e)))) {
+        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1, "%s", e->message);
+        g_clear_error(&e);
+    } else if (!t->have_manifest &&
+               ((v->prog_layers &&
+                 qm_list_parse(v->prog_layers, nl, scratch, "progress.json layers", &e)) ||
+                (v->prog_experts &&
+                 qm_list_parse(v->prog_experts, ne, scratch, "progress.json experts", &e)))) {
+        vf_add(r, VF_MANIFEST, "coverage", ".qmoe/progress.json", NULL, -1, "%s",
+               e->message);
+        g_clear_error(&e);
     }
-    if (!from_lists) {
-        for (int l = 0; l < nl; l++)
-            t->layer_sel[l] = 1;
-        memset(t->expert_sel, 1, (size_t)(ne > 0 ? ne : 1));
-    }
-    /* no manifest yet: a stopped or running partial job's own selection */
-    if (!t->have_manifest && (t->prog_layers || t->prog_experts)) {
-        GError *e = NULL;
-        if ((t->prog_layers &&
-             qm_list_parse(t->prog_layers, nl, t->layer_sel, "progress.json layers", &e)) ||
-            (t->prog_experts &&
-             qm_list_parse(t->prog_experts, ne, t->expert_sel, "progress.json experts", &e))) {
-            vf_add(r, VF_MANIFEST, "coverage", ".qmoe/progress.json", NULL, -1, "%s",
-                   e->message);
-            g_clear_error(&e);
-        }
-    }
-    for (int l = 0; l < nl; l++)
-        t->layer_sel[l] &= t->shape.is_moe[l];
-    int full = t->shape.n_moe_layers * ne;
+    g_free(scratch);
+    t->layer_sel = v->layer_sel;
+    t->expert_sel = v->expert_sel;
     t->expect = expect;
     if (expect >= 0) {
         r->expect_override = 1;
-        if (expect == full) {
-            for (int l = 0; l < nl; l++)
-                t->layer_sel[l] = t->shape.is_moe[l];
-            memset(t->expert_sel, 1, (size_t)(ne > 0 ? ne : 1));
-        }
+        if (expect == v->shape.n_moe_layers * ne)
+            od_view_expect_all(t->view);
     }
 }
 
@@ -510,66 +411,40 @@ vf_target *vf_target_open(const char *out, int expect, vf_result *r, GError **er
                     out);
         return NULL;
     }
-    vf_target *t = g_new0(vf_target, 1);
-    t->out = g_strdup(out);
-    t->files = g_ptr_array_new_with_free_func(file_free);
-    t->by_path = g_hash_table_new(g_str_hash, g_str_equal);
-    t->stale_tmp = g_ptr_array_new_with_free_func(g_free);
-    t->live_pids = g_array_new(FALSE, FALSE, sizeof(pid_t));
     if (access(out, R_OK | X_OK) != 0) {
         qm_set_errno(err, errno, "cannot read", out);
-        vf_target_close(t);
         return NULL;
     }
+    od_view *v = od_view_open(out, err);
+    if (!v)
+        return NULL;
+    vf_target *t = g_new0(vf_target, 1);
+    t->out = g_strdup(out);
+    t->view = v;
+    t->files = g_ptr_array_new_with_free_func(file_free);
+    t->by_path = g_hash_table_new(g_str_hash, g_str_equal);
     read_job(t, r);
     load_records(t, r);
-    char *qdir = g_build_filename(out, ".qmoe", NULL);
-    int has_state = g_file_test(qdir, G_FILE_TEST_IS_DIR);
-    g_free(qdir);
-    t->has_job_record |= t->m->n_files > 0;
-    if (!t->have_manifest && t->m->n_files == 0 && !has_state) {
-        /* files only (another tool, same names): checked against the config */
-        char *xdir = g_build_filename(out, "experts", NULL);
-        t->files_only = g_file_test(xdir, G_FILE_TEST_IS_DIR);
-        g_free(xdir);
-        if (!t->files_only) {
+    /* files only (another tool, same names): checked against the config */
+    t->files_only = !t->have_manifest && t->m->n_files == 0 && !v->has_job_record;
+    if (!t->have_manifest && t->m->n_files == 0 && !v->has_qmoe_dir) {
+        if (!v->has_experts_dir) {
             g_set_error(err, QM_ERROR, QM_ERR_IO,
                         "'%s' holds no qmoe extraction (no qmoe.json, no "
                         ".qmoe/journal.jsonl and no experts/)", out);
             vf_target_close(t);
             return NULL;
         }
-        r->from_journal = 0;
     }
-    cJSON *sj = od_source_load(out, NULL);
-    if (sj)
-        t->source_id = g_strdup(od_source_id(sj));
-    cJSON_Delete(sj);
+    if (t->files_only)
+        r->from_journal = 0;
     load_config(t, r);
     cross_check(t, r);
-    t->width_e = plan_width(t->shape.n_experts);
-    t->width_l = plan_width(t->shape.n_layers);
+    t->width_e = v->width_e;
+    t->width_l = v->width_l;
     expected_set(t, expect, r);
 
-    /* expected experts */
-    for (int l = 0; l < t->shape.n_layers; l++)
-        for (int e = 0; l < t->shape.n_layers && t->layer_sel[l] &&
-                        e < t->shape.n_experts; e++)
-            if (t->expert_sel[e]) {
-                char *path = od_expert_path(t->width_e, e, t->width_l, l);
-                file_get(t, path)->expected = 1;
-                g_free(path);
-            }
-    /* recorded files: non-expert ones are expected; experts only in the set
-     * (a record outside it is reported as unexpected) */
-    for (int i = 0; i < t->m->n_files; i++) {
-        const mf_file *rec = &t->m->files[i];
-        vf_file *f = file_get(t, rec->path);
-        f->rec = rec;
-        if (f->kind != MF_EXPERT)
-            f->expected = 1;
-    }
-    /* the index names the files a loader will open */
+    /* the index names the files a loader will open (checked in coverage) */
     char *ipath = g_build_filename(out, "model.safetensors.index.json", NULL);
     if (g_file_test(ipath, G_FILE_TEST_EXISTS)) {
         GError *e = NULL;
@@ -581,23 +456,20 @@ vf_target *vf_target_open(const char *out, int expect, vf_result *r, GError **er
         }
     }
     g_free(ipath);
-    const cJSON *wm = t->index ? cJSON_GetObjectItemCaseSensitive(t->index, "weight_map")
-                               : NULL;
-    const cJSON *x;
-    cJSON_ArrayForEach(x, wm)
-        if (cJSON_IsString(x) && classify_path(t, x->valuestring, &(mf_kind){0},
-                                               &(int){0}, &(int){0}) == 0) {
-            vf_file *f = file_get(t, x->valuestring);
-            if (f->kind != MF_EXPERT)
-                f->expected = 1;
-        }
 
-    const char *subs[] = {"", "experts", "layers", "other"};
-    for (int i = 0; i < 4; i++)
-        if (scan_dir(t, subs[i], r, err)) {
-            vf_target_close(t);
-            return NULL;
-        }
+    for (guint i = 0; i < v->unreadable->len; i++) {
+        char **w = g_strsplit(v->unreadable->pdata[i], "\t", 2);
+        vf_add(r, VF_IO, "coverage", w[0], NULL, -1, "cannot read directory: %s",
+               w[1] ? w[1] : "");
+        g_strfreev(w);
+    }
+    /* every file of the view, with its full record when there is one */
+    for (guint i = 0; i < v->files->len; i++) {
+        const od_file *of = v->files->pdata[i];
+        file_get(t, of->path)->rec = manifest_find(t->m, of->path);
+    }
+    for (int i = 0; i < t->m->n_files; i++)
+        file_get(t, t->m->files[i].path)->rec = &t->m->files[i];
     return t;
 }
 
@@ -606,13 +478,8 @@ void vf_target_close(vf_target *t)
     if (!t)
         return;
     g_free(t->out);
-    g_free(t->prog_layers);
-    g_free(t->prog_experts);
-    g_free(t->source_id);
     manifest_free(t->m);
     layout_shape_free(&t->shape);
-    g_free(t->layer_sel);
-    g_free(t->expert_sel);
     cJSON_Delete(t->index);
     if (t->by_path)
         g_hash_table_destroy(t->by_path);
@@ -620,10 +487,7 @@ void vf_target_close(vf_target *t)
         g_ptr_array_free(t->files, TRUE);
     plan_free(t->src_plan);
     ckpt_close(t->src);
-    if (t->stale_tmp)
-        g_ptr_array_free(t->stale_tmp, TRUE);
-    if (t->live_pids)
-        g_array_free(t->live_pids, TRUE);
+    od_view_close(t->view);
     g_free(t);
 }
 
@@ -704,8 +568,9 @@ int vf_attach_source(vf_target *t, const char *src, vf_result *r, GError **err)
             continue;
         f->src = pf;
         if (!t->src_partial && f->kind != MF_EXPERT)
-            f->expected = 1;
+            od_view_add(t->view, pf->path)->wanted = 1;
     }
+    od_view_count(t->view);
     return 0;
 }
 
@@ -714,42 +579,43 @@ int vf_attach_source(vf_target *t, const char *src, vf_result *r, GError **err)
 void vf_check_coverage(vf_target *t, vf_result *r)
 {
     g_ptr_array_sort(t->files, cmp_file);
-    int nl = t->shape.n_layers, ne = t->shape.n_experts;
-    if (t->live_pids->len > 0) {
+    const od_view *v = t->view;
+    int nl = v->shape.n_layers, ne = v->shape.n_experts;
+    if (v->live_pids->len > 0) {
         r->running = 1;
-        r->pid = g_array_index(t->live_pids, pid_t, 0);
+        r->pid = g_array_index(v->live_pids, pid_t, 0);
     }
+    /* the counts are the view's (the same as qmoe-status's) */
+    r->experts_expected = (int)v->experts_expected;
+    r->experts_present = (int)v->experts_complete;
+    r->others_expected = (int)MAX(v->others_expected, 0);
+    r->others_present = (int)v->others_complete;
+    r->layers_expected = v->layers_expected;
+    r->layers_complete = v->layers_complete;
+    r->mtp_experts_expected = (int)v->mtp_experts_expected;
+    r->mtp_experts_present = (int)v->mtp_experts_complete;
+    r->mtp_layers_expected = v->mtp_layers_expected;
+    r->mtp_layers_complete = v->mtp_layers_complete;
     uint8_t *miss = g_new0(uint8_t, (gsize)(nl > 0 ? nl : 1) * (ne > 0 ? ne : 1));
     int *miss_n = g_new0(int, nl > 0 ? nl : 1);
     uint8_t *extra = g_new0(uint8_t, (gsize)(nl > 0 ? nl : 1) * (ne > 0 ? ne : 1));
     int *extra_n = g_new0(int, nl > 0 ? nl : 1);
     for (guint i = 0; i < t->files->len; i++) {
         vf_file *f = t->files->pdata[i];
-        int in_set = f->kind == MF_EXPERT && f->layer >= 0 && f->layer < nl &&
-                     f->expert >= 0 && f->expert < ne && t->layer_sel[f->layer] &&
-                     t->expert_sel[f->expert] &&
-                     classify_path(t, f->path, &(mf_kind){0}, &(int){0}, &(int){0}) == 0;
-        if (f->kind == MF_EXPERT) {
-            f->expected = in_set;
-            if (in_set) {
-                r->experts_expected++;
-                r->experts_present += f->present;
-                if (!f->present) {
-                    miss[(gsize)f->layer * (gsize)ne + (gsize)f->expert] = 1;
-                    miss_n[f->layer]++;
-                }
-            }
-        } else if (f->expected) {
-            r->others_expected++;
-            r->others_present += f->present;
+        f->expected = f->of->expected;
+        f->present = f->of->present;
+        if (f->kind == MF_EXPERT && f->expected && !f->present) {
+            miss[(gsize)f->layer * (gsize)ne + (gsize)f->expert] = 1;
+            miss_n[f->layer]++;
         }
         if (f->expected && !f->present && f->kind != MF_EXPERT && !r->running)
             vf_add(r, VF_MISSING, "coverage", f->path, NULL, -1, "missing%s",
                    f->rec ? " (listed in qmoe.json)"
                    : f->src ? " (the source has its tensors)" : "");
-        if (f->present && !f->expected) {
-            int canonical = f->kind == MF_EXPERT &&
-                classify_path(t, f->path, &(mf_kind){0}, &(int){0}, &(int){0}) == 0;
+        if (f->of->irregular) {
+            vf_add(r, VF_UNEXPECTED, "coverage", f->path, NULL, -1, "not a regular file");
+        } else if (f->present && !f->expected) {
+            int canonical = f->kind == MF_EXPERT && f->of->canonical;
             if (canonical && f->layer < nl && f->expert < ne) {
                 /* listed per layer below, like missing ones */
                 extra[(gsize)f->layer * (gsize)ne + (gsize)f->expert] = 1;
@@ -780,60 +646,34 @@ void vf_check_coverage(vf_target *t, vf_result *r)
                    t->have_manifest && *t->m->experts ? t->m->experts : "all");
             g_free(list);
         }
-        if (!t->layer_sel[l])
+        if (!v->layer_sel[l] || miss_n[l] == 0)
             continue;
-        r->layers_expected++;
-        if (miss_n[l] == 0) {
-            r->layers_complete++;
-            continue;
-        }
+        int mtp = lt_is_mtp(&v->shape, l);
         vf_missing_layer m = {.layer = l, .n_missing = miss_n[l],
                               .experts = qm_list_format(miss + (gsize)l * (gsize)ne, ne)};
         g_array_append_val(r->missing_layers, m);
         if (!r->running)
             vf_add(r, VF_MISSING, "coverage", NULL, NULL, -1,
-                   "layer %0*d: expert%s %s missing", t->width_l, l,
-                   miss_n[l] > 1 ? "s" : "", m.experts);
+                   "layer %0*d%s: expert%s %s missing", t->width_l, l,
+                   mtp ? " (MTP)" : "", miss_n[l] > 1 ? "s" : "", m.experts);
     }
     g_free(miss);
     g_free(miss_n);
     g_free(extra);
     g_free(extra_n);
 
-    /* files of more than one source (outdir.h source identity) */
-    const char *sid = t->source_id ? t->source_id
-                      : t->have_manifest && t->m->source_id ? t->m->source_id : "";
-    int mixed = 0;
-    for (int i = 0; i < t->m->n_files && !mixed; i++) {
-        const char *fid = t->m->files[i].source_id;
-        if (*fid && *sid && strcmp(fid, sid) != 0) {
-            mixed = 1;
-            vf_add(r, VF_SOURCE, "coverage", t->m->files[i].path, NULL, -1,
-                   "read from source %s, but OUT's source is %s: OUT mixes files of "
-                   "two sources (qmoe-extract --restart starts over)", fid, sid);
-        }
-    }
-    if (!mixed && t->have_manifest && t->source_id && t->m->source_id &&
-        *t->m->source_id && strcmp(t->source_id, t->m->source_id) != 0) {
-        mixed = 1;
+    /* files of more than one source (outdir.h source identity), found by the view */
+    if (v->mixed && strcmp(v->mixed_path, "qmoe.json") == 0)
         vf_add(r, VF_SOURCE, "coverage", "qmoe.json", NULL, -1,
-               "names source %s but .qmoe/source.json names %s", t->m->source_id,
-               t->source_id);
-    }
+               "names source %s but .qmoe/source.json names %s", v->mixed_id,
+               v->source_id);
+    else if (v->mixed)
+        vf_add(r, VF_SOURCE, "coverage", v->mixed_path, NULL, -1,
+               "read from source %s, but OUT's source is %s: OUT mixes files of "
+               "two sources (qmoe-extract --restart starts over)", v->mixed_id,
+               v->source_id);
     /* the verdict: the same function as qmoe-status and qmoe-extract */
-    od_facts facts = {
-        .experts_expected = r->experts_expected,
-        .experts_present = r->experts_present,
-        .others_expected = r->others_expected,
-        .others_present = r->others_present,
-        .has_job_record = t->has_job_record,
-        .has_manifest = t->have_manifest,
-        .manifest_complete = t->have_manifest && t->m->complete,
-        .live_writer = r->running,
-        .source_gap = t->have_manifest && t->m->missing_from_source &&
-                      *t->m->missing_from_source,
-        .mixed = mixed,
-    };
+    od_facts facts = od_view_facts(v);
     switch (od_complete(&facts)) {
     case OD_RUNNING:
         vf_add(r, VF_INCOMPLETE, "coverage", NULL, NULL, -1,
@@ -866,6 +706,7 @@ void vf_check_coverage(vf_target *t, vf_result *r)
         break;
     case OD_MIXED:     /* reported above */
     case OD_MISSING:   /* listed above */
+    case OD_UNEXPECTED:
     case OD_COMPLETE:
         break;
     }
@@ -885,6 +726,12 @@ void vf_check_coverage(vf_target *t, vf_result *r)
         vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
                "expected.count is %d but its layer and expert lists give %d",
                t->m->expected_count, r->experts_expected);
+    if (t->have_manifest && !r->expect_override && t->m->mtp_layers > 0 &&
+        !t->m->missing_count &&
+        t->m->mtp_count != r->mtp_experts_expected)
+        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
+               "expected.mtp_count is %d but its layer and expert lists give %d MTP "
+               "expert files", t->m->mtp_count, r->mtp_experts_expected);
     if (t->have_manifest && t->m->complete && t->m->expected_files > 0 &&
         t->m->n_files != t->m->expected_files)
         vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
@@ -908,16 +755,16 @@ void vf_check_coverage(vf_target *t, vf_result *r)
             const mf_file *rec = &t->m->files[i];
             for (int k = 0; k < rec->n_tensors; k++) {
                 const char *name = rec->tensors[k].name;
-                const cJSON *v = g_hash_table_lookup(map, name);
+                const cJSON *wv = g_hash_table_lookup(map, name);
                 g_hash_table_add(seen, (gpointer)name);
-                if (!cJSON_IsString(v))
+                if (!cJSON_IsString(wv))
                     vf_add(r, VF_MANIFEST, "coverage", "model.safetensors.index.json",
                            name, -1, "tensor of '%s' is not in the weight_map",
                            rec->path);
-                else if (strcmp(v->valuestring, rec->path) != 0)
+                else if (strcmp(wv->valuestring, rec->path) != 0)
                     vf_add(r, VF_MANIFEST, "coverage", "model.safetensors.index.json",
                            name, -1, "weight_map says '%s', qmoe.json says '%s'",
-                           v->valuestring, rec->path);
+                           wv->valuestring, rec->path);
             }
         }
         int n_extra = 0;
@@ -934,12 +781,14 @@ void vf_check_coverage(vf_target *t, vf_result *r)
         g_hash_table_destroy(map);
     }
 
-    for (guint i = 0; i < t->stale_tmp->len; i++)
-        g_ptr_array_add(r->notes,
-                        g_strdup_printf("%s: temporary left by a stopped or crashed "
-                                        "extraction (pid %ld gone)",
-                                        (char *)t->stale_tmp->pdata[i],
-                                        (long)fs_tmp_pid(t->stale_tmp->pdata[i])));
+    for (guint i = 0; i < v->tmps->len; i++) {
+        const od_tmp *x = &g_array_index(v->tmps, od_tmp, i);
+        if (!x->alive)
+            g_ptr_array_add(r->notes,
+                            g_strdup_printf("%s: temporary left by a stopped or crashed "
+                                            "extraction (pid %ld gone)", x->path,
+                                            (long)x->pid));
+    }
     if (!r->running && r->job_state && strcmp(r->job_state, "finished") != 0)
         g_ptr_array_add(r->notes, g_strdup_printf(
                             "last job state: %s (pid %ld)%s%s", r->job_state,

@@ -77,6 +77,9 @@ typedef struct {
     /* coverage */
     int experts_expected, experts_present;
     int layers_expected, layers_complete;   /* MoE layers in the expected set */
+    /* of the above, the MTP block's (layout.h: counted apart, and said so) */
+    int mtp_experts_expected, mtp_experts_present;
+    int mtp_layers_expected, mtp_layers_complete;
     int others_expected, others_present;    /* non-expert files */
     int expect_override;                    /* --expect given */
     GArray *missing_layers;                 /* vf_missing_layer */
@@ -122,7 +125,8 @@ typedef struct {
     int layer, expert;     /* -1 where not applicable */
     const mf_file *rec;    /* manifest/journal record, or NULL */
     const plan_file *src;  /* the source's plan for this file, or NULL */
-    int expected;          /* in the expected set */
+    const struct od_file_s *of; /* the view's file (outdir/view.h) */
+    int expected;          /* in the expected set (the view's) */
     int present;           /* a regular file under its final name */
 } vf_file;
 
@@ -130,25 +134,22 @@ typedef struct {
     char *out;
     manifest *m;           /* qmoe.json, or built from the journals */
     int have_manifest;     /* qmoe.json was read */
+    struct od_view_s *view;/* OUT read once (outdir/view.h): coverage */
     const layout *lt;      /* or NULL when it cannot be told */
-    lt_shape shape;        /* from OUT/config.json, else from the manifest */
+    lt_shape shape;        /* from OUT/config.json, else from the manifest: for
+                            * the shape checks (coverage uses the view's) */
     int have_config;
     int width_e, width_l;  /* zero padding of expert file names */
     int expect;            /* --expect count, or -1 */
-    uint8_t *layer_sel;    /* [shape.n_layers] MoE layers expected */
-    uint8_t *expert_sel;   /* [shape.n_experts] experts expected */
+    uint8_t *layer_sel;    /* the view's: [n_layers] MoE layers expected */
+    uint8_t *expert_sel;   /* the view's: [n_experts] experts expected */
     cJSON *index;          /* model.safetensors.index.json or NULL */
     GPtrArray *files;      /* vf_file*, sorted by path */
     GHashTable *by_path;   /* path -> vf_file* */
     ckpt *src;             /* attached source, or NULL */
     plan *src_plan;
     int src_partial;       /* the extraction is partial: no source-missing */
-    GPtrArray *stale_tmp;  /* temporaries whose writer is gone */
-    GArray *live_pids;     /* pid_t of live writers (lock holders, tmp owners) */
     int files_only;        /* no job record and no qmoe.json: names only */
-    int has_job_record;    /* .qmoe/ holds a progress file or a journal */
-    char *prog_layers, *prog_experts; /* progress.json selection, or NULL */
-    char *source_id;       /* .qmoe/source.json's id, or NULL */
 } vf_target;
 
 /* Opens OUT for verification. Problems found while reading (a damaged
@@ -177,10 +178,10 @@ void vf_check_files(vf_target *t, int quick, int jobs, vf_result *r);
  * total). Called on the caller's thread. */
 typedef void (*vf_progress_fn)(void *user, uint64_t done, uint64_t total,
                                int files_done, int files, int final);
-/* vf_check_files calling `progress` about every 0.05 s while the workers
+/* vf_check_files calling `report` about every 0.05 s while the workers
  * read and once when they are done; never when nothing is read (quick). */
 void vf_check_files_progress(vf_target *t, int quick, int jobs, vf_result *r,
-                             vf_progress_fn progress, void *user);
+                             vf_progress_fn report, void *user);
 
 /* Reads 8 MiB at a time: few syscalls, readahead kept streaming; one
  * buffer per thread. */

@@ -1,6 +1,7 @@
 /* verify_files.c - see verify.h: per-file checks (headers, shapes, hashes,
  * bytes against the source), run by a pool of threads. */
 #include "outdir/verify.h"
+#include "outdir/view.h"
 #include "base/fs.h"
 #include "base/util.h"
 
@@ -533,7 +534,7 @@ void vf_check_files(vf_target *t, int quick, int jobs, vf_result *r)
 }
 
 void vf_check_files_progress(vf_target *t, int quick, int jobs, vf_result *r,
-                             vf_progress_fn progress, void *user)
+                             vf_progress_fn report, void *user)
 {
     double t0 = qm_monotonic();
     pool pl = {.t = t, .quick = quick};
@@ -570,43 +571,37 @@ void vf_check_files_progress(vf_target *t, int quick, int jobs, vf_result *r,
     GThread **th = g_new(GThread *, jobs);
     for (int i = 0; i < jobs; i++)
         th[i] = g_thread_new("verify", worker, &pl);
-    while (progress && total && g_atomic_int_get(&pl.workers_done) < jobs) {
+    while (report && total && g_atomic_int_get(&pl.workers_done) < jobs) {
         g_usleep(50000);
-        progress(user, __atomic_load_n(&pl.bytes_done, __ATOMIC_RELAXED), total,
+        report(user, __atomic_load_n(&pl.bytes_done, __ATOMIC_RELAXED), total,
                  g_atomic_int_get(&pl.files_done), pl.n, 0);
     }
     for (int i = 0; i < jobs; i++)
         g_thread_join(th[i]);
     g_free(th);
-    if (progress && total)
-        progress(user, total, total, pl.n, pl.n, 1);
+    if (report && total)
+        report(user, total, total, pl.n, pl.n, 1);
     g_free(pl.expect);
     if (t->lt)
         dtype_outliers(&pl);
 
-    /* merge in path order; a layer with a bad expert file is not complete */
-    int nl = t->shape.n_layers;
-    uint8_t *bad_layer = g_new0(uint8_t, nl > 0 ? nl : 1);
+    /* merge in path order; a file with a problem is not complete (the
+     * view's rule: od_view_mark_bad), so neither is its layer */
     for (int i = 0; i < pl.n; i++) {
         vf_result *fr = pl.outs[i].res;
         const vf_file *f = pl.files[i];
-        if (fr->problems->len && f->kind == MF_EXPERT && f->expected &&
-            f->layer >= 0 && f->layer < nl)
-            bad_layer[f->layer] = 1;
+        if (fr->problems->len && f->expected)
+            od_view_mark_bad(t->view, f->path);
         for (guint k = 0; k < fr->problems->len; k++)
             g_ptr_array_add(r->problems, fr->problems->pdata[k]);
         g_ptr_array_set_free_func(fr->problems, NULL);
         r->bytes_read += pl.outs[i].bytes;
         vf_result_free(fr);
     }
-    for (int l = 0; l < nl; l++) {
-        int had_missing = 0;
-        for (guint k = 0; k < r->missing_layers->len; k++)
-            had_missing |= g_array_index(r->missing_layers, vf_missing_layer, k).layer == l;
-        if (bad_layer[l] && !had_missing && t->layer_sel[l])
-            r->layers_complete--;
-    }
-    g_free(bad_layer);
+    od_view_count(t->view);
+    /* experts N/M stays coverage's count (the coherence gate runs on a
+     * damaged file, to show what it does); the layers are the view's now */
+    r->layers_complete = t->view->layers_complete;
     r->files_checked += pl.n;
     r->hashed = !quick;
     if (t->src_plan && !quick) {

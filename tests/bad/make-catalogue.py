@@ -118,6 +118,28 @@ entry('025-name-layer-index-huge', {X: st([('model.layers.70000.mlp.experts.0.ga
       ['# no config: the counts come from the names, bounded like the config\'s'] + EX +
       ['stderr x.safetensors', 'stderr layer index 70000 is more than qmoe supports'])
 
+# DeepSeek-V3's num_nextn_predict_layers (its MTP block, stored after the
+# decoder's layers) is a layer count too, distrusted and capped with them
+DS = 'setup cp -r $FIX/families/deepseekv3-tiny/hf $D/ck && chmod -R u+w $D/ck && '
+for name, what, sed, msgs in [
+    ('026-config-mtp-layers-huge', 'num_nextn_predict_layers 100000, above the cap of 65536',
+     's/"num_nextn_predict_layers": 1/"num_nextn_predict_layers": 100000/',
+     ["'num_nextn_predict_layers' is 100000, more than qmoe supports (65536)"]),
+    ('027-config-mtp-layers-negative', 'num_nextn_predict_layers -1',
+     's/"num_nextn_predict_layers": 1/"num_nextn_predict_layers": -1/',
+     ["'num_nextn_predict_layers' is -1, not an integer in [0, 65536]"]),
+    ('028-config-mtp-layers-sum-huge', 'num_hidden_layers 65000 + num_nextn_predict_layers 1000: each under the cap, not together',
+     's/"num_nextn_predict_layers": 1/"num_nextn_predict_layers": 1000/; s/"num_hidden_layers": 3/"num_hidden_layers": 65000/',
+     ["'num_hidden_layers' 65000 + 'num_nextn_predict_layers' 1000 make 66000 layers, more than qmoe supports (65536)"]),
+    ('029-config-mtp-layers-not-integer', 'num_nextn_predict_layers given as a string',
+     's/"num_nextn_predict_layers": 1/"num_nextn_predict_layers": "1"/',
+     ["'num_nextn_predict_layers' is \"1\", not an integer"]),
+]:
+    entry(name, {'README': (what + ' (made by setup)\n').encode()},
+          ['# ' + what, DS + f"sed -i '{sed}' $D/ck/config.json",
+           'run qmoe-extract $D/ck $OUT', 'exit 2', 'stderr config.json'] +
+          ['stderr ' + m for m in msgs])
+
 # ---- checkpoint directories ----
 def tiny_model(n_layers=2, n_experts=2, shards=1):
     names = ['lm_head.weight', 'model.embed_tokens.weight', 'model.norm.weight']
@@ -280,6 +302,14 @@ for name, what, cmd, msgs in [
 ]:
     entry(name, {'README': (what + ' (made by setup)\n').encode()},
           ['# ' + what, XV + cmd, 'run qmoe-verify $D/m', 'exit 1'] + ['output ' + m for m in msgs])
+
+entry('069-verify-config-mtp-layers-changed',
+      {'README': b'config.json of a DeepSeek-V3 extraction edited to no MTP block (made by setup)\n'},
+      ['# the MTP block was extracted (layer 3), then config.json says num_nextn_predict_layers 0',
+       'setup qmoe-extract $FIX/families/deepseekv3-tiny/hf $D/m >/dev/null && '
+       "sed -i 's/\"num_nextn_predict_layers\": 1/\"num_nextn_predict_layers\": 0/' $D/m/config.json",
+       'run qmoe-verify $D/m', 'exit 1',
+       'output expected.mtp_layers is 1 but config.json has 0 MTP layers'])
 
 # ---- tokenizer (read by qmoe-run) ----
 tokbad = b'{"added_tokens":[{"id":3,"content":"<|x|>","special":true}],"pre_tokenizer":{"type":"ByteLevel","add_prefix_space":false,"use_regex":true},"model":{"type":"BPE","vocab":{"a":0,"b":0},"merges":[]}}\n'

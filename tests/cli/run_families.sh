@@ -3,15 +3,15 @@
 # the transformers modeling code, cross-checked by llama.cpp and NumPy):
 # for Mixtral, OLMoE, Qwen2-MoE and DeepSeek-V3, from the Hugging Face
 # checkpoint and from its extraction, full and masked to experts 0-3
-# (DeepSeek-V3 from the checkpoint only while its MTP block does not
-# extract; the forward pass ignores that block): prompt logits within
+# (DeepSeek-V3's extraction keeps its MTP block, tests/cli/mtp.sh; the
+# forward pass ignores that block): prompt logits within
 # 1e-3 of max(1, max |golden|), greedy continuations identical, the router's
 # choices (and weights) of seq3 equal to the shipped router logs. Negative
 # controls: the cheapest bugs of each sensitivity.json (a wrong eps, a
 # renormalisation the family does not do) move the logits far beyond the
 # tolerance, so the comparison can fail.
 . "$(dirname "$0")/lib.sh"
-plan 211
+plan 234
 FAM=$FIX/families
 
 # ids G SEQ: the prompt of seqN as "a,b,c"
@@ -53,14 +53,9 @@ worst=$T/worst.txt
 : >"$worst"
 for fam in mixtral olmoe qwen2moe deepseekv3; do
     G=$FAM/$fam-tiny/golden
-    srcs="hf out"
-    if [ $fam = deepseekv3 ]; then
-        srcs=hf
-    else
-        run qmoe-extract --no-progress "$FAM/$fam-tiny/hf" "$T/$fam"
-        expect "families_${fam}_extract" 0
-    fi
-    for src in $srcs; do
+    run qmoe-extract --no-progress "$FAM/$fam-tiny/hf" "$T/$fam"
+    expect "families_${fam}_extract" 0
+    for src in hf out; do
         dir=$FAM/$fam-tiny/hf; [ $src = out ] && dir=$T/$fam
         for mode in full masked; do
             mask=(); key=torch_ref; pre=
@@ -71,7 +66,7 @@ for fam in mixtral olmoe qwen2moe deepseekv3; do
                     --logits-out "$T/l.f32" "$dir"
                 expect "$name" 0 || continue
                 sc=$(score "$T/l.f32" "$G/logits_${pre}seq$s.f32")
-                echo "$fam $mode $sc" >>"$worst"
+                echo "$fam $mode $src $sc" >>"$worst"
                 within "$sc" 1e-3 && ok "${name}_logits" || fail "${name}_logits" "score $sc > 1e-3"
                 w=$(want "$G" $s $key)
                 [ "$out" = "$w" ] && ok "${name}_greedy" || fail "${name}_greedy" "got $out, golden $w"
@@ -87,7 +82,7 @@ for fam in mixtral olmoe qwen2moe deepseekv3; do
     done
 done
 # the worst normalised difference per family and routing (for the notes)
-sort -k1,2 -k3g "$worst" | awk '{ w[$1 " " $2] = $3 } END { for (k in w) print "# worst " k " " w[k] }' | sort
+sort -k1,3 -k4g "$worst" | awk '{ w[$1 " " $2 " " $3] = $4 } END { for (k in w) print "# worst " k " " w[k] }' | sort
 
 # control FAMILY NAME SED: the family's checkpoint with one config change
 # (a bug of its sensitivity table) must miss the golden seq3 by > 10x the

@@ -28,6 +28,7 @@ for layout in qwen3moe omni; do
                 --logits-out "$T/l.f32" "$FIX/qwen3moe-tiny/$layout"
             expect "$name" 0 || continue
             sc=$(score "$T/l.f32" "$G/logits_${pre}seq$s.f32")
+            echo "$layout $mode $sc" >>"$T/worst.txt"
             if awk -v s="$sc" 'BEGIN { exit !(s <= 1e-3) }'; then ok "${name}_logits"
             else fail "${name}_logits" "score $sc > 1e-3"; fi
             w=$(want $s $key)
@@ -36,6 +37,9 @@ for layout in qwen3moe omni; do
         done
     done
 done
+
+# the worst normalised difference per layout and routing (for the notes)
+sort -k1,2 -k3g "$T/worst.txt" | awk '{ w[$1 " " $2] = $3 } END { for (k in w) print "# worst " k " " w[k] }' | sort
 
 # The controls: a wrong eps is visible in the score.
 mkdir -p "$T/eps"

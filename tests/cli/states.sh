@@ -5,7 +5,7 @@
 # at the end (one "# state status verify" line each) is what the closing
 # note of issue 11 quotes.
 . "$(dirname "$0")/lib.sh"
-plan 44
+plan 65
 OMNI="$FIX/qwen3moe-tiny/omni"   # 3 layers x 16 experts, 52 files
 
 wait_files() { # DIR N: until DIR/experts has >= N final files (at most 20 s)
@@ -40,6 +40,45 @@ rm "$T/deleted/experts/expert_07_layer_01.safetensors"
 state deleted "$T/deleted" 1 --quick
 mentions deleted-verify-names "$T/deleted.verify" "layer 01: expert 7 missing"
 mentions deleted-status-says "$T/deleted.status" "47/48"
+
+# -- damaged OUTs: both tools read OUT through one view (outdir/view.h), so
+#    besides the exit codes their counts of complete experts and layers agree
+# agree NAME DIR WANT: exit codes as state(), then status --json's
+# experts_done/layers_complete equal verify --quick --json's
+agree() {
+    local name=$1 dir=$2 want=$3
+    state "$name" "$dir" "$want" --quick
+    local sj vj
+    sj=$(qmoe-status --json "$dir" 2>/dev/null | jq -c '[.experts_done, .layers_complete, .layers_expected]')
+    vj=$(qmoe-verify --quick --json "$dir" 2>/dev/null | jq -c '[.experts.present, .layers.complete, .layers.expected]')
+    echo "# counts $name status $sj verify $vj"
+    [ -n "$sj" ] && [ "$sj" = "$vj" ] && ok "$name-counts-agree" \
+        || fail "$name-counts-agree" "status $sj, verify $vj"
+}
+cp -a "$T/complete" "$T/truncated"
+truncate -s 100 "$T/truncated/experts/expert_07_layer_01.safetensors"
+agree truncated "$T/truncated" 1
+mentions truncated-verify-names "$T/truncated.verify" "truncated: 100 bytes"
+cp -a "$T/complete" "$T/two-damaged"   # status said layers 2/3, verify 1/3
+rm "$T/two-damaged/experts/expert_02_layer_00.safetensors"
+truncate -s 100 "$T/two-damaged/experts/expert_07_layer_01.safetensors"
+agree two-damaged "$T/two-damaged" 1
+mentions two-damaged-status-layers "$T/two-damaged.status" "layers 1/3 complete"
+cp -a "$T/complete" "$T/deleted-counts"
+rm "$T/deleted-counts/experts/expert_07_layer_01.safetensors"
+agree deleted-counts "$T/deleted-counts" 1
+cp -a "$T/complete" "$T/stray-tmp"      # a dead writer's temporary: a note, not a fault
+sh -c 'exit 0' & dead=$!; wait $dead
+cp "$T/stray-tmp/experts/expert_03_layer_00.safetensors" \
+   "$T/stray-tmp/experts/expert_03_layer_00.safetensors.tmp.$dead"
+agree stray-tmp "$T/stray-tmp" 0
+cp -a "$T/complete" "$T/foreign"        # a file of another naming: not ours, not complete
+cp "$T/foreign/experts/expert_03_layer_00.safetensors" "$T/foreign/experts/expert_3_layer_0.safetensors"
+agree foreign "$T/foreign" 1
+mentions foreign-status-says "$T/foreign.status" "unexpected files"
+cp -a "$T/complete" "$T/foreign-text"
+echo notes >"$T/foreign-text/experts/README.txt"
+agree foreign-text "$T/foreign-text" 1
 
 # -- files only: no job record and no manifest (another tool's output with
 #    the same names); verify --quick checks coverage from config.json and

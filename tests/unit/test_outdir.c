@@ -1,9 +1,10 @@
 /* test_outdir.c - OUT's names, the one verdict, the source identity diff,
- * the gap listing and the owner liveness (common/outdir/outdir.c,
- * progress.c). */
+ * the gap listing, the MTP block's wording, the owner liveness and the view
+ * of OUT (common/outdir/outdir.c, progress.c, view.c). */
 #include "base/util.h"
 #include "outdir/outdir.h"
 #include "outdir/progress.h"
+#include "outdir/view.h"
 #include "testhelp.h"
 
 #include <stdlib.h>
@@ -59,8 +60,12 @@ static void test_verdict(void)
     f = done;
     f.others_present = 3;
     CHECK(od_complete(&f) == OD_MISSING);
+    f = done;
+    f.unexpected = 1;
+    CHECK(od_complete(&f) == OD_UNEXPECTED);
     od_facts none = {.others_expected = -1};
     CHECK(od_complete(&none) == OD_NOTHING);
+    CHECK(strcmp(od_verdict_name(OD_UNEXPECTED), "unexpected files") == 0);
     CHECK(strcmp(od_verdict_name(OD_NO_MANIFEST), "qmoe.json not written") == 0);
 }
 
@@ -202,6 +207,50 @@ static void test_gap(void)
     CHECK(od_plan_gap(&p, &n) == NULL && n == 0);
 }
 
+/* The MTP block's layers follow the decoder's: a gap there is labelled and
+ * not merged with the decoder's run, and the breakdown wording. */
+static void test_mtp(void)
+{
+    plan p;
+    memset(&p, 0, sizeof p);
+    p.shape.n_layers = 4;
+    p.shape.n_mtp = 1; /* layer 3 */
+    p.shape.n_experts = 8;
+    uint8_t moe[4] = {0, 1, 1, 1}, lsel[4] = {1, 1, 1, 1};
+    uint8_t esel[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    p.shape.is_moe = moe;
+    p.layer_sel = lsel;
+    p.expert_sel = esel;
+    plan_file files[24];
+    memset(files, 0, sizeof files);
+    for (int l = 1; l < 4; l++)
+        for (int e = 0; e < 4; e++)
+            files[p.n_files++] = (plan_file){.kind = MF_EXPERT, .layer = l, .expert = e};
+    p.files = files;
+    CHECK(!lt_is_mtp(&p.shape, 2) && lt_is_mtp(&p.shape, 3) && lt_decoder_layers(&p.shape) == 3);
+    int n = 0;
+    char *g = od_plan_gap(&p, &n);
+    CHECK(n == 12);
+    CHECK(g && strcmp(g, "layers 1-2: experts 4-7 missing from the source (config.json "
+                         "declares 8)\nlayer 3 (MTP): experts 4-7 missing from the source "
+                         "(config.json declares 8)") == 0);
+    g_free(g);
+    g = od_plan_mtp_breakdown(&p);
+    CHECK(g && strcmp(g, "2 layers x 8 + MTP 1 layer x 8") == 0);
+    g_free(g);
+    lsel[1] = lsel[2] = 0;
+    esel[7] = 0;
+    g = od_plan_mtp_breakdown(&p);
+    CHECK(g && strcmp(g, "MTP 1 layer x 7") == 0);
+    g_free(g);
+    lsel[3] = 0; /* no MTP layer selected: nothing to say apart */
+    CHECK(od_plan_mtp_breakdown(&p) == NULL);
+    CHECK(od_mtp_breakdown(61, 0, 256) == NULL);
+    g = od_mtp_breakdown(58, 1, 256);
+    CHECK(g && strcmp(g, "58 layers x 256 + MTP 1 layer x 256") == 0);
+    g_free(g);
+}
+
 static void test_owner(void)
 {
     pid_t me = getpid();
@@ -217,6 +266,64 @@ static void test_owner(void)
     CHECK(progress_owner_alive("elsewhere.invalid", me, start, 0, &hb) == 0);
 }
 
+static void put(const char *dir, const char *rel, const char *text)
+{
+    char *p = g_build_filename(dir, rel, NULL);
+    char *d = g_path_get_dirname(p);
+    g_mkdir_with_parents(d, 0755);
+    CHECK(g_file_set_contents(p, text, -1, NULL));
+    g_free(d);
+    g_free(p);
+}
+
+/* The view's rules on a hand-made OUT (1 MoE layer x 2 experts, no
+ * config): complete = recorded with its size; a layer = all its experts;
+ * a stray file is unexpected; records scanned with an escape fall back. */
+static void test_view(void)
+{
+    char *out = g_dir_make_tmp("qmoe-view-XXXXXX", NULL);
+    put(out, "qmoe.json", "{\"complete\":true,\"source\":{\"id\":\"s1\"},\"expected\":"
+        "{\"num_layers\":1,\"num_experts\":2,\"moe_layers\":\"0\",\"layers\":\"0\","
+        "\"experts\":\"0-1\",\"count\":2,\"files\":2},\"files\":[]}");
+    put(out, ".qmoe/journal.jsonl",
+        "{\"path\":\"experts/expert_00_layer_00.safetensors\",\"kind\":\"expert\","
+        "\"layer\":0,\"expert\":0,\"size\":5,\"time\":1,\"source_id\":\"s1\"}\n"
+        "{\"path\":\"experts\\/expert_01_layer_00.safetensors\",\"kind\":\"expert\","
+        "\"layer\":0,\"expert\":1,\"size\":5,\"time\":2,\"source_id\":\"s1\"}\n");
+    put(out, "experts/expert_00_layer_00.safetensors", "12345");
+    put(out, "experts/expert_01_layer_00.safetensors", "123"); /* truncated */
+    GError *e = NULL;
+    od_view *v = od_view_open(out, &e);
+    CHECK(v && !e);
+    if (!v)
+        return;
+    CHECK(v->journal_records == 2 && v->journal_bad == 0);
+    CHECK(v->experts_expected == 2 && v->experts_present == 2 && v->experts_complete == 1);
+    CHECK(!od_view_layer_complete(v, 0, NULL, NULL) && v->layers_complete == 0);
+    od_facts f = od_view_facts(v);
+    CHECK(od_complete(&f) == OD_MISSING);
+    od_view_close(v);
+    put(out, "experts/expert_01_layer_00.safetensors", "12345");
+    v = od_view_open(out, NULL);
+    int done = 0, want = 0;
+    CHECK(od_view_layer_complete(v, 0, &done, &want) && done == 2 && want == 2);
+    f = od_view_facts(v);
+    CHECK(od_complete(&f) == OD_COMPLETE);
+    od_view_mark_bad(v, "experts/expert_00_layer_00.safetensors");
+    od_view_count(v);
+    CHECK(v->experts_complete == 1 && v->layers_complete == 0);
+    od_view_close(v);
+    put(out, "experts/expert_1_layer_0.safetensors", "12345"); /* another naming */
+    v = od_view_open(out, NULL);
+    f = od_view_facts(v);
+    CHECK(v->unexpected == 1 && od_complete(&f) == OD_UNEXPECTED);
+    od_view_close(v);
+    char *cmd = g_strdup_printf("rm -rf '%s'", out);
+    CHECK(system(cmd) == 0);
+    g_free(cmd);
+    g_free(out);
+}
+
 int main(void)
 {
     RUN(test_names);
@@ -224,6 +331,8 @@ int main(void)
     RUN(test_source_diff);
     RUN(test_source_merge);
     RUN(test_gap);
+    RUN(test_mtp);
     RUN(test_owner);
+    RUN(test_view);
     TEST_EXIT();
 }

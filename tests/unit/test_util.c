@@ -615,7 +615,7 @@ static void test_journal_append_n(void)
         t[i].end = 64;
         t[i].crc32 = 0xdeadbeefu + (uint32_t)i;
         t[i].src_file = g_strdup("model.safetensors");
-        t[i].src_tensor = g_strdup(t[i].name);
+        t[i].src_name = g_strdup(t[i].name);
         t[i].slice = -1;
         f[i].path = g_strdup_printf("experts/expert_%d_layer_0.safetensors", i);
         f[i].layer = 0;
@@ -649,7 +649,7 @@ static void test_journal_append_n(void)
     for (int i = 0; i < 3; i++) {
         g_free(t[i].name);
         g_free(t[i].src_file);
-        g_free(t[i].src_tensor);
+        g_free(t[i].src_name);
         g_free(f[i].path);
     }
     g_unlink(path);

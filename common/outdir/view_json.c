@@ -1,4 +1,4 @@
-/* status_json.c - reading a few top-level fields of big JSON quickly.
+/* view_json.c - reading a few top-level fields of big JSON quickly (view.h).
  *
  * A journal of 6144 records is ~7 MB of JSON, almost all of it the
  * "tensors" arrays. Building cJSON trees for it takes ~30 ms and
@@ -9,7 +9,7 @@
  * not understand (escapes in the path, unusual spacing it cannot skip) is
  * handed to cJSON, so the scanner only has to be right on the fast path.
  */
-#include "status.h"
+#include "outdir/view.h"
 #include "base/fs.h"
 #include "base/util.h"
 
@@ -102,9 +102,18 @@ static int read_number(jcur *c, double *out)
 }
 
 enum { F_PATH = 1, F_KIND = 2, F_LAYER = 4, F_EXPERT = 8, F_SIZE = 16, F_TIME = 32,
-       F_ALL = 63 };
+       F_SRCID = 64, F_ALL = 127 };
 
-static int scan_line(char *p, char *end, st_rec *r)
+static mf_kind kind_of(const char *s, size_t n)
+{
+    static const char *names[] = {"expert", "layer", "globals", "other"};
+    for (int i = 0; i < 4; i++)
+        if (strlen(names[i]) == n && memcmp(s, names[i], n) == 0)
+            return (mf_kind)i;
+    return MF_OTHER;
+}
+
+static int scan_line(char *p, char *end, od_rec *r)
 {
     jcur c = {p, end};
     int seen = 0;
@@ -128,17 +137,24 @@ static int scan_line(char *p, char *end, st_rec *r)
         ws(&c);
 #define KEY(s) (klen == sizeof(s) - 1 && memcmp(k, s, klen) == 0)
         double v;
-        if (KEY("path") || KEY("kind")) {
+        if (KEY("path") || KEY("kind") || KEY("source_id")) {
             char *s = c.p + 1;
             if (skip_string(&c, &plain) || !plain)
                 return -1;
+            size_t n = (size_t)(c.p - 1 - s);
             if (KEY("path")) {
                 c.p[-1] = '\0';
                 r->path = s;
                 seen |= F_PATH;
-            } else {
-                r->kind_expert = c.p - 1 - s == 6 && memcmp(s, "expert", 6) == 0;
+            } else if (KEY("kind")) {
+                r->kind = kind_of(s, n);
                 seen |= F_KIND;
+            } else {
+                if (n < sizeof r->source_id) {
+                    memcpy(r->source_id, s, n);
+                    r->source_id[n] = '\0';
+                }
+                seen |= F_SRCID;
             }
         } else if (KEY("layer") || KEY("expert") || KEY("size") || KEY("time")) {
             if (read_number(&c, &v))
@@ -174,7 +190,7 @@ static int scan_line(char *p, char *end, st_rec *r)
 
 /* The slow path: a real parse. The path is copied back over the line
  * (it is never longer than its JSON form) so it can point into the line. */
-static int parse_line(char *p, char *end, st_rec *r)
+static int parse_line(char *p, char *end, od_rec *r)
 {
     cJSON *j = cJSON_ParseWithLength(p, (size_t)(end - p));
     if (!j)
@@ -185,9 +201,13 @@ static int parse_line(char *p, char *end, st_rec *r)
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "expert");
     const cJSON *sz = cJSON_GetObjectItemCaseSensitive(j, "size");
     const cJSON *tm = cJSON_GetObjectItemCaseSensitive(j, "time");
+    const cJSON *sid = cJSON_GetObjectItemCaseSensitive(j, "source_id");
     int rc = -1;
     if (cJSON_IsString(path) && strlen(path->valuestring) < (size_t)(end - p)) {
-        r->kind_expert = cJSON_IsString(kind) && strcmp(kind->valuestring, "expert") == 0;
+        r->kind = cJSON_IsString(kind) ? kind_of(kind->valuestring, strlen(kind->valuestring))
+                                       : MF_OTHER;
+        if (cJSON_IsString(sid) && strlen(sid->valuestring) < sizeof r->source_id)
+            strcpy(r->source_id, sid->valuestring);
         r->layer = cJSON_IsNumber(l) ? l->valueint : -1;
         r->expert = cJSON_IsNumber(e) ? e->valueint : -1;
         r->size = cJSON_IsNumber(sz) && sz->valuedouble > 0 ? (uint64_t)sz->valuedouble : 0;
@@ -200,7 +220,7 @@ static int parse_line(char *p, char *end, st_rec *r)
     return rc;
 }
 
-int st_journal_line(char *p, char *end, st_rec *r)
+int od_rec_scan(char *p, char *end, od_rec *r)
 {
     memset(r, 0, sizeof *r);
     r->layer = r->expert = -1;
@@ -215,9 +235,11 @@ int st_journal_line(char *p, char *end, st_rec *r)
     return parse_line(p, end, r);
 }
 
-/* Finds the top-level "expected" value in [buf, buf+len) and parses it. */
-static cJSON *expected_in(char *buf, size_t len, char **layout, int *complete,
-                          int *need_more)
+/* Reads the top-level members of qmoe.json's head in [buf, buf+len) up to
+ * "expected" (the writer puts "complete", "source" and "layout" before it).
+ * Returns the parsed "expected", or NULL with *need_more when the buffer
+ * ended first. */
+static cJSON *head_in(char *buf, size_t len, od_mhead *h, int *need_more)
 {
     jcur c = {buf, buf + len};
     *need_more = 0;
@@ -240,16 +262,21 @@ static cJSON *expected_in(char *buf, size_t len, char **layout, int *complete,
         char *v = c.p;
         if (skip_value(&c))
             break;
-        if (klen == 8 && memcmp(k, "complete", 8) == 0 && complete) {
-            *complete = c.p - v == 4 && memcmp(v, "true", 4) == 0;
-        } else if (klen == 8 && memcmp(k, "expected", 8) == 0) {
+#define KEY(s) (klen == sizeof(s) - 1 && memcmp(k, s, klen) == 0)
+        if (KEY("complete")) {
+            h->complete = c.p - v == 4 && memcmp(v, "true", 4) == 0;
+        } else if (KEY("expected")) {
             found = cJSON_ParseWithLength(v, (size_t)(c.p - v));
-        } else if (klen == 6 && memcmp(k, "layout", 6) == 0 && layout && !*layout) {
-            cJSON *s = cJSON_ParseWithLength(v, (size_t)(c.p - v));
-            if (cJSON_IsString(s))
-                *layout = g_strdup(s->valuestring);
-            cJSON_Delete(s);
+        } else if ((KEY("layout") && !h->layout) || (KEY("source") && !h->source_id)) {
+            cJSON *x = cJSON_ParseWithLength(v, (size_t)(c.p - v));
+            const cJSON *id = cJSON_GetObjectItemCaseSensitive(x, "id");
+            if (KEY("layout") && cJSON_IsString(x))
+                h->layout = g_strdup(x->valuestring);
+            else if (KEY("source") && cJSON_IsString(id))
+                h->source_id = g_strdup(id->valuestring);
+            cJSON_Delete(x);
         }
+#undef KEY
         if (found)
             return found;
         ws(&c);
@@ -263,13 +290,12 @@ static cJSON *expected_in(char *buf, size_t len, char **layout, int *complete,
     return NULL;
 }
 
-cJSON *st_manifest_expected(const char *path, char **layout, int *complete)
+int od_manifest_head(const char *path, od_mhead *h)
 {
-    if (complete)
-        *complete = 0;
+    memset(h, 0, sizeof *h);
     int fd = fs_open_regular(path, O_RDONLY, "cannot open", NULL);
     if (fd < 0)
-        return NULL;
+        return -1;
     size_t cap = 1 << 16, len = 0;
     char *buf = g_malloc(cap);
     cJSON *found = NULL;
@@ -284,14 +310,16 @@ cJSON *st_manifest_expected(const char *path, char **layout, int *complete)
             continue;
         /* a full buffer: try it, else read more */
         int more;
-        if ((found = expected_in(buf, len, layout, complete, &more)) || !more)
+        od_mhead_clear(h);
+        if ((found = head_in(buf, len, h, &more)) || !more)
             break;
         cap *= 2;
         buf = g_realloc(buf, cap);
     }
     if (!found) {
         int more;
-        found = expected_in(buf, len, layout, complete, &more);
+        od_mhead_clear(h);
+        found = head_in(buf, len, h, &more);
     }
     close(fd);
     g_free(buf);
@@ -299,5 +327,78 @@ cJSON *st_manifest_expected(const char *path, char **layout, int *complete)
         cJSON_Delete(found);
         found = NULL;
     }
-    return found;
+    h->expected = found;
+    return found ? 0 : -1;
+}
+
+void od_mhead_clear(od_mhead *h)
+{
+    g_free(h->layout);
+    g_free(h->source_id);
+    cJSON_Delete(h->expected);
+    memset(h, 0, sizeof *h);
+}
+
+int od_manifest_records(const char *path, void (*each)(const od_rec *r, void *ctx),
+                        void *ctx)
+{
+    gchar *buf = NULL;
+    gsize len = 0;
+    int fd = fs_open_regular(path, O_RDONLY, "cannot open", NULL);
+    if (fd < 0)
+        return -1;
+    close(fd);
+    if (!g_file_get_contents(path, &buf, &len, NULL))
+        return -1;
+    jcur c = {buf, buf + len};
+    int rc = -1;
+    ws(&c);
+    if (c.p < c.end && *c.p == '{') {
+        c.p++;
+        for (;;) {
+            ws(&c);
+            char *k = c.p + 1;
+            if (skip_string(&c, NULL))
+                break;
+            size_t klen = (size_t)(c.p - 1 - k);
+            ws(&c);
+            if (c.p >= c.end || *c.p != ':')
+                break;
+            c.p++;
+            ws(&c);
+            if (klen == 5 && memcmp(k, "files", 5) == 0 && c.p < c.end && *c.p == '[') {
+                c.p++;
+                rc = 0;
+                for (;;) {
+                    ws(&c);
+                    if (c.p >= c.end || *c.p == ']')
+                        break;
+                    char *b = c.p;
+                    if (skip_value(&c)) {
+                        rc = -1;
+                        break;
+                    }
+                    char save = *c.p; /* the record's scan may write a NUL */
+                    od_rec r;
+                    if (od_rec_scan(b, c.p, &r) == 0)
+                        each(&r, ctx);
+                    *c.p = save;
+                    ws(&c);
+                    if (c.p < c.end && *c.p == ',')
+                        c.p++;
+                }
+                break;
+            }
+            if (skip_value(&c))
+                break;
+            ws(&c);
+            if (c.p < c.end && *c.p == ',') {
+                c.p++;
+                continue;
+            }
+            break;
+        }
+    }
+    g_free(buf);
+    return rc;
 }
