@@ -639,7 +639,18 @@ static char *gap_one_line(char *gap)
     return one;
 }
 
-static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, GError **err)
+static int other_blocked(const plan *p)
+{
+    for (int i = 0; i < p->n_blocked; i++)
+        if (p->blocked[i].kind == MF_OTHER)
+            return 1;
+    return 0;
+}
+
+/* Opens SRC and plans. Files that a missing shard blocks are refused
+ * (before anything is written) unless `dry` (the dry run lists them). */
+static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, int dry,
+                           GError **err)
 {
     ckpt *ck = ckpt_open(o->src, err);
     if (!ck)
@@ -679,6 +690,26 @@ static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, GError
         return NULL;
     }
     g_free(gap);
+    char *ok = NULL, *blocked = dry ? NULL : od_plan_blocked(*p, ck, 1, &ok);
+    if (blocked) {
+        char *hint = ok ? g_strdup_printf(" (--layers %s%s extracts what the present "
+                                          "shards hold)", ok,
+                                          other_blocked(*p) ? " --no-other" : "")
+                        : g_strdup("");
+        g_set_error(err, QM_ERROR, QM_ERR_IO,
+                    "'%s': %d file%s of the selection need%s source shards that are "
+                    "missing (an incomplete download?): %s; nothing written%s",
+                    o->src, (*p)->n_blocked, (*p)->n_blocked == 1 ? "" : "s",
+                    (*p)->n_blocked == 1 ? "s" : "", blocked, hint);
+        g_free(hint);
+        g_free(blocked);
+        g_free(ok);
+        plan_free(*p);
+        *p = NULL;
+        ckpt_close(ck);
+        return NULL;
+    }
+    g_free(ok);
     if (o->shards > 1)
         plan_partition(*p, o->shards);
     return ck;
@@ -690,10 +721,6 @@ static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, GError
 static int check_source(job *j, GError **err)
 {
     const char *out = j->o->out;
-    j->source_identity = od_source_identity(j->ck, j->o->src, err);
-    if (!j->source_identity)
-        return -1;
-    g_strlcpy(j->source_id, od_source_id(j->source_identity), sizeof j->source_id);
     int top = lock_top(out);
     int rc = 0;
     if (j->o->restart) {
@@ -708,8 +735,22 @@ static int check_source(job *j, GError **err)
     cJSON *then = rc == 0 ? od_source_load(out, err) : NULL;
     if (rc == 0 && !then && err && *err)
         rc = -1;
+    /* the shards earlier runs read are checked again, needed now or not */
+    if (rc == 0 && then)
+        rc = od_source_reread(j->ck, then, err);
+    if (rc == 0 && !(j->source_identity = od_source_identity(j->ck, j->o->src, err)))
+        rc = -1;
+    if (rc == 0)
+        g_strlcpy(j->source_id, od_source_id(j->source_identity), sizeof j->source_id);
     if (rc == 0 && then) {
-        char *diff = od_source_diff(then, j->source_identity);
+        char *diff = NULL;
+        cJSON *merged = od_source_merge(then, j->source_identity, &diff);
+        if (merged) { /* the same source, maybe read further now: keep its id */
+            cJSON_Delete(j->source_identity);
+            j->source_identity = merged;
+            g_strlcpy(j->source_id, od_source_id(merged), sizeof j->source_id);
+            rc = od_source_save(out, merged, err);
+        }
         if (diff) {
             g_set_error(err, QM_ERROR, QM_ERR_USAGE,
                         "'%s' holds an extraction of another source than '%s' (or of "
@@ -835,6 +876,8 @@ static int open_sources(const ckpt *ck, int *src_fd, uint64_t *src_bs, int no_re
 {
     int n_shared = 0;
     for (int i = 0; i < ck->n_shards; i++) {
+        if (!ck->shards[i].st)
+            continue; /* the plan reads nothing from it */
         src_fd[i] = fs_open_regular(ck->shards[i].path, O_RDONLY, "cannot open source", err);
         if (src_fd[i] < 0)
             return -1;
@@ -845,12 +888,6 @@ static int open_sources(const ckpt *ck, int *src_fd, uint64_t *src_bs, int no_re
     return n_shared;
 }
 
-static int source_same(const cJSON *then, const cJSON *now)
-{
-    char *d = od_source_diff(then, now);
-    g_free(d);
-    return d == NULL;
-}
 
 /* What of this part's plan OUT already holds (files complete as the
  * journals and the files say, of this very source): *todo gets the
@@ -864,16 +901,22 @@ static int dry_done(const ex_opts *o, plan *p, ckpt *ck, int *todo, int *n_todo,
     struct stat st;
     int rc = 0;
     if (stat(o->out, &st) == 0) {
-        cJSON *now = od_source_identity(ck, o->src, err);
-        cJSON *then = now ? od_source_load(o->out, err) : NULL;
+        cJSON *then = od_source_load(o->out, err), *now = NULL;
+        if (then || !(err && *err))
+            now = then && od_source_reread(ck, then, err) ? NULL
+                                                          : od_source_identity(ck, o->src, err);
         GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
-        if (!now || (!then && err && *err) || mf_journals_read_all(o->out, recs, err))
+        if (!now || mf_journals_read_all(o->out, recs, err))
             rc = -1;
-        /* another source's files are no use: the real run refuses them */
-        else if (!then || !source_same(then, now))
-            ;
-        else
-            od_find_done(p, ck, od_source_id(now), o->out, recs, done);
+        else if (then) {
+            /* another source's files are no use: the real run refuses them */
+            char *diff = NULL;
+            cJSON *merged = od_source_merge(then, now, &diff);
+            if (merged)
+                od_find_done(p, ck, od_source_id(merged), o->out, recs, done);
+            cJSON_Delete(merged);
+            g_free(diff);
+        }
         for (guint i = 0; i < recs->len; i++)
             mf_file_clear(&g_array_index(recs, mf_file, i));
         g_array_free(recs, TRUE);
@@ -898,7 +941,7 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
 {
     const layout *lt;
     plan *p;
-    ckpt *ck = open_and_plan(o, &lt, &p, err);
+    ckpt *ck = open_and_plan(o, &lt, &p, 1, err);
     if (!ck)
         return -1;
     int count[4] = {0};
@@ -993,6 +1036,42 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         else
             cJSON_AddNullToObject(j, "missing_from_source");
         g_free(gap);
+        cJSON_AddNumberToObject(j, "blocked_files", p->n_blocked);
+        cJSON *ms = cJSON_AddArrayToObject(j, "missing_shards");
+        for (int sh = 0; sh < ck->n_shards; sh++) {
+            int n = 0;
+            uint8_t *lay = g_new0(uint8_t, p->shape.n_layers > 0 ? p->shape.n_layers : 1);
+            cJSON *files = cJSON_CreateArray();
+            for (int i = 0; i < p->n_blocked; i++)
+                if (p->blocked[i].shard == sh) {
+                    n++;
+                    if (p->blocked[i].layer >= 0 && p->blocked[i].layer < p->shape.n_layers)
+                        lay[p->blocked[i].layer] = 1;
+                    if (p->blocked[i].kind != MF_EXPERT && p->blocked[i].kind != MF_LAYER)
+                        cJSON_AddItemToArray(files, cJSON_CreateString(p->blocked[i].path));
+                }
+            if (n) {
+                cJSON *x = cJSON_CreateObject();
+                cJSON_AddStringToObject(x, "name", ck->shards[sh].name);
+                cJSON_AddStringToObject(x, "why", ck->shards[sh].missing ? ck->shards[sh].missing : "");
+                cJSON_AddNumberToObject(x, "blocked_files", n);
+                char *l = qm_list_format(lay, p->shape.n_layers);
+                cJSON_AddStringToObject(x, "layers", l);
+                g_free(l);
+                cJSON_AddItemToObject(x, "other", files);
+                cJSON_AddItemToArray(ms, x);
+            } else {
+                cJSON_Delete(files);
+            }
+            g_free(lay);
+        }
+        char *ok = NULL;
+        g_free(od_plan_blocked(p, ck, 1, &ok));
+        if (p->n_blocked && ok)
+            cJSON_AddStringToObject(j, "extractable_layers", ok);
+        else if (p->n_blocked)
+            cJSON_AddNullToObject(j, "extractable_layers");
+        g_free(ok);
         qm_json_out(j, 0);
     } else {
         char b1[32], b2[32];
@@ -1044,6 +1123,22 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
             g_strfreev(lines);
         }
         g_free(gap);
+        char *ok = NULL, *blocked = od_plan_blocked(p, ck, 0, &ok);
+        if (blocked) {
+            char **lines = g_strsplit(blocked, "\n", -1);
+            for (int i = 0; lines[i]; i++)
+                printf("blocked:  %s\n", lines[i]);
+            g_strfreev(lines);
+            printf("blocked:  %d file%s wait for missing shards (not counted above); the "
+                   "run refuses %s", p->n_blocked, p->n_blocked == 1 ? "" : "s",
+                   p->n_blocked == 1 ? "it" : "them");
+            if (ok)
+                printf(": --layers %s%s extracts what the present shards hold", ok,
+                       other_blocked(p) ? " --no-other" : "");
+            printf("\n");
+        }
+        g_free(blocked);
+        g_free(ok);
     }
     g_free(stext);
     g_free(sc.where);
@@ -1074,7 +1169,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     char *log_path = g_build_filename(o->out, ".qmoe", "extract.log", NULL);
     j.journal_path = g_build_filename(state_dir, "journal.jsonl", NULL);
 
-    j.ck = open_and_plan(o, &lt, &p, err);
+    j.ck = open_and_plan(o, &lt, &p, 0, err);
     if (!j.ck)
         goto out;
     j.p = p;

@@ -20,7 +20,7 @@
 
 static const char *prog = "qmoe-verify";
 
-static gboolean opt_quick, opt_json, opt_version, opt_coherence;
+static gboolean opt_quick, opt_json, opt_version, opt_coherence, opt_no_progress;
 static char *opt_source, *opt_text, *opt_prompts, *opt_mask, *opt_report;
 static int opt_expect = -1, opt_jobs;
 static double opt_max_ppl;
@@ -50,6 +50,8 @@ static GOptionEntry entries[] = {
      "Files checked in parallel, forward-pass threads (default: the number of CPUs)", "N"},
     {"json", 0, 0, G_OPTION_ARG_NONE, &opt_json,
      "Print the result as JSON on stdout", NULL},
+    {"no-progress", 0, 0, G_OPTION_ARG_NONE, &opt_no_progress,
+     "No progress on stderr (reading and hashing, the coherence gate's steps)", NULL},
     {"version", 0, 0, G_OPTION_ARG_NONE, &opt_version, "Print the version", NULL},
     {NULL, 0, 0, 0, NULL, NULL, NULL},
 };
@@ -103,6 +105,9 @@ static const char *description =
     "\n"
     "Output: one line per problem, 'PHASE: FILE: tensor 'NAME': at offset N:\n"
     "WHAT', then a summary; --json prints the same facts as one object.\n"
+    "Progress goes to stderr: reading and hashing that lasts more than a second\n"
+    "(bytes, rate, ETA; redrawn on a terminal, else a line a second), and the\n"
+    "coherence gate's steps. --no-progress leaves it out.\n"
     "\n"
     "Exit status:\n"
     "  0  complete and intact\n"
@@ -142,6 +147,44 @@ static char *one_line(const char *s)
             g_string_append_c(g, (char)*p);
     }
     return g_string_free(g, FALSE);
+}
+
+/* vf_check_files_progress: after the first interval, the bytes read so
+ * far, rate and ETA: redrawn in place on a terminal (every 0.2 s), else a
+ * whole line a second, for logs; a closing line when any was shown.
+ * QMOE_PROGRESS_INTERVAL (seconds) is a test hook for the interval. */
+typedef struct {
+    double t0, last, interval;
+    int tty, shown;
+    const char *what;
+} read_progress;
+
+static void files_progress(void *user, uint64_t done, uint64_t total, int files_done,
+                           int files, int final)
+{
+    read_progress *p = user;
+    double now = qm_monotonic(), dt = now - p->t0;
+    if (final ? !p->shown : now - p->last < p->interval)
+        return;
+    char a[32], b[32], c[32], eta[48] = "";
+    double rate = dt > 0 ? (double)done / dt : 0;
+    if (!final && rate > 0) {
+        double left = (double)(total - done) / rate;
+        if (left < 60)
+            snprintf(eta, sizeof eta, ", ETA %.0fs", left);
+        else
+            snprintf(eta, sizeof eta, ", ETA %dm %02ds", (int)(left / 60), (int)left % 60);
+    }
+    if (final)
+        snprintf(eta, sizeof eta, " in %.1f s", dt);
+    fprintf(stderr, "%sqmoe-verify: %s: %s of %s (%.1f %%), %d/%d files, %s/s%s%s",
+            p->tty ? "\r\033[K" : "", p->what, qm_human_bytes(done, a, sizeof a),
+            qm_human_bytes(total, b, sizeof b),
+            total ? 100.0 * (double)done / (double)total : 100.0, files_done, files,
+            qm_human_bytes((uint64_t)rate, c, sizeof c), eta, p->tty && !final ? "" : "\n");
+    fflush(stderr);
+    p->shown = 1;
+    p->last = now;
 }
 
 /* coh_opts.progress: one line per step on stderr, with the time so far. */
@@ -384,14 +427,26 @@ int main(int argc, char **argv)
         return code ? code : 2;
     }
     vf_check_coverage(t, r);
-    vf_check_files(t, opt_quick, jobs, r);
+    const char *term = getenv("TERM"); /* a dumb terminal cannot clear a line */
+    read_progress rp = {.t0 = qm_monotonic(),
+                        .tty = isatty(2) && !(term && !strcmp(term, "dumb")),
+                        .what = opt_source ? "reading, hashing and comparing with the source"
+                                           : "reading and hashing"};
+    rp.interval = rp.tty ? 0.2 : 1.0;
+    const char *hook = getenv("QMOE_PROGRESS_INTERVAL");
+    if (hook && *hook)
+        rp.interval = g_ascii_strtod(hook, NULL);
+    rp.last = rp.t0;
+    vf_check_files_progress(t, opt_quick, jobs, r, opt_no_progress ? NULL : files_progress,
+                            &rp);
     coh_result *coh = NULL;
     int report_failed = 0;
     if (opt_coherence) {
         double t0 = qm_monotonic();
         coh_opts co = {.text_path = ref_text, .prompts_path = prompts, .source = opt_source,
                        .max_ppl = opt_max_ppl, .mask = opt_mask, .n_threads = jobs,
-                       .progress = coherence_progress, .progress_user = &t0};
+                       .progress = opt_no_progress ? NULL : coherence_progress,
+                       .progress_user = &t0};
         vf_check_coherence(t, &co, r, &coh);
         if (opt_report && coh && verify_write_report(opt_report, out, &co, coh, &err) != 0) {
             qm_report(prog, err);

@@ -27,6 +27,7 @@ void ckpt_close(ckpt *ck)
         st_close(ck->shards[i].st);
         st_close(ck->shards[i].retired);
         g_free(ck->shards[i].names);
+        g_free(ck->shards[i].missing);
     }
     g_free(ck->shards);
     g_strfreev(ck->names);
@@ -429,18 +430,25 @@ static int check_shard(ckpt *ck, int i, st_file *st, GError **err)
     return 0;
 }
 
-/* Passes on a shard's open error; for a symlink whose target is missing
- * (a hub cache still downloading: snapshots/REV/FILE -> ../../blobs/HASH)
- * it names the target, not just the link. */
-static void explain_dangling(const char *path, GError *e, GError **err)
+/* Passes on a shard's open error; a file that is absent, or a symlink
+ * whose target is missing (a hub cache still downloading or pruned:
+ * snapshots/REV/FILE -> ../../blobs/HASH), is marked missing and said so,
+ * naming the target, not just the link. */
+static void explain_missing(ckpt_shard *s, GError *e, GError **err)
 {
     struct stat ls, ts;
     char *target = NULL;
-    if (lstat(path, &ls) == 0 && S_ISLNK(ls.st_mode) && stat(path, &ts) != 0 &&
-        errno == ENOENT && (target = g_file_read_link(path, NULL))) {
+    if (lstat(s->path, &ls) != 0 && errno == ENOENT) {
+        g_free(s->missing);
+        s->missing = g_strdup(g_strerror(ENOENT));
+        g_propagate_error(err, e);
+    } else if (S_ISLNK(ls.st_mode) && stat(s->path, &ts) != 0 && errno == ENOENT &&
+               (target = g_file_read_link(s->path, NULL))) {
+        g_free(s->missing);
+        s->missing = g_strdup_printf("a symlink to '%s', which does not exist", target);
         g_set_error(err, QM_ERROR, QM_ERR_IO,
                     "cannot open shard '%s': it is a symlink to '%s', which does not "
-                    "exist (an incomplete download?)", path, target);
+                    "exist (an incomplete download?)", s->path, target);
         g_error_free(e);
     } else {
         g_propagate_error(err, e);
@@ -457,7 +465,9 @@ st_file *ckpt_shard_load(ckpt *ck, int i, int map, GError **err)
         GError *e = NULL;
         st = map ? st_open(s->path, &e) : st_open_header(s->path, &e);
         if (!st)
-            explain_dangling(s->path, e, err);
+            explain_missing(s, e, err);
+        else
+            g_clear_pointer(&s->missing, g_free); /* it arrived */
         if (st && (s->st ? 0 : check_shard(ck, i, st, err)) != 0) {
             st_close(st);
             st = NULL;
@@ -473,22 +483,29 @@ st_file *ckpt_shard_load(ckpt *ck, int i, int map, GError **err)
     return st;
 }
 
-int ckpt_load_all(ckpt *ck, GError **err)
+st_file *ckpt_shard_need(ckpt *ck, int i, GError **err)
 {
-    for (int i = 0; i < ck->n_shards; i++) {
-        st_file *st = ckpt_shard_load(ck, i, 0, err);
-        if (!st)
-            return -1;
-        for (int k = 0; k < st->n_tensors; k++) {
-            if (ckpt_shard_index(ck, st->tensors[k].name) != i) {
-                g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                            "checkpoint '%s': tensor '%s' in '%s' is not in the "
-                            "index there", ck->dir, st->tensors[k].name,
-                            ck->shards[i].name);
-                return -1;
-            }
+    st_file *st = ckpt_shard_load(ck, i, 0, err);
+    if (!st || ck->shards[i].checked)
+        return st;
+    for (int k = 0; k < st->n_tensors; k++) {
+        if (ckpt_shard_index(ck, st->tensors[k].name) != i) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "checkpoint '%s': tensor '%s' in '%s' is not in the "
+                        "index there", ck->dir, st->tensors[k].name,
+                        ck->shards[i].name);
+            return NULL;
         }
     }
+    ck->shards[i].checked = 1;
+    return st;
+}
+
+int ckpt_load_all(ckpt *ck, GError **err)
+{
+    for (int i = 0; i < ck->n_shards; i++)
+        if (!ckpt_shard_need(ck, i, err))
+            return -1;
     return 0;
 }
 

@@ -28,6 +28,10 @@ typedef struct {
     char *path;   /* dir/name */
     st_file *st;  /* NULL until loaded (ckpt_shard_load) */
     int mapped;   /* st maps the data (1) or holds the header only (0) */
+    int checked;  /* both ways against the index (ckpt_shard_need) */
+    char *missing;/* set when a load found the file absent or a dangling
+                     symlink (a download in progress): strerror(ENOENT),
+                     or "a symlink to 'T', which does not exist" */
     st_file *retired; /* header-only st replaced by a mapping; kept so that
                          pointers handed out earlier stay valid */
     int n_names;
@@ -82,6 +86,13 @@ int ckpt_shard_index(const ckpt *ck, const char *name);
  * every tensor the index assigns to it is present. Thread-safe. Returns
  * the st_file (owned by ck) or NULL with *err set. */
 st_file *ckpt_shard_load(ckpt *ck, int i, int map, GError **err);
+
+/* The header of shard i for a plan: ckpt_shard_load (map = 0) and, once,
+ * the reverse check (every tensor in the file is in the index there). A
+ * file that is absent or a dangling symlink sets ck->shards[i].missing
+ * (the caller may go on without it: the tensors it holds are then known
+ * by name only); any failure returns NULL with *err set. */
+st_file *ckpt_shard_need(ckpt *ck, int i, GError **err);
 
 /* Loads every shard header (map = 0) and checks that the index and the
  * files agree both ways (a tensor in a file but not in the index is an

@@ -208,6 +208,12 @@ char *od_plan_gap(const plan *p, int *count)
             f->expert < ne)
             have[(gsize)f->layer * (gsize)ne + (gsize)f->expert] = 1;
     }
+    for (int i = 0; i < p->n_blocked; i++) { /* in the source, not yet readable */
+        const plan_blocked *b = &p->blocked[i];
+        if (b->kind == MF_EXPERT && b->layer >= 0 && b->layer < nl && b->expert >= 0 &&
+            b->expert < ne)
+            have[(gsize)b->layer * (gsize)ne + (gsize)b->expert] = 1;
+    }
     /* per layer: the selected experts it lacks, as a list */
     char **gap = g_new0(char *, nl);
     uint8_t *miss = g_new0(uint8_t, ne);
@@ -255,6 +261,73 @@ char *od_plan_gap(const plan *p, int *count)
     g_free(miss);
     g_free(have);
     return s ? g_string_free(s, FALSE) : NULL;
+}
+
+char *od_plan_blocked(const plan *p, const ckpt *ck, int one_line, char **layers_ok)
+{
+    int nl = p->shape.n_layers;
+    if (layers_ok) {
+        /* the selected layers none of whose files is blocked (none at all
+         * when the globals are: every extraction has them) */
+        uint8_t *ok = g_new0(uint8_t, nl > 0 ? nl : 1);
+        int globals = 0;
+        for (int l = 0; l < nl; l++)
+            ok[l] = p->layer_sel[l];
+        for (int i = 0; i < p->n_blocked; i++) {
+            if (p->blocked[i].layer >= 0 && p->blocked[i].layer < nl)
+                ok[p->blocked[i].layer] = 0;
+            globals |= p->blocked[i].kind == MF_GLOBALS;
+        }
+        int any = 0;
+        for (int l = 0; l < nl && !globals; l++)
+            any |= ok[l];
+        *layers_ok = any ? qm_list_format(ok, nl) : NULL;
+        g_free(ok);
+    }
+    if (p->n_blocked == 0)
+        return NULL;
+    GString *s = g_string_new(NULL);
+    uint8_t *lay = g_new0(uint8_t, nl > 0 ? nl : 1);
+    for (int sh = 0; sh < ck->n_shards; sh++) {
+        int n = 0, globals = 0, any_layer = 0;
+        memset(lay, 0, (size_t)(nl > 0 ? nl : 1));
+        GString *other = g_string_new(NULL);
+        for (int i = 0; i < p->n_blocked; i++) {
+            const plan_blocked *b = &p->blocked[i];
+            if (b->shard != sh)
+                continue;
+            n++;
+            if (b->layer >= 0 && b->layer < nl)
+                lay[b->layer] = any_layer = 1;
+            globals |= b->kind == MF_GLOBALS;
+            if (b->kind == MF_OTHER)
+                g_string_append_printf(other, ", %s", b->path);
+        }
+        if (n) {
+            const ckpt_shard *x = &ck->shards[sh];
+            if (s->len)
+                g_string_append(s, one_line ? "; " : "\n");
+            g_string_append_printf(s, "shard '%s' (%s) blocks %d file%s:", x->name,
+                                   x->missing ? x->missing : "missing", n,
+                                   n == 1 ? "" : "s");
+            const char *sep = " ";
+            if (any_layer) {
+                char *l = qm_list_format(lay, nl);
+                g_string_append_printf(s, " layer%s %s", strpbrk(l, ",-") ? "s" : "", l);
+                g_free(l);
+                sep = ", ";
+            }
+            if (globals) {
+                g_string_append_printf(s, "%sglobals.safetensors", sep);
+                sep = ", ";
+            }
+            if (other->len)
+                g_string_append_printf(s, "%s%s*", sep, other->str + 2);
+        }
+        g_string_free(other, TRUE);
+    }
+    g_free(lay);
+    return g_string_free(s, FALSE);
 }
 
 /* ---- source identity ---- */
@@ -307,10 +380,22 @@ cJSON *od_source_identity(const ckpt *ck, const char *src_path, GError **err)
     cJSON *files = cJSON_CreateArray();
     EVP_MD_CTX *all = EVP_MD_CTX_new();
     EVP_DigestInit_ex(all, EVP_sha256(), NULL);
+    cJSON *unread = cJSON_CreateArray(), *missing = cJSON_CreateArray();
     for (int i = 0; i < ck->n_shards; i++) {
         const ckpt_shard *s = &ck->shards[i];
         struct stat st;
         char hex[65], sample[65];
+        if (!s->st) { /* not read for this plan: named, not fingerprinted */
+            if (s->missing) {
+                cJSON *o = cJSON_CreateObject();
+                cJSON_AddStringToObject(o, "name", s->name);
+                cJSON_AddStringToObject(o, "why", s->missing);
+                cJSON_AddItemToArray(missing, o);
+            } else {
+                cJSON_AddItemToArray(unread, cJSON_CreateString(s->name));
+            }
+            continue;
+        }
         if (stat(s->path, &st) != 0) {
             qm_set_errno(err, errno, "cannot stat source", s->path);
             goto fail;
@@ -344,9 +429,19 @@ cJSON *od_source_identity(const ckpt *ck, const char *src_path, GError **err)
     cJSON_AddStringToObject(id, "id", hex);
     cJSON_AddStringToObject(id, "path", src_path ? src_path : "");
     cJSON_AddItemToObject(id, "files", files);
+    if (cJSON_GetArraySize(unread))
+        cJSON_AddItemToObject(id, "unread", unread);
+    else
+        cJSON_Delete(unread);
+    if (cJSON_GetArraySize(missing))
+        cJSON_AddItemToObject(id, "missing", missing);
+    else
+        cJSON_Delete(missing);
     return id;
 fail:
     EVP_MD_CTX_free(all);
+    cJSON_Delete(unread);
+    cJSON_Delete(missing);
     cJSON_Delete(files);
     cJSON_Delete(id);
     return NULL;
@@ -356,17 +451,6 @@ const char *od_source_id(const cJSON *identity)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(identity, "id");
     return cJSON_IsString(v) ? v->valuestring : "";
-}
-
-static const cJSON *file_named(const cJSON *files, const char *name)
-{
-    const cJSON *x;
-    cJSON_ArrayForEach(x, files) {
-        const cJSON *n = cJSON_GetObjectItemCaseSensitive(x, "name");
-        if (cJSON_IsString(n) && strcmp(n->valuestring, name) == 0)
-            return x;
-    }
-    return NULL;
 }
 
 static double num_of(const cJSON *o, const char *key)
@@ -381,10 +465,33 @@ static const char *str_of(const cJSON *o, const char *key)
     return cJSON_IsString(v) ? v->valuestring : "";
 }
 
-char *od_source_diff(const cJSON *then, const cJSON *now)
+/* The entry named `name` in identity list `key` ("files": objects with a
+ * name; "unread": strings; "missing": objects with a name), or NULL. */
+static const cJSON *listed(const cJSON *identity, const char *key, const char *name)
 {
-    const cJSON *tf = cJSON_GetObjectItemCaseSensitive(then, "files");
-    const cJSON *nf = cJSON_GetObjectItemCaseSensitive(now, "files");
+    const cJSON *x;
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(identity, key)) {
+        const char *n = cJSON_IsString(x) ? x->valuestring : str_of(x, "name");
+        if (strcmp(n, name) == 0)
+            return x;
+    }
+    return NULL;
+}
+
+static int in_index(const cJSON *identity, const char *name)
+{
+    return listed(identity, "files", name) || listed(identity, "unread", name) ||
+           listed(identity, "missing", name);
+}
+
+static gint cmp_entry(gconstpointer a, gconstpointer b)
+{
+    return strcmp(str_of(*(const cJSON *const *)a, "name"),
+                  str_of(*(const cJSON *const *)b, "name"));
+}
+
+cJSON *od_source_merge(const cJSON *then, const cJSON *now, char **diff)
+{
     GString *s = g_string_new(NULL);
     int n = 0;
 #define CLAUSE(fmt, ...)                                                      \
@@ -393,12 +500,19 @@ char *od_source_diff(const cJSON *then, const cJSON *now)
             g_string_append_printf(s, "%s" fmt, n ? "; " : "", __VA_ARGS__);  \
         n++;                                                                  \
     } while (0)
+    GPtrArray *keep = g_ptr_array_new(); /* then's files, carried over */
     const cJSON *x;
-    cJSON_ArrayForEach(x, tf) {
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(then, "files")) {
         const char *name = str_of(x, "name");
-        const cJSON *y = file_named(nf, name);
+        const cJSON *y = listed(now, "files", name);
         if (!y) {
-            CLAUSE("'%s' was read then and is absent now", name);
+            /* not read now (a plan that needs it refuses while it is
+             * missing): the files already written from it stay, and when it
+             * is read again it must be what it was */
+            if (listed(now, "unread", name) || listed(now, "missing", name))
+                g_ptr_array_add(keep, (gpointer)x);
+            else
+                CLAUSE("'%s' was read then and is absent now", name);
             continue;
         }
         if (num_of(x, "size") != num_of(y, "size"))
@@ -412,17 +526,93 @@ char *od_source_diff(const cJSON *then, const cJSON *now)
         else if (fabs(num_of(x, "mtime") - num_of(y, "mtime")) > 1e-5) /* JSON's digits */
             CLAUSE("'%s': modified since (mtime %.3f then, %.3f now)", name, num_of(x, "mtime"), num_of(y, "mtime"));
     }
-    cJSON_ArrayForEach(x, nf)
-        if (!file_named(tf, str_of(x, "name")))
+    /* a shard unread or missing then may be read now (the download went
+     * on); one the index did not list then is another source */
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(now, "files"))
+        if (!in_index(then, str_of(x, "name")))
             CLAUSE("'%s' is new", str_of(x, "name"));
+    static const char *const lists[] = {"unread", "missing"};
+    for (int k = 0; k < 2; k++)
+        cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(then, lists[k])) {
+            const char *name = cJSON_IsString(x) ? x->valuestring : str_of(x, "name");
+            if (!in_index(now, name))
+                CLAUSE("'%s' is no longer in the index", name);
+        }
 #undef CLAUSE
     if (n > 4)
         g_string_append_printf(s, "; %d more differences", n - 4);
-    if (n == 0) {
-        g_string_free(s, TRUE);
+    if (n) {
+        g_ptr_array_free(keep, TRUE);
+        *diff = g_string_free(s, FALSE);
         return NULL;
     }
-    return g_string_free(s, FALSE);
+    g_string_free(s, TRUE);
+    *diff = NULL;
+    /* the same source, known as far as either run read it, under the id it
+     * had when OUT was started: the files already written carry that id */
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "id", od_source_id(then));
+    cJSON_AddStringToObject(m, "path", str_of(now, "path"));
+    GPtrArray *all = g_ptr_array_new();
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(now, "files"))
+        g_ptr_array_add(all, (gpointer)x);
+    for (guint i = 0; i < keep->len; i++)
+        g_ptr_array_add(all, keep->pdata[i]);
+    g_ptr_array_free(keep, TRUE);
+    g_ptr_array_sort(all, cmp_entry); /* by name, as od_source_identity lists them */
+    cJSON *files = cJSON_AddArrayToObject(m, "files");
+    for (guint i = 0; i < all->len; i++)
+        cJSON_AddItemToArray(files, cJSON_Duplicate(all->pdata[i], 1));
+    cJSON *unread = cJSON_CreateArray(), *missing = cJSON_CreateArray();
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(now, "unread"))
+        if (!listed(m, "files", x->valuestring))
+            cJSON_AddItemToArray(unread, cJSON_Duplicate(x, 1));
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(now, "missing"))
+        if (!listed(m, "files", str_of(x, "name")))
+            cJSON_AddItemToArray(missing, cJSON_Duplicate(x, 1));
+    g_ptr_array_free(all, TRUE);
+    if (cJSON_GetArraySize(unread))
+        cJSON_AddItemToObject(m, "unread", unread);
+    else
+        cJSON_Delete(unread);
+    if (cJSON_GetArraySize(missing))
+        cJSON_AddItemToObject(m, "missing", missing);
+    else
+        cJSON_Delete(missing);
+    return m;
+}
+
+int od_source_reread(ckpt *ck, const cJSON *then, GError **err)
+{
+    GHashTable *by = g_hash_table_new(g_str_hash, g_str_equal);
+    for (int i = 0; i < ck->n_shards; i++)
+        g_hash_table_insert(by, ck->shards[i].name, GINT_TO_POINTER(i + 1));
+    int rc = 0;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(then, "files")) {
+        int i = GPOINTER_TO_INT(g_hash_table_lookup(by, str_of(x, "name"))) - 1;
+        if (i < 0 || ck->shards[i].st)
+            continue; /* not in the index now (the merge says so), or read */
+        GError *e = NULL;
+        if (!ckpt_shard_load(ck, i, 0, &e)) {
+            if (ck->shards[i].missing) {
+                g_error_free(e);
+            } else {
+                g_propagate_error(err, e);
+                rc = -1;
+                break;
+            }
+        }
+    }
+    g_hash_table_destroy(by);
+    return rc;
+}
+
+char *od_source_diff(const cJSON *then, const cJSON *now)
+{
+    char *diff = NULL;
+    cJSON_Delete(od_source_merge(then, now, &diff));
+    return diff;
 }
 
 cJSON *od_source_load(const char *out, GError **err)

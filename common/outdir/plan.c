@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 int plan_width(int count)
 {
@@ -28,6 +29,9 @@ void plan_free(plan *p)
         g_free(f->path);
     }
     g_free(p->files);
+    for (int i = 0; i < p->n_blocked; i++)
+        g_free(p->blocked[i].path);
+    g_free(p->blocked);
     g_free(p->layer_sel);
     g_free(p->expert_sel);
     layout_shape_free(&p->shape);
@@ -40,12 +44,37 @@ char *plan_expert_path(const plan *p, int layer, int expert)
                            expert, p->width_l, layer);
 }
 
+int plan_blocked_covers(const plan_blocked *b, const char *path)
+{
+    if (b->kind != MF_OTHER)
+        return strcmp(b->path, path) == 0;
+    size_t n = strlen(b->path);
+    return strncmp(path, b->path, n) == 0 &&
+           (strcmp(path + n, ".safetensors") == 0 ||
+            (path[n] == '-' && g_str_has_suffix(path + n, ".safetensors")));
+}
+
 /* Files under construction: path -> index into a GArray of plan_file, each
- * with a GArray of plan_tensor. */
+ * with a GArray of plan_tensor; files blocked by a missing shard. */
 typedef struct {
     GHashTable *index;
     GArray *files;    /* plan_file; .t is a GArray* until finished */
+    GHashTable *blocked; /* path -> 1 + index into blocks */
+    GArray *blocks;   /* plan_blocked */
 } builder;
+
+static void block(builder *b, char *path, mf_kind kind, int layer, int expert,
+                  int shard)
+{
+    if (g_hash_table_contains(b->blocked, path)) {
+        g_free(path);
+        return;
+    }
+    plan_blocked x = {.path = path, .kind = kind, .layer = layer, .expert = expert,
+                      .shard = shard};
+    g_array_append_val(b->blocks, x);
+    g_hash_table_insert(b->blocked, path, GINT_TO_POINTER(b->blocks->len));
+}
 
 static plan_file *file_for(builder *b, char *path, mf_kind kind, int layer,
                            int expert)
@@ -116,6 +145,13 @@ static void add_other(builder *b, GPtrArray *names, const layout *lt, ckpt *ck)
     GPtrArray *order = g_ptr_array_new_with_free_func(g_free);
     for (guint i = 0; i < names->len; i++) {
         char *prefix = layout_other_prefix(lt, names->pdata[i]);
+        char *bpath = g_strdup_printf("other/%s", prefix);
+        int blocked = g_hash_table_contains(b->blocked, bpath);
+        g_free(bpath);
+        if (blocked) { /* a shard of the group is missing: its split is unknown */
+            g_free(prefix);
+            continue;
+        }
         GPtrArray *g = g_hash_table_lookup(groups, prefix);
         if (!g) {
             g = g_ptr_array_new();
@@ -166,8 +202,6 @@ plan *plan_build(ckpt *ck, const layout *lt, const char *layers,
 plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
                      const char *experts, int no_other, GError **err)
 {
-    if (ckpt_load_all(ck, err))
-        return NULL;
     if (ck->n_names == 0) {
         /* an empty weight_map would "extract" nothing and report success */
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT, "checkpoint '%s' has no tensors",
@@ -177,7 +211,9 @@ plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
     plan *p = g_new0(plan, 1);
     p->lt = lt;
     builder b = {g_hash_table_new(g_str_hash, g_str_equal),
-                 g_array_new(FALSE, TRUE, sizeof(plan_file))};
+                 g_array_new(FALSE, TRUE, sizeof(plan_file)),
+                 g_hash_table_new(g_str_hash, g_str_equal),
+                 g_array_new(FALSE, TRUE, sizeof(plan_blocked))};
     GPtrArray *others = g_ptr_array_new();
     int rc = -1;
     if (layout_shape(lt, ck, &p->shape, err))
@@ -203,10 +239,6 @@ plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
         const char *name = ck->names[i];
         lt_class c;
         layout_classify(lt, name, &c);
-        int s = ckpt_shard_index(ck, name);
-        const st_tensor *t = ckpt_tensor(ck, name, 0, NULL, NULL);
-        uint64_t off = ck->shards[s].st->data_start + t->begin;
-        uint64_t nb = t->end - t->begin;
         if ((c.kind == LT_EXPERT || c.kind == LT_FUSED) &&
             (c.layer >= nl || !p->shape.is_moe[c.layer])) {
             /* a layer past the config's: most likely an MTP block the config
@@ -222,18 +254,63 @@ plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
             g_free(why);
             goto out;
         }
+        if (c.kind == LT_EXPERT && c.expert >= ne) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "'%s': the config says %d experts per layer but tensor "
+                        "'%s' is expert %d", ck->dir, ne, name, c.expert);
+            goto out;
+        }
+        int wanted = c.kind == LT_EXPERT ? p->layer_sel[c.layer] && p->expert_sel[c.expert]
+                   : c.kind == LT_FUSED  ? p->layer_sel[c.layer]
+                   : c.kind == LT_LAYER  ? c.layer >= nl || p->layer_sel[c.layer]
+                   : c.kind == LT_OTHER  ? !no_other
+                                         : 1;
+        if (!wanted)
+            continue; /* its shard is not read for it */
+        int s = ckpt_shard_index(ck, name);
+        GError *e = NULL;
+        st_file *sst = ckpt_shard_need(ck, s, &e);
+        if (!sst && ck->shards[s].missing) {
+            g_clear_error(&e);
+            switch (c.kind) {
+            case LT_EXPERT:
+                block(&b, plan_expert_path(p, c.layer, c.expert), MF_EXPERT, c.layer,
+                      c.expert, s);
+                break;
+            case LT_FUSED:
+                for (int x = 0; x < ne; x++)
+                    if (p->expert_sel[x])
+                        block(&b, plan_expert_path(p, c.layer, x), MF_EXPERT, c.layer,
+                              x, s);
+                break;
+            case LT_LAYER:
+                block(&b, g_strdup_printf("layers/layer_%0*d.safetensors", p->width_l,
+                                          c.layer), MF_LAYER, c.layer, -1, s);
+                break;
+            case LT_GLOBAL:
+                block(&b, g_strdup("globals.safetensors"), MF_GLOBALS, -1, -1, s);
+                break;
+            case LT_OTHER: {
+                char *prefix = layout_other_prefix(lt, name);
+                block(&b, g_strdup_printf("other/%s", prefix), MF_OTHER, -1, -1, s);
+                g_free(prefix);
+                break;
+            }
+            }
+            continue;
+        }
+        if (!sst) {
+            g_propagate_error(err, e);
+            goto out;
+        }
+        const st_tensor *t = st_find(sst, name);
+        uint64_t off = sst->data_start + t->begin;
+        uint64_t nb = t->end - t->begin;
         switch (c.kind) {
         case LT_EXPERT:
-            if (c.expert >= ne) {
-                g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                            "'%s': the config says %d experts per layer but tensor "
-                            "'%s' is expert %d", ck->dir, ne, name, c.expert);
-                goto out;
-            }
-            if (p->layer_sel[c.layer] && p->expert_sel[c.expert])
-                add_tensor(file_for(&b, plan_expert_path(p, c.layer, c.expert),
-                                    MF_EXPERT, c.layer, c.expert),
-                           name, name, s, off, nb, t->dtype, t->ndim, t->shape, -1);
+            add_tensor(file_for(&b, plan_expert_path(p, c.layer, c.expert),
+                                MF_EXPERT, c.layer, c.expert),
+                       name, name, s, off, nb, t->dtype, t->ndim, t->shape, -1);
             break;
         case LT_FUSED:
             if (t->ndim < 2 || t->shape[0] != ne) {
@@ -243,37 +320,52 @@ plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
                             (long long)(t->ndim ? t->shape[0] : 0), ne);
                 goto out;
             }
-            for (int e = 0; e < ne && p->layer_sel[c.layer]; e++) {
-                if (!p->expert_sel[e])
+            for (int x = 0; x < ne; x++) {
+                if (!p->expert_sel[x])
                     continue;
-                char *sname = layout_fused_slice_name(lt, name, e);
+                char *sname = layout_fused_slice_name(lt, name, x);
                 uint64_t per = nb / (uint64_t)ne;
-                add_tensor(file_for(&b, plan_expert_path(p, c.layer, e), MF_EXPERT,
-                                    c.layer, e),
-                           sname, name, s, off + per * (uint64_t)e, per, t->dtype,
-                           t->ndim - 1, t->shape + 1, e);
+                add_tensor(file_for(&b, plan_expert_path(p, c.layer, x), MF_EXPERT,
+                                    c.layer, x),
+                           sname, name, s, off + per * (uint64_t)x, per, t->dtype,
+                           t->ndim - 1, t->shape + 1, x);
                 g_free(sname);
             }
             break;
         case LT_LAYER:
-            if (c.layer >= nl || p->layer_sel[c.layer])
-                add_tensor(file_for(&b, g_strdup_printf("layers/layer_%0*d.safetensors",
-                                                        p->width_l, c.layer),
-                                    MF_LAYER, c.layer, -1),
-                           name, name, s, off, nb, t->dtype, t->ndim, t->shape, -1);
+            add_tensor(file_for(&b, g_strdup_printf("layers/layer_%0*d.safetensors",
+                                                    p->width_l, c.layer),
+                                MF_LAYER, c.layer, -1),
+                       name, name, s, off, nb, t->dtype, t->ndim, t->shape, -1);
             break;
         case LT_GLOBAL:
             add_tensor(file_for(&b, g_strdup("globals.safetensors"), MF_GLOBALS, -1, -1),
                        name, name, s, off, nb, t->dtype, t->ndim, t->shape, -1);
             break;
         case LT_OTHER:
-            if (!no_other)
-                g_ptr_array_add(others, (gpointer)name);
+            g_ptr_array_add(others, (gpointer)name);
             break;
         }
     }
     add_other(&b, others, lt, ck);
 
+    /* a file with a tensor in a missing shard is left out as a whole */
+    for (guint i = 0; i < b.files->len;) {
+        plan_file *f = &g_array_index(b.files, plan_file, i);
+        if (!g_hash_table_contains(b.blocked, f->path)) {
+            i++;
+            continue;
+        }
+        GArray *ts = (GArray *)f->t;
+        for (guint k = 0; k < ts->len; k++)
+            mf_desc_clear(&g_array_index(ts, plan_tensor, k).desc);
+        g_array_free(ts, TRUE);
+        g_free(f->path);
+        g_array_remove_index_fast(b.files, i);
+    }
+    p->n_blocked = (int)b.blocks->len;
+    p->blocked = (plan_blocked *)g_array_free(b.blocks, FALSE);
+    b.blocks = NULL;
     p->n_files = (int)b.files->len;
     p->files = (plan_file *)g_array_free(b.files, FALSE);
     b.files = NULL;
@@ -303,6 +395,12 @@ out:
         g_array_free(b.files, TRUE);
     }
     g_ptr_array_free(others, TRUE);
+    g_hash_table_destroy(b.blocked);
+    if (b.blocks) {
+        for (guint i = 0; i < b.blocks->len; i++)
+            g_free(g_array_index(b.blocks, plan_blocked, i).path);
+        g_array_free(b.blocks, TRUE);
+    }
     if (rc) {
         plan_free(p);
         return NULL;
@@ -398,7 +496,10 @@ void plan_describe(const plan *p, const ckpt *ck, const char *src_path, manifest
     m->source_sizes = g_new0(uint64_t, ck->n_shards > 0 ? ck->n_shards : 1);
     for (int i = 0; i < ck->n_shards; i++) {
         m->source_names[i] = g_strdup(ck->shards[i].name);
-        m->source_sizes[i] = ck->shards[i].st ? ck->shards[i].st->size : 0;
+        struct stat st; /* a shard the plan did not read: its size on disk, if any */
+        m->source_sizes[i] = ck->shards[i].st ? ck->shards[i].st->size
+                             : stat(ck->shards[i].path, &st) == 0 ? (uint64_t)st.st_size
+                                                                  : 0;
         m->source_bytes += m->source_sizes[i];
     }
     m->layout = g_strdup(p->lt->name);

@@ -42,6 +42,18 @@ typedef struct {
     int part;              /* --shard part this file belongs to */
 } plan_file;
 
+/* A file of the selection that cannot be planned because a source shard
+ * it needs is missing (ckpt_shard.missing: a download in progress): its
+ * tensors are known by name only, so neither its size nor, for other/,
+ * its split into parts. */
+typedef struct {
+    char *path;            /* relative to OUT; for other/ "other/PREFIX",
+                              standing for all its parts */
+    mf_kind kind;
+    int layer, expert;     /* -1 when not a layer's or an expert's */
+    int shard;             /* the (first) missing shard it needs */
+} plan_blocked;
+
 typedef struct {
     const layout *lt;
     lt_shape shape;
@@ -54,12 +66,18 @@ typedef struct {
     int expected_experts;  /* expert files in the plan */
     uint64_t total_bytes;
     int width_e, width_l;  /* zero padding of EEE and LL */
+    int n_blocked;
+    plan_blocked *blocked; /* files left out for a missing shard, by path */
 } plan;
 
 /* Maximum bytes of one other/ part before it is split. */
 #define PLAN_OTHER_PART_BYTES (2ULL << 30)
 
-/* Builds the plan. Loads every shard header of ck. `layers`/`experts` are
+/* Builds the plan. Loads the headers of the shards that hold a tensor of
+ * the selection (ckpt_shard_need), and only those: a shard that is missing
+ * (absent, or a dangling symlink) blocks only the files that need it,
+ * listed in p->blocked and left out of files[] (the caller decides whether
+ * that is an error); any other failure to read a shard is an error. `layers`/`experts` are
  * LIST strings or NULL for all. Errors: a selection out of range, an
  * expert tensor whose layer or expert index is beyond the config's counts
  * ("config says 16 experts but tensor '...' is expert 17"). */
@@ -70,6 +88,10 @@ plan *plan_build(ckpt *ck, const layout *lt, const char *layers,
 plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
                      const char *experts, int no_other, GError **err);
 void plan_free(plan *p);
+
+/* Whether blocked entry b stands for output file `path` (for other/, any
+ * part of its prefix). */
+int plan_blocked_covers(const plan_blocked *b, const char *path);
 
 /* Assigns every file a part in [0, n): greedy by bytes, largest first,
  * ties broken by path, so parts are balanced and deterministic. */

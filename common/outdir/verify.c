@@ -497,6 +497,49 @@ static gint cmp_file(gconstpointer a, gconstpointer b)
     return strcmp(x->path, y->path);
 }
 
+/* A source shard that is missing (plan.h: blocked files) leaves the
+ * files that need it uncompared: an error for a full extraction (every
+ * shard is needed to prove nothing is missing), and for a partial one when
+ * OUT holds such a file. */
+static int source_blocked(vf_target *t, GError **err)
+{
+    const plan *p = t->src_plan;
+    if (p->n_blocked == 0)
+        return 0;
+    if (!t->src_partial) {
+        char *why = od_plan_blocked(p, t->src, 1, NULL);
+        g_set_error(err, QM_ERROR, QM_ERR_IO,
+                    "cannot compare '%s' with the source '%s': a full extraction is "
+                    "compared with every shard, and %s", t->out, t->src->dir, why);
+        g_free(why);
+        return -1;
+    }
+    int n = 0, shard = -1;
+    const char *first = NULL;
+    for (guint i = 0; i < t->files->len; i++) {
+        const vf_file *f = t->files->pdata[i];
+        if (!f->present && !f->rec)
+            continue;
+        for (int k = 0; k < p->n_blocked; k++)
+            if (plan_blocked_covers(&p->blocked[k], f->path)) {
+                if (!n++) {
+                    first = f->path;
+                    shard = p->blocked[k].shard;
+                }
+                break;
+            }
+    }
+    if (!n)
+        return 0;
+    const ckpt_shard *s = &t->src->shards[shard];
+    g_set_error(err, QM_ERROR, QM_ERR_IO,
+                "cannot compare '%s' with the source '%s': %d of its files (%s%s) need "
+                "shard '%s', which is missing (%s: an incomplete download?)", t->out,
+                t->src->dir, n, first, n > 1 ? ", ..." : "", s->name,
+                s->missing ? s->missing : g_strerror(ENOENT));
+    return -1;
+}
+
 int vf_attach_source(vf_target *t, const char *src, vf_result *r, GError **err)
 {
     (void)r;
@@ -515,6 +558,8 @@ int vf_attach_source(vf_target *t, const char *src, vf_result *r, GError **err)
         return -1;
     }
     t->src_partial = t->have_manifest ? t->m->partial : 0;
+    if (source_blocked(t, err))
+        return -1;
     for (int i = 0; i < t->src_plan->n_files; i++) {
         const plan_file *pf = &t->src_plan->files[i];
         vf_file *f = t->src_partial ? g_hash_table_lookup(t->by_path, pf->path)

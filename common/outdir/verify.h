@@ -173,6 +173,16 @@ void vf_check_coverage(vf_target *t, vf_result *r);
  * headers only, no data read. */
 void vf_check_files(vf_target *t, int quick, int jobs, vf_result *r);
 
+/* How far vf_check_files has read (hashing, and comparing with the source):
+ * bytes and files done and in all; final is 1 on the last call (done ==
+ * total). Called on the caller's thread. */
+typedef void (*vf_progress_fn)(void *user, uint64_t done, uint64_t total,
+                               int files_done, int files, int final);
+/* vf_check_files calling `report` about every 0.05 s while the workers
+ * read and once when they are done; never when nothing is read (quick). */
+void vf_check_files_progress(vf_target *t, int quick, int jobs, vf_result *r,
+                             vf_progress_fn report, void *user);
+
 /* Reads 8 MiB at a time: few syscalls, readahead kept streaming; one
  * buffer per thread. */
 #define VF_READ_CHUNK (8u << 20)

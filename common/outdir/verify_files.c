@@ -29,6 +29,10 @@ typedef struct {
     file_out *outs;
     int n;
     gint next;
+    uint64_t *expect;     /* per file: the bytes it is expected to read */
+    uint64_t bytes_done;  /* atomic: read so far, plus what finished files
+                             did not read of their share (progress) */
+    gint files_done, workers_done; /* atomic */
 } pool;
 
 static uint64_t le64(const uint8_t *p)
@@ -453,6 +457,7 @@ static void check_one(pool *pl, int idx, uint8_t *buf, EVP_MD_CTX *ctx)
                 compare_chunk(cmp, &cur, buf, pos, n);
             pos += n;
             o->bytes += n;
+            __atomic_add_fetch(&pl->bytes_done, (uint64_t)n, __ATOMIC_RELAXED);
         }
         unsigned char md[32];
         unsigned mdlen = 0;
@@ -483,10 +488,17 @@ static gpointer worker(gpointer data)
     uint8_t *buf = pl->quick ? NULL : g_malloc(VF_READ_CHUNK);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     int i;
-    while ((i = g_atomic_int_add(&pl->next, 1)) < pl->n)
+    while ((i = g_atomic_int_add(&pl->next, 1)) < pl->n) {
         check_one(pl, i, buf, ctx);
+        /* a file read short (or not at all) still counts its share as done */
+        if (pl->outs[i].bytes < pl->expect[i])
+            __atomic_add_fetch(&pl->bytes_done, pl->expect[i] - pl->outs[i].bytes,
+                               __ATOMIC_RELAXED);
+        g_atomic_int_inc(&pl->files_done);
+    }
     EVP_MD_CTX_free(ctx);
     g_free(buf);
+    g_atomic_int_inc(&pl->workers_done);
     return NULL;
 }
 
@@ -518,6 +530,12 @@ static void dtype_outliers(pool *pl)
 
 void vf_check_files(vf_target *t, int quick, int jobs, vf_result *r)
 {
+    vf_check_files_progress(t, quick, jobs, r, NULL, NULL);
+}
+
+void vf_check_files_progress(vf_target *t, int quick, int jobs, vf_result *r,
+                             vf_progress_fn report, void *user)
+{
     double t0 = qm_monotonic();
     pool pl = {.t = t, .quick = quick};
     pl.files = g_new(vf_file *, t->files->len + 1);
@@ -536,12 +554,34 @@ void vf_check_files(vf_target *t, int quick, int jobs, vf_result *r)
         jobs = 1;
     if (jobs > pl.n)
         jobs = pl.n > 0 ? pl.n : 1;
+    /* what each file will read: all of it when there is a record or a
+     * source to compare with (check_one) */
+    pl.expect = g_new0(uint64_t, pl.n + 1);
+    uint64_t total = 0;
+    for (int i = 0; i < pl.n && !quick; i++) {
+        const vf_file *f = pl.files[i];
+        if (!f->rec && !f->src)
+            continue;
+        char *abs = g_build_filename(t->out, f->path, NULL);
+        struct stat st;
+        pl.expect[i] = f->rec ? f->rec->size : stat(abs, &st) == 0 ? (uint64_t)st.st_size : 0;
+        g_free(abs);
+        total += pl.expect[i];
+    }
     GThread **th = g_new(GThread *, jobs);
     for (int i = 0; i < jobs; i++)
         th[i] = g_thread_new("verify", worker, &pl);
+    while (report && total && g_atomic_int_get(&pl.workers_done) < jobs) {
+        g_usleep(50000);
+        report(user, __atomic_load_n(&pl.bytes_done, __ATOMIC_RELAXED), total,
+                 g_atomic_int_get(&pl.files_done), pl.n, 0);
+    }
     for (int i = 0; i < jobs; i++)
         g_thread_join(th[i]);
     g_free(th);
+    if (report && total)
+        report(user, total, total, pl.n, pl.n, 1);
+    g_free(pl.expect);
     if (t->lt)
         dtype_outliers(&pl);
 

@@ -2,7 +2,7 @@
 # qmoe-extract end to end on the golden fixture: layout, names, byte
 # identity with the source, resume, subsets, signals, locks, bad input.
 . "$(dirname "$0")/lib.sh"
-plan 69
+plan 71
 TOOLS="$QMOE_BUILD/tests/tools"
 OMNI="$FIX/qwen3moe-tiny/omni"
 QM="$FIX/qwen3moe-tiny/qwen3moe"
@@ -78,8 +78,15 @@ run qmoe-extract "$T/empty" "$T/o-empty"
 expect bad-empty-dir 2 "no model.safetensors.index.json or model.safetensors"
 cp -r "$OMNI" "$T/noshard"; rm "$T/noshard/model-00002-of-00003.safetensors"
 run qmoe-extract "$T/noshard" "$T/o-noshard"
-expect bad-missing-shard 2 "model-00002-of-00003.safetensors': No such file or directory"
+expect bad-missing-shard 2 "files of the selection need source shards that are missing (an incomplete download?): shard 'model-00002-of-00003.safetensors' (No such file or directory) blocks 20 files: layers 0-2; nothing written"
 [ -z "$(ls "$T/o-noshard/experts" 2>/dev/null)" ] && ok bad-missing-shard-nothing-written || fail bad-missing-shard-nothing-written
+# verify --source of a full extraction needs every shard of the source
+cp -r "$OMNI" "$T/src-all"
+run qmoe-extract --no-progress "$T/src-all" "$T/o-src-all"
+expect verify-source-all-extract 0
+rm "$T/src-all/model-00002-of-00003.safetensors"
+run qmoe-verify --source "$T/src-all" "$T/o-src-all"
+expect verify-source-missing-shard 2 "cannot compare '$T/o-src-all' with the source '$T/src-all': a full extraction is compared with every shard, and shard 'model-00002-of-00003.safetensors' (No such file or directory) blocks 20 files: layers 0-2"
 cp -r "$OMNI" "$T/trunc"; truncate -s 200000 "$T/trunc/model-00003-of-00003.safetensors"
 run qmoe-extract "$T/trunc" "$T/o-trunc"
 expect bad-truncated-shard 2 "model-00003-of-00003.safetensors"

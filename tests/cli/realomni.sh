@@ -2,10 +2,12 @@
 # ../shared/tools/realomni.py (the 28,010 tensor names, shapes, offsets and
 # 15 shard sizes of the real files, data sparse): the dry-run figures equal
 # the real ones; the hub cache layout resolves to its snapshot; a lone shard
-# is refused; a dangling blob is named with its target; the tokenizer as the
+# is refused; a dangling blob is named with its target and blocks only the
+# files that need it (a layer whose shards are there is extracted, and the
+# rerun once the blob is back resumes); the tokenizer as the
 # repo ships it (vocab.json + merges.txt, no tokenizer.json) loads.
 . "$(dirname "$0")/lib.sh"
-plan 30
+plan 51
 RO="${QMOE_SHARED:-$QMOE_ROOT/../shared}/tools/realomni.py"
 if [ ! -f "$RO" ]; then fail realomni-script "no $RO (shared/ beside the clone)"; exit 1; fi
 R=$T/omni
@@ -61,15 +63,76 @@ run qmoe-extract --dry-run "$REPO" "$T/out"
 expect realomni-hf-ref-missing 2 "refs/main names revision 0000000000000000000000000000000000000001, which has no snapshots/0000000000000000000000000000000000000001"
 rmdir "$REPO/snapshots/0000000000000000000000000000000000000000"
 mv "$T/main.ref" "$REPO/refs/main"
-# a blob still downloading: the error names the link and the missing target
-link=$REPO/snapshots/$rev/model-00015-of-00015.safetensors
+# a blob still downloading (shard 7 holds layers 21-25): named with its
+# target, it blocks only the files that need it
+link=$REPO/snapshots/$rev/model-00007-of-00015.safetensors
 target=$(readlink "$link")
 mv "$REPO/snapshots/$rev/$target" "$T/blob"
+blocked="shard 'model-00007-of-00015.safetensors' (a symlink to '$target', which does not exist) blocks"
 run qmoe-extract --dry-run "$REPO" "$T/out"
-expect realomni-hf-dangling-blob 2 "cannot open shard '$link': it is a symlink to '$target', which does not exist (an incomplete download?)"
+expect realomni-hf-dangling-dry-run 0 "blocked:  $blocked 519 files: layers 21-25" stdout
+[[ "$out" == *"blocked:  519 files wait for missing shards (not counted above); the run refuses them: --layers 0-20,26-47 extracts what the present shards hold"* ]] &&
+    ok realomni-hf-dangling-dry-run-hint || fail realomni-hf-dangling-dry-run-hint "$out"
+run qmoe-extract --dry-run --json "$REPO" "$T/out"
+jq -e '.files == 5681 and .blocked_files == 519 and .extractable_layers == "0-20,26-47" and
+       (.missing_shards | length) == 1 and .missing_shards[0].name == "model-00007-of-00015.safetensors" and
+       .missing_shards[0].layers == "21-25"' <<<"$out" >/dev/null &&
+    ok realomni-hf-dangling-dry-run-json || fail realomni-hf-dangling-dry-run-json "$out"
+# the whole model: refused before anything is written, listing what waits
+run qmoe-extract "$REPO" "$T/out"
+expect realomni-hf-dangling-full 2 "519 files of the selection need source shards that are missing (an incomplete download?): $blocked 519 files: layers 21-25; nothing written (--layers 0-20,26-47 extracts what the present shards hold)"
+[ ! -e "$T/out" ] && ok realomni-hf-dangling-full-writes-nothing || fail realomni-hf-dangling-full-writes-nothing
+# meanwhile layer 0 (shards 1 and 13, the globals' too) is extracted; the
+# source record names the shards it read and the others as unread
+run qmoe-extract --no-progress --json --layers 0 --experts 0-3 --no-other "$REPO" "$T/out"
+expect realomni-hf-dangling-layer0 0 '"files_planned":6,"files_done":6,' stdout
+jq -e '[.files[].name] == ["model-00001-of-00015.safetensors","model-00013-of-00015.safetensors"] and
+       (.unread | index("model-00007-of-00015.safetensors")) != null' "$T/out/.qmoe/source.json" >/dev/null &&
+    ok realomni-hf-dangling-source-record || fail realomni-hf-dangling-source-record "$(cat "$T/out/.qmoe/source.json")"
+id0=$(jq -r .id "$T/out/.qmoe/source.json")
+run qmoe-verify --source "$REPO" "$T/out"
+expect realomni-hf-dangling-layer0-verify 0 "checked: 6 files" stdout
+# a layer that needs the missing shard: exit 2 naming shard and blob
+run qmoe-extract --no-progress --layers 0,23 --experts 0-3 --no-other "$REPO" "$T/out"
+expect realomni-hf-dangling-layer23 2 "5 files of the selection need source shards that are missing (an incomplete download?): $blocked 5 files: layer 23; nothing written (--layers 0 extracts what the present shards hold)"
+# the download finishes: the rerun keeps the 6 files, writes layer 23's 5
 mv "$T/blob" "$REPO/snapshots/$rev/$target"
-run qmoe-extract --dry-run "$REPO" "$T/out"
-expect realomni-hf-blob-back 0
+run qmoe-extract --no-progress --json --layers 0,23 --experts 0-3 --no-other "$REPO" "$T/out"
+expect realomni-hf-resumed 0 '"files_planned":11,"files_done":11,"files_skipped":6,' stdout
+[[ "$out" == *'"complete":true'* ]] && ok realomni-hf-resumed-complete || fail realomni-hf-resumed-complete "$out"
+jq -e --arg id "$id0" '.id == $id and ([.files[].name] | index("model-00007-of-00015.safetensors")) != null' \
+    "$T/out/.qmoe/source.json" >/dev/null && ok realomni-hf-resumed-same-id ||
+    fail realomni-hf-resumed-same-id "$(cat "$T/out/.qmoe/source.json")"
+run qmoe-verify --source "$REPO" "$T/out"
+expect realomni-hf-resumed-verify 0 "checked: 11 files" stdout
+# reading and hashing (1.4 GB) reports progress on stderr: whole lines off a
+# terminal (QMOE_PROGRESS_INTERVAL shortens the 1 s interval), a closing line
+run env QMOE_PROGRESS_INTERVAL=0.05 qmoe-verify -j 1 --source "$REPO" "$T/out"
+expect realomni-verify-progress 0 "qmoe-verify: reading, hashing and comparing with the source: 1.4 GB of 1.4 GB (100.0 %), 11/11 files, "
+tail -n 1 <<<"$err" | grep -Eq '\(100\.0 %\), 11/11 files, .*/s in [0-9.]+ s$' && ok realomni-verify-progress-closing ||
+    fail realomni-verify-progress-closing "$err"
+grep -Eq ' %\), [0-9]+/11 files, .*/s, ETA [0-9]+s$' <<<"$err" && ok realomni-verify-progress-eta || fail realomni-verify-progress-eta "$err"
+[ "$(grep -c $'\r' <<<"$err")" = 0 ] && ok realomni-verify-progress-lines || fail realomni-verify-progress-lines "carriage returns off a terminal"
+# on a terminal (script(1) gives one): redrawn in place
+run script -qec "env QMOE_PROGRESS_INTERVAL=0.05 qmoe-verify -j 1 '$T/out' >/dev/null" /dev/null
+[[ "$out" == *$'\r\033[K'"qmoe-verify: reading and hashing: "*" ETA "*$'\r\033[K'* ]] && ok realomni-verify-progress-tty ||
+    fail realomni-verify-progress-tty "$(head -c 300 <<<"$out" | od -c | head -5)"
+run env QMOE_PROGRESS_INTERVAL=0.05 qmoe-verify --no-progress -j 1 "$T/out"
+expect realomni-verify-no-progress 0 "" && { [ -z "$err" ] && ok realomni-verify-no-progress-quiet || fail realomni-verify-no-progress-quiet "$err"; }
+# a shard an earlier run read is checked again, also when this run does
+# not need it (layer 0 needs shards 1 and 13, not 7)
+touch -d 2001-01-01 "$REPO/snapshots/$rev/$target"
+run qmoe-extract --no-progress --layers 0 --experts 0-3 --no-other "$REPO" "$T/out"
+expect realomni-hf-changed-unneeded-shard 2 "'model-00007-of-00015.safetensors': modified since"
+# the blob gone again: the files read from it cannot be compared (exit 2)
+mv "$REPO/snapshots/$rev/$target" "$T/blob"
+run qmoe-verify --source "$REPO" "$T/out"
+expect realomni-hf-verify-dangling 2 "5 of its files (experts/expert_000_layer_23.safetensors, ...) need shard 'model-00007-of-00015.safetensors', which is missing (a symlink to '$target', which does not exist: an incomplete download?)"
+# ... while a run that does not need it goes on (its record is kept)
+run qmoe-extract --no-progress --json --layers 0 --experts 0-3 --no-other "$REPO" "$T/out"
+expect realomni-hf-missing-unneeded-shard 0 '"files_planned":6,"files_done":6,"files_skipped":6,' stdout
+mv "$T/blob" "$REPO/snapshots/$rev/$target"
+rm -rf "$T/out"
 rm -rf "$R" "$H"
 
 # --no-other on a filled layer 0: experts 0-3 of layer 0, its layer file and

@@ -105,6 +105,71 @@ static void test_source_diff(void)
     cJSON_Delete(a);
 }
 
+/* An identity from JSON text (the lists as od_source_identity writes them). */
+static cJSON *parsed(const char *text)
+{
+    cJSON *j = cJSON_Parse(text);
+    CHECK(j != NULL);
+    return j;
+}
+
+#define SHARD(n, h) "{\"name\":\"" n "\",\"size\":10,\"mtime\":1.5," \
+                    "\"header_sha256\":\"" h "\",\"sample_sha256\":\"s\"}"
+
+/* A download that went on: shards unread or missing then, read now, extend
+ * the record under then's id; a shard read then must be the same now. */
+static void test_source_merge(void)
+{
+    cJSON *then = parsed("{\"id\":\"aaaa\",\"path\":\"src\",\"files\":[" SHARD("m1", "h1")
+                         "],\"unread\":[\"m2\"],\"missing\":[{\"name\":\"m3\","
+                         "\"why\":\"a symlink to 'blob', which does not exist\"}]}");
+    cJSON *now = parsed("{\"id\":\"bbbb\",\"path\":\"src2\",\"files\":[" SHARD("m2", "h2")
+                        "," SHARD("m3", "h3") "],\"unread\":[\"m1\"]}");
+    char *diff = NULL;
+    cJSON *m = od_source_merge(then, now, &diff);
+    CHECK(m && !diff);
+    CHECK(strcmp(od_source_id(m), "aaaa") == 0);
+    const cJSON *files = cJSON_GetObjectItemCaseSensitive(m, "files");
+    CHECK(cJSON_GetArraySize(files) == 3); /* m1 kept from then, m2 and m3 now */
+    CHECK(strcmp(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(files, 0), "name")->valuestring, "m1") == 0);
+    CHECK(strcmp(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(files, 2), "name")->valuestring, "m3") == 0);
+    CHECK(!cJSON_GetObjectItemCaseSensitive(m, "unread") && !cJSON_GetObjectItemCaseSensitive(m, "missing"));
+    /* merging the merged record with itself changes nothing */
+    char *d2 = od_source_diff(m, m);
+    CHECK(d2 == NULL);
+    cJSON_Delete(m);
+    cJSON_Delete(now);
+    /* m1 read then, missing now (not needed by this run): its record stays */
+    now = parsed("{\"id\":\"bbbb\",\"files\":[],\"unread\":[\"m2\",\"m3\"],\"missing\":"
+                 "[{\"name\":\"m1\",\"why\":\"No such file or directory\"}]}");
+    m = od_source_merge(then, now, &diff);
+    CHECK(m && !diff);
+    files = cJSON_GetObjectItemCaseSensitive(m, "files");
+    CHECK(cJSON_GetArraySize(files) == 1 &&
+          !strcmp(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(files, 0), "header_sha256")->valuestring, "h1"));
+    CHECK(!cJSON_GetObjectItemCaseSensitive(m, "missing"));
+    cJSON_Delete(m);
+    cJSON_Delete(now);
+    /* read then, gone from the directory and the index: another source */
+    now = parsed("{\"id\":\"bbbb\",\"files\":[],\"unread\":[\"m2\",\"m3\"]}");
+    m = od_source_merge(then, now, &diff);
+    CHECK(!m);
+    CHECK_CONTAINS(diff, "'m1' was read then and is absent now");
+    g_free(diff);
+    cJSON_Delete(now);
+    /* m1 changed; a shard the index did not list then; one it no longer lists */
+    now = parsed("{\"id\":\"bbbb\",\"files\":[" SHARD("m1", "hX") "," SHARD("m4", "h4")
+                 "],\"unread\":[\"m2\"]}");
+    m = od_source_merge(then, now, &diff);
+    CHECK(!m);
+    CHECK_CONTAINS(diff, "'m1': its header differs");
+    CHECK_CONTAINS(diff, "'m4' is new");
+    CHECK_CONTAINS(diff, "'m3' is no longer in the index");
+    g_free(diff);
+    cJSON_Delete(now);
+    cJSON_Delete(then);
+}
+
 static void test_gap(void)
 {
     /* a plan of 4 MoE layers x 8 experts whose source holds experts 0-3 of
@@ -264,6 +329,7 @@ int main(void)
     RUN(test_names);
     RUN(test_verdict);
     RUN(test_source_diff);
+    RUN(test_source_merge);
     RUN(test_gap);
     RUN(test_mtp);
     RUN(test_owner);
