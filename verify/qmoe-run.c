@@ -603,6 +603,9 @@ static void print_json(run_ctx *rc, const int *ids, int n_prompt, const int *gen
     cJSON_AddNumberToObject(t, "decode_tokens_per_s",
                             gs->decode_s > 0 ? gs->decode_steps / gs->decode_s : 0);
     cJSON_AddNumberToObject(t, "decode_weight_bytes", (double)gs->decode_weight_bytes);
+    cJSON *steps = cJSON_AddArrayToObject(t, "decode_step_s");
+    for (int i = 0; i < gs->decode_steps && i < MODEL_STEP_TIMES; i++)
+        cJSON_AddItemToArray(steps, cJSON_CreateNumber(gs->step_s[i]));
     json_print(rc, j);
 }
 

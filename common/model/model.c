@@ -1581,8 +1581,11 @@ int model_generate(model *m, const int *prompt, int n_prompt, int n_new,
             stop = 1;
         if (stop || i + 1 == n_new)
             break;
+        double ts = qm_monotonic();
         if (model_step(m, next, m->logits, err) != 0)
             return -1;
+        if (gs->decode_steps < MODEL_STEP_TIMES)
+            gs->step_s[gs->decode_steps] = qm_monotonic() - ts;
         gs->decode_steps++;
         gs->decode_weight_bytes += m->step_bytes;
         gs->decode_s = qm_monotonic() - t1;

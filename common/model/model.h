@@ -144,12 +144,17 @@ typedef struct {
     void *user;
 } model_sampling;
 
+/* Per-step times kept by model_gen_stats (the first steps show how decode
+ * speeds up while the expert cache fills). */
+#define MODEL_STEP_TIMES 64
+
 /* Timing of a model_generate call. */
 typedef struct {
     double prefill_s;        /* feeding the prompt */
     double decode_s;         /* feeding generated tokens back */
     int decode_steps;        /* tokens fed back (n_out - 1 at most) */
     uint64_t decode_weight_bytes; /* weights those steps touched */
+    double step_s[MODEL_STEP_TIMES]; /* seconds of each of the first steps */
 } model_gen_stats;
 
 /* Resets, feeds the prompt (n_prompt >= 1), then produces up to n_new
