@@ -28,6 +28,7 @@ struct expert_store {
     int n_layers, n_experts, hidden, inter;
     uint64_t limit;
     expert_io io;
+    int no_prefetch;
     size_t page;
     entry **slot;               /* [n_layers * n_experts] -> entry or NULL */
     uint8_t *used;              /* [n_layers * n_experts] ever asked for */
@@ -381,9 +382,14 @@ const expert_mats *expert_store_get(expert_store *s, int layer, int expert,
     return &e->mats;
 }
 
+void expert_store_set_prefetch(expert_store *s, int on)
+{
+    s->no_prefetch = !on;
+}
+
 void expert_store_prefetch(expert_store *s, int layer, const int *experts, int n)
 {
-    if (layer < 0 || layer >= s->n_layers)
+    if (s->no_prefetch || layer < 0 || layer >= s->n_layers)
         return;
     for (int j = 0; j < n; j++) {
         int x = experts[j];

@@ -73,6 +73,10 @@ const expert_mats *expert_store_get(expert_store *s, int layer, int expert,
  * hint: errors are ignored here and reported by expert_store_get. */
 void expert_store_prefetch(expert_store *s, int layer, const int *experts, int n);
 
+/* on = 0 makes expert_store_prefetch do nothing (benchmarks measure what
+ * it is worth); on by default. */
+void expert_store_set_prefetch(expert_store *s, int on);
+
 /* 1 if n experts asked for one after another are all held at once, so
  * that the pointers expert_store_get returned for them stay valid until
  * the next call after the n-th (the cache has room for n; known once one

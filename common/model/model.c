@@ -472,6 +472,8 @@ model *model_load(const char *path, const model_opts *o, GError **err)
                                       o->cache_bytes ? o->cache_bytes : (4ull << 30),
                                       o->expert_io, err)))
         goto fail;
+    if (m->store)
+        expert_store_set_prefetch(m->store, !o->no_prefetch);
     if (!(m->team = team_new(o->n_threads > 0 ? o->n_threads : 1, err)))
         goto fail;
     size_t kvd = (size_t)c->n_kv_heads * c->head_dim, qd = (size_t)c->n_heads * c->head_dim;
