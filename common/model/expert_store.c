@@ -400,7 +400,11 @@ void expert_store_prefetch(expert_store *s, int layer, const int *experts, int n
             /* a failure shows when the expert is asked for */
             if (locate(s, layer, x, k, &pc, NULL) != 0 || open_shard(s, pc.shard, NULL) != 0)
                 continue;
-            posix_fadvise(s->fd, (off_t)pc.off, (off_t)pc.len, POSIX_FADV_WILLNEED);
+            for (uint64_t at = pc.off, end = pc.off + pc.len; at < end; at += QM_WILLNEED_CHUNK)
+                posix_fadvise(s->fd, (off_t)at,
+                              (off_t)(end - at < QM_WILLNEED_CHUNK ? end - at
+                                                                   : QM_WILLNEED_CHUNK),
+                              POSIX_FADV_WILLNEED);
         }
     }
 }

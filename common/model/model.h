@@ -42,9 +42,9 @@ typedef struct {
     int max_seq;          /* KV cache length; 0 = min(max_position_embeddings, 4096) */
     expert_io expert_io;  /* how misses bring experts in (expert_store.h) */
     int max_batch;        /* prefill micro-batch in tokens; 0 = MODEL_BATCH */
-    int no_prefetch;      /* 1: no read-ahead hints for the experts about to be
-                           * used (expert_store_prefetch); measures what they
-                           * are worth */
+    int no_prefetch;      /* 1: no read-ahead hints for weights about to be used
+                           * (expert_store_prefetch, the dense weights of a
+                           * prefill); measures what they are worth */
 } model_opts;
 
 /* Default prefill micro-batch: at 128 experts top-8 an expert sees 16 of
