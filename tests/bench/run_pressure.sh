@@ -22,8 +22,9 @@
 #               as with a runtime that maps the whole checkpoint
 #               (llama.cpp): what qmoe's own cache is worth.
 # Prints prompt tokens/s, decode tokens/s (all steps and the first 16,
-# while the cache fills), the expert misses and the cgroup's peak, then
-# the ratios. Needs root and a memory cgroup (v1 or v2); otherwise it says
+# while the cache fills), the expert misses and the cgroup's peak (the
+# medians of prompt and decode in brackets: on a shared machine the spread
+# is large), then the ratios of the best values. Needs root and a memory cgroup (v1 or v2); otherwise it says
 # why and skips. Dropping the page cache affects the whole machine.
 #
 #   QMOE_BUILD=build bash tests/bench/run_pressure.sh   (make bench calls it)
@@ -111,10 +112,14 @@ for _ in $(seq "$TRIALS"); do
     one cold "$CACHE_MB" QMOE_PREFETCH=1 1 >>"$B/pressure.b1"
     one cold 8192 >>"$B/pressure.mapall"
 done
+median() { # field of the file's lines
+    awk -v f="$1" '{ print $f }' "$2" | sort -g | awk '{ v[NR] = $1 }
+        END { print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 report() { # label file
-    best <"$2" | awk -v l="$1" '{
-        printf "%-44s prompt %6.2f tokens/s  decode %6.2f tokens/s (first 16: %6.2f)  %4d misses  peak %s\n",
-               l, $1, $2, $3, $4, ($5 > 0 ? sprintf("%.2f GB", $5 / 1e9) : "-") }'
+    best <"$2" | awk -v l="$1" -v mp="$(median 1 "$2")" -v md="$(median 2 "$2")" '{
+        printf "%-44s prompt %6.2f tokens/s  decode %6.2f tokens/s (first 16: %6.2f)  %4d misses  peak %s  [medians %.2f, %.2f]\n",
+               l, $1, $2, $3, $4, ($5 > 0 ? sprintf("%.2f GB", $5 / 1e9) : "-"), mp, md }'
 }
 report "warm, no limit" "$B/pressure.warm"
 report "cold, limit $LIMIT" "$B/pressure.cold"
