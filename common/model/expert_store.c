@@ -28,6 +28,7 @@ struct expert_store {
     int n_layers, n_experts, hidden, inter;
     uint64_t limit;
     expert_io io;
+    int no_prefetch;
     size_t page;
     entry **slot;               /* [n_layers * n_experts] -> entry or NULL */
     uint8_t *used;              /* [n_layers * n_experts] ever asked for */
@@ -381,9 +382,14 @@ const expert_mats *expert_store_get(expert_store *s, int layer, int expert,
     return &e->mats;
 }
 
+void expert_store_set_prefetch(expert_store *s, int on)
+{
+    s->no_prefetch = !on;
+}
+
 void expert_store_prefetch(expert_store *s, int layer, const int *experts, int n)
 {
-    if (layer < 0 || layer >= s->n_layers)
+    if (s->no_prefetch || layer < 0 || layer >= s->n_layers)
         return;
     for (int j = 0; j < n; j++) {
         int x = experts[j];
@@ -394,7 +400,11 @@ void expert_store_prefetch(expert_store *s, int layer, const int *experts, int n
             /* a failure shows when the expert is asked for */
             if (locate(s, layer, x, k, &pc, NULL) != 0 || open_shard(s, pc.shard, NULL) != 0)
                 continue;
-            posix_fadvise(s->fd, (off_t)pc.off, (off_t)pc.len, POSIX_FADV_WILLNEED);
+            for (uint64_t at = pc.off, end = pc.off + pc.len; at < end; at += QM_WILLNEED_CHUNK)
+                posix_fadvise(s->fd, (off_t)at,
+                              (off_t)(end - at < QM_WILLNEED_CHUNK ? end - at
+                                                                   : QM_WILLNEED_CHUNK),
+                              POSIX_FADV_WILLNEED);
         }
     }
 }

@@ -73,6 +73,16 @@ const expert_mats *expert_store_get(expert_store *s, int layer, int expert,
  * hint: errors are ignored here and reported by expert_store_get. */
 void expert_store_prefetch(expert_store *s, int layer, const int *experts, int n);
 
+/* Bytes per read-ahead request: Linux reads at most the readahead window
+ * (max of read_ahead_kb and the device's largest request, 128 KB by
+ * default) per POSIX_FADV_WILLNEED / MADV_WILLNEED call and silently
+ * drops the rest, so longer ranges are asked for in pieces. */
+#define QM_WILLNEED_CHUNK ((size_t)128 << 10)
+
+/* on = 0 makes expert_store_prefetch do nothing (benchmarks measure what
+ * it is worth); on by default. */
+void expert_store_set_prefetch(expert_store *s, int on);
+
 /* 1 if n experts asked for one after another are all held at once, so
  * that the pointers expert_store_get returned for them stay valid until
  * the next call after the n-th (the cache has room for n; known once one

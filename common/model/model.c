@@ -8,6 +8,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* Logits computed at once by model_nll (lm_head over this many positions
  * per pass over its weights). */
@@ -46,6 +48,9 @@ struct model {
     void *router_user;
     int pos;                      /* next position */
     uint64_t step_bytes;
+    int no_prefetch;              /* model_opts.no_prefetch */
+    int want_logits;              /* the batch in flight ends with lm_head */
+    size_t page;
     /* run state, made once */
     float *x;                     /* (hidden) residual stream */
     float *xb;                    /* (hidden) normalised input of a block */
@@ -472,6 +477,10 @@ model *model_load(const char *path, const model_opts *o, GError **err)
                                       o->cache_bytes ? o->cache_bytes : (4ull << 30),
                                       o->expert_io, err)))
         goto fail;
+    m->no_prefetch = o->no_prefetch;
+    m->page = (size_t)sysconf(_SC_PAGESIZE);
+    if (m->store)
+        expert_store_set_prefetch(m->store, !o->no_prefetch);
     if (!(m->team = team_new(o->n_threads > 0 ? o->n_threads : 1, err)))
         goto fail;
     size_t kvd = (size_t)c->n_kv_heads * c->head_dim, qd = (size_t)c->n_heads * c->head_dim;
@@ -1172,6 +1181,33 @@ static int moe(model *m, int l, int token, GError **err)
     return 0;
 }
 
+/* Read-ahead of mapped weights about to be used: MADV_WILLNEED starts
+ * reading the pages that are not in the page cache and returns, so that
+ * on a cold cache (or under a memory limit) the disk works while the
+ * previous step computes. Prefill issues them in the order of use: the
+ * embedding rows and layer 0's dense weights first, then for each layer
+ * its experts (moe_batch) followed by the next layer's dense weights,
+ * lm_head last. An embedding row is also asked for ahead in decode: a
+ * fault on it would otherwise read the readahead window around it (8 MB
+ * with read_ahead_kb 8192) for 4 KB. */
+static void prefetch_rows(const model *m, const qm_mat *w, int r0, int nr)
+{
+    if (m->no_prefetch || !w->data || nr <= 0)
+        return;
+    uintptr_t a = (uintptr_t)w->data + qm_mat_bytes(w->dtype, r0, w->cols);
+    uintptr_t lo = a / m->page * m->page, hi = a + qm_mat_bytes(w->dtype, nr, w->cols);
+    /* in pieces: one call reads at most the readahead window (see
+     * expert_store_prefetch); a hint, errors change nothing */
+    for (uintptr_t p = lo; p < hi; p += QM_WILLNEED_CHUNK)
+        madvise((void *)p, hi - p < QM_WILLNEED_CHUNK ? hi - p : QM_WILLNEED_CHUNK,
+                MADV_WILLNEED);
+}
+
+static void prefetch_mat(const model *m, const qm_mat *w)
+{
+    prefetch_rows(m, w, 0, w->rows);
+}
+
 int model_step(model *m, int token, float *logits, GError **err)
 {
     const model_config *c = &m->c;
@@ -1187,6 +1223,7 @@ int model_step(model *m, int token, float *logits, GError **err)
     }
     int hd = c->head_dim, kvd = c->n_kv_heads * hd;
     m->step_bytes = qm_mat_bytes(m->embed.dtype, 1, c->hidden);
+    prefetch_rows(m, &m->embed, token, 1);
     qm_mat_row(&m->embed, token, m->x);
     for (int i = 0; i < hd / 2; i++) {
         float f = (float)m->pos * m->inv_freq[i];
@@ -1259,6 +1296,25 @@ int model_step(model *m, int token, float *logits, GError **err)
  * KV cache, the logits and the router choices are exactly those of
  * feeding the tokens one by one; only the order of the work differs. */
 
+/* Layer l's weights outside the routed experts; l == n_layers: lm_head
+ * when the batch in flight needs logits. */
+static void prefetch_dense(const model *m, int l)
+{
+    if (m->no_prefetch || l > m->c.n_layers)
+        return;
+    if (l == m->c.n_layers) {
+        if (m->want_logits)
+            prefetch_mat(m, &m->lm_head);
+        return;
+    }
+    const layer_w *w = &m->layers[l];
+    const qm_mat *mats[] = {&w->q, &w->k, &w->v, &w->qa, &w->qb, &w->kva, &w->kvb, &w->o,
+                            &w->router, &w->sgate, &w->sup, &w->sdown, &w->sg,
+                            &w->gate, &w->up, &w->down};
+    for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
+        prefetch_mat(m, mats[i]);
+}
+
 /* The routed experts of layer l for the n tokens of the batch: per
  * expert, in ascending id, gather the tokens routed to it, one product per
  * projection (its weights streamed once for all of them), SwiGLU, then add
@@ -1293,6 +1349,7 @@ static int moe_batch(model *m, int l, int n, GError **err)
         if (m->pstart[e + 1] > m->pstart[e])
             m->pord[nused++] = e;
     expert_store_prefetch(m->store, l, m->pord, nused);
+    prefetch_dense(m, l + 1);
     memset(m->pmoe, 0, sizeof(float) * n * H);
     for (int e = 0; e < E; e++) {
         int a = m->pstart[e], cnt = m->pstart[e + 1] - a;
@@ -1346,11 +1403,13 @@ static void shared_batch(model *m, const layer_w *w, int n)
 /* Feeds ids[0..n) (n <= max_batch, checked by the caller) at positions
  * pos..pos+n-1 through all layers, leaving the residual stream in px;
  * then reports the router choices token by token, as model_step would. */
-static int forward_batch(model *m, const int *ids, int n, GError **err)
+static int forward_batch(model *m, const int *ids, int n, int logits, GError **err)
 {
     const model_config *c = &m->c;
     int hd = c->head_dim, hh = hd / 2, kvd = c->n_kv_heads * hd, H = c->hidden;
     int qd = c->n_heads * hd;
+    for (int t = 0; t < n; t++)
+        prefetch_rows(m, &m->embed, ids[t], 1);
     for (int t = 0; t < n; t++) {
         qm_mat_row(&m->embed, ids[t], m->px + (size_t)t * H);
         for (int i = 0; i < hh; i++) {
@@ -1359,6 +1418,8 @@ static int forward_batch(model *m, const int *ids, int n, GError **err)
             m->psin[(size_t)t * hh + i] = sinf(f);
         }
     }
+    m->want_logits = logits;
+    prefetch_dense(m, 0);
     for (int l = 0; l < c->n_layers; l++) {
         layer_w *w = &m->layers[l];
         size_t at = ((size_t)l * c->max_seq + m->pos) * kvd;
@@ -1398,6 +1459,7 @@ static int forward_batch(model *m, const int *ids, int n, GError **err)
                 shared_batch(m, w, n);
         } else {
             int I = w->gate.rows;
+            prefetch_dense(m, l + 1);
             float *o2[2] = {m->ph, m->ph2};
             int ld2[2] = {I, I};
             const qm_mat *w2[2] = {&w->gate, &w->up};
@@ -1459,11 +1521,14 @@ int model_feed(model *m, const int *ids, int n, model_logits which, float *logit
         return -1;
     for (int s = 0; s < n; s += m->max_batch) {
         int len = n - s < m->max_batch ? n - s : m->max_batch;
-        if (forward_batch(m, ids + s, len, err) != 0)
+        int last = s + len == n;
+        if (forward_batch(m, ids + s, len,
+                          which == MODEL_LOGITS_ALL || (which == MODEL_LOGITS_LAST && last),
+                          err) != 0)
             return -1;
         if (which == MODEL_LOGITS_ALL)
             batch_logits(m, 0, len, logits + (size_t)s * m->c.vocab);
-        else if (which == MODEL_LOGITS_LAST && s + len == n)
+        else if (which == MODEL_LOGITS_LAST && last)
             batch_logits(m, len - 1, 1, logits);
     }
     return 0;
@@ -1501,7 +1566,7 @@ int model_nll(model *m, const int *ids, int n, double *nll, GError **err)
     double sum = 0;
     for (int s = 0; s < n - 1; s += m->max_batch) {
         int len = n - 1 - s < m->max_batch ? n - 1 - s : m->max_batch;
-        if (forward_batch(m, ids + s, len, err) != 0)
+        if (forward_batch(m, ids + s, len, 1, err) != 0)
             return -1;
         for (int t = 0; t < len; t += LOGIT_ROWS) {
             int nt = len - t < LOGIT_ROWS ? len - t : LOGIT_ROWS;
@@ -1581,8 +1646,11 @@ int model_generate(model *m, const int *prompt, int n_prompt, int n_new,
             stop = 1;
         if (stop || i + 1 == n_new)
             break;
+        double ts = qm_monotonic();
         if (model_step(m, next, m->logits, err) != 0)
             return -1;
+        if (gs->decode_steps < MODEL_STEP_TIMES)
+            gs->step_s[gs->decode_steps] = qm_monotonic() - ts;
         gs->decode_steps++;
         gs->decode_weight_bytes += m->step_bytes;
         gs->decode_s = qm_monotonic() - t1;

@@ -42,6 +42,9 @@ typedef struct {
     int max_seq;          /* KV cache length; 0 = min(max_position_embeddings, 4096) */
     expert_io expert_io;  /* how misses bring experts in (expert_store.h) */
     int max_batch;        /* prefill micro-batch in tokens; 0 = MODEL_BATCH */
+    int no_prefetch;      /* 1: no read-ahead hints for weights about to be used
+                           * (expert_store_prefetch, the dense weights of a
+                           * prefill); measures what they are worth */
 } model_opts;
 
 /* Default prefill micro-batch: at 128 experts top-8 an expert sees 16 of
@@ -144,12 +147,17 @@ typedef struct {
     void *user;
 } model_sampling;
 
+/* Per-step times kept by model_gen_stats (the first steps show how decode
+ * speeds up while the expert cache fills). */
+#define MODEL_STEP_TIMES 64
+
 /* Timing of a model_generate call. */
 typedef struct {
     double prefill_s;        /* feeding the prompt */
     double decode_s;         /* feeding generated tokens back */
     int decode_steps;        /* tokens fed back (n_out - 1 at most) */
     uint64_t decode_weight_bytes; /* weights those steps touched */
+    double step_s[MODEL_STEP_TIMES]; /* seconds of each of the first steps */
 } model_gen_stats;
 
 /* Resets, feeds the prompt (n_prompt >= 1), then produces up to n_new

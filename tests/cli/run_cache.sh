@@ -2,7 +2,7 @@
 # to a single expert) gives bit-identical logits, with the misses counted;
 # a missing expert file is a clear error naming (layer, expert) and file.
 . "$(dirname "$0")/lib.sh"
-plan 11
+plan 14
 G=$FIX/qwen3moe-tiny/golden
 M=$FIX/qwen3moe-tiny/qwen3moe
 SEQ3=$(grep -A1 '"seq3"' "$G/tokens.json" | sed -n 's/.*"ids": \[\(.*\)\].*/\1/p' | tr -d ' ')
@@ -31,6 +31,20 @@ res=$(printf %s "$out" | jnum resident) peak=$(printf %s "$out" | jnum cache_pea
     [ "${big_misses:-0}" -lt 288 ] && ok cache_one_counts ||
     fail cache_one_counts "misses $misses hits $hits resident $res peak $peak (big: $big_misses misses)"
 [[ "$err" == *"288 misses"* ]] && ok cache_stats_on_stderr || fail cache_stats_on_stderr "$err"
+
+# The read-ahead is a hint: without it (QMOE_PREFETCH=0) the same logits
+# and misses, batched and token by token.
+QMOE_PREFETCH=0 run qmoe-run -n 0 --json --cache-mb 0 --token-ids "$SEQ3" --logits-out "$T/nopf.f32" "$M"
+expect cache_no_prefetch 0 && cmp -s "$T/big.f32" "$T/nopf.f32" &&
+    [ "$(printf %s "$out" | jnum misses)" = "$big_misses" ] && ok cache_no_prefetch_same ||
+    fail cache_no_prefetch_same
+# timing.decode_step_s: one positive time per decode step
+run qmoe-run -n 5 --ignore-eos --json --token-ids "$SEQ3" "$M"
+steps=$(printf %s "$out" | jnum decode_steps)
+times=$(printf %s "$out" | sed -n 's/.*"decode_step_s":[[:space:]]*\[\(.*\)\].*/\1/p' | tr ',' '\n' |
+        awk '$1 > 0 { n++ } END { print n + 0 }')
+[ "$steps" = 4 ] && [ "$times" = 4 ] && ok decode_step_times ||
+    fail decode_step_times "decode_steps $steps, $times positive step times"
 
 # An index that names an expert file which is not there.
 mkdir -p "$T/missing"
