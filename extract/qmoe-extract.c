@@ -145,8 +145,10 @@ int main(int argc, char **argv)
     g_option_context_set_description(ctx, description);
     g_option_context_add_main_entries(ctx, entries, NULL);
     if (qm_options_parse(ctx, &argc, &argv, "j", &err)) {
-        fprintf(stderr, "%s: %s\nTry '%s --help'.\n", prog, err->message, prog);
-        return 2;
+        int rc = qm_usage_error(prog, "%s", err->message);
+        g_error_free(err);
+        g_option_context_free(ctx);
+        return rc;
     }
     g_option_context_free(ctx);
     if (opt_version) {
@@ -154,7 +156,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc != 3) {
-        fprintf(stderr, "%s: expected SRC and OUT\nTry '%s --help'.\n", prog, prog);
+        qm_usage_error(prog, "expected SRC and OUT");
         return 2;
     }
     ex_opts o = {.src = argv[1], .out = argv[2], .layout = opt_layout,

@@ -337,8 +337,7 @@ int main(int argc, char **argv)
     }
     GError *err = NULL;
     if (qm_options_parse(ctx, &argc, &argv, NULL, &err)) {
-        fprintf(stderr, "%s: %s\n", PROG, err->message);
-        fprintf(stderr, "usage: %s [--watch[=SECS]] [--json] OUT (see --help)\n", PROG);
+        qm_usage_error(PROG, "%s", err->message);
         g_error_free(err);
         g_option_context_free(ctx);
         return 2;
@@ -349,8 +348,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc != 2) {
-        fprintf(stderr, "%s: %s\nusage: %s [--watch[=SECS]] [--json] OUT (see --help)\n",
-                PROG, argc < 2 ? "missing OUT" : "too many arguments", PROG);
+        qm_usage_error(PROG, "%s", argc < 2 ? "missing OUT" : "too many arguments");
         return 2;
     }
     const char *out = argv[1];

@@ -85,11 +85,10 @@ static void usage_error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "%s: ", prog);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\nusage: %s [--layout NAME] [--layers N] [--experts N] [OPTION...] OUT"
-            "\n(see %s --help)\n", prog, prog);
+    char *msg = g_strdup_vprintf(fmt, ap);
     va_end(ap);
+    qm_usage_error(prog, "%s", msg);
+    g_free(msg);
     exit(2);
 }
 
@@ -556,8 +555,13 @@ int main(int argc, char **argv)
     GOptionContext *ctx = g_option_context_new("OUT");
     g_option_context_set_summary(ctx, summary_text);
     g_option_context_add_main_entries(ctx, entries, NULL);
-    if (qm_options_parse(ctx, &argc, &argv, NULL, &err))
-        usage_error("%s", err->message);
+    if (qm_options_parse(ctx, &argc, &argv, NULL, &err)) {
+        /* freed first: exit() from usage_error would leave them to LeakSanitizer */
+        g_option_context_free(ctx);
+        qm_usage_error(prog, "%s", err->message);
+        g_error_free(err);
+        return 2;
+    }
     g_option_context_free(ctx);
     if (opt_version) {
         printf("%s %s\n", prog, QMOE_VERSION);

@@ -746,8 +746,7 @@ static tok_t *model_tokenizer(const char *path, GError **err)
 
 static int usage_error(const char *msg)
 {
-    fprintf(stderr, "qmoe-run: %s (see qmoe-run --help)\n", msg);
-    return 2;
+    return qm_usage_error("qmoe-run", "%s", msg);
 }
 
 int main(int argc, char **argv)
@@ -761,7 +760,7 @@ int main(int argc, char **argv)
     int *ids = NULL;
     char *text = NULL;
     if (qm_options_parse(ctx, &argc, &argv, "jn", &err)) {
-        fprintf(stderr, "qmoe-run: %s (see qmoe-run --help)\n", err->message);
+        usage_error(err->message);
         g_clear_error(&err);
         goto out;
     }

@@ -352,8 +352,7 @@ int main(int argc, char **argv)
     g_option_context_set_description(ctx, description);
     g_option_context_add_main_entries(ctx, entries, NULL);
     if (qm_options_parse(ctx, &argc, &argv, "j", &err)) {
-        fprintf(stderr, "%s: %s\n", prog, err->message);
-        fprintf(stderr, "Try '%s --help' for more information.\n", prog);
+        qm_usage_error(prog, "%s", err->message);
         g_error_free(err);
         g_option_context_free(ctx);
         return 2;
@@ -364,9 +363,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc != 2) {
-        fprintf(stderr, "%s: %s\nTry '%s --help' for more information.\n", prog,
-                argc < 2 ? "missing OUT (the extracted directory)"
-                         : "too many arguments", prog);
+        qm_usage_error(prog, "%s", argc < 2 ? "missing OUT (the extracted directory)"
+                                            : "too many arguments");
         return 2;
     }
     if (opt_expect < -1) {

@@ -1,6 +1,7 @@
 /* cli.c - see cli.h */
 #include "cli/cli.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -10,6 +11,17 @@ void qm_json_out(cJSON *doc, int pretty)
     printf("%s\n", text ? text : "null");
     cJSON_free(text);
     cJSON_Delete(doc);
+}
+
+int qm_usage_error(const char *prog, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", prog);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\nTry '%s --help' for more information.\n", prog);
+    va_end(ap);
+    return 2;
 }
 
 int qm_options_parse(GOptionContext *ctx, int *argc, char ***argv, const char *letters,

@@ -20,10 +20,16 @@ char **qm_argv_split_short(int *argc, char **argv, const char *letters);
  * stdout, indented (pretty) or on one line, then a newline; deletes it. */
 void qm_json_out(cJSON *doc, int pretty);
 
+/* The one wording of a usage error, on stderr:
+ *   PROG: MESSAGE
+ *   Try 'PROG --help' for more information.
+ * Returns 2 (DESIGN.md: bad options), for main() to return. */
+int qm_usage_error(const char *prog, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
 /* The tools' option parsing: splits glued short options of `letters`
  * (qm_argv_split_short; NULL none) and parses with GLib. *argv is
  * replaced by the copy. On failure *err is set (the tool words the usage
- * error its own way). */
+ * error with qm_usage_error). */
 int qm_options_parse(GOptionContext *ctx, int *argc, char ***argv, const char *letters,
                      GError **err);
 

@@ -36,7 +36,7 @@ expect bad-seed 2 "--seed wants a non-negative integer"
 run qmoe-mksample --vocab 100 "$T/x"
 expect small-vocab 2 "--vocab must be between 266 and"
 run qmoe-mksample --bogus "$T/x"
-expect unknown-option 2 "usage:"
+expect unknown-option 2 "Try 'qmoe-mksample --help' for more information."
 run qmoe-mksample
 expect missing-out 2 "missing OUT directory"
 if [ ! -e "$T/x" ]; then ok nothing-written-on-error; else fail nothing-written-on-error; fi

@@ -29,7 +29,7 @@ expect version 0 "qmoe-status 0." stdout
 run qmoe-status
 expect no-args 2 "missing OUT"
 run qmoe-status --bogus "$T"
-expect bad-option 2 "usage:"
+expect bad-option 2 "Try 'qmoe-status --help' for more information."
 run qmoe-status --watch=abc "$T"
 expect bad-watch 2 "--watch: 'abc'"
 

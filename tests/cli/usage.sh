@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# usage.sh - every tool words a usage error the same way (cli/cli.h
+# qm_usage_error): "TOOL: MESSAGE", then "Try 'TOOL --help' for more
+# information.", exit 2; for an unknown option and for missing operands.
+. "$(dirname "$0")/lib.sh"
+plan 10
+for tool in qmoe-extract qmoe-status qmoe-verify qmoe-run qmoe-mksample; do
+    want=$'\n'"Try '$tool --help' for more information."
+    run "$tool" --no-such-option x
+    [ "$rc" = 2 ] && [ "$err" = "$tool: Unknown option --no-such-option$want" ] &&
+        ok "$tool-unknown-option" || fail "$tool-unknown-option" "exit $rc: $err"
+    run "$tool"
+    [ "$rc" = 2 ] && [[ "$err" == "$tool: "*"$want" ]] && [ "$(printf '%s\n' "$err" | wc -l)" = 2 ] &&
+        ok "$tool-no-operand" || fail "$tool-no-operand" "exit $rc: $err"
+done
