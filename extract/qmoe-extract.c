@@ -215,10 +215,10 @@ int main(int argc, char **argv)
         if (res.bytes_shared)
             snprintf(sh, sizeof sh, ", %s of it shared with the source (reflink)",
                      qm_human_bytes(res.bytes_shared, b2, sizeof b2));
-        printf("%s: %llu/%llu files complete (%llu experts%s%s), %s in %.2f s (%.0f MB/s)%s%s\n",
+        printf("%s: %llu/%llu files complete (%llu expert%s%s%s), %s in %.2f s (%.0f MB/s)%s%s\n",
                prog, (unsigned long long)res.files_done,
                (unsigned long long)res.files_planned,
-               (unsigned long long)res.experts_done,
+               (unsigned long long)res.experts_done, res.experts_done == 1 ? "" : "s",
                res.experts_split && o.shards <= 1 ? ": " : "",
                res.experts_split && o.shards <= 1 ? res.experts_split : "",
                qm_human_bytes(res.bytes_written, b, sizeof b), res.seconds, mb,
