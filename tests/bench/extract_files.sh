@@ -18,6 +18,16 @@
 # EXF_CASES="small real ds" narrows, REPS=N repeats, EXF_ARGS adds options
 # to qmoe-extract, EXF_STRACE=1 prints an strace -c -f summary of one more
 # extraction of each case.
+#
+# No timed run follows a deletion: ext4 without a journal (this machine's
+# disk) refuses to reuse an inode freed in the last 5 s (35 s while its
+# inode table block is dirty), and each new inode then scans past every
+# such free inode of its group, with a buffer look-up each: creating 6144
+# files right after deleting 6144 cost 20-30 % of the CPU of either side,
+# and only the side whose best run happened to follow no deletion (cp's
+# first) escaped it. So an earlier run's tree is moved aside and
+# truncated (its blocks freed, its inodes kept) and deleted after the
+# case; the next case starts when those deletions are old.
 set -u
 B="$QMOE_BIN"; D="$QMOE_BENCH_DIR/extract_files"; rm -rf "$D"; mkdir -p "$D"
 cases=${EXF_CASES:-small real ds}
@@ -34,6 +44,13 @@ timed() {
 min() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b < a) ? b : a }'; }
 extract() { "$B/qmoe-extract" --no-progress "${xargs_extra[@]}" "$D/src" "$D/out"; }
 copy_sync() { cp -r "$1" "$D/cp" && sync; }
+# aside DIR: moves DIR out of the way without freeing its inodes
+aside() {
+    [ -e "$1" ] || return 0
+    local t; t=$(mktemp -d "$D/trash/XXXXXX")
+    mv "$1" "$t/" && find "$t" -type f -exec truncate -s 0 {} +
+}
+mkdir -p "$D/trash"
 for c in $cases; do
     case $c in
         small) args=(--layers 48 --experts 128 --hidden 256 --inter 128 --shard-mb 2000)
@@ -56,9 +73,9 @@ for c in $cases; do
     # both sides alike; each run starts with its own output gone and synced
     t_x="" t_c=""
     for _ in $(seq "$reps"); do
-        rm -rf "$D/out"; sync
+        aside "$D/out"; sync
         t_x=$(min "$t_x" "$(timed extract)")
-        rm -rf "$D/cp"; find "$D/$base" -type f -exec cat {} + >/dev/null; sync
+        aside "$D/cp"; find "$D/$base" -type f -exec cat {} + >/dev/null; sync
         t_c=$(min "$t_c" "$(timed copy_sync "$D/$base")")
     done
     rm -rf "$D/cp"
@@ -75,6 +92,7 @@ for c in $cases; do
             "$D/src" "$D/out" >/dev/null 2>&1
         echo "  strace -c -f (top 14):"; head -16 "$D/strace" | sed 's/^/    /'
     fi
-    rm -rf "$D/src" "$D/out" "$D/base"
+    rm -rf "$D/src" "$D/out" "$D/base" "$D/trash"; mkdir -p "$D/trash"; sync
+    sleep 36   # the deletions above are old for the next case
 done
 rm -rf "$D"
