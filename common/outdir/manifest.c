@@ -548,16 +548,22 @@ int manifest_save(const manifest *m, const char *path, GError **err)
         cJSON_AddNumberToObject(e, "missing_count", m->missing_count);
     }
     cJSON_AddNumberToObject(j, "shards", m->shards > 0 ? m->shards : 1);
-    cJSON *fs = cJSON_AddArrayToObject(j, "files");
-    for (int i = 0; i < m->n_files; i++)
-        cJSON_AddItemToArray(fs, mf_file_to_json(&m->files[i]));
+    /* "files" comes last: the rest printed by cJSON, its closing brace
+     * replaced by the records written directly (mf_file_append_json),
+     * which for 15,000 files saves building and printing 400,000 objects */
     char *text = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     size_t len = strlen(text);
-    text[len] = '\0';
-    GString *s = g_string_new_len(text, (gssize)len);
-    g_string_append_c(s, '\n');
+    GString *s = g_string_sized_new(len + 16 + (gsize)m->n_files * 1024);
+    g_string_append_len(s, text, (gssize)len - 1);
     cJSON_free(text);
+    g_string_append(s, ",\"files\":[");
+    for (int i = 0; i < m->n_files; i++) {
+        if (i)
+            g_string_append_c(s, ',');
+        mf_file_append_json(s, &m->files[i]);
+    }
+    g_string_append(s, "]}\n");
     int rc = fs_write_atomic(path, s->str, s->len, err);
     g_string_free(s, TRUE);
     return rc;
