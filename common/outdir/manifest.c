@@ -4,10 +4,6 @@
 #include "base/util.h"
 
 #include <errno.h>
-#include <float.h>
-#include <limits.h>
-#include <locale.h>
-#include <math.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <stdio.h>
@@ -69,64 +65,13 @@ cJSON *mf_file_to_json(const mf_file *f)
  * user-space CPU. These write the bytes cJSON_PrintUnformatted gives for
  * mf_file_to_json, byte for byte (the unit test compares them). */
 
-/* cJSON's number: an integer in int range as such, else 15 significant
- * digits if they read back as the same double, else 17; NaN and infinity
- * as null; the locale's decimal point as '.'. */
-static void put_num(GString *s, double d)
-{
-    char b[32];
-    if (isnan(d) || isinf(d)) {
-        g_string_append(s, "null");
-        return;
-    }
-    if (d >= INT_MIN && d <= INT_MAX && d == (double)(int)d) {
-        g_string_append_printf(s, "%d", (int)d);
-        return;
-    }
-    snprintf(b, sizeof b, "%1.15g", d);
-    double back = strtod(b, NULL);
-    if (fabs(back - d) > fmax(fabs(back), fabs(d)) * DBL_EPSILON)
-        snprintf(b, sizeof b, "%1.17g", d);
-    /* as cJSON: every byte equal to the locale's point becomes '.' */
-    char dp = localeconv()->decimal_point[0];
-    if (dp && dp != '.')
-        for (char *c = b; *c; c++)
-            if (*c == dp)
-                *c = '.';
-    g_string_append(s, b);
-}
-
-/* cJSON's string: '"', '\\' and the control characters escaped, the rest
- * (UTF-8 included) as it is. */
-static void put_str(GString *s, const char *v)
-{
-    g_string_append_c(s, '"');
-    for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
-        switch (*c) {
-        case '"': g_string_append(s, "\\\""); break;
-        case '\\': g_string_append(s, "\\\\"); break;
-        case '\b': g_string_append(s, "\\b"); break;
-        case '\f': g_string_append(s, "\\f"); break;
-        case '\n': g_string_append(s, "\\n"); break;
-        case '\r': g_string_append(s, "\\r"); break;
-        case '\t': g_string_append(s, "\\t"); break;
-        default:
-            if (*c < 32)
-                g_string_append_printf(s, "\\u%04x", *c);
-            else
-                g_string_append_c(s, (char)*c);
-        }
-    }
-    g_string_append_c(s, '"');
-}
-
 /* ,"key":value; a NULL string leaves the member out, as cJSON does.
  * `first` omits the comma. */
 static void put_key(GString *s, const char *key, int first)
 {
     if (!first)
         g_string_append_c(s, ',');
-    put_str(s, key);
+    qm_json_put_str(s, key);
     g_string_append_c(s, ':');
 }
 
@@ -136,14 +81,14 @@ static void put_str_member(GString *s, const char *key, const char *v, int *firs
         return;
     put_key(s, key, *first);
     *first = 0;
-    put_str(s, v);
+    qm_json_put_str(s, v);
 }
 
 static void put_num_member(GString *s, const char *key, double v, int *first)
 {
     put_key(s, key, *first);
     *first = 0;
-    put_num(s, v);
+    qm_json_put_num(s, v);
 }
 
 void mf_file_append_json(GString *s, const mf_file *f)
@@ -175,14 +120,14 @@ void mf_file_append_json(GString *s, const mf_file *f)
         for (int d = 0; d < t->ndim; d++) {
             if (d)
                 g_string_append_c(s, ',');
-            put_num(s, (double)t->shape[d]);
+            qm_json_put_num(s, (double)t->shape[d]);
         }
         g_string_append(s, "],");
-        put_str(s, "offsets");
+        qm_json_put_str(s, "offsets");
         g_string_append(s, ":[");
-        put_num(s, (double)t->begin);
+        qm_json_put_num(s, (double)t->begin);
         g_string_append_c(s, ',');
-        put_num(s, (double)t->end);
+        qm_json_put_num(s, (double)t->end);
         g_string_append_c(s, ']');
         put_num_member(s, "crc32", t->crc32, &tf);
         put_key(s, "source", 0);
