@@ -278,8 +278,14 @@ void qm_json_put_num(GString *s, double d)
 void qm_json_put_str(GString *s, const char *v)
 {
     g_string_append_c(s, '"');
-    for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
+    const unsigned char *c = (const unsigned char *)v, *run = c;
+    for (;; c++) {
+        if (*c >= 32 && *c != '"' && *c != '\\')
+            continue; /* runs of plain bytes go in at once */
+        g_string_append_len(s, (const char *)run, (gssize)(c - run));
+        run = c + 1;
         switch (*c) {
+        case '\0': g_string_append_c(s, '"'); return;
         case '"': g_string_append(s, "\\\""); break;
         case '\\': g_string_append(s, "\\\\"); break;
         case '\b': g_string_append(s, "\\b"); break;
@@ -287,12 +293,7 @@ void qm_json_put_str(GString *s, const char *v)
         case '\n': g_string_append(s, "\\n"); break;
         case '\r': g_string_append(s, "\\r"); break;
         case '\t': g_string_append(s, "\\t"); break;
-        default:
-            if (*c < 32)
-                g_string_append_printf(s, "\\u%04x", *c);
-            else
-                g_string_append_c(s, (char)*c);
+        default: g_string_append_printf(s, "\\u%04x", *c);
         }
     }
-    g_string_append_c(s, '"');
 }
