@@ -2,6 +2,7 @@
 #include "extract_job.h"
 
 #include "format/checkpoint.h"
+#include "base/crc32.h"
 #include "extract_copy.h"
 #include "base/fs.h"
 #include "cli/cli.h"
@@ -20,7 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -318,7 +318,7 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
                     crc = 0;
                 }
                 size_t take = (size_t)MIN((uint64_t)(len - used), f->t[cur].nbytes - tdone);
-                crc = crc32_z(crc, at_buf + used, take);
+                crc = qm_crc32(crc, at_buf + used, take);
                 used += take;
                 tdone += take;
             }

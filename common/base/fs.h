@@ -5,6 +5,9 @@
  * fs_open_out (files it creates or appends inside OUT): a FIFO or a device
  * where a file belongs would block open() or read() forever, or yield
  * endless bytes; a symlink planted in OUT would redirect a write outside it.
+ * The temporaries of fs_out are the exception: created with O_CREAT |
+ * O_EXCL | O_NOFOLLOW, they are new regular files by construction, and
+ * what is in the way is looked at only when the open fails.
  *
  * An fs_out writes to "FINAL.tmp.PID" in the same directory; fs_out_commit
  * fsyncs it, renames it to FINAL and fsyncs the directory; fs_out_abort

@@ -490,11 +490,18 @@ const char *st_meta(const st_file *f, const char *key)
 GByteArray *st_header_build(const st_entry *e, int n, const char *const *meta,
                             uint64_t align, uint64_t phase, GError **err)
 {
-    cJSON *root = cJSON_CreateObject();
-    cJSON *m = cJSON_AddObjectToObject(root, "__metadata__");
-    cJSON_AddStringToObject(m, "format", "pt");
-    for (int i = 0; meta && meta[i] && meta[i + 1]; i += 2)
-        cJSON_AddStringToObject(m, meta[i], meta[i + 1]);
+    /* Written directly in the bytes cJSON_PrintUnformatted gives (one
+     * header per output file: building it as cJSON objects was a fifth
+     * of the extractor's own CPU on 15,000 tiny files). */
+    GString *js = g_string_sized_new(256 + (gsize)n * 160);
+    g_string_append(js, "{\"__metadata__\":{\"format\":\"pt\"");
+    for (int i = 0; meta && meta[i] && meta[i + 1]; i += 2) {
+        g_string_append_c(js, ',');
+        qm_json_put_str(js, meta[i]);
+        g_string_append_c(js, ':');
+        qm_json_put_str(js, meta[i + 1]);
+    }
+    g_string_append_c(js, '}');
     GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
     uint64_t at = 0;
     for (int i = 0; i < n; i++) {
@@ -523,20 +530,26 @@ GByteArray *st_header_build(const st_entry *e, int n, const char *const *meta,
                         e[i].name, (unsigned long long)e[i].nbytes);
             goto fail;
         }
-        cJSON *t = cJSON_AddObjectToObject(root, e[i].name);
-        cJSON_AddStringToObject(t, "dtype", st_dtype_name(e[i].dtype));
-        cJSON *sh = cJSON_AddArrayToObject(t, "shape");
-        for (int d = 0; d < e[i].ndim; d++)
-            cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)e[i].shape[d]));
-        cJSON *off = cJSON_AddArrayToObject(t, "data_offsets");
-        cJSON_AddItemToArray(off, cJSON_CreateNumber((double)at));
-        cJSON_AddItemToArray(off, cJSON_CreateNumber((double)(at + e[i].nbytes)));
+        g_string_append_c(js, ',');
+        qm_json_put_str(js, e[i].name);
+        g_string_append(js, ":{\"dtype\":");
+        qm_json_put_str(js, st_dtype_name(e[i].dtype));
+        g_string_append(js, ",\"shape\":[");
+        for (int d = 0; d < e[i].ndim; d++) {
+            if (d)
+                g_string_append_c(js, ',');
+            qm_json_put_num(js, (double)e[i].shape[d]);
+        }
+        g_string_append(js, "],\"data_offsets\":[");
+        qm_json_put_num(js, (double)at);
+        g_string_append_c(js, ',');
+        qm_json_put_num(js, (double)(at + e[i].nbytes));
+        g_string_append(js, "]}");
         at += e[i].nbytes;
     }
+    g_string_append_c(js, '}');
     g_hash_table_destroy(seen);
-    char *json = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    uint64_t jlen = strlen(json);
+    uint64_t jlen = js->len;
     uint64_t total = 8 + jlen;
     uint64_t a = align > 8 ? align : 8;
     uint64_t want = align > 8 ? phase % a : 0;
@@ -547,14 +560,14 @@ GByteArray *st_header_build(const st_entry *e, int n, const char *const *meta,
     for (int i = 0; i < 8; i++)
         le[i] = (uint8_t)(hlen >> (8 * i));
     g_byte_array_append(out, le, 8);
-    g_byte_array_append(out, (const guint8 *)json, (guint)jlen);
+    g_byte_array_append(out, (const guint8 *)js->str, (guint)jlen);
     for (uint64_t i = 0; i < pad; i++)
         g_byte_array_append(out, (const guint8 *)" ", 1);
-    cJSON_free(json);
+    g_string_free(js, TRUE);
     return out;
 fail:
     g_hash_table_destroy(seen);
-    cJSON_Delete(root);
+    g_string_free(js, TRUE);
     return NULL;
 }
 

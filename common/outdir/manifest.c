@@ -72,6 +72,90 @@ void mf_desc_clear(mf_desc *d)
     d->name = d->src_name = NULL;
 }
 
+/* ---- the same JSON, written directly ----
+ *
+ * A journal line per file built as cJSON objects (a dozen allocations per
+ * tensor, then printed and freed) was a tenth of the extractor's
+ * user-space CPU. These write the bytes cJSON_PrintUnformatted gives for
+ * mf_file_to_json, byte for byte (the unit test compares them). */
+
+/* ,"key":value; a NULL string leaves the member out, as cJSON does.
+ * `first` omits the comma. */
+static void put_key(GString *s, const char *key, int first)
+{
+    if (!first)
+        g_string_append_c(s, ',');
+    qm_json_put_str(s, key);
+    g_string_append_c(s, ':');
+}
+
+static void put_str_member(GString *s, const char *key, const char *v, int *first)
+{
+    if (!v)
+        return;
+    put_key(s, key, *first);
+    *first = 0;
+    qm_json_put_str(s, v);
+}
+
+static void put_num_member(GString *s, const char *key, double v, int *first)
+{
+    put_key(s, key, *first);
+    *first = 0;
+    qm_json_put_num(s, v);
+}
+
+void mf_file_append_json(GString *s, const mf_file *f)
+{
+    int first = 1;
+    g_string_append_c(s, '{');
+    put_str_member(s, "path", f->path, &first);
+    put_str_member(s, "kind", mf_kind_name(f->kind), &first);
+    put_num_member(s, "layer", f->layer, &first);
+    put_num_member(s, "expert", f->expert, &first);
+    put_num_member(s, "size", (double)f->size, &first);
+    put_str_member(s, "sha256", f->sha256, &first);
+    put_num_member(s, "time", f->time, &first);
+    if (f->source_id[0])
+        put_str_member(s, "source_id", f->source_id, &first);
+    put_key(s, "tensors", first);
+    g_string_append_c(s, '[');
+    for (int i = 0; i < f->n_tensors; i++) {
+        const mf_tensor *t = &f->tensors[i];
+        int tf = 1;
+        if (i)
+            g_string_append_c(s, ',');
+        g_string_append_c(s, '{');
+        put_str_member(s, "name", t->name, &tf);
+        put_str_member(s, "dtype", st_dtype_name(t->dtype), &tf);
+        put_key(s, "shape", tf);
+        tf = 0;
+        g_string_append_c(s, '[');
+        for (int d = 0; d < t->ndim; d++) {
+            if (d)
+                g_string_append_c(s, ',');
+            qm_json_put_num(s, (double)t->shape[d]);
+        }
+        g_string_append(s, "],");
+        qm_json_put_str(s, "offsets");
+        g_string_append(s, ":[");
+        qm_json_put_num(s, (double)t->begin);
+        g_string_append_c(s, ',');
+        qm_json_put_num(s, (double)t->end);
+        g_string_append_c(s, ']');
+        put_num_member(s, "crc32", t->crc32, &tf);
+        put_key(s, "source", 0);
+        int sf = 1;
+        g_string_append_c(s, '{');
+        put_str_member(s, "file", t->src_file ? t->src_file : "", &sf);
+        put_str_member(s, "tensor", t->src_name ? t->src_name : "", &sf);
+        put_num_member(s, "offset", (double)t->src_offset, &sf);
+        put_num_member(s, "slice", t->slice, &sf);
+        g_string_append(s, "}}");
+    }
+    g_string_append(s, "]}");
+}
+
 void mf_file_clear(mf_file *f)
 {
     if (!f)
@@ -197,12 +281,8 @@ int mf_journal_append_n(int fd, const char *journal_path, const mf_file *f, int 
 {
     GString *buf = g_string_sized_new(1024 * (gsize)(n > 0 ? n : 1));
     for (int i = 0; i < n; i++) {
-        cJSON *j = mf_file_to_json(&f[i]);
-        char *line = cJSON_PrintUnformatted(j);
-        cJSON_Delete(j);
-        g_string_append(buf, line);
+        mf_file_append_json(buf, &f[i]);
         g_string_append_c(buf, '\n');
-        cJSON_free(line);
     }
     off_t before = lseek(fd, 0, SEEK_END);
     ssize_t w;
@@ -430,16 +510,22 @@ int manifest_save(const manifest *m, const char *path, GError **err)
         cJSON_AddNumberToObject(e, "missing_count", m->missing_count);
     }
     cJSON_AddNumberToObject(j, "shards", m->shards > 0 ? m->shards : 1);
-    cJSON *fs = cJSON_AddArrayToObject(j, "files");
-    for (int i = 0; i < m->n_files; i++)
-        cJSON_AddItemToArray(fs, mf_file_to_json(&m->files[i]));
+    /* "files" comes last: the rest printed by cJSON, its closing brace
+     * replaced by the records written directly (mf_file_append_json),
+     * which for 15,000 files saves building and printing 400,000 objects */
     char *text = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     size_t len = strlen(text);
-    text[len] = '\0';
-    GString *s = g_string_new_len(text, (gssize)len);
-    g_string_append_c(s, '\n');
+    GString *s = g_string_sized_new(len + 16 + (gsize)m->n_files * 1024);
+    g_string_append_len(s, text, (gssize)len - 1);
     cJSON_free(text);
+    g_string_append(s, ",\"files\":[");
+    for (int i = 0; i < m->n_files; i++) {
+        if (i)
+            g_string_append_c(s, ',');
+        mf_file_append_json(s, &m->files[i]);
+    }
+    g_string_append(s, "]}\n");
     int rc = fs_write_atomic(path, s->str, s->len, err);
     g_string_free(s, TRUE);
     return rc;

@@ -131,6 +131,10 @@ cJSON *mf_file_to_json(const mf_file *f);
 int mf_file_from_json(const cJSON *j, mf_file *f, const char *where, GError **err);
 void mf_file_clear(mf_file *f);
 
+/* Appends to s exactly what cJSON_PrintUnformatted(mf_file_to_json(f))
+ * gives, without building the objects (the journal's lines). */
+void mf_file_append_json(GString *s, const mf_file *f);
+
 /* Appends one record as a line to an open journal (O_APPEND fd). The write
  * is a single write() so that concurrent appenders do not interleave; a
  * short write (disk full) is cut off again and reported. */

@@ -1,6 +1,7 @@
 /* verify_files.c - see verify.h: per-file checks (headers, shapes, hashes,
  * bytes against the source), run by a pool of threads. */
 #include "outdir/verify.h"
+#include "base/crc32.h"
 #include "outdir/view.h"
 #include "base/fs.h"
 #include "base/util.h"
@@ -14,7 +15,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 typedef struct {
     vf_result *res;       /* this file's problems, merged in path order later */
@@ -352,7 +352,7 @@ static void locate_damage(const vf_file *f, int fd, uint64_t size, uint8_t *buf,
         uint64_t b = ds + mt->begin, e = ds + mt->end;
         if (e > size)
             continue;
-        uLong crc = crc32_z(0L, Z_NULL, 0);
+        uint32_t crc = 0;
         for (uint64_t p = b; p < e;) {
             size_t n = (size_t)(e - p < VF_READ_CHUNK ? e - p : VF_READ_CHUNK);
             if (pread_full(fd, buf, n, p) != 0) {
@@ -360,10 +360,10 @@ static void locate_damage(const vf_file *f, int fd, uint64_t size, uint8_t *buf,
                        "read error: %s", g_strerror(errno));
                 return;
             }
-            crc = crc32_z(crc, buf, n);
+            crc = qm_crc32(crc, buf, n);
             p += n;
         }
-        if ((uint32_t)crc != mt->crc32) {
+        if (crc != mt->crc32) {
             damaged++;
             vf_add(o->res, VF_DAMAGED, "hash", f->path, mt->name, (int64_t)b,
                    "damaged: crc32 %08x, the manifest says %08x (tensor bytes "

@@ -17,7 +17,20 @@
 #
 # EXF_CASES="small real ds" narrows, REPS=N repeats, EXF_ARGS adds options
 # to qmoe-extract, EXF_STRACE=1 prints an strace -c -f summary of one more
-# extraction of each case.
+# extraction of each case, EXF_BASELINE=DIR also times DIR/qmoe-extract
+# (another build, e.g. the one before a change) in the same interleaved
+# runs and prints its ratio.
+#
+# No timed run follows a deletion: ext4 without a journal (this machine's
+# disk) will not reuse an inode freed in the last 60 s (360 s while its
+# inode table block is dirty), and each new inode then scans past every
+# such free inode of its group, with a buffer look-up each. Creating 6144
+# files after deleting as many cost 20-30 % of the CPU of either side, and
+# only the side whose best run happened to follow no deletion (cp's first)
+# escaped it. So the trees of earlier runs are moved aside and truncated
+# (blocks freed, inodes kept) and deleted only when the benchmark ends.
+# Mass deletions on the same filesystem shortly before (an earlier bench,
+# another user's rm -rf) still cost both sides alike.
 set -u
 B="$QMOE_BIN"; D="$QMOE_BENCH_DIR/extract_files"; rm -rf "$D"; mkdir -p "$D"
 cases=${EXF_CASES:-small real ds}
@@ -32,8 +45,16 @@ timed() {
     awk -v s="$s" -v e="$e" 'BEGIN { print e - s }'
 }
 min() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b < a) ? b : a }'; }
-extract() { "$B/qmoe-extract" --no-progress "${xargs_extra[@]}" "$D/src" "$D/out"; }
+extract() { "${1:-$B}/qmoe-extract" --no-progress "${xargs_extra[@]}" "$D/src" "$D/out"; }
+old_bin=${EXF_BASELINE:-}
 copy_sync() { cp -r "$1" "$D/cp" && sync; }
+# aside DIR: moves DIR out of the way without freeing its inodes
+aside() {
+    [ -e "$1" ] || return 0
+    local t; t=$(mktemp -d "$D/trash/XXXXXX")
+    mv "$1" "$t/" && find "$t" -type f -exec truncate -s 0 {} +
+}
+mkdir -p "$D/trash"
 for c in $cases; do
     case $c in
         small) args=(--layers 48 --experts 128 --hidden 256 --inter 128 --shard-mb 2000)
@@ -53,28 +74,37 @@ for c in $cases; do
     [ $base = out ] && cp -r "$D/out" "$D/base"  # outlives the extractions
     [ $base = out ] && base=base
     # interleaved, so that a change in the load of a shared machine hits
-    # both sides alike; each run starts with its own output gone and synced
-    t_x="" t_c=""
+    # both sides alike; each run starts with its own output moved aside
+    # and everything synced
+    t_x="" t_c="" t_o=""
+    # (the source is read again before each run, as cp's is: on a shared
+    # machine another user's memory can evict it in between)
     for _ in $(seq "$reps"); do
-        rm -rf "$D/out"; sync
+        aside "$D/out"; cat "$D"/src/*.safetensors >/dev/null; sync
         t_x=$(min "$t_x" "$(timed extract)")
-        rm -rf "$D/cp"; find "$D/$base" -type f -exec cat {} + >/dev/null; sync
+        if [ -n "$old_bin" ]; then
+            aside "$D/out"; cat "$D"/src/*.safetensors >/dev/null; sync
+            t_o=$(min "$t_o" "$(timed extract "$old_bin")")
+        fi
+        aside "$D/cp"; find "$D/$base" -type f -exec cat {} + >/dev/null; sync
         t_c=$(min "$t_c" "$(timed copy_sync "$D/$base")")
     done
-    rm -rf "$D/cp"
+    aside "$D/cp"
     awk -v n="$name" -v x="$t_x" -v c="$t_c" -v f="$files" -v b="$bytes" \
-        -v base="$base" -v tg="$target" 'BEGIN {
+        -v base="$base" -v tg="$target" -v o="$t_o" 'BEGIN {
         printf "%s: cp -r %s (%d files, %.2f GB)\n", n, (base == "src" ? "SRC" : "of the output tree"), f, b / 1e9
         printf "  qmoe-extract        %7.2f s\n", x
         printf "  cp -r + sync        %7.2f s\n", c
         printf "  ratio               %7.2f   (target <= %s)\n", (c > 0 ? x / c : 0), tg
+        if (o != "")
+            printf "  baseline build      %7.2f s, ratio %.2f\n", o, (c > 0 ? o / c : 0)
     }'
     if [ "${EXF_STRACE:-0}" = 1 ]; then
-        rm -rf "$D/out"; sync
+        aside "$D/out"; sync
         strace -c -f -o "$D/strace" "$B/qmoe-extract" --no-progress "${xargs_extra[@]}" \
             "$D/src" "$D/out" >/dev/null 2>&1
         echo "  strace -c -f (top 14):"; head -16 "$D/strace" | sed 's/^/    /'
     fi
-    rm -rf "$D/src" "$D/out" "$D/base"
+    aside "$D/out"; aside "$D/base"; rm -rf "$D/src"
 done
 rm -rf "$D"

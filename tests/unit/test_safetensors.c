@@ -607,6 +607,68 @@ static uint8_t *build_image(uint64_t align, uint64_t phase,
     return b;
 }
 
+/* st_header_build writes its JSON directly: the bytes are what cJSON
+ * prints for the same object (as the builder once made it), for escaped
+ * names, every dtype, scalars and offsets past 2^31 and 2^32. */
+static void test_writer_json_bytes(void)
+{
+    static const char *const meta[] = {"qmoe_version", "0.1.0", "k\"ey\\", "v\nal", NULL};
+    static const char *tnames[] = {"model.layers.0.mlp.experts.3.up_proj.weight",
+                                  "q\"uote\\ \t\x01 \xc3\xa9", "scalar", "big"};
+    st_entry e[4];
+    memset(e, 0, sizeof e);
+    for (int i = 0; i < 4; i++) {
+        e[i].name = tnames[i];
+        e[i].dtype = (st_dtype)(i % ST_DTYPE_COUNT);
+        e[i].ndim = i == 2 ? 0 : 2;
+        e[i].shape[0] = i == 3 ? 65536 : 3;
+        e[i].shape[1] = i == 3 ? 65536 * 2 : 5;
+        int64_t numel = e[i].ndim ? e[i].shape[0] * e[i].shape[1] : 1;
+        e[i].nbytes = (uint64_t)numel * st_dtype_bits(e[i].dtype) / 8;
+    }
+    e[1].dtype = ST_BF16;
+    e[1].nbytes = 3 * 5 * 2;
+    for (int rep = 0; rep < 2; rep++) {
+        GError *err = NULL;
+        GByteArray *h = st_header_build(e, 4, rep ? meta : NULL, 0, 0, &err);
+        CHECK(h != NULL);
+        if (!h) {
+            g_clear_error(&err);
+            continue;
+        }
+        cJSON *root = cJSON_CreateObject();
+        cJSON *m = cJSON_AddObjectToObject(root, "__metadata__");
+        cJSON_AddStringToObject(m, "format", "pt");
+        for (int i = 0; rep && meta[i]; i += 2)
+            cJSON_AddStringToObject(m, meta[i], meta[i + 1]);
+        uint64_t at = 0;
+        for (int i = 0; i < 4; i++) {
+            cJSON *t = cJSON_AddObjectToObject(root, e[i].name);
+            cJSON_AddStringToObject(t, "dtype", st_dtype_name(e[i].dtype));
+            cJSON *sh = cJSON_AddArrayToObject(t, "shape");
+            for (int d = 0; d < e[i].ndim; d++)
+                cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)e[i].shape[d]));
+            cJSON *off = cJSON_AddArrayToObject(t, "data_offsets");
+            cJSON_AddItemToArray(off, cJSON_CreateNumber((double)at));
+            cJSON_AddItemToArray(off, cJSON_CreateNumber((double)(at + e[i].nbytes)));
+            at += e[i].nbytes;
+        }
+        char *want = cJSON_PrintUnformatted(root);
+        cJSON_Delete(root);
+        size_t wl = strlen(want);
+        int same = h->len >= 8 + wl && memcmp(h->data + 8, want, wl) == 0;
+        for (size_t i = 8 + wl; i < h->len; i++)
+            same &= h->data[i] == ' ';
+        if (!same)
+            printf("  header differs:\n  cJSON: %s\n  here:  %.*s\n", want,
+                   (int)(h->len - 8), (const char *)h->data + 8);
+        CHECK(same);
+        CHECK(at > (1ull << 32));
+        cJSON_free(want);
+        g_byte_array_free(h, TRUE);
+    }
+}
+
 static void test_writer_round_trip(void)
 {
     static const char *const meta[] = {"source", "model-00001-of-00002",
@@ -838,6 +900,7 @@ int main(void)
     RUN(test_metadata);
     RUN(test_numel_and_shape_str);
     RUN(test_writer_round_trip);
+    RUN(test_writer_json_bytes);
     RUN(test_writer_align);
     RUN(test_writer_refuses);
     RUN(test_write_and_open);
