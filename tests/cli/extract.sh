@@ -2,7 +2,7 @@
 # qmoe-extract end to end on the golden fixture: layout, names, byte
 # identity with the source, resume, subsets, signals, locks, bad input.
 . "$(dirname "$0")/lib.sh"
-plan 71
+plan 72
 TOOLS="$QMOE_BUILD/tests/tools"
 OMNI="$FIX/qwen3moe-tiny/omni"
 QM="$FIX/qwen3moe-tiny/qwen3moe"
@@ -150,3 +150,7 @@ dpid=$(printf %s "$out" | sed -n 's/.*pid \([0-9]*\).*/\1/p' | head -1)
 for _ in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
 check detach-finished grep -q '"state":"finished"' "$T/det/.qmoe/progress.json"
 check detach-log grep -q "finished: 52 files" "$T/det/.qmoe/extract.log"
+
+# -- the summary counts one expert in the singular
+run qmoe-extract --no-progress --layers 1 --experts 5 "$QM" "$T/one"
+expect summary-one-expert 0 "files complete (1 expert)," stdout
