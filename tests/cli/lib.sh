@@ -87,3 +87,15 @@ same() {
 
 # no_tmp_files DIR : no temporary left anywhere under DIR.
 no_tmp_files() { [ -z "$(find "$1" -name '*.tmp.*' -print -quit)" ]; }
+
+# score A B: max |a - b| / max(1, max |b|) over two float32 files (the
+# golden logits' normalised difference); "nan" when empty or of unequal length
+score() {
+    paste <(od -An -v -f -w4 "$1") <(od -An -v -f -w4 "$2") | awk '
+        NF != 2 { bad = 1 }
+        { d = $1 - $2; if (d < 0) d = -d; if (d > m) m = d
+          g = $2 < 0 ? -$2 : $2; if (g > s) s = g; n++ }
+        END { if (s < 1) s = 1; if (n == 0 || bad) print "nan"; else printf "%.3g\n", m / s }'
+}
+# within SCORE LIMIT: SCORE <= LIMIT
+within() { awk -v s="$1" -v l="$2" 'BEGIN { exit !(s != "nan" && s <= l) }'; }

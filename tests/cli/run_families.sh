@@ -18,16 +18,6 @@ FAM=$FIX/families
 ids() { jq -r ".sequences.seq$2.ids | map(tostring) | join(\",\")" "$1/tokens.json"; }
 # want G SEQ KEY: the golden continuation
 want() { jq -r ".greedy.seq$2.$3 | map(tostring) | join(\",\")" "$1/greedy.json"; }
-# score A B: max |a - b| / max(1, max |b|) over two float32 files
-score() {
-    paste <(od -An -v -f -w4 "$1") <(od -An -v -f -w4 "$2") | awk '
-        NF != 2 { bad = 1 }
-        { d = $1 - $2; if (d < 0) d = -d; if (d > m) m = d
-          g = $2 < 0 ? -$2 : $2; if (g > s) s = g; n++ }
-        END { if (s < 1) s = 1; if (n == 0 || bad) print "nan"; else printf "%.3g\n", m / s }'
-}
-# within SCORE LIMIT: SCORE <= LIMIT
-within() { awk -v s="$1" -v l="$2" 'BEGIN { exit !(s != "nan" && s <= l) }'; }
 # router rows of a golden router_*.json and of a --router-log: "L T e,e w w"
 golden_router() {
     jq -r '.layers[] | .layer as $l | range(0; .experts | length) as $t |

@@ -17,14 +17,6 @@ FUSE=$QMOE_ROOT/tests/tools/fuse_experts.py
 
 ids() { jq -r ".sequences.seq$1.ids | map(tostring) | join(\",\")" "$G/tokens.json"; }
 want() { jq -r ".greedy.seq$1.$2 | map(tostring) | join(\",\")" "$G/greedy.json"; }
-score() {
-    paste <(od -An -v -f -w4 "$1") <(od -An -v -f -w4 "$2") | awk '
-        NF != 2 { bad = 1 }
-        { d = $1 - $2; if (d < 0) d = -d; if (d > m) m = d
-          g = $2 < 0 ? -$2 : $2; if (g > s) s = g; n++ }
-        END { if (s < 1) s = 1; if (n == 0 || bad) print "nan"; else printf "%.3g\n", m / s }'
-}
-within() { awk -v s="$1" -v l="$2" 'BEGIN { exit !(s != "nan" && s <= l) }'; }
 
 run "$PY" "$FUSE" "$FX/qwen3moe" "$T/fused"
 expect fused_written 0 "6 stacked tensors from 48 experts" stdout

@@ -10,13 +10,6 @@ G=$FIX/qwen3moe-tiny/golden
 ids() { grep -A1 "\"seq$1\"" "$G/tokens.json" | sed -n 's/.*"ids": \[\(.*\)\].*/\1/p' | tr -d ' '; }
 # want SEQ KEY: the golden continuation from greedy.json
 want() { grep -A3 "\"seq$1\"" "$G/greedy.json" | sed -n "s/.*\"$2\": \[\(.*\)\].*/\1/p" | tr -d ' '; }
-# score A B: max |a - b| / max(1, max |b|) over two float32 files
-score() {
-    paste <(od -An -v -f -w4 "$1") <(od -An -v -f -w4 "$2") | awk '
-        { d = $1 - $2; if (d < 0) d = -d; if (d > m) m = d
-          g = $2 < 0 ? -$2 : $2; if (g > s) s = g; n++ }
-        END { if (s < 1) s = 1; if (n == 0) print "nan"; else printf "%.3g\n", m / s }'
-}
 
 for layout in qwen3moe omni; do
     for mode in full masked; do
