@@ -1265,9 +1265,12 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     if (o->before_write) {
         if (o->before_write(o->before_write_arg, err))
             goto out;
-        /* maybe another process now (--detach's child): the lock says who */
+        /* maybe another process now (--detach's child): the lock says who,
+         * and so must progress.json (qmoe-status judges liveness by it) */
         if (progress_lock_handover(lock_fd, lock_path, err))
             goto out;
+        j.prog.pid = getpid();
+        j.prog.pid_start = 0; /* the writer reads the new process's */
     }
     if (stale)
         job_log(&j, "took over the stale lock of pid %ld", (long)stale);

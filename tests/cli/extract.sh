@@ -2,7 +2,7 @@
 # qmoe-extract end to end on the golden fixture: layout, names, byte
 # identity with the source, resume, subsets, signals, locks, bad input.
 . "$(dirname "$0")/lib.sh"
-plan 72
+plan 74
 TOOLS="$QMOE_BUILD/tests/tools"
 OMNI="$FIX/qwen3moe-tiny/omni"
 QM="$FIX/qwen3moe-tiny/qwen3moe"
@@ -150,6 +150,16 @@ dpid=$(printf %s "$out" | sed -n 's/.*pid \([0-9]*\).*/\1/p' | head -1)
 for _ in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
 check detach-finished grep -q '"state":"finished"' "$T/det/.qmoe/progress.json"
 check detach-log grep -q "finished: 52 files" "$T/det/.qmoe/extract.log"
+
+# -- a detached job is the child's in progress.json too: qmoe-status sees it
+# running (it once named the parent, gone, and said "crashed")
+QMOE_THROTTLE_MS=20 run qmoe-extract --detach "$OMNI" "$T/det2"
+dpid=$(printf %s "$out" | sed -n 's/.*pid \([0-9]*\).*/\1/p' | head -1)
+run qmoe-status "$T/det2"
+expect detach-status-running 1 "running (pid $dpid)" stdout
+same detach-progress-pid "$(jq -r .pid "$T/det2/.qmoe/progress.json")" "$dpid"
+kill "$dpid" 2>/dev/null
+for _ in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
 
 # -- the summary counts one expert in the singular
 run qmoe-extract --no-progress --layers 1 --experts 5 "$QM" "$T/one"
