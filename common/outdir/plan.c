@@ -103,6 +103,17 @@ static void add_tensor(plan_file *f, const char *name, const char *src_name,
     f->bytes += nbytes;
 }
 
+/* Frees a file still being built (its tensors are a GArray of plan_tensor
+ * until the plan is finished). */
+static void building_file_clear(plan_file *f)
+{
+    GArray *ts = (GArray *)f->t;
+    for (guint k = 0; k < ts->len; k++)
+        mf_desc_clear(&g_array_index(ts, plan_tensor, k).desc);
+    g_array_free(ts, TRUE);
+    g_free(f->path);
+}
+
 static int cmp_tensor(const void *a, const void *b)
 {
     return strcmp(((const plan_tensor *)a)->name, ((const plan_tensor *)b)->name);
@@ -356,11 +367,7 @@ plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
             i++;
             continue;
         }
-        GArray *ts = (GArray *)f->t;
-        for (guint k = 0; k < ts->len; k++)
-            mf_desc_clear(&g_array_index(ts, plan_tensor, k).desc);
-        g_array_free(ts, TRUE);
-        g_free(f->path);
+        building_file_clear(f);
         g_array_remove_index_fast(b.files, i);
     }
     p->n_blocked = (int)b.blocks->len;
@@ -384,14 +391,8 @@ plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
 out:
     g_hash_table_destroy(b.index);
     if (b.files) { /* failed mid-way: free what was built */
-        for (guint i = 0; i < b.files->len; i++) {
-            plan_file *f = &g_array_index(b.files, plan_file, i);
-            GArray *ts = (GArray *)f->t;
-            for (guint k = 0; k < ts->len; k++)
-                mf_desc_clear(&g_array_index(ts, plan_tensor, k).desc);
-            g_array_free(ts, TRUE);
-            g_free(f->path);
-        }
+        for (guint i = 0; i < b.files->len; i++)
+            building_file_clear(&g_array_index(b.files, plan_file, i));
         g_array_free(b.files, TRUE);
     }
     g_ptr_array_free(others, TRUE);

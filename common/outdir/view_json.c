@@ -235,6 +235,36 @@ int od_rec_scan(char *p, char *end, od_rec *r)
     return parse_line(p, end, r);
 }
 
+/* One member of an object: reads its key and colon; *k, *klen are the
+ * key's bytes as written, and c then stands at the value. -1 at the end of
+ * the object or on malformed input. */
+static int member_key(jcur *c, char **k, size_t *klen)
+{
+    ws(c);
+    char *start = c->p + 1;
+    if (skip_string(c, NULL))
+        return -1;
+    *k = start;
+    *klen = (size_t)(c->p - 1 - start);
+    ws(c);
+    if (c->p >= c->end || *c->p != ':')
+        return -1;
+    c->p++;
+    ws(c);
+    return 0;
+}
+
+/* After a member's value: 1 when a comma announces another member. */
+static int member_next(jcur *c)
+{
+    ws(c);
+    if (c->p < c->end && *c->p == ',') {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
 /* Reads the top-level members of qmoe.json's head in [buf, buf+len) up to
  * "expected" (the writer puts "complete", "source" and "layout" before it).
  * Returns the parsed "expected", or NULL with *need_more when the buffer
@@ -249,16 +279,10 @@ static cJSON *head_in(char *buf, size_t len, od_mhead *h, int *need_more)
     c.p++;
     cJSON *found = NULL;
     for (;;) {
-        ws(&c);
-        char *k = c.p + 1;
-        if (skip_string(&c, NULL))
+        char *k;
+        size_t klen;
+        if (member_key(&c, &k, &klen))
             break;
-        size_t klen = (size_t)(c.p - 1 - k);
-        ws(&c);
-        if (c.p >= c.end || *c.p != ':')
-            break;
-        c.p++;
-        ws(&c);
         char *v = c.p;
         if (skip_value(&c))
             break;
@@ -279,12 +303,8 @@ static cJSON *head_in(char *buf, size_t len, od_mhead *h, int *need_more)
 #undef KEY
         if (found)
             return found;
-        ws(&c);
-        if (c.p < c.end && *c.p == ',') {
-            c.p++;
-            continue;
-        }
-        break;
+        if (!member_next(&c))
+            break;
     }
     *need_more = c.p >= c.end;
     return NULL;
@@ -342,13 +362,9 @@ void od_mhead_clear(od_mhead *h)
 int od_manifest_records(const char *path, void (*each)(const od_rec *r, void *ctx),
                         void *ctx)
 {
-    gchar *buf = NULL;
-    gsize len = 0;
-    int fd = fs_open_regular(path, O_RDONLY, "cannot open", NULL);
-    if (fd < 0)
-        return -1;
-    close(fd);
-    if (!g_file_get_contents(path, &buf, &len, NULL))
+    char *buf = NULL;
+    size_t len = 0;
+    if (fs_read_file(path, "cannot read", &buf, &len, NULL))
         return -1;
     jcur c = {buf, buf + len};
     int rc = -1;
@@ -356,16 +372,10 @@ int od_manifest_records(const char *path, void (*each)(const od_rec *r, void *ct
     if (c.p < c.end && *c.p == '{') {
         c.p++;
         for (;;) {
-            ws(&c);
-            char *k = c.p + 1;
-            if (skip_string(&c, NULL))
+            char *k;
+            size_t klen;
+            if (member_key(&c, &k, &klen))
                 break;
-            size_t klen = (size_t)(c.p - 1 - k);
-            ws(&c);
-            if (c.p >= c.end || *c.p != ':')
-                break;
-            c.p++;
-            ws(&c);
             if (klen == 5 && memcmp(k, "files", 5) == 0 && c.p < c.end && *c.p == '[') {
                 c.p++;
                 rc = 0;
@@ -389,14 +399,8 @@ int od_manifest_records(const char *path, void (*each)(const od_rec *r, void *ct
                 }
                 break;
             }
-            if (skip_value(&c))
+            if (skip_value(&c) || !member_next(&c))
                 break;
-            ws(&c);
-            if (c.p < c.end && *c.p == ',') {
-                c.p++;
-                continue;
-            }
-            break;
         }
     }
     g_free(buf);
