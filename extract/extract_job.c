@@ -37,6 +37,16 @@
 #define BATCH_FILES 256
 #define BATCH_AGE 0.25
 
+/* Files smaller than this go through the page cache, not O_DIRECT: a
+ * direct write waits for the disk, once per file, which costs more than
+ * copying a small file into the cache and letting the batch's syncfs
+ * write them all back in one sweep; larger files gain from the disk
+ * writing one while the next is read. Best of 3 on this VM's disk,
+ * direct vs cached, interleaved: 16 KiB files 1.71 s vs 1.28 s for
+ * 14,848; 192 KiB 1.41 s vs 1.23 s for 6144; 384 KiB 1.11 s vs 1.74 s
+ * for 3072; 768 KiB 0.87 s vs 1.29 s for 1536. */
+#define DIRECT_MIN (256u << 10)
+
 static volatile sig_atomic_t stop_requested;
 
 static void on_signal(int sig)
@@ -225,11 +235,12 @@ static void pending_free(pending *p)
  * hands over the complete, not yet durable file in *out. `buf` holds
  * CHUNK bytes, FS_DIRECT_ALIGN-aligned.
  *
- * Without reflinks the file goes out with O_DIRECT (fs.h): the header and
- * the data are assembled in buf (each source read lands right after the
- * bytes before it), buf is written whenever it is full and the tail at
- * the end, so that the bytes are copied once (the source read), not also
- * into the page cache. */
+ * Without reflinks the header and the data are assembled in buf (each
+ * source read lands right after the bytes before it) and buf is written
+ * whenever it is full and at the end: a small file is one write. A file
+ * of DIRECT_MIN bytes or more goes out with O_DIRECT (fs.h), so that its
+ * bytes are copied once (the source read), not also into the page cache;
+ * its tail, less than a block, through the cache. */
 static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
                       fs_out **out, GError **err)
 {
@@ -252,8 +263,9 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
     g_free(e);
     if (!hdr)
         return -1;
-    int direct = !bs && hdr->len <= CHUNK / 2;
-    size_t fill = 0; /* direct: bytes assembled in buf, not yet written */
+    int assemble = !bs && hdr->len <= CHUNK / 2;
+    int direct = assemble && f->bytes >= DIRECT_MIN;
+    size_t fill = 0; /* assemble: bytes in buf, not yet written */
     char *path = g_build_filename(j->o->out, f->path, NULL);
     fs_out *o = direct ? fs_out_open_direct(path, err) : fs_out_open(path, err);
     g_free(path);
@@ -265,7 +277,7 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
     }
     if (!rc) {
         EVP_DigestUpdate(sha, hdr->data, hdr->len);
-        if (direct) {
+        if (assemble) {
             memcpy(buf, hdr->data, hdr->len);
             fill = hdr->len;
         } else {
@@ -322,7 +334,7 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
                 used += take;
                 tdone += take;
             }
-            if (direct) {
+            if (assemble) {
                 fill += len;
                 if (fill == CHUNK) {
                     rc = fs_out_write(o, buf, fill, err);
@@ -335,10 +347,10 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
         }
         i = k;
     }
-    if (!rc && fill) { /* whole blocks direct, then the tail through the cache */
-        size_t whole = fill / FS_DIRECT_ALIGN * FS_DIRECT_ALIGN;
+    if (!rc && fill) { /* direct: whole blocks, then the tail through the cache */
+        size_t whole = o->direct ? fill / FS_DIRECT_ALIGN * FS_DIRECT_ALIGN : fill;
         rc = fs_out_write(o, buf, whole, err);
-        if (!rc)
+        if (!rc && fill > whole)
             rc = fs_out_write(o, buf + whole, fill - whole, err);
     }
     if (!rc && stop_requested) {

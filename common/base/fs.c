@@ -357,6 +357,8 @@ int fs_out_write(fs_out *o, const void *buf, size_t len, GError **err)
         p += n;
         len -= (size_t)n;
         o->written += (uint64_t)n;
+        if (!o->direct)
+            o->cached += (uint64_t)n;
     }
     return 0;
 }
@@ -447,7 +449,7 @@ fs_batch *fs_batch_new(const char *dir, GError **err)
 
 int fs_out_finish(fs_out *o, GError **err)
 {
-    if (o->written > 0)
+    if (o->cached >= FS_WRITEBACK_MIN)
         (void)sync_file_range(o->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
     int r = close(o->fd);
     o->fd = -1;

@@ -25,6 +25,7 @@ typedef struct {
     char *path; /* final name */
     char *tmp;  /* temporary name */
     uint64_t written;
+    uint64_t cached; /* of written, the bytes that went through the page cache */
     int direct; /* O_DIRECT still on */
 } fs_out;
 
@@ -132,8 +133,15 @@ typedef struct fs_batch fs_batch;
  * NULL with *err set when dir cannot be opened. */
 fs_batch *fs_batch_new(const char *dir, GError **err);
 
-/* Starts the writeback of complete o and closes its fd (o stays the
- * caller's: fs_out_abort still removes the temporary). */
+/* Closes complete o's fd (o stays the caller's: fs_out_abort still
+ * removes the temporary), first starting the writeback of what o wrote
+ * through the page cache when that is at least FS_WRITEBACK_MIN bytes.
+ * A smaller part (an O_DIRECT file's tail, a small file) is left to the
+ * batch's syncfs, which writes all such pages in one sweep: started one
+ * file at a time, each would be an I/O request (here a VM exit) of its
+ * own, costlier than the bytes (16 KiB files: 1.71 s -> 1.28 s for
+ * 14,848 of them, tests/bench/extract_files.sh). */
+#define FS_WRITEBACK_MIN (256u << 10)
 int fs_out_finish(fs_out *o, GError **err);
 
 /* Takes ownership of finished o. */
