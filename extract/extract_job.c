@@ -94,6 +94,12 @@ typedef struct {
     int n_todo;
     gint next;              /* atomic cursor into todo */
     GMutex mu;
+    GCond idle;             /* signalled (under mu) when a worker ends */
+    int live;               /* workers still running, guarded by mu */
+    GArray *recs;           /* one-part run (shards 1): the records of every
+                               file in place, those found at the start and
+                               those committed since (mf_file, guarded by
+                               mu); NULL for a --shard part */
     int journal_fd;
     char *journal_path;
     int log_fd;
@@ -224,9 +230,7 @@ static void pending_free(pending *p)
     for (guint i = 0; i < p->files->len; i++)
         fs_out_abort(p->files->pdata[i]);
     g_ptr_array_free(p->files, TRUE);
-    for (guint i = 0; i < p->recs->len; i++)
-        mf_file_clear(&g_array_index(p->recs, mf_file, i));
-    g_array_free(p->recs, TRUE);
+    mf_files_free(p->recs);
     g_ptr_array_free(p->plan, TRUE);
     g_free(p);
 }
@@ -419,6 +423,10 @@ static void commit_pending(job *j, pending *p)
             j->prog.bytes_done += f->bytes;
             j->prog.experts_done += f->kind == MF_EXPERT;
         }
+        if (j->recs) { /* handed over: pending_free clears what is left */
+            g_array_append_vals(j->recs, p->recs->data, p->recs->len);
+            g_array_set_size(p->recs, 0);
+        }
     }
     g_mutex_unlock(&j->mu);
     g_mutex_unlock(&j->commit_mu);
@@ -478,6 +486,10 @@ static gpointer worker(gpointer arg)
             commit_pending(j, full);
     }
     g_aligned_free(buf);
+    g_mutex_lock(&j->mu);
+    j->live--;
+    g_cond_signal(&j->idle);
+    g_mutex_unlock(&j->mu);
     return NULL;
 }
 
@@ -583,14 +595,24 @@ static int write_progress(job *j, const char *path, const char *state)
     return rc;
 }
 
-/* Writes the index and qmoe.json from all journals. Under a lock so that
- * the last of several --shard processes to finish sees everyone's records. */
+/* Writes the index and qmoe.json from the records of the files in place:
+ * a one-part run's own (j->recs: it alone wrote OUT, under its lock, so
+ * rereading its journal would give the same), else all journals, under a
+ * lock so that the last of several --shard processes to finish sees
+ * everyone's records. */
 static int finish_outputs(job *j, const char *src_path, int *complete, GError **err)
 {
     const char *out = j->o->out;
     int lfd = lock_top(out);
-    GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
-    int rc = mf_journals_read_all(out, recs, err);
+    GArray *recs = j->recs;
+    int rc = 0;
+    if (recs) { /* one part: the records kept since the start are all */
+        j->recs = NULL;
+        mf_files_sort_unique(recs);
+    } else {
+        recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
+        rc = mf_journals_read_all(out, recs, err);
+    }
     uint8_t *done = g_new0(uint8_t, j->p->n_files > 0 ? j->p->n_files : 1);
     manifest *m = g_new0(manifest, 1);
     if (rc == 0) {
@@ -631,9 +653,7 @@ static int finish_outputs(job *j, const char *src_path, int *complete, GError **
             rc = manifest_save(m, mp, err);
         g_free(mp);
     }
-    for (guint i = 0; i < recs->len; i++)
-        mf_file_clear(&g_array_index(recs, mf_file, i));
-    g_array_free(recs, TRUE);
+    mf_files_free(recs);
     manifest_free(m);
     g_free(done);
     if (lfd >= 0)
@@ -929,9 +949,7 @@ static int dry_done(const ex_opts *o, plan *p, ckpt *ck, int *todo, int *n_todo,
             cJSON_Delete(merged);
             g_free(diff);
         }
-        for (guint i = 0; i < recs->len; i++)
-            mf_file_clear(&g_array_index(recs, mf_file, i));
-        g_array_free(recs, TRUE);
+        mf_files_free(recs);
         cJSON_Delete(then);
         cJSON_Delete(now);
     }
@@ -1173,6 +1191,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     j.o = o;
     j.journal_fd = j.log_fd = -1;
     g_mutex_init(&j.mu);
+    g_cond_init(&j.idle);
     g_mutex_init(&j.commit_mu);
     int lock_fd = -1, rc = -1;
     char *state_dir = progress_state_dir(o->out, o->shard, o->shards);
@@ -1212,9 +1231,11 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         goto out;
     }
     od_find_done(p, j.ck, j.source_id, o->out, recs, done);
-    for (guint i = 0; i < recs->len; i++)
-        mf_file_clear(&g_array_index(recs, mf_file, i));
-    g_array_free(recs, TRUE);
+    if (o->shards == 1) {
+        j.recs = recs; /* finish_outputs needs no second read */
+    } else {
+        mf_files_free(recs);
+    }
 
     j.todo = g_new(int, p->n_files > 0 ? p->n_files : 1);
     j.prog.pid = getpid();
@@ -1320,27 +1341,26 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         goto out;
     GThread **th = g_new(GThread *, o->jobs);
     void **args = g_new(void *, 2 * o->jobs);
+    j.live = o->jobs;
     for (int i = 0; i < o->jobs; i++) {
         args[2 * i] = &j;
         args[2 * i + 1] = GINT_TO_POINTER(i);
         th[i] = g_thread_new("extract", worker, &args[2 * i]);
     }
-    /* Main thread: progress a few times a second until workers finish. */
-    for (;;) {
-        g_mutex_lock(&j.mu);
-        int busy = 0;
-        for (int i = 0; i < o->jobs; i++)
-            busy |= j.current[i] != NULL;
-        int finished = !busy && (j.failed || stop_requested ||
-                                 g_atomic_int_get(&j.next) >= j.n_todo);
+    /* Main thread: progress five times a second until the last worker
+     * ends (woken then, not at the next tick). */
+    g_mutex_lock(&j.mu);
+    while (j.live > 0) {
         g_mutex_unlock(&j.mu);
-        if (finished)
-            break;
         write_progress(&j, prog_path, "running");
         if (o->progress_bar)
             draw_bar(&j, t0);
-        g_usleep(200000);
+        g_mutex_lock(&j.mu);
+        gint64 until = g_get_monotonic_time() + 200000;
+        while (j.live > 0 && g_cond_wait_until(&j.idle, &j.mu, until))
+            ;
     }
+    g_mutex_unlock(&j.mu);
     for (int i = 0; i < o->jobs; i++)
         g_thread_join(th[i]);
     g_free(th);
@@ -1414,6 +1434,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
 out:
     res->seconds = qm_monotonic() - t0;
     pending_free(j.pend);
+    mf_files_free(j.recs);
     fs_batch_free(j.batch);
     if (j.journal_fd >= 0)
         close(j.journal_fd);
@@ -1435,6 +1456,7 @@ out:
     progress_clear(&j.prog);
     cJSON_Delete(j.source_identity);
     g_mutex_clear(&j.mu);
+    g_cond_clear(&j.idle);
     g_mutex_clear(&j.commit_mu);
     plan_free(p);
     ckpt_close(j.ck);

@@ -372,6 +372,15 @@ void mf_files_sort_unique(GArray *files)
     g_array_set_size(files, w);
 }
 
+void mf_files_free(GArray *files)
+{
+    if (!files)
+        return;
+    for (guint i = 0; i < files->len; i++)
+        mf_file_clear(&g_array_index(files, mf_file, i));
+    g_array_free(files, TRUE);
+}
+
 int mf_journal_read(const char *path, GArray *files, GError **err)
 {
     gchar *text = NULL;
@@ -609,9 +618,7 @@ manifest *manifest_load(const char *path, GError **err)
         snprintf(where, sizeof where, "'%s' files[%d]", path, i++);
         mf_file f;
         if (mf_file_from_json(x, &f, where, err)) {
-            for (guint k = 0; k < files->len; k++)
-                mf_file_clear(&g_array_index(files, mf_file, k));
-            g_array_free(files, TRUE);
+            mf_files_free(files);
             goto fail;
         }
         g_array_append_val(files, f);

@@ -173,4 +173,7 @@ const mf_file *manifest_find(const manifest *m, const char *path);
 /* Sorts a GArray of mf_file by path and drops earlier duplicates. */
 void mf_files_sort_unique(GArray *files);
 
+/* Clears every record of a GArray of mf_file and frees it; accepts NULL. */
+void mf_files_free(GArray *files);
+
 #endif

@@ -778,9 +778,7 @@ int od_restart(const char *out, int *removed, GError **err)
     for (int i = 0; m && i < m->n_files && rc == 0; i++)
         rc = remove_rel(out, m->files[i].path, removed, err);
     manifest_free(m);
-    for (guint i = 0; i < recs->len; i++)
-        mf_file_clear(&g_array_index(recs, mf_file, i));
-    g_array_free(recs, TRUE);
+    mf_files_free(recs);
     static const char *const tops[] = {"", "experts", "layers", "other", NULL};
     for (int i = 0; tops[i] && rc == 0; i++) {
         char *dir = g_build_filename(out, tops[i], NULL);

@@ -61,9 +61,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         g_clear_error(&err);
     }
-    for (guint i = 0; i < files->len; i++)
-        mf_file_clear(&g_array_index(files, mf_file, i));
-    g_array_free(files, TRUE);
+    mf_files_free(files);
 
     put(mpath, data, size);
     manifest *m = manifest_load(mpath, &err);
