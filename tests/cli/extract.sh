@@ -2,7 +2,7 @@
 # qmoe-extract end to end on the golden fixture: layout, names, byte
 # identity with the source, resume, subsets, signals, locks, bad input.
 . "$(dirname "$0")/lib.sh"
-plan 74
+plan 77
 TOOLS="$QMOE_BUILD/tests/tools"
 OMNI="$FIX/qwen3moe-tiny/omni"
 QM="$FIX/qwen3moe-tiny/qwen3moe"
@@ -45,6 +45,14 @@ f="$dst/experts/expert_03_layer_01.safetensors"; truncate -s 100 "$f"
 run qmoe-extract "$OMNI" "$dst"
 expect resume-redoes-short-file 0
 [ "$(cd "$dst" && sha256sum experts/* | sha256sum)" = "$sum1" ] && ok resume-identical || fail resume-identical
+# qmoe.json (written from the records the run kept, not a reread journal)
+# holds one record per file, the redone one's with its new hash
+dups=$(jq -r '.files[].path' "$dst/qmoe.json" | sort | uniq -d)
+[ -z "$dups" ] && jq -e '.files | length > 0' "$dst/qmoe.json" >/dev/null \
+    && ok resume-manifest-one-record-each || fail resume-manifest-one-record-each "twice: $dups"
+same resume-manifest-files "$(jq '.files | length' "$dst/qmoe.json")" "$(cd "$dst" && find globals.safetensors experts layers other -type f | wc -l)"
+same resume-manifest-redone-hash "$(jq -r '.files[] | select(.path == "experts/expert_03_layer_01.safetensors") | .sha256' "$dst/qmoe.json")" \
+    "$(sha256sum "$f" | cut -c1-64)"
 
 # -- dry run and JSON
 run qmoe-extract --dry-run --json "$OMNI" "$T/never"
