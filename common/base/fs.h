@@ -102,9 +102,9 @@ void fs_out_abort(fs_out *o);
 
 /* Group commit: many fs_outs made durable and put in place together, at
  * a few filesystem journal commits per batch instead of two per file.
- * fs_out_finish ends a complete file: starts its writeback at once
- * (sync_file_range: the disk works while the caller writes the next
- * files) and closes it; fs_batch_add collects finished files.
+ * fs_out_finish ends a complete file: starts the writeback of a large
+ * one at once (sync_file_range: the disk works while the caller writes
+ * the next files) and closes it; fs_batch_add collects finished files.
  * fs_batch_commit makes the data of all of them durable with one syncfs()
  * of their filesystem, then renames every file into place and fsyncs each
  * directory touched once. When it returns 0,
@@ -119,11 +119,12 @@ void fs_out_abort(fs_out *o);
  * is one writeback sweep, one journal commit and one flush. Its price:
  * it also writes back (and waits for) the dirty pages of every other
  * writer on the same filesystem, other --shard parts included. That is
- * work the disk has to do anyway, and the pages of our own batch are
- * already on their way (fs_out_finish started them), so it mostly costs
- * latency per batch, not throughput; a filesystem shared with a heavy
- * writer makes batches slower, never wrong. Writeback errors of other
- * writers' files also fail the commit: safe, if not precise. */
+ * work the disk has to do anyway, and most bytes of our own batch are
+ * already on their way (O_DIRECT, or started by fs_out_finish), so it
+ * mostly costs latency per batch, not throughput; a filesystem shared
+ * with a heavy writer makes batches slower, never wrong. Writeback
+ * errors of other writers' files also fail the commit: safe, if not
+ * precise. */
 typedef struct fs_batch fs_batch;
 
 /* A batch for files under directory `dir`, reusable: open it before the

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # coherence_families.sh - qmoe-verify --coherence on the extraction of every
-# family fixture (../shared/fixtures/families: Mixtral, OLMoE, Qwen2-MoE,
+# family fixture (tests/fixtures/families: Mixtral, OLMoE, Qwen2-MoE,
 # DeepSeek-V3 with its MTP block). The fixtures are random tiny models, so
 # the gate must: run end to end on each family's OUT; find the logits of
 # OUT bit-identical to the source's (a); fail on the reference perplexity
@@ -9,7 +9,7 @@
 # top-k experts, fail (c) naming the confined layers.
 . "$(dirname "$0")/lib.sh"
 plan 32
-FAM=${QMOE_SHARED:-$QMOE_ROOT/../shared}/fixtures/families
+FAM=$FIX/families
 V="qmoe-verify -j 1 --coherence"
 has() { if [[ "$out" == *"$2"* ]]; then ok "$1"; else fail "$1" "stdout lacks '$2': $(head -c 600 "$T/.out")"; fi; }
 
