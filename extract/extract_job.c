@@ -596,18 +596,22 @@ static int write_progress(job *j, const char *path, const char *state)
 }
 
 /* Writes the index and qmoe.json from the records of the files in place:
- * a one-part run's own (j->recs: it alone wrote OUT, under its lock, so
- * rereading its journal would give the same), else all journals, under a
- * lock so that the last of several --shard processes to finish sees
- * everyone's records. */
+ * a one-part run's own (j->recs: when no --shard part has a journal in
+ * OUT, it alone wrote OUT, under its lock, so rereading its journal would
+ * give the same), else all journals, under a lock so that the last of
+ * several --shard processes to finish sees everyone's records. */
 static int finish_outputs(job *j, const char *src_path, int *complete, GError **err)
 {
     const char *out = j->o->out;
     int lfd = lock_top(out);
     GArray *recs = j->recs;
     int rc = 0;
+    j->recs = NULL;
+    if (recs && mf_journals_has_parts(out)) { /* a --shard part beside us */
+        mf_files_free(recs);
+        recs = NULL;
+    }
     if (recs) { /* one part: the records kept since the start are all */
-        j->recs = NULL;
         mf_files_sort_unique(recs);
     } else {
         recs = g_array_new(FALSE, TRUE, sizeof(mf_file));

@@ -423,31 +423,47 @@ int mf_journal_read(const char *path, GArray *files, GError **err)
     return rc;
 }
 
-int mf_journals_read_all(const char *out, GArray *files, GError **err)
+/* The journals of OUT's --shard parts (.qmoe/shard-I-of-N/journal.jsonl),
+ * present or not: one path per part directory. */
+static GPtrArray *part_journals(const char *out)
 {
+    GPtrArray *paths = g_ptr_array_new_with_free_func(g_free);
     char *qdir = g_build_filename(out, ".qmoe", NULL);
-    char *main_j = g_build_filename(qdir, "journal.jsonl", NULL);
-    int rc = mf_journal_read(main_j, files, err);
-    g_free(main_j);
-    GDir *d = rc ? NULL : g_dir_open(qdir, 0, NULL);
+    GDir *d = g_dir_open(qdir, 0, NULL);
     if (d) {
-        GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
         const char *n;
         while ((n = g_dir_read_name(d)))
             if (g_str_has_prefix(n, "shard-"))
-                g_ptr_array_add(names, g_strdup(n));
+                g_ptr_array_add(paths, g_build_filename(qdir, n, "journal.jsonl", NULL));
         g_dir_close(d);
-        for (guint i = 0; i < names->len && rc == 0; i++) {
-            char *j = g_build_filename(qdir, names->pdata[i], "journal.jsonl", NULL);
-            rc = mf_journal_read(j, files, err);
-            g_free(j);
-        }
-        g_ptr_array_free(names, TRUE);
     }
     g_free(qdir);
+    return paths;
+}
+
+int mf_journals_read_all(const char *out, GArray *files, GError **err)
+{
+    char *main_j = g_build_filename(out, ".qmoe", "journal.jsonl", NULL);
+    int rc = mf_journal_read(main_j, files, err);
+    g_free(main_j);
+    GPtrArray *parts = rc ? NULL : part_journals(out);
+    for (guint i = 0; parts && i < parts->len && rc == 0; i++)
+        rc = mf_journal_read(parts->pdata[i], files, err);
+    if (parts)
+        g_ptr_array_free(parts, TRUE);
     if (rc == 0)
         mf_files_sort_unique(files);
     return rc;
+}
+
+int mf_journals_has_parts(const char *out)
+{
+    GPtrArray *parts = part_journals(out);
+    int any = 0;
+    for (guint i = 0; i < parts->len && !any; i++)
+        any = g_file_test(parts->pdata[i], G_FILE_TEST_EXISTS);
+    g_ptr_array_free(parts, TRUE);
+    return any;
 }
 
 /* ---- qmoe.json ---- */

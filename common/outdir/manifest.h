@@ -162,6 +162,10 @@ int mf_journal_read(const char *path, GArray *files, GError **err);
  * .qmoe/shard-I-of-N/journal.jsonl, merged, sorted by path. */
 int mf_journals_read_all(const char *out, GArray *files, GError **err);
 
+/* 1 when OUT holds a journal of a --shard part (of this run or an
+ * earlier one): then only all journals together say what is in place. */
+int mf_journals_has_parts(const char *out);
+
 /* qmoe.json */
 manifest *manifest_load(const char *path, GError **err);
 int manifest_save(const manifest *m, const char *path, GError **err);
