@@ -4,6 +4,7 @@
 #include "format/checkpoint.h"
 #include "base/crc32.h"
 #include "extract_copy.h"
+#include "extract_prep.h"
 #include "base/fs.h"
 #include "cli/cli.h"
 #include "format/layout.h"
@@ -23,7 +24,6 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #define CHUNK (4u << 20) /* bytes per read: large sequential reads */
@@ -155,18 +155,6 @@ static int read_at(job *j, const plan_tensor *t, int fd, uint8_t *buf, size_t le
     return 0;
 }
 
-/* Number of tensors from f->t[i] on whose bytes follow one another in one
- * source file (at least 1): one stretch of bytes to read, and to share as
- * a whole with a reflink, block boundaries between tensors included. */
-static int run_length(const plan_file *f, int i)
-{
-    int k = i + 1;
-    while (k < f->n && f->t[k].shard == f->t[i].shard &&
-           f->t[k].src_offset == f->t[k - 1].src_offset + f->t[k - 1].nbytes)
-        k++;
-    return k - i;
-}
-
 static void record_tensor(job *j, mf_file *rec, const plan_tensor *t, uint64_t at,
                           uint32_t crc)
 {
@@ -185,8 +173,8 @@ static uint64_t file_phase(job *j, const plan_file *f, uint64_t *bs)
     uint64_t *off = g_new(uint64_t, f->n), *len = g_new(uint64_t, f->n), phase = 0;
     int *ok = g_new(int, f->n), n = 0, use = 0;
     *bs = 0;
-    for (int i = 0; i < f->n; i += run_length(f, i), n++) {
-        const plan_tensor *last = &f->t[i + run_length(f, i) - 1];
+    for (int i = 0; i < f->n; i += ex_run_length(f, i), n++) {
+        const plan_tensor *last = &f->t[i + ex_run_length(f, i) - 1];
         off[n] = f->t[i].src_offset;
         len[n] = last->src_offset + last->nbytes - off[n];
         ok[n] = j->src_bs[f->t[i].shard] != 0;
@@ -295,7 +283,7 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
      * run in chunks (ending on source block boundaries, so that whole
      * blocks can be shared), hash it as a whole, CRC it per tensor. */
     for (int i = 0; i < f->n && !rc;) {
-        int k = i + run_length(f, i);
+        int k = i + ex_run_length(f, i);
         const plan_tensor *t0 = &f->t[i], *tl = &f->t[k - 1];
         int fd = j->src_fd[t0->shard];
         uint64_t sbs = bs ? j->src_bs[t0->shard] : 0;
@@ -665,92 +653,6 @@ static int finish_outputs(job *j, const char *src_path, int *complete, GError **
     return rc;
 }
 
-/* od_plan_gap's lines joined into one ("; "): errors are one line. */
-static char *gap_one_line(char *gap)
-{
-    char **lines = g_strsplit(gap, "\n", -1);
-    char *one = g_strjoinv("; ", lines);
-    g_strfreev(lines);
-    g_free(gap);
-    return one;
-}
-
-static int other_blocked(const plan *p)
-{
-    for (int i = 0; i < p->n_blocked; i++)
-        if (p->blocked[i].kind == MF_OTHER)
-            return 1;
-    return 0;
-}
-
-/* Opens SRC and plans. Files that a missing shard blocks are refused
- * (before anything is written) unless `dry` (the dry run lists them). */
-static ckpt *open_and_plan(const ex_opts *o, const layout **lt, plan **p, int dry,
-                           GError **err)
-{
-    ckpt *ck = ckpt_open(o->src, err);
-    if (!ck)
-        return NULL;
-    if (ck->resolved)
-        fprintf(stderr, "qmoe-extract: %s\n", ck->resolved);
-    if (o->layout) {
-        *lt = layout_find(o->layout);
-        if (!*lt) {
-            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
-                        "unknown layout '%s' (known layouts: %s)", o->layout,
-                        layout_names());
-            ckpt_close(ck);
-            return NULL;
-        }
-    } else if (!(*lt = layout_detect(ck, err))) {
-        ckpt_close(ck);
-        return NULL;
-    }
-    *p = plan_build_sel(ck, *lt, o->layers, o->experts, o->no_other, err);
-    if (!*p) {
-        ckpt_close(ck);
-        return NULL;
-    }
-    int n_gap = 0;
-    char *gap = od_plan_gap(*p, &n_gap);
-    if (gap && !o->allow_missing) {
-        gap = gap_one_line(gap);
-        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                    "'%s' lacks %d expert%s its config declares: %s; nothing written "
-                    "(--allow-missing extracts the rest and records the gap)",
-                    o->src, n_gap, n_gap == 1 ? "" : "s", gap);
-        g_free(gap);
-        plan_free(*p);
-        *p = NULL;
-        ckpt_close(ck);
-        return NULL;
-    }
-    g_free(gap);
-    char *ok = NULL, *blocked = dry ? NULL : od_plan_blocked(*p, ck, 1, &ok);
-    if (blocked) {
-        char *hint = ok ? g_strdup_printf(" (--layers %s%s extracts what the present "
-                                          "shards hold)", ok,
-                                          other_blocked(*p) ? " --no-other" : "")
-                        : g_strdup("");
-        g_set_error(err, QM_ERROR, QM_ERR_IO,
-                    "'%s': %d file%s of the selection need%s source shards that are "
-                    "missing (an incomplete download?): %s; nothing written%s",
-                    o->src, (*p)->n_blocked, (*p)->n_blocked == 1 ? "" : "s",
-                    (*p)->n_blocked == 1 ? "s" : "", blocked, hint);
-        g_free(hint);
-        g_free(blocked);
-        g_free(ok);
-        plan_free(*p);
-        *p = NULL;
-        ckpt_close(ck);
-        return NULL;
-    }
-    g_free(ok);
-    if (o->shards > 1)
-        plan_partition(*p, o->shards);
-    return ck;
-}
-
 /* The source identity against OUT's record of it (outdir.h): refuses a
  * different or changed source before anything is written. Empties OUT of
  * qmoe's files first with --restart. Called with the lock held. */
@@ -804,386 +706,6 @@ static int check_source(job *j, GError **err)
     return rc;
 }
 
-/* ---- space check ----
- *
- * Before writing, the bytes still to write are compared with the free
- * space of OUT's filesystem. Bytes to write: the tensor bytes of the files
- * not yet complete, plus one block per file for its header, less the whole
- * blocks that reflinks will share with the source (an estimate: every
- * stretch of a file taken as lined up, as the padded header makes the
- * first one). */
-#define SPACE_HEADER_BYTES 4096
-
-typedef struct {
-    uint64_t to_write;    /* tensor bytes of the files still to write */
-    uint64_t shared;      /* of them: whole blocks reflinks will share */
-    uint64_t needed;      /* to_write + headers - shared */
-    uint64_t avail;       /* statvfs f_bavail, or the test hook's figure */
-    char *where;          /* mount point of OUT's filesystem */
-    char *dir;            /* OUT, or its nearest existing ancestor */
-    int simulated;        /* avail came from QMOE_TEST_FREE_BYTES */
-} space_check;
-
-static void space_count(space_check *sc, const plan *p, const int *todo, int n_todo,
-                        const uint64_t *src_bs)
-{
-    sc->to_write = sc->shared = 0;
-    uint64_t headers = 0;
-    for (int k = 0; k < n_todo; k++) {
-        const plan_file *f = &p->files[todo[k]];
-        sc->to_write += f->bytes;
-        headers += SPACE_HEADER_BYTES;
-        for (int i = 0; src_bs && i < f->n; i += run_length(f, i)) {
-            uint64_t bs = src_bs[f->t[i].shard];
-            if (!bs)
-                continue;
-            const plan_tensor *last = &f->t[i + run_length(f, i) - 1];
-            uint64_t a = (f->t[i].src_offset + bs - 1) / bs,
-                     b = (last->src_offset + last->nbytes) / bs;
-            if (b > a)
-                sc->shared += (b - a) * bs;
-        }
-    }
-    sc->needed = sc->to_write + headers - sc->shared;
-}
-
-/* The free space for OUT (its nearest existing directory when OUT is not
- * made yet) and the mount point that holds it. QMOE_TEST_FREE_BYTES is a
- * test hook: a simulated free-space figure in bytes. */
-static int space_free(space_check *sc, const char *out, GError **err)
-{
-    char *dir = g_strdup(out);
-    struct stat st;
-    while (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        char *up = g_path_get_dirname(dir);
-        int top = strcmp(up, dir) == 0;
-        g_free(dir);
-        dir = up;
-        if (top)
-            break;
-    }
-    struct statvfs vs;
-    if (statvfs(dir, &vs) != 0) {
-        int rc = qm_set_errno(err, errno, "cannot get the free space of", dir);
-        g_free(dir);
-        return rc;
-    }
-    sc->avail = (uint64_t)vs.f_bavail * (uint64_t)vs.f_frsize;
-    const char *hook = getenv("QMOE_TEST_FREE_BYTES");
-    if (hook && *hook) {
-        sc->avail = g_ascii_strtoull(hook, NULL, 10);
-        sc->simulated = 1;
-    }
-    /* the mount point: the highest ancestor on the same device */
-    char *real = realpath(dir, NULL);
-    char *m = g_strdup(real ? real : dir);
-    free(real);
-    dev_t dev = stat(m, &st) == 0 ? st.st_dev : 0;
-    for (;;) {
-        char *up = g_path_get_dirname(m);
-        struct stat su;
-        if (strcmp(up, m) == 0 || stat(up, &su) != 0 || su.st_dev != dev) {
-            g_free(up);
-            break;
-        }
-        g_free(m);
-        m = up;
-    }
-    sc->where = m;
-    sc->dir = dir;
-    return 0;
-}
-
-/* "needs 57.9 GB, 41.2 GB available on /data" */
-static char *space_text(const space_check *sc)
-{
-    char a[32], b[32];
-    return g_strdup_printf("needs %s, %s available on %s%s",
-                           qm_human_bytes(sc->needed, a, sizeof a),
-                           qm_human_bytes(sc->avail, b, sizeof b), sc->where,
-                           sc->simulated ? " (QMOE_TEST_FREE_BYTES)" : "");
-}
-
-/* Opens the source shards (fds into src_fd) and probes which can share
- * blocks with files made at probe_path (src_bs; all 0 with no_reflink).
- * Returns the number that can. */
-static int open_sources(const ckpt *ck, int *src_fd, uint64_t *src_bs, int no_reflink,
-                        const char *probe_path, GError **err)
-{
-    int n_shared = 0;
-    for (int i = 0; i < ck->n_shards; i++) {
-        if (!ck->shards[i].st)
-            continue; /* the plan reads nothing from it */
-        src_fd[i] = fs_open_regular(ck->shards[i].path, O_RDONLY, "cannot open source", err);
-        if (src_fd[i] < 0)
-            return -1;
-        posix_fadvise(src_fd[i], 0, 0, POSIX_FADV_SEQUENTIAL);
-        if (!no_reflink && probe_path && (src_bs[i] = ec_probe(src_fd[i], probe_path)))
-            n_shared++;
-    }
-    return n_shared;
-}
-
-
-/* What of this part's plan OUT already holds (files complete as the
- * journals and the files say, of this very source): *todo gets the
- * indices still to write. An OUT that does not exist holds nothing. */
-static int dry_done(const ex_opts *o, plan *p, ckpt *ck, int *todo, int *n_todo,
-                    int *done_files, uint64_t *done_bytes, GError **err)
-{
-    uint8_t *done = g_new0(uint8_t, p->n_files > 0 ? p->n_files : 1);
-    *n_todo = *done_files = 0;
-    *done_bytes = 0;
-    struct stat st;
-    int rc = 0;
-    if (stat(o->out, &st) == 0) {
-        cJSON *then = od_source_load(o->out, err), *now = NULL;
-        if (then || !(err && *err))
-            now = then && od_source_reread(ck, then, err) ? NULL
-                                                          : od_source_identity(ck, o->src, err);
-        GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
-        if (!now || mf_journals_read_all(o->out, recs, err))
-            rc = -1;
-        else if (then) {
-            /* another source's files are no use: the real run refuses them */
-            char *diff = NULL;
-            cJSON *merged = od_source_merge(then, now, &diff);
-            if (merged)
-                od_find_done(p, ck, od_source_id(merged), o->out, recs, done);
-            cJSON_Delete(merged);
-            g_free(diff);
-        }
-        mf_files_free(recs);
-        cJSON_Delete(then);
-        cJSON_Delete(now);
-    }
-    for (int i = 0; rc == 0 && i < p->n_files; i++) {
-        if (p->files[i].part != o->shard)
-            continue;
-        if (done[i]) {
-            (*done_files)++;
-            *done_bytes += p->files[i].bytes;
-        } else {
-            todo[(*n_todo)++] = i;
-        }
-    }
-    g_free(done);
-    return rc;
-}
-
-int ex_dry_run(const ex_opts *o, int json, GError **err)
-{
-    const layout *lt;
-    plan *p;
-    ckpt *ck = open_and_plan(o, &lt, &p, 1, err);
-    if (!ck)
-        return -1;
-    int count[4] = {0};
-    uint64_t bytes[4] = {0}, mine = 0;
-    int mine_files = 0;
-    for (int i = 0; i < p->n_files; i++) {
-        count[p->files[i].kind]++;
-        bytes[p->files[i].kind] += p->files[i].bytes;
-        if (p->files[i].part == o->shard) {
-            mine_files++;
-            mine += p->files[i].bytes;
-        }
-    }
-    /* what is left, and whether it fits (the real run's space check; the
-     * reflink probe makes and removes a scratch file next to OUT) */
-    int *todo = g_new(int, p->n_files > 0 ? p->n_files : 1), n_todo = 0, done_files = 0;
-    uint64_t done_bytes = 0;
-    int *fd = g_new(int, ck->n_shards);
-    uint64_t *bs = g_new0(uint64_t, ck->n_shards);
-    for (int i = 0; i < ck->n_shards; i++)
-        fd[i] = -1;
-    space_check sc = {0};
-    int rc = dry_done(o, p, ck, todo, &n_todo, &done_files, &done_bytes, err);
-    if (rc == 0)
-        rc = space_free(&sc, o->out, err);
-    if (rc == 0 && !o->no_reflink) {
-        char *probe = g_strdup_printf("%s/.qmoe-reflink-probe.%ld", sc.dir, (long)getpid());
-        rc = open_sources(ck, fd, bs, 0, probe, err) < 0 ? -1 : 0;
-        g_free(probe);
-    }
-    for (int i = 0; i < ck->n_shards; i++)
-        if (fd[i] >= 0)
-            close(fd[i]);
-    g_free(fd);
-    if (rc) {
-        g_free(bs);
-        g_free(todo);
-        g_free(sc.where);
-        g_free(sc.dir);
-        plan_free(p);
-        ckpt_close(ck);
-        return -1;
-    }
-    space_count(&sc, p, todo, n_todo, bs);
-    g_free(bs);
-    g_free(todo);
-    int fits = sc.needed <= sc.avail;
-    char *stext = space_text(&sc);
-    char *layers = qm_list_format(p->layer_sel, p->shape.n_layers);
-    char *experts = qm_list_format(p->expert_sel, p->shape.n_experts);
-    if (json) {
-        cJSON *j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, "layout", lt->name);
-        /* as in qmoe.json: num_layers the decoder's, the MTP block's apart */
-        cJSON_AddNumberToObject(j, "num_layers", lt_decoder_layers(&p->shape));
-        cJSON_AddNumberToObject(j, "moe_layers", p->shape.n_moe_layers - p->shape.n_moe_mtp);
-        cJSON_AddNumberToObject(j, "num_experts", p->shape.n_experts);
-        cJSON_AddStringToObject(j, "layers", layers);
-        cJSON_AddStringToObject(j, "experts", experts);
-        cJSON_AddNumberToObject(j, "expert_files", count[MF_EXPERT]);
-        cJSON_AddNumberToObject(j, "layer_files", count[MF_LAYER]);
-        cJSON_AddNumberToObject(j, "globals_files", count[MF_GLOBALS]);
-        cJSON_AddNumberToObject(j, "other_files", count[MF_OTHER]);
-        cJSON_AddNumberToObject(j, "files", p->n_files);
-        cJSON_AddNumberToObject(j, "bytes", (double)p->total_bytes);
-        cJSON_AddNumberToObject(j, "expert_bytes", (double)bytes[MF_EXPERT]);
-        cJSON_AddNumberToObject(j, "mtp_layers", p->shape.n_mtp);
-        cJSON_AddNumberToObject(j, "mtp_moe_layers", p->shape.n_moe_mtp);
-        int mtp_files = 0;
-        for (int i = 0; i < p->n_files; i++)
-            mtp_files += p->files[i].kind == MF_EXPERT &&
-                         lt_is_mtp(&p->shape, p->files[i].layer);
-        cJSON_AddNumberToObject(j, "mtp_expert_files", mtp_files);
-        cJSON_AddNumberToObject(j, "shard", o->shard);
-        cJSON_AddNumberToObject(j, "shards", o->shards);
-        cJSON_AddNumberToObject(j, "shard_files", mine_files);
-        cJSON_AddNumberToObject(j, "shard_bytes", (double)mine);
-        cJSON_AddNumberToObject(j, "done_files", done_files);
-        cJSON_AddNumberToObject(j, "done_bytes", (double)done_bytes);
-        cJSON_AddNumberToObject(j, "todo_files", n_todo);
-        cJSON_AddNumberToObject(j, "todo_bytes", (double)sc.to_write);
-        cJSON_AddNumberToObject(j, "shared_bytes", (double)sc.shared);
-        cJSON_AddNumberToObject(j, "needed_bytes", (double)sc.needed);
-        cJSON_AddNumberToObject(j, "available_bytes", (double)sc.avail);
-        cJSON_AddStringToObject(j, "filesystem", sc.where);
-        cJSON_AddBoolToObject(j, "fits", fits);
-        int n_gap = 0;
-        char *gap = od_plan_gap(p, &n_gap);
-        cJSON_AddNumberToObject(j, "missing_from_source_count", n_gap);
-        if (gap)
-            cJSON_AddStringToObject(j, "missing_from_source", gap);
-        else
-            cJSON_AddNullToObject(j, "missing_from_source");
-        g_free(gap);
-        cJSON_AddNumberToObject(j, "blocked_files", p->n_blocked);
-        cJSON *ms = cJSON_AddArrayToObject(j, "missing_shards");
-        for (int sh = 0; sh < ck->n_shards; sh++) {
-            int n = 0;
-            uint8_t *lay = g_new0(uint8_t, p->shape.n_layers > 0 ? p->shape.n_layers : 1);
-            cJSON *files = cJSON_CreateArray();
-            for (int i = 0; i < p->n_blocked; i++)
-                if (p->blocked[i].shard == sh) {
-                    n++;
-                    if (p->blocked[i].layer >= 0 && p->blocked[i].layer < p->shape.n_layers)
-                        lay[p->blocked[i].layer] = 1;
-                    if (p->blocked[i].kind != MF_EXPERT && p->blocked[i].kind != MF_LAYER)
-                        cJSON_AddItemToArray(files, cJSON_CreateString(p->blocked[i].path));
-                }
-            if (n) {
-                cJSON *x = cJSON_CreateObject();
-                cJSON_AddStringToObject(x, "name", ck->shards[sh].name);
-                cJSON_AddStringToObject(x, "why", ck->shards[sh].missing ? ck->shards[sh].missing : "");
-                cJSON_AddNumberToObject(x, "blocked_files", n);
-                char *l = qm_list_format(lay, p->shape.n_layers);
-                cJSON_AddStringToObject(x, "layers", l);
-                g_free(l);
-                cJSON_AddItemToObject(x, "other", files);
-                cJSON_AddItemToArray(ms, x);
-            } else {
-                cJSON_Delete(files);
-            }
-            g_free(lay);
-        }
-        char *ok = NULL;
-        g_free(od_plan_blocked(p, ck, 1, &ok));
-        if (p->n_blocked && ok)
-            cJSON_AddStringToObject(j, "extractable_layers", ok);
-        else if (p->n_blocked)
-            cJSON_AddNullToObject(j, "extractable_layers");
-        g_free(ok);
-        qm_json_out(j, 0);
-    } else {
-        char b1[32], b2[32];
-        printf("layout:   %s\n", lt->name);
-        if (p->shape.n_mtp) {
-            /* the MTP block's layers follow the decoder's, counted apart */
-            char *split = od_plan_mtp_breakdown(p);
-            int d = lt_decoder_layers(&p->shape);
-            char which[32];
-            if (p->shape.n_mtp > 1)
-                snprintf(which, sizeof which, "layers %d-%d", d, p->shape.n_layers - 1);
-            else
-                snprintf(which, sizeof which, "layer %d", d);
-            printf("layers:   %s of %d + MTP %d (%d + MTP %d MoE; MTP: %s)\n", layers, d,
-                   p->shape.n_mtp, p->shape.n_moe_layers - p->shape.n_moe_mtp,
-                   p->shape.n_moe_mtp, which);
-            printf("experts:  %s of %d per layer%s%s\n", experts, p->shape.n_experts,
-                   split ? ": " : "", split ? split : "");
-            g_free(split);
-        } else {
-            printf("layers:   %s of %d (%d MoE)\n", layers, p->shape.n_layers,
-                   p->shape.n_moe_layers);
-            printf("experts:  %s of %d per layer\n", experts, p->shape.n_experts);
-        }
-        printf("files:    %d expert, %d layer, %d globals, %d other (%d in all)\n",
-               count[MF_EXPERT], count[MF_LAYER], count[MF_GLOBALS], count[MF_OTHER],
-               p->n_files);
-        printf("bytes:    %s (experts %s)\n",
-               qm_human_bytes(p->total_bytes, b1, sizeof b1),
-               qm_human_bytes(bytes[MF_EXPERT], b2, sizeof b2));
-        if (o->shards > 1)
-            printf("shard:    %d/%d: %d files, %s\n", o->shard, o->shards, mine_files,
-                   qm_human_bytes(mine, b1, sizeof b1));
-        printf("done:     %d files, %s already complete in '%s'\n", done_files,
-               qm_human_bytes(done_bytes, b1, sizeof b1), o->out);
-        printf("to write: %d files, %s", n_todo,
-               qm_human_bytes(sc.to_write, b1, sizeof b1));
-        if (sc.shared)
-            printf(" (%s of it shared with the source by reflinks)",
-                   qm_human_bytes(sc.shared, b2, sizeof b2));
-        printf("\nspace:    %s: %s\n", stext,
-               fits ? "fits" : "too little (the run refuses unless --force)");
-        int n_gap = 0;
-        char *gap = od_plan_gap(p, &n_gap);
-        if (gap) {
-            char **lines = g_strsplit(gap, "\n", -1);
-            for (int i = 0; lines[i]; i++)
-                printf("missing:  %s\n", lines[i]);
-            g_strfreev(lines);
-        }
-        g_free(gap);
-        char *ok = NULL, *blocked = od_plan_blocked(p, ck, 0, &ok);
-        if (blocked) {
-            char **lines = g_strsplit(blocked, "\n", -1);
-            for (int i = 0; lines[i]; i++)
-                printf("blocked:  %s\n", lines[i]);
-            g_strfreev(lines);
-            printf("blocked:  %d file%s wait for missing shards (not counted above); the "
-                   "run refuses %s", p->n_blocked, p->n_blocked == 1 ? "" : "s",
-                   p->n_blocked == 1 ? "it" : "them");
-            if (ok)
-                printf(": --layers %s%s extracts what the present shards hold", ok,
-                       other_blocked(p) ? " --no-other" : "");
-            printf("\n");
-        }
-        g_free(blocked);
-        g_free(ok);
-    }
-    g_free(stext);
-    g_free(sc.where);
-    g_free(sc.dir);
-    g_free(layers);
-    g_free(experts);
-    plan_free(p);
-    ckpt_close(ck);
-    return 0;
-}
-
 int ex_run(const ex_opts *o, ex_result *res, GError **err)
 {
     memset(res, 0, sizeof *res);
@@ -1204,7 +726,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     char *log_path = g_build_filename(o->out, ".qmoe", "extract.log", NULL);
     j.journal_path = g_build_filename(state_dir, "journal.jsonl", NULL);
 
-    j.ck = open_and_plan(o, &lt, &p, 0, err);
+    j.ck = ex_open_and_plan(o, &lt, &p, 0, err);
     if (!j.ck)
         goto out;
     j.p = p;
@@ -1274,7 +796,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
         j.src_fd[i] = -1;
     j.src_bs = g_new0(uint64_t, j.ck->n_shards);
     char *probe = g_build_filename(state_dir, "reflink-probe", NULL);
-    int n_shared = open_sources(j.ck, j.src_fd, j.src_bs, o->no_reflink, probe, err);
+    int n_shared = ex_open_sources(j.ck, j.src_fd, j.src_bs, o->no_reflink, probe, err);
     g_free(probe);
     if (n_shared < 0)
         goto out;
@@ -1282,23 +804,21 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     if (n_shared)
         job_log(&j, "zero-copy: %d of %d source files share blocks with '%s' "
                 "(reflink)", n_shared, j.ck->n_shards, o->out);
-    space_check sc = {0};
-    space_count(&sc, p, j.todo, j.n_todo, j.src_bs);
-    if (space_free(&sc, o->out, err))
+    ex_space sc = {0};
+    ex_space_count(&sc, p, j.todo, j.n_todo, j.src_bs);
+    if (ex_space_free(&sc, o->out, err))
         goto out;
-    char *stext = space_text(&sc);
+    char *stext = ex_space_text(&sc);
     job_log(&j, "space: %s", stext);
     if (sc.needed > sc.avail && !o->force) {
         g_set_error(err, QM_ERROR, QM_ERR_IO, "'%s': %s; nothing written (--force "
                     "tries anyway)", o->out, stext);
         g_free(stext);
-        g_free(sc.where);
-        g_free(sc.dir);
+        ex_space_clear(&sc);
         goto out;
     }
     g_free(stext);
-    g_free(sc.where);
-    g_free(sc.dir);
+    ex_space_clear(&sc);
     if (o->before_write) {
         if (o->before_write(o->before_write_arg, err))
             goto out;
@@ -1422,7 +942,7 @@ int ex_run(const ex_opts *o, ex_result *res, GError **err)
     int n_gap = 0;
     char *gap = od_plan_gap(p, &n_gap);
     if (gap) {
-        gap = gap_one_line(gap);
+        gap = ex_gap_one_line(gap);
         fprintf(stderr, "qmoe-extract: '%s' is incomplete (--allow-missing): %s; "
                 "recorded in qmoe.json\n", o->out, gap);
         job_log(&j, "incomplete (--allow-missing): %s", gap);

@@ -1,11 +1,15 @@
 /* extract_job.h - one extraction job: plan -> files under OUT.
  *
- * The job takes the lock of its state directory, copies the config and
- * tokenizer files, skips what earlier runs finished (journal + size),
- * writes the rest with -j worker threads (each file: temporary name,
- * SHA-256 and CRC-32 computed from the bytes as they are written, fsync,
- * rename, journal line), rewrites progress.json a few times a second, and
- * at the end writes model.safetensors.index.json and qmoe.json.
+ * The job (extract_job.c; what it does before writing is extract_prep.h)
+ * takes the lock of its state directory, copies the config and tokenizer
+ * files, skips what earlier runs finished (journal + size), writes the
+ * rest with -j worker threads (each file to a temporary name, SHA-256 and
+ * CRC-32 computed from the bytes as they are written) and commits them in
+ * batches (fs.h group commit: one syncfs, the renames, one fsync per
+ * directory, then the batch's journal lines and one journal fsync),
+ * rewrites progress.json a few times a second, and at the end writes
+ * model.safetensors.index.json and qmoe.json. ex_dry_run (extract_dry.c)
+ * says what a run would do.
  *
  * Zero-copy: when the source files and OUT are on one filesystem with
  * reflinks (XFS reflink=1, btrfs), tensor blocks are shared with the
@@ -61,8 +65,9 @@ typedef struct {
 /* Runs the job. Refuses (QM_ERR_USAGE) before writing when OUT holds files
  * of another source or of this source before it changed (outdir.h source
  * identity), unless o->restart; refuses (QM_ERR_FORMAT) when the source
- * lacks experts its config declares, unless o->allow_missing. Returns 0 when every planned file of this part is in
- * place; else -1 with *err (QM_ERR_STOPPED after a signal). */
+ * lacks experts its config declares, unless o->allow_missing. Returns 0
+ * when every planned file of this part is in place; else -1 with *err
+ * (QM_ERR_STOPPED after a signal). */
 int ex_run(const ex_opts *o, ex_result *res, GError **err);
 
 /* Prints the plan (layout, counts, bytes) without writing anything. */
