@@ -37,15 +37,14 @@
 #define BATCH_FILES 256
 #define BATCH_AGE 0.25
 
-/* Files smaller than this go through the page cache, not O_DIRECT: a
- * direct write waits for the disk, once per file, which costs more than
- * copying a small file into the cache and letting the batch's syncfs
- * write them all back in one sweep; larger files gain from the disk
- * writing one while the next is read. Best of 3 on this VM's disk,
- * direct vs cached, interleaved: 16 KiB files 1.71 s vs 1.28 s for
+/* Files smaller than FS_WRITEBACK_MIN (fs.h) go through the page cache,
+ * not O_DIRECT: a direct write waits for the disk, once per file, which
+ * costs more than copying a small file into the cache and letting the
+ * batch's syncfs write them all back in one sweep; larger files gain from
+ * the disk writing one while the next is read. Best of 3 on this VM's
+ * disk, direct vs cached, interleaved: 16 KiB files 1.71 s vs 1.28 s for
  * 14,848; 192 KiB 1.41 s vs 1.23 s for 6144; 384 KiB 1.11 s vs 1.74 s
  * for 3072; 768 KiB 0.87 s vs 1.29 s for 1536. */
-#define DIRECT_MIN (256u << 10)
 
 static volatile sig_atomic_t stop_requested;
 
@@ -230,7 +229,7 @@ static void pending_free(pending *p)
  * Without reflinks the header and the data are assembled in buf (each
  * source read lands right after the bytes before it) and buf is written
  * whenever it is full and at the end: a small file is one write. A file
- * of DIRECT_MIN bytes or more goes out with O_DIRECT (fs.h), so that its
+ * of FS_WRITEBACK_MIN bytes or more goes out with O_DIRECT (fs.h), so that its
  * bytes are copied once (the source read), not also into the page cache;
  * its tail, less than a block, through the cache. */
 static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
@@ -256,7 +255,7 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
     if (!hdr)
         return -1;
     int assemble = !bs && hdr->len <= CHUNK / 2;
-    int direct = assemble && f->bytes >= DIRECT_MIN;
+    int direct = assemble && f->bytes >= FS_WRITEBACK_MIN;
     size_t fill = 0; /* assemble: bytes in buf, not yet written */
     char *path = g_build_filename(j->o->out, f->path, NULL);
     fs_out *o = direct ? fs_out_open_direct(path, err) : fs_out_open(path, err);

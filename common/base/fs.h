@@ -141,7 +141,8 @@ fs_batch *fs_batch_new(const char *dir, GError **err);
  * batch's syncfs, which writes all such pages in one sweep: started one
  * file at a time, each would be an I/O request (here a VM exit) of its
  * own, costlier than the bytes (16 KiB files: 1.71 s -> 1.28 s for
- * 14,848 of them, tests/bench/extract_files.sh). */
+ * 14,848 of them, tests/bench/extract_files.sh). The same size is where
+ * qmoe-extract stops writing files with O_DIRECT (extract_job.c). */
 #define FS_WRITEBACK_MIN (256u << 10)
 int fs_out_finish(fs_out *o, GError **err);
 
