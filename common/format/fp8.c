@@ -1,0 +1,383 @@
+/* fp8.c - E4M3 decoding, quantization_config, scale checks, FP8 rows. */
+#include "format/fp8.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "base/util.h"
+
+#define FP8_MAX_BLOCK 65536
+#define SCALE_SUFFIX "_scale_inv"
+
+static float e4m3_table[256];
+
+static gpointer e4m3_build(gpointer unused)
+{
+    (void)unused;
+    for (int c = 0; c < 256; c++) {
+        int e = (c >> 3) & 0xF, m = c & 7;
+        float v;
+        if (e == 15 && m == 7)
+            v = NAN;  /* the fn variant spends only S.1111.111 on NaN: no infinity */
+        else if (e == 0)
+            v = ldexpf((float)m, -9);  /* subnormal: m/8 * 2^(1-7) */
+        else
+            v = ldexpf((float)(8 + m), e - 10);  /* (1 + m/8) * 2^(e-7) */
+        e4m3_table[c] = (c & 0x80) ? -v : v;
+    }
+    return NULL;
+}
+
+const float *qm_e4m3_table(void)
+{
+    static GOnce once = G_ONCE_INIT;
+    g_once(&once, e4m3_build, NULL);
+    return e4m3_table;
+}
+
+float qm_e4m3(uint8_t code)
+{
+    return qm_e4m3_table()[code];
+}
+
+/* ---- quantization_config ---- */
+
+static const cJSON *member(const cJSON *o, const char *key)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
+    return j && !cJSON_IsNull(j) ? j : NULL;
+}
+
+/* An optional string key that must equal `want` when present. */
+static int only_value(const cJSON *q, const char *key, const char *want, const char *path,
+                      const char *why, GError **err)
+{
+    const cJSON *j = member(q, key);
+    if (!j)
+        return 0;
+    if (!cJSON_IsString(j)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': quantization_config.%s is not a string", path, key);
+        return -1;
+    }
+    if (strcmp(j->valuestring, want)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': quantization_config.%s '%s' is not supported (%s)", path, key,
+                    j->valuestring, why);
+        return -1;
+    }
+    return 0;
+}
+
+static int read_block(const cJSON *q, const char *path, qm_fp8_config *c, GError **err)
+{
+    c->block_rows = c->block_cols = 128;
+    const cJSON *b = member(q, "weight_block_size");
+    if (!b)
+        return 0;
+    if (!cJSON_IsArray(b) || cJSON_GetArraySize(b) != 2)
+        goto bad;
+    int v[2];
+    for (int i = 0; i < 2; i++) {
+        const cJSON *x = cJSON_GetArrayItem(b, i);
+        if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) ||
+            x->valuedouble < 1 || x->valuedouble > FP8_MAX_BLOCK)
+            goto bad;
+        v[i] = (int)x->valuedouble;
+    }
+    c->block_rows = v[0];
+    c->block_cols = v[1];
+    return 0;
+bad:
+    g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                "'%s': quantization_config.weight_block_size is not two integers in 1..%d",
+                path, FP8_MAX_BLOCK);
+    return -1;
+}
+
+static int read_not_convert(const cJSON *q, const char *path, qm_fp8_config *c, GError **err)
+{
+    const cJSON *m = member(q, "modules_to_not_convert");
+    GPtrArray *a = g_ptr_array_new();
+    if (m && !cJSON_IsArray(m)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': quantization_config.modules_to_not_convert is not an array", path);
+        g_ptr_array_free(a, TRUE);
+        return -1;
+    }
+    int i = 0;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, m) {
+        if (!cJSON_IsString(x) || !x->valuestring[0]) {
+            g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                        "'%s': quantization_config.modules_to_not_convert[%d] is not a "
+                        "non-empty string", path, i);
+            g_ptr_array_set_free_func(a, g_free);
+            g_ptr_array_free(a, TRUE);
+            return -1;
+        }
+        g_ptr_array_add(a, g_strdup(x->valuestring));
+        i++;
+    }
+    g_ptr_array_add(a, NULL);
+    c->not_convert = (char **)g_ptr_array_free(a, FALSE);
+    return 0;
+}
+
+int qm_fp8_config_read(const cJSON *cfg, const char *path, qm_fp8_config **out,
+                       GError **err)
+{
+    *out = NULL;
+    const cJSON *q = cfg ? member(cfg, "quantization_config") : NULL;
+    if (!q)
+        return 0;
+    if (!cJSON_IsObject(q)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': quantization_config is not an object", path);
+        return -1;
+    }
+    const cJSON *meth = member(q, "quant_method");
+    if (!meth || !cJSON_IsString(meth)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': quantization_config has no quant_method string", path);
+        return -1;
+    }
+    if (only_value(q, "quant_method", "fp8", path, "only fp8 block-scaled weights are", err) ||
+        only_value(q, "fmt", "e4m3", path, "only E4M3 is decoded", err) ||
+        only_value(q, "activation_scheme", "dynamic", path,
+                   "activations stay float32; only dynamic checkpoints are", err))
+        return -1;
+    qm_fp8_config *c = g_new0(qm_fp8_config, 1);
+    if (read_block(q, path, c, err) || read_not_convert(q, path, c, err)) {
+        qm_fp8_config_free(c);
+        return -1;
+    }
+    *out = c;
+    return 1;
+}
+
+void qm_fp8_config_free(qm_fp8_config *c)
+{
+    if (!c)
+        return;
+    g_strfreev(c->not_convert);
+    g_free(c);
+}
+
+static size_t module_len(const char *name)
+{
+    size_t n = strlen(name);
+    if (g_str_has_suffix(name, ".weight" SCALE_SUFFIX))
+        return n - strlen(".weight" SCALE_SUFFIX);
+    if (g_str_has_suffix(name, ".weight"))
+        return n - strlen(".weight");
+    return n;
+}
+
+gboolean qm_fp8_excluded(const qm_fp8_config *c, const char *name)
+{
+    if (!c || !c->not_convert)
+        return FALSE;
+    size_t n = module_len(name);
+    for (char **m = c->not_convert; *m; m++) {
+        size_t k = strlen(*m);
+        if (k > n || memcmp(name + n - k, *m, k))
+            continue;
+        if (k == n || name[n - k - 1] == '.')
+            return TRUE;
+    }
+    return FALSE;
+}
+
+void qm_fp8_grid(const qm_fp8_config *c, int64_t rows, int64_t cols,
+                 int64_t *grid_rows, int64_t *grid_cols)
+{
+    *grid_rows = (rows + c->block_rows - 1) / c->block_rows;
+    *grid_cols = (cols + c->block_cols - 1) / c->block_cols;
+}
+
+int qm_fp8_check_weight(const qm_fp8_config *c, const char *label,
+                        const st_tensor *w, const st_tensor *s, GError **err)
+{
+    char sh[96], want[96], grid[96];
+    if (w->ndim != 2) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': FP8 tensor '%s' has shape %s (block-scaled FP8 weights are 2-D)",
+                    label, w->name, st_shape_str(w->shape, w->ndim, sh, sizeof sh));
+        return -1;
+    }
+    if (qm_fp8_excluded(c, w->name)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': tensor '%s' is F8_E4M3 but its module is in "
+                    "quantization_config.modules_to_not_convert", label, w->name);
+        return -1;
+    }
+    if (!s) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': FP8 weight '%s' has no '%s" SCALE_SUFFIX "'", label, w->name,
+                    w->name);
+        return -1;
+    }
+    if (s->dtype != ST_F32 && s->dtype != ST_BF16) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': scale '%s' has dtype %s (F32 or BF16 expected)", label, s->name,
+                    st_dtype_name(s->dtype));
+        return -1;
+    }
+    int64_t g[2];
+    qm_fp8_grid(c, w->shape[0], w->shape[1], &g[0], &g[1]);
+    if (s->ndim != 2 || s->shape[0] != g[0] || s->shape[1] != g[1]) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': scale '%s' has shape %s, but weight %s in %dx%d blocks needs %s",
+                    label, s->name, st_shape_str(s->shape, s->ndim, sh, sizeof sh),
+                    st_shape_str(w->shape, 2, want, sizeof want), c->block_rows,
+                    c->block_cols, st_shape_str(g, 2, grid, sizeof grid));
+        return -1;
+    }
+    return 0;
+}
+
+/* One problem: an error when not collecting, else one more message. */
+static int problem(GPtrArray *list, GError **err, GError *e)
+{
+    if (!list) {
+        g_propagate_error(err, e);
+        return -1;
+    }
+    g_ptr_array_add(list, g_strdup(e->message));
+    g_error_free(e);
+    return 0;
+}
+
+int qm_fp8_check_ckpt(ckpt *ck, int max_report, char ***problems, int *n_fp8,
+                      GError **err)
+{
+    char *cfg_path = g_build_filename(ck->dir, "config.json", NULL);
+    qm_fp8_config *c = NULL;
+    GPtrArray *list = problems ? g_ptr_array_new() : NULL;
+    int rc = 0, count = 0;
+    if (qm_fp8_config_read(ck->config, cfg_path, &c, err) < 0) {
+        rc = -1;
+        goto out;
+    }
+    for (int i = 0; i < ck->n_names && rc == 0; i++) {
+        if (list && (int)list->len >= max_report)
+            break;
+        const char *name = ck->names[i];
+        int si = ckpt_shard_index(ck, name);
+        const char *label = si >= 0 ? ck->shards[si].path : ck->dir;
+        const st_tensor *t = ckpt_tensor(ck, name, 0, NULL, err);
+        if (!t) {
+            rc = -1;
+            break;
+        }
+        GError *e = NULL;
+        if (g_str_has_suffix(name, SCALE_SUFFIX)) {
+            char *wn = g_strndup(name, strlen(name) - strlen(SCALE_SUFFIX));
+            const st_tensor *w = g_hash_table_contains(ck->shard_of, wn)
+                                     ? ckpt_tensor(ck, wn, 0, NULL, err) : NULL;
+            if (g_hash_table_contains(ck->shard_of, wn) && !w)
+                rc = -1;
+            else if (!w || w->dtype != ST_F8_E4M3)
+                g_set_error(&e, QM_ERROR, QM_ERR_FORMAT,
+                            "'%s': scale '%s' has no F8_E4M3 weight '%s'", label, name, wn);
+            g_free(wn);
+        } else if (t->dtype == ST_F8_E4M3) {
+            count++;
+            if (!c) {
+                g_set_error(&e, QM_ERROR, QM_ERR_FORMAT,
+                            "'%s': tensor '%s' is F8_E4M3 but config.json has no fp8 "
+                            "quantization_config (its block size is unknown)", label, name);
+            } else {
+                char *sn = g_strconcat(name, SCALE_SUFFIX, NULL);
+                const st_tensor *s = g_hash_table_contains(ck->shard_of, sn)
+                                         ? ckpt_tensor(ck, sn, 0, NULL, err) : NULL;
+                if (g_hash_table_contains(ck->shard_of, sn) && !s)
+                    rc = -1;
+                else
+                    qm_fp8_check_weight(c, label, t, s, &e);
+                g_free(sn);
+            }
+        }
+        if (rc == 0 && e && problem(list, err, e))
+            rc = -1;
+        else if (rc != 0 && e)
+            g_error_free(e);
+    }
+    if (rc == 0 && list && list->len)
+        rc = 1;
+out:
+    if (n_fp8)
+        *n_fp8 = count;
+    if (list) {
+        if (rc < 0) {
+            g_ptr_array_set_free_func(list, g_free);
+            g_ptr_array_free(list, TRUE);
+            *problems = NULL;
+        } else {
+            g_ptr_array_add(list, NULL);
+            *problems = (char **)g_ptr_array_free(list, FALSE);
+        }
+    }
+    qm_fp8_config_free(c);
+    g_free(cfg_path);
+    return rc;
+}
+
+/* ---- kernels ---- */
+
+void qm_fp8_mat_init(qm_fp8_mat *m, const qm_fp8_config *c, const st_tensor *w,
+                     const uint8_t *codes, const st_tensor *s, const uint8_t *scale)
+{
+    *m = (qm_fp8_mat){.codes = codes, .scale = scale, .scale_dtype = s->dtype,
+                      .rows = w->shape[0], .cols = w->shape[1],
+                      .block_rows = c->block_rows, .block_cols = c->block_cols};
+}
+
+float qm_fp8_scale(const qm_fp8_mat *m, int64_t i, int64_t j)
+{
+    int64_t gc = (m->cols + m->block_cols - 1) / m->block_cols;
+    int64_t k = i * gc + j;
+    const uint8_t *p;
+    uint32_t bits;
+    float f;
+    if (m->scale_dtype == ST_BF16) {
+        p = m->scale + 2 * k;
+        bits = ((uint32_t)p[0] | (uint32_t)p[1] << 8) << 16;
+    } else {
+        p = m->scale + 4 * k;
+        bits = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+               (uint32_t)p[3] << 24;
+    }
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+void qm_fp8_row(const qm_fp8_mat *m, int64_t r, float *out)
+{
+    const float *tab = qm_e4m3_table();
+    const uint8_t *q = m->codes + r * m->cols;
+    int64_t bi = r / m->block_rows;
+    for (int64_t c0 = 0, j = 0; c0 < m->cols; c0 += m->block_cols, j++) {
+        float s = qm_fp8_scale(m, bi, j);
+        int64_t c1 = MIN(c0 + m->block_cols, m->cols);
+        for (int64_t c = c0; c < c1; c++)
+            out[c] = tab[q[c]] * s;
+    }
+}
+
+float qm_fp8_dot(const qm_fp8_mat *m, int64_t r, const float *x)
+{
+    const float *tab = qm_e4m3_table();
+    const uint8_t *q = m->codes + r * m->cols;
+    int64_t bi = r / m->block_rows;
+    float acc = 0;
+    for (int64_t c0 = 0, j = 0; c0 < m->cols; c0 += m->block_cols, j++) {
+        int64_t c1 = MIN(c0 + m->block_cols, m->cols);
+        float part = 0;  /* the block's sum, scaled once */
+        for (int64_t c = c0; c < c1; c++)
+            part += tab[q[c]] * x[c];
+        acc += part * qm_fp8_scale(m, bi, j);
+    }
+    return acc;
+}
