@@ -196,129 +196,102 @@ void qm_fp8_grid(const qm_fp8_config *c, int64_t rows, int64_t cols,
     *grid_cols = (cols + c->block_cols - 1) / c->block_cols;
 }
 
+/* What is wrong with FP8 weight w and its scale s, or NULL (caller frees). */
+static char *weight_problem(const qm_fp8_config *c, const st_tensor *w, const st_tensor *s)
+{
+    char sh[96], want[96], grid[96];
+    if (w->ndim != 2)
+        return g_strdup_printf("FP8 tensor '%s' has shape %s (block-scaled FP8 weights are "
+                               "2-D)", w->name, st_shape_str(w->shape, w->ndim, sh, sizeof sh));
+    if (qm_fp8_excluded(c, w->name))
+        return g_strdup_printf("tensor '%s' is F8_E4M3 but its module is in "
+                               "quantization_config.modules_to_not_convert", w->name);
+    if (!s)
+        return g_strdup_printf("FP8 weight '%s' has no '%s" SCALE_SUFFIX "'", w->name, w->name);
+    if (s->dtype != ST_F32 && s->dtype != ST_BF16)
+        return g_strdup_printf("scale '%s' has dtype %s (F32 or BF16 expected)", s->name,
+                               st_dtype_name(s->dtype));
+    int64_t g[2];
+    qm_fp8_grid(c, w->shape[0], w->shape[1], &g[0], &g[1]);
+    if (s->ndim != 2 || s->shape[0] != g[0] || s->shape[1] != g[1])
+        return g_strdup_printf("scale '%s' has shape %s, but weight %s in %dx%d blocks needs %s",
+                               s->name, st_shape_str(s->shape, s->ndim, sh, sizeof sh),
+                               st_shape_str(w->shape, 2, want, sizeof want), c->block_rows,
+                               c->block_cols, st_shape_str(g, 2, grid, sizeof grid));
+    return NULL;
+}
+
 int qm_fp8_check_weight(const qm_fp8_config *c, const char *label,
                         const st_tensor *w, const st_tensor *s, GError **err)
 {
-    char sh[96], want[96], grid[96];
-    if (w->ndim != 2) {
-        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                    "'%s': FP8 tensor '%s' has shape %s (block-scaled FP8 weights are 2-D)",
-                    label, w->name, st_shape_str(w->shape, w->ndim, sh, sizeof sh));
-        return -1;
-    }
-    if (qm_fp8_excluded(c, w->name)) {
-        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                    "'%s': tensor '%s' is F8_E4M3 but its module is in "
-                    "quantization_config.modules_to_not_convert", label, w->name);
-        return -1;
-    }
-    if (!s) {
-        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                    "'%s': FP8 weight '%s' has no '%s" SCALE_SUFFIX "'", label, w->name,
-                    w->name);
-        return -1;
-    }
-    if (s->dtype != ST_F32 && s->dtype != ST_BF16) {
-        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                    "'%s': scale '%s' has dtype %s (F32 or BF16 expected)", label, s->name,
-                    st_dtype_name(s->dtype));
-        return -1;
-    }
-    int64_t g[2];
-    qm_fp8_grid(c, w->shape[0], w->shape[1], &g[0], &g[1]);
-    if (s->ndim != 2 || s->shape[0] != g[0] || s->shape[1] != g[1]) {
-        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                    "'%s': scale '%s' has shape %s, but weight %s in %dx%d blocks needs %s",
-                    label, s->name, st_shape_str(s->shape, s->ndim, sh, sizeof sh),
-                    st_shape_str(w->shape, 2, want, sizeof want), c->block_rows,
-                    c->block_cols, st_shape_str(g, 2, grid, sizeof grid));
-        return -1;
-    }
-    return 0;
+    char *msg = weight_problem(c, w, s);
+    if (!msg)
+        return 0;
+    g_set_error(err, QM_ERROR, QM_ERR_FORMAT, "'%s': %s", label, msg);
+    g_free(msg);
+    return -1;
 }
 
-/* One problem: an error when not collecting, else one more message. */
-static int problem(GPtrArray *list, GError **err, GError *e)
+/* A tensor by name when the index has it: 1 found, 0 absent, -1 unreadable. */
+static int lookup(ckpt *ck, const char *name, const st_tensor **t, GError **err)
 {
-    if (!list) {
-        g_propagate_error(err, e);
-        return -1;
-    }
-    g_ptr_array_add(list, g_strdup(e->message));
-    g_error_free(e);
-    return 0;
+    *t = NULL;
+    if (!g_hash_table_contains(ck->shard_of, name))
+        return 0;
+    *t = ckpt_tensor(ck, name, 0, NULL, err);
+    return *t ? 1 : -1;
 }
 
-int qm_fp8_check_ckpt(ckpt *ck, int max_report, char ***problems, int *n_fp8,
+int qm_fp8_check_ckpt(ckpt *ck, qm_fp8_problem_fn report, void *user, int *n_fp8,
                       GError **err)
 {
     char *cfg_path = g_build_filename(ck->dir, "config.json", NULL);
     qm_fp8_config *c = NULL;
-    GPtrArray *list = problems ? g_ptr_array_new() : NULL;
     int rc = 0, count = 0;
-    if (qm_fp8_config_read(ck->config, cfg_path, &c, err) < 0) {
+    if (qm_fp8_config_read(ck->config, cfg_path, &c, err) < 0)
         rc = -1;
-        goto out;
-    }
-    for (int i = 0; i < ck->n_names && rc == 0; i++) {
-        if (list && (int)list->len >= max_report)
-            break;
+    for (int i = 0; i < ck->n_names && rc >= 0; i++) {
         const char *name = ck->names[i];
-        int si = ckpt_shard_index(ck, name);
-        const char *label = si >= 0 ? ck->shards[si].path : ck->dir;
-        const st_tensor *t = ckpt_tensor(ck, name, 0, NULL, err);
-        if (!t) {
+        const st_tensor *t, *other;
+        if (lookup(ck, name, &t, err) < 0) {
             rc = -1;
             break;
         }
-        GError *e = NULL;
+        char *msg = NULL;
         if (g_str_has_suffix(name, SCALE_SUFFIX)) {
             char *wn = g_strndup(name, strlen(name) - strlen(SCALE_SUFFIX));
-            const st_tensor *w = g_hash_table_contains(ck->shard_of, wn)
-                                     ? ckpt_tensor(ck, wn, 0, NULL, err) : NULL;
-            if (g_hash_table_contains(ck->shard_of, wn) && !w)
+            int got = lookup(ck, wn, &other, err);
+            if (got < 0)
                 rc = -1;
-            else if (!w || w->dtype != ST_F8_E4M3)
-                g_set_error(&e, QM_ERROR, QM_ERR_FORMAT,
-                            "'%s': scale '%s' has no F8_E4M3 weight '%s'", label, name, wn);
+            else if (!got || other->dtype != ST_F8_E4M3)
+                msg = g_strdup_printf("scale '%s' has no F8_E4M3 weight '%s'", name, wn);
             g_free(wn);
         } else if (t->dtype == ST_F8_E4M3) {
             count++;
-            if (!c) {
-                g_set_error(&e, QM_ERROR, QM_ERR_FORMAT,
-                            "'%s': tensor '%s' is F8_E4M3 but config.json has no fp8 "
-                            "quantization_config (its block size is unknown)", label, name);
+            char *sn = g_strconcat(name, SCALE_SUFFIX, NULL);
+            if (!c)
+                msg = g_strdup_printf("tensor '%s' is F8_E4M3 but config.json has no fp8 "
+                                      "quantization_config (its block size is unknown)", name);
+            else if (lookup(ck, sn, &other, err) < 0)
+                rc = -1;
+            else
+                msg = weight_problem(c, t, other);
+            g_free(sn);
+        }
+        if (msg && rc >= 0) {
+            const ckpt_shard *sh = &ck->shards[ckpt_shard_index(ck, name)];
+            if (report) {
+                report(user, sh->name, name, msg);
+                rc = 1;
             } else {
-                char *sn = g_strconcat(name, SCALE_SUFFIX, NULL);
-                const st_tensor *s = g_hash_table_contains(ck->shard_of, sn)
-                                         ? ckpt_tensor(ck, sn, 0, NULL, err) : NULL;
-                if (g_hash_table_contains(ck->shard_of, sn) && !s)
-                    rc = -1;
-                else
-                    qm_fp8_check_weight(c, label, t, s, &e);
-                g_free(sn);
+                g_set_error(err, QM_ERROR, QM_ERR_FORMAT, "'%s': %s", sh->path, msg);
+                rc = -1;
             }
         }
-        if (rc == 0 && e && problem(list, err, e))
-            rc = -1;
-        else if (rc != 0 && e)
-            g_error_free(e);
+        g_free(msg);
     }
-    if (rc == 0 && list && list->len)
-        rc = 1;
-out:
     if (n_fp8)
         *n_fp8 = count;
-    if (list) {
-        if (rc < 0) {
-            g_ptr_array_set_free_func(list, g_free);
-            g_ptr_array_free(list, TRUE);
-            *problems = NULL;
-        } else {
-            g_ptr_array_add(list, NULL);
-            *problems = (char **)g_ptr_array_free(list, FALSE);
-        }
-    }
     qm_fp8_config_free(c);
     g_free(cfg_path);
     return rc;

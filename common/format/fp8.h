@@ -78,18 +78,23 @@ void qm_fp8_grid(const qm_fp8_config *c, int64_t rows, int64_t cols,
 int qm_fp8_check_weight(const qm_fp8_config *c, const char *label,
                         const st_tensor *w, const st_tensor *s, GError **err);
 
+/* One problem found by qm_fp8_check_ckpt: the shard holding `tensor`
+ * (its name as the index writes it), the tensor, and what is wrong (no
+ * file prefix). The strings live only during the call. */
+typedef void (*qm_fp8_problem_fn)(void *user, const char *file, const char *tensor,
+                                  const char *message);
+
 /* Checks every tensor of an opened checkpoint (headers only, loading them
- * all): each F8_E4M3 tensor with qm_fp8_check_weight, each `*_scale_inv`
- * has its F8_E4M3 weight, and FP8 tensors appear only when config.json
- * has an FP8 quantization_config. Stops at the first problem, or after
- * `max_report` problems when collecting into *problems (a
- * NULL-terminated list of messages the caller frees with g_strfreev; pass
- * problems NULL to stop at the first as an error). Sets *n_fp8 (may be
- * NULL) to the number of FP8 weights checked. Returns 0 when every check
- * passed, -1 with *err set for an unreadable checkpoint or (problems
- * NULL) the first failed check (QM_ERR_FORMAT), 1 when problems were
- * collected. */
-int qm_fp8_check_ckpt(ckpt *ck, int max_report, char ***problems, int *n_fp8,
+ * all): each F8_E4M3 tensor as qm_fp8_check_weight does, each
+ * `*_scale_inv` has its F8_E4M3 weight, and FP8 tensors appear only when
+ * config.json has an FP8 quantization_config. With `report`, every
+ * problem goes to it and the check goes on; without, the first problem is
+ * an error (QM_ERR_FORMAT, naming the shard's path). Sets *n_fp8 (may be
+ * NULL) to the number of F8_E4M3 tensors seen. Returns 0 when all is well,
+ * 1 when problems were reported, -1 with *err set for a config that
+ * cannot be read (qm_fp8_config_read), a shard that cannot be read, or
+ * (no report) the first problem. */
+int qm_fp8_check_ckpt(ckpt *ck, qm_fp8_problem_fn report, void *user, int *n_fp8,
                       GError **err);
 
 /* ---- kernels ---- */

@@ -223,6 +223,12 @@ static ckpt *open_fixture(const char *rel)
     return ck;
 }
 
+/* Collects qm_fp8_check_ckpt's problems as "file|tensor|message". */
+static void collect(void *user, const char *file, const char *tensor, const char *message)
+{
+    g_ptr_array_add(user, g_strdup_printf("%s|%s|%s", file, tensor, message));
+}
+
 static void test_check_ckpt(void)
 {
     static const struct { const char *dir; int fp8; } good[] = {
@@ -235,7 +241,7 @@ static void test_check_ckpt(void)
             continue;
         GError *err = NULL;
         int n = -1;
-        CHECK(qm_fp8_check_ckpt(ck, 10, NULL, &n, &err) == 0);
+        CHECK(qm_fp8_check_ckpt(ck, NULL, NULL, &n, &err) == 0);
         if (err)
             printf("  %s\n", err->message);
         g_clear_error(&err);
@@ -250,32 +256,36 @@ static void test_check_ckpt(void)
     cJSON *q = cJSON_GetObjectItemCaseSensitive(ck->config, "quantization_config");
     cJSON_ReplaceItemInObjectCaseSensitive(q, "weight_block_size", cJSON_Parse("[32, 32]"));
     GError *err = NULL;
-    char **probs = NULL;
-    CHECK(qm_fp8_check_ckpt(ck, 5, &probs, NULL, &err) == 1 && !err);
-    CHECK(probs && g_strv_length(probs) == 5);
-    CHECK_CONTAINS(probs ? probs[0] : NULL, "in 32x32 blocks needs");
-    CHECK_CONTAINS(probs ? probs[0] : NULL, "model-0000");
-    g_strfreev(probs);
-    CHECK(qm_fp8_check_ckpt(ck, 5, NULL, NULL, &err) == -1);
-    CHECK_CONTAINS(err ? err->message : NULL, "_scale_inv' has shape [");
+    GPtrArray *probs = g_ptr_array_new_with_free_func(g_free);
+    CHECK(qm_fp8_check_ckpt(ck, collect, probs, NULL, &err) == 1 && !err);
+    /* every FP8 weight here spans more than one 16-block in some direction,
+     * so every [ceil(r/32), ceil(c/32)] grid differs from the stored one */
+    CHECK(probs->len == 177);
+    CHECK_CONTAINS(probs->len ? (char *)probs->pdata[0] : NULL,
+                   "model-00001-of-00004.safetensors|model.layers.0.mlp.down_proj.weight|"
+                   "scale 'model.layers.0.mlp.down_proj.weight_scale_inv' has shape [4, 6], "
+                   "but weight [64, 96] in 32x32 blocks needs [2, 3]");
+    g_ptr_array_set_size(probs, 0);
+    CHECK(qm_fp8_check_ckpt(ck, NULL, NULL, NULL, &err) == -1);
+    CHECK_CONTAINS(err ? err->message : NULL, "model-00001-of-00004.safetensors': scale '");
     g_clear_error(&err);
 
     cJSON_ReplaceItemInObjectCaseSensitive(q, "weight_block_size", cJSON_Parse("[16, 16]"));
     cJSON_AddItemToObject(q, "modules_to_not_convert", cJSON_Parse("[\"q_a_proj\"]"));
-    CHECK(qm_fp8_check_ckpt(ck, 100, &probs, NULL, &err) == 1);
-    CHECK(probs && g_strv_length(probs) == 4);  /* layers 0-2 and the MTP block */
-    CHECK_CONTAINS(probs ? probs[0] : NULL,
+    CHECK(qm_fp8_check_ckpt(ck, collect, probs, NULL, &err) == 1);
+    CHECK(probs->len == 4);  /* layers 0-2 and the MTP block */
+    CHECK_CONTAINS(probs->len ? (char *)probs->pdata[0] : NULL,
                    "'model.layers.0.self_attn.q_a_proj.weight' is F8_E4M3 but its module");
-    g_strfreev(probs);
+    g_ptr_array_free(probs, TRUE);
 
     cJSON_DeleteItemFromObjectCaseSensitive(ck->config, "quantization_config");
-    CHECK(qm_fp8_check_ckpt(ck, 5, NULL, NULL, &err) == -1);
+    CHECK(qm_fp8_check_ckpt(ck, NULL, NULL, NULL, &err) == -1);
     CHECK_CONTAINS(err ? err->message : NULL,
                    "is F8_E4M3 but config.json has no fp8 quantization_config");
     g_clear_error(&err);
     cJSON_AddItemToObject(ck->config, "quantization_config",
                           cJSON_Parse("{\"quant_method\":\"fp8\",\"fmt\":\"e5m2\"}"));
-    CHECK(qm_fp8_check_ckpt(ck, 5, NULL, NULL, &err) == -1);
+    CHECK(qm_fp8_check_ckpt(ck, NULL, NULL, NULL, &err) == -1);
     CHECK_CONTAINS(err ? err->message : NULL, "config.json': quantization_config.fmt 'e5m2'");
     g_clear_error(&err);
     ckpt_close(ck);
