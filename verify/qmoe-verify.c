@@ -70,7 +70,9 @@ static const char *description =
     "  integrity  every header parses strictly and matches the manifest; sizes\n"
     "             and SHA-256 match the manifest (on a mismatch the per-tensor\n"
     "             CRC-32s name the damaged tensor); tensor names, dtypes and\n"
-    "             shapes fit config.json. --quick skips reading the data.\n"
+    "             shapes fit config.json; every FP8 (F8_E4M3) weight has a\n"
+    "             weight_scale_inv of its quantization_config block grid.\n"
+    "             --quick skips reading the data.\n"
     "  source     with --source SRC: every tensor is byte-identical to the\n"
     "             source checkpoint's, and for a full extraction every source\n"
     "             tensor is present in OUT.\n"
@@ -437,6 +439,7 @@ int main(int argc, char **argv)
     rp.last = rp.t0;
     vf_check_files_progress(t, opt_quick, jobs, r, opt_no_progress ? NULL : files_progress,
                             &rp);
+    vf_check_fp8(t, r);
     coh_result *coh = NULL;
     int report_failed = 0;
     if (opt_coherence) {
