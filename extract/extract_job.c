@@ -82,8 +82,15 @@ void ex_result_clear(ex_result *r)
  * `mu`; the plan and the source fds are read-only once workers start. */
 typedef struct {
     const ex_opts *o;
+    double t0;              /* qm_monotonic() at the start */
+    const layout *lt;
     plan *p;
     ckpt *ck;
+    char *state_dir;        /* .qmoe/ or this --shard part's directory in it */
+    char *lock_path, *prog_path, *log_path;
+    int lock_fd;
+    pid_t stale;            /* pid whose stale lock was taken over, or 0 */
+    uint64_t skipped_bytes; /* of files complete before this run */
     int *src_fd;            /* per source shard */
     uint64_t *src_bs;       /* per source shard: block size when its blocks
                                can be shared with OUT's files (reflink), else 0 */
@@ -705,288 +712,350 @@ static int check_source(job *j, GError **err)
     return rc;
 }
 
-int ex_run(const ex_opts *o, ex_result *res, GError **err)
-{
-    memset(res, 0, sizeof *res);
-    double t0 = qm_monotonic();
-    const layout *lt;
-    plan *p = NULL;
-    job j;
-    memset(&j, 0, sizeof j);
-    j.o = o;
-    j.journal_fd = j.log_fd = -1;
-    g_mutex_init(&j.mu);
-    g_cond_init(&j.idle);
-    g_mutex_init(&j.commit_mu);
-    int lock_fd = -1, rc = -1;
-    char *state_dir = progress_state_dir(o->out, o->shard, o->shards);
-    char *lock_path = g_build_filename(state_dir, "lock", NULL);
-    char *prog_path = g_build_filename(state_dir, "progress.json", NULL);
-    char *log_path = g_build_filename(o->out, ".qmoe", "extract.log", NULL);
-    j.journal_path = g_build_filename(state_dir, "journal.jsonl", NULL);
+/* ---- the run, phase by phase ----
+ *
+ * ex_run: take_lock, check_source, scan_done, open_sources, check_space,
+ * hand_over (--detach), prepare_out, run_workers (threads, progress loop,
+ * the last commit), then finish. Each phase returns 0 or -1 with *err;
+ * job_clear undoes what any of them made. */
 
-    j.ck = ex_open_and_plan(o, &lt, &p, 0, err);
-    if (!j.ck)
-        goto out;
-    j.p = p;
-    res->layout = g_strdup(lt->name);
-    res->experts_split = od_plan_mtp_breakdown(p);
-    if (fs_mkdir_out(o->out, state_dir, err))
-        goto out;
-    pid_t stale = 0;
-    lock_fd = progress_lock(lock_path, &stale, err);
-    if (lock_fd < 0)
-        goto out;
+/* The state directory and its lock; the log. */
+static int take_lock(job *j, GError **err)
+{
+    if (fs_mkdir_out(j->o->out, j->state_dir, err))
+        return -1;
+    j->lock_fd = progress_lock(j->lock_path, &j->stale, err);
+    if (j->lock_fd < 0)
+        return -1;
     /* said at once: the source checks below take time, and a kill during
      * them must not hide that the stale lock was taken over */
-    if (stale)
+    if (j->stale)
         fprintf(stderr, "qmoe-extract: taking over the stale lock of pid %ld (no longer "
-                "running); resuming\n", (long)stale);
-    j.log_fd = fs_open_out(log_path, O_WRONLY | O_APPEND | O_CREAT, "cannot open log", err);
-    if (j.log_fd < 0)
-        goto out;
-    if (check_source(&j, err))
-        goto out;
-    /* What earlier runs (of any part) finished stays. */
+                "running); resuming\n", (long)j->stale);
+    j->log_fd = fs_open_out(j->log_path, O_WRONLY | O_APPEND | O_CREAT, "cannot open log",
+                            err);
+    return j->log_fd < 0 ? -1 : 0;
+}
+
+/* What earlier runs (of any part) finished stays: fills j->todo with the
+ * files of this part still to write, and the progress counters. */
+static int scan_done(job *j, GError **err)
+{
+    const ex_opts *o = j->o;
+    const plan *p = j->p;
     GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
-    uint8_t *done = g_new0(uint8_t, p->n_files > 0 ? p->n_files : 1);
     if (mf_journals_read_all(o->out, recs, err)) {
         g_array_free(recs, TRUE);
-        g_free(done);
-        goto out;
+        return -1;
     }
-    od_find_done(p, j.ck, j.source_id, o->out, recs, done);
-    if (o->shards == 1) {
-        j.recs = recs; /* finish_outputs needs no second read */
-    } else {
+    uint8_t *done = g_new0(uint8_t, p->n_files > 0 ? p->n_files : 1);
+    od_find_done(p, j->ck, j->source_id, o->out, recs, done);
+    if (o->shards == 1)
+        j->recs = recs; /* finish_outputs needs no second read */
+    else
         mf_files_free(recs);
-    }
 
-    j.todo = g_new(int, p->n_files > 0 ? p->n_files : 1);
-    j.prog.pid = getpid();
-    j.prog.started = qm_now();
-    j.prog.shard = o->shard;
-    j.prog.shards = o->shards;
-    j.prog.log = g_strdup(".qmoe/extract.log");
+    j->todo = g_new(int, p->n_files > 0 ? p->n_files : 1);
+    j->prog.pid = getpid();
+    j->prog.started = qm_now();
+    j->prog.shard = o->shard;
+    j->prog.shards = o->shards;
+    j->prog.log = g_strdup(".qmoe/extract.log");
     if (p->partial) { /* a full run leaves them out: nothing to narrow */
-        j.prog.layers = qm_list_format(p->layer_sel, p->shape.n_layers);
-        j.prog.experts = qm_list_format(p->expert_sel, p->shape.n_experts);
+        j->prog.layers = qm_list_format(p->layer_sel, p->shape.n_layers);
+        j->prog.experts = qm_list_format(p->expert_sel, p->shape.n_experts);
     }
     for (int i = 0; i < p->n_files; i++) {
         const plan_file *f = &p->files[i];
         if (f->part != o->shard)
             continue;
-        j.prog.files_planned++;
-        j.prog.bytes_planned += f->bytes;
-        j.prog.experts_planned += f->kind == MF_EXPERT;
+        j->prog.files_planned++;
+        j->prog.bytes_planned += f->bytes;
+        j->prog.experts_planned += f->kind == MF_EXPERT;
         if (done[i]) {
-            j.prog.files_done++;
-            j.prog.files_skipped++;
-            j.prog.bytes_done += f->bytes;
-            j.prog.experts_done += f->kind == MF_EXPERT;
+            j->prog.files_done++;
+            j->prog.files_skipped++;
+            j->prog.bytes_done += f->bytes;
+            j->prog.experts_done += f->kind == MF_EXPERT;
         } else {
-            j.todo[j.n_todo++] = i;
+            j->todo[j->n_todo++] = i;
         }
     }
     g_free(done);
-    uint64_t skipped_bytes = j.prog.bytes_done;
-    j.src_fd = g_new(int, j.ck->n_shards);
-    for (int i = 0; i < j.ck->n_shards; i++)
-        j.src_fd[i] = -1;
-    j.src_bs = g_new0(uint64_t, j.ck->n_shards);
-    char *probe = g_build_filename(state_dir, "reflink-probe", NULL);
-    int n_shared = ex_open_sources(j.ck, j.src_fd, j.src_bs, o->no_reflink, probe, err);
+    j->skipped_bytes = j->prog.bytes_done;
+    return 0;
+}
+
+/* The source shards open, and which of them share blocks with OUT. */
+static int open_sources(job *j, GError **err)
+{
+    j->src_fd = g_new(int, j->ck->n_shards);
+    for (int i = 0; i < j->ck->n_shards; i++)
+        j->src_fd[i] = -1;
+    j->src_bs = g_new0(uint64_t, j->ck->n_shards);
+    char *probe = g_build_filename(j->state_dir, "reflink-probe", NULL);
+    int n_shared = ex_open_sources(j->ck, j->src_fd, j->src_bs, j->o->no_reflink, probe,
+                                   err);
     g_free(probe);
     if (n_shared < 0)
-        goto out;
-    g_atomic_int_set(&j.reflink, n_shared > 0);
+        return -1;
+    g_atomic_int_set(&j->reflink, n_shared > 0);
     if (n_shared)
-        job_log(&j, "zero-copy: %d of %d source files share blocks with '%s' "
-                "(reflink)", n_shared, j.ck->n_shards, o->out);
+        job_log(j, "zero-copy: %d of %d source files share blocks with '%s' "
+                "(reflink)", n_shared, j->ck->n_shards, j->o->out);
+    return 0;
+}
+
+/* Refuses, before anything is written, a run that will not fit (unless
+ * --force). */
+static int check_space(job *j, GError **err)
+{
     ex_space sc = {0};
-    ex_space_count(&sc, p, j.todo, j.n_todo, j.src_bs);
-    if (ex_space_free(&sc, o->out, err))
-        goto out;
+    ex_space_count(&sc, j->p, j->todo, j->n_todo, j->src_bs);
+    if (ex_space_free(&sc, j->o->out, err))
+        return -1;
     char *stext = ex_space_text(&sc);
-    job_log(&j, "space: %s", stext);
-    if (sc.needed > sc.avail && !o->force) {
+    job_log(j, "space: %s", stext);
+    int rc = 0;
+    if (sc.needed > sc.avail && !j->o->force) {
         g_set_error(err, QM_ERROR, QM_ERR_IO, "'%s': %s; nothing written (--force "
-                    "tries anyway)", o->out, stext);
-        g_free(stext);
-        ex_space_clear(&sc);
-        goto out;
+                    "tries anyway)", j->o->out, stext);
+        rc = -1;
     }
     g_free(stext);
     ex_space_clear(&sc);
+    return rc;
+}
+
+/* o->before_write (--detach forks there); the lock and progress.json then
+ * name the process that goes on. */
+static int hand_over(job *j, GError **err)
+{
+    const ex_opts *o = j->o;
     if (o->before_write) {
         if (o->before_write(o->before_write_arg, err))
-            goto out;
+            return -1;
         /* maybe another process now (--detach's child): the lock says who,
          * and so must progress.json (qmoe-status judges liveness by it) */
-        if (progress_lock_handover(lock_fd, lock_path, err))
-            goto out;
-        j.prog.pid = getpid();
-        j.prog.pid_start = 0; /* the writer reads the new process's */
+        if (progress_lock_handover(j->lock_fd, j->lock_path, err))
+            return -1;
+        j->prog.pid = getpid();
+        j->prog.pid_start = 0; /* the writer reads the new process's */
     }
-    if (stale)
-        job_log(&j, "took over the stale lock of pid %ld", (long)stale);
+    if (j->stale)
+        job_log(j, "took over the stale lock of pid %ld", (long)j->stale);
+    return 0;
+}
+
+/* OUT's directories, side files and journal; leftovers of dead runs
+ * removed; the batch opened before the first file is written (fs.h). */
+static int prepare_out(job *j, GError **err)
+{
+    const ex_opts *o = j->o;
     static const char *subdirs[] = {"experts", "layers", "other"};
     for (int i = 0; i < 3; i++) {
         char *d = g_build_filename(o->out, subdirs[i], NULL);
         int r = fs_mkdir_out(o->out, d, err);
         g_free(d);
         if (r)
-            goto out;
+            return -1;
     }
     int top = lock_top(o->out);
-    od_remove_stale_tmps(o->out, p, o->shard, o->shards);
-    int side = copy_side_files(j.ck->dir, o->out, err);
+    od_remove_stale_tmps(o->out, j->p, o->shard, o->shards);
+    int side = copy_side_files(j->ck->dir, o->out, err);
     if (top >= 0)
         close(top);
     if (side)
-        goto out;
-
-    j.journal_fd = mf_journal_open(j.journal_path, err);
-    if (j.journal_fd < 0)
-        goto out;
-    job_log(&j, "extracting '%s' (%s) to '%s': %llu files planned, %llu already "
-            "complete, %d to write with %d threads", o->src, lt->name, o->out,
-            (unsigned long long)j.prog.files_planned,
-            (unsigned long long)j.prog.files_skipped, j.n_todo, o->jobs);
-
-    j.current = g_new0(char *, o->jobs + 1);
-    j.pend = pending_new();
-    if (!(j.batch = fs_batch_new(o->out, err)))
-        goto out;
+        return -1;
+    j->journal_fd = mf_journal_open(j->journal_path, err);
+    if (j->journal_fd < 0)
+        return -1;
+    job_log(j, "extracting '%s' (%s) to '%s': %llu files planned, %llu already "
+            "complete, %d to write with %d threads", o->src, j->lt->name, o->out,
+            (unsigned long long)j->prog.files_planned,
+            (unsigned long long)j->prog.files_skipped, j->n_todo, o->jobs);
+    j->current = g_new0(char *, o->jobs + 1);
+    j->pend = pending_new();
+    if (!(j->batch = fs_batch_new(o->out, err)))
+        return -1;
     /* the first write is checked: .qmoe/ refusing it (a symlink planted at
      * the temporary's name) stops the run before any work */
-    if (write_progress_err(&j, prog_path, "running", err))
-        goto out;
+    return write_progress_err(j, j->prog_path, "running", err);
+}
+
+/* The workers, and progress.json five times a second until the last one
+ * ends (woken then, not at the next tick); then the last batch. Failures
+ * of the workers are left in j->failed / j->error. */
+static void run_workers(job *j)
+{
+    const ex_opts *o = j->o;
     GThread **th = g_new(GThread *, o->jobs);
     void **args = g_new(void *, 2 * o->jobs);
-    j.live = o->jobs;
+    j->live = o->jobs;
     for (int i = 0; i < o->jobs; i++) {
-        args[2 * i] = &j;
+        args[2 * i] = j;
         args[2 * i + 1] = GINT_TO_POINTER(i);
         th[i] = g_thread_new("extract", worker, &args[2 * i]);
     }
-    /* Main thread: progress five times a second until the last worker
-     * ends (woken then, not at the next tick). */
-    g_mutex_lock(&j.mu);
-    while (j.live > 0) {
-        g_mutex_unlock(&j.mu);
-        write_progress(&j, prog_path, "running");
+    g_mutex_lock(&j->mu);
+    while (j->live > 0) {
+        g_mutex_unlock(&j->mu);
+        write_progress(j, j->prog_path, "running");
         if (o->progress_bar)
-            draw_bar(&j, t0);
-        g_mutex_lock(&j.mu);
+            draw_bar(j, j->t0);
+        g_mutex_lock(&j->mu);
         gint64 until = g_get_monotonic_time() + 200000;
-        while (j.live > 0 && g_cond_wait_until(&j.idle, &j.mu, until))
+        while (j->live > 0 && g_cond_wait_until(&j->idle, &j->mu, until))
             ;
     }
-    g_mutex_unlock(&j.mu);
+    g_mutex_unlock(&j->mu);
     for (int i = 0; i < o->jobs; i++)
         g_thread_join(th[i]);
     g_free(th);
     g_free(args);
     /* What the workers finished goes in place, also after a signal (files
      * in flight were discarded); after a failure it is discarded too. */
-    if (!j.failed && j.pend->recs->len) {
-        commit_pending(&j, j.pend);
-        j.pend = NULL;
+    if (!j->failed && j->pend->recs->len) {
+        commit_pending(j, j->pend);
+        j->pend = NULL;
     }
     if (o->progress_bar) {
-        draw_bar(&j, t0);
+        draw_bar(j, j->t0);
         fputc('\n', stderr);
     }
+}
 
-    res->files_planned = j.prog.files_planned;
-    res->files_done = j.prog.files_done;
-    res->files_skipped = j.prog.files_skipped;
-    res->bytes_planned = j.prog.bytes_planned;
-    res->bytes_written = j.prog.bytes_done - skipped_bytes;
-    res->experts_planned = j.prog.experts_planned;
-    res->experts_done = j.prog.experts_done;
-    res->bytes_shared = j.bytes_shared;
-    if (j.failed) {
-        j.prog.last_error = g_strdup(j.error->message);
-        job_log(&j, "failed: %s", j.error->message);
-        write_progress(&j, prog_path, "failed");
-        g_propagate_error(err, j.error);
-        j.error = NULL;
-        goto out;
+/* After the workers: the failure or the stop reported, or the index and
+ * qmoe.json written and the state "finished". */
+static int finish(job *j, ex_result *res, GError **err)
+{
+    const ex_opts *o = j->o;
+    res->files_planned = j->prog.files_planned;
+    res->files_done = j->prog.files_done;
+    res->files_skipped = j->prog.files_skipped;
+    res->bytes_planned = j->prog.bytes_planned;
+    res->bytes_written = j->prog.bytes_done - j->skipped_bytes;
+    res->experts_planned = j->prog.experts_planned;
+    res->experts_done = j->prog.experts_done;
+    res->bytes_shared = j->bytes_shared;
+    if (j->failed) {
+        j->prog.last_error = g_strdup(j->error->message);
+        job_log(j, "failed: %s", j->error->message);
+        write_progress(j, j->prog_path, "failed");
+        g_propagate_error(err, j->error);
+        j->error = NULL;
+        return -1;
     }
-    if (stop_requested || j.prog.files_done < j.prog.files_planned) {
-        job_log(&j, "stopped by signal after %llu/%llu files",
-                (unsigned long long)j.prog.files_done,
-                (unsigned long long)j.prog.files_planned);
-        write_progress(&j, prog_path, "stopped");
+    if (stop_requested || j->prog.files_done < j->prog.files_planned) {
+        job_log(j, "stopped by signal after %llu/%llu files",
+                (unsigned long long)j->prog.files_done,
+                (unsigned long long)j->prog.files_planned);
+        write_progress(j, j->prog_path, "stopped");
         g_set_error(err, QM_ERROR, QM_ERR_STOPPED,
                     "stopped by signal: %llu/%llu files complete; run the same "
-                    "command again to resume", (unsigned long long)j.prog.files_done,
-                    (unsigned long long)j.prog.files_planned);
-        goto out;
+                    "command again to resume", (unsigned long long)j->prog.files_done,
+                    (unsigned long long)j->prog.files_planned);
+        return -1;
     }
     /* The part that finishes last merges every journal; on NFS another
      * machine sees our last lines only once they reach the server. */
-    if (fsync(j.journal_fd) != 0) {
-        qm_set_errno(err, errno, "cannot sync journal", j.journal_path);
-        goto out;
+    if (fsync(j->journal_fd) != 0)
+        return qm_set_errno(err, errno, "cannot sync journal", j->journal_path);
+    if (finish_outputs(j, o->src, &res->complete, err)) {
+        j->prog.last_error = g_strdup((*err)->message);
+        write_progress(j, j->prog_path, "failed");
+        return -1;
     }
-    if (finish_outputs(&j, o->src, &res->complete, err)) {
-        j.prog.last_error = g_strdup((*err)->message);
-        write_progress(&j, prog_path, "failed");
-        goto out;
-    }
-    write_progress(&j, prog_path, "finished");
+    write_progress(j, j->prog_path, "finished");
     int n_gap = 0;
-    char *gap = od_plan_gap(p, &n_gap);
+    char *gap = od_plan_gap(j->p, &n_gap);
     if (gap) {
         gap = ex_gap_one_line(gap);
         fprintf(stderr, "qmoe-extract: '%s' is incomplete (--allow-missing): %s; "
                 "recorded in qmoe.json\n", o->out, gap);
-        job_log(&j, "incomplete (--allow-missing): %s", gap);
+        job_log(j, "incomplete (--allow-missing): %s", gap);
         g_free(gap);
     }
-    res->seconds = qm_monotonic() - t0;
-    job_log(&j, "finished: %llu files (%llu written, %llu already complete) in %.2f s%s",
+    res->seconds = qm_monotonic() - j->t0;
+    job_log(j, "finished: %llu files (%llu written, %llu already complete) in %.2f s%s",
             (unsigned long long)res->files_planned,
             (unsigned long long)(res->files_done - res->files_skipped),
             (unsigned long long)res->files_skipped, res->seconds,
             res->complete ? "" : "; other --shard parts still to finish");
-    rc = 0;
-out:
-    res->seconds = qm_monotonic() - t0;
-    pending_free(j.pend);
-    mf_files_free(j.recs);
-    fs_batch_free(j.batch);
-    if (j.journal_fd >= 0)
-        close(j.journal_fd);
-    if (j.log_fd >= 0)
-        close(j.log_fd);
-    if (lock_fd >= 0)
-        progress_unlock(lock_fd, lock_path);
-    if (j.error)
-        g_error_free(j.error);
-    if (j.current)
-        g_strfreev(j.current);
-    if (j.src_fd)
-        for (int i = 0; i < j.ck->n_shards; i++)
-            if (j.src_fd[i] >= 0)
-                close(j.src_fd[i]);
-    g_free(j.src_fd);
-    g_free(j.src_bs);
-    g_free(j.todo);
-    progress_clear(&j.prog);
-    cJSON_Delete(j.source_identity);
-    g_mutex_clear(&j.mu);
-    g_cond_clear(&j.idle);
-    g_mutex_clear(&j.commit_mu);
-    plan_free(p);
-    ckpt_close(j.ck);
-    g_free(j.journal_path);
-    g_free(state_dir);
-    g_free(lock_path);
-    g_free(prog_path);
-    g_free(log_path);
+    return 0;
+}
+
+static void job_init(job *j, const ex_opts *o)
+{
+    memset(j, 0, sizeof *j);
+    j->o = o;
+    j->t0 = qm_monotonic();
+    j->journal_fd = j->log_fd = j->lock_fd = -1;
+    g_mutex_init(&j->mu);
+    g_cond_init(&j->idle);
+    g_mutex_init(&j->commit_mu);
+    j->state_dir = progress_state_dir(o->out, o->shard, o->shards);
+    j->lock_path = g_build_filename(j->state_dir, "lock", NULL);
+    j->prog_path = g_build_filename(j->state_dir, "progress.json", NULL);
+    j->log_path = g_build_filename(o->out, ".qmoe", "extract.log", NULL);
+    j->journal_path = g_build_filename(j->state_dir, "journal.jsonl", NULL);
+}
+
+/* Undoes every phase: temporaries of an uncommitted batch removed, fds
+ * closed, the lock released. */
+static void job_clear(job *j)
+{
+    pending_free(j->pend);
+    mf_files_free(j->recs);
+    fs_batch_free(j->batch);
+    if (j->journal_fd >= 0)
+        close(j->journal_fd);
+    if (j->log_fd >= 0)
+        close(j->log_fd);
+    if (j->lock_fd >= 0)
+        progress_unlock(j->lock_fd, j->lock_path);
+    if (j->error)
+        g_error_free(j->error);
+    g_strfreev(j->current);
+    if (j->src_fd)
+        for (int i = 0; i < j->ck->n_shards; i++)
+            if (j->src_fd[i] >= 0)
+                close(j->src_fd[i]);
+    g_free(j->src_fd);
+    g_free(j->src_bs);
+    g_free(j->todo);
+    progress_clear(&j->prog);
+    cJSON_Delete(j->source_identity);
+    g_mutex_clear(&j->mu);
+    g_cond_clear(&j->idle);
+    g_mutex_clear(&j->commit_mu);
+    plan_free(j->p);
+    ckpt_close(j->ck);
+    g_free(j->journal_path);
+    g_free(j->state_dir);
+    g_free(j->lock_path);
+    g_free(j->prog_path);
+    g_free(j->log_path);
+}
+
+int ex_run(const ex_opts *o, ex_result *res, GError **err)
+{
+    memset(res, 0, sizeof *res);
+    job j;
+    job_init(&j, o);
+    int rc = -1;
+    j.ck = ex_open_and_plan(o, &j.lt, &j.p, 0, err);
+    if (j.ck) {
+        res->layout = g_strdup(j.lt->name);
+        res->experts_split = od_plan_mtp_breakdown(j.p);
+    }
+    if (j.ck && !take_lock(&j, err) && !check_source(&j, err) && !scan_done(&j, err) &&
+        !open_sources(&j, err) && !check_space(&j, err) && !hand_over(&j, err) &&
+        !prepare_out(&j, err)) {
+        run_workers(&j);
+        rc = finish(&j, res, err);
+    }
+    res->seconds = qm_monotonic() - j.t0;
+    job_clear(&j);
     return rc;
 }
