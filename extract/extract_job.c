@@ -4,6 +4,7 @@
 #include "format/checkpoint.h"
 #include "base/crc32.h"
 #include "extract_copy.h"
+#include "extract_pipe.h"
 #include "extract_prep.h"
 #include "base/fs.h"
 #include "cli/cli.h"
@@ -31,11 +32,14 @@
 /* Group commit (fs.h): files are made durable, renamed and journalled a
  * batch at a time, a few filesystem journal commits per batch instead of
  * two per file. A batch closes at BATCH_BYTES or BATCH_FILES or when its
- * first file has waited BATCH_AGE seconds, so that a crash loses little
- * work and a slow run still shows its progress in the journal. */
+ * first file has waited BATCH_AGE, so that a crash loses little work and
+ * a slow run still shows its progress in the journal. The main thread
+ * commits, so that no worker waits for a syncfs; files written meanwhile
+ * join the next batch, which is larger when the disk is behind. */
 #define BATCH_BYTES (64u << 20)
 #define BATCH_FILES 256
-#define BATCH_AGE 0.25
+#define BATCH_AGE_US 250000
+#define PROGRESS_US 200000 /* progress.json five times a second */
 
 /* Files smaller than FS_WRITEBACK_MIN (fs.h) go through the page cache,
  * not O_DIRECT: a direct write waits for the disk, once per file, which
@@ -100,7 +104,8 @@ typedef struct {
     int n_todo;
     gint next;              /* atomic cursor into todo */
     GMutex mu;
-    GCond idle;             /* signalled (under mu) when a worker ends */
+    GCond wake;             /* signalled (under mu) when a worker ends or
+                               the open batch is full */
     int live;               /* workers still running, guarded by mu */
     GArray *recs;           /* one-part run (shards 1): the records of every
                                file in place, those found at the start and
@@ -110,8 +115,7 @@ typedef struct {
     char *journal_path;
     int log_fd;
     struct pending *pend;   /* the open batch, guarded by mu */
-    fs_batch *batch;        /* commits it, guarded by commit_mu */
-    GMutex commit_mu;       /* one batch commits at a time, in order */
+    fs_batch *batch;        /* commits it: the main thread's */
     progress prog;
     char **current;         /* per worker slot, NULL-terminated view */
     int failed;
@@ -204,8 +208,13 @@ typedef struct pending {
     uint64_t bytes;
     GArray *recs;     /* mf_file */
     GPtrArray *plan;  /* const plan_file * */
-    double started;   /* qm_monotonic() of the first file */
+    gint64 started;   /* g_get_monotonic_time() of the first file */
 } pending;
+
+static int batch_full(const pending *p)
+{
+    return p->recs->len >= BATCH_FILES || p->bytes >= BATCH_BYTES;
+}
 
 static pending *pending_new(void)
 {
@@ -229,19 +238,61 @@ static void pending_free(pending *p)
     g_free(p);
 }
 
-/* Writes one output file to its temporary; on success fills *rec and
- * hands over the complete, not yet durable file in *out. `buf` holds
- * CHUNK bytes, FS_DIRECT_ALIGN-aligned.
- *
- * Without reflinks the header and the data are assembled in buf (each
- * source read lands right after the bytes before it) and buf is written
- * whenever it is full and at the end: a small file is one write. A file
- * of FS_WRITEBACK_MIN bytes or more goes out with O_DIRECT (fs.h), so that its
- * bytes are copied once (the source read), not also into the page cache;
- * its tail, less than a block, through the cache. */
-static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
-                      fs_out **out, GError **err)
+/* A file written, on its way to the batch: its record and plan entry. */
+typedef struct {
+    mf_file rec;
+    const plan_file *f;
+} written;
+
+static void written_free(void *data)
 {
+    written *wf = data;
+    if (wf) {
+        mf_file_clear(&wf->rec);
+        g_free(wf);
+    }
+}
+
+/* A complete, closed temporary joins the open batch (the main thread
+ * commits it, woken when it is due). Called by a worker's writer thread
+ * (extract_pipe.h) or, for a file written in line, by the worker. */
+static void file_written(void *arg, fs_out *o, void *data)
+{
+    job *j = arg;
+    written *wf = data;
+    g_mutex_lock(&j->mu);
+    pending *p = j->pend;
+    if (!p->recs->len)
+        p->started = g_get_monotonic_time();
+    g_ptr_array_add(p->files, o);
+    p->bytes += o->written;
+    g_array_append_val(p->recs, wf->rec);
+    g_ptr_array_add(p->plan, (gpointer)wf->f);
+    if (batch_full(p))
+        g_cond_signal(&j->wake);
+    g_mutex_unlock(&j->mu);
+    g_free(wf); /* the record now belongs to the batch */
+}
+
+/* Writes one output file to its temporary, filling wf->rec. On success
+ * the file is handed on (wf with it): to the worker's writer `w`, which
+ * passes it to file_written once written, or straight to file_written;
+ * on failure wf stays the caller's. *bufp is a buffer of w (CHUNK bytes,
+ * FS_DIRECT_ALIGN-aligned), maybe another one on return.
+ *
+ * Without reflinks the header and the data are assembled in the buffer
+ * (each source read lands right after the bytes before it), which is
+ * written whenever it is full and at the end: a small file is one write,
+ * done here. A file of FS_WRITEBACK_MIN bytes or more goes out with
+ * O_DIRECT (fs.h), so that its bytes are copied once (the source read),
+ * not also into the page cache, and through `w`: its full buffers are
+ * written while the next are read and hashed. With reflinks (ec_put) the
+ * writes stay in line. */
+static int write_file(job *j, const plan_file *f, xp_writer *w, uint8_t **bufp,
+                      written *wf, GError **err)
+{
+    mf_file *rec = &wf->rec;
+    uint8_t *buf = *bufp;
     st_entry *e = g_new0(st_entry, f->n);
     for (int i = 0; i < f->n; i++) {
         e[i].name = f->t[i].name;
@@ -263,6 +314,7 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
         return -1;
     int assemble = !bs && hdr->len <= CHUNK / 2;
     int direct = assemble && f->bytes >= FS_WRITEBACK_MIN;
+    int piped = direct; /* a direct write waits for the disk: not in line */
     size_t fill = 0; /* assemble: bytes in buf, not yet written */
     char *path = g_build_filename(j->o->out, f->path, NULL);
     fs_out *o = direct ? fs_out_open_direct(path, err) : fs_out_open(path, err);
@@ -312,6 +364,11 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
                 rc = -1;
                 break;
             }
+            if (piped && xp_failed(w)) { /* xp_close reports what failed */
+                g_set_error(err, QM_ERROR, QM_ERR_STOPPED, "an earlier write failed");
+                rc = -1;
+                break;
+            }
             size_t len = (size_t)MIN((uint64_t)CHUNK - fill - (sbs ? pos % sbs : 0),
                                      end - pos);
             uint8_t *at_buf = buf + fill;
@@ -334,7 +391,11 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
             }
             if (assemble) {
                 fill += len;
-                if (fill == CHUNK) {
+                if (fill == CHUNK && piped) {
+                    xp_put(w, o, buf, fill);
+                    buf = *bufp = xp_get(w);
+                    fill = 0;
+                } else if (fill == CHUNK) {
                     rc = fs_out_write(o, buf, fill, err);
                     fill = 0;
                 }
@@ -345,7 +406,10 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
         }
         i = k;
     }
-    if (!rc && fill) { /* direct: whole blocks, then the tail through the cache */
+    if (!rc && fill && piped) {
+        xp_put(w, o, buf, fill);
+        buf = *bufp = xp_get(w);
+    } else if (!rc && fill) { /* direct: whole blocks, then the tail through the cache */
         size_t whole = o->direct ? fill / FS_DIRECT_ALIGN * FS_DIRECT_ALIGN : fill;
         rc = fs_out_write(o, buf, whole, err);
         if (!rc && fill > whole)
@@ -355,35 +419,41 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
         g_set_error(err, QM_ERROR, QM_ERR_STOPPED, "stopped by signal");
         rc = -1;
     }
-    if (rc) {
-        fs_out_abort(o);
-    } else {
+    if (!rc) {
         uint8_t md[32];
         unsigned mdlen = 0;
         EVP_DigestFinal_ex(sha, md, &mdlen);
         qm_hex(md, 32, rec->sha256);
         rec->size = hdr->len + at;
-        rc = fs_out_finish(o, err);
-        if (rc)
-            fs_out_abort(o);
-        else
-            *out = o;
+        rec->path = g_strdup(f->path);
+        g_strlcpy(rec->source_id, j->source_id, sizeof rec->source_id);
+        rec->kind = f->kind;
+        rec->layer = f->layer;
+        rec->expert = f->expert;
+        rec->time = qm_now();
     }
     EVP_MD_CTX_free(sha);
     g_byte_array_free(hdr, TRUE);
     if (rc) {
-        mf_file_clear(rec);
+        if (piped && o)
+            xp_abort(w, o); /* after the writes already handed over */
+        else
+            fs_out_abort(o);
         return -1;
     }
-    rec->path = g_strdup(f->path);
-    g_strlcpy(rec->source_id, j->source_id, sizeof rec->source_id);
-    rec->kind = f->kind;
-    rec->layer = f->layer;
-    rec->expert = f->expert;
-    rec->time = qm_now();
-    g_mutex_lock(&j->mu);
-    j->bytes_shared += shared;
-    g_mutex_unlock(&j->mu);
+    if (shared) {
+        g_mutex_lock(&j->mu);
+        j->bytes_shared += shared;
+        g_mutex_unlock(&j->mu);
+    }
+    if (piped) {
+        xp_finish(w, o, wf);
+    } else if (fs_out_finish(o, err)) {
+        fs_out_abort(o);
+        return -1;
+    } else {
+        file_written(j, o, wf);
+    }
     return 0;
 }
 
@@ -391,7 +461,6 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
  * lines only for renamed, durable files, and the journal synced once. */
 static void commit_pending(job *j, pending *p)
 {
-    g_mutex_lock(&j->commit_mu);
     GError *err = NULL;
     int n = (int)p->recs->len;
     for (int i = 0; i < n; i++)
@@ -423,66 +492,61 @@ static void commit_pending(job *j, pending *p)
         }
     }
     g_mutex_unlock(&j->mu);
-    g_mutex_unlock(&j->commit_mu);
     pending_free(p);
+}
+
+/* Keeps the first error of the run; takes e. Called with j->mu held. */
+static void job_fail(job *j, GError *e)
+{
+    if (!j->error)
+        j->error = e;
+    else
+        g_error_free(e);
+    j->failed = 1;
 }
 
 static gpointer worker(gpointer arg)
 {
     job *j = ((void **)arg)[0];
     int slot = GPOINTER_TO_INT(((void **)arg)[1]);
-    uint8_t *buf = g_aligned_alloc(1, CHUNK, FS_DIRECT_ALIGN);
+    xp_writer *w = xp_new(CHUNK, file_written, written_free, j);
+    uint8_t *buf = xp_get(w);
     for (;;) {
         int k = g_atomic_int_add(&j->next, 1);
         g_mutex_lock(&j->mu);
-        int stop = j->failed || stop_requested || k >= j->n_todo;
+        int stop = j->failed || stop_requested || k >= j->n_todo || xp_failed(w);
         const plan_file *f = stop ? NULL : &j->p->files[j->todo[k]];
         g_free(j->current[slot]);
         j->current[slot] = f ? g_strdup(f->path) : NULL;
         g_mutex_unlock(&j->mu);
         if (stop)
             break;
-        mf_file rec;
-        fs_out *o = NULL;
+        written *wf = g_new0(written, 1);
+        wf->f = f;
         GError *err = NULL;
-        int rc = write_file(j, f, buf, &rec, &o, &err);
-        if (!rc && j->o->throttle_ms > 0)
+        int rc = write_file(j, f, w, &buf, wf, &err);
+        if (rc)
+            written_free(wf);
+        else if (j->o->throttle_ms > 0)
             g_usleep((gulong)j->o->throttle_ms * 1000);
-        pending *full = NULL;
         g_mutex_lock(&j->mu);
-        if (!rc) {
-            pending *p = j->pend;
-            if (!p->recs->len)
-                p->started = qm_monotonic();
-            g_ptr_array_add(p->files, o);
-            p->bytes += o->written;
-            g_array_append_val(p->recs, rec);
-            g_ptr_array_add(p->plan, (gpointer)f);
-            if (p->recs->len >= BATCH_FILES || p->bytes >= BATCH_BYTES ||
-                qm_monotonic() - p->started >= BATCH_AGE) {
-                full = p;
-                j->pend = pending_new();
-            }
-        } else if (err->code == QM_ERR_STOPPED) {
-            /* a signal, not a failure: ex_run reports the "stopped" state */
-            g_error_free(err);
-        } else if (rc) {
-            if (!j->error)
-                j->error = err;
-            else
-                g_error_free(err);
-            j->failed = 1;
-        }
+        if (rc && err->code == QM_ERR_STOPPED)
+            g_error_free(err); /* a signal, not a failure: ex_run reports the
+                                  "stopped" state (or xp_close the write) */
+        else if (rc)
+            job_fail(j, err);
         g_free(j->current[slot]);
         j->current[slot] = NULL;
         g_mutex_unlock(&j->mu);
-        if (full)
-            commit_pending(j, full);
     }
-    g_aligned_free(buf);
+    xp_release(w, buf);
+    GError *err = NULL;
+    int wrc = xp_close(w, &err); /* the files handed over are in the batch */
     g_mutex_lock(&j->mu);
+    if (wrc)
+        job_fail(j, err);
     j->live--;
-    g_cond_signal(&j->idle);
+    g_cond_signal(&j->wake);
     g_mutex_unlock(&j->mu);
     return NULL;
 }
@@ -883,9 +947,10 @@ static int prepare_out(job *j, GError **err)
     return write_progress_err(j, j->prog_path, "running", err);
 }
 
-/* The workers, and progress.json five times a second until the last one
- * ends (woken then, not at the next tick); then the last batch. Failures
- * of the workers are left in j->failed / j->error. */
+/* The workers; meanwhile this thread commits each batch when it is due
+ * (woken when it is full or the last worker ends, else at its age or the
+ * next progress tick) and rewrites progress.json five times a second;
+ * then the last batch. Failures are left in j->failed / j->error. */
 static void run_workers(job *j)
 {
     const ex_opts *o = j->o;
@@ -897,16 +962,34 @@ static void run_workers(job *j)
         args[2 * i + 1] = GINT_TO_POINTER(i);
         th[i] = g_thread_new("extract", worker, &args[2 * i]);
     }
+    gint64 next_progress = 0;
     g_mutex_lock(&j->mu);
-    while (j->live > 0) {
-        g_mutex_unlock(&j->mu);
-        write_progress(j, j->prog_path, "running");
-        if (o->progress_bar)
-            draw_bar(j, j->t0);
-        g_mutex_lock(&j->mu);
-        gint64 until = g_get_monotonic_time() + 200000;
-        while (j->live > 0 && g_cond_wait_until(&j->idle, &j->mu, until))
-            ;
+    for (;;) {
+        gint64 now = g_get_monotonic_time();
+        pending *p = j->pend;
+        int due = p->recs->len && (batch_full(p) || now >= p->started + BATCH_AGE_US);
+        if (due && !j->failed) {
+            j->pend = pending_new();
+            g_mutex_unlock(&j->mu);
+            commit_pending(j, p);
+            g_mutex_lock(&j->mu);
+            continue;
+        }
+        if (j->live == 0)
+            break;
+        if (now >= next_progress) {
+            g_mutex_unlock(&j->mu);
+            write_progress(j, j->prog_path, "running");
+            if (o->progress_bar)
+                draw_bar(j, j->t0);
+            next_progress = now + PROGRESS_US;
+            g_mutex_lock(&j->mu);
+            continue;
+        }
+        gint64 until = next_progress;
+        if (p->recs->len && !j->failed)
+            until = MIN(until, p->started + BATCH_AGE_US);
+        g_cond_wait_until(&j->wake, &j->mu, until);
     }
     g_mutex_unlock(&j->mu);
     for (int i = 0; i < o->jobs; i++)
@@ -992,8 +1075,7 @@ static void job_init(job *j, const ex_opts *o)
     j->t0 = qm_monotonic();
     j->journal_fd = j->log_fd = j->lock_fd = -1;
     g_mutex_init(&j->mu);
-    g_cond_init(&j->idle);
-    g_mutex_init(&j->commit_mu);
+    g_cond_init(&j->wake);
     j->state_dir = progress_state_dir(o->out, o->shard, o->shards);
     j->lock_path = g_build_filename(j->state_dir, "lock", NULL);
     j->prog_path = g_build_filename(j->state_dir, "progress.json", NULL);
@@ -1027,8 +1109,7 @@ static void job_clear(job *j)
     progress_clear(&j->prog);
     cJSON_Delete(j->source_identity);
     g_mutex_clear(&j->mu);
-    g_cond_clear(&j->idle);
-    g_mutex_clear(&j->commit_mu);
+    g_cond_clear(&j->wake);
     plan_free(j->p);
     ckpt_close(j->ck);
     g_free(j->journal_path);
