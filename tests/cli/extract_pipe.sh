@@ -64,11 +64,13 @@ complete pipe-fsize "$T/fsize"
 # -- SIGKILL, then SIGTERM, in the middle of the experts; each resumed
 OUT="$T/kill"
 for sig in KILL TERM; do
-    QMOE_THROTTLE_MS=150 qmoe-extract -j 2 "$SRC" "$OUT" >"$T/k.out" 2>"$T/k.err" &
+    # (the TERM run resumes the KILL run's journal: wait for new lines)
+    n0=$(grep -c experts/ "$OUT/.qmoe/journal.jsonl" 2>/dev/null)
+    QMOE_THROTTLE_MS=300 qmoe-extract -j 2 "$SRC" "$OUT" >"$T/k.out" 2>"$T/k.err" &
     pid=$!
     for _ in $(seq 400); do # until some experts are in the journal (20 s)
         n=$(grep -c experts/ "$OUT/.qmoe/journal.jsonl" 2>/dev/null)
-        [ "${n:-0}" -ge 2 ] && break
+        [ "${n:-0}" -ge $((${n0:-0} + 2)) ] && break
         kill -0 $pid 2>/dev/null || break
         sleep 0.05
     done
