@@ -4,6 +4,7 @@
 #include "format/checkpoint.h"
 #include "base/crc32.h"
 #include "extract_copy.h"
+#include "extract_pipe.h"
 #include "extract_prep.h"
 #include "base/fs.h"
 #include "cli/cli.h"
@@ -31,11 +32,14 @@
 /* Group commit (fs.h): files are made durable, renamed and journalled a
  * batch at a time, a few filesystem journal commits per batch instead of
  * two per file. A batch closes at BATCH_BYTES or BATCH_FILES or when its
- * first file has waited BATCH_AGE seconds, so that a crash loses little
- * work and a slow run still shows its progress in the journal. */
+ * first file has waited BATCH_AGE, so that a crash loses little work and
+ * a slow run still shows its progress in the journal. The main thread
+ * commits, so that no worker waits for a syncfs; files written meanwhile
+ * join the next batch, which is larger when the disk is behind. */
 #define BATCH_BYTES (64u << 20)
 #define BATCH_FILES 256
-#define BATCH_AGE 0.25
+#define BATCH_AGE_US 250000
+#define PROGRESS_US 200000 /* progress.json five times a second */
 
 /* Files smaller than FS_WRITEBACK_MIN (fs.h) go through the page cache,
  * not O_DIRECT: a direct write waits for the disk, once per file, which
@@ -82,8 +86,15 @@ void ex_result_clear(ex_result *r)
  * `mu`; the plan and the source fds are read-only once workers start. */
 typedef struct {
     const ex_opts *o;
+    double t0;              /* qm_monotonic() at the start */
+    const layout *lt;
     plan *p;
     ckpt *ck;
+    char *state_dir;        /* .qmoe/ or this --shard part's directory in it */
+    char *lock_path, *prog_path, *log_path;
+    int lock_fd;
+    pid_t stale;            /* pid whose stale lock was taken over, or 0 */
+    uint64_t skipped_bytes; /* of files complete before this run */
     int *src_fd;            /* per source shard */
     uint64_t *src_bs;       /* per source shard: block size when its blocks
                                can be shared with OUT's files (reflink), else 0 */
@@ -93,7 +104,8 @@ typedef struct {
     int n_todo;
     gint next;              /* atomic cursor into todo */
     GMutex mu;
-    GCond idle;             /* signalled (under mu) when a worker ends */
+    GCond wake;             /* signalled (under mu) when a worker ends or
+                               the open batch is full */
     int live;               /* workers still running, guarded by mu */
     GArray *recs;           /* one-part run (shards 1): the records of every
                                file in place, those found at the start and
@@ -103,8 +115,7 @@ typedef struct {
     char *journal_path;
     int log_fd;
     struct pending *pend;   /* the open batch, guarded by mu */
-    fs_batch *batch;        /* commits it, guarded by commit_mu */
-    GMutex commit_mu;       /* one batch commits at a time, in order */
+    fs_batch *batch;        /* commits it: the main thread's */
     progress prog;
     char **current;         /* per worker slot, NULL-terminated view */
     int failed;
@@ -197,8 +208,13 @@ typedef struct pending {
     uint64_t bytes;
     GArray *recs;     /* mf_file */
     GPtrArray *plan;  /* const plan_file * */
-    double started;   /* qm_monotonic() of the first file */
+    gint64 started;   /* g_get_monotonic_time() of the first file */
 } pending;
+
+static int batch_full(const pending *p)
+{
+    return p->recs->len >= BATCH_FILES || p->bytes >= BATCH_BYTES;
+}
 
 static pending *pending_new(void)
 {
@@ -222,19 +238,61 @@ static void pending_free(pending *p)
     g_free(p);
 }
 
-/* Writes one output file to its temporary; on success fills *rec and
- * hands over the complete, not yet durable file in *out. `buf` holds
- * CHUNK bytes, FS_DIRECT_ALIGN-aligned.
- *
- * Without reflinks the header and the data are assembled in buf (each
- * source read lands right after the bytes before it) and buf is written
- * whenever it is full and at the end: a small file is one write. A file
- * of FS_WRITEBACK_MIN bytes or more goes out with O_DIRECT (fs.h), so that its
- * bytes are copied once (the source read), not also into the page cache;
- * its tail, less than a block, through the cache. */
-static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
-                      fs_out **out, GError **err)
+/* A file written, on its way to the batch: its record and plan entry. */
+typedef struct {
+    mf_file rec;
+    const plan_file *f;
+} written;
+
+static void written_free(void *data)
 {
+    written *wf = data;
+    if (wf) {
+        mf_file_clear(&wf->rec);
+        g_free(wf);
+    }
+}
+
+/* A complete, closed temporary joins the open batch (the main thread
+ * commits it, woken when it is due). Called by a worker's writer thread
+ * (extract_pipe.h) or, for a file written in line, by the worker. */
+static void file_written(void *arg, fs_out *o, void *data)
+{
+    job *j = arg;
+    written *wf = data;
+    g_mutex_lock(&j->mu);
+    pending *p = j->pend;
+    if (!p->recs->len)
+        p->started = g_get_monotonic_time();
+    g_ptr_array_add(p->files, o);
+    p->bytes += o->written;
+    g_array_append_val(p->recs, wf->rec);
+    g_ptr_array_add(p->plan, (gpointer)wf->f);
+    if (batch_full(p))
+        g_cond_signal(&j->wake);
+    g_mutex_unlock(&j->mu);
+    g_free(wf); /* the record now belongs to the batch */
+}
+
+/* Writes one output file to its temporary, filling wf->rec. On success
+ * the file is handed on (wf with it): to the worker's writer `w`, which
+ * passes it to file_written once written, or straight to file_written;
+ * on failure wf stays the caller's. *bufp is a buffer of w (CHUNK bytes,
+ * FS_DIRECT_ALIGN-aligned), maybe another one on return.
+ *
+ * Without reflinks the header and the data are assembled in the buffer
+ * (each source read lands right after the bytes before it), which is
+ * written whenever it is full and at the end: a small file is one write,
+ * done here. A file of FS_WRITEBACK_MIN bytes or more goes out with
+ * O_DIRECT (fs.h), so that its bytes are copied once (the source read),
+ * not also into the page cache, and through `w`: its full buffers are
+ * written while the next are read and hashed. With reflinks (ec_put) the
+ * writes stay in line. */
+static int write_file(job *j, const plan_file *f, xp_writer *w, uint8_t **bufp,
+                      written *wf, GError **err)
+{
+    mf_file *rec = &wf->rec;
+    uint8_t *buf = *bufp;
     st_entry *e = g_new0(st_entry, f->n);
     for (int i = 0; i < f->n; i++) {
         e[i].name = f->t[i].name;
@@ -256,6 +314,7 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
         return -1;
     int assemble = !bs && hdr->len <= CHUNK / 2;
     int direct = assemble && f->bytes >= FS_WRITEBACK_MIN;
+    int piped = direct; /* a direct write waits for the disk: not in line */
     size_t fill = 0; /* assemble: bytes in buf, not yet written */
     char *path = g_build_filename(j->o->out, f->path, NULL);
     fs_out *o = direct ? fs_out_open_direct(path, err) : fs_out_open(path, err);
@@ -305,6 +364,11 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
                 rc = -1;
                 break;
             }
+            if (piped && xp_failed(w)) { /* xp_close reports what failed */
+                g_set_error(err, QM_ERROR, QM_ERR_STOPPED, "an earlier write failed");
+                rc = -1;
+                break;
+            }
             size_t len = (size_t)MIN((uint64_t)CHUNK - fill - (sbs ? pos % sbs : 0),
                                      end - pos);
             uint8_t *at_buf = buf + fill;
@@ -327,7 +391,11 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
             }
             if (assemble) {
                 fill += len;
-                if (fill == CHUNK) {
+                if (fill == CHUNK && piped) {
+                    xp_put(w, o, buf, fill);
+                    buf = *bufp = xp_get(w);
+                    fill = 0;
+                } else if (fill == CHUNK) {
                     rc = fs_out_write(o, buf, fill, err);
                     fill = 0;
                 }
@@ -338,7 +406,10 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
         }
         i = k;
     }
-    if (!rc && fill) { /* direct: whole blocks, then the tail through the cache */
+    if (!rc && fill && piped) {
+        xp_put(w, o, buf, fill);
+        buf = *bufp = xp_get(w);
+    } else if (!rc && fill) { /* direct: whole blocks, then the tail through the cache */
         size_t whole = o->direct ? fill / FS_DIRECT_ALIGN * FS_DIRECT_ALIGN : fill;
         rc = fs_out_write(o, buf, whole, err);
         if (!rc && fill > whole)
@@ -348,35 +419,41 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
         g_set_error(err, QM_ERROR, QM_ERR_STOPPED, "stopped by signal");
         rc = -1;
     }
-    if (rc) {
-        fs_out_abort(o);
-    } else {
+    if (!rc) {
         uint8_t md[32];
         unsigned mdlen = 0;
         EVP_DigestFinal_ex(sha, md, &mdlen);
         qm_hex(md, 32, rec->sha256);
         rec->size = hdr->len + at;
-        rc = fs_out_finish(o, err);
-        if (rc)
-            fs_out_abort(o);
-        else
-            *out = o;
+        rec->path = g_strdup(f->path);
+        g_strlcpy(rec->source_id, j->source_id, sizeof rec->source_id);
+        rec->kind = f->kind;
+        rec->layer = f->layer;
+        rec->expert = f->expert;
+        rec->time = qm_now();
     }
     EVP_MD_CTX_free(sha);
     g_byte_array_free(hdr, TRUE);
     if (rc) {
-        mf_file_clear(rec);
+        if (piped && o)
+            xp_abort(w, o); /* after the writes already handed over */
+        else
+            fs_out_abort(o);
         return -1;
     }
-    rec->path = g_strdup(f->path);
-    g_strlcpy(rec->source_id, j->source_id, sizeof rec->source_id);
-    rec->kind = f->kind;
-    rec->layer = f->layer;
-    rec->expert = f->expert;
-    rec->time = qm_now();
-    g_mutex_lock(&j->mu);
-    j->bytes_shared += shared;
-    g_mutex_unlock(&j->mu);
+    if (shared) {
+        g_mutex_lock(&j->mu);
+        j->bytes_shared += shared;
+        g_mutex_unlock(&j->mu);
+    }
+    if (piped) {
+        xp_finish(w, o, wf);
+    } else if (fs_out_finish(o, err)) {
+        fs_out_abort(o);
+        return -1;
+    } else {
+        file_written(j, o, wf);
+    }
     return 0;
 }
 
@@ -384,7 +461,6 @@ static int write_file(job *j, const plan_file *f, uint8_t *buf, mf_file *rec,
  * lines only for renamed, durable files, and the journal synced once. */
 static void commit_pending(job *j, pending *p)
 {
-    g_mutex_lock(&j->commit_mu);
     GError *err = NULL;
     int n = (int)p->recs->len;
     for (int i = 0; i < n; i++)
@@ -416,66 +492,61 @@ static void commit_pending(job *j, pending *p)
         }
     }
     g_mutex_unlock(&j->mu);
-    g_mutex_unlock(&j->commit_mu);
     pending_free(p);
+}
+
+/* Keeps the first error of the run; takes e. Called with j->mu held. */
+static void job_fail(job *j, GError *e)
+{
+    if (!j->error)
+        j->error = e;
+    else
+        g_error_free(e);
+    j->failed = 1;
 }
 
 static gpointer worker(gpointer arg)
 {
     job *j = ((void **)arg)[0];
     int slot = GPOINTER_TO_INT(((void **)arg)[1]);
-    uint8_t *buf = g_aligned_alloc(1, CHUNK, FS_DIRECT_ALIGN);
+    xp_writer *w = xp_new(CHUNK, file_written, written_free, j);
+    uint8_t *buf = xp_get(w);
     for (;;) {
         int k = g_atomic_int_add(&j->next, 1);
         g_mutex_lock(&j->mu);
-        int stop = j->failed || stop_requested || k >= j->n_todo;
+        int stop = j->failed || stop_requested || k >= j->n_todo || xp_failed(w);
         const plan_file *f = stop ? NULL : &j->p->files[j->todo[k]];
         g_free(j->current[slot]);
         j->current[slot] = f ? g_strdup(f->path) : NULL;
         g_mutex_unlock(&j->mu);
         if (stop)
             break;
-        mf_file rec;
-        fs_out *o = NULL;
+        written *wf = g_new0(written, 1);
+        wf->f = f;
         GError *err = NULL;
-        int rc = write_file(j, f, buf, &rec, &o, &err);
-        if (!rc && j->o->throttle_ms > 0)
+        int rc = write_file(j, f, w, &buf, wf, &err);
+        if (rc)
+            written_free(wf);
+        else if (j->o->throttle_ms > 0)
             g_usleep((gulong)j->o->throttle_ms * 1000);
-        pending *full = NULL;
         g_mutex_lock(&j->mu);
-        if (!rc) {
-            pending *p = j->pend;
-            if (!p->recs->len)
-                p->started = qm_monotonic();
-            g_ptr_array_add(p->files, o);
-            p->bytes += o->written;
-            g_array_append_val(p->recs, rec);
-            g_ptr_array_add(p->plan, (gpointer)f);
-            if (p->recs->len >= BATCH_FILES || p->bytes >= BATCH_BYTES ||
-                qm_monotonic() - p->started >= BATCH_AGE) {
-                full = p;
-                j->pend = pending_new();
-            }
-        } else if (err->code == QM_ERR_STOPPED) {
-            /* a signal, not a failure: ex_run reports the "stopped" state */
-            g_error_free(err);
-        } else if (rc) {
-            if (!j->error)
-                j->error = err;
-            else
-                g_error_free(err);
-            j->failed = 1;
-        }
+        if (rc && err->code == QM_ERR_STOPPED)
+            g_error_free(err); /* a signal, not a failure: ex_run reports the
+                                  "stopped" state (or xp_close the write) */
+        else if (rc)
+            job_fail(j, err);
         g_free(j->current[slot]);
         j->current[slot] = NULL;
         g_mutex_unlock(&j->mu);
-        if (full)
-            commit_pending(j, full);
     }
-    g_aligned_free(buf);
+    xp_release(w, buf);
+    GError *err = NULL;
+    int wrc = xp_close(w, &err); /* the files handed over are in the batch */
     g_mutex_lock(&j->mu);
+    if (wrc)
+        job_fail(j, err);
     j->live--;
-    g_cond_signal(&j->idle);
+    g_cond_signal(&j->wake);
     g_mutex_unlock(&j->mu);
     return NULL;
 }
@@ -705,288 +776,367 @@ static int check_source(job *j, GError **err)
     return rc;
 }
 
-int ex_run(const ex_opts *o, ex_result *res, GError **err)
-{
-    memset(res, 0, sizeof *res);
-    double t0 = qm_monotonic();
-    const layout *lt;
-    plan *p = NULL;
-    job j;
-    memset(&j, 0, sizeof j);
-    j.o = o;
-    j.journal_fd = j.log_fd = -1;
-    g_mutex_init(&j.mu);
-    g_cond_init(&j.idle);
-    g_mutex_init(&j.commit_mu);
-    int lock_fd = -1, rc = -1;
-    char *state_dir = progress_state_dir(o->out, o->shard, o->shards);
-    char *lock_path = g_build_filename(state_dir, "lock", NULL);
-    char *prog_path = g_build_filename(state_dir, "progress.json", NULL);
-    char *log_path = g_build_filename(o->out, ".qmoe", "extract.log", NULL);
-    j.journal_path = g_build_filename(state_dir, "journal.jsonl", NULL);
+/* ---- the run, phase by phase ----
+ *
+ * ex_run: take_lock, check_source, scan_done, open_sources, check_space,
+ * hand_over (--detach), prepare_out, run_workers (threads, progress loop,
+ * the last commit), then finish. Each phase returns 0 or -1 with *err;
+ * job_clear undoes what any of them made. */
 
-    j.ck = ex_open_and_plan(o, &lt, &p, 0, err);
-    if (!j.ck)
-        goto out;
-    j.p = p;
-    res->layout = g_strdup(lt->name);
-    res->experts_split = od_plan_mtp_breakdown(p);
-    if (fs_mkdir_out(o->out, state_dir, err))
-        goto out;
-    pid_t stale = 0;
-    lock_fd = progress_lock(lock_path, &stale, err);
-    if (lock_fd < 0)
-        goto out;
+/* The state directory and its lock; the log. */
+static int take_lock(job *j, GError **err)
+{
+    if (fs_mkdir_out(j->o->out, j->state_dir, err))
+        return -1;
+    j->lock_fd = progress_lock(j->lock_path, &j->stale, err);
+    if (j->lock_fd < 0)
+        return -1;
     /* said at once: the source checks below take time, and a kill during
      * them must not hide that the stale lock was taken over */
-    if (stale)
+    if (j->stale)
         fprintf(stderr, "qmoe-extract: taking over the stale lock of pid %ld (no longer "
-                "running); resuming\n", (long)stale);
-    j.log_fd = fs_open_out(log_path, O_WRONLY | O_APPEND | O_CREAT, "cannot open log", err);
-    if (j.log_fd < 0)
-        goto out;
-    if (check_source(&j, err))
-        goto out;
-    /* What earlier runs (of any part) finished stays. */
+                "running); resuming\n", (long)j->stale);
+    j->log_fd = fs_open_out(j->log_path, O_WRONLY | O_APPEND | O_CREAT, "cannot open log",
+                            err);
+    return j->log_fd < 0 ? -1 : 0;
+}
+
+/* What earlier runs (of any part) finished stays: fills j->todo with the
+ * files of this part still to write, and the progress counters. */
+static int scan_done(job *j, GError **err)
+{
+    const ex_opts *o = j->o;
+    const plan *p = j->p;
     GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
-    uint8_t *done = g_new0(uint8_t, p->n_files > 0 ? p->n_files : 1);
     if (mf_journals_read_all(o->out, recs, err)) {
         g_array_free(recs, TRUE);
-        g_free(done);
-        goto out;
+        return -1;
     }
-    od_find_done(p, j.ck, j.source_id, o->out, recs, done);
-    if (o->shards == 1) {
-        j.recs = recs; /* finish_outputs needs no second read */
-    } else {
+    uint8_t *done = g_new0(uint8_t, p->n_files > 0 ? p->n_files : 1);
+    od_find_done(p, j->ck, j->source_id, o->out, recs, done);
+    if (o->shards == 1)
+        j->recs = recs; /* finish_outputs needs no second read */
+    else
         mf_files_free(recs);
-    }
 
-    j.todo = g_new(int, p->n_files > 0 ? p->n_files : 1);
-    j.prog.pid = getpid();
-    j.prog.started = qm_now();
-    j.prog.shard = o->shard;
-    j.prog.shards = o->shards;
-    j.prog.log = g_strdup(".qmoe/extract.log");
+    j->todo = g_new(int, p->n_files > 0 ? p->n_files : 1);
+    j->prog.pid = getpid();
+    j->prog.started = qm_now();
+    j->prog.shard = o->shard;
+    j->prog.shards = o->shards;
+    j->prog.log = g_strdup(".qmoe/extract.log");
     if (p->partial) { /* a full run leaves them out: nothing to narrow */
-        j.prog.layers = qm_list_format(p->layer_sel, p->shape.n_layers);
-        j.prog.experts = qm_list_format(p->expert_sel, p->shape.n_experts);
+        j->prog.layers = qm_list_format(p->layer_sel, p->shape.n_layers);
+        j->prog.experts = qm_list_format(p->expert_sel, p->shape.n_experts);
     }
     for (int i = 0; i < p->n_files; i++) {
         const plan_file *f = &p->files[i];
         if (f->part != o->shard)
             continue;
-        j.prog.files_planned++;
-        j.prog.bytes_planned += f->bytes;
-        j.prog.experts_planned += f->kind == MF_EXPERT;
+        j->prog.files_planned++;
+        j->prog.bytes_planned += f->bytes;
+        j->prog.experts_planned += f->kind == MF_EXPERT;
         if (done[i]) {
-            j.prog.files_done++;
-            j.prog.files_skipped++;
-            j.prog.bytes_done += f->bytes;
-            j.prog.experts_done += f->kind == MF_EXPERT;
+            j->prog.files_done++;
+            j->prog.files_skipped++;
+            j->prog.bytes_done += f->bytes;
+            j->prog.experts_done += f->kind == MF_EXPERT;
         } else {
-            j.todo[j.n_todo++] = i;
+            j->todo[j->n_todo++] = i;
         }
     }
     g_free(done);
-    uint64_t skipped_bytes = j.prog.bytes_done;
-    j.src_fd = g_new(int, j.ck->n_shards);
-    for (int i = 0; i < j.ck->n_shards; i++)
-        j.src_fd[i] = -1;
-    j.src_bs = g_new0(uint64_t, j.ck->n_shards);
-    char *probe = g_build_filename(state_dir, "reflink-probe", NULL);
-    int n_shared = ex_open_sources(j.ck, j.src_fd, j.src_bs, o->no_reflink, probe, err);
+    j->skipped_bytes = j->prog.bytes_done;
+    return 0;
+}
+
+/* The source shards open, and which of them share blocks with OUT. */
+static int open_sources(job *j, GError **err)
+{
+    j->src_fd = g_new(int, j->ck->n_shards);
+    for (int i = 0; i < j->ck->n_shards; i++)
+        j->src_fd[i] = -1;
+    j->src_bs = g_new0(uint64_t, j->ck->n_shards);
+    char *probe = g_build_filename(j->state_dir, "reflink-probe", NULL);
+    int n_shared = ex_open_sources(j->ck, j->src_fd, j->src_bs, j->o->no_reflink, probe,
+                                   err);
     g_free(probe);
     if (n_shared < 0)
-        goto out;
-    g_atomic_int_set(&j.reflink, n_shared > 0);
+        return -1;
+    g_atomic_int_set(&j->reflink, n_shared > 0);
     if (n_shared)
-        job_log(&j, "zero-copy: %d of %d source files share blocks with '%s' "
-                "(reflink)", n_shared, j.ck->n_shards, o->out);
+        job_log(j, "zero-copy: %d of %d source files share blocks with '%s' "
+                "(reflink)", n_shared, j->ck->n_shards, j->o->out);
+    return 0;
+}
+
+/* Refuses, before anything is written, a run that will not fit (unless
+ * --force). */
+static int check_space(job *j, GError **err)
+{
     ex_space sc = {0};
-    ex_space_count(&sc, p, j.todo, j.n_todo, j.src_bs);
-    if (ex_space_free(&sc, o->out, err))
-        goto out;
+    ex_space_count(&sc, j->p, j->todo, j->n_todo, j->src_bs);
+    if (ex_space_free(&sc, j->o->out, err))
+        return -1;
     char *stext = ex_space_text(&sc);
-    job_log(&j, "space: %s", stext);
-    if (sc.needed > sc.avail && !o->force) {
+    job_log(j, "space: %s", stext);
+    int rc = 0;
+    if (sc.needed > sc.avail && !j->o->force) {
         g_set_error(err, QM_ERROR, QM_ERR_IO, "'%s': %s; nothing written (--force "
-                    "tries anyway)", o->out, stext);
-        g_free(stext);
-        ex_space_clear(&sc);
-        goto out;
+                    "tries anyway)", j->o->out, stext);
+        rc = -1;
     }
     g_free(stext);
     ex_space_clear(&sc);
+    return rc;
+}
+
+/* o->before_write (--detach forks there); the lock and progress.json then
+ * name the process that goes on. */
+static int hand_over(job *j, GError **err)
+{
+    const ex_opts *o = j->o;
     if (o->before_write) {
         if (o->before_write(o->before_write_arg, err))
-            goto out;
+            return -1;
         /* maybe another process now (--detach's child): the lock says who,
          * and so must progress.json (qmoe-status judges liveness by it) */
-        if (progress_lock_handover(lock_fd, lock_path, err))
-            goto out;
-        j.prog.pid = getpid();
-        j.prog.pid_start = 0; /* the writer reads the new process's */
+        if (progress_lock_handover(j->lock_fd, j->lock_path, err))
+            return -1;
+        j->prog.pid = getpid();
+        j->prog.pid_start = 0; /* the writer reads the new process's */
     }
-    if (stale)
-        job_log(&j, "took over the stale lock of pid %ld", (long)stale);
+    if (j->stale)
+        job_log(j, "took over the stale lock of pid %ld", (long)j->stale);
+    return 0;
+}
+
+/* OUT's directories, side files and journal; leftovers of dead runs
+ * removed; the batch opened before the first file is written (fs.h). */
+static int prepare_out(job *j, GError **err)
+{
+    const ex_opts *o = j->o;
     static const char *subdirs[] = {"experts", "layers", "other"};
     for (int i = 0; i < 3; i++) {
         char *d = g_build_filename(o->out, subdirs[i], NULL);
         int r = fs_mkdir_out(o->out, d, err);
         g_free(d);
         if (r)
-            goto out;
+            return -1;
     }
     int top = lock_top(o->out);
-    od_remove_stale_tmps(o->out, p, o->shard, o->shards);
-    int side = copy_side_files(j.ck->dir, o->out, err);
+    od_remove_stale_tmps(o->out, j->p, o->shard, o->shards);
+    int side = copy_side_files(j->ck->dir, o->out, err);
     if (top >= 0)
         close(top);
     if (side)
-        goto out;
-
-    j.journal_fd = mf_journal_open(j.journal_path, err);
-    if (j.journal_fd < 0)
-        goto out;
-    job_log(&j, "extracting '%s' (%s) to '%s': %llu files planned, %llu already "
-            "complete, %d to write with %d threads", o->src, lt->name, o->out,
-            (unsigned long long)j.prog.files_planned,
-            (unsigned long long)j.prog.files_skipped, j.n_todo, o->jobs);
-
-    j.current = g_new0(char *, o->jobs + 1);
-    j.pend = pending_new();
-    if (!(j.batch = fs_batch_new(o->out, err)))
-        goto out;
+        return -1;
+    j->journal_fd = mf_journal_open(j->journal_path, err);
+    if (j->journal_fd < 0)
+        return -1;
+    job_log(j, "extracting '%s' (%s) to '%s': %llu files planned, %llu already "
+            "complete, %d to write with %d threads", o->src, j->lt->name, o->out,
+            (unsigned long long)j->prog.files_planned,
+            (unsigned long long)j->prog.files_skipped, j->n_todo, o->jobs);
+    j->current = g_new0(char *, o->jobs + 1);
+    j->pend = pending_new();
+    if (!(j->batch = fs_batch_new(o->out, err)))
+        return -1;
     /* the first write is checked: .qmoe/ refusing it (a symlink planted at
      * the temporary's name) stops the run before any work */
-    if (write_progress_err(&j, prog_path, "running", err))
-        goto out;
+    return write_progress_err(j, j->prog_path, "running", err);
+}
+
+/* The workers; meanwhile this thread commits each batch when it is due
+ * (woken when it is full or the last worker ends, else at its age or the
+ * next progress tick) and rewrites progress.json five times a second;
+ * then the last batch. Failures are left in j->failed / j->error. */
+static void run_workers(job *j)
+{
+    const ex_opts *o = j->o;
     GThread **th = g_new(GThread *, o->jobs);
     void **args = g_new(void *, 2 * o->jobs);
-    j.live = o->jobs;
+    j->live = o->jobs;
     for (int i = 0; i < o->jobs; i++) {
-        args[2 * i] = &j;
+        args[2 * i] = j;
         args[2 * i + 1] = GINT_TO_POINTER(i);
         th[i] = g_thread_new("extract", worker, &args[2 * i]);
     }
-    /* Main thread: progress five times a second until the last worker
-     * ends (woken then, not at the next tick). */
-    g_mutex_lock(&j.mu);
-    while (j.live > 0) {
-        g_mutex_unlock(&j.mu);
-        write_progress(&j, prog_path, "running");
-        if (o->progress_bar)
-            draw_bar(&j, t0);
-        g_mutex_lock(&j.mu);
-        gint64 until = g_get_monotonic_time() + 200000;
-        while (j.live > 0 && g_cond_wait_until(&j.idle, &j.mu, until))
-            ;
+    gint64 next_progress = 0;
+    g_mutex_lock(&j->mu);
+    for (;;) {
+        gint64 now = g_get_monotonic_time();
+        pending *p = j->pend;
+        int due = p->recs->len && (batch_full(p) || now >= p->started + BATCH_AGE_US);
+        if (due && !j->failed) {
+            j->pend = pending_new();
+            g_mutex_unlock(&j->mu);
+            commit_pending(j, p);
+            g_mutex_lock(&j->mu);
+            continue;
+        }
+        if (j->live == 0)
+            break;
+        if (now >= next_progress) {
+            g_mutex_unlock(&j->mu);
+            write_progress(j, j->prog_path, "running");
+            if (o->progress_bar)
+                draw_bar(j, j->t0);
+            next_progress = now + PROGRESS_US;
+            g_mutex_lock(&j->mu);
+            continue;
+        }
+        gint64 until = next_progress;
+        if (p->recs->len && !j->failed)
+            until = MIN(until, p->started + BATCH_AGE_US);
+        g_cond_wait_until(&j->wake, &j->mu, until);
     }
-    g_mutex_unlock(&j.mu);
+    g_mutex_unlock(&j->mu);
     for (int i = 0; i < o->jobs; i++)
         g_thread_join(th[i]);
     g_free(th);
     g_free(args);
     /* What the workers finished goes in place, also after a signal (files
      * in flight were discarded); after a failure it is discarded too. */
-    if (!j.failed && j.pend->recs->len) {
-        commit_pending(&j, j.pend);
-        j.pend = NULL;
+    if (!j->failed && j->pend->recs->len) {
+        commit_pending(j, j->pend);
+        j->pend = NULL;
     }
     if (o->progress_bar) {
-        draw_bar(&j, t0);
+        draw_bar(j, j->t0);
         fputc('\n', stderr);
     }
+}
 
-    res->files_planned = j.prog.files_planned;
-    res->files_done = j.prog.files_done;
-    res->files_skipped = j.prog.files_skipped;
-    res->bytes_planned = j.prog.bytes_planned;
-    res->bytes_written = j.prog.bytes_done - skipped_bytes;
-    res->experts_planned = j.prog.experts_planned;
-    res->experts_done = j.prog.experts_done;
-    res->bytes_shared = j.bytes_shared;
-    if (j.failed) {
-        j.prog.last_error = g_strdup(j.error->message);
-        job_log(&j, "failed: %s", j.error->message);
-        write_progress(&j, prog_path, "failed");
-        g_propagate_error(err, j.error);
-        j.error = NULL;
-        goto out;
+/* After the workers: the failure or the stop reported, or the index and
+ * qmoe.json written and the state "finished". */
+static int finish(job *j, ex_result *res, GError **err)
+{
+    const ex_opts *o = j->o;
+    res->files_planned = j->prog.files_planned;
+    res->files_done = j->prog.files_done;
+    res->files_skipped = j->prog.files_skipped;
+    res->bytes_planned = j->prog.bytes_planned;
+    res->bytes_written = j->prog.bytes_done - j->skipped_bytes;
+    res->experts_planned = j->prog.experts_planned;
+    res->experts_done = j->prog.experts_done;
+    res->bytes_shared = j->bytes_shared;
+    if (j->failed) {
+        j->prog.last_error = g_strdup(j->error->message);
+        job_log(j, "failed: %s", j->error->message);
+        write_progress(j, j->prog_path, "failed");
+        g_propagate_error(err, j->error);
+        j->error = NULL;
+        return -1;
     }
-    if (stop_requested || j.prog.files_done < j.prog.files_planned) {
-        job_log(&j, "stopped by signal after %llu/%llu files",
-                (unsigned long long)j.prog.files_done,
-                (unsigned long long)j.prog.files_planned);
-        write_progress(&j, prog_path, "stopped");
+    if (stop_requested || j->prog.files_done < j->prog.files_planned) {
+        job_log(j, "stopped by signal after %llu/%llu files",
+                (unsigned long long)j->prog.files_done,
+                (unsigned long long)j->prog.files_planned);
+        write_progress(j, j->prog_path, "stopped");
         g_set_error(err, QM_ERROR, QM_ERR_STOPPED,
                     "stopped by signal: %llu/%llu files complete; run the same "
-                    "command again to resume", (unsigned long long)j.prog.files_done,
-                    (unsigned long long)j.prog.files_planned);
-        goto out;
+                    "command again to resume", (unsigned long long)j->prog.files_done,
+                    (unsigned long long)j->prog.files_planned);
+        return -1;
     }
     /* The part that finishes last merges every journal; on NFS another
      * machine sees our last lines only once they reach the server. */
-    if (fsync(j.journal_fd) != 0) {
-        qm_set_errno(err, errno, "cannot sync journal", j.journal_path);
-        goto out;
+    if (fsync(j->journal_fd) != 0)
+        return qm_set_errno(err, errno, "cannot sync journal", j->journal_path);
+    if (finish_outputs(j, o->src, &res->complete, err)) {
+        j->prog.last_error = g_strdup((*err)->message);
+        write_progress(j, j->prog_path, "failed");
+        return -1;
     }
-    if (finish_outputs(&j, o->src, &res->complete, err)) {
-        j.prog.last_error = g_strdup((*err)->message);
-        write_progress(&j, prog_path, "failed");
-        goto out;
-    }
-    write_progress(&j, prog_path, "finished");
+    write_progress(j, j->prog_path, "finished");
     int n_gap = 0;
-    char *gap = od_plan_gap(p, &n_gap);
+    char *gap = od_plan_gap(j->p, &n_gap);
     if (gap) {
         gap = ex_gap_one_line(gap);
         fprintf(stderr, "qmoe-extract: '%s' is incomplete (--allow-missing): %s; "
                 "recorded in qmoe.json\n", o->out, gap);
-        job_log(&j, "incomplete (--allow-missing): %s", gap);
+        job_log(j, "incomplete (--allow-missing): %s", gap);
         g_free(gap);
     }
-    res->seconds = qm_monotonic() - t0;
-    job_log(&j, "finished: %llu files (%llu written, %llu already complete) in %.2f s%s",
+    res->seconds = qm_monotonic() - j->t0;
+    job_log(j, "finished: %llu files (%llu written, %llu already complete) in %.2f s%s",
             (unsigned long long)res->files_planned,
             (unsigned long long)(res->files_done - res->files_skipped),
             (unsigned long long)res->files_skipped, res->seconds,
             res->complete ? "" : "; other --shard parts still to finish");
-    rc = 0;
-out:
-    res->seconds = qm_monotonic() - t0;
-    pending_free(j.pend);
-    mf_files_free(j.recs);
-    fs_batch_free(j.batch);
-    if (j.journal_fd >= 0)
-        close(j.journal_fd);
-    if (j.log_fd >= 0)
-        close(j.log_fd);
-    if (lock_fd >= 0)
-        progress_unlock(lock_fd, lock_path);
-    if (j.error)
-        g_error_free(j.error);
-    if (j.current)
-        g_strfreev(j.current);
-    if (j.src_fd)
-        for (int i = 0; i < j.ck->n_shards; i++)
-            if (j.src_fd[i] >= 0)
-                close(j.src_fd[i]);
-    g_free(j.src_fd);
-    g_free(j.src_bs);
-    g_free(j.todo);
-    progress_clear(&j.prog);
-    cJSON_Delete(j.source_identity);
-    g_mutex_clear(&j.mu);
-    g_cond_clear(&j.idle);
-    g_mutex_clear(&j.commit_mu);
-    plan_free(p);
-    ckpt_close(j.ck);
-    g_free(j.journal_path);
-    g_free(state_dir);
-    g_free(lock_path);
-    g_free(prog_path);
-    g_free(log_path);
+    return 0;
+}
+
+static void job_init(job *j, const ex_opts *o)
+{
+    memset(j, 0, sizeof *j);
+    j->o = o;
+    j->t0 = qm_monotonic();
+    j->journal_fd = j->log_fd = j->lock_fd = -1;
+    g_mutex_init(&j->mu);
+    g_cond_init(&j->wake);
+    j->state_dir = progress_state_dir(o->out, o->shard, o->shards);
+    j->lock_path = g_build_filename(j->state_dir, "lock", NULL);
+    j->prog_path = g_build_filename(j->state_dir, "progress.json", NULL);
+    j->log_path = g_build_filename(o->out, ".qmoe", "extract.log", NULL);
+    j->journal_path = g_build_filename(j->state_dir, "journal.jsonl", NULL);
+}
+
+/* Undoes every phase: temporaries of an uncommitted batch removed, fds
+ * closed, the lock released. */
+static void job_clear(job *j)
+{
+    pending_free(j->pend);
+    mf_files_free(j->recs);
+    fs_batch_free(j->batch);
+    if (j->journal_fd >= 0)
+        close(j->journal_fd);
+    if (j->log_fd >= 0)
+        close(j->log_fd);
+    if (j->lock_fd >= 0)
+        progress_unlock(j->lock_fd, j->lock_path);
+    if (j->error)
+        g_error_free(j->error);
+    g_strfreev(j->current);
+    if (j->src_fd)
+        for (int i = 0; i < j->ck->n_shards; i++)
+            if (j->src_fd[i] >= 0)
+                close(j->src_fd[i]);
+    g_free(j->src_fd);
+    g_free(j->src_bs);
+    g_free(j->todo);
+    progress_clear(&j->prog);
+    cJSON_Delete(j->source_identity);
+    g_mutex_clear(&j->mu);
+    g_cond_clear(&j->wake);
+    plan_free(j->p);
+    ckpt_close(j->ck);
+    g_free(j->journal_path);
+    g_free(j->state_dir);
+    g_free(j->lock_path);
+    g_free(j->prog_path);
+    g_free(j->log_path);
+}
+
+int ex_run(const ex_opts *o, ex_result *res, GError **err)
+{
+    memset(res, 0, sizeof *res);
+    job j;
+    job_init(&j, o);
+    int rc = -1;
+    j.ck = ex_open_and_plan(o, &j.lt, &j.p, 0, err);
+    if (j.ck) {
+        res->layout = g_strdup(j.lt->name);
+        res->experts_split = od_plan_mtp_breakdown(j.p);
+    }
+    if (j.ck && !take_lock(&j, err) && !check_source(&j, err) && !scan_done(&j, err) &&
+        !open_sources(&j, err) && !check_space(&j, err) && !hand_over(&j, err) &&
+        !prepare_out(&j, err)) {
+        run_workers(&j);
+        rc = finish(&j, res, err);
+    }
+    res->seconds = qm_monotonic() - j.t0;
+    job_clear(&j);
     return rc;
 }

@@ -4,10 +4,12 @@
  * takes the lock of its state directory, copies the config and tokenizer
  * files, skips what earlier runs finished (journal + size), writes the
  * rest with -j worker threads (each file to a temporary name, SHA-256 and
- * CRC-32 computed from the bytes as they are written) and commits them in
- * batches (fs.h group commit: one syncfs, the renames, one fsync per
- * directory, then the batch's journal lines and one journal fsync),
- * rewrites progress.json a few times a second, and at the end writes
+ * CRC-32 computed from the bytes as they are read; a large file's writes
+ * done by the worker's writer thread, extract_pipe.h, while the worker
+ * reads and hashes on), and in the main thread commits them in batches
+ * (fs.h group commit: one syncfs, the renames, one fsync per directory,
+ * then the batch's journal lines and one journal fsync) and rewrites
+ * progress.json a few times a second; at the end it writes
  * model.safetensors.index.json and qmoe.json. ex_dry_run (extract_dry.c)
  * says what a run would do.
  *

@@ -12,6 +12,7 @@
 #         vs cp -r of extract's own output tree + sync   (target <= 1.3)
 #  real   256 real-size experts of 9.4 MB (2 layers x 128, hidden 2048,
 #         inter 768, bf16; Qwen3-30B / Omni): vs cp -r SRC + sync (<= 1.2)
+#  real4  the same experts from 4 shards of about 0.6 GB (<= 1.2)
 #  ds     14,848 tiny experts (DeepSeek-V3 shape: 58 MoE layers x 256):
 #         vs cp -r of the output tree + sync
 #
@@ -19,7 +20,9 @@
 # to qmoe-extract, EXF_STRACE=1 prints an strace -c -f summary of one more
 # extraction of each case, EXF_BASELINE=DIR also times DIR/qmoe-extract
 # (another build, e.g. the one before a change) in the same interleaved
-# runs and prints its ratio.
+# runs and prints its ratio. Each time comes with its MB/s (the bytes of
+# the tree cp copies): a ratio measured on a slow disk is not a fast
+# disk's, and cp + sync's MB/s says which disk it was.
 #
 # No timed run follows a deletion: ext4 without a journal (this machine's
 # disk) will not reuse an inode freed in the last 60 s (360 s while its
@@ -33,7 +36,7 @@
 # another user's rm -rf) still cost both sides alike.
 set -u
 B="$QMOE_BIN"; D="$QMOE_BENCH_DIR/extract_files"; rm -rf "$D"; mkdir -p "$D"
-cases=${EXF_CASES:-small real ds}
+cases=${EXF_CASES:-small real real4 ds}
 reps=${REPS:-3}
 read -r -a xargs_extra <<<"${EXF_ARGS:-}"
 
@@ -61,9 +64,11 @@ for c in $cases; do
                name="6144 experts of 192 KiB"; base=out; target=1.3 ;;
         real)  args=(--layers 2 --experts 128 --hidden 2048 --inter 768 --shard-mb 4000)
                name="256 experts of 9.4 MB"; base=src; target=1.2 ;;
+        real4) args=(--layers 2 --experts 128 --hidden 2048 --inter 768 --shard-mb 620)
+               name="256 experts of 9.4 MB from 4 shards"; base=src; target=1.2 ;;
         ds)    args=(--layout deepseek_v3 --layers 59 --experts 256 --hidden 64 --inter 32)
                name="14,848 experts (DeepSeek-V3 shape)"; base=out; target="-" ;;
-        *) echo "$c: unknown case (small, real, ds)"; continue ;;
+        *) echo "$c: unknown case (small, real, real4, ds)"; continue ;;
     esac
     rm -rf "$D/src" "$D/out" "$D/cp"
     "$B/qmoe-mksample" "${args[@]}" "$D/src" >/dev/null || { echo "$c: qmoe-mksample failed"; continue; }
@@ -93,11 +98,11 @@ for c in $cases; do
     awk -v n="$name" -v x="$t_x" -v c="$t_c" -v f="$files" -v b="$bytes" \
         -v base="$base" -v tg="$target" -v o="$t_o" 'BEGIN {
         printf "%s: cp -r %s (%d files, %.2f GB)\n", n, (base == "src" ? "SRC" : "of the output tree"), f, b / 1e9
-        printf "  qmoe-extract        %7.2f s\n", x
-        printf "  cp -r + sync        %7.2f s\n", c
-        printf "  ratio               %7.2f   (target <= %s)\n", (c > 0 ? x / c : 0), tg
+        printf "  qmoe-extract        %7.2f s  %6.0f MB/s\n", x, b / 1e6 / x
+        printf "  cp -r + sync        %7.2f s  %6.0f MB/s\n", c, b / 1e6 / c
+        printf "  ratio               %7.2f   (target <= %s; cp -r + sync at %.0f MB/s)\n", (c > 0 ? x / c : 0), tg, b / 1e6 / c
         if (o != "")
-            printf "  baseline build      %7.2f s, ratio %.2f\n", o, (c > 0 ? o / c : 0)
+            printf "  baseline build      %7.2f s  %6.0f MB/s, ratio %.2f\n", o, b / 1e6 / o, (c > 0 ? o / c : 0)
     }'
     if [ "${EXF_STRACE:-0}" = 1 ]; then
         aside "$D/out"; sync
