@@ -57,8 +57,8 @@ static GOptionEntry entries[] = {
     {"coherent", 0, 0, G_OPTION_ARG_NONE, &opt_coherent,
      "Write the coherent model (qwen3_omni_moe or qwen3_moe; fixed sizes)", NULL},
     {"like", 0, 0, G_OPTION_ARG_STRING, &opt_like,
-     "Write a replica of a real checkpoint: its tensor names, shapes, shards, index and "
-     "config, data sparse (qwen3-omni-30b-a3b-instruct, qwen3-30b-a3b)", "NAME"},
+     "A sparse replica of a real checkpoint (qwen3-omni-30b-a3b-instruct, qwen3-30b-a3b)",
+     "NAME"},
     {"fill-layers", 0, 0, G_OPTION_ARG_STRING, &opt_fill_layers,
      "With --like: a pattern in every tensor of these decoder layers", "LIST"},
     {"fill-routers", 0, 0, G_OPTION_ARG_NONE, &opt_fill_routers,
@@ -66,8 +66,8 @@ static GOptionEntry entries[] = {
     {"fill-globals", 0, 0, G_OPTION_ARG_NONE, &opt_fill_globals,
      "With --like: a pattern in the embeddings, lm_head and final norm", NULL},
     {"tokenizer", 0, 0, G_OPTION_ARG_FILENAME, &opt_tokenizer,
-     "With --like: the tokenizer files from DIR's tokenizer.json[.gz] and "
-     "tokenizer_config.json (e.g. tests/fixtures/qwen3-tokenizer)", "DIR"},
+     "With --like: tokenizer files from DIR's tokenizer.json[.gz] and tokenizer_config.json",
+     "DIR"},
     {"hf-cache", 0, 0, G_OPTION_ARG_NONE, &opt_hf_cache,
      "With --like: OUT is a Hugging Face hub cache (models--OWNER--NAME/...)", NULL},
     {"print-prompts", 0, 0, G_OPTION_ARG_NONE, &opt_print_prompts,
