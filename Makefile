@@ -2,7 +2,10 @@
 #
 #   make              build libqmoe.a and every tool into build/ (build-san/ with SAN=1)
 #   make check        run all tests; ends with "N passed, N failed"
+#                     (TESTS=substr runs a subset; see HACKING.md)
 #   make check SAN=1  the same under AddressSanitizer + UBSan
+#   make DEBUG=1      -O0 -g3 build into build-debug/ (for gdb)
+#   make compile_commands.json   for clangd and other editors' tools
 #   make demo         sample checkpoint -> background extraction -> status -> verify -> run
 #   make bench        benchmarks (ratios against cp, sha256sum, memcpy)
 #   make install PREFIX=/usr/local
@@ -20,6 +23,10 @@ ifeq ($(SAN),1)
 BUILD    ?= build-san
 SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 OPT      := -O1 -march=native
+else ifeq ($(DEBUG),1)
+BUILD    ?= build-debug
+SANFLAGS :=
+OPT      := -O0 -g3 -march=native -fno-omit-frame-pointer
 else
 BUILD    ?= build
 SANFLAGS :=
@@ -39,6 +46,12 @@ CLI_SRC  := $(sort $(wildcard common/cli/*.c))
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 CLI_LIB  := $(BUILD)/libqmoe-cli.a
 HEADERS  := $(wildcard common/*/*.h) $(wildcard */*.h)
+# Header dependencies come from the compiler (-MMD -MP: BUILD/x.d beside
+# BUILD/x.o lists the headers x.c includes), so touching one header
+# rebuilds only what includes it. An object without its .d (a build made
+# before this rule) is rebuilt once: the empty rule makes a missing .d a
+# prerequisite that is always out of date.
+DEPFLAGS  = -MMD -MP -MF $(@:.o=.d)
 
 # Every TOOLDIR/qmoe-NAME.c is a program; TOOLDIR/NAME_*.c are its own
 # helper files, linked into that program only.
@@ -62,13 +75,26 @@ MANS     := $(BINS:$(BUILD)/bin/%=$(BUILD)/man/%.1)
 # the model. base/util.h and base/fs.h are internal; cli/ is not installed.
 PUBLIC_HEADERS := common/base/error.h $(foreach d,format outdir model,$(wildcard common/$(d)/*.h))
 
-.PHONY: all check demo bench install clean torture fuzz valgrind man
+.PHONY: all check demo bench install clean torture fuzz valgrind man compile_commands.json
 all: $(LIB) $(CLI_LIB) $(BINS) $(TEST_BIN) $(TOOL_BIN)
 
-$(BUILD)/%.o: %.c $(HEADERS)
+$(BUILD)/%.o: %.c $(BUILD)/%.d
 	@mkdir -p $(dir $@)
 	@echo "CC $<"
-	@$(CC) $(CFLAGS) $(WARN) -c -o $@ $<
+	@$(CC) $(CFLAGS) $(WARN) $(DEPFLAGS) -c -o $@ $<
+ALL_SRC  := $(LIB_SRC) $(CLI_SRC) $(foreach d,$(TOOLDIRS),$(wildcard $(d)/*.c)) $(TEST_SRC) $(TOOL_SRC)
+DEPFILES := $(ALL_SRC:%.c=$(BUILD)/%.d)
+$(DEPFILES):
+include $(wildcard $(DEPFILES))
+
+# One entry per C file of the project, with the flags of this build.
+compile_commands.json:
+	@{ echo "["; sep=""; \
+	  for f in $(ALL_SRC); do \
+	    printf '%s{"directory":"%s","file":"%s","command":"%s %s -c -o %s %s"}\n' "$$sep" \
+	      "$(CURDIR)" "$$f" "$(CC)" "$(CFLAGS) $(WARN)" "$(BUILD)/$${f%.c}.o" "$$f"; sep=","; \
+	  done; echo "]"; } >$@.tmp && mv $@.tmp $@
+	@echo "compile_commands.json: $$(grep -c '"file"' $@) files"
 
 # The matrix products contract a*b+c into FMA (-std=c11 turns contraction
 # off): prefill 1.2-1.5x faster on the real widths, decode unchanged (it
@@ -138,7 +164,7 @@ install: all $(MANS) $(BUILD)/qmoe.pc
 	    $(DESTDIR)$(PREFIX)/share/qmoe/
 
 clean:
-	rm -rf build build-san build-fuzz
+	rm -rf build build-san build-fuzz build-debug compile_commands.json
 include tests/fuzz/fuzz.mk
 include tests/cluster/cluster.mk
 include tests/browser/browser.mk

@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 /* What of this part's plan OUT already holds (files complete as the
  * journals and the files say, of this very source): *todo gets the
@@ -78,27 +77,19 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
             mine += p->files[i].bytes;
         }
     }
-    /* what is left, and whether it fits (the real run's space check; the
-     * reflink probe makes and removes a scratch file next to OUT) */
+    /* what is left, and whether it fits (the real run's space check);
+     * whether reflinks will share blocks is guessed without writing: the
+     * real run's probe makes a file, and a dry run makes none */
     int *todo = g_new(int, p->n_files > 0 ? p->n_files : 1), n_todo = 0, done_files = 0;
     uint64_t done_bytes = 0;
-    int *fd = g_new(int, ck->n_shards);
     uint64_t *bs = g_new0(uint64_t, ck->n_shards);
-    for (int i = 0; i < ck->n_shards; i++)
-        fd[i] = -1;
     ex_space sc = {0};
     int rc = dry_done(o, p, ck, todo, &n_todo, &done_files, &done_bytes, err);
     if (rc == 0)
         rc = ex_space_free(&sc, o->out, err);
-    if (rc == 0 && !o->no_reflink) {
-        char *probe = g_strdup_printf("%s/.qmoe-reflink-probe.%ld", sc.dir, (long)getpid());
-        rc = ex_open_sources(ck, fd, bs, 0, probe, err) < 0 ? -1 : 0;
-        g_free(probe);
-    }
-    for (int i = 0; i < ck->n_shards; i++)
-        if (fd[i] >= 0)
-            close(fd[i]);
-    g_free(fd);
+    ex_reflink reflink = EX_REFLINK_NO;
+    if (rc == 0 && !o->no_reflink)
+        reflink = ex_reflink_guess(ck, bs, sc.dir);
     if (rc) {
         g_free(bs);
         g_free(todo);
@@ -150,6 +141,7 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         cJSON_AddNumberToObject(j, "available_bytes", (double)sc.avail);
         cJSON_AddStringToObject(j, "filesystem", sc.where);
         cJSON_AddBoolToObject(j, "fits", fits);
+        cJSON_AddStringToObject(j, "reflink", ex_reflink_name(reflink));
         int n_gap = 0;
         char *gap = od_plan_gap(p, &n_gap);
         cJSON_AddNumberToObject(j, "missing_from_source_count", n_gap);
@@ -234,6 +226,9 @@ int ex_dry_run(const ex_opts *o, int json, GError **err)
         if (sc.shared)
             printf(" (%s of it shared with the source by reflinks)",
                    qm_human_bytes(sc.shared, b2, sizeof b2));
+        else if (reflink == EX_REFLINK_UNKNOWN)
+            printf(" (whether reflinks share blocks with the source is known only when "
+                   "the run tries; counted as copied)");
         printf("\nspace:    %s: %s\n", stext,
                fits ? "fits" : "too little (the run refuses unless --force)");
         int n_gap = 0;

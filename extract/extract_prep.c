@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
 
 int ex_run_length(const plan_file *f, int i)
@@ -182,21 +184,109 @@ char *ex_space_text(const ex_space *sc)
                            sc->simulated ? " (QMOE_TEST_FREE_BYTES)" : "");
 }
 
+/* The probe needs a source of at least one block; 1 MiB is more than any
+ * block size ec_probe accepts. */
+#define PROBE_MIN_SOURCE (1u << 20)
+
 int ex_open_sources(const ckpt *ck, int *src_fd, uint64_t *src_bs, int no_reflink,
                     const char *probe_path, GError **err)
 {
     int n_shared = 0;
+    /* the answer per source filesystem, from its first shard long enough */
+    GHashTable *by_dev = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, g_free);
     for (int i = 0; i < ck->n_shards; i++) {
         if (!ck->shards[i].st)
             continue; /* the plan reads nothing from it */
         src_fd[i] = fs_open_regular(ck->shards[i].path, O_RDONLY, "cannot open source", err);
-        if (src_fd[i] < 0)
+        if (src_fd[i] < 0) {
+            g_hash_table_destroy(by_dev);
             return -1;
+        }
         posix_fadvise(src_fd[i], 0, 0, POSIX_FADV_SEQUENTIAL);
-        if (!no_reflink && probe_path && (src_bs[i] = ec_probe(src_fd[i], probe_path)))
-            n_shared++;
+        if (no_reflink || !probe_path)
+            continue;
+        struct stat st;
+        int known = fstat(src_fd[i], &st) == 0 && st.st_size >= PROBE_MIN_SOURCE;
+        gint64 dev = known ? (gint64)st.st_dev : 0;
+        const uint64_t *seen = known ? g_hash_table_lookup(by_dev, &dev) : NULL;
+        if (seen) {
+            src_bs[i] = *seen;
+        } else {
+            src_bs[i] = ec_probe(src_fd[i], probe_path);
+            if (known)
+                g_hash_table_insert(by_dev, g_memdup2(&dev, sizeof dev),
+                                    g_memdup2(&src_bs[i], sizeof src_bs[i]));
+        }
+        n_shared += src_bs[i] != 0;
     }
+    g_hash_table_destroy(by_dev);
     return n_shared;
+}
+
+const char *ex_reflink_name(ex_reflink r)
+{
+    return r == EX_REFLINK_YES ? "yes" : r == EX_REFLINK_NO ? "no" : "unknown";
+}
+
+#ifndef BCACHEFS_SUPER_MAGIC
+#define BCACHEFS_SUPER_MAGIC 0xca451a4e
+#endif
+#ifndef OCFS2_SUPER_MAGIC
+#define OCFS2_SUPER_MAGIC 0x7461636f
+#endif
+
+/* Filesystems on which FICLONERANGE may work, depending on how they were
+ * made or mounted (XFS reflink=1) or on the server. */
+static int may_share(long type)
+{
+    return type == XFS_SUPER_MAGIC || type == (long)BCACHEFS_SUPER_MAGIC ||
+           type == OCFS2_SUPER_MAGIC || type == NFS_SUPER_MAGIC;
+}
+
+ex_reflink ex_reflink_guess(const ckpt *ck, uint64_t *src_bs, const char *out_dir)
+{
+    struct stat ost, sst;
+    struct statfs ofs, sfs;
+    struct statvfs ovs;
+    ex_reflink worst = EX_REFLINK_NO;
+    int have_out = stat(out_dir, &ost) == 0 && statfs(out_dir, &ofs) == 0 &&
+                   statvfs(out_dir, &ovs) == 0;
+    dev_t last_dev = 0;
+    int have_sfs = 0; /* sfs is last_dev's (shards of one checkpoint share one) */
+    for (int i = 0; i < ck->n_shards; i++) {
+        src_bs[i] = 0;
+        if (!ck->shards[i].st)
+            continue; /* the plan reads nothing from it */
+        ex_reflink r;
+        if (!have_out || stat(ck->shards[i].path, &sst) != 0) {
+            r = EX_REFLINK_UNKNOWN;
+        } else if (sst.st_dev == ost.st_dev) {
+            r = ofs.f_type == BTRFS_SUPER_MAGIC ? EX_REFLINK_YES
+                : may_share(ofs.f_type)         ? EX_REFLINK_UNKNOWN
+                                                : EX_REFLINK_NO;
+        } else {
+            if (!have_sfs || sst.st_dev != last_dev) {
+                have_sfs = statfs(ck->shards[i].path, &sfs) == 0;
+                last_dev = sst.st_dev;
+            }
+            /* extents are not shared across filesystems, but two
+             * subvolumes of one btrfs have two st_dev */
+            r = !have_sfs ? EX_REFLINK_UNKNOWN
+                : sfs.f_type == BTRFS_SUPER_MAGIC && ofs.f_type == BTRFS_SUPER_MAGIC
+                    ? EX_REFLINK_UNKNOWN
+                    : EX_REFLINK_NO;
+        }
+        if (r == EX_REFLINK_YES) {
+            /* as ec_probe: the filesystem block, odd answers distrusted */
+            uint64_t bs = (uint64_t)ovs.f_bsize;
+            src_bs[i] = bs < 512 || bs > (1u << 20) || (bs & (bs - 1)) ? 4096 : bs;
+            if (worst == EX_REFLINK_NO)
+                worst = EX_REFLINK_YES;
+        } else if (r == EX_REFLINK_UNKNOWN) {
+            worst = EX_REFLINK_UNKNOWN;
+        }
+    }
+    return worst;
 }
 
 void ex_space_clear(ex_space *sc)

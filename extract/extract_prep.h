@@ -71,9 +71,30 @@ void ex_space_clear(ex_space *sc);
 
 /* Opens the source shards the plan reads (fds into src_fd, which the
  * caller closes) and probes which can share blocks with files made at
- * probe_path (src_bs; all 0 with no_reflink or no probe_path). Returns
- * the number that can, or -1 with *err. */
+ * probe_path, a scratch name inside OUT (src_bs; all 0 with no_reflink or
+ * no probe_path). One probe per source filesystem (st_dev): an OUT taken
+ * as SRC has thousands of files on one. Returns the number of shards that
+ * can share, or -1 with *err. */
 int ex_open_sources(const ckpt *ck, int *src_fd, uint64_t *src_bs, int no_reflink,
                     const char *probe_path, GError **err);
+
+/* What the dry run can say about reflinks without writing anything. */
+typedef enum {
+    EX_REFLINK_NO,      /* another filesystem, or one without shared extents */
+    EX_REFLINK_YES,     /* one btrfs: blocks are always shareable there */
+    EX_REFLINK_UNKNOWN, /* XFS (only if made with reflink=1), btrfs
+                         * subvolumes, network filesystems: the run probes */
+} ex_reflink;
+
+/* For each source shard the plan reads, whether blocks can be shared
+ * with files made in directory `out_dir` (OUT or its nearest existing
+ * ancestor), from st_dev and the filesystem type (statfs, once per
+ * device) alone: sets src_bs[i] to the block size where they can for sure,
+ * 0 elsewhere. Returns the least certain answer over the shards. Opens
+ * nothing and writes nothing: one stat() per shard. */
+ex_reflink ex_reflink_guess(const ckpt *ck, uint64_t *src_bs, const char *out_dir);
+
+/* "yes", "no", "unknown" */
+const char *ex_reflink_name(ex_reflink r);
 
 #endif

@@ -210,32 +210,32 @@ static int wait_input(double secs)
     }
 }
 
-static int job_ended(const st_snap *s)
+static int job_ended(const qs_snap *s)
 {
     const char *st = s->state;
     return !strcmp(st, "finished") || !strcmp(st, "failed") || !strcmp(st, "stopped") ||
            !strcmp(st, "crashed") || (!strcmp(st, "none") && s->complete);
 }
 
-static int exit_for(const st_snap *s)
+static int exit_for(const qs_snap *s)
 {
     return s->complete ? 0 : 1;
 }
 
-static void print_snapshot(const st_snap *s, int tty, int utf8, int color)
+static void print_snapshot(const qs_snap *s, int tty, int utf8, int color)
 {
     if (opt_json) {
-        char *j = st_render_json(s, 1);
+        char *j = qs_render_json(s, 1);
         fputs(j, stdout);
         g_free(j);
         return;
     }
-    st_style y = {color, utf8, 80, 0, tty};
+    qs_style y = {color, utf8, 80, 0, tty};
     if (tty) {
         int h;
         term_size(&y.width, &h);
     }
-    char *t = st_render_text(s, &y);
+    char *t = qs_render_text(s, &y);
     fputs(t, stdout);
     g_free(t);
 }
@@ -251,11 +251,11 @@ static int watch(const char *out, int tty, int utf8, int color)
         drew_tty = 1;
     }
     int rc = 2, quit = 0;
-    st_snap *s = NULL;
+    qs_snap *s = NULL;
     for (;;) {
         GError *err = NULL;
-        st_snap_free(s);
-        s = st_snap_take(out, &err);
+        qs_snap_free(s);
+        s = qs_snap_take(out, &err);
         if (!s) {
             restore_terminal();
             qm_report(PROG, err);
@@ -265,10 +265,10 @@ static int watch(const char *out, int tty, int utf8, int color)
         int ended = job_ended(s);
         rc = exit_for(s);
         if (redraw) {
-            st_style y = {color, utf8, 80, 24, 1};
+            qs_style y = {color, utf8, 80, 24, 1};
             term_size(&y.width, &y.height);
             y.height -= 1; /* the footer */
-            char *t = st_render_text(s, &y);
+            char *t = qs_render_text(s, &y);
             /* home, each line erased to its end, the rest of the screen
              * cleared: no scrolling and no flicker */
             GString *g = g_string_new("\033[H");
@@ -287,11 +287,11 @@ static int watch(const char *out, int tty, int utf8, int color)
             g_string_free(g, TRUE);
             g_free(t);
         } else if (opt_json) {
-            char *j = st_render_json(s, 0); /* one document per line */
+            char *j = qs_render_json(s, 0); /* one document per line */
             fputs(j, stdout);
             g_free(j);
         } else {
-            char *l = st_render_line(s);
+            char *l = qs_render_line(s);
             puts(l);
             g_free(l);
         }
@@ -308,7 +308,7 @@ static int watch(const char *out, int tty, int utf8, int color)
     /* the final summary */
     if (redraw) {
         fputs("\n", stdout);
-        char *l = st_render_line(s);
+        char *l = qs_render_line(s);
         printf("%s\n", l);
         g_free(l);
     } else if (!opt_json) {
@@ -316,7 +316,7 @@ static int watch(const char *out, int tty, int utf8, int color)
         print_snapshot(s, 0, utf8, 0);
     }
     fflush(stdout);
-    st_snap_free(s);
+    qs_snap_free(s);
     return rc;
 }
 
@@ -363,7 +363,7 @@ int main(int argc, char **argv)
         int rc = watch(out, tty, utf8, color);
         return rc;
     }
-    st_snap *s = st_snap_take(out, &err);
+    qs_snap *s = qs_snap_take(out, &err);
     if (!s) {
         qm_report(PROG, err);
         g_error_free(err);
@@ -371,6 +371,6 @@ int main(int argc, char **argv)
     }
     print_snapshot(s, tty, utf8, color);
     int rc = exit_for(s);
-    st_snap_free(s);
+    qs_snap_free(s);
     return rc;
 }

@@ -5,6 +5,9 @@
  * qmoe-verify) turned into what the renderers show: rows per layer, the
  * jobs, bytes, the rate over the journal's recent records, ETA and the
  * files in flight.
+ *
+ * Prefix qs_ (qmoe-status): st_ is the safetensors module's, included in
+ * the same translation units.
  */
 #ifndef QMOE_STATUS_H
 #define QMOE_STATUS_H
@@ -14,21 +17,21 @@
 #include <sys/types.h>
 
 /* Seconds of journal history that the rate is measured over. */
-#define ST_RATE_WINDOW 60.0
+#define QS_RATE_WINDOW 60.0
 
 typedef struct {
     int layer;
     int expected;          /* expert files expected in this layer */
     int done;              /* complete expert files found */
     int in_flight;         /* expert files of this layer being written */
-} st_layer;
+} qs_layer;
 
 typedef struct {
     char *path;            /* relative to OUT (final name) */
     pid_t pid;             /* writer: from the temporary's name or the job */
     int alive;             /* that pid is alive */
     int has_tmp;           /* a FINAL.tmp.PID exists */
-} st_flight;
+} qs_flight;
 
 typedef struct {
     char *dir;             /* state dir relative to OUT: ".qmoe", ".qmoe/shard-0-of-4" */
@@ -47,7 +50,7 @@ typedef struct {
     char *host;            /* the writer's host, or NULL */
     int remote;            /* on another host: liveness by heartbeat */
     double heartbeat_age;  /* seconds since progress.json was updated, -1 */
-} st_job;
+} qs_job;
 
 typedef struct {
     char *out;
@@ -58,7 +61,7 @@ typedef struct {
     char *state;           /* running finished failed stopped crashed none */
     pid_t pid;             /* of the (first) running job, else of the last one */
     int n_jobs;
-    st_job *jobs;          /* the main job, or the shards */
+    qs_job *jobs;          /* the main job, or the shards */
     int sharded;
     char *last_error;      /* newest last_error of any job, or NULL */
     char *log;             /* relative to OUT, or NULL */
@@ -71,7 +74,7 @@ typedef struct {
     int no_other;          /* --no-other: other/ left out of the expected set */
     char *sel_layers, *sel_experts; /* lists, or NULL */
     int n_layers, n_experts; /* grid size */
-    st_layer *layers;      /* n_layers rows */
+    qs_layer *layers;      /* n_layers rows */
     int mtp_first, n_mtp;  /* rows [mtp_first, mtp_first + n_mtp) are the MTP
                               block's (layout.h); n_mtp 0 when none */
     int64_t experts_expected, experts_done;
@@ -96,25 +99,25 @@ typedef struct {
 
     /* in flight */
     int n_flight;
-    st_flight *flight;
+    qs_flight *flight;
     int n_stale_tmp;       /* temporaries whose writer is dead */
-    st_flight *stale_tmp;
+    qs_flight *stale_tmp;
 
     /* journal */
     int64_t journal_records;
     int64_t journal_bad;
-} st_snap;
+} qs_snap;
 
 /* Row l of the grid is an MTP layer. */
-static inline int st_is_mtp(const st_snap *s, int l)
+static inline int qs_is_mtp(const qs_snap *s, int l)
 {
     return s->n_mtp > 0 && l >= s->mtp_first && l < s->mtp_first + s->n_mtp;
 }
 
 /* Takes a snapshot of OUT. Errors (QM_ERR_IO): OUT missing or not a
  * directory, or not an extraction directory (names what is missing). */
-st_snap *st_snap_take(const char *out, GError **err);
-void st_snap_free(st_snap *s);
+qs_snap *qs_snap_take(const char *out, GError **err);
+void qs_snap_free(qs_snap *s);
 
 /* ---- rendering (status_render.c) ---- */
 
@@ -125,17 +128,17 @@ typedef struct {
     int height;  /* rows, 0 = unlimited */
     int cut;     /* cut lines to width (a terminal); off one, lines stay whole
                   * (a log or a pipe must not lose the end of an error) */
-} st_style;
+} qs_style;
 
 /* The dashboard, lines ending in "\n". Caller frees. */
-char *st_render_text(const st_snap *s, const st_style *y);
+char *qs_render_text(const qs_snap *s, const qs_style *y);
 /* One plain line (no newline) for logs. Caller frees. */
-char *st_render_line(const st_snap *s);
+char *qs_render_line(const qs_snap *s);
 /* JSON document with a final newline; pretty = indented, else one line.
  * Caller frees. */
-char *st_render_json(const st_snap *s, int pretty);
+char *qs_render_json(const qs_snap *s, int pretty);
 
 /* "1h 02m", "3m 05s", "12s". */
-char *st_human_duration(double secs, char *buf, size_t cap);
+char *qs_human_duration(double secs, char *buf, size_t cap);
 
 #endif

@@ -18,7 +18,7 @@
 #define C_YELLOW "\033[33m"
 #define C_CYAN "\033[36m"
 
-char *st_human_duration(double secs, char *buf, size_t cap)
+char *qs_human_duration(double secs, char *buf, size_t cap)
 {
     if (secs < 0 || !isfinite(secs)) {
         snprintf(buf, cap, "-");
@@ -72,7 +72,7 @@ static void state_text(GString *g, const char *st, pid_t pid, int stale_lock)
 /* Appends `line`, on a terminal cut to `width` visible columns (escape
  * sequences take none, a UTF-8 character takes one), then a reset if colour
  * is on. */
-static void emit(GString *out, const char *line, const st_style *y)
+static void emit(GString *out, const char *line, const qs_style *y)
 {
     int cols = 0;
     const char *p = line;
@@ -105,9 +105,9 @@ static void emit(GString *out, const char *line, const st_style *y)
     g_string_append_c(out, '\n');
 }
 
-static void emitf(GString *out, const st_style *y, const char *fmt, ...)
+static void emitf(GString *out, const qs_style *y, const char *fmt, ...)
     G_GNUC_PRINTF(3, 4);
-static void emitf(GString *out, const st_style *y, const char *fmt, ...)
+static void emitf(GString *out, const qs_style *y, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -128,7 +128,7 @@ static int digits(int64_t v)
 }
 
 /* A bar of `w` cells filled to done/exp, eighths in UTF-8. */
-static void bar(GString *g, int done, int exp, int w, const st_style *y)
+static void bar(GString *g, int done, int exp, int w, const qs_style *y)
 {
     static const char *eighth[] = {"", "\u258F", "\u258E", "\u258D", "\u258C",
                                    "\u258B", "\u258A", "\u2589"};
@@ -148,8 +148,8 @@ static void bar(GString *g, int done, int exp, int w, const st_style *y)
         g_string_append(g, y->utf8 ? "\u00B7" : ".");
 }
 
-static void layer_cell(GString *g, const st_snap *s, const st_layer *L, int lw,
-                       int cw, int bw, const st_style *y)
+static void layer_cell(GString *g, const qs_snap *s, const qs_layer *L, int lw,
+                       int cw, int bw, const qs_style *y)
 {
     int complete = L->expected > 0 && L->done >= L->expected;
     const char *col = !y->color ? ""
@@ -157,7 +157,7 @@ static void layer_cell(GString *g, const st_snap *s, const st_layer *L, int lw,
                       : (L->done > 0 || L->in_flight) ? C_YELLOW
                                                         : C_DIM;
     /* M: a layer of the MTP block (the "mtp" line says so) */
-    g_string_append_printf(g, "%s%c%0*d %*d/%-*d ", col, st_is_mtp(s, L->layer) ? 'M' : 'L',
+    g_string_append_printf(g, "%s%c%0*d %*d/%-*d ", col, qs_is_mtp(s, L->layer) ? 'M' : 'L',
                            lw, L->layer, cw, L->done, cw, L->expected);
     bar(g, L->done, L->expected, bw, y);
     if (y->color)
@@ -171,7 +171,7 @@ static void layer_cell(GString *g, const st_snap *s, const st_layer *L, int lw,
 }
 
 /* The per-layer grid: as many columns as fit with a bar of 5+ cells. */
-static int grid_lines(const st_snap *s, int width, int *cols, int *bw)
+static int grid_lines(const qs_snap *s, int width, int *cols, int *bw)
 {
     int lw = MAX(2, digits(MAX(s->n_layers - 1, 0)));
     int cw = digits(MAX(s->n_experts, 1));
@@ -190,7 +190,7 @@ static int grid_lines(const st_snap *s, int width, int *cols, int *bw)
     return shown ? (shown + c - 1) / c : 0;
 }
 
-static void render_grid(GString *out, const st_snap *s, int width, const st_style *y)
+static void render_grid(GString *out, const qs_snap *s, int width, const qs_style *y)
 {
     int cols, bw;
     grid_lines(s, width, &cols, &bw);
@@ -199,7 +199,7 @@ static void render_grid(GString *out, const st_snap *s, int width, const st_styl
     GString *line = g_string_new(NULL);
     int k = 0;
     for (int l = 0; l < s->n_layers; l++) {
-        const st_layer *L = &s->layers[l];
+        const qs_layer *L = &s->layers[l];
         if (L->expected == 0 && L->done == 0)
             continue; /* dense or unselected layer */
         if (k % cols)
@@ -216,14 +216,14 @@ static void render_grid(GString *out, const st_snap *s, int width, const st_styl
 }
 
 /* One character per layer, for short terminals. */
-static void render_strip(GString *out, const st_snap *s, int width, const st_style *y)
+static void render_strip(GString *out, const qs_snap *s, int width, const qs_style *y)
 {
     static const char *lv[] = {"\u2581", "\u2582", "\u2583", "\u2584",
                                "\u2585", "\u2586", "\u2587"};
     GString *line = g_string_new("layers    ");
     int n = 10;
     for (int l = 0; l < s->n_layers; l++) {
-        const st_layer *L = &s->layers[l];
+        const qs_layer *L = &s->layers[l];
         if (L->expected == 0 && L->done == 0)
             continue;
         if (n >= width) {
@@ -265,7 +265,7 @@ static void bytes_pair(char *buf, size_t cap, int64_t done, int64_t planned)
         snprintf(buf, cap, "%s", qm_human_bytes((uint64_t)done, a, sizeof a));
 }
 
-char *st_render_text(const st_snap *s, const st_style *y)
+char *qs_render_text(const qs_snap *s, const qs_style *y)
 {
     GString *out = g_string_new(NULL);
     char b1[64], b2[64], b3[128];
@@ -281,7 +281,7 @@ char *st_render_text(const st_snap *s, const st_style *y)
         emitf(out, y, "%sincomplete%s %s", y->color ? C_YELLOW : "", R, s->why);
     /* whose job, and how its liveness was judged (progress.h) */
     for (int i = 0; i < s->n_jobs && i < 16; i++) {
-        const st_job *j = &s->jobs[i];
+        const qs_job *j = &s->jobs[i];
         if (!j->host || (strcmp(j->state, "running") && strcmp(j->state, "crashed")))
             continue;
         char part[48] = "";
@@ -342,9 +342,9 @@ char *st_render_text(const st_snap *s, const st_style *y)
         GString *r = g_string_new(NULL);
         g_string_append_printf(r, "rate      %.1f files/s, %s/s over %s", s->rate_files,
                                qm_human_bytes((uint64_t)s->rate_bytes, b1, sizeof b1),
-                               st_human_duration(s->rate_window, b2, sizeof b2));
+                               qs_human_duration(s->rate_window, b2, sizeof b2));
         if (s->eta >= 0)
-            g_string_append_printf(r, "   ETA %s", st_human_duration(s->eta, b1, sizeof b1));
+            g_string_append_printf(r, "   ETA %s", qs_human_duration(s->eta, b1, sizeof b1));
         emit(out, r->str, y);
         g_string_free(r, TRUE);
     } else {
@@ -352,7 +352,7 @@ char *st_render_text(const st_snap *s, const st_style *y)
     }
     if (s->elapsed >= 0) {
         char *iso = qm_iso_time(s->started);
-        emitf(out, y, "elapsed   %s (started %s)", st_human_duration(s->elapsed, b1, sizeof b1),
+        emitf(out, y, "elapsed   %s (started %s)", qs_human_duration(s->elapsed, b1, sizeof b1),
               iso);
         g_free(iso);
     }
@@ -372,7 +372,7 @@ char *st_render_text(const st_snap *s, const st_style *y)
         emitf(out, y, "log       %s/%s", s->out, s->log);
     if (s->sharded) {
         for (int i = 0; i < s->n_jobs; i++) {
-            const st_job *j = &s->jobs[i];
+            const qs_job *j = &s->jobs[i];
             g_string_truncate(g, 0);
             state_text(g, j->state, j->pid, j->stale_lock);
             if (j->present)
@@ -403,7 +403,7 @@ char *st_render_text(const st_snap *s, const st_style *y)
     return g_string_free(out, FALSE);
 }
 
-char *st_render_line(const st_snap *s)
+char *qs_render_line(const qs_snap *s)
 {
     GString *g = g_string_new(NULL);
     char *iso = qm_iso_time(s->now), b1[32], b2[32];
@@ -430,7 +430,7 @@ char *st_render_line(const st_snap *s)
         g_string_append_printf(g, " rate %.1f files/s %s/s", s->rate_files,
                                qm_human_bytes((uint64_t)s->rate_bytes, b1, sizeof b1));
     if (s->eta >= 0)
-        g_string_append_printf(g, " eta %s", st_human_duration(s->eta, b1, sizeof b1));
+        g_string_append_printf(g, " eta %s", qs_human_duration(s->eta, b1, sizeof b1));
     if (s->complete)
         g_string_append(g, " complete");
     return g_string_free(g, FALSE);
@@ -452,7 +452,7 @@ static void add_str_or_null(cJSON *o, const char *k, const char *v)
         cJSON_AddNullToObject(o, k);
 }
 
-static cJSON *flight_json(const st_flight *f, int n)
+static cJSON *flight_json(const qs_flight *f, int n)
 {
     cJSON *a = cJSON_CreateArray();
     for (int i = 0; i < n; i++) {
@@ -471,7 +471,7 @@ static double round3(double v)
     return round(v * 1000) / 1000;
 }
 
-char *st_render_json(const st_snap *s, int pretty)
+char *qs_render_json(const qs_snap *s, int pretty)
 {
     cJSON *j = cJSON_CreateObject();
     char *iso = qm_iso_time(s->now);
@@ -521,7 +521,7 @@ char *st_render_json(const st_snap *s, int pretty)
     cJSON_AddItemToObject(j, "stale_tmp", flight_json(s->stale_tmp, s->n_stale_tmp));
     cJSON *ls = cJSON_AddArrayToObject(j, "layers");
     for (int l = 0; l < s->n_layers; l++) {
-        const st_layer *L = &s->layers[l];
+        const qs_layer *L = &s->layers[l];
         if (L->expected == 0 && L->done == 0)
             continue;
         cJSON *o = cJSON_CreateObject();
@@ -530,12 +530,12 @@ char *st_render_json(const st_snap *s, int pretty)
         cJSON_AddNumberToObject(o, "expected", L->expected);
         cJSON_AddBoolToObject(o, "complete", L->expected > 0 && L->done >= L->expected);
         cJSON_AddNumberToObject(o, "in_flight", L->in_flight);
-        cJSON_AddBoolToObject(o, "mtp", st_is_mtp(s, L->layer));
+        cJSON_AddBoolToObject(o, "mtp", qs_is_mtp(s, L->layer));
         cJSON_AddItemToArray(ls, o);
     }
     cJSON *jobs = cJSON_AddArrayToObject(j, "jobs");
     for (int i = 0; i < s->n_jobs; i++) {
-        const st_job *b = &s->jobs[i];
+        const qs_job *b = &s->jobs[i];
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "dir", b->dir);
         cJSON_AddNumberToObject(o, "shard", b->shard);

@@ -22,7 +22,7 @@
 
 /* One job of the view (outdir/view.h), whose state and liveness are
  * decided there, the same for qmoe-verify. */
-static void job_from(od_job *o, st_job *j)
+static void job_from(od_job *o, qs_job *j)
 {
     memset(j, 0, sizeof *j);
     j->heartbeat_age = -1;
@@ -57,7 +57,7 @@ static void job_from(od_job *o, st_job *j)
         j->current = g_new0(char *, 1);
 }
 
-static void job_clear(st_job *j)
+static void job_clear(qs_job *j)
 {
     g_free(j->host);
     g_free(j->dir);
@@ -70,11 +70,11 @@ static void job_clear(st_job *j)
 }
 
 /* The view's jobs (the main one, or the shard parts) and the whole. */
-static void load_jobs(st_snap *s, const od_view *v)
+static void load_jobs(qs_snap *s, const od_view *v)
 {
     s->sharded = v->sharded;
     s->n_jobs = (int)v->jobs->len;
-    s->jobs = g_new0(st_job, s->n_jobs > 0 ? s->n_jobs : 1);
+    s->jobs = g_new0(qs_job, s->n_jobs > 0 ? s->n_jobs : 1);
     for (int i = 0; i < s->n_jobs; i++)
         job_from(v->jobs->pdata[i], &s->jobs[i]);
     s->state = g_strdup(v->state);
@@ -85,7 +85,7 @@ static void load_jobs(st_snap *s, const od_view *v)
     s->started = 0;
     s->updated = 0;
     for (int i = 0; i < s->n_jobs; i++) {
-        st_job *j = &s->jobs[i];
+        qs_job *j = &s->jobs[i];
         if (j->present) {
             if (j->started > 0 && (s->started == 0 || j->started < s->started))
                 s->started = j->started;
@@ -109,7 +109,7 @@ static void load_jobs(st_snap *s, const od_view *v)
 
 /* ---- the expected set: the view's, as rows ---- */
 
-static void expected_set(st_snap *s, const od_view *v)
+static void expected_set(qs_snap *s, const od_view *v)
 {
     s->expected_from = v->expected_from;
     s->has_manifest = v->has_manifest;
@@ -123,7 +123,7 @@ static void expected_set(st_snap *s, const od_view *v)
     }
     s->n_layers = v->shape.n_layers;
     s->n_experts = v->shape.n_experts;
-    s->layers = g_new0(st_layer, s->n_layers > 0 ? s->n_layers : 1);
+    s->layers = g_new0(qs_layer, s->n_layers > 0 ? s->n_layers : 1);
     for (int l = 0; l < s->n_layers; l++) {
         s->layers[l].layer = l;
         od_view_layer_complete(v, l, &s->layers[l].done, &s->layers[l].expected);
@@ -170,7 +170,7 @@ static gint cmp_tick(gconstpointer a, gconstpointer b)
     return x->time < y->time ? -1 : x->time > y->time;
 }
 
-static void figures(st_snap *s, const od_view *v)
+static void figures(qs_snap *s, const od_view *v)
 {
     s->journal_records = v->journal_records;
     s->journal_bad = v->journal_bad;
@@ -204,7 +204,7 @@ static void figures(st_snap *s, const od_view *v)
         int running = strcmp(s->state, "running") == 0;
         double last = ticks[n_t - 1].time;
         double t_end = running ? MAX(s->now, last) : last;
-        double t_begin = t_end - ST_RATE_WINDOW;
+        double t_begin = t_end - QS_RATE_WINDOW;
         double first = s->started > 0 ? s->started : ticks[0].time;
         if (t_begin < first)
             t_begin = first;
@@ -229,13 +229,13 @@ static void figures(st_snap *s, const od_view *v)
 
 static gint cmp_flight(gconstpointer a, gconstpointer b)
 {
-    return strcmp(((const st_flight *)a)->path, ((const st_flight *)b)->path);
+    return strcmp(((const qs_flight *)a)->path, ((const qs_flight *)b)->path);
 }
 
 static void add_flight(GArray *a, const char *path, pid_t pid, int has_tmp)
 {
     for (guint i = 0; i < a->len; i++) {
-        st_flight *f = &g_array_index(a, st_flight, i);
+        qs_flight *f = &g_array_index(a, qs_flight, i);
         if (strcmp(f->path, path) == 0) {
             f->has_tmp |= has_tmp;
             if (has_tmp)
@@ -244,16 +244,16 @@ static void add_flight(GArray *a, const char *path, pid_t pid, int has_tmp)
             return;
         }
     }
-    st_flight f = {g_strdup(path), pid, fs_pid_alive(pid), has_tmp};
+    qs_flight f = {g_strdup(path), pid, fs_pid_alive(pid), has_tmp};
     g_array_append_val(a, f);
 }
 
 /* In flight: the running jobs' current files and the live temporaries;
  * the dead writers' temporaries apart. */
-static void flights(st_snap *s, const od_view *v)
+static void flights(qs_snap *s, const od_view *v)
 {
-    GArray *fl = g_array_new(FALSE, FALSE, sizeof(st_flight));
-    GArray *stale = g_array_new(FALSE, FALSE, sizeof(st_flight));
+    GArray *fl = g_array_new(FALSE, FALSE, sizeof(qs_flight));
+    GArray *stale = g_array_new(FALSE, FALSE, sizeof(qs_flight));
     for (int i = 0; i < s->n_jobs; i++)
         if (strcmp(s->jobs[i].state, "running") == 0)
             for (int k = 0; s->jobs[i].current[k]; k++)
@@ -263,16 +263,16 @@ static void flights(st_snap *s, const od_view *v)
         if (t->alive) {
             add_flight(fl, t->final, t->pid, 1);
         } else {
-            st_flight f = {g_strdup(t->final), t->pid, 0, 1};
+            qs_flight f = {g_strdup(t->final), t->pid, 0, 1};
             g_array_append_val(stale, f);
         }
     }
     g_array_sort(fl, cmp_flight);
     g_array_sort(stale, cmp_flight);
     s->n_flight = (int)fl->len;
-    s->flight = (st_flight *)g_array_free(fl, FALSE);
+    s->flight = (qs_flight *)g_array_free(fl, FALSE);
     s->n_stale_tmp = (int)stale->len;
-    s->stale_tmp = (st_flight *)g_array_free(stale, FALSE);
+    s->stale_tmp = (qs_flight *)g_array_free(stale, FALSE);
     for (int i = 0; i < s->n_flight; i++) {
         int e, l;
         const char *b = strrchr(s->flight[i].path, '/');
@@ -281,7 +281,7 @@ static void flights(st_snap *s, const od_view *v)
     }
 }
 
-st_snap *st_snap_take(const char *out, GError **err)
+qs_snap *qs_snap_take(const char *out, GError **err)
 {
     double t0 = qm_monotonic();
     struct stat st;
@@ -310,7 +310,7 @@ st_snap *st_snap_take(const char *out, GError **err)
         return NULL;
     }
 
-    st_snap *s = g_new0(st_snap, 1);
+    qs_snap *s = g_new0(qs_snap, 1);
     s->out = g_strdup(out);
     s->now = qm_now();
     s->elapsed = s->eta = -1;
@@ -342,7 +342,7 @@ st_snap *st_snap_take(const char *out, GError **err)
     return s;
 }
 
-void st_snap_free(st_snap *s)
+void qs_snap_free(qs_snap *s)
 {
     if (!s)
         return;

@@ -227,7 +227,7 @@ static inline float silu(float x)
 }
 
 /* Eight running sums so that the compiler can vectorise: the simulation
- * needs margins, not the forward pass's exact rounding (common/matvec.c
+ * needs margins, not the forward pass's exact rounding (common/model/matvec.c
  * sums in its own order too). */
 static float dot(const float *a, const float *b, int n)
 {
@@ -980,7 +980,7 @@ static void build_weights(coh *c, const float *U)
     g_hash_table_destroy(by_name);
 }
 
-/* ---- the forward pass, as common/model.c computes it ---- */
+/* ---- the forward pass, as common/model/model.c computes it ---- */
 
 typedef struct {
     const uint8_t *allow; /* router mask (EXPERTS) or NULL */

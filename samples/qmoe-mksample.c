@@ -20,6 +20,7 @@
 #include "format/layout.h"
 #include "mksample.h"
 #include "mksample_coherent.h"
+#include "mksample_like.h"
 #include "format/safetensors.h"
 #include "base/util.h"
 
@@ -32,6 +33,8 @@ static int opt_topk = 2, opt_shards = 0, opt_shard_mb = 0;
 static char *opt_seed = NULL, *opt_dtype = NULL;
 static gboolean opt_list, opt_force, opt_json, opt_version;
 static gboolean opt_coherent, opt_print_prompts, opt_print_reference;
+static char *opt_like = NULL, *opt_fill_layers = NULL, *opt_tokenizer = NULL;
+static gboolean opt_fill_routers, opt_fill_globals, opt_hf_cache;
 
 static GOptionEntry entries[] = {
     {"layout", 0, 0, G_OPTION_ARG_STRING, &opt_layout,
@@ -50,9 +53,24 @@ static GOptionEntry entries[] = {
     {"shard-mb", 0, 0, G_OPTION_ARG_INT, &opt_shard_mb,
      "Cut shards at about N MB (10^6 bytes) each instead", "N"},
     {"seed", 0, 0, G_OPTION_ARG_STRING, &opt_seed, "Seed of the values (default 1)", "S"},
-    {"dtype", 0, 0, G_OPTION_ARG_STRING, &opt_dtype, "bf16 (default), f16 or f32", "T"},
+    {"dtype", 0, 0, G_OPTION_ARG_STRING, &opt_dtype,
+     "Element type: bf16 (default), f16 or f32", "T"},
     {"coherent", 0, 0, G_OPTION_ARG_NONE, &opt_coherent,
      "Write the coherent model (qwen3_omni_moe or qwen3_moe; fixed sizes)", NULL},
+    {"like", 0, 0, G_OPTION_ARG_STRING, &opt_like,
+     "A sparse replica of a real checkpoint (qwen3-omni-30b-a3b-instruct, qwen3-30b-a3b)",
+     "NAME"},
+    {"fill-layers", 0, 0, G_OPTION_ARG_STRING, &opt_fill_layers,
+     "With --like: a pattern in every tensor of these decoder layers", "LIST"},
+    {"fill-routers", 0, 0, G_OPTION_ARG_NONE, &opt_fill_routers,
+     "With --like: a pattern in every layer's router and norms", NULL},
+    {"fill-globals", 0, 0, G_OPTION_ARG_NONE, &opt_fill_globals,
+     "With --like: a pattern in the embeddings, lm_head and final norm", NULL},
+    {"tokenizer", 0, 0, G_OPTION_ARG_FILENAME, &opt_tokenizer,
+     "With --like: tokenizer files from DIR's tokenizer.json[.gz] and tokenizer_config.json",
+     "DIR"},
+    {"hf-cache", 0, 0, G_OPTION_ARG_NONE, &opt_hf_cache,
+     "With --like: OUT is a Hugging Face hub cache (models--OWNER--NAME/...)", NULL},
     {"print-prompts", 0, 0, G_OPTION_ARG_NONE, &opt_print_prompts,
      "Print the coherent model's prompt set (samples/prompts) and exit", NULL},
     {"print-reference", 0, 0, G_OPTION_ARG_NONE, &opt_print_reference,
@@ -77,6 +95,8 @@ static const char *summary_text =
     "                output reproduces known sentences (samples/prompts)\n"
     "  qmoe-mksample --layers 2 --experts 128 --hidden 2048 --inter 768 \\\n"
     "                --shard-mb 4000 /tmp/big                     real expert size\n"
+    "  qmoe-mksample --like qwen3-omni-30b-a3b-instruct /tmp/omni the real 70.5 GB\n"
+    "                layout, sparse (holes): seconds and a few MB of disk\n"
     "\n"
     "Exit status: 0 written, 2 bad options or I/O error.";
 
@@ -507,6 +527,46 @@ static int in_range(const char *what, int v, int lo, int hi)
     return v;
 }
 
+/* --like: a replica of a real checkpoint (mksample_like.c). */
+static int write_like(const char *out)
+{
+    GError *err = NULL;
+    like_opts o = {opt_fill_layers, opt_fill_routers, opt_fill_globals, opt_tokenizer,
+                   opt_hf_cache};
+    like_stats st;
+    double t0 = qm_monotonic();
+    if (!like_known(opt_like))
+        usage_error("unknown --like '%s' (known: %s)", opt_like, like_names());
+    if (prepare_out(out, &err) || like_write(out, opt_like, &o, &st, &err)) {
+        qm_report(prog, err);
+        int code = qm_exit_code(err);
+        g_error_free(err);
+        return code;
+    }
+    double secs = qm_monotonic() - t0;
+    if (opt_json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "out", st.where);
+        cJSON_AddStringToObject(j, "like", opt_like);
+        cJSON_AddNumberToObject(j, "tensors", st.tensors);
+        cJSON_AddNumberToObject(j, "shards", st.shards);
+        cJSON_AddNumberToObject(j, "file_bytes", (double)st.logical_bytes);
+        cJSON_AddNumberToObject(j, "filled_bytes", (double)st.filled_bytes);
+        cJSON_AddBoolToObject(j, "tokenizer", opt_tokenizer != NULL);
+        cJSON_AddNumberToObject(j, "seconds", secs);
+        qm_json_out(j, 0);
+    } else {
+        char hb[32], fb[32];
+        printf("%s: %s replica, %d tensors in %d shards, %s (%" G_GUINT64_FORMAT
+               " bytes) of which %s patterns, the rest holes; %s in %.2f s\n", st.where,
+               opt_like, st.tensors, st.shards, qm_human_bytes(st.logical_bytes, hb, sizeof hb),
+               st.logical_bytes, qm_human_bytes(st.filled_bytes, fb, sizeof fb),
+               opt_tokenizer ? "tokenizer" : "no tokenizer (--tokenizer DIR)", secs);
+    }
+    g_free(st.where);
+    return 0;
+}
+
 /* --coherent: the sizes are the construction's own (mksample_coherent.c). */
 static int write_coherent(const char *out)
 {
@@ -580,6 +640,14 @@ int main(int argc, char **argv)
     if (argc != 2)
         usage_error(argc < 2 ? "missing OUT directory" : "too many arguments");
     const char *out = argv[1];
+    if (opt_like && opt_coherent)
+        usage_error("--like and --coherent exclude each other");
+    if (!opt_like && (opt_fill_layers || opt_fill_routers || opt_fill_globals ||
+                      opt_tokenizer || opt_hf_cache))
+        usage_error("--fill-layers, --fill-routers, --fill-globals, --tokenizer and "
+                    "--hf-cache go with --like");
+    if (opt_like)
+        return write_like(out);
     if (opt_coherent)
         return write_coherent(out);
 

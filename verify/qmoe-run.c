@@ -30,53 +30,53 @@ static gboolean opt_json, opt_version, opt_ignore_eos, opt_chat, opt_tokenize, o
 
 static GOptionEntry entries[] = {
     {"prompt", 0, 0, G_OPTION_ARG_STRING, &opt_prompt,
-     "prompt text, tokenized with the model's tokenizer; prints the generated text", "TEXT"},
+     "Prompt text, tokenized with the model's tokenizer; prints the generated text", "TEXT"},
     {"chat", 0, 0, G_OPTION_ARG_NONE, &opt_chat,
-     "wrap --prompt in a ChatML user turn and stop at the end of the answer", NULL},
+     "Wrap --prompt in a ChatML user turn and stop at the end of the answer", NULL},
     {"token-ids", 0, 0, G_OPTION_ARG_STRING, &opt_token_ids,
-     "prompt as comma-separated token ids; prints the generated ids", "LIST"},
-    {"n", 'n', 0, G_OPTION_ARG_INT, &opt_n, "new tokens to generate (default 16)", "N"},
+     "Prompt as comma-separated token ids; prints the generated ids", "LIST"},
+    {"n", 'n', 0, G_OPTION_ARG_INT, &opt_n, "New tokens to generate (default 16)", "N"},
     {"temperature", 0, 0, G_OPTION_ARG_DOUBLE, &opt_temperature,
-     "sample at temperature T (default 0: greedy)", "T"},
+     "Sample at temperature T (default 0: greedy)", "T"},
     {"seed", 0, 0, G_OPTION_ARG_INT64, &opt_seed,
-     "random seed for sampling (default: from the clock, shown in --json)", "S"},
+     "Random seed for sampling (default: from the clock, shown in --json)", "S"},
     {"ignore-eos", 0, 0, G_OPTION_ARG_NONE, &opt_ignore_eos,
-     "do not stop at end-of-sequence (or, with --chat, end-of-turn) ids", NULL},
+     "Do not stop at end-of-sequence (or, with --chat, end-of-turn) ids", NULL},
     {"perplexity", 0, 0, G_OPTION_ARG_FILENAME, &opt_perplexity,
-     "print the perplexity and mean negative log-likelihood of the text in FILE", "FILE"},
+     "Print the perplexity and mean negative log-likelihood of the text in FILE", "FILE"},
     {"context", 0, 0, G_OPTION_ARG_INT, &opt_context,
      "--perplexity window in tokens (default 1024)", "N"},
     {"router-stats", 0, 0, G_OPTION_ARG_FILENAME, &opt_router_stats,
-     "count the router's picks per domain over CORPUS (JSON lines {domain, text})",
+     "Count the router's picks per domain over CORPUS (JSON lines {domain, text})",
      "CORPUS"},
     {"report", 0, 0, G_OPTION_ARG_FILENAME, &opt_report,
      "--router-stats: also write an HTML report with SVG heatmaps to DIR/index.html", "DIR"},
     {"tokenize", 0, 0, G_OPTION_ARG_NONE, &opt_tokenize,
-     "print the ids of the text on stdin as a JSON array (no weights needed)", NULL},
+     "Print the ids of the text on stdin as a JSON array (no weights needed)", NULL},
     {"detokenize", 0, 0, G_OPTION_ARG_NONE, &opt_detokenize,
-     "print the text of the JSON array of ids on stdin (no weights needed)", NULL},
+     "Print the text of the JSON array of ids on stdin (no weights needed)", NULL},
     {"jsonl", 0, 0, G_OPTION_ARG_NONE, &opt_jsonl,
      "--tokenize/--detokenize: one JSON string (or array) per input and output line", NULL},
     {"mask-experts", 0, 0, G_OPTION_ARG_STRING, &opt_mask,
-     "restrict the router to these experts, e.g. 0-7", "LIST"},
+     "Restrict the router to these experts, e.g. 0-7", "LIST"},
     {"cache-mb", 0, 0, G_OPTION_ARG_INT, &opt_cache_mb,
-     "expert cache size in MiB (default 4096; at least one expert is held)", "N"},
+     "Expert cache size in MiB (default 4096; at least one expert is held)", "N"},
     {"batch", 0, 0, G_OPTION_ARG_INT, &opt_batch,
-     "prompt tokens per prefill micro-batch (default 256; 1: one by one)", "N"},
+     "Prompt tokens per prefill micro-batch (default 256; 1: one by one)", "N"},
     {"expert-io", 0, 0, G_OPTION_ARG_STRING, &opt_expert_io,
-     "how a cache miss brings an expert in: map (default) or read", "map|read"},
+     "How a cache miss brings an expert in: map (default) or read", "map|read"},
     {"router-log", 0, 0, G_OPTION_ARG_FILENAME, &opt_router_log,
-     "write the chosen experts and weights per token and layer (JSON lines)", "FILE"},
+     "Write the chosen experts and weights per token and layer (JSON lines)", "FILE"},
     {"logits-out", 0, 0, G_OPTION_ARG_FILENAME, &opt_logits_out,
-     "write the prompt's logits, little-endian float32 [tokens x vocab]", "FILE"},
+     "Write the prompt's logits, little-endian float32 [tokens x vocab]", "FILE"},
     {"jobs", 'j', 0, G_OPTION_ARG_INT, &opt_threads,
-     "threads (default: all processors)", "N"},
+     "Threads (default: all processors)", "N"},
     /* the spelling before -j/--jobs was the same in every tool */
     {"threads", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_INT, &opt_threads,
-     "same as --jobs", "N"},
+     "Same as --jobs", "N"},
     {"json", 0, 0, G_OPTION_ARG_NONE, &opt_json,
-     "print a machine-readable summary on stdout", NULL},
-    {"version", 0, 0, G_OPTION_ARG_NONE, &opt_version, "print the version", NULL},
+     "Print a machine-readable summary on stdout", NULL},
+    {"version", 0, 0, G_OPTION_ARG_NONE, &opt_version, "Print the version", NULL},
     {NULL, 0, 0, 0, NULL, NULL, NULL},
 };
 
@@ -86,13 +86,13 @@ static const char summary[] =
     "Routed experts are read on demand through a cache of --cache-mb.\n"
     "\n"
     "One of:\n"
-    "  --prompt TEXT      generate from TEXT; the text is printed as it comes\n"
-    "  --token-ids LIST   generate from token ids; prints the generated ids\n"
-    "  --perplexity FILE  score the text in FILE\n"
-    "  --router-stats CORPUS  which experts each domain's tokens pick: load,\n"
+    "  --prompt TEXT      Generate from TEXT; the text is printed as it comes\n"
+    "  --token-ids LIST   Generate from token ids; prints the generated ids\n"
+    "  --perplexity FILE  Score the text in FILE\n"
+    "  --router-stats CORPUS  Which experts each domain's tokens pick: load,\n"
     "                     mutual information (bits), purity, top experts with\n"
     "                     lift per layer (--report DIR: HTML with heatmaps)\n"
-    "  --tokenize         stdin text -> JSON array of ids (MODEL may be a\n"
+    "  --tokenize         Stdin text -> JSON array of ids (MODEL may be a\n"
     "  --detokenize       JSON array of ids -> text      tokenizer.json[.gz])\n"
     "Generation is greedy unless --temperature is given and stops at the\n"
     "end-of-sequence ids of generation_config.json; with --chat also at\n"

@@ -1,6 +1,6 @@
 /* qmoe-verify - prove an extraction complete and intact.
  *
- * The checks live in common/verify.{h,c} and common/coherence.{h,c}; this
+ * The checks live in common/outdir/verify.{h,c} and common/model/coherence.{h,c}; this
  * file parses options, runs them in order (coverage, per-file checks, the
  * coherence gate) and presents the result: one line per problem, a
  * summary, or the same facts as JSON.

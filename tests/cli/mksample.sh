@@ -2,7 +2,7 @@
 # qmoe-mksample: options, errors, files written, determinism.
 # (tests/unit/test_samples.c reads the samples back through libqmoe.)
 . "$(dirname "$0")/lib.sh"
-plan 32
+plan 44
 # jq reads the JSON files (lib.sh fails the script without it)
 
 run qmoe-mksample --help
@@ -110,3 +110,35 @@ else
     fail one-shard-file "$(ls "$T/one")"
 fi
 check json-summary jq -e '.layout == "olmoe" and .layers == 4 and .experts == 8 and .tensor_bytes > 0' "$T/.out"
+
+# ---- --like: replicas of real checkpoints (realomni.sh extracts one) ----
+run qmoe-mksample --like llama-7b "$T/l"
+expect like-unknown 2 "unknown --like 'llama-7b' (known: qwen3-omni-30b-a3b-instruct, qwen3-30b-a3b)"
+run qmoe-mksample --fill-routers "$T/l"
+expect like-fill-without-like 2 "go with --like"
+run qmoe-mksample --like qwen3-30b-a3b --hf-cache "$T/l"
+expect like-hf-cache-unknown-revision 2 "--hf-cache needs the release's revision and blob ids, which the qwen3-30b-a3b preset does not know"
+run qmoe-mksample --like qwen3-30b-a3b --fill-layers 48 "$T/l2"
+expect like-fill-layer-out-of-range 2 "--fill-layers"
+run qmoe-mksample --like qwen3-30b-a3b --tokenizer "$T/nowhere" "$T/l3"
+expect like-tokenizer-missing 2 "$T/nowhere/tokenizer.json"
+# the text model: 18,867 tensors in 16 shards, 61,064,245,248 tensor bytes;
+# routers and norms filled: 48 x (128 x 2048 + 2 x 2048 + 2 x 128) x 2 bytes
+run qmoe-mksample --like qwen3-30b-a3b --fill-routers --json "$T/q3"
+expect like-qwen3 0 '"tensors":18867,"shards":16,' stdout
+check like-qwen3-filled jq -e '.filled_bytes == 25583616 and .tokenizer == false' "$T/.out"
+check like-qwen3-index jq -e '.metadata.total_size == 61064245248 and (.weight_map | length) == 18867 and
+    .weight_map["model.layers.47.mlp.experts.127.down_proj.weight"] != null and
+    .weight_map["lm_head.weight"] == "model-00016-of-00016.safetensors"' "$T/q3/model.safetensors.index.json"
+check like-qwen3-config jq -e '.model_type == "qwen3_moe" and .num_experts == 128 and .vocab_size == 151936 and
+    .num_key_value_heads == 4 and .head_dim == 128 and .moe_intermediate_size == 768' "$T/q3/config.json"
+run qmoe-extract --dry-run --json "$T/q3" "$T/q3out"
+expect like-qwen3-dry-run 0 '"layout":"qwen3_moe","num_layers":48,"moe_layers":48,"num_experts":128,"layers":"0-47","experts":"0-127","expert_files":6144,"layer_files":48,"globals_files":1,' stdout
+# the patterns are deterministic and only where asked
+qmoe-mksample --like qwen3-30b-a3b --fill-routers "$T/q3b" >/dev/null 2>&1
+same=1
+for f in "$T"/q3/model-000{01,08,16}-of-00016.safetensors; do cmp -s "$f" "$T/q3b/${f##*/}" || same=0; done
+[ "$same" = 1 ] && ok like-deterministic || fail like-deterministic
+used=$(du -sk "$T/q3" | cut -f1)
+[ "$used" -gt 20000 ] && [ "$used" -lt 200000 ] && ok like-sparse || fail like-sparse "$used KiB on disk"
+rm -rf "$T/q3" "$T/q3b"

@@ -1,6 +1,6 @@
 # realomni.sh - the real Qwen3-Omni-30B-A3B-Instruct checkpoint's shape, from
-# ../shared/tools/realomni.py (the 28,010 tensor names, shapes, offsets and
-# 15 shard sizes of the real files, data sparse): the dry-run figures equal
+# qmoe-mksample --like (the 28,010 tensor names, shapes, offsets and 15
+# shard sizes of the real files, data sparse): the dry-run figures equal
 # the real ones; the hub cache layout resolves to its snapshot; a lone shard
 # is refused; a dangling blob is named with its target and blocks only the
 # files that need it (a layer whose shards are there is extracted, and the
@@ -8,10 +8,9 @@
 # repo ships it (vocab.json + merges.txt, no tokenizer.json) loads.
 . "$(dirname "$0")/lib.sh"
 plan 51
-RO="${QMOE_SHARED:-$QMOE_ROOT/../shared}/tools/realomni.py"
-if [ ! -f "$RO" ]; then fail realomni-script "no $RO (shared/ beside the clone)"; exit 1; fi
+like() { qmoe-mksample --like qwen3-omni-30b-a3b-instruct --tokenizer "$FIX/qwen3-tokenizer" "$@"; }
 R=$T/omni
-/usr/bin/python3 "$RO" "$R" --quiet >"$T/ro.log" 2>&1 || { fail realomni-writes "$(cat "$T/ro.log")"; exit 1; }
+like "$R" >"$T/ro.log" 2>&1 || { fail realomni-writes "$(cat "$T/ro.log")"; exit 1; }
 
 # figures: every field as the real checkpoint has it
 real_plan='{"layout":"qwen3_omni_moe","num_layers":48,"moe_layers":48,"num_experts":128,"layers":"0-47","experts":"0-127","expert_files":6144,"layer_files":48,"globals_files":1,"other_files":7,"files":6200,"bytes":70519637090,"expert_bytes":57982058496'
@@ -44,7 +43,7 @@ expect realomni-lone-shard 2 "is one of the 15 shards of the checkpoint in '$R' 
 
 # the hub cache: the repo folder resolves to the snapshot refs/main names
 H=$T/hf; REPO=$H/models--Qwen--Qwen3-Omni-30B-A3B-Instruct
-/usr/bin/python3 "$RO" "$H" --hf-cache --quiet >"$T/ro.log" 2>&1 || { fail realomni-hf-writes "$(cat "$T/ro.log")"; exit 1; }
+like --hf-cache "$H" >"$T/ro.log" 2>&1 || { fail realomni-hf-writes "$(cat "$T/ro.log")"; exit 1; }
 rev=$(cat "$REPO/refs/main")
 run qmoe-extract --dry-run --json "$REPO" "$T/out"
 expect realomni-hf-cache 0 "is a Hugging Face hub cache folder: using snapshot $rev (refs/main)"
@@ -139,7 +138,7 @@ rm -rf "$R" "$H"
 # the globals (1.2 GB, sparse zeros in the replica but written); none of the
 # 7 other/ files (9.5 GB)
 R0=$T/omni0
-/usr/bin/python3 "$RO" "$R0" --fill-layers 0 --quiet >"$T/ro.log" 2>&1 || { fail realomni-fill-writes "$(cat "$T/ro.log")"; exit 1; }
+like --fill-layers 0 "$R0" >"$T/ro.log" 2>&1 || { fail realomni-fill-writes "$(cat "$T/ro.log")"; exit 1; }
 run qmoe-extract --dry-run --json --layers 0 --experts 0-3 --no-other "$R0" "$T/o0"
 expect realomni-no-other-dry-run 0 '"expert_files":4,"layer_files":1,"globals_files":1,"other_files":0,"files":6,' stdout
 run qmoe-extract --no-progress --json --layers 0 --experts 0-3 --no-other "$R0" "$T/o0"

@@ -1,5 +1,5 @@
 /* test_coherence.c - the numbers behind the coherence gate's criteria
- * (common/coherence.c); the gate itself is exercised on the coherent
+ * (common/model/coherence.c); the gate itself is exercised on the coherent
  * sample by tests/cli/coherence.sh. */
 #include "model/coherence.h"
 #include "testhelp.h"

@@ -1,5 +1,5 @@
 /* test_util.c - number lists, JSON helpers, errors, sizes and atomic files
- * (common/util.c and common/fs.c). */
+ * (common/base/util.c and common/base/fs.c). */
 #include "base/crc32.h"
 #include "base/fs.h"
 #include "base/util.h"
