@@ -76,7 +76,17 @@ MANS     := $(BINS:$(BUILD)/bin/%=$(BUILD)/man/%.1)
 PUBLIC_HEADERS := common/base/error.h $(foreach d,format outdir model,$(wildcard common/$(d)/*.h))
 
 .PHONY: all check demo bench install clean torture fuzz valgrind man compile_commands.json
-all: $(LIB) $(CLI_LIB) $(BINS) $(TEST_BIN) $(TOOL_BIN)
+# The kernel test (tests/unit/kernels.c) with matvec.c compiled in three
+# times: for the build's -march, without AVX-512, and portable (no AVX2, no
+# FMA), so that make check runs every path of the products on a machine
+# that has them all (tests/cli/kernels.sh).
+KERNEL_VARIANTS := native avx2 portable
+KERNEL_BIN := $(KERNEL_VARIANTS:%=$(BUILD)/tests/kernels/%)
+KFLAGS_native :=
+KFLAGS_avx2 := -mno-avx512f
+KFLAGS_portable := -mno-avx512f -mno-avx2 -mno-fma
+
+all: $(LIB) $(CLI_LIB) $(BINS) $(TEST_BIN) $(TOOL_BIN) $(KERNEL_BIN)
 
 $(BUILD)/%.o: %.c $(BUILD)/%.d
 	@mkdir -p $(dir $@)
@@ -100,6 +110,12 @@ compile_commands.json:
 # off): prefill 1.2-1.5x faster on the real widths, decode unchanged (it
 # streams memory), golden logits as close (see common/model/matvec.c).
 $(BUILD)/common/model/matvec.o: CFLAGS += -ffp-contract=fast
+
+$(BUILD)/tests/kernels/%: tests/unit/kernels.c common/model/matvec.c $(HEADERS) $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "CC+LD $@"
+	@$(CC) $(CFLAGS) $(WARN) -ffp-contract=fast $(KFLAGS_$*) $(LDFLAGS) -o $@ \
+	    tests/unit/kernels.c common/model/matvec.c $(LIB) $(LDLIBS)
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@

@@ -122,71 +122,297 @@ void qm_mat_row(const qm_mat *m, int r, float *out)
     }
 }
 
-/* ---- dot products ----
- * Sixteen independent partial sums let the compiler keep them in vector
- * registers (it may not reorder a single float sum by itself). */
-#define LANES 16
+/* ---- the kernel ----
+ *
+ * Every product, matrix-vector (decode) or matrix-matrix (prefill), goes
+ * through one tile: nr weight rows x nt tokens. For each (row, token) the
+ * tile keeps 16 partial sums: lane j adds w[c] * x[c] for c = j, j + 16,
+ * ... with a fused multiply-add. The 16 lanes are then added in order,
+ * then the cols % 16 last elements one by one. Every output is therefore
+ * the same sum in the same order whatever the tile's shape: decode and
+ * prefill agree bit for bit (logits, router choices), and so do the
+ * AVX-512 and AVX2 builds. The portable build without FMA rounds each
+ * product first: as close to the exact sum, not identical.
+ *
+ * Weights are widened in registers: bf16 is the top half of a float32 (a
+ * zero extension and a shift), f16 goes through the conversion
+ * instruction (F16C, AVX-512F) or a table.
+ *
+ * Decode reads each weight once per token: the product is memory-bound,
+ * and MV_R rows at a time give the core that many independent streams and
+ * dependency chains. Prefill uses each widened weight for MM_T tokens and
+ * each input vector for MM_R rows from registers. */
+enum { DT_BF16, DT_F16, DT_F32 };
 
-static float dot_bf16(const uint8_t *w, const float *x, int n)
+#define MADD(s, w, x) ((s) + (w) * (x)) /* contracted to FMA where the build has one */
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define KERNEL_ISA "avx512"
+typedef __m512 vf; /* 16 floats: one register */
+/* -DMM_R=.. -DMM_T=.. (also MV_R, MM_BLOCK_KB) build other shapes to
+ * measure with tests/bench/kernels.c: 6x4, 5x5 and 4x6 with 64 KB blocks
+ * ran within 3 % of 4x6 (~145 GFLOP/s), 8x3 and 3x8 10 % slower. */
+#ifndef MM_R
+#define MM_R 4 /* 24 accumulators + 4 weights + 1 input of 32 registers */
+#define MM_T 6
+#endif
+
+static inline vf v_zero(void) { return _mm512_setzero_ps(); }
+
+static inline vf v_f32(const void *p) { return _mm512_loadu_ps(p); }
+
+static inline vf v_w(int dt, const uint8_t *p, const float *tab)
 {
-    float acc[LANES] = {0};
-    int i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++)
-            acc[j] += bf16_at(w, (size_t)(i + j)) * x[i + j];
-    float s = 0;
-    for (int j = 0; j < LANES; j++)
-        s += acc[j];
-    for (; i < n; i++)
-        s += bf16_at(w, (size_t)i) * x[i];
-    return s;
+    (void)tab;
+    if (dt == DT_BF16) {
+        __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+    }
+    if (dt == DT_F16)
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_loadu_ps(p);
 }
 
-static float dot_f16(const float *tab, const uint8_t *w, const float *x, int n)
+static inline vf v_fma(vf acc, vf w, vf x) { return _mm512_fmadd_ps(w, x, acc); }
+
+static inline void v_store(float *o, vf a) { _mm512_storeu_ps(o, a); }
+
+/* Keeps an input vector in a register: left alone, GCC folds its load
+ * into each of the MM_R multiply-adds, and the loads then outnumber the
+ * multiply-adds (measured 15 % slower). */
+static inline void v_keep(vf *x) { __asm__("" : "+v"(*x)); }
+
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define KERNEL_ISA "avx2"
+typedef struct {
+    __m256 a, b; /* lanes 0-7, 8-15 */
+} vf;
+#define MM_R 2 /* 8 accumulator registers + 4 weights + 2 inputs of 16 */
+#define MM_T 2
+
+static inline vf v_zero(void) { return (vf){_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+
+static inline vf v_f32(const void *p)
 {
-    float acc[LANES] = {0};
-    int i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++)
-            acc[j] += f16_at(tab, w, (size_t)(i + j)) * x[i + j];
-    float s = 0;
-    for (int j = 0; j < LANES; j++)
-        s += acc[j];
-    for (; i < n; i++)
-        s += f16_at(tab, w, (size_t)i) * x[i];
-    return s;
+    return (vf){_mm256_loadu_ps(p), _mm256_loadu_ps((const float *)p + 8)};
 }
 
-static float dot_f32(const uint8_t *w, const float *x, int n)
+static inline __m256 bf16x8(const uint8_t *p)
 {
-    float acc[LANES] = {0};
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+
+static inline vf v_w(int dt, const uint8_t *p, const float *tab)
+{
+    (void)tab;
+    if (dt == DT_BF16)
+        return (vf){bf16x8(p), bf16x8(p + 16)};
+    if (dt == DT_F16)
+        return (vf){_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
+                    _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)))};
+    return v_f32(p);
+}
+
+static inline vf v_fma(vf acc, vf w, vf x)
+{
+    return (vf){_mm256_fmadd_ps(w.a, x.a, acc.a), _mm256_fmadd_ps(w.b, x.b, acc.b)};
+}
+
+static inline void v_store(float *o, vf a)
+{
+    _mm256_storeu_ps(o, a.a);
+    _mm256_storeu_ps(o + 8, a.b);
+}
+
+static inline void v_keep(vf *x) { __asm__("" : "+x"(x->a), "+x"(x->b)); }
+
+#else
+#define KERNEL_ISA "portable"
+typedef struct {
+    float l[16];
+} vf;
+#define MM_R 2
+#define MM_T 2
+
+static inline vf v_zero(void) { return (vf){{0}}; }
+
+static inline vf v_f32(const void *p)
+{
+    vf v;
+    memcpy(v.l, p, sizeof v.l);
+    return v;
+}
+
+static inline vf v_w(int dt, const uint8_t *p, const float *tab)
+{
+    vf v;
+    for (int j = 0; j < 16; j++)
+        v.l[j] = dt == DT_BF16 ? bf16_at(p, (size_t)j)
+               : dt == DT_F16  ? f16_at(tab, p, (size_t)j)
+                               : f32_at(p, (size_t)j);
+    return v;
+}
+
+static inline vf v_fma(vf acc, vf w, vf x)
+{
+    for (int j = 0; j < 16; j++)
+        acc.l[j] = MADD(acc.l[j], w.l[j], x.l[j]);
+    return acc;
+}
+
+static inline void v_store(float *o, vf a) { memcpy(o, a.l, sizeof a.l); }
+
+static inline void v_keep(vf *x) { (void)x; }
+#endif
+
+#ifndef MV_R
+#define MV_R 4 /* rows at a time in a matrix-vector product */
+#endif
+#if MV_R > MM_R
+#define TILE_R MV_R
+#else
+#define TILE_R MM_R
+#endif
+
+const char *qm_kernel_isa(void) { return KERNEL_ISA; }
+
+static inline float w_at(int dt, const float *tab, const uint8_t *p, size_t i)
+{
+    return dt == DT_BF16 ? bf16_at(p, i) : dt == DT_F16 ? f16_at(tab, p, i) : f32_at(p, i);
+}
+
+/* Unrolled tile loops let the compiler keep acc[][] in registers (it does
+ * so only once every index is a constant). */
+#define UNROLL _Pragma("GCC unroll 8")
+
+/* nr rows at w (rb bytes apart) x nt tokens at x (ldx floats apart) into
+ * out[t * ldo + r]. Inlined with constant dt, nr, nt. */
+static inline __attribute__((always_inline)) void
+tile(int dt, const float *tab, const uint8_t *w, size_t rb, int nr, const float *x, size_t ldx,
+     int nt, int cols, float *out, size_t ldo)
+{
+    const size_t esz = dt == DT_F32 ? 4 : 2;
+    vf acc[TILE_R][MM_T];
+    UNROLL
+    for (int r = 0; r < nr; r++) {
+        UNROLL
+        for (int t = 0; t < nt; t++)
+            acc[r][t] = v_zero();
+    }
     int i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++)
-            acc[j] += f32_at(w, (size_t)(i + j)) * x[i + j];
-    float s = 0;
-    for (int j = 0; j < LANES; j++)
-        s += acc[j];
-    for (; i < n; i++)
-        s += f32_at(w, (size_t)i) * x[i];
-    return s;
+    for (; i + 16 <= cols; i += 16) {
+        vf wv[TILE_R];
+        UNROLL
+        for (int r = 0; r < nr; r++)
+            wv[r] = v_w(dt, w + r * rb + esz * (size_t)i, tab);
+        UNROLL
+        for (int t = 0; t < nt; t++) {
+            vf xv = v_f32(x + t * ldx + i);
+            if (nr > 1)
+                v_keep(&xv);
+            UNROLL
+            for (int r = 0; r < nr; r++)
+                acc[r][t] = v_fma(acc[r][t], wv[r], xv);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < nr; r++) {
+        UNROLL
+        for (int t = 0; t < nt; t++) {
+            float l[16], s = 0;
+            v_store(l, acc[r][t]);
+            for (int j = 0; j < 16; j++)
+                s += l[j];
+            for (int c = i; c < cols; c++)
+                s = MADD(s, w_at(dt, tab, w + r * rb, (size_t)c), x[t * ldx + c]);
+            out[t * ldo + r] = s;
+        }
+    }
+}
+
+/* The shapes, each compiled with constant sizes: MV_R x 1 (decode), MM_R
+ * x nt for nt <= MM_T (prefill) and 1 x 1 (the last rows of a count that
+ * is not a multiple). The caller asks for one of these. */
+static inline __attribute__((always_inline)) void
+tile_shapes(int dt, const float *tab, const uint8_t *w, size_t rb, int nr, const float *x,
+            size_t ldx, int nt, int cols, float *out, size_t ldo)
+{
+#define SHAPE(R, T) tile(dt, tab, w, rb, R, x, ldx, T, cols, out, ldo)
+    if (nr == MV_R && nt == 1) {
+        SHAPE(MV_R, 1);
+    } else if (nr == MM_R) {
+        switch (nt) {
+        case 1: SHAPE(MM_R, 1); break;
+        case 2: SHAPE(MM_R, 2); break;
+#if MM_T >= 3
+        case 3: SHAPE(MM_R, 3); break;
+#endif
+#if MM_T >= 4
+        case 4: SHAPE(MM_R, 4); break;
+#endif
+#if MM_T >= 5
+        case 5: SHAPE(MM_R, 5); break;
+#endif
+#if MM_T >= 6
+        case 6: SHAPE(MM_R, 6); break;
+#endif
+#if MM_T >= 7
+        case 7: SHAPE(MM_R, 7); break;
+#endif
+#if MM_T >= 8
+        case 8: SHAPE(MM_R, 8); break;
+#endif
+        }
+    } else {
+        SHAPE(1, 1);
+    }
+#undef SHAPE
+}
+
+typedef void (*tile_fn)(const float *tab, const uint8_t *w, size_t rb, int nr, const float *x,
+                        size_t ldx, int nt, int cols, float *out, size_t ldo);
+#define TILE_FN(NAME, DT)                                                                  \
+    static void NAME(const float *tab, const uint8_t *w, size_t rb, int nr, const float *x, \
+                     size_t ldx, int nt, int cols, float *out, size_t ldo)                 \
+    {                                                                                      \
+        tile_shapes(DT, tab, w, rb, nr, x, ldx, nt, cols, out, ldo);                       \
+    }
+TILE_FN(tiles_bf16, DT_BF16)
+TILE_FN(tiles_f16, DT_F16)
+TILE_FN(tiles_f32, DT_F32)
+
+/* The kernel of a matrix: its tiles, the f16 table (or NULL), row bytes. */
+typedef struct {
+    tile_fn fn;
+    const float *tab;
+    size_t rb;
+} kern;
+
+static kern kern_of(const qm_mat *m)
+{
+    kern k = {tiles_f32, NULL, (size_t)m->cols * 4};
+    if (m->dtype == ST_BF16) {
+        k.fn = tiles_bf16;
+        k.rb = (size_t)m->cols * 2;
+    } else if (m->dtype == ST_F16) {
+        k.fn = tiles_f16;
+        k.tab = f16_table();
+        k.rb = (size_t)m->cols * 2;
+    }
+    return k;
 }
 
 void qm_matvec_rows(float *out, const qm_mat *m, const float *x, int r0, int r1)
 {
-    size_t row_bytes = (size_t)m->cols * (st_dtype_bits(m->dtype) / 8);
-    const uint8_t *w = m->data + (size_t)r0 * row_bytes;
-    if (m->dtype == ST_BF16) {
-        for (int r = r0; r < r1; r++, w += row_bytes)
-            out[r] = dot_bf16(w, x, m->cols);
-    } else if (m->dtype == ST_F16) {
-        const float *tab = f16_table();
-        for (int r = r0; r < r1; r++, w += row_bytes)
-            out[r] = dot_f16(tab, w, x, m->cols);
-    } else {
-        for (int r = r0; r < r1; r++, w += row_bytes)
-            out[r] = dot_f32(w, x, m->cols);
-    }
+    kern k = kern_of(m);
+    int r = r0;
+    for (; r + MV_R <= r1; r += MV_R)
+        k.fn(k.tab, m->data + (size_t)r * k.rb, k.rb, MV_R, x, 0, 1, m->cols, out + r, 0);
+    for (; r < r1; r++)
+        k.fn(k.tab, m->data + (size_t)r * k.rb, k.rb, 1, x, 0, 1, m->cols, out + r, 0);
 }
 
 typedef struct {
@@ -245,166 +471,37 @@ void qm_matvec(team *t, float *out, const qm_mat *m, const float *x)
 }
 
 /* ---- matrix-matrix products (prefill) ----
- *
- * A tile of MM_R weight rows x MM_T tokens: each bf16 weight is widened
- * once and used MM_T times, each input float used MM_R times, from
- * registers. Written with GCC/Clang generic vectors (plain C semantics,
- * no intrinsics): a 16-float vector is one AVX-512 register, two AVX2
- * ones, four SSE ones: whatever the target has. The 16 lanes of a (row,
- * token) accumulator are dot_bf16's 16 partial sums, added in the same
- * order and reduced the same way, so every output is bit-identical to
- * qm_matvec_rows of that token: batched prefill and token-by-token
- * decode agree exactly (logits, router choices).
- *
- * Measured (qmoe-mkbench-style product, 2048x2048 bf16, 64 tokens, one
- * thread, shared 2-core Sapphire Rapids): see matmat_bench in
- * tests/bench/run_prefill.sh. */
-typedef float v16f __attribute__((vector_size(64)));
-typedef uint16_t v16u16 __attribute__((vector_size(32)));
-typedef uint32_t v16u32 __attribute__((vector_size(64)));
-
-static inline v16f bf16x16(const uint8_t *p)
-{
-    v16u16 h;
-    memcpy(&h, p, sizeof h);
-    v16u32 u = __builtin_convertvector(h, v16u32) << 16;
-    v16f f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline v16f f32x16(const float *p)
-{
-    v16f f;
-    memcpy(&f, p, sizeof f);
-    return f;
-}
-
-#ifndef MM_R
-#define MM_R 4
-#endif
-#ifndef MM_T
-#define MM_T 6
-#endif
-/* Unrolled tile loops let the compiler keep acc[][] in registers (it
- * scalarises an array only once every index is a constant). */
-#define MM_UNROLL _Pragma("GCC unroll 8")
-#define MM_CASE(R, T)                                                                 \
-    case T:                                                                           \
-        mm_tile_bf16(w, rb, R, xt, ldx, T, m->cols, ot + r, ldo);                     \
-        break;
-
-/* nr <= MM_R rows at w (row_bytes apart) x nt <= MM_T tokens at x (ldx
- * floats apart) into out[t * ldo + r]. Inlined with constant nr, nt so
- * the accumulators live in registers. Lane j of acc[r][t] is dot_bf16's
- * partial sum j. */
-static inline __attribute__((always_inline)) void
-mm_tile_bf16(const uint8_t *w, size_t row_bytes, int nr, const float *x, size_t ldx, int nt,
-             int cols, float *out, size_t ldo)
-{
-    v16f acc[MM_R][MM_T];
-    MM_UNROLL
-    for (int r = 0; r < nr; r++) {
-        MM_UNROLL
-        for (int t = 0; t < nt; t++)
-            acc[r][t] = (v16f){0};
-    }
-    int i = 0;
-    for (; i + 16 <= cols; i += 16) {
-        v16f wv[MM_R];
-        MM_UNROLL
-        for (int r = 0; r < nr; r++)
-            wv[r] = bf16x16(w + r * row_bytes + 2 * (size_t)i);
-        MM_UNROLL
-        for (int t = 0; t < nt; t++) {
-            v16f xv = f32x16(x + t * ldx + i);
-            MM_UNROLL
-            for (int r = 0; r < nr; r++)
-                acc[r][t] += wv[r] * xv;
-        }
-    }
-    MM_UNROLL
-    for (int r = 0; r < nr; r++) {
-        MM_UNROLL
-        for (int t = 0; t < nt; t++) {
-            float s = 0;
-            for (int j = 0; j < 16; j++)
-                s += acc[r][t][j];
-            for (int c = i; c < cols; c++)
-                s += bf16_at(w + r * row_bytes, (size_t)c) * x[t * ldx + c];
-            out[t * ldo + r] = s;
-        }
-    }
-}
-
-/* Rows per block: a block of weights (at most ~128 KB) stays in L2 while
+ * Rows per block: a block of weights (at most ~128 KB) stays in L2 while
  * every token tile of the batch passes over it. */
 static int mm_block_rows(size_t row_bytes)
 {
-    size_t n = (128u << 10) / (row_bytes ? row_bytes : 1);
+#ifndef MM_BLOCK_KB
+#define MM_BLOCK_KB 128
+#endif
+    size_t n = ((size_t)MM_BLOCK_KB << 10) / (row_bytes ? row_bytes : 1);
     n -= n % MM_R;
     return n < MM_R ? MM_R : n > 256 ? 256 : (int)n;
 }
 
-static void mm_rows_bf16(float *out, int ldo, const qm_mat *m, const float *x, int ldx,
-                         int n_tok, int r0, int r1)
+void qm_matmat_rows(float *out, int ldo, const qm_mat *m, const float *x, int ldx,
+                    int n_tok, int r0, int r1)
 {
-    size_t rb = (size_t)m->cols * 2;
-    int block = mm_block_rows(rb);
+    kern k = kern_of(m);
+    int block = mm_block_rows(k.rb);
     for (int b0 = r0; b0 < r1; b0 += block) {
         int b1 = b0 + block < r1 ? b0 + block : r1;
         for (int t = 0; t < n_tok; t += MM_T) {
             int nt = n_tok - t < MM_T ? n_tok - t : MM_T;
             const float *xt = x + (size_t)t * ldx;
             float *ot = out + (size_t)t * ldo;
-            for (int r = b0; r < b1; r += MM_R) {
-                const uint8_t *w = m->data + (size_t)r * rb;
-                int nr = b1 - r < MM_R ? b1 - r : MM_R;
-                /* constant shapes for the inliner: full tiles, then the edges */
-                if (nr == MM_R) {
-                    switch (nt) {
-                    MM_CASE(MM_R, 1)
-                    MM_CASE(MM_R, 2)
-                    MM_CASE(MM_R, 3)
-                    MM_CASE(MM_R, 4)
-#if MM_T > 4
-                    MM_CASE(MM_R, 5)
-                    MM_CASE(MM_R, 6)
-#endif
-                    }
-                } else {
-                    /* the last nr < MM_R rows, each on its own (all of them:
-                     * rows % 4 of 2 or 3 left rows unwritten) */
-                    for (int e = 0; e < nr; e++)
-                        for (int k = 0; k < nt; k++)
-                            mm_tile_bf16(w + (size_t)e * rb, rb, 1, xt + (size_t)k * ldx, ldx,
-                                         1, m->cols, ot + (size_t)k * ldo + r + e, ldo);
-                }
-            }
-        }
-    }
-}
-
-void qm_matmat_rows(float *out, int ldo, const qm_mat *m, const float *x, int ldx,
-                    int n_tok, int r0, int r1)
-{
-    if (m->dtype == ST_BF16) {
-        mm_rows_bf16(out, ldo, m, x, ldx, n_tok, r0, r1);
-        return;
-    }
-    /* f16 and f32 weights are rare: one product per token, the same sums */
-    float *o = out;
-    for (int t = 0; t < n_tok; t++, o += ldo) {
-        const float *xt = x + (size_t)t * ldx;
-        size_t row_bytes = (size_t)m->cols * (st_dtype_bits(m->dtype) / 8);
-        const uint8_t *w = m->data + (size_t)r0 * row_bytes;
-        if (m->dtype == ST_F16) {
-            const float *tab = f16_table();
-            for (int r = r0; r < r1; r++, w += row_bytes)
-                o[r] = dot_f16(tab, w, xt, m->cols);
-        } else {
-            for (int r = r0; r < r1; r++, w += row_bytes)
-                o[r] = dot_f32(w, xt, m->cols);
+            int r = b0;
+            for (; r + MM_R <= b1; r += MM_R)
+                k.fn(k.tab, m->data + (size_t)r * k.rb, k.rb, MM_R, xt, (size_t)ldx, nt,
+                     m->cols, ot + r, (size_t)ldo);
+            for (; r < b1; r++) /* the last rows % MM_R, one (row, token) at a time */
+                for (int e = 0; e < nt; e++)
+                    k.fn(k.tab, m->data + (size_t)r * k.rb, k.rb, 1, xt + (size_t)e * ldx, 0,
+                         1, m->cols, ot + (size_t)e * ldo + r, 0);
         }
     }
 }

@@ -33,6 +33,12 @@ uint64_t qm_mat_bytes(st_dtype dtype, int rows, int cols);
 int qm_mat_view(qm_mat *m, const st_tensor *t, const uint8_t *data, int rows,
                 int cols, const char *label, GError **err);
 
+/* The instruction set the products were compiled for: "avx512" (16 lanes
+ * in one register), "avx2" (two registers) or "portable" (plain C; the
+ * only one whose sums differ, by rounding, since it has no fused
+ * multiply-add). -march decides at build time. */
+const char *qm_kernel_isa(void);
+
 /* Converts row r to float32 into out[cols]. */
 void qm_mat_row(const qm_mat *m, int r, float *out);
 

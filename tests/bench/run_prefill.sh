@@ -15,13 +15,25 @@
 #     a share of memcpy (target >= 90 %);
 #   - one --perplexity window of 1024 tokens (best of $PPL_TRIALS).
 # The machine may be shared: compare the ratios, not absolute numbers.
+# Peers measured in the same loop, interleaved with qmoe-run, trial by
+# trial (best of $TRIALS each, and their ratios):
+#   - QMOE_RUN_BASE=path/to/qmoe-run: an older build (before/after);
+#   - LLAMA_CPP_DIR=dir: llama.cpp built natively there (cmake
+#     -DGGML_NATIVE=ON, build/bin/llama-bench); the sample is converted
+#     once to a BF16 GGUF with its convert_hf_to_gguf.py (or LLAMA_GGUF
+#     names one), and llama-bench measures the same prompt lengths and
+#     decode tokens with the same threads.
+# The kernels line also times OpenBLAS sgemm on the same shapes when its
+# development package is installed, and KERNEL_BASE_REF=main the kernels
+# of that git revision (matvec.c), each in CPU time.
 #
 #   QMOE_BUILD=build bash tests/bench/run_prefill.sh   (make bench calls it)
 # Environment: THREADS (default: processors), TRIALS (3), PROMPTS ("64 256"),
 # TOKENS (16), PPL_TRIALS (1), CACHE_MB (expert cache, default 8192: all
 # 4.8 GB of experts, so that decode measures the forward pass, not
 # evictions), QMOE_REAL (an existing real-width sample to use instead of
-# writing one), QMOE_RUN (the qmoe-run to measure, e.g. an older build).
+# writing one), QMOE_RUN (the qmoe-run to measure, e.g. an older build),
+# QMOE_RUN_BASE, LLAMA_CPP_DIR, LLAMA_GGUF, KERNEL_BASE_REF (above).
 set -eu
 cd "$(dirname "$0")/../.."
 : "${QMOE_BUILD:?set QMOE_BUILD to the build directory}"
@@ -38,21 +50,53 @@ CC=${CC:-cc}
 $CC -std=c11 -D_GNU_SOURCE -O2 -march=native -Wall -Wextra -Werror tests/bench/membw.c \
     -pthread -o "$B/membw"
 PKGS="glib-2.0 libcjson libcrypto zlib"
-# shellcheck disable=SC2046
-$CC -std=c11 -D_GNU_SOURCE -O2 -march=native -Wall -Wextra -Werror $(pkg-config --cflags $PKGS) \
-    -Icommon tests/bench/kernels.c "$QMOE_BUILD/libqmoe.a" $(pkg-config --libs $PKGS) -lm \
-    -pthread -o "$B/kernels"
-# the product alone: an expert's gate (768 x 2048) and q_proj (4096 x 2048)
-"$B/kernels" 768 2048 16 5
-"$B/kernels" 4096 2048 64 3
+KPKGS=$PKGS KDEF=
+if pkg-config --exists openblas; then KPKGS="$PKGS openblas" KDEF=-DKERNELS_BLAS; fi
+kernels() { # output matvec.c
+    # shellcheck disable=SC2046
+    $CC -std=c11 -D_GNU_SOURCE -O2 -march=native -ffp-contract=fast -Wall -Wextra -Werror $KDEF \
+        $(pkg-config --cflags $KPKGS) -Icommon tests/bench/kernels.c "$2" "$QMOE_BUILD/libqmoe.a" \
+        $(pkg-config --libs $KPKGS) -lm -pthread -o "$1"
+}
+kernels "$B/kernels" common/model/matvec.c
+KV=kernels
+if [ -n "${KERNEL_BASE_REF:-}" ]; then
+    git show "$KERNEL_BASE_REF:common/model/matvec.c" >"$B/matvec-base.c"
+    kernels "$B/kernels-base" "$B/matvec-base.c"
+    KV="kernels-base kernels"
+fi
+# the product alone: an expert's gate (768 x 2048) and q_proj (4096 x 2048),
+# then decode's case: 512 MB of weights against reading them
+for k in $KV; do
+    echo "$k:"
+    OPENBLAS_NUM_THREADS=1 "$B/$k" 768 2048 16 5
+    OPENBLAS_NUM_THREADS=1 "$B/$k" 4096 2048 64 3
+    "$B/$k" --stream 512 "$THREADS" "$TRIALS"
+done
 
-MODEL=${QMOE_REAL:-$B/real-width}
+# qwen3_moe: the widths and the computation of the Omni thinker's text
+# model, in a layout llama.cpp's converter reads
+MODEL=${QMOE_REAL:-$B/real-width-qwen3moe}
 if [ ! -f "$MODEL/model.safetensors.index.json" ]; then
     echo "writing a real-width random checkpoint (4 layers x 128 experts, 6.2 GB) to $MODEL"
-    "$QMOE_BUILD/bin/qmoe-mksample" --layers 4 --experts 128 --topk 8 --hidden 2048 \
-        --inter 768 --heads 32 --kv-heads 4 --head-dim 128 --vocab 151936 "$MODEL" >/dev/null
+    "$QMOE_BUILD/bin/qmoe-mksample" --layout qwen3_moe --layers 4 --experts 128 --topk 8 \
+        --hidden 2048 --inter 768 --heads 32 --kv-heads 4 --head-dim 128 --vocab 151936 \
+        "$MODEL" >/dev/null
+fi
+LLAMA_BENCH=
+if [ -n "${LLAMA_CPP_DIR:-}" ]; then
+    LLAMA_BENCH=$LLAMA_CPP_DIR/build/bin/llama-bench
+    GGUF=${LLAMA_GGUF:-$B/real-width-bf16.gguf}
+    if ! [ -x "$LLAMA_BENCH" ]; then
+        echo "llama.cpp: no $LLAMA_BENCH (build it with cmake -DGGML_NATIVE=ON)"; LLAMA_BENCH=
+    elif [ ! -f "$GGUF" ] && ! python3 "$LLAMA_CPP_DIR/convert_hf_to_gguf.py" --outtype bf16 \
+            --outfile "$GGUF" "$MODEL" >"$B/convert.log" 2>&1; then
+        echo "llama.cpp: converting $MODEL failed (see $B/convert.log)"; LLAMA_BENCH=
+        rm -f "$GGUF"
+    fi
 fi
 cat "$MODEL"/*.safetensors >/dev/null
+if [ -n "$LLAMA_BENCH" ]; then cat "$GGUF" >/dev/null; fi
 
 jnum() { sed -n "s/.*\"$1\":[[:space:]]*\([0-9.e+-]*\).*/\1/p" | head -1; }
 max() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > a ? b : a) }'; }
@@ -71,20 +115,52 @@ printf 'memcpy bandwidth (%s threads): %.2f GB/s\n' "$THREADS" \
 "$RUN" --ignore-eos -n 2 -j "$THREADS" --cache-mb "$CACHE_MB" --token-ids "$(ids 256)" \
     "$MODEL" >/dev/null 2>&1
 
+# one trial of qmoe-run: prints "prefill-tokens/s decode-tokens/s decode-weight-bytes/s"
+qmoe_trial() { # run prompt-length
+    local j
+    j=$("$1" --json --ignore-eos -n "$TOKENS" -j "$THREADS" --cache-mb "$CACHE_MB" \
+        --token-ids "$(ids "$2")" "$MODEL" 2>/dev/null)
+    awk -v p="$2" -v ps="$(printf %s "$j" | jnum prefill_s)" \
+        -v tg="$(printf %s "$j" | jnum decode_tokens_per_s)" \
+        -v b="$(printf %s "$j" | jnum decode_weight_bytes)" -v ds="$(printf %s "$j" | jnum decode_s)" \
+        'BEGIN { print p / ps, tg, b / ds }'
+}
+# one trial of llama-bench: prints "prefill-tokens/s decode-tokens/s"
+llama_trial() { # prompt-length
+    local j
+    j=$("$LLAMA_BENCH" -m "$GGUF" -t "$THREADS" -p "$1" -n "$TOKENS" -r 1 -o json 2>/dev/null)
+    printf '%s %s\n' "$(printf %s "$j" | jq '[.[] | select(.n_gen == 0)][0].avg_ts')" \
+        "$(printf %s "$j" | jq '[.[] | select(.n_prompt == 0)][0].avg_ts')"
+}
+if [ -n "$LLAMA_BENCH" ]; then "$LLAMA_BENCH" -m "$GGUF" -t "$THREADS" -p 16 -n 2 -r 1 >/dev/null 2>&1; fi
+
 for P in $PROMPTS; do
-    best_pp=0 best_tg=0 best_bw=0
+    best_pp=0 best_tg=0 best_bw=0 base_pp=0 base_tg=0 ll_pp=0 ll_tg=0
     for _ in $(seq "$TRIALS"); do
-        j=$("$RUN" --json --ignore-eos -n "$TOKENS" -j "$THREADS" --cache-mb "$CACHE_MB" \
-            --token-ids "$(ids "$P")" "$MODEL" 2>/dev/null)
-        pp=$(awk -v p="$P" -v s="$(printf %s "$j" | jnum prefill_s)" 'BEGIN { print p / s }')
-        tg=$(printf %s "$j" | jnum decode_tokens_per_s)
-        bw=$(awk -v b="$(printf %s "$j" | jnum decode_weight_bytes)" \
-             -v s="$(printf %s "$j" | jnum decode_s)" 'BEGIN { print b / s }')
+        read -r pp tg bw < <(qmoe_trial "$RUN" "$P")
         best_pp=$(max "$best_pp" "$pp") best_tg=$(max "$best_tg" "$tg") best_bw=$(max "$best_bw" "$bw")
+        if [ -n "${QMOE_RUN_BASE:-}" ]; then
+            read -r pp tg bw < <(qmoe_trial "$QMOE_RUN_BASE" "$P")
+            base_pp=$(max "$base_pp" "$pp") base_tg=$(max "$base_tg" "$tg")
+        fi
+        if [ -n "$LLAMA_BENCH" ]; then
+            read -r pp tg < <(llama_trial "$P")
+            ll_pp=$(max "$ll_pp" "$pp") ll_tg=$(max "$ll_tg" "$tg")
+        fi
     done
     awk -v p="$P" -v pp="$best_pp" -v tg="$best_tg" -v bw="$best_bw" -v m="$membw" 'BEGIN {
         printf "prompt %4d: prefill %7.2f tokens/s, decode %6.2f tokens/s, prefill/decode %5.2f; decode weights %6.2f GB/s = %5.1f %% of memcpy\n",
                p, pp, tg, pp / tg, bw / 1e9, 100 * bw / m }'
+    if [ -n "${QMOE_RUN_BASE:-}" ]; then
+        awk -v p="$P" -v pp="$best_pp" -v tg="$best_tg" -v bp="$base_pp" -v bt="$base_tg" 'BEGIN {
+        printf "prompt %4d, QMOE_RUN_BASE: prefill %7.2f tokens/s, decode %6.2f tokens/s; this build %.2fx prefill, %.2fx decode\n",
+               p, bp, bt, pp / bp, tg / bt }'
+    fi
+    if [ -n "$LLAMA_BENCH" ]; then
+        awk -v p="$P" -v pp="$best_pp" -v tg="$best_tg" -v lp="$ll_pp" -v lt="$ll_tg" 'BEGIN {
+        printf "prompt %4d, llama.cpp: prefill %7.2f tokens/s, decode %6.2f tokens/s; qmoe %.2fx prefill, %.2fx decode\n",
+               p, lp, lt, pp / lp, tg / lt }'
+    fi
 done
 
 # the longest head of README.md of at most 1024 tokens: one full window

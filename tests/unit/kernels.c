@@ -1,0 +1,241 @@
+/* kernels.c - the matrix products of common/model/matvec.c against a
+ * float64 reference, for every weight dtype and shapes with edges (rows
+ * not a multiple of the tile, columns not a multiple of 16, one token,
+ * token counts around the tile's).
+ *
+ * The Makefile builds it three times with matvec.c compiled in: with the
+ * build's -march (AVX-512 on a machine that has it), without AVX-512, and
+ * portable (no AVX2, no FMA), so that every path runs on one machine;
+ * tests/cli/kernels.sh runs the three and compares their outputs.
+ *
+ *   kernels [--expect ISA] [--dump FILE]
+ *
+ * Checks (one "ok"/"FAIL" line each, for tests/run.sh):
+ *   - the ISA compiled is the one expected;
+ *   - each output is within rounding of the float64 sum;
+ *   - matrix-matrix outputs equal the matrix-vector ones bit for bit,
+ *     whatever the row range and token count, split over threads or not;
+ *   - --dump writes every output (float32, in a fixed order) so that two
+ *     builds can be compared byte for byte. */
+#include "model/matvec.h"
+#include "base/util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures;
+
+static void check(int cond, const char *name, const char *evidence)
+{
+    if (cond)
+        printf("ok %s\n", name);
+    else
+        printf("FAIL %s: %s\n", name, evidence);
+    failures += !cond;
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static double urand(void) /* [-1, 1) */
+{
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng >> 11) / 4503599627370496.0 - 1.0;
+}
+
+static uint16_t f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)(u >> 16);
+}
+
+/* float to f16, truncating; small values become subnormals */
+static uint16_t f32_to_f16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    int e = (int)((u >> 23) & 0xff) - 127 + 15;
+    uint32_t man = u & 0x7fffff;
+    if (e >= 31)
+        return sign | 0x7bff;
+    if (e <= 0) {
+        if (e < -10)
+            return sign;
+        man |= 0x800000;
+        return sign | (uint16_t)(man >> (14 - e));
+    }
+    return sign | (uint16_t)(e << 10) | (uint16_t)(man >> 13);
+}
+
+static double f16_value(uint16_t h)
+{
+    int e = (h >> 10) & 0x1f, man = h & 0x3ff;
+    double v = e ? ldexp(1024 + man, e - 25) : ldexp(man, -24);
+    return h & 0x8000 ? -v : v;
+}
+
+static double bf16_value(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+typedef struct {
+    st_dtype dt;
+    int rows, cols, n_tok;
+} shape;
+
+/* One shape: weights and inputs from the generator; returns 0 when every
+ * check of it holds, with a description of the first miss in why. */
+static int run_shape(const shape *s, team *tm, FILE *dump, char *why, size_t why_len,
+                     int *identical)
+{
+    size_t n = (size_t)s->rows * s->cols, esz = s->dt == ST_F32 ? 4 : 2;
+    uint8_t *w = g_malloc(n * esz + 64);
+    double *wd = g_new(double, n);
+    uint8_t *wp = w + 1; /* tensor data need not be aligned */
+    for (size_t i = 0; i < n; i++) {
+        /* a spread of magnitudes: some tiny (f16 subnormals), some large */
+        float f = (float)(urand() * (i % 7 == 0 ? 1e-6 : i % 5 == 0 ? 8.0 : 1.0));
+        if (s->dt == ST_BF16) {
+            uint16_t h = f32_to_bf16(f);
+            memcpy(wp + 2 * i, &h, 2);
+            wd[i] = bf16_value(h);
+        } else if (s->dt == ST_F16) {
+            uint16_t h = f32_to_f16(f);
+            memcpy(wp + 2 * i, &h, 2);
+            wd[i] = f16_value(h);
+        } else {
+            memcpy(wp + 4 * i, &f, 4);
+            wd[i] = f;
+        }
+    }
+    int ldx = s->cols + 3, ldo = s->rows + 5;
+    float *x = g_new(float, (size_t)s->n_tok * ldx);
+    for (size_t i = 0; i < (size_t)s->n_tok * ldx; i++)
+        x[i] = (float)urand();
+    float *mv = g_new0(float, (size_t)s->n_tok * ldo), *mm = g_new0(float, (size_t)s->n_tok * ldo);
+    float *mt = g_new0(float, (size_t)s->n_tok * ldo), *mp = g_new0(float, (size_t)s->n_tok * ldo);
+    qm_mat m = {.data = wp, .dtype = s->dt, .rows = s->rows, .cols = s->cols};
+    int ok = 1;
+
+    for (int t = 0; t < s->n_tok; t++) {
+        /* matrix-vector in two uneven row ranges, as two threads would */
+        int cut = s->rows / 3;
+        qm_matvec_rows(mv + (size_t)t * ldo, &m, x + (size_t)t * ldx, 0, cut);
+        qm_matvec_rows(mv + (size_t)t * ldo, &m, x + (size_t)t * ldx, cut, s->rows);
+    }
+    /* matrix-matrix: all rows at once, then rows [1, rows) with a
+     * different token split, and through the team */
+    qm_matmat_rows(mm, ldo, &m, x, ldx, s->n_tok, 0, s->rows);
+    int t1 = s->n_tok / 2;
+    qm_matmat_rows(mp, ldo, &m, x, ldx, t1, 0, s->rows);
+    qm_matmat_rows(mp + (size_t)t1 * ldo, ldo, &m, x + (size_t)t1 * ldx, ldx, s->n_tok - t1, 0,
+                   s->rows);
+    qm_matmat(tm, mt, ldo, &m, x, ldx, s->n_tok);
+
+    for (int t = 0; t < s->n_tok && ok; t++) {
+        for (int r = 0; r < s->rows; r++) {
+            double ref = 0, mag = 0;
+            for (int c = 0; c < s->cols; c++) {
+                double p = wd[(size_t)r * s->cols + c] * x[(size_t)t * ldx + c];
+                ref += p;
+                mag += fabs(p);
+            }
+            float got = mv[(size_t)t * ldo + r];
+            /* 16 float32 sums of cols / 16 terms, then the lanes and the
+             * tail: error below that depth * eps * sum |p| (plus one eps
+             * per product where the products are rounded, without FMA) */
+            double tol = 1e-30 + (s->cols / 16 + 16 + s->cols % 16 + 2) * 6e-8 * mag;
+            if (!(fabs(got - ref) <= tol)) {
+                snprintf(why, why_len, "%s %dx%d token %d row %d: %.9g, float64 says %.9g",
+                         st_dtype_name(s->dt), s->rows, s->cols, t, r, got, ref);
+                ok = 0;
+                break;
+            }
+        }
+    }
+    size_t bytes = sizeof(float) * (size_t)s->n_tok * ldo;
+    if (memcmp(mv, mm, bytes) || memcmp(mv, mp, bytes) || memcmp(mv, mt, bytes)) {
+        if (ok)
+            snprintf(why, why_len, "%s %dx%d x %d tokens: matmat differs from matvec",
+                     st_dtype_name(s->dt), s->rows, s->cols, s->n_tok);
+        *identical = 0;
+    }
+    if (dump)
+        fwrite(mv, 1, bytes, dump);
+    g_free(w);
+    g_free(wd);
+    g_free(x);
+    g_free(mv);
+    g_free(mm);
+    g_free(mt);
+    g_free(mp);
+    return ok;
+}
+
+int main(int argc, char **argv)
+{
+    const char *expect = NULL, *dump_path = NULL;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--expect"))
+            expect = argv[i + 1];
+        else if (!strcmp(argv[i], "--dump"))
+            dump_path = argv[i + 1];
+    }
+    const char *isa = qm_kernel_isa();
+    printf("kernel isa: %s\n", isa);
+    if (expect) {
+        char ev[128];
+        snprintf(ev, sizeof ev, "compiled for %s, expected %s", isa, expect);
+        check(!strcmp(isa, expect), "kernels-isa", ev);
+    }
+    FILE *dump = dump_path ? fopen(dump_path, "wb") : NULL;
+    if (dump_path && !dump) {
+        fprintf(stderr, "kernels: cannot write '%s'\n", dump_path);
+        return 2;
+    }
+    GError *err = NULL;
+    team *tm = team_new(2, &err);
+    if (!tm) {
+        fprintf(stderr, "kernels: %s\n", err->message);
+        return 2;
+    }
+    /* rows around the tiles (4 x 6 and 2 x 2), columns around 16 */
+    static const int rows[] = {1, 3, 4, 7, 13, 64, 258};
+    static const int cols[] = {1, 15, 16, 17, 48, 131, 2048};
+    static const int toks[] = {1, 2, 5, 6, 7, 13, 19};
+    static const st_dtype dts[] = {ST_BF16, ST_F16, ST_F32};
+    for (size_t d = 0; d < G_N_ELEMENTS(dts); d++) {
+        int all_ok = 1, identical = 1;
+        char why[256] = "", name[64];
+        for (size_t i = 0; i < G_N_ELEMENTS(rows); i++)
+            for (size_t j = 0; j < G_N_ELEMENTS(cols); j++) {
+                shape s = {dts[d], rows[i], cols[j], toks[(i + j) % G_N_ELEMENTS(toks)]};
+                if (s.rows * s.cols > 64 * 2048)
+                    s.n_tok = 3;
+                char w1[256] = "";
+                if (!run_shape(&s, tm, dump, w1, sizeof w1, &identical) && all_ok) {
+                    all_ok = 0;
+                    memcpy(why, w1, sizeof why);
+                } else if (!identical && !why[0]) {
+                    memcpy(why, w1, sizeof why);
+                }
+            }
+        snprintf(name, sizeof name, "kernels-%s-float64", st_dtype_name(dts[d]));
+        check(all_ok, name, why);
+        snprintf(name, sizeof name, "kernels-%s-matmat-is-matvec", st_dtype_name(dts[d]));
+        check(identical, name, why);
+    }
+    team_free(tm);
+    if (dump && fclose(dump)) {
+        fprintf(stderr, "kernels: cannot write '%s'\n", dump_path);
+        return 2;
+    }
+    return failures ? 1 : 0;
+}
