@@ -240,11 +240,14 @@ typedef struct {
     float w[3][24][4];
 } router_rec;
 
-static void record(void *user, int pos, int token, int layer, int k, const int *e,
-                   const float *w)
+static void record(void *user, int seq, int pos, int token, int layer, int k, const int *e,
+                   const float *w, const float *norms)
 {
     router_rec *r = user;
     (void)token;
+    r->bad_k += seq != 0;
+    for (int i = 0; i < k; i++)
+        r->bad_k += !(norms[i] > 0 && isfinite(norms[i]));
     r->n++;
     r->bad_k += k != 4;
     double s = 0;
@@ -323,13 +326,13 @@ typedef struct {
     GString *log; /* one line per call, in call order */
 } route_log;
 
-static void log_route(void *user, int pos, int token, int layer, int k, const int *e,
-                      const float *w)
+static void log_route(void *user, int seq, int pos, int token, int layer, int k,
+                      const int *e, const float *w, const float *norms)
 {
     route_log *r = user;
-    g_string_append_printf(r->log, "%d %d %d:", pos, token, layer);
+    g_string_append_printf(r->log, "%d %d %d %d:", seq, pos, token, layer);
     for (int i = 0; i < k; i++)
-        g_string_append_printf(r->log, " %d %a", e[i], w[i]);
+        g_string_append_printf(r->log, " %d %a %a", e[i], w[i], norms[i]);
     g_string_append_c(r->log, '\n');
 }
 
@@ -481,7 +484,7 @@ static void test_mask_too_small(void)
 
 /* ---- the cache ---- */
 
-static void test_small_cache(void)
+static void small_cache(void)
 {
     char *dir = dir_of("qwen3moe");
     size_t n = (size_t)seq_len[2] * VOCAB;
@@ -535,6 +538,10 @@ static void test_small_cache(void)
     g_free(a);
     g_free(b);
 }
+
+/* the cache with experts mapped, and read into copies */
+static void test_small_cache_mapped(void) { small_cache(); }
+static void test_small_cache_read(void) { small_cache(); }
 
 /* ---- variants of the fixture in scratch directories ---- */
 
@@ -791,6 +798,7 @@ int main(void)
     fix = g_build_filename(root ? root : ".", "tests/fixtures/qwen3moe-tiny", NULL);
     tmp = g_dir_make_tmp("qmoe-test-model.XXXXXX", NULL);
     load_golden();
+    printf("  sequences of %d, %d, %d tokens\n", seq_len[0], seq_len[1], seq_len[2]);
     RUN(test_qwen3moe_full);
     RUN(test_qwen3moe_masked);
     RUN(test_omni_full);
@@ -803,9 +811,9 @@ int main(void)
     RUN(test_batched_prefill);
     RUN(test_feed_errors);
     RUN(test_batch_lookups);
-    RUN(test_small_cache);
+    RUN(test_small_cache_mapped);
     io_mode = EXPERT_IO_READ; /* the same with copies instead of mappings */
-    RUN(test_small_cache);
+    RUN(test_small_cache_read);
     RUN(test_extracted_equivalent);
     RUN(test_missing_expert);
     RUN(test_qwen3moe_full);
