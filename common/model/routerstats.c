@@ -242,19 +242,23 @@ int rs_collect(model *m, tok_t *tok, const rs_corpus *c, rs_stats *s, rs_observe
         cc.line = e->line;
         s->domain_lines[e->domain]++;
         const int32_t *id = (const int32_t *)(void *)ids->data;
-        for (guint t = 0; t < ids->len && rv == 0; t++) {
-            if (t % (guint)mc->max_seq == 0) {
-                model_reset(m);
-                cc.last_pos = -1;
-                s->sequences++;
-            }
+        for (guint t = 0; t < ids->len && rv == 0; t++)
             if (id[t] < 0 || id[t] >= mc->vocab) {
                 g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                             "corpus '%s': line %d: the tokenizer gives id %d, outside the "
                             "model's vocabulary [0, %d)", where_of(c), e->line, id[t],
                             mc->vocab);
                 rv = -1;
-            } else if (model_step(m, id[t], NULL, err) != 0) {
+            }
+        /* windows of the context, each fed in batches (model_feed): the
+         * router log is the one of feeding token by token */
+        for (guint t = 0; t < ids->len && rv == 0; t += (guint)mc->max_seq) {
+            guint len = MIN(ids->len - t, (guint)mc->max_seq);
+            model_reset(m);
+            cc.last_pos = -1;
+            s->sequences++;
+            if (model_feed(m, (const int *)id + t, (int)len, MODEL_LOGITS_NONE, NULL,
+                           err) != 0) {
                 g_prefix_error(err, "corpus '%s': line %d: ", where_of(c), e->line);
                 rv = -1;
             }
