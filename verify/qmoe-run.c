@@ -118,9 +118,11 @@ typedef struct {
     int gaps;            /* generated ids without a token (printed as placeholders) */
 } run_ctx;
 
-static void router_line(void *user, int pos, int token, int layer, int k,
-                        const int *experts, const float *weights)
+static void router_line(void *user, int seq, int pos, int token, int layer, int k,
+                        const int *experts, const float *weights, const float *out_norms)
 {
+    (void)seq;
+    (void)out_norms;
     run_ctx *rc = user;
     if (rc->router_err)
         return;

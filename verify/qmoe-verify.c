@@ -22,7 +22,7 @@ static const char *prog = "qmoe-verify";
 
 static gboolean opt_quick, opt_json, opt_version, opt_coherence, opt_no_progress;
 static char *opt_source, *opt_text, *opt_prompts, *opt_mask, *opt_report;
-static int opt_expect = -1, opt_jobs;
+static int opt_expect = -1, opt_jobs, opt_gen_tokens = -1;
 static double opt_max_ppl;
 
 static GOptionEntry entries[] = {
@@ -40,6 +40,9 @@ static GOptionEntry entries[] = {
      "--coherence: prompt set, JSON lines (default: samples/prompts)", "FILE"},
     {"max-ppl", 0, 0, G_OPTION_ARG_DOUBLE, &opt_max_ppl,
      "--coherence: highest passing perplexity (default: min(100, vocab/4))", "X"},
+    {"gen-tokens", 0, 0, G_OPTION_ARG_INT, &opt_gen_tokens,
+     "--coherence: tokens generated per prompt, all prompts one step per batch (default: "
+     "32, raised to fit a prompt's expected text)", "N"},
     {"mask-experts", 0, 0, G_OPTION_ARG_STRING, &opt_mask,
      "--coherence: restrict the router to LIST for the whole gate (shows a masked run failing)",
      "LIST"},
@@ -271,6 +274,9 @@ static void print_coherence(const coh_result *c)
         g_free(a);
         g_free(b);
     }
+    char pk[32];
+    printf("  gate: %.1f s, peak resident memory %s\n", c->seconds,
+           qm_human_bytes(c->peak_rss_bytes, pk, sizeof pk));
 }
 
 static void print_text(const vf_result *r, const char *out, int quick, const coh_result *c)
@@ -379,9 +385,13 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!opt_coherence && (opt_text || opt_prompts || opt_max_ppl != 0 || opt_mask ||
-                           opt_report)) {
-        fprintf(stderr, "%s: --text, --prompts, --max-ppl, --mask-experts and --report need "
-                "--coherence\n", prog);
+                           opt_report || opt_gen_tokens != -1)) {
+        fprintf(stderr, "%s: --text, --prompts, --max-ppl, --gen-tokens, --mask-experts and "
+                "--report need --coherence\n", prog);
+        return 2;
+    }
+    if (opt_gen_tokens != -1 && (opt_gen_tokens < 1 || opt_gen_tokens > 4096)) {
+        fprintf(stderr, "%s: --gen-tokens wants a number of tokens in [1, 4096]\n", prog);
         return 2;
     }
     if (opt_max_ppl < 0 || isnan(opt_max_ppl)) {
@@ -446,6 +456,7 @@ int main(int argc, char **argv)
         double t0 = qm_monotonic();
         coh_opts co = {.text_path = ref_text, .prompts_path = prompts, .source = opt_source,
                        .max_ppl = opt_max_ppl, .mask = opt_mask, .n_threads = jobs,
+                       .n_new = opt_gen_tokens > 0 ? opt_gen_tokens : 0,
                        .progress = opt_no_progress ? NULL : coherence_progress,
                        .progress_user = &t0};
         vf_check_coherence(t, &co, r, &coh);

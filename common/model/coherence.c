@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 
 double coh_default_max_ppl(int vocab)
 {
@@ -167,22 +168,23 @@ static GPtrArray *load_prompts(const char *path, GError **err)
 typedef struct {
     coh_result *r;
     const int *moe_index;     /* [n_layers] layer -> MoE layer index, or -1 */
-    coh_domain_usage *domain; /* the domain being run */
-    int last_pos;             /* to count tokens once, not once per layer */
+    coh_domain_usage **domain;/* [prompts] each prompt's domain (its sequence id) */
 } router_ctx;
 
-static void on_route(void *user, int pos, int token, int layer, int k,
-                     const int *experts, const float *weights)
+static void on_route(void *user, int seq, int pos, int token, int layer, int k,
+                     const int *experts, const float *weights, const float *out_norms)
 {
+    (void)pos;
     (void)token;
+    (void)out_norms;
     router_ctx *c = user;
     int li = c->moe_index[layer];
     if (li < 0)
         return;
-    if (pos != c->last_pos) {
-        c->last_pos = pos;
+    coh_domain_usage *dom = c->domain[seq];
+    if (li == 0) { /* each token passes every MoE layer once */
         c->r->routed_tokens++;
-        c->domain->n_tokens++;
+        dom->n_tokens++;
     }
     coh_layer_usage *u = &c->r->layers[li];
     for (int i = 0; i < k; i++) {
@@ -191,7 +193,7 @@ static void on_route(void *user, int pos, int token, int layer, int k,
             continue;
         u->choices[e]++;
         u->weight[e] += weights[i];
-        c->domain->weight[(size_t)li * u->n_experts + e] += weights[i];
+        dom->weight[(size_t)li * u->n_experts + e] += weights[i];
     }
 }
 
@@ -236,9 +238,81 @@ static void progress(const coh_opts *o, const char *fmt, ...)
     g_free(s);
 }
 
-static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_index,
-                       coh_result *r, GError **err)
+/* A prompt of the set as a sequence of the batch. */
+typedef struct {
+    model_seq *seq;
+    GArray *ids;              /* the prompt's tokens */
+    int n_new;                /* tokens to generate at most */
+    int cap;                  /* tokens the sequence can hold */
+    int *out, n_out, done;
+    float *logits;            /* (vocab) next-token logits */
+    float *all;               /* (prompt tokens, vocab) for the source comparison, or NULL */
+} gate_seq;
+
+static int argmax(const float *x, int n)
 {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+/* The prompts chosen for (a): the first of each domain, then further ones
+ * up to COH_SOURCE_PROMPTS, in that order. */
+static GArray *source_picks(const coh_result *r)
+{
+    GPtrArray *seen = g_ptr_array_new();
+    GArray *pick = g_array_new(FALSE, FALSE, sizeof(int));
+    for (guint i = 0; i < r->prompts->len && pick->len < COH_SOURCE_PROMPTS; i++) {
+        const char *d = ((coh_prompt_result *)r->prompts->pdata[i])->domain;
+        gboolean known = FALSE;
+        for (guint j = 0; j < seen->len; j++)
+            known |= !strcmp(seen->pdata[j], d);
+        if (!known) {
+            g_ptr_array_add(seen, (gpointer)d);
+            int v = (int)i;
+            g_array_append_val(pick, v);
+        }
+    }
+    for (guint i = 0; i < r->prompts->len && pick->len < COH_SOURCE_PROMPTS; i++) {
+        gboolean taken = FALSE;
+        for (guint j = 0; j < pick->len; j++)
+            taken |= g_array_index(pick, int, j) == (int)i;
+        if (!taken) {
+            int v = (int)i;
+            g_array_append_val(pick, v);
+        }
+    }
+    g_ptr_array_free(seen, TRUE);
+    return pick;
+}
+
+static void gate_seqs_free(gate_seq *g, guint n)
+{
+    for (guint i = 0; g && i < n; i++) {
+        model_seq_free(g[i].seq);
+        if (g[i].ids)
+            g_array_free(g[i].ids, TRUE);
+        g_free(g[i].out);
+        g_free(g[i].logits);
+        g_free(g[i].all);
+    }
+    g_free(g);
+}
+
+/* The prompt set as one batch: every prompt its own sequence, all of them
+ * through the layers together (keeping every position's logits of the
+ * prompts in `pick`, for the source comparison), then the greedy
+ * continuations of all prompts advancing together, one batch per step.
+ * A token's bits do not depend on its batch (model_batch), so the
+ * continuations and router choices are those of running the prompts one
+ * after another; the model's weights are read once for the prompts and
+ * once per step instead of once per prompt and step. */
+static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_index,
+                       const GArray *pick, coh_result *r, gate_seq **seqs_out, GError **err)
+{
+    const model_config *c = model_get_config(m);
     /* a continuation ends where a generation would: end of text or turn */
     GArray *stop = g_array_new(FALSE, FALSE, sizeof(int32_t));
     if (chat_end_ids(model_checkpoint(m), tok, stop, err) < 0) {
@@ -246,50 +320,125 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         return -1;
     }
     const int *stops = (const int *)stop->data;
-    model_sampling s = {.temperature = 0, .stop_ids = stops, .n_stop = (int)stop->len};
-    router_ctx rc = {.r = r, .moe_index = moe_index, .last_pos = -1};
-    GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    guint np = r->prompts->len;
+    gate_seq *g = g_new0(gate_seq, np);
+    coh_domain_usage **dom = g_new0(coh_domain_usage *, np);
+    router_ctx rc = {.r = r, .moe_index = moe_index, .domain = dom};
     GArray *exp_ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
-    int *out = NULL;
-    int rc_ok = 0;
-    model_set_router_log(m, on_route, &rc);
-    for (guint i = 0; i < r->prompts->len; i++) {
+    model_tok *toks = NULL;
+    int rc_ok = -1, total = 0, most_new = 0;
+    for (guint i = 0; i < np; i++) {
         coh_prompt_result *p = r->prompts->pdata[i];
         char what[64];
         snprintf(what, sizeof what, "prompt %u", i + 1);
-        if (encode(tok, p->prompt, ids, what, err) < 0 ||
-            (p->expected && encode(tok, p->expected, exp_ids, what, err) < 0)) {
-            rc_ok = -1;
-            break;
+        g[i].ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+        if (encode(tok, p->prompt, g[i].ids, what, err) < 0 ||
+            (p->expected && encode(tok, p->expected, exp_ids, what, err) < 0))
+            goto out;
+        int n = (int)g[i].ids->len;
+        if (n < 1) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE, "%s: the prompt is empty", what);
+            goto out;
         }
-        int n_new = o->n_new > 0 ? o->n_new : COH_DEFAULT_NEW;
-        if (p->expected && (int)exp_ids->len + 1 > n_new)
-            n_new = (int)exp_ids->len + 1;
-        progress(o, "prompt %u of %u [%s], %u token%s + up to %d generated", i + 1,
-                 r->prompts->len, p->domain, ids->len, ids->len == 1 ? "" : "s", n_new);
-        out = g_renew(int, out, n_new);
-        rc.domain = domain_for(r, p->domain);
-        rc.domain->n_prompts++;
-        rc.last_pos = -1;
-        p->n_prompt_tokens = (int)ids->len;
-        int n_out = 0;
-        if (model_generate(m, (const int *)ids->data, (int)ids->len, n_new, &s, NULL, out,
-                           &n_out, NULL, err) < 0) {
+        for (int t = 0; t < n; t++) {
+            int id = g_array_index(g[i].ids, int32_t, t);
+            if (id < 0 || id >= c->vocab) {
+                g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                            "%s: token id %d is outside the vocabulary [0, %d)", what, id,
+                            c->vocab);
+                goto out;
+            }
+        }
+        g[i].n_new = o->n_new > 0 ? o->n_new : COH_DEFAULT_NEW;
+        if (p->expected && (int)exp_ids->len + 1 > g[i].n_new)
+            g[i].n_new = (int)exp_ids->len + 1;
+        /* the prompt and the generated tokens fed back */
+        g[i].cap = MIN(n + g[i].n_new - 1, c->max_seq);
+        if (n > c->max_seq) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "%s: the sequence is longer than the context of %d tokens", what,
+                        c->max_seq);
+            goto out;
+        }
+        if (!(g[i].seq = model_seq_new(m, (int)i, g[i].cap, err))) {
             g_prefix_error(err, "%s: ", what);
-            rc_ok = -1;
-            break;
+            goto out;
         }
+        g[i].out = g_new(int, g[i].n_new);
+        g[i].logits = g_new(float, c->vocab);
+        for (guint k = 0; k < pick->len; k++)
+            if (g_array_index(pick, int, k) == (int)i)
+                g[i].all = g_new(float, (size_t)n * c->vocab);
+        p->n_prompt_tokens = n;
+        dom[i] = domain_for(r, p->domain);
+        dom[i]->n_prompts++;
+        total += n;
+        most_new = MAX(most_new, g[i].n_new);
+    }
+    progress(o, "prompt set: %u prompt%s, %d tokens in one batch, then up to %d generated "
+             "tokens each, all prompts one step per batch", np, np == 1 ? "" : "s", total,
+             most_new);
+    toks = g_new(model_tok, MAX(total, (int)np));
+    int n = 0;
+    for (guint i = 0; i < np; i++) {
+        int len = (int)g[i].ids->len;
+        for (int t = 0; t < len; t++)
+            toks[n++] = (model_tok){g[i].seq, g_array_index(g[i].ids, int32_t, t),
+                                    g[i].all ? g[i].all + (size_t)t * c->vocab
+                                    : t == len - 1 ? g[i].logits : NULL};
+    }
+    model_set_router_log(m, on_route, &rc);
+    if (model_batch(m, toks, n, err) < 0) {
+        g_prefix_error(err, "prompt set: ");
+        goto out;
+    }
+    for (guint i = 0; i < np; i++)
+        if (g[i].all)
+            memcpy(g[i].logits, g[i].all + (size_t)(g[i].ids->len - 1) * c->vocab,
+                   sizeof(float) * c->vocab);
+    /* greedy steps: the last token chosen is not fed back, as in
+     * model_generate */
+    for (int step = 0;; step++) {
+        n = 0;
+        for (guint i = 0; i < np; i++) {
+            if (g[i].done)
+                continue;
+            int next = argmax(g[i].logits, c->vocab);
+            g[i].out[g[i].n_out++] = next;
+            int stopped = 0;
+            for (guint j = 0; j < stop->len; j++)
+                stopped |= stops[j] == next;
+            if (stopped || g[i].n_out == g[i].n_new) {
+                g[i].done = 1;
+            } else if (model_seq_pos(g[i].seq) >= g[i].cap) {
+                g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                            "prompt %u: the sequence is longer than the context of %d "
+                            "tokens", i + 1, c->max_seq);
+                goto out;
+            } else {
+                toks[n++] = (model_tok){g[i].seq, next, g[i].logits};
+            }
+        }
+        if (n == 0)
+            break;
+        if (model_batch(m, toks, n, err) < 0) {
+            g_prefix_error(err, "prompt set, generated token %d: ", step + 1);
+            goto out;
+        }
+    }
+    for (guint i = 0; i < np; i++) {
+        coh_prompt_result *p = r->prompts->pdata[i];
+        int n_out = g[i].n_out, n_text = n_out;
         p->n_output_tokens = n_out;
-        int n_text = n_out;
-        for (int j = 0; n_out > 0 && j < s.n_stop; j++)
-            if (out[n_out - 1] == stops[j]) {
+        for (guint j = 0; n_out > 0 && j < stop->len; j++)
+            if (g[i].out[n_out - 1] == stops[j]) {
                 p->stopped = 1;
                 n_text = n_out - 1;
             }
         /* a garbled continuation can end mid-character: U+FFFD keeps the
          * report (and its JSON) valid UTF-8 */
         size_t n_bytes = 0;
-        char *raw = tok_decode(tok, (const int32_t *)out, (size_t)n_text, &n_bytes);
+        char *raw = tok_decode(tok, (const int32_t *)g[i].out, (size_t)n_text, &n_bytes);
         p->output = g_utf8_make_valid(raw, (gssize)n_bytes);
         g_free(raw);
         if (p->expected) {
@@ -298,11 +447,20 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
             r->n_matching += p->matches;
         }
     }
+    rc_ok = 0;
+out:
     model_set_router_log(m, NULL, NULL);
     g_array_free(stop, TRUE);
-    g_free(out);
-    g_array_free(ids, TRUE);
     g_array_free(exp_ids, TRUE);
+    g_free(toks);
+    g_free(dom);
+    if (rc_ok == 0 && seqs_out) {
+        *seqs_out = g;
+    } else {
+        gate_seqs_free(g, np);
+        if (seqs_out)
+            *seqs_out = NULL;
+    }
     return rc_ok;
 }
 
@@ -376,8 +534,10 @@ static void check_router(coh_result *r)
     g_free(bad);
 }
 
-static int compare_source(model *m, const coh_opts *o, const uint8_t *mask, tok_t *tok,
-                          coh_result *r, GError **err)
+/* (a): the source model on the picked prompts, against the logits the
+ * prompt set's batch kept for them. */
+static int compare_source(const coh_opts *o, const uint8_t *mask, const GArray *pick,
+                          const gate_seq *g, coh_result *r, GError **err)
 {
     model_opts mo = {.n_threads = o->n_threads > 0 ? o->n_threads : 1};
     model *s = model_load(o->source, &mo, err);
@@ -401,45 +561,17 @@ static int compare_source(model *m, const coh_opts *o, const uint8_t *mask, tok_
     r->source_path = g_strdup(o->source);
     r->source_identical = 1;
     r->source_first_prompt = r->source_first_pos = -1;
-    /* the first prompt of each domain, then further ones up to the limit */
-    GPtrArray *seen = g_ptr_array_new();
-    GArray *pick = g_array_new(FALSE, FALSE, sizeof(int));
-    for (guint i = 0; i < r->prompts->len && pick->len < COH_SOURCE_PROMPTS; i++) {
-        const char *d = ((coh_prompt_result *)r->prompts->pdata[i])->domain;
-        gboolean known = FALSE;
-        for (guint j = 0; j < seen->len; j++)
-            known |= !strcmp(seen->pdata[j], d);
-        if (!known) {
-            g_ptr_array_add(seen, (gpointer)d);
-            int v = (int)i;
-            g_array_append_val(pick, v);
-        }
-    }
-    for (guint i = 0; i < r->prompts->len && pick->len < COH_SOURCE_PROMPTS; i++) {
-        gboolean taken = FALSE;
-        for (guint j = 0; j < pick->len; j++)
-            taken |= g_array_index(pick, int, j) == (int)i;
-        if (!taken) {
-            int v = (int)i;
-            g_array_append_val(pick, v);
-        }
-    }
-    GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
-    float *a = NULL, *b = NULL;
+    float *b = NULL;
     for (guint k = 0; k < pick->len && rc == 0; k++) {
         int pi = g_array_index(pick, int, k);
         const coh_prompt_result *p = r->prompts->pdata[pi];
-        if (encode(tok, p->prompt, ids, "prompt", err) < 0) {
-            rc = -1;
-            break;
-        }
-        progress(o, "source: prompt %u of %u [%s], %u tokens, both models", k + 1,
-                 pick->len, p->domain, ids->len);
+        const GArray *ids = g[pi].ids;
+        const float *a = g[pi].all;
+        progress(o, "source: prompt %u of %u [%s], %u tokens", k + 1, pick->len, p->domain,
+                 ids->len);
         size_t n = (size_t)ids->len * r->vocab;
-        a = g_renew(float, a, n);
         b = g_renew(float, b, n);
-        if (model_sequence_logits(m, (const int *)ids->data, (int)ids->len, a, err) < 0 ||
-            model_sequence_logits(s, (const int *)ids->data, (int)ids->len, b, err) < 0) {
+        if (model_sequence_logits(s, (const int *)ids->data, (int)ids->len, b, err) < 0) {
             rc = -1;
             break;
         }
@@ -462,10 +594,6 @@ static int compare_source(model *m, const coh_opts *o, const uint8_t *mask, tok_
                 r->source_max_diff = isnan(d) ? INFINITY : d;
         }
     }
-    g_array_free(ids, TRUE);
-    g_array_free(pick, TRUE);
-    g_ptr_array_free(seen, TRUE);
-    g_free(a);
     g_free(b);
     model_free(s);
     if (rc == 0 && !r->source_identical)
@@ -493,6 +621,8 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     tok_t *tok = NULL;
     uint8_t *mask = NULL;
     int *moe_index = NULL;
+    GArray *pick = NULL;
+    gate_seq *gs = NULL;
     GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
     char *text = NULL;
     gsize text_len = 0;
@@ -536,13 +666,16 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
         r->mask = qm_list_format(mask, r->n_experts);
     }
 
+    /* the prompt set, one batch: continuations, router usage (c) and the
+     * logits (a) compares */
+    pick = o->source ? source_picks(r) : g_array_new(FALSE, FALSE, sizeof(int));
+    if (run_prompts(m, tok, o, moe_index, pick, r, &gs, err) < 0)
+        goto done;
     /* (a) */
-    if (o->source && compare_source(m, o, mask, tok, r, err) < 0)
+    if (o->source && compare_source(o, mask, pick, gs, r, err) < 0)
         goto done;
-
-    /* the prompt set: continuations and router usage; (c) */
-    if (run_prompts(m, tok, o, moe_index, r, err) < 0)
-        goto done;
+    gate_seqs_free(gs, r->prompts->len);
+    gs = NULL;
     if (r->n_experts > 0)
         check_router(r);
     else
@@ -582,6 +715,10 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     g_ptr_array_sort(r->failures, failure_order);
     rc = 0;
 done:
+    if (gs)
+        gate_seqs_free(gs, r->prompts->len);
+    if (pick)
+        g_array_free(pick, TRUE);
     g_free(text);
     g_array_free(ids, TRUE);
     g_free(moe_index);
@@ -589,6 +726,9 @@ done:
     tok_free(tok);
     model_free(m);
     r->seconds = qm_monotonic() - t0;
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        r->peak_rss_bytes = (uint64_t)ru.ru_maxrss << 10; /* Linux: KiB */
     if (rc < 0)
         coh_result_free(r);
     else
@@ -763,6 +903,7 @@ cJSON *coh_result_to_json(const coh_result *r)
     cJSON_AddNumberToObject(j, "expected", r->n_expected);
     cJSON_AddNumberToObject(j, "matching", r->n_matching);
     cJSON_AddNumberToObject(j, "seconds", r->seconds);
+    cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)r->peak_rss_bytes);
     return j;
 }
 

@@ -144,6 +144,9 @@ typedef struct {
     int n_expected, n_matching;
     GPtrArray *failures;      /* coh_failure*; empty when the gate passes */
     double seconds;
+    /* the process's peak resident memory when the gate ended (bounded by
+     * the expert cache, the KV caches of the prompt set and its batch) */
+    uint64_t peak_rss_bytes;
 } coh_result;
 
 /* The default bound of (b) for a vocabulary of `vocab` tokens. */

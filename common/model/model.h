@@ -13,8 +13,11 @@
  * in float32, top-k, optional renormalisation, SwiGLU experts, weighted sum)
  * or a dense SwiGLU MLP (mlp_only_layers, decoder_sparse_step), and a
  * residual; final RMSNorm and lm_head. Everything is computed in float32
- * from bf16/f16/f32 weights with a KV cache: prompts in micro-batches
- * (model_feed), generated tokens one at a time (model_step).
+ * from bf16/f16/f32 weights with a KV cache per sequence.
+ *
+ * One loop (forward.c) computes every batch: one token (decode), a prompt
+ * in micro-batches (prefill), or tokens of several sequences at once
+ * (model_batch), with the same bits for a token whatever its company.
  *
  * Non-expert weights are mapped from the checkpoint; routed experts come
  * through an expert_store (expert_store.h) so that only the ones the router
@@ -71,11 +74,17 @@ typedef struct {
     const uint8_t *is_moe;/* [n_layers] */
 } model_config;
 
-/* Called once per token and MoE layer with the chosen experts in
- * descending selection score (router probability; DeepSeek-V3: sigmoid +
- * bias) and their mixing weights (after renormalisation and scaling). */
-typedef void (*model_router_fn)(void *user, int pos, int token, int layer, int k,
-                                const int *experts, const float *weights);
+/* Router observer: called once per token and MoE layer, token by token
+ * in batch order, with the chosen experts in descending selection score
+ * (router probability; DeepSeek-V3: sigmoid + bias) and their mixing
+ * weights (after renormalisation and scaling). seq is the token's
+ * sequence in a multi-sequence batch (its model_seq id; 0 for
+ * single-sequence calls); out_norms[i] is the L2 norm of chosen expert
+ * i's output vector (its down projection, before it is multiplied by
+ * weights[i]), needed for REAP expert scores. */
+typedef void (*model_router_fn)(void *user, int seq, int pos, int token, int layer, int k,
+                                const int *experts, const float *weights,
+                                const float *out_norms);
 
 /* Opens the checkpoint at `path`, detects its layout (one whose entry has
  * `forward` set), reads the text config, maps the non-expert weights and
@@ -91,19 +100,70 @@ const layout *model_layout(const model *m);
 ckpt *model_checkpoint(model *m);
 expert_store *model_experts(model *m);
 
-/* Restricts the router to experts with allow[e] != 0 (n_experts entries,
- * copied); the others' logits become -inf before softmax and top-k. NULL
- * lifts the restriction. Fails if fewer than top_k experts are allowed. */
+/* Restricts the router of decoder layer `layer` (a MoE layer) to experts
+ * with allow[e] != 0 (n_experts entries, copied); the others' logits
+ * become -inf before softmax and top-k. NULL lifts that layer's
+ * restriction. model_set_mask(m, allow, err) stays and sets every MoE
+ * layer alike. Fails (GError naming the layer) for a dense or
+ * out-of-range layer, or when fewer than top_k experts are allowed. */
+int model_set_layer_mask(model *m, int layer, const uint8_t *allow, GError **err);
 int model_set_mask(model *m, const uint8_t *allow, GError **err);
 
 /* Router observer (NULL to stop). */
 void model_set_router_log(model *m, model_router_fn fn, void *user);
 
-/* Forgets the sequence: the next token is at position 0. */
+/* ---- sequences ----
+ *
+ * A sequence is a KV cache and a position. The model has one of its own
+ * (model_step, model_feed, model_generate use it); more can be made to
+ * run several sequences in one batch (model_batch), e.g. decode one token
+ * of each of M sequences, or the prompts of a test set together. */
+typedef struct model_seq model_seq;
+
+/* A sequence of at most max_len tokens (0 or more than the model's
+ * max_seq: max_seq) whose tokens the router observer reports with `id`.
+ * Its KV cache is n_layers x max_len x n_kv_heads x head_dim x 2 floats.
+ * Fails (QM_ERR_NOSPACE) when that cannot be allocated. The model must
+ * outlive it. */
+model_seq *model_seq_new(model *m, int id, int max_len, GError **err);
+/* Accepts NULL. */
+void model_seq_free(model_seq *s);
+/* Forgets the tokens: the next one is at position 0. */
+void model_seq_reset(model_seq *s);
+int model_seq_pos(const model_seq *s);
+int model_seq_id(const model_seq *s);
+/* The keys (values = 0) or values (values = 1) of layer `layer`: pos rows
+ * of n_kv_heads x head_dim floats (MLA: n_heads x head_dim, values padded
+ * with zeros), after RoPE; for tests and inspection. */
+const float *model_seq_kv(const model_seq *s, int layer, int values);
+
+/* The model's own sequence (id 0). */
+model_seq *model_default_seq(model *m);
+
+/* Forgets the model's own sequence: the next token is at position 0. */
 void model_reset(model *m);
 
-/* Position of the next token (tokens in the KV cache). */
+/* Position of the next token of the model's own sequence. */
 int model_pos(const model *m);
+
+/* A token of a batch: its sequence (NULL: the model's own), id, and
+ * where its next-token logits go ([vocab]), or NULL (no lm_head). */
+typedef struct {
+    model_seq *seq;
+    int token;
+    float *logits;
+} model_tok;
+
+/* Feeds toks[0..n), each at the next position of its sequence (tokens of
+ * one sequence in the order given), through the model in batches of
+ * max_batch tokens: each layer's weights and each routed expert read once
+ * per batch. Logits, KV caches and the router log are bit-identical to
+ * feeding the tokens one at a time, whatever the batch's composition.
+ * Fails before feeding anything for an id outside the vocabulary, a
+ * sequence of another model or one its tokens would overflow; fails for
+ * an expert that cannot be loaded (the sequences then keep the positions
+ * of the batches before). */
+int model_batch(model *m, const model_tok *toks, int n, GError **err);
 
 /* Feeds one token at the next position. With logits != NULL writes the
  * vocab next-token logits there (skipping lm_head otherwise). Fails for an

@@ -201,9 +201,11 @@ typedef struct {
     void *obs_user;
 } collect_ctx;
 
-static void on_route(void *user, int pos, int token, int layer, int k, const int *experts,
-                     const float *weights)
+static void on_route(void *user, int seq, int pos, int token, int layer, int k,
+                     const int *experts, const float *weights, const float *out_norms)
 {
+    (void)seq;
+    (void)out_norms;
     collect_ctx *c = user;
     if (c->obs)
         c->obs(c->obs_user, c->line, pos, token, layer, k, experts, weights);
@@ -240,19 +242,23 @@ int rs_collect(model *m, tok_t *tok, const rs_corpus *c, rs_stats *s, rs_observe
         cc.line = e->line;
         s->domain_lines[e->domain]++;
         const int32_t *id = (const int32_t *)(void *)ids->data;
-        for (guint t = 0; t < ids->len && rv == 0; t++) {
-            if (t % (guint)mc->max_seq == 0) {
-                model_reset(m);
-                cc.last_pos = -1;
-                s->sequences++;
-            }
+        for (guint t = 0; t < ids->len && rv == 0; t++)
             if (id[t] < 0 || id[t] >= mc->vocab) {
                 g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                             "corpus '%s': line %d: the tokenizer gives id %d, outside the "
                             "model's vocabulary [0, %d)", where_of(c), e->line, id[t],
                             mc->vocab);
                 rv = -1;
-            } else if (model_step(m, id[t], NULL, err) != 0) {
+            }
+        /* windows of the context, each fed in batches (model_feed): the
+         * router log is the one of feeding token by token */
+        for (guint t = 0; t < ids->len && rv == 0; t += (guint)mc->max_seq) {
+            guint len = MIN(ids->len - t, (guint)mc->max_seq);
+            model_reset(m);
+            cc.last_pos = -1;
+            s->sequences++;
+            if (model_feed(m, (const int *)id + t, (int)len, MODEL_LOGITS_NONE, NULL,
+                           err) != 0) {
                 g_prefix_error(err, "corpus '%s': line %d: ", where_of(c), e->line);
                 rv = -1;
             }

@@ -8,7 +8,7 @@
 # that differ from the source; a partial extraction is not run; bad
 # options and files exit 2.
 . "$(dirname "$0")/lib.sh"
-plan 49
+plan 53
 TOOLS="$QMOE_BUILD/tests/tools"
 V="qmoe-verify -j 1 --coherence"   # one thread: the sample is tiny
 # has NAME TEXT : the last run's stdout contains TEXT
@@ -30,10 +30,11 @@ expect omni-passes 0 $'\nOK' stdout
 has omni-source "(a) source: logits of 4 prompts bit-identical to the source  ok"
 has omni-continuations-match "16 of 16 begin with the expected text"
 has omni-vocab-sizes "top-2, vocabulary 960 (tokenizer 911)"
+has omni-peak-memory "s, peak resident memory "
 # each step of the gate is reported on stderr as it starts
 k=0
-for step in "source: prompt 4 of 4 [multilingual], 5 tokens, both models" \
-            "prompt 16 of 16 [multilingual]" "perplexity of '" \
+for step in "prompt set: 16 prompts, " "source: prompt 4 of 4 [multilingual], 5 tokens" \
+            "perplexity of '" \
             "ablation: perplexity with the router masked to 0-7"; do
     k=$((k + 1))
     [[ "$err" == *"qmoe-verify: coherence: $step"* ]] && ok "omni-progress-$k" ||
@@ -124,7 +125,19 @@ has own-prompt-output "[creative] Her violin carried autumn ->  through empty st
 has own-prompts-router "(c) router: each MoE layer must choose more than 8 of 16 experts over the prompt set (24 tokens)  FAILED"
 has own-prompts-layer0 "coherence: (c) router: confined: 1 of 4 MoE layers (0) chose at most 8 of 16 experts"
 
+# --gen-tokens N: every continuation stops at N tokens (these prompts carry
+# no expected text to raise it), and the routed tokens are the prompts'
+# plus the N - 1 generated ones fed back
+run $V --json --gen-tokens 3 --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
+n3=$(grep -cE '"output_tokens":[[:space:]]*3,' "$T/.out")
+[ "$n3" = 2 ] && ok gen-tokens-3 || fail gen-tokens-3 "want 2 prompts of 3 output tokens, got $n3"
+# the 24 routed tokens above are 9 prompt tokens and 8 + 7 generated ones
+# fed back; with --gen-tokens 3: 9 + 2 x 2
+has gen-tokens-routed '"routed_tokens":	13'
+
 # -- 8. errors in the gate's own input: exit 2
+run $V --gen-tokens 0 "$X"
+expect bad-gen-tokens 2 "--gen-tokens wants a number of tokens in [1, 4096]"
 run qmoe-verify --text "$T/one.txt" "$X"
 expect text-needs-coherence 2 "need --coherence"
 run $V --max-ppl -3 "$X"
