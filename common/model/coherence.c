@@ -171,9 +171,11 @@ typedef struct {
     int last_pos;             /* to count tokens once, not once per layer */
 } router_ctx;
 
-static void on_route(void *user, int pos, int token, int layer, int k,
-                     const int *experts, const float *weights)
+static void on_route(void *user, int seq, int pos, int token, int layer, int k,
+                     const int *experts, const float *weights, const float *out_norms)
 {
+    (void)seq;
+    (void)out_norms;
     (void)token;
     router_ctx *c = user;
     int li = c->moe_index[layer];

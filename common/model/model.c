@@ -26,6 +26,7 @@ typedef struct {
     qm_mat sgate, sup, sdown;     /* its SwiGLU MLP */
     qm_mat sg;                    /* [1, hidden] its sigmoid gate (rows 0: none) */
     float *score_bias;            /* (n_experts) e_score_correction_bias, or NULL */
+    uint8_t *allow;               /* (n_experts) this layer's router mask, NULL = all */
     /* MLA (instead of q, k, v): */
     qm_mat qa, qb;                /* [q_lora, hidden], [H*(nope+rope), q_lora] */
     qm_mat kva, kvb;              /* [kv_lora+rope, hidden], [H*(nope+v), kv_lora] */
@@ -43,7 +44,6 @@ struct model {
     layer_w *layers;              /* [n_layers] */
     expert_store *store;
     team *team;
-    uint8_t *allow;               /* (n_experts) router mask, NULL = all */
     model_router_fn router_fn;
     void *router_user;
     int pos;                      /* next position */
@@ -84,6 +84,9 @@ struct model {
     float *prl;                   /* (max_batch, n_experts) router logits */
     int *ptop;                    /* (n_layers, max_batch, top_k) chosen experts */
     float *ptopw;                 /* (n_layers, max_batch, top_k) their weights */
+    float *pnorm;                 /* (n_layers, max_batch, top_k) their output norms */
+    int *ppair;                   /* (max_batch * top_k) plist's (token, k) pair */
+    float *rnorm;                 /* (top_k) output norms of m->top's experts */
     int *pstart;                  /* (n_experts + 1) start of each expert's tokens in plist */
     int *pord;                    /* (n_experts) the experts a batch routes to */
     int *plist;                   /* (max_batch * top_k) tokens routed to each expert */
@@ -538,6 +541,9 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     m->prl = g_new0(float, (size_t)B * E);
     m->ptop = g_new0(int, (size_t)c->n_layers * B * k);
     m->ptopw = g_new0(float, (size_t)c->n_layers * B * k);
+    m->pnorm = g_new0(float, (size_t)c->n_layers * B * k);
+    m->ppair = g_new0(int, (size_t)B * k);
+    m->rnorm = g_new0(float, MAX(c->top_k, 1));
     m->pstart = g_new0(int, E + 1);
     m->pord = g_new0(int, E);
     m->plist = g_new0(int, (size_t)B * k);
@@ -576,12 +582,12 @@ void model_free(model *m)
             g_free(m->layers[l].kva_norm);
             g_free(m->layers[l].in_norm);
             g_free(m->layers[l].post_norm);
+            g_free(m->layers[l].allow);
         }
     g_free(m->layers);
     g_free(m->final_norm);
     expert_store_free(m->store);
     team_free(m->team);
-    g_free(m->allow);
     g_free(m->x);
     g_free(m->xb);
     g_free(m->xb2);
@@ -618,6 +624,9 @@ void model_free(model *m)
     g_free(m->prl);
     g_free(m->ptop);
     g_free(m->ptopw);
+    g_free(m->pnorm);
+    g_free(m->ppair);
+    g_free(m->rnorm);
     g_free(m->pstart);
     g_free(m->pord);
     g_free(m->plist);
@@ -645,11 +654,18 @@ int model_pos(const model *m) { return m->pos; }
 void model_reset(model *m) { m->pos = 0; }
 uint64_t model_step_weight_bytes(const model *m) { return m->step_bytes; }
 
-int model_set_mask(model *m, const uint8_t *allow, GError **err)
+int model_set_layer_mask(model *m, int layer, const uint8_t *allow, GError **err)
 {
+    if (layer < 0 || layer >= m->c.n_layers || !m->c.is_moe[layer]) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE, "cannot restrict the router of layer %d: %s",
+                    layer, layer < 0 || layer >= m->c.n_layers ? "no such decoder layer"
+                                                               : "it is a dense layer");
+        return -1;
+    }
+    layer_w *w = &m->layers[layer];
     if (!allow) {
-        g_free(m->allow);
-        m->allow = NULL;
+        g_free(w->allow);
+        w->allow = NULL;
         return 0;
     }
     int n = 0;
@@ -657,14 +673,33 @@ int model_set_mask(model *m, const uint8_t *allow, GError **err)
         n += allow[e] != 0;
     if (n < m->c.top_k) {
         g_set_error(err, QM_ERROR, QM_ERR_USAGE,
-                    "the router mask allows %d experts, fewer than the %d each token "
-                    "needs", n, m->c.top_k);
+                    "the router mask of layer %d allows %d experts, fewer than the %d each "
+                    "token needs", layer, n, m->c.top_k);
         return -1;
     }
-    if (!m->allow)
-        m->allow = g_new0(uint8_t, m->c.n_experts);
+    if (!w->allow)
+        w->allow = g_new0(uint8_t, m->c.n_experts);
     for (int e = 0; e < m->c.n_experts; e++)
-        m->allow[e] = allow[e] != 0;
+        w->allow[e] = allow[e] != 0;
+    return 0;
+}
+
+int model_set_mask(model *m, const uint8_t *allow, GError **err)
+{
+    if (allow) {
+        int n = 0;
+        for (int e = 0; e < m->c.n_experts; e++)
+            n += allow[e] != 0;
+        if (n < m->c.top_k) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "the router mask allows %d experts, fewer than the %d each token "
+                        "needs", n, m->c.top_k);
+            return -1;
+        }
+    }
+    for (int l = 0; l < m->c.n_layers; l++)
+        if (m->c.is_moe[l] && model_set_layer_mask(m, l, allow, err))
+            return -1;
     return 0;
 }
 
@@ -991,8 +1026,8 @@ static void compact_heads(float *o, int H, int hd, int vd)
  * routed_scaling_factor. Experts outside the kept groups are never chosen,
  * as in DeepSeek's reference code; HF fills their choices with 0.0, which
  * differs only when fewer than top_k kept experts have a positive choice. */
-static void route_grouped(const model *m, const float *bias, float *p, int *top,
-                          float *topw)
+static void route_grouped(const model *m, const uint8_t *allow, const float *bias, float *p,
+                          int *top, float *topw)
 {
     const model_config *c = &m->c;
     int E = c->n_experts, G = c->n_group, per = E / G, K = c->top_k;
@@ -1000,7 +1035,7 @@ static void route_grouped(const model *m, const float *bias, float *p, int *top,
     int *gorder = m->rgroup, *keep = m->rgroup + G;
     for (int e = 0; e < E; e++) {
         p[e] = sigmoid(p[e]);
-        ch[e] = m->allow && !m->allow[e] ? -INFINITY : p[e] + bias[e];
+        ch[e] = allow && !allow[e] ? -INFINITY : p[e] + bias[e];
     }
     for (int g = 0; g < G; g++) {
         float b1 = -INFINITY, b2 = -INFINITY;
@@ -1057,12 +1092,12 @@ static void route_pick(const model *m, const layer_w *w, float *p, int *top, flo
 {
     const model_config *c = &m->c;
     if (m->lt->score == LT_SCORE_SIGMOID_GROUPED) {
-        route_grouped(m, w->score_bias, p, top, topw);
+        route_grouped(m, w->allow, w->score_bias, p, top, topw);
         return;
     }
     float mx = -INFINITY;
     for (int e = 0; e < c->n_experts; e++) {
-        if (m->allow && !m->allow[e])
+        if (w->allow && !w->allow[e])
             p[e] = -INFINITY;
         mx = p[e] > mx ? p[e] : mx;
     }
@@ -1077,7 +1112,7 @@ static void route_pick(const model *m, const layer_w *w, float *p, int *top, flo
     for (int k = 0; k < c->top_k; k++) {
         int best = -1;
         for (int e = 0; e < c->n_experts; e++) {
-            if (m->allow && !m->allow[e])
+            if (w->allow && !w->allow[e])
                 continue;
             int taken = 0;
             for (int j = 0; j < k; j++)
@@ -1143,12 +1178,27 @@ static int moe_batched(model *m, int l, GError **err)
     return 0;
 }
 
+/* L2 norm of an expert's output (before its router weight), for the
+ * router observer (REAP scores). */
+static float l2norm(const float *v, int n)
+{
+    double s = 0;
+    for (int i = 0; i < n; i++)
+        s += (double)v[i] * v[i];
+    return (float)sqrt(s);
+}
+
+static void route_observed(model *m, int l, int token)
+{
+    if (m->router_fn)
+        m->router_fn(m->router_user, 0, m->pos, token, l, m->c.top_k, m->top, m->topw,
+                     m->rnorm);
+}
+
 static int moe(model *m, int l, int token, GError **err)
 {
     const model_config *c = &m->c;
     route(m, l);
-    if (m->router_fn)
-        m->router_fn(m->router_user, m->pos, token, l, c->top_k, m->top, m->topw);
     /* Sum in ascending expert id, the order Hugging Face's loop adds in. */
     for (int k = 0; k < c->top_k; k++) {
         int j = k;
@@ -1162,8 +1212,11 @@ static int moe(model *m, int l, int token, GError **err)
     if (expert_store_holds(m->store, c->top_k)) {
         if (moe_batched(m, l, err) != 0)
             return -1;
+        for (int k = 0; m->router_fn && k < c->top_k; k++)
+            m->rnorm[m->order[k]] = l2norm(m->eout + (size_t)k * c->hidden, c->hidden);
         for (int d = 0; d < c->hidden; d++)
             m->x[d] += m->moe[d];
+        route_observed(m, l, token);
         return 0;
     }
     memset(m->moe, 0, sizeof(float) * c->hidden);
@@ -1173,11 +1226,14 @@ static int moe(model *m, int l, int token, GError **err)
         if (!em)
             return -1;
         swiglu(m, &em->gate, &em->up, &em->down, m->xb2);
+        if (m->router_fn)
+            m->rnorm[i] = l2norm(m->xb2, c->hidden);
         for (int d = 0; d < c->hidden; d++)
             m->moe[d] += m->topw[i] * m->xb2[d];
     }
     for (int d = 0; d < c->hidden; d++)
         m->x[d] += m->moe[d];
+    route_observed(m, l, token);
     return 0;
 }
 
@@ -1339,6 +1395,7 @@ static int moe_batch(model *m, int l, int n, GError **err)
         int at = m->pstart[top[i]]++;
         m->plist[at] = i / K;
         m->plw[at] = topw[i];
+        m->ppair[at] = i;
     }
     for (int e = E; e > 0; e--)
         m->pstart[e] = m->pstart[e - 1];
@@ -1368,6 +1425,9 @@ static int moe_batch(model *m, int l, int n, GError **err)
         for (size_t i = 0; i < (size_t)cnt * I; i++)
             m->ph[i] = silu(m->ph[i]) * m->ph2[i];
         qm_matmat(m->team, m->pg, H, &em->down, m->ph, I, cnt);
+        float *norm = m->pnorm + (size_t)l * m->max_batch * K;
+        for (int i = 0; m->router_fn && i < cnt; i++)
+            norm[m->ppair[a + i]] = l2norm(m->pg + (size_t)i * H, H);
         for (int i = 0; i < cnt; i++) {
             float w = m->plw[a + i];
             const float *o = m->pg + (size_t)i * H;
@@ -1477,8 +1537,8 @@ static int forward_batch(model *m, const int *ids, int n, int logits, GError **e
                 if (!c->is_moe[l])
                     continue;
                 size_t i = ((size_t)l * m->max_batch + t) * c->top_k;
-                m->router_fn(m->router_user, m->pos + t, ids[t], l, c->top_k, m->ptop + i,
-                             m->ptopw + i);
+                m->router_fn(m->router_user, 0, m->pos + t, ids[t], l, c->top_k, m->ptop + i,
+                             m->ptopw + i, m->pnorm + i);
             }
     m->pos += n;
     return 0;

@@ -71,11 +71,16 @@ typedef struct {
     const uint8_t *is_moe;/* [n_layers] */
 } model_config;
 
-/* Called once per token and MoE layer with the chosen experts in
- * descending selection score (router probability; DeepSeek-V3: sigmoid +
- * bias) and their mixing weights (after renormalisation and scaling). */
-typedef void (*model_router_fn)(void *user, int pos, int token, int layer, int k,
-                                const int *experts, const float *weights);
+/* Router observer: called once per token and MoE layer with the chosen
+ * experts in descending selection score (router probability; DeepSeek-V3:
+ * sigmoid + bias) and their mixing weights (after renormalisation and
+ * scaling). seq is the token's sequence in a multi-sequence batch (0 for
+ * single-sequence calls); out_norms[i] is the L2 norm of chosen expert i's
+ * output vector (its down projection, before it is multiplied by
+ * weights[i]), needed for REAP expert scores. */
+typedef void (*model_router_fn)(void *user, int seq, int pos, int token, int layer, int k,
+                                const int *experts, const float *weights,
+                                const float *out_norms);
 
 /* Opens the checkpoint at `path`, detects its layout (one whose entry has
  * `forward` set), reads the text config, maps the non-expert weights and
@@ -93,8 +98,15 @@ expert_store *model_experts(model *m);
 
 /* Restricts the router to experts with allow[e] != 0 (n_experts entries,
  * copied); the others' logits become -inf before softmax and top-k. NULL
- * lifts the restriction. Fails if fewer than top_k experts are allowed. */
+ * lifts the restriction. Fails if fewer than top_k experts are allowed.
+ * Sets every MoE layer alike (model_set_layer_mask). */
 int model_set_mask(model *m, const uint8_t *allow, GError **err);
+
+/* Restricts the router of decoder layer `layer` (a MoE layer) to experts
+ * with allow[e] != 0 (n_experts entries, copied); NULL lifts that layer's
+ * restriction. Fails (GError naming the layer) for a dense or out-of-range
+ * layer, or when fewer than top_k experts are allowed. */
+int model_set_layer_mask(model *m, int layer, const uint8_t *allow, GError **err);
 
 /* Router observer (NULL to stop). */
 void model_set_router_log(model *m, model_router_fn fn, void *user);

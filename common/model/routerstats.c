@@ -201,12 +201,13 @@ typedef struct {
     void *obs_user;
 } collect_ctx;
 
-static void on_route(void *user, int pos, int token, int layer, int k, const int *experts,
-                     const float *weights)
+static void on_route(void *user, int seq, int pos, int token, int layer, int k,
+                     const int *experts, const float *weights, const float *out_norms)
 {
+    (void)seq;
     collect_ctx *c = user;
     if (c->obs)
-        c->obs(c->obs_user, c->line, pos, token, layer, k, experts, weights);
+        c->obs(c->obs_user, c->line, pos, token, layer, k, experts, weights, out_norms);
     int li = c->moe_index[layer];
     if (li < 0)
         return;

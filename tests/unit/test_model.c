@@ -240,9 +240,11 @@ typedef struct {
     float w[3][24][4];
 } router_rec;
 
-static void record(void *user, int pos, int token, int layer, int k, const int *e,
-                   const float *w)
+static void record(void *user, int seq, int pos, int token, int layer, int k, const int *e,
+                   const float *w, const float *norms)
 {
+    (void)seq;
+    (void)norms;
     router_rec *r = user;
     (void)token;
     r->n++;
@@ -323,9 +325,11 @@ typedef struct {
     GString *log; /* one line per call, in call order */
 } route_log;
 
-static void log_route(void *user, int pos, int token, int layer, int k, const int *e,
-                      const float *w)
+static void log_route(void *user, int seq, int pos, int token, int layer, int k, const int *e,
+                      const float *w, const float *norms)
 {
+    (void)seq;
+    (void)norms;
     route_log *r = user;
     g_string_append_printf(r->log, "%d %d %d:", pos, token, layer);
     for (int i = 0; i < k; i++)
