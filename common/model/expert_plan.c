@@ -1,6 +1,7 @@
 /* expert_plan.c - see expert_plan.h */
 #include "model/expert_plan.h"
 #include "base/util.h"
+#include "model/model.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -212,6 +213,40 @@ int expert_plan_index(const expert_plan *p, int layer, int e)
         if (p->keep[layer][i] == e)
             return i;
     return -1;
+}
+
+expert_plan *expert_plan_load_model(const char *path, model *m, GError **err)
+{
+    lt_shape s;
+    if (layout_shape(model_layout(m), model_checkpoint(m), &s, err))
+        return NULL;
+    expert_plan *p = expert_plan_load(path, &s, err);
+    layout_shape_free(&s);
+    return p;
+}
+
+int expert_plan_apply(model *m, const expert_plan *p, GError **err)
+{
+    const model_config *c = model_get_config(m);
+    for (int l = 0; l < c->n_layers && l < p->n_layers; l++) {
+        if (!p->keep[l] || !c->is_moe[l])
+            continue;
+        if (p->n_keep[l] < c->top_k) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "'%s': keep[\"%d\"] keeps %d experts, fewer than the %d the router "
+                        "picks per token: the packed model would pick %d (qmoe-pack sets "
+                        "num_experts_per_tok to %d), which a mask on this model cannot "
+                        "simulate; run the packed model instead", p->label, l, p->n_keep[l],
+                        c->top_k, p->n_keep[l], p->n_keep[l]);
+            return -1;
+        }
+        uint8_t *allow = expert_plan_allow(p, l);
+        int rc = model_set_layer_mask(m, l, allow, err);
+        g_free(allow);
+        if (rc)
+            return -1;
+    }
+    return 0;
 }
 
 /* ---- plans from router statistics ---- */

@@ -67,6 +67,21 @@ uint8_t *expert_plan_allow(const expert_plan *p, int layer);
  * or -1 when the layer does not keep it. */
 int expert_plan_index(const expert_plan *p, int layer, int e);
 
+/* ---- the plan on a model (qmoe-run --keep-experts) ---- */
+
+struct model;
+
+/* expert_plan_load against the checkpoint of m (its layout's shape, the
+ * MTP block included, so that a plan made for qmoe-pack reads too). */
+expert_plan *expert_plan_load_model(const char *path, struct model *m, GError **err);
+
+/* Restricts each listed decoder layer's router to its plan
+ * (model_set_layer_mask); MTP layers, which the forward pass does not run,
+ * are skipped. A layer keeping fewer experts than the model's top-k is
+ * refused (QM_ERR_USAGE): its packed model routes top-N instead, which a
+ * mask on the original cannot simulate. */
+int expert_plan_apply(struct model *m, const expert_plan *p, GError **err);
+
 /* ---- plans from router statistics ---- */
 
 typedef enum {
