@@ -265,11 +265,50 @@ out:
     return rc;
 }
 
+/* Names with their numbers compared as numbers ("layers.2" before
+ * "layers.10"), so that a shard holds consecutive layers, and experts in
+ * their new order, as a model's own state_dict order would. */
+static int natural_cmp(const char *a, const char *b)
+{
+    while (*a && *b) {
+        if (g_ascii_isdigit(*a) && g_ascii_isdigit(*b)) {
+            while (*a == '0' && g_ascii_isdigit(a[1]))
+                a++;
+            while (*b == '0' && g_ascii_isdigit(b[1]))
+                b++;
+            size_t la = 0, lb = 0;
+            while (g_ascii_isdigit(a[la]))
+                la++;
+            while (g_ascii_isdigit(b[lb]))
+                lb++;
+            if (la != lb)
+                return la < lb ? -1 : 1;
+            int c = strncmp(a, b, la);
+            if (c)
+                return c;
+            a += la;
+            b += lb;
+        } else {
+            if (*a != *b)
+                return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
+            a++;
+            b++;
+        }
+    }
+    return *a ? 1 : *b ? -1 : 0;
+}
+
+static int tensor_order(const void *x, const void *y)
+{
+    return natural_cmp(((const pk_tensor *)x)->name, ((const pk_tensor *)y)->name);
+}
+
 /* Consecutive tensors into shards of at most max bytes of data (a larger
  * tensor alone in one), named model-0000K-of-0000N. */
 static void plan_files(pk_job *j, uint64_t max)
 {
     int cap = 16;
+    qsort(j->tensors, (size_t)j->n_tensors, sizeof *j->tensors, tensor_order);
     j->files = g_new0(pk_file, cap);
     uint64_t cur = 0;
     for (int i = 0; i < j->n_tensors; i++) {

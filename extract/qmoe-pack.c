@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 static const char *prog = "qmoe-pack";
@@ -97,6 +98,14 @@ static void dry_run_text(const pk_job *j, const char *dest, uint64_t need)
            "%s in all\n", j->n_files, j->n_files == 1 ? "" : "s", j->n_tensors,
            (unsigned long long)j->src_tensors, qm_human_bytes(j->total_size, a, sizeof a),
            qm_human_bytes(need, b, sizeof b));
+    struct statvfs sv;
+    char *dir = g_path_get_dirname(dest);
+    const char *where = g_file_test(dest, G_FILE_TEST_IS_DIR) ? dest : dir;
+    if (statvfs(where, &sv) == 0)
+        printf("space: needs %s; '%s' has %s free (less is needed where reflinks share "
+               "blocks with the source)\n", qm_human_bytes(need, a, sizeof a), where,
+               qm_human_bytes((uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize, b, sizeof b));
+    g_free(dir);
     printf("files:\n");
     for (int i = 0; i < j->n_files; i++)
         printf("  %-40s %10s  %d tensors\n", j->files[i].name,

@@ -16,7 +16,7 @@
 #   - refusals: fewer experts than top-k, options that do not go together,
 #     --keep out of range or against DeepSeek's groups.
 . "$(dirname "$0")/lib.sh"
-plan 56
+plan 57
 PY=/usr/bin/python3
 HF=$QMOE_ROOT/tests/tools/hf_qwen3moe.py
 C=$QMOE_ROOT/samples/corpus.jsonl
@@ -26,7 +26,8 @@ ppl() { printf '%s\n' "$1" | awk '/^perplexity/ { print $2 }'; }
 run qmoe-mksample --coherent "$M"
 expect plan_coherent_sample 0
 grep '"technical"' "$C" >"$T/tech.jsonl"
-jq -r .text "$T/tech.jsonl" >"$T/tech.txt"
+head -4 "$QMOE_ROOT/samples/reference.txt" >"$T/tech.txt" # the technical lines
+check plan_tech_text grep -q "^Memory mapping lets one process" "$T/tech.txt"
 
 for by in frequency weight reap; do
     run qmoe-run --router-stats "$C" --keep 8 --by "$by" --plan-out "$T/all-$by.json" "$M"
