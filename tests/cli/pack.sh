@@ -13,7 +13,7 @@
 # source's. Bad plans and a non-empty DEST are refused before anything is
 # written, naming the entry.
 . "$(dirname "$0")/lib.sh"
-plan 163
+plan 167
 FAM=$FIX/families
 IDS=1,7,42,99,5,250,17,3,64,128,77,300
 ckcmp() { "$QMOE_BUILD/tests/tools/ckcmp" "$@"; }
@@ -161,6 +161,13 @@ run qmoe-pack --no-progress --as qwen3_moe --keep-experts "$T/qwen3moe.plan.json
 expect pack_as_qwen3_with_plan 0
 same pack_as_qwen3_with_plan_count "$(jq -c '[.model_type, .num_experts]' "$T/thinker-8/config.json")" '["qwen3_moe",8]'
 check pack_as_qwen3_with_plan_equals_pruned ckcmp "$T/qwen3moe" "$T/thinker-8"
+# from an extraction of the Omni checkpoint (other/ left out): the same files
+run qmoe-extract --no-progress "$OMNI" "$T/omni-out"
+expect pack_omni_extract 0
+run qmoe-pack --no-progress --as qwen3_moe --keep-experts "$T/qwen3moe.plan.json" "$T/omni-out" "$T/thinker-8-out"
+expect pack_as_qwen3_from_out 0
+check pack_as_qwen3_from_out_same_tensors ckcmp "$T/thinker-8" "$T/thinker-8-out"
+check pack_as_qwen3_from_out_same_config cmp "$T/thinker-8/config.json" "$T/thinker-8-out/config.json"
 run qmoe-pack --as qwen3_moe "$FAM/mixtral-tiny/hf" "$T/nope"
 expect pack_as_qwen3_other_family 2 "only a Qwen3-Omni"
 run qmoe-pack --as llama "$OMNI" "$T/nope"
