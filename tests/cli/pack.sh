@@ -13,7 +13,7 @@
 # source's. Bad plans and a non-empty DEST are refused before anything is
 # written, naming the entry.
 . "$(dirname "$0")/lib.sh"
-plan 167
+plan 186
 FAM=$FIX/families
 IDS=1,7,42,99,5,250,17,3,64,128,77,300
 ckcmp() { "$QMOE_BUILD/tests/tools/ckcmp" "$@"; }
@@ -91,6 +91,10 @@ check_family() {
 
 check_family qwen3moe "$FIX/qwen3moe-tiny/qwen3moe" \
     '{"keep":{"0":[0,2,4,6,7,9,11,15],"1":[1,2,3,5,8,10,12,14],"2":[0,1,2,3,4,5,6,7]}}' 8 num_experts
+# Qwen3-Omni as it is (no --as): the thinker's text config counts change
+check_family omni "$FIX/qwen3moe-tiny/omni" \
+    '{"keep":{"0":[0,2,4,6,7,9,11,15],"1":[1,2,3,5,8,10,12,14],"2":[0,1,2,3,4,5,6,7]}}' 8 \
+    thinker_config.text_config.num_experts
 check_family mixtral "$FAM/mixtral-tiny/hf" \
     '{"keep":{"0":[1,3,4,6],"1":[0,2,5,7],"2":[0,1,6,7]}}' 4 num_local_experts
 check_family olmoe "$FAM/olmoe-tiny/hf" \
@@ -162,9 +166,9 @@ expect pack_as_qwen3_with_plan 0
 same pack_as_qwen3_with_plan_count "$(jq -c '[.model_type, .num_experts]' "$T/thinker-8/config.json")" '["qwen3_moe",8]'
 check pack_as_qwen3_with_plan_equals_pruned ckcmp "$T/qwen3moe" "$T/thinker-8"
 # from an extraction of the Omni checkpoint (other/ left out): the same files
-run qmoe-extract --no-progress "$OMNI" "$T/omni-out"
+run qmoe-extract --no-progress "$OMNI" "$T/omni-x"
 expect pack_omni_extract 0
-run qmoe-pack --no-progress --as qwen3_moe --keep-experts "$T/qwen3moe.plan.json" "$T/omni-out" "$T/thinker-8-out"
+run qmoe-pack --no-progress --as qwen3_moe --keep-experts "$T/qwen3moe.plan.json" "$T/omni-x" "$T/thinker-8-out"
 expect pack_as_qwen3_from_out 0
 check pack_as_qwen3_from_out_same_tensors ckcmp "$T/thinker-8" "$T/thinker-8-out"
 check pack_as_qwen3_from_out_same_config cmp "$T/thinker-8/config.json" "$T/thinker-8-out/config.json"
