@@ -133,6 +133,8 @@ $(BUILD)/bin/$(basename $(notdir $(1))): $(BUILD)/$(basename $(1)).o \
 	@$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
 endef
 $(foreach m,$(MAINS),$(eval $(call tool_rule,$(m))))
+# qmoe-pack shares blocks with its source the way qmoe-extract does.
+$(BUILD)/bin/qmoe-pack: $(BUILD)/extract/extract_copy.o
 
 define man_rule
 $(BUILD)/man/$(basename $(notdir $(1))).1: $(BUILD)/bin/$(basename $(notdir $(1))) $(basename $(1)).h2m

@@ -6,6 +6,8 @@
 #   4. qmoe-verify proves coverage and integrity against the source
 #   5. qmoe-run generates from the coherent sample model's extraction
 #   6. router statistics by domain, and the report: DIR/index.html
+#   7. expert plans from the technical sentences, perplexities side by side,
+#      and the 4-expert model written by qmoe-pack
 set -eu
 : "${QMOE_BUILD:?}"
 B="$QMOE_BUILD/bin"
@@ -28,6 +30,26 @@ if [ -x "$B/qmoe-run" ] && "$B/qmoe-mksample" --help | grep -q -- --coherent; th
     step "$B/qmoe-run" --mask-experts 0-7 --prompt "The router sends every token" "$D/coherent"
     step "$B/qmoe-run" --router-stats "$(dirname "$0")/corpus.jsonl" "$D/coherent"
     step "$B/qmoe-verify" --coherence --report "$D/report" "$D/coherent" | tail -n 2
+    # The seed's fix: keep the experts the router uses on your text (here the
+    # technical sentences), not the first N; then write the smaller model.
+    S="$(dirname "$0")"
+    grep '"technical"' "$S/corpus.jsonl" >"$D/tech.jsonl"
+    head -4 "$S/reference.txt" >"$D/tech.txt"
+    for by in frequency weight reap; do
+        step "$B/qmoe-run" --router-stats "$D/tech.jsonl" --keep 4 --by $by \
+            --plan-out "$D/plan-$by.json" "$D/coherent" >/dev/null
+    done
+    ppl() { "$B/qmoe-run" --perplexity "$D/tech.txt" "$@" "$D/coherent" 2>/dev/null | head -1; }
+    echo >&2
+    echo "technical text, 4 of 16 experts per layer:" >&2
+    printf '  %-26s %s\n' "all 16 experts" "$(ppl)" \
+        "plan by frequency" "$(ppl --keep-experts "$D/plan-frequency.json")" \
+        "plan by weight" "$(ppl --keep-experts "$D/plan-weight.json")" \
+        "plan by reap" "$(ppl --keep-experts "$D/plan-reap.json")" \
+        "first 4 (the seed's mask)" "$(ppl --mask-experts 0-3)" >&2
+    step "$B/qmoe-pack" --no-progress --as qwen3_moe --keep-experts "$D/plan-reap.json" \
+        "$D/coherent-src" "$D/tech4"
+    step "$B/qmoe-run" --prompt "The router sends every token" "$D/tech4"
 fi
 echo
 echo "demo output is in $D"

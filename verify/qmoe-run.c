@@ -8,6 +8,7 @@
 #include "model/expert_store.h"
 #include "base/fs.h"
 #include "model/model.h"
+#include "model/expert_plan.h"
 #include "model/perplexity.h"
 #include "model/tokenizer.h"
 #include "base/util.h"
@@ -21,6 +22,8 @@
 
 static gchar *opt_token_ids, *opt_logits_out, *opt_router_log, *opt_mask, *opt_expert_io;
 static gchar *opt_prompt, *opt_perplexity, *opt_router_stats, *opt_report;
+static gchar *opt_keep_experts, *opt_by, *opt_plan_out;
+static gint opt_keep;
 static gint opt_n = 16, opt_threads, opt_cache_mb = 4096, opt_context = PPL_DEFAULT_CONTEXT;
 static gint opt_batch;
 static gdouble opt_temperature;
@@ -59,6 +62,15 @@ static GOptionEntry entries[] = {
      "--tokenize/--detokenize: one JSON string (or array) per input and output line", NULL},
     {"mask-experts", 0, 0, G_OPTION_ARG_STRING, &opt_mask,
      "Restrict the router to these experts, e.g. 0-7", "LIST"},
+    {"keep-experts", 0, 0, G_OPTION_ARG_FILENAME, &opt_keep_experts,
+     "Restrict each layer's router to an expert plan ({\"keep\": {\"LAYER\": [E, ...]}})",
+     "PLAN"},
+    {"keep", 0, 0, G_OPTION_ARG_INT, &opt_keep,
+     "--router-stats: write a plan keeping the N best experts of each MoE layer", "N"},
+    {"by", 0, 0, G_OPTION_ARG_STRING, &opt_by,
+     "--keep: rank experts by frequency (default), weight or reap", "CRITERION"},
+    {"plan-out", 0, 0, G_OPTION_ARG_FILENAME, &opt_plan_out,
+     "--keep: the plan file to write", "PLAN"},
     {"cache-mb", 0, 0, G_OPTION_ARG_INT, &opt_cache_mb,
      "Expert cache size in MiB (default 4096; at least one expert is held)", "N"},
     {"batch", 0, 0, G_OPTION_ARG_INT, &opt_batch,
@@ -796,6 +808,22 @@ int main(int argc, char **argv)
         usage_error("--jsonl works with --tokenize and --detokenize");
         goto out;
     }
+    if ((opt_keep || opt_by || opt_plan_out) && !opt_router_stats) {
+        usage_error("--keep, --by and --plan-out work with --router-stats");
+        goto out;
+    }
+    if (!opt_keep != !opt_plan_out) {
+        usage_error("--keep N and --plan-out PLAN.json go together");
+        goto out;
+    }
+    if (opt_by && plan_by_parse(opt_by) < 0) {
+        usage_error("--by: expected frequency, weight or reap");
+        goto out;
+    }
+    if (opt_keep_experts && opt_mask) {
+        usage_error("--keep-experts and --mask-experts exclude each other");
+        goto out;
+    }
     if (opt_report && !opt_router_stats) {
         usage_error("--report works with --router-stats");
         goto out;
@@ -843,6 +871,9 @@ int main(int argc, char **argv)
         opt_threads = (int)g_get_num_processors();
     if (opt_router_stats) {
         run_stats_opts so = {.corpus = opt_router_stats, .model = argv[1], .mask = opt_mask,
+                             .keep_experts = opt_keep_experts, .keep = opt_keep,
+                             .by = opt_by ? plan_by_parse(opt_by) : PLAN_BY_FREQUENCY,
+                             .plan_out = opt_plan_out,
                              .router_log = opt_router_log, .report = opt_report,
                              .threads = opt_threads, .cache_mb = opt_cache_mb, .io = io,
                              .json = opt_json};
@@ -923,6 +954,13 @@ int main(int argc, char **argv)
         if (bad)
             goto fail;
     }
+    if (opt_keep_experts) {
+        expert_plan *plan = expert_plan_load_model(opt_keep_experts, rc.m, &err);
+        int bad = !plan || expert_plan_apply(rc.m, plan, &err);
+        expert_plan_free(plan);
+        if (bad)
+            goto fail;
+    }
     if (opt_router_log) {
         if (!(rc.router_out = fs_out_open(opt_router_log, &err)))
             goto fail;
@@ -980,6 +1018,9 @@ out:
     g_free(opt_logits_out);
     g_free(opt_router_log);
     g_free(opt_mask);
+    g_free(opt_keep_experts);
+    g_free(opt_by);
+    g_free(opt_plan_out);
     g_free(opt_expert_io);
     return rv;
 }

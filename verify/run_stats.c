@@ -4,6 +4,7 @@
 #include "base/fs.h"
 #include "cli/cli.h"
 #include "base/util.h"
+#include "model/expert_plan.h"
 #include "model/model.h"
 #include "model/report.h"
 #include "model/routerstats.h"
@@ -16,6 +17,7 @@ typedef struct {
     fs_out *out;
     GString *line;
     GError *err;               /* first write error */
+    plan_scores *scores;       /* --keep: the experts' scores, or NULL */
 } log_ctx;
 
 void run_router_log_line(GString *s, int line, int pos, int token, int layer, int k,
@@ -38,10 +40,12 @@ void run_router_log_line(GString *s, int line, int pos, int token, int layer, in
 /* --router-log in this mode: the run's usual line with the corpus line
  * first, so that a pick can be traced back to its domain. */
 static void log_pick(void *user, int line, int pos, int token, int layer, int k,
-                     const int *experts, const float *weights)
+                     const int *experts, const float *weights, const float *out_norms)
 {
     log_ctx *lc = user;
-    if (lc->err)
+    if (lc->scores)
+        plan_scores_add(lc->scores, layer, k, experts, weights, out_norms);
+    if (!lc->out || lc->err)
         return;
     GString *s = lc->line;
     run_router_log_line(s, line, pos, token, layer, k, experts, weights);
@@ -135,6 +139,24 @@ int run_router_stats(const run_stats_opts *o, GError **err)
         if (bad)
             goto out;
     }
+    if (o->keep_experts) {
+        expert_plan *ep = expert_plan_load_model(o->keep_experts, m, err);
+        int bad = !ep || expert_plan_apply(m, ep, err);
+        expert_plan_free(ep);
+        if (bad)
+            goto out;
+    }
+    int n_group = model_layout(m)->score == LT_SCORE_SIGMOID_GROUPED ? mc->n_group : 1;
+    if (o->keep) {
+        /* refuse a bad N before the corpus runs */
+        plan_scores *probe = plan_scores_new(mc->n_layers, mc->n_experts);
+        expert_plan *p = plan_scores_choose(probe, o->by, o->keep, mc->is_moe, n_group, err);
+        plan_scores_free(probe);
+        if (!p)
+            goto out;
+        expert_plan_free(p);
+        lc.scores = plan_scores_new(mc->n_layers, mc->n_experts);
+    }
     if (o->router_log) {
         if (!(lc.out = fs_out_open(o->router_log, err)))
             goto out;
@@ -143,8 +165,28 @@ int run_router_stats(const run_stats_opts *o, GError **err)
     s = rs_stats_new(mc, c);
     s->mask = g_strdup(o->mask);
     s->model_path = g_strdup(o->model);
-    if (rs_collect(m, tok, c, s, lc.out ? log_pick : NULL, &lc, err) != 0)
+    if (rs_collect(m, tok, c, s, lc.out || lc.scores ? log_pick : NULL, &lc, err) != 0)
         goto out;
+    if (lc.scores) {
+        expert_plan *p = plan_scores_choose(lc.scores, o->by, o->keep, mc->is_moe, n_group,
+                                            err);
+        if (!p)
+            goto out;
+        cJSON *doc = expert_plan_to_json(p, lc.scores, o->by, o->corpus);
+        cJSON_AddStringToObject(doc, "model", o->model);
+        char *txt = cJSON_Print(doc);
+        cJSON_Delete(doc);
+        GString *t = g_string_new(txt);
+        g_string_append_c(t, '\n');
+        cJSON_free(txt);
+        int bad = fs_write_atomic(o->plan_out, t->str, t->len, err);
+        g_string_free(t, TRUE);
+        expert_plan_free(p);
+        if (bad)
+            goto out;
+        fprintf(stderr, "qmoe-run: plan keeping %d of %d experts per MoE layer by %s "
+                "written to '%s'\n", o->keep, mc->n_experts, plan_by_name(o->by), o->plan_out);
+    }
     if (lc.err) {
         g_propagate_error(err, lc.err);
         lc.err = NULL;
@@ -183,6 +225,7 @@ out:
     if (lc.line)
         g_string_free(lc.line, TRUE);
     g_clear_error(&lc.err);
+    plan_scores_free(lc.scores);
     rs_stats_free(s);
     model_free(m);
     tok_free(tok);

@@ -12,6 +12,10 @@ typedef struct {
     const char *corpus;       /* CORPUS.jsonl */
     const char *model;        /* MODEL */
     const char *mask;         /* --mask-experts LIST or NULL */
+    const char *keep_experts; /* --keep-experts PLAN.json or NULL */
+    int keep;                 /* --keep N (0: no plan to write) */
+    int by;                   /* --by (plan_by) */
+    const char *plan_out;     /* --plan-out PLAN.json */
     const char *router_log;   /* --router-log FILE or NULL */
     const char *report;       /* --report DIR or NULL */
     int threads;

@@ -205,10 +205,9 @@ static void on_route(void *user, int seq, int pos, int token, int layer, int k,
                      const int *experts, const float *weights, const float *out_norms)
 {
     (void)seq;
-    (void)out_norms;
     collect_ctx *c = user;
     if (c->obs)
-        c->obs(c->obs_user, c->line, pos, token, layer, k, experts, weights);
+        c->obs(c->obs_user, c->line, pos, token, layer, k, experts, weights, out_norms);
     int li = c->moe_index[layer];
     if (li < 0)
         return;

@@ -109,9 +109,11 @@ uint64_t rs_domain_total(const rs_stats *s, int li, int d);
 
 /* ---- running the corpus ---- */
 
-/* Also told of every pick, with the corpus line (e.g. to write a log). */
+/* Also told of every pick, with the corpus line (e.g. to write a log) and
+ * the chosen experts' output norms (model_router_fn). */
 typedef void (*rs_observer)(void *user, int line, int pos, int token, int layer, int k,
-                            const int *experts, const float *weights);
+                            const int *experts, const float *weights,
+                            const float *out_norms);
 
 /* Runs every entry of c through m (tokenized with tok, no BOS; each entry
  * its own sequence from position 0, cut into windows of the model's

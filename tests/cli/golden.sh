@@ -13,7 +13,7 @@
 # (each rewritten golden is reported as "skip NAME: rewritten", so an update
 # run never looks like a passing one).
 . "$(dirname "$0")/lib.sh"
-plan 14
+plan 15
 G="$QMOE_ROOT/tests/golden"
 export LC_ALL=C NO_COLOR=1   # GLib's help text and the status bars depend on the locale
 
@@ -47,7 +47,7 @@ $(diff -u "$G/$name.exact" "$T/$name.got" | head -n 40)"
     fi
 }
 
-for tool in extract status verify run mksample; do
+for tool in extract status verify run mksample pack; do
     golden "help-qmoe-$tool" "qmoe-$tool" --help
 done
 

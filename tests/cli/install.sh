@@ -4,7 +4,7 @@
 # sample, a man page per tool that man -l renders, and installed tools that
 # find their data in PREFIX/share/qmoe.
 . "$(dirname "$0")/lib.sh"
-plan 21
+plan 22
 D=$T/dest P=/opt/qmoe
 san=(); [ "$(basename "$QMOE_BUILD")" = build-san ] && san=(SAN=1)
 inst() { run make -s -C "$QMOE_ROOT" install "${san[@]}" BUILD="$QMOE_BUILD" "$@"; }
@@ -18,7 +18,7 @@ I=$T/prefix
     ok install_destdir_same_files || fail install_destdir_same_files "$(diff <(cd "$D$P" && find . | sort) <(cd "$I" && find . | sort) | head -5)"
 grep -q "^prefix=$P\$" "$D$P/lib/pkgconfig/qmoe.pc" && grep -q "^prefix=$I\$" "$I/lib/pkgconfig/qmoe.pc" &&
     ok install_pc_prefix || fail install_pc_prefix "$(grep ^prefix "$D$P/lib/pkgconfig/qmoe.pc" "$I/lib/pkgconfig/qmoe.pc")"
-for f in bin/qmoe-extract bin/qmoe-status bin/qmoe-verify bin/qmoe-run bin/qmoe-mksample \
+for f in bin/qmoe-extract bin/qmoe-status bin/qmoe-verify bin/qmoe-run bin/qmoe-mksample bin/qmoe-pack \
          lib/libqmoe.a lib/pkgconfig/qmoe.pc share/qmoe/prompts share/qmoe/reference.txt \
          share/qmoe/corpus.jsonl include/qmoe/base/error.h include/qmoe/model/model.h \
          include/qmoe/model/tokenizer.h include/qmoe/format/safetensors.h \
@@ -76,7 +76,7 @@ run env -u QMOE_DATA "$I/bin/qmoe-verify" --coherence "$T/out"
 [[ "$out" == *"$I/share/qmoe/reference.txt"* ]] && ok install_data_found ||
     fail install_data_found "$(printf %s "$out$err" | head -c 400)"
 
-for tool in qmoe-extract qmoe-status qmoe-verify qmoe-run qmoe-mksample; do
+for tool in qmoe-extract qmoe-status qmoe-verify qmoe-run qmoe-mksample qmoe-pack; do
     page=$I/share/man/man1/$tool.1
     MANWIDTH=80 man -l "$page" >"$T/man.txt" 2>"$T/man.err"; rc=$?
     if [ $rc = 0 ] && [ ! -s "$T/man.err" ] && grep -q "^NAME" "$T/man.txt" &&

@@ -3,8 +3,8 @@
 # qm_usage_error): "TOOL: MESSAGE", then "Try 'TOOL --help' for more
 # information.", exit 2; for an unknown option and for missing operands.
 . "$(dirname "$0")/lib.sh"
-plan 11
-for tool in qmoe-extract qmoe-status qmoe-verify qmoe-run qmoe-mksample; do
+plan 12
+for tool in qmoe-extract qmoe-status qmoe-verify qmoe-run qmoe-mksample qmoe-pack; do
     want=$'\n'"Try '$tool --help' for more information."
     run "$tool" --no-such-option x
     [ "$rc" = 2 ] && [ "$err" = "$tool: Unknown option --no-such-option$want" ] &&

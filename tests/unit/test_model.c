@@ -243,6 +243,8 @@ typedef struct {
 static void record(void *user, int seq, int pos, int token, int layer, int k, const int *e,
                    const float *w, const float *norms)
 {
+    (void)seq;
+    (void)norms;
     router_rec *r = user;
     (void)token;
     r->bad_k += seq != 0;
@@ -329,6 +331,8 @@ typedef struct {
 static void log_route(void *user, int seq, int pos, int token, int layer, int k,
                       const int *e, const float *w, const float *norms)
 {
+    (void)seq;
+    (void)norms;
     route_log *r = user;
     g_string_append_printf(r->log, "%d %d %d %d:", seq, pos, token, layer);
     for (int i = 0; i < k; i++)
