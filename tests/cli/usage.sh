@@ -3,7 +3,7 @@
 # qm_usage_error): "TOOL: MESSAGE", then "Try 'TOOL --help' for more
 # information.", exit 2; for an unknown option and for missing operands.
 . "$(dirname "$0")/lib.sh"
-plan 12
+plan 13
 for tool in qmoe-extract qmoe-status qmoe-verify qmoe-run qmoe-mksample qmoe-pack; do
     want=$'\n'"Try '$tool --help' for more information."
     run "$tool" --no-such-option x

@@ -221,7 +221,7 @@ static void test_layer_mask(void)
     for (int e = 8; e < 16; e++)
         allow[e] = 1;
     CHECK(model_set_layer_mask(m, 3, allow, &err) != 0);
-    CHECK(err && strstr(err->message, "layer 3: no such decoder layer"));
+    CHECK(err && strstr(err->message, "layer 3: the model has no such layer"));
     g_clear_error(&err);
     uint8_t few[16] = {1, 1, 1};
     CHECK(model_set_layer_mask(m, 1, few, &err) != 0);
