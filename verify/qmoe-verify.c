@@ -437,6 +437,7 @@ int main(int argc, char **argv)
     rp.last = rp.t0;
     vf_check_files_progress(t, opt_quick, jobs, r, opt_no_progress ? NULL : files_progress,
                             &rp);
+    vf_check_fp8(t, r);
     coh_result *coh = NULL;
     int report_failed = 0;
     if (opt_coherence) {

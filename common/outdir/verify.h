@@ -183,6 +183,14 @@ typedef void (*vf_progress_fn)(void *user, uint64_t done, uint64_t total,
 void vf_check_files_progress(vf_target *t, int quick, int jobs, vf_result *r,
                              vf_progress_fn report, void *user);
 
+/* FP8 (format/fp8.h): opens OUT as a checkpoint and checks that every
+ * F8_E4M3 weight has a `_scale_inv` of its quantization_config block grid
+ * in F32 or BF16 (VF_SHAPE problems, phase "fp8"); a quantization_config
+ * it cannot read is a problem too. Headers only. For an FP8 checkpoint a
+ * note says how many weights were checked, or why none could be; an OUT
+ * that cannot be opened is left to the coverage and file checks. */
+void vf_check_fp8(vf_target *t, vf_result *r);
+
 /* Reads 8 MiB at a time: few syscalls, readahead kept streaming; one
  * buffer per thread. */
 #define VF_READ_CHUNK (8u << 20)
