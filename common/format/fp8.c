@@ -3,6 +3,9 @@
 
 #include <math.h>
 #include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #include "base/util.h"
 
@@ -326,6 +329,27 @@ float qm_fp8_scale(const qm_fp8_mat *m, int64_t i, int64_t j)
     return f;
 }
 
+#if defined(__AVX2__) && defined(__F16C__)
+#define FP8_SIMD 16
+/* Sixteen codes as float32 values / 256, without the table (a gather per
+ * element): E4M3's exponent and mantissa shifted up by 7 are a float16
+ * with bias 15 instead of 7, i.e. the value / 2^8, subnormals included
+ * (they are float16 subnormals, which the conversion handles exactly);
+ * 0x7F/0xFF become a float16 NaN. The 2^8 goes into the block's scale: a
+ * power of two, so the products are rounded exactly as code x scale. */
+static inline void e4m3x16(const uint8_t *p, __m256 *lo, __m256 *hi)
+{
+    __m256i c = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)p));
+    __m256i mag = _mm256_and_si256(c, _mm256_set1_epi16(0x7F));
+    __m256i h = _mm256_or_si256(_mm256_slli_epi16(mag, 7),
+                                _mm256_slli_epi16(_mm256_and_si256(c, _mm256_set1_epi16(0x80)), 8));
+    __m256i nan = _mm256_cmpeq_epi16(mag, _mm256_set1_epi16(0x7F));
+    h = _mm256_blendv_epi8(h, _mm256_set1_epi16(0x7E00), nan);
+    *lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+    *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+#endif
+
 void qm_fp8_row(const qm_fp8_mat *m, int64_t r, float *out)
 {
     const float *tab = qm_e4m3_table();
@@ -333,8 +357,17 @@ void qm_fp8_row(const qm_fp8_mat *m, int64_t r, float *out)
     int64_t bi = r / m->block_rows;
     for (int64_t c0 = 0, j = 0; c0 < m->cols; c0 += m->block_cols, j++) {
         float s = qm_fp8_scale(m, bi, j);
-        int64_t c1 = MIN(c0 + m->block_cols, m->cols);
-        for (int64_t c = c0; c < c1; c++)
+        int64_t c1 = MIN(c0 + m->block_cols, m->cols), c = c0;
+#ifdef FP8_SIMD
+        __m256 s256 = _mm256_set1_ps(s * 256.0f);
+        for (; c + FP8_SIMD <= c1; c += FP8_SIMD) {
+            __m256 lo, hi;
+            e4m3x16(q + c, &lo, &hi);
+            _mm256_storeu_ps(out + c, _mm256_mul_ps(lo, s256));
+            _mm256_storeu_ps(out + c + 8, _mm256_mul_ps(hi, s256));
+        }
+#endif
+        for (; c < c1; c++)
             out[c] = tab[q[c]] * s;
     }
 }
@@ -346,9 +379,23 @@ float qm_fp8_dot(const qm_fp8_mat *m, int64_t r, const float *x)
     int64_t bi = r / m->block_rows;
     float acc = 0;
     for (int64_t c0 = 0, j = 0; c0 < m->cols; c0 += m->block_cols, j++) {
-        int64_t c1 = MIN(c0 + m->block_cols, m->cols);
+        int64_t c1 = MIN(c0 + m->block_cols, m->cols), c = c0;
         float part = 0;  /* the block's sum, scaled once */
-        for (int64_t c = c0; c < c1; c++)
+#ifdef FP8_SIMD
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (; c + FP8_SIMD <= c1; c += FP8_SIMD) {
+            __m256 lo, hi;
+            e4m3x16(q + c, &lo, &hi);
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(lo, _mm256_loadu_ps(x + c)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(hi, _mm256_loadu_ps(x + c + 8)));
+        }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, _mm256_add_ps(a0, a1));
+        for (int k = 0; k < 8; k++)
+            part += lanes[k];
+        part *= 256.0f;  /* the lanes held value / 2^8 */
+#endif
+        for (; c < c1; c++)
             part += tab[q[c]] * x[c];
         acc += part * qm_fp8_scale(m, bi, j);
     }

@@ -392,6 +392,43 @@ static void test_partial_blocks(void)
     CHECK(qm_fp8_scale(&m, 1, 2) == 0.5f);
 }
 
+/* The kernels decode sixteen codes at a time without the table: every
+ * code, in every lane position (16 rows, each shifted by one), must give
+ * the table's value times the scale bit for bit, before and in the tail. */
+static void test_row_all_codes(void)
+{
+    enum { R = 16, C = 259 };
+    static uint8_t codes[R * C];
+    for (int r = 0; r < R; r++)
+        for (int k = 0; k < C; k++)
+            codes[r * C + k] = (uint8_t)(k + r);
+    float sc[R];
+    for (int r = 0; r < R; r++)
+        sc[r] = ldexpf(1.0f + (float)r / 16, r - 8);
+    qm_fp8_mat m = {.codes = codes, .scale = (const uint8_t *)sc, .scale_dtype = ST_F32,
+                    .rows = R, .cols = C, .block_rows = 1, .block_cols = C};
+    float row[C];
+    int same = 0;
+    for (int r = 0; r < R; r++) {
+        qm_fp8_row(&m, r, row);
+        for (int k = 0; k < C; k++) {
+            float want = qm_e4m3(codes[r * C + k]) * sc[r];
+            same += isnan(want) ? isnan(row[k]) != 0 : memcmp(&want, &row[k], 4) == 0;
+        }
+    }
+    CHECK(same == R * C);
+    /* a dot product over a NaN code is NaN, as the dequantised row's */
+    float x[C];
+    for (int k = 0; k < C; k++)
+        x[k] = 1;
+    CHECK(isnan(qm_fp8_dot(&m, 0, x)));
+    m.cols = 127;  /* codes 0..126 of row 0: all finite */
+    double want = 0;
+    for (int k = 0; k < 127; k++)
+        want += (double)qm_e4m3((uint8_t)k) * sc[0];
+    CHECK(fabs(qm_fp8_dot(&m, 0, x) - want) <= 1e-6 * fabs(want));
+}
+
 int main(void)
 {
     const char *root = g_getenv("QMOE_ROOT");
@@ -405,6 +442,7 @@ int main(void)
     RUN(test_check_ckpt);
     RUN(test_dequant_rows);
     RUN(test_partial_blocks);
+    RUN(test_row_all_codes);
     g_free(fix);
     TEST_EXIT();
 }
