@@ -26,6 +26,13 @@
  * Which factor: the config's `factor`; only when it is absent
  * max_position_embeddings / L (transformers 4.5x preferred that ratio even
  * when `factor` was given; DeepSeek's and Qwen's configs keep the two equal).
+ * As transformers does, YaRN applies at every sequence length (DeepSeek's
+ * own inference code switches it on only past L, and scales its softmax by
+ * mscale rather than mscale_all_dim: the same for V3's 1.0 and 1.0).
+ *
+ * Wiring: qm_rope_from_config(text config, its path, rotated dims) at load
+ * (DeepSeek: qk_rope_head_dim; others head_dim), qm_rope_tables once for
+ * the context, multiply the softmax scale by softmax_mult.
  */
 #ifndef QMOE_ROPE_H
 #define QMOE_ROPE_H

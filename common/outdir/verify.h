@@ -186,8 +186,9 @@ void vf_check_files_progress(vf_target *t, int quick, int jobs, vf_result *r,
 /* FP8 (format/fp8.h): opens OUT as a checkpoint and checks that every
  * F8_E4M3 weight has a `_scale_inv` of its quantization_config block grid
  * in F32 or BF16 (VF_SHAPE problems, phase "fp8"); a quantization_config
- * it cannot read is a problem too. Headers only. A note says how many FP8
- * weights were checked, or why none could be. */
+ * it cannot read is a problem too. Headers only. For an FP8 checkpoint a
+ * note says how many weights were checked, or why none could be; an OUT
+ * that cannot be opened is left to the coverage and file checks. */
 void vf_check_fp8(vf_target *t, vf_result *r);
 
 /* Reads 8 MiB at a time: few syscalls, readahead kept streaming; one

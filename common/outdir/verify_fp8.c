@@ -15,25 +15,26 @@ void vf_check_fp8(vf_target *t, vf_result *r)
     ckpt *ck = ckpt_open(t->out, &err);
     if (!ck) {
         /* the coverage and file checks have said what is missing */
-        g_ptr_array_add(r->notes, g_strdup_printf("FP8 scales not checked: %s", err->message));
         g_error_free(err);
         return;
     }
     qm_fp8_config *c = NULL;
     char *cfg = g_build_filename(t->out, "config.json", NULL);
+    int n = 0;
     if (qm_fp8_config_read(ck->config, cfg, &c, &err) < 0) {
         vf_add(r, VF_SHAPE, "fp8", NULL, NULL, -1, "%s", err->message);
         g_clear_error(&err);
-    } else {
-        int n = 0;
-        if (qm_fp8_check_ckpt(ck, add_problem, r, &n, &err) < 0) {
-            g_ptr_array_add(r->notes, g_strdup_printf("FP8 scales not checked: %s", err->message));
-            g_clear_error(&err);
-        } else if (n > 0) {
-            g_ptr_array_add(r->notes, g_strdup_printf(
-                "fp8: %d F8_E4M3 weights checked against their weight_scale_inv (%dx%d "
-                "blocks)", n, c ? c->block_rows : 0, c ? c->block_cols : 0));
-        }
+    } else if (qm_fp8_check_ckpt(ck, add_problem, r, &n, &err) < 0) {
+        /* a file that cannot be read is the other checks' finding; only an
+         * FP8 checkpoint says that its scales went unchecked */
+        if (c)
+            g_ptr_array_add(r->notes, g_strdup_printf("fp8: scales not checked: %s",
+                                                      err->message));
+        g_clear_error(&err);
+    } else if (n > 0 && c) {
+        g_ptr_array_add(r->notes, g_strdup_printf(
+            "fp8: %d F8_E4M3 weights checked against their weight_scale_inv (%dx%d "
+            "blocks)", n, c->block_rows, c->block_cols));
     }
     qm_fp8_config_free(c);
     g_free(cfg);
