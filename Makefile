@@ -4,7 +4,8 @@
 #   make check        run all tests; ends with "N passed, N failed"
 #   make check SAN=1  the same under AddressSanitizer + UBSan
 #   make demo         sample checkpoint -> background extraction -> status -> verify -> run
-#   make bench        benchmarks (ratios against cp, sha256sum, memcpy)
+#   make bench        benchmarks (ratios against cp, sha256sum, memcpy; an older
+#                     qmoe-run and llama.cpp with QMOE_RUN_BASE=, LLAMA_CPP_DIR=)
 #   make install PREFIX=/usr/local
 
 PKGS     := glib-2.0 libcjson libcrypto zlib
