@@ -7,7 +7,8 @@
 #   make DEBUG=1      -O0 -g3 build into build-debug/ (for gdb)
 #   make compile_commands.json   for clangd and other editors' tools
 #   make demo         sample checkpoint -> background extraction -> status -> verify -> run
-#   make bench        benchmarks (ratios against cp, sha256sum, memcpy)
+#   make bench        benchmarks (ratios against cp, sha256sum, memcpy; an older
+#                     qmoe-run and llama.cpp with QMOE_RUN_BASE=, LLAMA_CPP_DIR=)
 #   make install PREFIX=/usr/local
 
 PKGS     := glib-2.0 libcjson libcrypto zlib
