@@ -26,7 +26,7 @@ for f in bin/qmoe-extract bin/qmoe-status bin/qmoe-verify bin/qmoe-run bin/qmoe-
     [ -f "$I/$f" ] || { fail install_files "$f missing"; bad=1; }
 done
 [ ${bad:-0} = 0 ] && ok install_files
-internal=$(cd "$I/include/qmoe" && ls base/util.h base/fs.h cli 2>/dev/null)
+internal=$(cd "$I/include/qmoe" && ls base/util.h base/fs.h model/model_impl.h cli 2>/dev/null)
 [ -z "$internal" ] && ok install_no_internal_headers || fail install_no_internal_headers "$internal"
 [ -z "$(find "$D" -path "$D$P" -prune -o -print | grep -v "^$D\$" | grep -v "^$D/opt\$")" ] &&
     ok install_destdir_only || fail install_destdir_only "files outside DESTDIR/PREFIX"
