@@ -980,7 +980,7 @@ static void build_weights(coh *c, const float *U)
     g_hash_table_destroy(by_name);
 }
 
-/* ---- the forward pass, as common/model/model.c computes it ---- */
+/* ---- the forward pass, as common/model/forward.c computes it ---- */
 
 typedef struct {
     const uint8_t *allow; /* router mask (EXPERTS) or NULL */

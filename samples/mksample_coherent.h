@@ -33,7 +33,7 @@ char *coherent_prompts_jsonl(void);
 char *coherent_reference_text(void);
 
 /* What the generator measured on its own simulation of the forward pass
- * (the bf16 weights as written, float32 arithmetic as in common/model/model.c). */
+ * (the bf16 weights as written, float32 arithmetic as in common/model/forward.c). */
 typedef struct {
     int vocab;            /* config vocab_size */
     int n_tokens;         /* tokenizer size (byte tokens, merges, specials) */

@@ -9,7 +9,7 @@
  * Anything that would change the computation and that qmoe's forward pass
  * does not implement is refused with the key and its value, never ignored:
  * a rope_type other than "default" (M-RoPE with rope_type "default" is
- * exact for text, see model.c's rope()), sliding-window attention (a
+ * exact for text, see attention.c's rope()), sliding-window attention (a
  * sliding_window without use_sliding_window is used, as Mistral/Mixtral
  * do), attention_bias true (Qwen2-MoE's q/k/v biases come from its layout,
  * not a key), OLMoE's clip_qkv, an activation other than SiLU.

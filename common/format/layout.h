@@ -7,7 +7,7 @@
  *
  * The same entry says how the family computes its parts where families
  * differ (the fields after `fused`): the router's name, q/k norms, q/k/v
- * biases, a gated shared expert, renormalisation; model.c branches on
+ * biases, a gated shared expert, renormalisation; the forward pass (common/model/) branches on
  * them, so a family is a row here, not a copy of the forward pass.
  *
  * Every tensor of a checkpoint is classified as one of:
@@ -58,7 +58,7 @@ typedef struct {
                                  stored after the decoder's, or NULL */
     int fused;                /* experts stored stacked: "<experts><proj>" */
     int norm_topk_default;    /* Hugging Face default for norm_topk_prob */
-    /* How the family computes (the forward pass, model.c). */
+    /* How the family computes (the forward pass, common/model/). */
     int forward;              /* the forward pass implements this family */
     int norm_topk_fixed;      /* norm_topk_default always (Mixtral: no key) */
     const char *router;       /* inside "layers.L.": "mlp.gate" */
