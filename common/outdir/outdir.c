@@ -14,43 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-const char *const od_subdirs[] = {"experts", "layers", "other", NULL};
-
-char *od_expert_path(int width_e, int expert, int width_l, int layer)
-{
-    return g_strdup_printf("experts/expert_%0*d_layer_%0*d.safetensors", width_e,
-                           expert, width_l, layer);
-}
-
-char *od_layer_path(int width_l, int layer)
-{
-    return g_strdup_printf("layers/layer_%0*d.safetensors", width_l, layer);
-}
-
-int od_parse_expert(const char *n, int *expert, int *layer)
-{
-    if (g_str_has_prefix(n, "experts/"))
-        n += 8;
-    if (strncmp(n, "expert_", 7) != 0)
-        return -1;
-    char *q;
-    const char *p = n + 7;
-    if (*p < '0' || *p > '9')
-        return -1;
-    long ev = strtol(p, &q, 10);
-    if (strncmp(q, "_layer_", 7) != 0)
-        return -1;
-    p = q + 7;
-    if (*p < '0' || *p > '9')
-        return -1;
-    long lv = strtol(p, &q, 10);
-    if (strcmp(q, ".safetensors") != 0 || ev > 1 << 20 || lv > 1 << 20)
-        return -1;
-    *expert = (int)ev;
-    *layer = (int)lv;
-    return 0;
-}
-
 char *od_mtp_breakdown(int decoder_layers, int mtp_layers, int per_layer)
 {
     if (mtp_layers <= 0)
@@ -81,14 +44,12 @@ void od_job_read(const char *out, const char *rel, od_job *j)
 {
     memset(j, 0, sizeof *j);
     j->dir = g_strdup(rel);
-    j->shards = 1;
-    int i, n;
-    if (sscanf(rel, ".qmoe/shard-%d-of-%d", &i, &n) == 2 && n >= 1 && i >= 0 && i < n) {
-        j->shard = i;
-        j->shards = n;
+    if (od_parse_state_dir(rel, &j->shard, &j->shards)) {
+        j->shard = 0;
+        j->shards = 1;
     }
-    char *pp = g_build_filename(out, rel, "progress.json", NULL);
-    char *lk = g_build_filename(out, rel, "lock", NULL);
+    char *pp = g_build_filename(out, rel, OD_PROGRESS, NULL);
+    char *lk = g_build_filename(out, rel, OD_LOCK, NULL);
     j->lock_pid = progress_lock_owner(lk, &j->lock_held);
     if (progress_read(pp, &j->prog, NULL) == 0) {
         const progress *p = &j->prog;
@@ -130,16 +91,16 @@ GArray *od_jobs_read(const char *out)
 {
     GArray *a = g_array_new(FALSE, TRUE, sizeof(od_job));
     od_job j;
-    od_job_read(out, ".qmoe", &j);
+    od_job_read(out, OD_STATE, &j);
     g_array_append_val(a, j);
-    char *q = g_build_filename(out, ".qmoe", NULL);
+    char *q = g_build_filename(out, OD_STATE, NULL);
     GDir *d = g_dir_open(q, 0, NULL);
     const char *n;
     while (d && (n = g_dir_read_name(d))) {
         int i, k;
-        if (sscanf(n, "shard-%d-of-%d", &i, &k) != 2 || k < 1 || i < 0 || i >= k)
+        if (od_parse_part_dir(n, &i, &k))
             continue;
-        char *rel = g_strdup_printf(".qmoe/%s", n);
+        char *rel = g_strconcat(OD_STATE "/", n, NULL);
         od_job_read(out, rel, &j);
         g_array_append_val(a, j);
         g_free(rel);
@@ -617,7 +578,7 @@ char *od_source_diff(const cJSON *then, const cJSON *now)
 
 cJSON *od_source_load(const char *out, GError **err)
 {
-    char *path = g_build_filename(out, ".qmoe", "source.json", NULL);
+    char *path = g_build_filename(out, OD_SOURCE_JSON, NULL);
     cJSON *j = NULL;
     if (g_file_test(path, G_FILE_TEST_EXISTS)) {
         j = qm_json_load(path, err);
@@ -633,7 +594,7 @@ cJSON *od_source_load(const char *out, GError **err)
 
 int od_source_save(const char *out, const cJSON *identity, GError **err)
 {
-    char *path = g_build_filename(out, ".qmoe", "source.json", NULL);
+    char *path = g_build_filename(out, OD_SOURCE_JSON, NULL);
     char *text = cJSON_PrintUnformatted(identity);
     GString *s = g_string_new(text);
     g_string_append_c(s, '\n');
@@ -769,7 +730,7 @@ int od_restart(const char *out, int *removed, GError **err)
     *removed = 0;
     GArray *recs = g_array_new(FALSE, TRUE, sizeof(mf_file));
     int rc = mf_journals_read_all(out, recs, err);
-    char *mp = g_build_filename(out, "qmoe.json", NULL);
+    char *mp = g_build_filename(out, OD_MANIFEST, NULL);
     manifest *m = rc == 0 && g_file_test(mp, G_FILE_TEST_EXISTS)
                       ? manifest_load(mp, NULL) : NULL;
     g_free(mp);
@@ -794,18 +755,19 @@ int od_restart(const char *out, int *removed, GError **err)
             g_dir_close(d);
         g_free(dir);
     }
-    static const char *const files[] = {"qmoe.json", "model.safetensors.index.json",
-                                        ".qmoe/journal.jsonl", ".qmoe/progress.json",
-                                        ".qmoe/source.json", NULL};
+    static const char *const files[] = {OD_MANIFEST, OD_INDEX,
+                                        OD_STATE "/" OD_JOURNAL, OD_STATE "/" OD_PROGRESS,
+                                        OD_SOURCE_JSON, NULL};
     for (int i = 0; files[i] && rc == 0; i++)
         rc = remove_rel(out, files[i], removed, err);
-    char *q = g_build_filename(out, ".qmoe", NULL);
+    char *q = g_build_filename(out, OD_STATE, NULL);
     GDir *d = g_dir_open(q, 0, NULL);
     const char *n;
+    int pi, pn;
     while (d && (n = g_dir_read_name(d)) && rc == 0)
-        if (g_str_has_prefix(n, "shard-")) {
-            char *j = g_strdup_printf(".qmoe/%s/journal.jsonl", n);
-            char *p = g_strdup_printf(".qmoe/%s/progress.json", n);
+        if (od_parse_part_dir(n, &pi, &pn) == 0) {
+            char *j = g_strconcat(OD_STATE "/", n, "/" OD_JOURNAL, NULL);
+            char *p = g_strconcat(OD_STATE "/", n, "/" OD_PROGRESS, NULL);
             rc = remove_rel(out, j, removed, err);
             if (rc == 0)
                 rc = remove_rel(out, p, removed, err);

@@ -1,11 +1,5 @@
-/* outdir.h - the extracted directory OUT: its names, its source, and the one
- * verdict on whether it is complete.
- *
- * Names (DESIGN.md), formatted and parsed here only:
- *   experts/expert_EEE_layer_LL.safetensors   EEE, LL zero-padded (plan_width)
- *   layers/layer_LL.safetensors
- *   globals.safetensors, other/PREFIX.safetensors
- * od_subdirs lists OUT's subdirectories that hold output files.
+/* outdir.h - the extracted directory OUT: its source, its jobs, and the one
+ * verdict on whether it is complete. Its names are names.h's.
  *
  * Source identity: .qmoe/source.json, written before the first output
  * file, holds what the extraction reads:
@@ -37,20 +31,9 @@
 #include <stdint.h>
 
 #include "format/checkpoint.h"
+#include "outdir/names.h"
 #include "outdir/plan.h"
 #include "outdir/progress.h"
-
-/* "experts", "layers", "other", NULL */
-extern const char *const od_subdirs[];
-
-/* "experts/expert_EEE_layer_LL.safetensors". Caller frees. */
-char *od_expert_path(int width_e, int expert, int width_l, int layer);
-/* "layers/layer_LL.safetensors". Caller frees. */
-char *od_layer_path(int width_l, int layer);
-/* Parses an expert file name, with or without "experts/": 0 and the
- * indices, or -1 when it is not one (any padding accepted; canonical
- * padding is the caller's check against od_expert_path). */
-int od_parse_expert(const char *name, int *expert, int *layer);
 
 /* How the expert files of a selection split between the decoder's layers
  * and the MTP block's (layout.h), in the words every tool uses: "2 layers
