@@ -1,6 +1,6 @@
 /* test_outdir.c - the one verdict, the source identity diff,
  * the gap listing, the MTP block's wording, the owner liveness and the view
- * of OUT (common/outdir/outdir.c, progress.c, view.c). */
+ * of OUT (common/outdir/outdir.c, source.c, progress.c, view.c). */
 #include "base/util.h"
 #include "outdir/outdir.h"
 #include "outdir/progress.h"
