@@ -598,7 +598,7 @@ static int copy_side_files(const char *src_dir, const char *out, GError **err)
  * unlocked: flock is advisory and some shared filesystems lack it). */
 static int lock_top(const char *out)
 {
-    char *path = g_build_filename(out, ".qmoe", "manifest.lock", NULL);
+    char *path = g_build_filename(out, OD_MANIFEST_LOCK, NULL);
     int fd = fs_open_out(path, O_RDWR | O_CREAT, "cannot open", NULL);
     g_free(path);
     if (fd >= 0)
@@ -705,12 +705,12 @@ static int finish_outputs(job *j, const char *src_path, int *complete, GError **
         g_hash_table_destroy(in);
         if (*complete) {
             char *idx = plan_index_json(j->p, done);
-            char *ip = g_build_filename(out, "model.safetensors.index.json", NULL);
+            char *ip = g_build_filename(out, OD_INDEX, NULL);
             rc = fs_write_atomic(ip, idx, strlen(idx), err);
             g_free(ip);
             g_free(idx);
         }
-        char *mp = g_build_filename(out, "qmoe.json", NULL);
+        char *mp = g_build_filename(out, OD_MANIFEST, NULL);
         if (rc == 0)
             rc = manifest_save(m, mp, err);
         g_free(mp);
@@ -824,7 +824,7 @@ static int scan_done(job *j, GError **err)
     j->prog.started = qm_now();
     j->prog.shard = o->shard;
     j->prog.shards = o->shards;
-    j->prog.log = g_strdup(".qmoe/extract.log");
+    j->prog.log = g_strdup(OD_LOG);
     if (p->partial) { /* a full run leaves them out: nothing to narrow */
         j->prog.layers = qm_list_format(p->layer_sel, p->shape.n_layers);
         j->prog.experts = qm_list_format(p->expert_sel, p->shape.n_experts);
@@ -1077,10 +1077,10 @@ static void job_init(job *j, const ex_opts *o)
     g_mutex_init(&j->mu);
     g_cond_init(&j->wake);
     j->state_dir = progress_state_dir(o->out, o->shard, o->shards);
-    j->lock_path = g_build_filename(j->state_dir, "lock", NULL);
-    j->prog_path = g_build_filename(j->state_dir, "progress.json", NULL);
-    j->log_path = g_build_filename(o->out, ".qmoe", "extract.log", NULL);
-    j->journal_path = g_build_filename(j->state_dir, "journal.jsonl", NULL);
+    j->lock_path = g_build_filename(j->state_dir, OD_LOCK, NULL);
+    j->prog_path = g_build_filename(j->state_dir, OD_PROGRESS, NULL);
+    j->log_path = g_build_filename(o->out, OD_LOG, NULL);
+    j->journal_path = g_build_filename(j->state_dir, OD_JOURNAL, NULL);
 }
 
 /* Undoes every phase: temporaries of an uncommitted batch removed, fds

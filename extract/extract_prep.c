@@ -245,7 +245,7 @@ static int may_share(long type)
 
 ex_reflink ex_reflink_guess(const ckpt *ck, uint64_t *src_bs, const char *out_dir)
 {
-    struct stat ost, sst;
+    struct stat ost;
     struct statfs ofs, sfs;
     struct statvfs ovs;
     ex_reflink worst = EX_REFLINK_NO;
@@ -258,16 +258,18 @@ ex_reflink ex_reflink_guess(const ckpt *ck, uint64_t *src_bs, const char *out_di
         if (!ck->shards[i].st)
             continue; /* the plan reads nothing from it */
         ex_reflink r;
-        if (!have_out || stat(ck->shards[i].path, &sst) != 0) {
+        /* the device its open saw (safetensors.h): no stat per shard */
+        dev_t sdev = (dev_t)ck->shards[i].st->dev;
+        if (!have_out) {
             r = EX_REFLINK_UNKNOWN;
-        } else if (sst.st_dev == ost.st_dev) {
+        } else if (sdev == ost.st_dev) {
             r = ofs.f_type == BTRFS_SUPER_MAGIC ? EX_REFLINK_YES
                 : may_share(ofs.f_type)         ? EX_REFLINK_UNKNOWN
                                                 : EX_REFLINK_NO;
         } else {
-            if (!have_sfs || sst.st_dev != last_dev) {
+            if (!have_sfs || sdev != last_dev) {
                 have_sfs = statfs(ck->shards[i].path, &sfs) == 0;
-                last_dev = sst.st_dev;
+                last_dev = sdev;
             }
             /* extents are not shared across filesystems, but two
              * subvolumes of one btrfs have two st_dev */

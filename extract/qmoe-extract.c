@@ -7,6 +7,7 @@
 #include "base/fs.h"
 #include "base/util.h"
 #include "cli/cli.h"
+#include "outdir/names.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -102,8 +103,8 @@ static int parse_shard(const char *s, int *i, int *n)
 static int detach(void *arg, GError **err)
 {
     const char *out = arg;
-    char *qdir = g_build_filename(out, ".qmoe", NULL);
-    char *log = g_build_filename(qdir, "extract.log", NULL);
+    char *qdir = g_build_filename(out, OD_STATE, NULL);
+    char *log = g_build_filename(out, OD_LOG, NULL);
     int rc = fs_mkdir_out(out, qdir, err);
     if (rc == 0) {
         int fd = fs_open_out(log, O_WRONLY | O_APPEND | O_CREAT, "cannot open log", err);

@@ -57,36 +57,38 @@ static int set_type_error(GError **err, const char *what, const char *path,
     return -1;
 }
 
-/* open() with O_NONBLOCK, then the fstat check and O_NONBLOCK cleared. */
-static int open_checked(const char *path, int flags, const char *what, GError **err)
+/* open() with O_NONBLOCK, then the fstat check (into *st) and O_NONBLOCK
+ * cleared. */
+static int open_checked(const char *path, int flags, const char *what, struct stat *st,
+                        GError **err)
 {
     int fd = open(path, flags | O_NONBLOCK | O_CLOEXEC, 0644);
     if (fd < 0) {
         int e = errno;
-        struct stat st;
+        struct stat ls;
         /* ELOOP from O_NOFOLLOW, EEXIST from O_EXCL, ENXIO from a FIFO
          * opened for writing: say what is there rather than strerror */
-        if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode) &&
-            ((flags & O_NOFOLLOW) || !S_ISLNK(st.st_mode)))
-            return set_type_error(err, what, path, st.st_mode, 0);
+        if (lstat(path, &ls) == 0 && !S_ISREG(ls.st_mode) &&
+            ((flags & O_NOFOLLOW) || !S_ISLNK(ls.st_mode)))
+            return set_type_error(err, what, path, ls.st_mode, 0);
         qm_set_errno(err, e, what, path);
         errno = e;
         return -1;
     }
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
+    if (fstat(fd, st) != 0) {
         int e = errno;
         close(fd);
         qm_set_errno(err, e, what, path);
         errno = e;
         return -1;
     }
-    if (!S_ISREG(st.st_mode)) {
+    if (!S_ISREG(st->st_mode)) {
         close(fd);
-        return set_type_error(err, what, path, st.st_mode, !(flags & O_NOFOLLOW));
+        return set_type_error(err, what, path, st->st_mode, !(flags & O_NOFOLLOW));
     }
-    int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+    /* F_SETFL changes only the status flags (O_APPEND, O_NONBLOCK, ...), so
+     * the caller's flags less O_NONBLOCK are the file's: no F_GETFL */
+    if (fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
         int e = errno;
         close(fd);
         qm_set_errno(err, e, what, path);
@@ -96,18 +98,24 @@ static int open_checked(const char *path, int flags, const char *what, GError **
     return fd;
 }
 
-int fs_open_regular(const char *path, int flags, const char *what, GError **err)
+int fs_open_regular_stat(const char *path, int flags, const char *what, struct stat *st,
+                         GError **err)
 {
-    struct stat st;
-    if (stat(path, &st) != 0) {
+    if (stat(path, st) != 0) {
         int e = errno;
         qm_set_errno(err, e, what, path);
         errno = e;
         return -1;
     }
-    if (!S_ISREG(st.st_mode))
-        return set_type_error(err, what, path, st.st_mode, 1);
-    return open_checked(path, flags & ~O_CREAT, what, err);
+    if (!S_ISREG(st->st_mode))
+        return set_type_error(err, what, path, st->st_mode, 1);
+    return open_checked(path, flags & ~O_CREAT, what, st, err);
+}
+
+int fs_open_regular(const char *path, int flags, const char *what, GError **err)
+{
+    struct stat st;
+    return fs_open_regular_stat(path, flags, what, &st, err);
 }
 
 int fs_open_out(const char *path, int flags, const char *what, GError **err)
@@ -115,7 +123,8 @@ int fs_open_out(const char *path, int flags, const char *what, GError **err)
     struct stat st;
     if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode))
         return set_type_error(err, what, path, st.st_mode, 0);
-    return open_checked(path, flags | O_NOFOLLOW, what, err);
+    struct stat ost;
+    return open_checked(path, flags | O_NOFOLLOW, what, &ost, err);
 }
 
 static int read_all(int fd, const char *path, const char *what, char **data, size_t *len,

@@ -18,6 +18,7 @@
 
 #include <glib.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 typedef struct {
@@ -40,6 +41,10 @@ typedef struct {
  * "WHAT 'PATH': is a FIFO" ("is a character device", "is a directory", or
  * strerror) and errno kept (ENOENT for a missing file). */
 int fs_open_regular(const char *path, int flags, const char *what, GError **err);
+/* The same, with *st the open file's fstat (its size, device): a caller
+ * that needs them makes no other call. */
+int fs_open_regular_stat(const char *path, int flags, const char *what, struct stat *st,
+                         GError **err);
 
 /* Opens (O_CREAT: creates, mode 0644 before umask) a file qmoe writes inside
  * OUT. As fs_open_regular, but the last component must not be a symlink

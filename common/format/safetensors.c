@@ -104,6 +104,11 @@ void st_close(st_file *f)
     g_free(f);
 }
 
+/* Tensors past which a file gets a name table: below it st_find scans,
+ * which costs less than building the table for an expert's three (an OUT
+ * opens thousands of such files). */
+#define ST_TABLE_MIN 8
+
 /* Each failure below has its own wording so that a message identifies the
  * rule that was broken (tests match on these). */
 #define FAIL(...)                                                          \
@@ -291,7 +296,8 @@ static st_file *parse_common(const char *label, const uint8_t *bytes,
 
     int count = cJSON_GetArraySize(root);
     f->tensors = g_new0(st_tensor, count > 0 ? count : 1);
-    f->by_name = g_hash_table_new(g_str_hash, g_str_equal);
+    if (count > ST_TABLE_MIN)
+        f->by_name = g_hash_table_new(g_str_hash, g_str_equal);
     int have_meta = 0;
     for (const cJSON *it = root->child; it; it = it->next) {
         if (strcmp(it->string, "__metadata__") == 0) {
@@ -301,13 +307,14 @@ static st_file *parse_common(const char *label, const uint8_t *bytes,
                 goto fail;
             continue;
         }
-        if (g_hash_table_contains(f->by_name, it->string))
+        if (st_find(f, it->string))
             FAIL("invalid header of '%s': duplicate tensor name '%s'", label,
                  it->string);
         st_tensor *t = &f->tensors[f->n_tensors++];
         if (parse_tensor(f, it, t, err))
             goto fail;
-        g_hash_table_insert(f->by_name, t->name, t);
+        if (f->by_name)
+            g_hash_table_insert(f->by_name, t->name, t);
     }
     if (!f->meta_keys) {
         f->meta_keys = g_new0(char *, 1);
@@ -370,19 +377,10 @@ st_file *st_parse_header(const char *label, const uint8_t *hdr, uint64_t hdr_len
     return parse_common(label, hdr, hdr_len, file_size, err);
 }
 
+/* fs_open_regular_stat checked the type on the open file; *st is its. */
 static int open_regular(const char *path, struct stat *st, GError **err)
 {
-    int fd = fs_open_regular(path, O_RDONLY, "cannot open", err);
-    if (fd < 0)
-        return -1;
-    int fe = fstat(fd, st) != 0 ? errno : 0;
-    if (fe || !S_ISREG(st->st_mode)) {
-        int e = fe ? fe : S_ISDIR(st->st_mode) ? EISDIR : EINVAL;
-        close(fd);
-        qm_set_errno(err, e, "cannot open", path);
-        return -1;
-    }
-    return fd;
+    return fs_open_regular_stat(path, O_RDONLY, "cannot open", st, err);
 }
 
 st_file *st_open(const char *path, GError **err)
@@ -411,8 +409,13 @@ st_file *st_open(const char *path, GError **err)
     }
     f->map = map;
     f->map_len = size;
+    f->dev = (uint64_t)st.st_dev;
     return f;
 }
+
+/* Bytes st_open_header reads at once, on the stack: the header of a file
+ * of a few tensors (an expert's) fits; more would copy data nobody reads. */
+#define ST_FIRST_READ 1024
 
 static int read_full(int fd, void *buf, size_t len, uint64_t off)
 {
@@ -437,39 +440,51 @@ st_file *st_open_header(const char *path, GError **err)
     if (fd < 0)
         return NULL;
     uint64_t size = (uint64_t)st.st_size;
-    uint8_t lenbuf[8];
     st_file *f = NULL;
     if (size < 8) {
-        f = st_parse_header(path, lenbuf, 0, size, err);
+        uint8_t none[8];
+        f = st_parse_header(path, none, 0, size, err);
         close(fd);
         return f;
     }
-    if (read_full(fd, lenbuf, 8, 0) != 0) {
+    /* One read takes the length and, for the usual header, the header too:
+     * opening an OUT reads thousands of small ones. */
+    uint8_t page[ST_FIRST_READ], *buf = page;
+    uint64_t first = MIN(size, (uint64_t)ST_FIRST_READ);
+    if (read_full(fd, buf, first, 0) != 0) {
         qm_set_errno(err, errno ? errno : EIO, "cannot read", path);
         close(fd);
         return NULL;
     }
-    uint64_t n = read_le64(lenbuf);
+    uint64_t n = read_le64(buf);
     if (n > ST_MAX_HEADER || n > size - 8) {
-        f = st_parse_header(path, lenbuf, 8, size, err); /* reports the rule */
-        close(fd);
-        return f;
-    }
-    uint8_t *buf = g_malloc(8 + n);
-    memcpy(buf, lenbuf, 8);
-    if (read_full(fd, buf + 8, n, 8) != 0) {
-        qm_set_errno(err, errno ? errno : EIO, "cannot read", path);
-    } else {
+        f = st_parse_header(path, buf, 8, size, err); /* reports the rule */
+    } else if (8 + n <= first) {
         f = st_parse_header(path, buf, 8 + n, size, err);
+    } else {
+        buf = g_malloc(8 + n);
+        memcpy(buf, page, first);
+        if (read_full(fd, buf + first, 8 + n - first, first) != 0)
+            qm_set_errno(err, errno ? errno : EIO, "cannot read", path);
+        else
+            f = st_parse_header(path, buf, 8 + n, size, err);
     }
-    g_free(buf);
+    if (f)
+        f->dev = (uint64_t)st.st_dev;
+    if (buf != page)
+        g_free(buf);
     close(fd);
     return f;
 }
 
 const st_tensor *st_find(const st_file *f, const char *name)
 {
-    return g_hash_table_lookup(f->by_name, name);
+    if (f->by_name)
+        return g_hash_table_lookup(f->by_name, name);
+    for (int i = 0; i < f->n_tensors; i++)
+        if (strcmp(f->tensors[i].name, name) == 0)
+            return &f->tensors[i];
+    return NULL;
 }
 
 const uint8_t *st_data(const st_file *f, const st_tensor *t)

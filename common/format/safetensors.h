@@ -50,9 +50,11 @@ typedef struct {
     uint64_t data_start;   /* 8 + N */
     int n_tensors;
     st_tensor *tensors;    /* in header order */
-    GHashTable *by_name;   /* name -> st_tensor* */
+    GHashTable *by_name;   /* name -> st_tensor*, NULL for a file of few
+                              tensors (st_find scans them) */
     char **meta_keys;      /* __metadata__, NULL-terminated, may be empty */
     char **meta_values;
+    uint64_t dev;          /* st_dev of the file opened (st_open*), else 0 */
     /* private */
     void *map;
     uint64_t map_len;

@@ -2,6 +2,7 @@
 #include "outdir/manifest.h"
 #include "base/fs.h"
 #include "base/util.h"
+#include "outdir/names.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -428,13 +429,14 @@ int mf_journal_read(const char *path, GArray *files, GError **err)
 static GPtrArray *part_journals(const char *out)
 {
     GPtrArray *paths = g_ptr_array_new_with_free_func(g_free);
-    char *qdir = g_build_filename(out, ".qmoe", NULL);
+    char *qdir = g_build_filename(out, OD_STATE, NULL);
     GDir *d = g_dir_open(qdir, 0, NULL);
     if (d) {
         const char *n;
+        int i, k;
         while ((n = g_dir_read_name(d)))
-            if (g_str_has_prefix(n, "shard-"))
-                g_ptr_array_add(paths, g_build_filename(qdir, n, "journal.jsonl", NULL));
+            if (od_parse_part_dir(n, &i, &k) == 0)
+                g_ptr_array_add(paths, g_build_filename(qdir, n, OD_JOURNAL, NULL));
         g_dir_close(d);
     }
     g_free(qdir);
@@ -443,7 +445,7 @@ static GPtrArray *part_journals(const char *out)
 
 int mf_journals_read_all(const char *out, GArray *files, GError **err)
 {
-    char *main_j = g_build_filename(out, ".qmoe", "journal.jsonl", NULL);
+    char *main_j = g_build_filename(out, OD_STATE, OD_JOURNAL, NULL);
     int rc = mf_journal_read(main_j, files, err);
     g_free(main_j);
     GPtrArray *parts = rc ? NULL : part_journals(out);

@@ -1,6 +1,7 @@
 /* plan.c - see plan.h */
 #include "outdir/plan.h"
 #include "base/util.h"
+#include "outdir/names.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,18 +41,14 @@ void plan_free(plan *p)
 
 char *plan_expert_path(const plan *p, int layer, int expert)
 {
-    return g_strdup_printf("experts/expert_%0*d_layer_%0*d.safetensors", p->width_e,
-                           expert, p->width_l, layer);
+    return od_expert_path(p->width_e, expert, p->width_l, layer);
 }
 
 int plan_blocked_covers(const plan_blocked *b, const char *path)
 {
     if (b->kind != MF_OTHER)
         return strcmp(b->path, path) == 0;
-    size_t n = strlen(b->path);
-    return strncmp(path, b->path, n) == 0 &&
-           (strcmp(path + n, ".safetensors") == 0 ||
-            (path[n] == '-' && g_str_has_suffix(path + n, ".safetensors")));
+    return od_other_in_group(b->path, path);
 }
 
 /* Files under construction: path -> index into a GArray of plan_file, each
@@ -156,7 +153,7 @@ static void add_other(builder *b, GPtrArray *names, const layout *lt, ckpt *ck)
     GPtrArray *order = g_ptr_array_new_with_free_func(g_free);
     for (guint i = 0; i < names->len; i++) {
         char *prefix = layout_other_prefix(lt, names->pdata[i]);
-        char *bpath = g_strdup_printf("other/%s", prefix);
+        char *bpath = od_other_path(prefix, -1);
         int blocked = g_hash_table_contains(b->blocked, bpath);
         g_free(bpath);
         if (blocked) { /* a shard of the group is missing: its split is unknown */
@@ -192,8 +189,7 @@ static void add_other(builder *b, GPtrArray *names, const layout *lt, ckpt *ck)
                 in_part = 0;
             }
             in_part += nb;
-            char *path = split ? g_strdup_printf("other/%s-%02d.safetensors", prefix, part)
-                               : g_strdup_printf("other/%s.safetensors", prefix);
+            char *path = od_other_path(prefix, split ? part : 0);
             plan_file *f = file_for(b, path, MF_OTHER, -1, -1);
             add_tensor(f, name, name, s, ck->shards[s].st->data_start + t->begin, nb,
                        t->dtype, t->ndim, t->shape, -1);
@@ -295,15 +291,14 @@ plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
                               x, s);
                 break;
             case LT_LAYER:
-                block(&b, g_strdup_printf("layers/layer_%0*d.safetensors", p->width_l,
-                                          c.layer), MF_LAYER, c.layer, -1, s);
+                block(&b, od_layer_path(p->width_l, c.layer), MF_LAYER, c.layer, -1, s);
                 break;
             case LT_GLOBAL:
-                block(&b, g_strdup("globals.safetensors"), MF_GLOBALS, -1, -1, s);
+                block(&b, g_strdup(OD_GLOBALS), MF_GLOBALS, -1, -1, s);
                 break;
             case LT_OTHER: {
                 char *prefix = layout_other_prefix(lt, name);
-                block(&b, g_strdup_printf("other/%s", prefix), MF_OTHER, -1, -1, s);
+                block(&b, od_other_path(prefix, -1), MF_OTHER, -1, -1, s);
                 g_free(prefix);
                 break;
             }
@@ -344,13 +339,11 @@ plan *plan_build_sel(ckpt *ck, const layout *lt, const char *layers,
             }
             break;
         case LT_LAYER:
-            add_tensor(file_for(&b, g_strdup_printf("layers/layer_%0*d.safetensors",
-                                                    p->width_l, c.layer),
-                                MF_LAYER, c.layer, -1),
+            add_tensor(file_for(&b, od_layer_path(p->width_l, c.layer), MF_LAYER, c.layer, -1),
                        name, name, s, off, nb, t->dtype, t->ndim, t->shape, -1);
             break;
         case LT_GLOBAL:
-            add_tensor(file_for(&b, g_strdup("globals.safetensors"), MF_GLOBALS, -1, -1),
+            add_tensor(file_for(&b, g_strdup(OD_GLOBALS), MF_GLOBALS, -1, -1),
                        name, name, s, off, nb, t->dtype, t->ndim, t->shape, -1);
             break;
         case LT_OTHER:

@@ -2,6 +2,7 @@
 #include "outdir/progress.h"
 #include "base/fs.h"
 #include "base/util.h"
+#include "outdir/names.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -15,11 +16,10 @@
 
 char *progress_state_dir(const char *out, int shard, int shards)
 {
-    if (shards <= 1)
-        return g_build_filename(out, ".qmoe", NULL);
-    char name[64];
-    snprintf(name, sizeof name, "shard-%d-of-%d", shard, shards);
-    return g_build_filename(out, ".qmoe", name, NULL);
+    char *rel = od_state_dir(shard, shards);
+    char *dir = g_build_filename(out, rel, NULL);
+    g_free(rel);
+    return dir;
 }
 
 /* On a full disk the atomic replace cannot create its temporary, yet the
@@ -78,7 +78,7 @@ int progress_write(const char *path, const progress *p, GError **err)
         cJSON_AddStringToObject(j, "last_error", p->last_error);
     else
         cJSON_AddNullToObject(j, "last_error");
-    cJSON_AddStringToObject(j, "log", p->log ? p->log : ".qmoe/extract.log");
+    cJSON_AddStringToObject(j, "log", p->log ? p->log : OD_LOG);
     cJSON_AddNumberToObject(j, "shard", p->shard);
     cJSON_AddNumberToObject(j, "shards", p->shards > 0 ? p->shards : 1);
     if (p->layers)
@@ -158,7 +158,7 @@ int progress_read(const char *path, progress *p, GError **err)
     if (cJSON_IsString(le))
         p->last_error = g_strdup(le->valuestring);
     const cJSON *lg = cJSON_GetObjectItemCaseSensitive(j, "log");
-    p->log = g_strdup(cJSON_IsString(lg) ? lg->valuestring : ".qmoe/extract.log");
+    p->log = g_strdup(cJSON_IsString(lg) ? lg->valuestring : OD_LOG);
     const cJSON *ls = cJSON_GetObjectItemCaseSensitive(j, "layers");
     const cJSON *es = cJSON_GetObjectItemCaseSensitive(j, "experts");
     p->layers = cJSON_IsString(ls) ? g_strdup(ls->valuestring) : NULL;

@@ -231,12 +231,12 @@ static manifest *manifest_from_files(GArray *files)
 
 static void load_records(vf_target *t, vf_result *r)
 {
-    char *mpath = g_build_filename(t->out, "qmoe.json", NULL);
+    char *mpath = g_build_filename(t->out, OD_MANIFEST, NULL);
     GError *e = NULL;
     if (g_file_test(mpath, G_FILE_TEST_EXISTS)) {
         t->m = manifest_load(mpath, &e);
         if (!t->m) {
-            vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1, "%s", e->message);
+            vf_add(r, VF_MANIFEST, "coverage", OD_MANIFEST, NULL, -1, "%s", e->message);
             g_clear_error(&e);
         }
     }
@@ -343,20 +343,20 @@ static void cross_check(vf_target *t, vf_result *r)
         return;
     const manifest *m = t->m;
     if (m->num_layers != lt_decoder_layers(&t->shape))
-        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
+        vf_add(r, VF_MANIFEST, "coverage", OD_MANIFEST, NULL, -1,
                "expected.num_layers is %d but config.json has %d layers",
                m->num_layers, lt_decoder_layers(&t->shape));
     if (m->mtp_layers != t->shape.n_mtp)
-        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
+        vf_add(r, VF_MANIFEST, "coverage", OD_MANIFEST, NULL, -1,
                "expected.mtp_layers is %d but config.json has %d MTP layers",
                m->mtp_layers, t->shape.n_mtp);
     if (m->num_experts != t->shape.n_experts)
-        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
+        vf_add(r, VF_MANIFEST, "coverage", OD_MANIFEST, NULL, -1,
                "expected.num_experts is %d but config.json has %d experts per layer",
                m->num_experts, t->shape.n_experts);
     char *moe = qm_list_format(t->shape.is_moe, t->shape.n_layers);
     if (m->moe_layers && *m->moe_layers && strcmp(moe, m->moe_layers) != 0)
-        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
+        vf_add(r, VF_MANIFEST, "coverage", OD_MANIFEST, NULL, -1,
                "expected.moe_layers is '%s' but config.json gives '%s'",
                m->moe_layers, moe);
     g_free(moe);
@@ -376,7 +376,7 @@ static void expected_set(vf_target *t, int expect, vf_result *r)
           qm_list_parse(t->m->layers, nl, scratch, "expected.layers", &e)) ||
          (t->m->experts && *t->m->experts &&
           qm_list_parse(t->m->experts, ne, scratch, "expected.experts", &e)))) {
-        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1, "%s", e->message);
+        vf_add(r, VF_MANIFEST, "coverage", OD_MANIFEST, NULL, -1, "%s", e->message);
         g_clear_error(&e);
     } else if (!t->have_manifest &&
                ((v->prog_layers &&
@@ -445,12 +445,12 @@ vf_target *vf_target_open(const char *out, int expect, vf_result *r, GError **er
     expected_set(t, expect, r);
 
     /* the index names the files a loader will open (checked in coverage) */
-    char *ipath = g_build_filename(out, "model.safetensors.index.json", NULL);
+    char *ipath = g_build_filename(out, OD_INDEX, NULL);
     if (g_file_test(ipath, G_FILE_TEST_EXISTS)) {
         GError *e = NULL;
         t->index = qm_json_load(ipath, &e);
         if (!t->index) {
-            vf_add(r, VF_MANIFEST, "coverage", "model.safetensors.index.json", NULL,
+            vf_add(r, VF_MANIFEST, "coverage", OD_INDEX, NULL,
                    -1, "%s", e->message);
             g_clear_error(&e);
         }
@@ -629,7 +629,7 @@ void vf_check_coverage(vf_target *t, vf_result *r)
                        "unexpected file");
         } else if (f->present && !f->rec && !r->running && !t->files_only) {
             vf_add(r, VF_MANIFEST, "coverage", f->path, NULL, -1,
-                   "not recorded in %s", r->from_journal ? "the journal" : "qmoe.json");
+                   "not recorded in %s", r->from_journal ? "the journal" : OD_MANIFEST);
         } else if (f->rec && f->src == NULL && t->src_plan && !t->src_partial) {
             vf_add(r, VF_SOURCE, "source", f->path, NULL, -1,
                    "the source checkpoint has no such file");
@@ -663,8 +663,8 @@ void vf_check_coverage(vf_target *t, vf_result *r)
     g_free(extra_n);
 
     /* files of more than one source (outdir.h source identity), found by the view */
-    if (v->mixed && strcmp(v->mixed_path, "qmoe.json") == 0)
-        vf_add(r, VF_SOURCE, "coverage", "qmoe.json", NULL, -1,
+    if (v->mixed && strcmp(v->mixed_path, OD_MANIFEST) == 0)
+        vf_add(r, VF_SOURCE, "coverage", OD_MANIFEST, NULL, -1,
                "names source %s but .qmoe/source.json names %s", v->mixed_id,
                v->source_id);
     else if (v->mixed)
@@ -683,13 +683,13 @@ void vf_check_coverage(vf_target *t, vf_result *r)
     case OD_SOURCE_GAP: {
         char **lines = g_strsplit(t->m->missing_from_source, "\n", -1);
         for (int i = 0; lines[i]; i++)
-            vf_add(r, VF_INCOMPLETE, "coverage", "qmoe.json", NULL, -1,
+            vf_add(r, VF_INCOMPLETE, "coverage", OD_MANIFEST, NULL, -1,
                    "%s (extracted with --allow-missing)", lines[i]);
         g_strfreev(lines);
         break;
     }
     case OD_NO_MANIFEST:
-        vf_add(r, VF_INCOMPLETE, "coverage", "qmoe.json", NULL, -1,
+        vf_add(r, VF_INCOMPLETE, "coverage", OD_MANIFEST, NULL, -1,
                "missing: the extraction did not finish (%s%s%s); checked the files "
                "its journal records", r->job_state ? "job state: " : "no progress.json",
                r->job_state ? r->job_state : "",
@@ -697,7 +697,7 @@ void vf_check_coverage(vf_target *t, vf_result *r)
                                                                     : "");
         break;
     case OD_NOT_FINISHED:
-        vf_add(r, VF_INCOMPLETE, "coverage", "qmoe.json", NULL, -1,
+        vf_add(r, VF_INCOMPLETE, "coverage", OD_MANIFEST, NULL, -1,
                "the extraction is not complete (\"complete\": false)");
         break;
     case OD_NOTHING:
@@ -723,24 +723,24 @@ void vf_check_coverage(vf_target *t, vf_result *r)
     /* counts that the manifest states about itself */
     if (t->have_manifest && !r->expect_override &&
         t->m->expected_count + t->m->missing_count != r->experts_expected)
-        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
+        vf_add(r, VF_MANIFEST, "coverage", OD_MANIFEST, NULL, -1,
                "expected.count is %d but its layer and expert lists give %d",
                t->m->expected_count, r->experts_expected);
     if (t->have_manifest && !r->expect_override && t->m->mtp_layers > 0 &&
         !t->m->missing_count &&
         t->m->mtp_count != r->mtp_experts_expected)
-        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
+        vf_add(r, VF_MANIFEST, "coverage", OD_MANIFEST, NULL, -1,
                "expected.mtp_count is %d but its layer and expert lists give %d MTP "
                "expert files", t->m->mtp_count, r->mtp_experts_expected);
     if (t->have_manifest && t->m->complete && t->m->expected_files > 0 &&
         t->m->n_files != t->m->expected_files)
-        vf_add(r, VF_MANIFEST, "coverage", "qmoe.json", NULL, -1,
+        vf_add(r, VF_MANIFEST, "coverage", OD_MANIFEST, NULL, -1,
                "lists %d files but expected.files is %d", t->m->n_files,
                t->m->expected_files);
 
     /* the index must map every recorded tensor to its file, and only those */
     if (t->have_manifest && t->m->complete && !t->index) {
-        vf_add(r, VF_MISSING, "coverage", "model.safetensors.index.json", NULL, -1,
+        vf_add(r, VF_MISSING, "coverage", OD_INDEX, NULL, -1,
                "missing: OUT is not loadable as a checkpoint");
     } else if (t->index && !t->files_only) {
         const cJSON *wm = cJSON_GetObjectItemCaseSensitive(t->index, "weight_map");
@@ -758,11 +758,11 @@ void vf_check_coverage(vf_target *t, vf_result *r)
                 const cJSON *wv = g_hash_table_lookup(map, name);
                 g_hash_table_add(seen, (gpointer)name);
                 if (!cJSON_IsString(wv))
-                    vf_add(r, VF_MANIFEST, "coverage", "model.safetensors.index.json",
+                    vf_add(r, VF_MANIFEST, "coverage", OD_INDEX,
                            name, -1, "tensor of '%s' is not in the weight_map",
                            rec->path);
                 else if (strcmp(wv->valuestring, rec->path) != 0)
-                    vf_add(r, VF_MANIFEST, "coverage", "model.safetensors.index.json",
+                    vf_add(r, VF_MANIFEST, "coverage", OD_INDEX,
                            name, -1, "weight_map says '%s', qmoe.json says '%s'",
                            wv->valuestring, rec->path);
             }
@@ -770,11 +770,11 @@ void vf_check_coverage(vf_target *t, vf_result *r)
         int n_extra = 0;
         cJSON_ArrayForEach(x, wm)
             if (!g_hash_table_contains(seen, x->string) && n_extra++ < 10)
-                vf_add(r, VF_MANIFEST, "coverage", "model.safetensors.index.json",
+                vf_add(r, VF_MANIFEST, "coverage", OD_INDEX,
                        x->string, -1, "weight_map names a tensor that no recorded "
                        "file holds");
         if (n_extra > 10)
-            vf_add(r, VF_MANIFEST, "coverage", "model.safetensors.index.json", NULL,
+            vf_add(r, VF_MANIFEST, "coverage", OD_INDEX, NULL,
                    -1, "%d more weight_map entries name unrecorded tensors",
                    n_extra - 10);
         g_hash_table_destroy(seen);

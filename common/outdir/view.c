@@ -2,6 +2,7 @@
 #include "outdir/view.h"
 #include "base/fs.h"
 #include "base/util.h"
+#include "outdir/names.h"
 #include "outdir/plan.h"
 #include "outdir/progress.h"
 
@@ -47,65 +48,15 @@ od_file *od_view_add(od_view *v, const char *path)
     return f;
 }
 
-/* Digits of a non-negative n. */
-static int n_digits(int n)
-{
-    int d = 1;
-    while (n >= 10) {
-        n /= 10;
-        d++;
-    }
-    return d;
-}
-
-/* Whether the digits at p (a parsed index of value n) are what "%0*d"
- * with width w writes: 6144 names are checked per snapshot, so without
- * formatting each. */
-static int padded(const char *p, int n, int w)
-{
-    return (int)strspn(p, "0123456789") == MAX(w, n_digits(n));
-}
-
-/* "experts/expert_EEE_layer_LL.safetensors" into buf (od_expert_path's
- * format, by hand for the same reason). */
-static void expert_name(char *buf, size_t cap, int we, int e, int wl, int l)
-{
-    char de[16], dl[16];
-    int ne = n_digits(e), nl = n_digits(l);
-    snprintf(de, sizeof de, "%d", e); /* cheap next to the padding */
-    snprintf(dl, sizeof dl, "%d", l);
-    g_snprintf(buf, cap, "experts/expert_%.*s%s_layer_%.*s%s.safetensors",
-               MAX(we - ne, 0), "0000000000000000", de, MAX(wl - nl, 0),
-               "0000000000000000", dl);
-}
-
-/* Kind, indices and whether the name is one qmoe writes (padding
- * included), from the path alone. */
+/* Kind, indices and whether the name is one qmoe writes (names.h). */
 static void classify(const od_view *v, od_file *f)
 {
-    const char *path = f->path;
-    int e, l, n = 0;
-    f->layer = f->expert = -1;
-    f->canonical = 0;
-    f->kind = MF_OTHER;
-    if (g_str_has_prefix(path, "experts/") && od_parse_expert(path, &e, &l) == 0) {
-        f->kind = MF_EXPERT;
-        f->layer = l;
-        f->expert = e;
-        f->canonical = padded(path + 15, e, v->width_e) &&
-                       padded(strstr(path + 15, "_layer_") + 7, l, v->width_l);
-    } else if (sscanf(path, "layers/layer_%d.safetensors%n", &l, &n) == 1 &&
-               path[n] == '\0' && l >= 0) {
-        f->kind = MF_LAYER;
-        f->layer = l;
-        f->canonical = path[13] != '+' && path[13] != '-' && padded(path + 13, l, v->width_l);
-    } else if (strcmp(path, "globals.safetensors") == 0) {
-        f->kind = MF_GLOBALS;
-        f->canonical = 1;
-    } else if (g_str_has_prefix(path, "other/") && g_str_has_suffix(path, ".safetensors") &&
-               !strchr(path + 6, '/')) {
-        f->canonical = 1;
-    }
+    od_name n;
+    od_classify(f->path, v->width_e, v->width_l, &n);
+    f->kind = n.kind;
+    f->layer = n.layer;
+    f->expert = n.expert;
+    f->canonical = n.canonical;
 }
 
 /* ---- jobs ---- */
@@ -164,7 +115,7 @@ static void read_jobs(od_view *v)
             }
             if (!have) {
                 od_job *j = g_new0(od_job, 1);
-                j->dir = g_strdup_printf(".qmoe/shard-%d-of-%d", s, n_of);
+                j->dir = od_state_dir(s, n_of);
                 j->shard = s;
                 j->shards = n_of;
                 j->state = g_strdup("none");
@@ -274,15 +225,16 @@ static void read_journal(od_view *v, const char *path)
 /* Every journal: .qmoe/journal.jsonl, then each shard part's. */
 static void read_journals(od_view *v)
 {
-    char *q = g_build_filename(v->out, ".qmoe", NULL);
-    char *mj = g_build_filename(q, "journal.jsonl", NULL);
+    char *q = g_build_filename(v->out, OD_STATE, NULL);
+    char *mj = g_build_filename(q, OD_JOURNAL, NULL);
     read_journal(v, mj);
     g_free(mj);
     GDir *d = g_dir_open(q, 0, NULL);
     const char *n;
+    int pi, pn;
     while (d && (n = g_dir_read_name(d)))
-        if (g_str_has_prefix(n, "shard-")) {
-            char *j = g_build_filename(q, n, "journal.jsonl", NULL);
+        if (od_parse_part_dir(n, &pi, &pn) == 0) {
+            char *j = g_build_filename(q, n, OD_JOURNAL, NULL);
             read_journal(v, j);
             g_free(j);
         }
@@ -465,11 +417,11 @@ static int scan_dir(od_view *v, const char *sub, GError **err)
  * not a file to skip. */
 static int check_state_files(const char *out, GError **err)
 {
-    static const char *top[] = {"qmoe.json", "config.json", "model.safetensors.index.json",
-                                ".qmoe/journal.jsonl", ".qmoe/progress.json", ".qmoe/lock",
-                                NULL};
-    static const char *per_shard[] = {"journal.jsonl", "progress.json", "lock", NULL};
-    int rc = 0;
+    static const char *top[] = {OD_MANIFEST, OD_CONFIG, OD_INDEX,
+                                OD_STATE "/" OD_JOURNAL, OD_STATE "/" OD_PROGRESS,
+                                OD_STATE "/" OD_LOCK, NULL};
+    static const char *per_shard[] = {OD_JOURNAL, OD_PROGRESS, OD_LOCK, NULL};
+    int rc = 0, pi, pn;
     for (int i = 0; top[i] && !rc; i++) {
         char *p = g_build_filename(out, top[i], NULL);
         rc = fs_check_regular(p, err);
@@ -479,7 +431,7 @@ static int check_state_files(const char *out, GError **err)
     GDir *d = rc ? NULL : g_dir_open(q, 0, NULL);
     const char *n;
     while (d && !rc && (n = g_dir_read_name(d)))
-        for (int i = 0; g_str_has_prefix(n, "shard-") && per_shard[i] && !rc; i++) {
+        for (int i = 0; od_parse_part_dir(n, &pi, &pn) == 0 && per_shard[i] && !rc; i++) {
             char *p = g_build_filename(q, n, per_shard[i], NULL);
             rc = fs_check_regular(p, err);
             g_free(p);
@@ -660,7 +612,7 @@ static void add_expected(od_view *v)
         for (int e = 0; v->layer_sel[l] && e < v->shape.n_experts; e++)
             if (v->expert_sel[e]) {
                 char path[96];
-                expert_name(path, sizeof path, v->width_e, e, v->width_l, l);
+                od_expert_path_buf(path, sizeof path, v->width_e, e, v->width_l, l);
                 od_view_add(v, path);
             }
 }

@@ -1,6 +1,6 @@
-/* test_outdir.c - OUT's names, the one verdict, the source identity diff,
+/* test_outdir.c - the one verdict, the source identity diff,
  * the gap listing, the MTP block's wording, the owner liveness and the view
- * of OUT (common/outdir/outdir.c, progress.c, view.c). */
+ * of OUT (common/outdir/outdir.c, source.c, progress.c, view.c). */
 #include "base/util.h"
 #include "outdir/outdir.h"
 #include "outdir/progress.h"
@@ -10,25 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static void test_names(void)
-{
-    char *p = od_expert_path(3, 5, 2, 7);
-    CHECK(strcmp(p, "experts/expert_005_layer_07.safetensors") == 0);
-    int e = -1, l = -1;
-    CHECK(od_parse_expert(p, &e, &l) == 0 && e == 5 && l == 7);
-    CHECK(od_parse_expert(p + 8, &e, &l) == 0 && e == 5 && l == 7);
-    g_free(p);
-    p = od_layer_path(2, 3);
-    CHECK(strcmp(p, "layers/layer_03.safetensors") == 0);
-    g_free(p);
-    CHECK(od_parse_expert("expert_1_layer_2.safetensors.tmp.12", &e, &l) != 0);
-    CHECK(od_parse_expert("expert_-1_layer_2.safetensors", &e, &l) != 0);
-    CHECK(od_parse_expert("expert__layer_2.safetensors", &e, &l) != 0);
-    CHECK(od_parse_expert("expert_1_layer_99999999.safetensors", &e, &l) != 0);
-    CHECK(od_parse_expert("layers/layer_01.safetensors", &e, &l) != 0);
-    CHECK(strcmp(od_subdirs[0], "experts") == 0 && od_subdirs[3] == NULL);
-}
 
 /* Every state the verdict distinguishes, in its order of precedence. */
 static void test_verdict(void)
@@ -326,7 +307,6 @@ static void test_view(void)
 
 int main(void)
 {
-    RUN(test_names);
     RUN(test_verdict);
     RUN(test_source_diff);
     RUN(test_source_merge);

@@ -884,6 +884,54 @@ static void test_open_errors(void)
     g_free(missing);
 }
 
+/* Lookups on both sides of the size that gets a name table, duplicates
+ * refused on both, and st_open_header on headers that fit its first read
+ * and headers that do not. */
+static void test_lookup_and_first_read(void)
+{
+    static const int counts[] = {1, 3, 8, 9, 40, 200};
+    for (size_t c = 0; c < G_N_ELEMENTS(counts); c++) {
+        int n = counts[c];
+        GString *js = g_string_new("{");
+        for (int i = 0; i < n; i++)
+            g_string_append_printf(js, "%s\"w%d\":{\"dtype\":\"F32\",\"shape\":[1],"
+                                   "\"data_offsets\":[%d,%d]}",
+                                   i ? "," : "", i, 4 * i, 4 * i + 4);
+        GString *dup = g_string_new(js->str);
+        g_string_append(js, "}");
+        g_string_append_printf(dup, ",\"w0\":{\"dtype\":\"F32\",\"shape\":[1],"
+                                    "\"data_offsets\":[%d,%d]}}", 4 * n, 4 * n + 4);
+        size_t len;
+        uint8_t *b = simple(js->str, (size_t)n * 4, &len);
+        st_file *f = parse_ok("lookup", b, len);
+        for (int i = 0; f && i < n; i++) {
+            char name[16];
+            g_snprintf(name, sizeof name, "w%d", i);
+            CHECK(st_find(f, name) == &f->tensors[i]);
+        }
+        CHECK(f && st_find(f, "w") == NULL && st_find(f, "nope") == NULL);
+        st_close(f);
+        /* the same bytes from a file: one read or two */
+        char *path = g_build_filename(tmpdir, "lookup.safetensors", NULL);
+        CHECK(g_file_set_contents(path, (const char *)b, (gssize)len, NULL));
+        GError *err = NULL;
+        f = st_open_header(path, &err);
+        CHECK(f != NULL && err == NULL);
+        CHECK(f && f->n_tensors == n && f->data_start == 8 + js->len && f->size == len);
+        CHECK(f && st_find(f, "w0") == &f->tensors[0] && f->dev != 0);
+        st_close(f);
+        g_clear_error(&err);
+        g_free(b);
+        b = simple(dup->str, (size_t)(n + 1) * 4, &len);
+        expect_fail("dup", b, len, "duplicate tensor name 'w0'");
+        g_free(b);
+        unlink(path);
+        g_free(path);
+        g_string_free(js, TRUE);
+        g_string_free(dup, TRUE);
+    }
+}
+
 int main(void)
 {
     tmpdir = g_dir_make_tmp("qmoe-st-XXXXXX", NULL);
@@ -892,6 +940,7 @@ int main(void)
         return 1;
     }
     RUN(test_catalogue_in_memory);
+    RUN(test_lookup_and_first_read);
     RUN(test_catalogue_files);
     RUN(test_more_refusals);
     RUN(test_empty_header);
