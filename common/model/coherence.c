@@ -242,6 +242,9 @@ static void progress(const coh_opts *o, const char *fmt, ...)
 typedef struct {
     model_seq *seq;
     GArray *ids;              /* the prompt's tokens */
+    GArray *exp;              /* its expected text's tokens (maybe none) */
+    int *am;                  /* (exp->len + 1) argmax after the prompt and
+                               * after each expected token */
     int n_new;                /* tokens to generate at most */
     int cap;                  /* tokens the sequence can hold */
     int *out, n_out, done;
@@ -256,6 +259,51 @@ static int argmax(const float *x, int n)
         if (x[i] > x[best])
             best = i;
     return best;
+}
+
+/* A token of the gate's batches and what is kept of its logits. */
+typedef struct {
+    model_seq *seq;
+    int token;
+    float *logits;            /* keep them all here ([vocab]), or NULL */
+    int *argmax;              /* keep their argmax here, or NULL */
+    double *nll;              /* add -log p(target) here, or NULL */
+    int target;
+} gate_tok;
+
+/* Feeds gt[0..n) through model_batch in slices of `chunk` tokens; the
+ * logits only argmax or nll need go to a scratch of chunk x vocab floats,
+ * so the batch's memory does not grow with the text. Each nll is added in
+ * token order, as model_nll adds them. */
+static int gate_batch(model *m, const gate_tok *gt, int n, int chunk, GError **err)
+{
+    int V = model_get_config(m)->vocab;
+    model_tok *toks = g_new(model_tok, MAX(MIN(n, chunk), 1));
+    float *scratch = g_new(float, (size_t)MAX(MIN(n, chunk), 1) * V);
+    int rc = 0;
+    for (int s = 0; s < n && rc == 0; s += chunk) {
+        int len = MIN(n - s, chunk);
+        for (int t = 0; t < len; t++) {
+            const gate_tok *g = &gt[s + t];
+            float *lg = g->logits ? g->logits
+                        : g->argmax || g->nll ? scratch + (size_t)t * V : NULL;
+            toks[t] = (model_tok){g->seq, g->token, lg};
+        }
+        if (model_batch(m, toks, len, err) < 0) {
+            rc = -1;
+            break;
+        }
+        for (int t = 0; t < len; t++) {
+            const gate_tok *g = &gt[s + t];
+            if (g->argmax)
+                *g->argmax = argmax(toks[t].logits, V);
+            if (g->nll)
+                *g->nll += model_token_nll(toks[t].logits, V, g->target);
+        }
+    }
+    g_free(scratch);
+    g_free(toks);
+    return rc;
 }
 
 /* The prompts chosen for (a): the first of each domain, then further ones
@@ -294,6 +342,9 @@ static void gate_seqs_free(gate_seq *g, guint n)
         model_seq_free(g[i].seq);
         if (g[i].ids)
             g_array_free(g[i].ids, TRUE);
+        if (g[i].exp)
+            g_array_free(g[i].exp, TRUE);
+        g_free(g[i].am);
         g_free(g[i].out);
         g_free(g[i].logits);
         g_free(g[i].all);
@@ -301,16 +352,31 @@ static void gate_seqs_free(gate_seq *g, guint n)
     g_free(g);
 }
 
-/* The prompt set as one batch: every prompt its own sequence, all of them
- * through the layers together (keeping every position's logits of the
- * prompts in `pick`, for the source comparison), then the greedy
- * continuations of all prompts advancing together, one batch per step.
- * A token's bits do not depend on its batch (model_batch), so the
- * continuations and router choices are those of running the prompts one
- * after another; the model's weights are read once for the prompts and
- * once per step instead of once per prompt and step. */
+/* Appends a chosen token to a continuation; 1 when it ends there. */
+static int take(gate_seq *g, int token, const GArray *stop)
+{
+    g->out[g->n_out++] = token;
+    for (guint j = 0; j < stop->len; j++)
+        if (g_array_index(stop, int32_t, j) == token)
+            return g->done = 1;
+    return g->done = g->n_out == g->n_new;
+}
+
+/* The prompt set as one batch: every prompt its own sequence, followed by
+ * its expected text when it has one, all of them through the layers
+ * together (keeping every position's logits of the prompts in `pick`, for
+ * the source comparison). "Continues as expected" is teacher forcing: the
+ * argmax after the prompt and after each expected token is the next
+ * expected token. That is the greedy continuation's prefix, so greedy
+ * generation goes on from the first expected token the model would not
+ * have chosen (the sequence truncated there), all prompts advancing
+ * together, one batch per step. A token's bits do not depend on its batch
+ * (model_batch), so everything is what running the prompts one after
+ * another gives; the router observer (c) sees the prompt and expected
+ * tokens only, so the verdict does not depend on --gen-tokens. */
 static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_index,
-                       const GArray *pick, coh_result *r, gate_seq **seqs_out, GError **err)
+                       const GArray *pick, int chunk, coh_result *r, gate_seq **seqs_out,
+                       GError **err)
 {
     const model_config *c = model_get_config(m);
     /* a continuation ends where a generation would: end of text or turn */
@@ -319,29 +385,30 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         g_array_free(stop, TRUE);
         return -1;
     }
-    const int *stops = (const int *)stop->data;
     guint np = r->prompts->len;
     gate_seq *g = g_new0(gate_seq, np);
     coh_domain_usage **dom = g_new0(coh_domain_usage *, np);
     router_ctx rc = {.r = r, .moe_index = moe_index, .domain = dom};
-    GArray *exp_ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    gate_tok *gt = NULL;
     model_tok *toks = NULL;
-    int rc_ok = -1, total = 0, most_new = 0;
+    int rc_ok = -1, total = 0, n_new = o->n_new > 0 ? o->n_new : COH_DEFAULT_NEW;
     for (guint i = 0; i < np; i++) {
         coh_prompt_result *p = r->prompts->pdata[i];
         char what[64];
         snprintf(what, sizeof what, "prompt %u", i + 1);
         g[i].ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+        g[i].exp = g_array_new(FALSE, FALSE, sizeof(int32_t));
         if (encode(tok, p->prompt, g[i].ids, what, err) < 0 ||
-            (p->expected && encode(tok, p->expected, exp_ids, what, err) < 0))
+            (p->expected && encode(tok, p->expected, g[i].exp, what, err) < 0))
             goto out;
-        int n = (int)g[i].ids->len;
+        int n = (int)g[i].ids->len, ne = (int)g[i].exp->len;
         if (n < 1) {
             g_set_error(err, QM_ERROR, QM_ERR_USAGE, "%s: the prompt is empty", what);
             goto out;
         }
-        for (int t = 0; t < n; t++) {
-            int id = g_array_index(g[i].ids, int32_t, t);
+        for (int t = 0; t < n + ne; t++) {
+            int id = t < n ? g_array_index(g[i].ids, int32_t, t)
+                           : g_array_index(g[i].exp, int32_t, t - n);
             if (id < 0 || id >= c->vocab) {
                 g_set_error(err, QM_ERROR, QM_ERR_USAGE,
                             "%s: token id %d is outside the vocabulary [0, %d)", what, id,
@@ -349,22 +416,22 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
                 goto out;
             }
         }
-        g[i].n_new = o->n_new > 0 ? o->n_new : COH_DEFAULT_NEW;
-        if (p->expected && (int)exp_ids->len + 1 > g[i].n_new)
-            g[i].n_new = (int)exp_ids->len + 1;
-        /* the prompt and the generated tokens fed back */
-        g[i].cap = MIN(n + g[i].n_new - 1, c->max_seq);
-        if (n > c->max_seq) {
+        if (n + ne > c->max_seq) {
             g_set_error(err, QM_ERROR, QM_ERR_USAGE,
-                        "%s: the sequence is longer than the context of %d tokens", what,
-                        c->max_seq);
+                        "%s: the prompt%s is longer than the context of %d tokens", what,
+                        ne ? " with its expected text" : "", c->max_seq);
             goto out;
         }
+        g[i].n_new = n_new;
+        /* the prompt with its expected text, or with the generated tokens
+         * fed back */
+        g[i].cap = MIN(MAX(n + ne, n + n_new - 1), c->max_seq);
         if (!(g[i].seq = model_seq_new(m, (int)i, g[i].cap, err))) {
             g_prefix_error(err, "%s: ", what);
             goto out;
         }
-        g[i].out = g_new(int, g[i].n_new);
+        g[i].am = g_new(int, ne + 1);
+        g[i].out = g_new(int, n_new);
         g[i].logits = g_new(float, c->vocab);
         for (guint k = 0; k < pick->len; k++)
             if (g_array_index(pick, int, k) == (int)i)
@@ -372,66 +439,78 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         p->n_prompt_tokens = n;
         dom[i] = domain_for(r, p->domain);
         dom[i]->n_prompts++;
-        total += n;
-        most_new = MAX(most_new, g[i].n_new);
+        total += n + ne;
     }
-    progress(o, "prompt set: %u prompt%s, %d tokens in one batch, then up to %d generated "
-             "tokens each, all prompts one step per batch", np, np == 1 ? "" : "s", total,
-             most_new);
-    toks = g_new(model_tok, MAX(total, (int)np));
+    progress(o, "prompt set: %u prompt%s, %d tokens with the expected texts in one batch, "
+             "then up to %d generated tokens each, all prompts one step per batch", np,
+             np == 1 ? "" : "s", total, n_new);
+    gt = g_new0(gate_tok, MAX(total, 1));
     int n = 0;
     for (guint i = 0; i < np; i++) {
-        int len = (int)g[i].ids->len;
-        for (int t = 0; t < len; t++)
-            toks[n++] = (model_tok){g[i].seq, g_array_index(g[i].ids, int32_t, t),
-                                    g[i].all ? g[i].all + (size_t)t * c->vocab
-                                    : t == len - 1 ? g[i].logits : NULL};
+        int len = (int)g[i].ids->len, ne = (int)g[i].exp->len;
+        for (int t = 0; t < len + ne; t++) {
+            gate_tok *x = &gt[n++];
+            x->seq = g[i].seq;
+            x->token = t < len ? g_array_index(g[i].ids, int32_t, t)
+                               : g_array_index(g[i].exp, int32_t, t - len);
+            x->logits = g[i].all && t < len ? g[i].all + (size_t)t * c->vocab : NULL;
+            x->argmax = t >= len - 1 ? &g[i].am[t - len + 1] : NULL;
+        }
     }
     model_set_router_log(m, on_route, &rc);
-    if (model_batch(m, toks, n, err) < 0) {
+    int bad = gate_batch(m, gt, n, chunk, err) < 0;
+    model_set_router_log(m, NULL, NULL);
+    if (bad) {
         g_prefix_error(err, "prompt set: ");
         goto out;
     }
-    for (guint i = 0; i < np; i++)
-        if (g[i].all)
-            memcpy(g[i].logits, g[i].all + (size_t)(g[i].ids->len - 1) * c->vocab,
-                   sizeof(float) * c->vocab);
-    /* greedy steps: the last token chosen is not fed back, as in
-     * model_generate */
+    /* the greedy tokens teacher forcing already gives: up to and
+     * including the first that differs from the expected text */
+    for (guint i = 0; i < np; i++) {
+        coh_prompt_result *p = r->prompts->pdata[i];
+        int len = (int)g[i].ids->len, ne = (int)g[i].exp->len, j = 0;
+        while (j < ne && g[i].am[j] == g_array_index(g[i].exp, int32_t, j))
+            j++;
+        if (p->expected) {
+            p->matches = j == ne;
+            r->n_expected++;
+            r->n_matching += p->matches;
+        }
+        for (int k = 0; k <= j && !g[i].done; k++)
+            take(&g[i], g[i].am[k], stop);
+        /* fed: the prompt and the chosen tokens but the last */
+        model_seq_truncate(g[i].seq, len + g[i].n_out - 1);
+    }
+    toks = g_new(model_tok, np);
     for (int step = 0;; step++) {
         n = 0;
         for (guint i = 0; i < np; i++) {
             if (g[i].done)
                 continue;
-            int next = argmax(g[i].logits, c->vocab);
-            g[i].out[g[i].n_out++] = next;
-            int stopped = 0;
-            for (guint j = 0; j < stop->len; j++)
-                stopped |= stops[j] == next;
-            if (stopped || g[i].n_out == g[i].n_new) {
-                g[i].done = 1;
-            } else if (model_seq_pos(g[i].seq) >= g[i].cap) {
+            if (model_seq_pos(g[i].seq) >= g[i].cap) {
                 g_set_error(err, QM_ERROR, QM_ERR_USAGE,
                             "prompt %u: the sequence is longer than the context of %d "
                             "tokens", i + 1, c->max_seq);
                 goto out;
-            } else {
-                toks[n++] = (model_tok){g[i].seq, next, g[i].logits};
             }
+            toks[n++] = (model_tok){g[i].seq, g[i].out[g[i].n_out - 1], g[i].logits};
         }
         if (n == 0)
             break;
         if (model_batch(m, toks, n, err) < 0) {
-            g_prefix_error(err, "prompt set, generated token %d: ", step + 1);
+            g_prefix_error(err, "prompt set, generated token %d: ", step + 2);
             goto out;
         }
+        for (guint i = 0; i < np; i++)
+            if (!g[i].done)
+                take(&g[i], argmax(g[i].logits, c->vocab), stop);
     }
     for (guint i = 0; i < np; i++) {
         coh_prompt_result *p = r->prompts->pdata[i];
         int n_out = g[i].n_out, n_text = n_out;
         p->n_output_tokens = n_out;
         for (guint j = 0; n_out > 0 && j < stop->len; j++)
-            if (g[i].out[n_out - 1] == stops[j]) {
+            if (g[i].out[n_out - 1] == g_array_index(stop, int32_t, j)) {
                 p->stopped = 1;
                 n_text = n_out - 1;
             }
@@ -441,17 +520,11 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         char *raw = tok_decode(tok, (const int32_t *)g[i].out, (size_t)n_text, &n_bytes);
         p->output = g_utf8_make_valid(raw, (gssize)n_bytes);
         g_free(raw);
-        if (p->expected) {
-            p->matches = g_str_has_prefix(p->output, p->expected);
-            r->n_expected++;
-            r->n_matching += p->matches;
-        }
     }
     rc_ok = 0;
 out:
-    model_set_router_log(m, NULL, NULL);
     g_array_free(stop, TRUE);
-    g_array_free(exp_ids, TRUE);
+    g_free(gt);
     g_free(toks);
     g_free(dom);
     if (rc_ok == 0 && seqs_out) {
@@ -463,7 +536,6 @@ out:
     }
     return rc_ok;
 }
-
 /* Mean nll of the text's tokens after the first, in windows of the
  * default context (or the model's, when shorter). */
 static int score(model *m, const GArray *ids, double *nll, GError **err)
@@ -669,7 +741,7 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     /* the prompt set, one batch: continuations, router usage (c) and the
      * logits (a) compares */
     pick = o->source ? source_picks(r) : g_array_new(FALSE, FALSE, sizeof(int));
-    if (run_prompts(m, tok, o, moe_index, pick, r, &gs, err) < 0)
+    if (run_prompts(m, tok, o, moe_index, pick, MODEL_BATCH, r, &gs, err) < 0)
         goto done;
     /* (a) */
     if (o->source && compare_source(o, mask, pick, gs, r, err) < 0)

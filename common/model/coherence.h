@@ -16,7 +16,7 @@
  *                   PPL_DEFAULT_CONTEXT tokens (or the model's context);
  *   (c) router      the router is free: in every MoE layer, the experts
  *                   picked as any of the top-k choices while running the
- *                   prompt set (prompt and generated tokens) number more
+ *                   prompt set (prompt and expected tokens) number more
  *                   than coh_router_threshold(n_experts) =
  *                   max(n_experts / 4, min(8, n_experts / 2)). With 128
  *                   experts that is more than 32, with 16 more than 8, with
@@ -36,8 +36,12 @@
  * generous floor, while a masked router uses exactly the mask.
  *
  * Reported besides: the greedy continuation of every prompt (ending at the
- * ids of chat_end_ids(), chat.h) and, when the
- * prompt carries "expected", whether the continuation begins with it (a
+ * ids of chat_end_ids(), chat.h, or after n_new tokens) and, when the
+ * prompt carries "expected", whether the model continues as expected,
+ * decided by teacher forcing: the prompt and its expected tokens are fed
+ * as one sequence, and at every position from the prompt's last the
+ * argmax is the next expected token (the verdict greedy generation gives,
+ * at the token level, without a step per token; a
  * fact, not a criterion: samples/prompts holds the coherent sample's
  * sentences, which a real model is not meant to reproduce); per layer how
  * often each expert was chosen; per prompt domain and layer the experts
@@ -70,8 +74,7 @@ typedef struct {
                                * run (to show what a masked router does),
                                * or NULL: free */
     int n_threads;            /* forward-pass threads; <= 0: 1 */
-    int n_new;                /* tokens per prompt; <= 0: COH_DEFAULT_NEW
-                               * (raised to fit each expected text) */
+    int n_new;                /* tokens per prompt; <= 0: COH_DEFAULT_NEW */
     /* Optional: told as each step of the gate starts, with what it is
      * ("source: prompt 2 of 4 [creative], 9 tokens, both models"); on the
      * real model a step takes minutes. */
@@ -87,7 +90,9 @@ typedef struct {
                                * invalid UTF-8 replaced by U+FFFD */
     int n_output_tokens;      /* generated, stop token included */
     int stopped;              /* ended on an end-of-text id */
-    int matches;              /* output begins with expected; -1: no expected */
+    int matches;              /* teacher forcing: the argmax after the
+                               * prompt and after each expected token is
+                               * the next expected token; -1: no expected */
 } coh_prompt_result;
 
 typedef struct {
