@@ -169,6 +169,7 @@ typedef struct {
     coh_result *r;
     const int *moe_index;     /* [n_layers] layer -> MoE layer index, or -1 */
     coh_domain_usage **domain;/* [prompts] each prompt's domain (its sequence id) */
+    int n_prompts;            /* sequences with a larger id are the text's */
 } router_ctx;
 
 static void on_route(void *user, int seq, int pos, int token, int layer, int k,
@@ -179,7 +180,7 @@ static void on_route(void *user, int seq, int pos, int token, int layer, int k,
     (void)out_norms;
     router_ctx *c = user;
     int li = c->moe_index[layer];
-    if (li < 0)
+    if (li < 0 || seq >= c->n_prompts) /* (c) is the prompt set's */
         return;
     coh_domain_usage *dom = c->domain[seq];
     if (li == 0) { /* each token passes every MoE layer once */
@@ -336,6 +337,87 @@ static GArray *source_picks(const coh_result *r)
     return pick;
 }
 
+/* The reference text cut as ppl_ids() cuts it (perplexity.h): windows of
+ * ctx tokens overlapping by one, each its own sequence starting afresh;
+ * sum[w] gathers window w's nll terms in token order, as model_nll does,
+ * so the perplexity has ppl_ids()'s bits. */
+typedef struct {
+    const int *ids;
+    int n, ctx, nw;
+    model_seq **seq;          /* [nw] */
+    double *sum;              /* [nw] */
+} text_win;
+
+static void windows_free(text_win *tw)
+{
+    for (int w = 0; tw->seq && w < tw->nw; w++)
+        model_seq_free(tw->seq[w]);
+    g_free(tw->seq);
+    g_free(tw->sum);
+}
+
+static int win_start(const text_win *tw, int w) { return w * (tw->ctx - 1); }
+static int win_len(const text_win *tw, int w) { return MIN(tw->n - win_start(tw, w), tw->ctx); }
+
+/* Sequences ids first_id, first_id + 1, ... for the windows of ids[0..n). */
+static int windows_new(model *m, const int *ids, int n, int first_id, text_win *tw,
+                       GError **err)
+{
+    const model_config *c = model_get_config(m);
+    *tw = (text_win){.ids = ids, .n = n, .ctx = MIN(c->max_seq, PPL_DEFAULT_CONTEXT)};
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "reference text: token %d (id %d) is outside the model's vocabulary "
+                        "[0, %d)", i, ids[i], c->vocab);
+            return -1;
+        }
+    if (tw->ctx < 2) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "reference text: the model's context of %d tokens is shorter than 2",
+                    c->max_seq);
+        return -1;
+    }
+    tw->nw = (n - 2) / (tw->ctx - 1) + 1;
+    tw->seq = g_new0(model_seq *, tw->nw);
+    tw->sum = g_new0(double, tw->nw);
+    for (int w = 0; w < tw->nw; w++)
+        if (!(tw->seq[w] = model_seq_new(m, first_id + w, win_len(tw, w), err))) {
+            g_prefix_error(err, "reference text: ");
+            return -1;
+        }
+    return 0;
+}
+
+/* Appends the windows' tokens to gt (each scoring the next token of its
+ * window, the last none); returns how many. */
+static int windows_toks(text_win *tw, gate_tok *gt)
+{
+    int k = 0;
+    for (int w = 0; w < tw->nw; w++) {
+        int s = win_start(tw, w), len = win_len(tw, w);
+        tw->sum[w] = 0;
+        model_seq_reset(tw->seq[w]);
+        for (int t = 0; t < len; t++)
+            gt[k++] = (gate_tok){.seq = tw->seq[w], .token = tw->ids[s + t],
+                                 .nll = t < len - 1 ? &tw->sum[w] : NULL,
+                                 .target = t < len - 1 ? tw->ids[s + t + 1] : 0};
+    }
+    return k;
+}
+
+/* The mean nll per scored token, as ppl_ids() forms it. */
+static double windows_nll(const text_win *tw)
+{
+    double sum = 0;
+    for (int w = 0; w < tw->nw; w++) {
+        int len = win_len(tw, w);
+        double mean = tw->sum[w] / (len - 1);
+        sum += mean * (len - 1);
+    }
+    return sum / (tw->n - 1);
+}
+
 static void gate_seqs_free(gate_seq *g, guint n)
 {
     for (guint i = 0; g && i < n; i++) {
@@ -375,8 +457,8 @@ static int take(gate_seq *g, int token, const GArray *stop)
  * another gives; the router observer (c) sees the prompt and expected
  * tokens only, so the verdict does not depend on --gen-tokens. */
 static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_index,
-                       const GArray *pick, int chunk, coh_result *r, gate_seq **seqs_out,
-                       GError **err)
+                       const GArray *pick, int chunk, text_win *tw, coh_result *r,
+                       gate_seq **seqs_out, GError **err)
 {
     const model_config *c = model_get_config(m);
     /* a continuation ends where a generation would: end of text or turn */
@@ -388,7 +470,7 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
     guint np = r->prompts->len;
     gate_seq *g = g_new0(gate_seq, np);
     coh_domain_usage **dom = g_new0(coh_domain_usage *, np);
-    router_ctx rc = {.r = r, .moe_index = moe_index, .domain = dom};
+    router_ctx rc = {.r = r, .moe_index = moe_index, .domain = dom, .n_prompts = (int)np};
     gate_tok *gt = NULL;
     model_tok *toks = NULL;
     int rc_ok = -1, total = 0, n_new = o->n_new > 0 ? o->n_new : COH_DEFAULT_NEW;
@@ -441,10 +523,11 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         dom[i]->n_prompts++;
         total += n + ne;
     }
-    progress(o, "prompt set: %u prompt%s, %d tokens with the expected texts in one batch, "
-             "then up to %d generated tokens each, all prompts one step per batch", np,
-             np == 1 ? "" : "s", total, n_new);
-    gt = g_new0(gate_tok, MAX(total, 1));
+    progress(o, "prompt set: %u prompt%s, %d tokens with the expected texts, and the "
+             "reference text, %d tokens in %d window%s, in one batch; then up to %d "
+             "generated tokens each, all prompts one step per batch", np, np == 1 ? "" : "s",
+             total, tw->n, tw->nw, tw->nw == 1 ? "" : "s", n_new);
+    gt = g_new0(gate_tok, (size_t)total + tw->nw * (size_t)tw->ctx);
     int n = 0;
     for (guint i = 0; i < np; i++) {
         int len = (int)g[i].ids->len, ne = (int)g[i].exp->len;
@@ -457,6 +540,7 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
             x->argmax = t >= len - 1 ? &g[i].am[t - len + 1] : NULL;
         }
     }
+    n += windows_toks(tw, gt + n);
     model_set_router_log(m, on_route, &rc);
     int bad = gate_batch(m, gt, n, chunk, err) < 0;
     model_set_router_log(m, NULL, NULL);
@@ -536,19 +620,6 @@ out:
     }
     return rc_ok;
 }
-/* Mean nll of the text's tokens after the first, in windows of the
- * default context (or the model's, when shorter). */
-static int score(model *m, const GArray *ids, double *nll, GError **err)
-{
-    int ctx = model_get_config(m)->max_seq;
-    ppl_result pr;
-    if (ppl_ids(m, (const int *)ids->data, (int)ids->len,
-                ctx < PPL_DEFAULT_CONTEXT ? ctx : PPL_DEFAULT_CONTEXT, &pr, err) < 0)
-        return -1;
-    *nll = pr.nll;
-    return 0;
-}
-
 static void check_router(coh_result *r)
 {
     r->router_threshold = coh_router_threshold(r->n_experts);
@@ -695,6 +766,7 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     int *moe_index = NULL;
     GArray *pick = NULL;
     gate_seq *gs = NULL;
+    text_win tw = {0};
     GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
     char *text = NULL;
     gsize text_len = 0;
@@ -738,10 +810,22 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
         r->mask = qm_list_format(mask, r->n_experts);
     }
 
-    /* the prompt set, one batch: continuations, router usage (c) and the
-     * logits (a) compares */
+    if (encode(tok, text, ids, "reference text", err) < 0)
+        goto done;
+    r->text_tokens = (int)ids->len;
+    if (ids->len < 2) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "reference text '%s' has %u token%s: perplexity needs at least 2",
+                    o->text_path, ids->len, ids->len == 1 ? "" : "s");
+        goto done;
+    }
+    if (windows_new(m, (const int *)ids->data, (int)ids->len, (int)r->prompts->len, &tw,
+                    err) < 0)
+        goto done;
+    /* the prompt set and the reference text, one batch: continuations,
+     * router usage (c), the logits (a) compares and the perplexity (b) */
     pick = o->source ? source_picks(r) : g_array_new(FALSE, FALSE, sizeof(int));
-    if (run_prompts(m, tok, o, moe_index, pick, MODEL_BATCH, r, &gs, err) < 0)
+    if (run_prompts(m, tok, o, moe_index, pick, MODEL_BATCH, &tw, r, &gs, err) < 0)
         goto done;
     /* (a) */
     if (o->source && compare_source(o, mask, pick, gs, r, err) < 0)
@@ -753,19 +837,8 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     else
         r->router_ok = 1;
 
-    /* (b) and the ablation */
-    if (encode(tok, text, ids, "reference text", err) < 0)
-        goto done;
-    r->text_tokens = (int)ids->len;
-    if (ids->len < 2) {
-        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
-                    "reference text '%s' has %u token%s: perplexity needs at least 2",
-                    o->text_path, ids->len, ids->len == 1 ? "" : "s");
-        goto done;
-    }
-    progress(o, "perplexity of '%s', %u tokens", o->text_path, ids->len);
-    if (score(m, ids, &r->nll, err) < 0)
-        goto done;
+    /* (b) */
+    r->nll = windows_nll(&tw);
     r->ppl = exp(r->nll);
     r->ppl_ok = r->ppl <= r->max_ppl;
     if (!r->ppl_ok)
@@ -773,20 +846,28 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
                     "%.6g on the reference text '%s' (%d tokens) is above the maximum %.6g",
                     r->ppl, o->text_path, r->text_tokens, r->max_ppl);
     if (r->n_experts > 8 && r->top_k <= 8) {
-        progress(o, "ablation: perplexity with the router masked to %s", COH_ABLATION_MASK);
+        /* the second batch: the reference text's windows afresh */
+        progress(o, "ablation: perplexity with the router masked to %s, %d tokens in one "
+                 "batch", COH_ABLATION_MASK, tw.n);
         uint8_t *abl = g_new0(uint8_t, r->n_experts);
+        gate_tok *gt = g_new0(gate_tok, (size_t)tw.nw * tw.ctx);
+        int n = windows_toks(&tw, gt);
         int bad = qm_list_parse(COH_ABLATION_MASK, r->n_experts, abl, "ablation", err) < 0 ||
-                  model_set_mask(m, abl, err) < 0 || score(m, ids, &r->ablation_nll, err) < 0 ||
+                  model_set_mask(m, abl, err) < 0 ||
+                  gate_batch(m, gt, n, MODEL_BATCH, err) < 0 ||
                   model_set_mask(m, mask, err) < 0;
+        g_free(gt);
         g_free(abl);
         if (bad)
             goto done;
+        r->ablation_nll = windows_nll(&tw);
         r->ablation_run = 1;
         r->ablation_ppl = exp(r->ablation_nll);
     }
     g_ptr_array_sort(r->failures, failure_order);
     rc = 0;
 done:
+    windows_free(&tw);
     if (gs)
         gate_seqs_free(gs, r->prompts->len);
     if (pick)

@@ -12,8 +12,10 @@
  *                   prompts) are bit-identical between OUT and the source;
  *   (b) perplexity  the perplexity of the reference text is at most
  *                   max_ppl (coh_default_max_ppl(): min(100, vocab / 4)),
- *                   scored by ppl_ids() (perplexity.h) in windows of
- *                   PPL_DEFAULT_CONTEXT tokens (or the model's context);
+ *                   scored in windows of PPL_DEFAULT_CONTEXT tokens (or
+ *                   the model's context) cut as ppl_ids() (perplexity.h)
+ *                   cuts them, with its bits, each window a sequence of
+ *                   the prompt set's batch;
  *   (c) router      the router is free: in every MoE layer, the experts
  *                   picked as any of the top-k choices while running the
  *                   prompt set (prompt and expected tokens) number more
@@ -48,6 +50,12 @@
  * that carried the most router weight; and the masked ablation: the
  * reference perplexity with the router restricted to experts 0-7 next to
  * the free router's (when the model has more than 8 experts).
+ *
+ * How it runs: the prompt set (prompts with their expected texts) and the
+ * reference text's windows go through the layers as one batch (model_batch
+ * slices it into MODEL_BATCH-token passes); the masked ablation is a second
+ * batch of the text's windows; then the greedy continuations advance
+ * together, one batch per step, from where teacher forcing left them.
  *
  * Prompt set: JSON lines {"domain", "lang", "prompt", "expected"}; domain
  * and prompt are required, blank lines are skipped.

@@ -34,8 +34,8 @@ has omni-peak-memory "s, peak resident memory "
 # each step of the gate is reported on stderr as it starts
 k=0
 for step in "prompt set: 16 prompts, " "source: prompt 4 of 4 [multilingual], 5 tokens" \
-            "perplexity of '" \
-            "ablation: perplexity with the router masked to 0-7"; do
+            "prompt set: 16 prompts, 167 tokens with the expected texts, and the reference text, 199 tokens in 1 window, in one batch" \
+            "ablation: perplexity with the router masked to 0-7, 199 tokens in one batch"; do
     k=$((k + 1))
     [[ "$err" == *"qmoe-verify: coherence: $step"* ]] && ok "omni-progress-$k" ||
         fail "omni-progress-$k" "stderr lacks '$step': $(head -c 400 "$T/.err")"
