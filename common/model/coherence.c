@@ -273,21 +273,26 @@ typedef struct {
 } gate_tok;
 
 /* Feeds gt[0..n) through model_batch in slices of `chunk` tokens; the
- * logits only argmax or nll need go to a scratch of chunk x vocab floats,
- * so the batch's memory does not grow with the text. Each nll is added in
- * token order, as model_nll adds them. */
+ * logits only argmax or nll need go to a scratch of one row per such
+ * token of the slice. Each nll is added in token order, as model_nll adds
+ * them. */
 static int gate_batch(model *m, const gate_tok *gt, int n, int chunk, GError **err)
 {
-    int V = model_get_config(m)->vocab;
+    size_t V = (size_t)model_get_config(m)->vocab;
     model_tok *toks = g_new(model_tok, MAX(MIN(n, chunk), 1));
-    float *scratch = g_new(float, (size_t)MAX(MIN(n, chunk), 1) * V);
+    float *scratch = NULL;
     int rc = 0;
     for (int s = 0; s < n && rc == 0; s += chunk) {
-        int len = MIN(n - s, chunk);
+        int len = MIN(n - s, chunk), rows = 0;
+        for (int t = 0; t < len; t++)
+            rows += !gt[s + t].logits && (gt[s + t].argmax || gt[s + t].nll);
+        g_free(scratch);
+        scratch = g_new(float, MAX(rows, 1) * V);
+        rows = 0;
         for (int t = 0; t < len; t++) {
             const gate_tok *g = &gt[s + t];
             float *lg = g->logits ? g->logits
-                        : g->argmax || g->nll ? scratch + (size_t)t * V : NULL;
+                        : g->argmax || g->nll ? scratch + V * rows++ : NULL;
             toks[t] = (model_tok){g->seq, g->token, lg};
         }
         if (model_batch(m, toks, len, err) < 0) {
@@ -297,9 +302,9 @@ static int gate_batch(model *m, const gate_tok *gt, int n, int chunk, GError **e
         for (int t = 0; t < len; t++) {
             const gate_tok *g = &gt[s + t];
             if (g->argmax)
-                *g->argmax = argmax(toks[t].logits, V);
+                *g->argmax = argmax(toks[t].logits, (int)V);
             if (g->nll)
-                *g->nll += model_token_nll(toks[t].logits, V, g->target);
+                *g->nll += model_token_nll(toks[t].logits, (int)V, g->target);
         }
     }
     g_free(scratch);
@@ -752,7 +757,8 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
 {
     double t0 = qm_monotonic();
     *out = NULL;
-    model_opts mo = {.n_threads = o->n_threads > 0 ? o->n_threads : 1};
+    model_opts mo = {.n_threads = o->n_threads > 0 ? o->n_threads : 1,
+                     .max_batch = COH_BATCH};
     coh_result *r = g_new0(coh_result, 1);
     r->model_path = g_strdup(path);
     r->text_path = g_strdup(o->text_path);
@@ -825,7 +831,7 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     /* the prompt set and the reference text, one batch: continuations,
      * router usage (c), the logits (a) compares and the perplexity (b) */
     pick = o->source ? source_picks(r) : g_array_new(FALSE, FALSE, sizeof(int));
-    if (run_prompts(m, tok, o, moe_index, pick, MODEL_BATCH, &tw, r, &gs, err) < 0)
+    if (run_prompts(m, tok, o, moe_index, pick, COH_BATCH, &tw, r, &gs, err) < 0)
         goto done;
     /* (a) */
     if (o->source && compare_source(o, mask, pick, gs, r, err) < 0)
@@ -854,7 +860,7 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
         int n = windows_toks(&tw, gt);
         int bad = qm_list_parse(COH_ABLATION_MASK, r->n_experts, abl, "ablation", err) < 0 ||
                   model_set_mask(m, abl, err) < 0 ||
-                  gate_batch(m, gt, n, MODEL_BATCH, err) < 0 ||
+                  gate_batch(m, gt, n, COH_BATCH, err) < 0 ||
                   model_set_mask(m, mask, err) < 0;
         g_free(gt);
         g_free(abl);

@@ -52,8 +52,9 @@
  * the free router's (when the model has more than 8 experts).
  *
  * How it runs: the prompt set (prompts with their expected texts) and the
- * reference text's windows go through the layers as one batch (model_batch
- * slices it into MODEL_BATCH-token passes); the masked ablation is a second
+ * reference text's windows go through the layers as one batch (passes of
+ * COH_BATCH tokens: one pass for the sample prompts and text); the masked
+ * ablation is a second
  * batch of the text's windows; then the greedy continuations advance
  * together, one batch per step, from where teacher forcing left them.
  *
@@ -72,6 +73,9 @@
 #define COH_SOURCE_PROMPTS 4   /* prompts whose logits are compared (a) */
 #define COH_DEFAULT_NEW 32     /* tokens generated per prompt */
 #define COH_ABLATION_MASK "0-7"
+/* Tokens per pass over the layers (capped by the model's context): a
+ * prompt set and reference text of this size read each expert once. */
+#define COH_BATCH 2048
 
 typedef struct {
     const char *text_path;    /* reference text, read whole (required) */
