@@ -518,7 +518,7 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
             goto out;
         }
         g[i].am = g_new(int, ne + 1);
-        g[i].out = g_new(int, n_new);
+        g[i].out = g_new(int, MAX(n_new, ne + 1));
         g[i].logits = g_new(float, c->vocab);
         for (guint k = 0; k < pick->len; k++)
             if (g_array_index(pick, int, k) == (int)i)
@@ -565,6 +565,8 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
             r->n_expected++;
             r->n_matching += p->matches;
         }
+        /* those cost nothing: shown even beyond --gen-tokens */
+        g[i].n_new = MAX(n_new, j + 1);
         for (int k = 0; k <= j && !g[i].done; k++)
             take(&g[i], g[i].am[k], stop);
         /* fed: the prompt and the chosen tokens but the last */

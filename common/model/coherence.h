@@ -38,7 +38,8 @@
  * generous floor, while a masked router uses exactly the mask.
  *
  * Reported besides: the greedy continuation of every prompt (ending at the
- * ids of chat_end_ids(), chat.h, or after n_new tokens) and, when the
+ * ids of chat_end_ids(), chat.h, or after n_new tokens, or after the
+ * tokens teacher forcing chose when they are more) and, when the
  * prompt carries "expected", whether the model continues as expected,
  * decided by teacher forcing: the prompt and its expected tokens are fed
  * as one sequence, and at every position from the prompt's last the
@@ -54,9 +55,9 @@
  * How it runs: the prompt set (prompts with their expected texts) and the
  * reference text's windows go through the layers as one batch (passes of
  * COH_BATCH tokens: one pass for the sample prompts and text); the masked
- * ablation is a second
- * batch of the text's windows; then the greedy continuations advance
- * together, one batch per step, from where teacher forcing left them.
+ * ablation is a second batch of the text's windows; then the greedy
+ * continuations advance together, one batch per step, from where teacher
+ * forcing left them.
  *
  * Prompt set: JSON lines {"domain", "lang", "prompt", "expected"}; domain
  * and prompt are required, blank lines are skipped.
@@ -71,7 +72,13 @@
 #include "outdir/verify.h"
 
 #define COH_SOURCE_PROMPTS 4   /* prompts whose logits are compared (a) */
-#define COH_DEFAULT_NEW 32     /* tokens generated per prompt */
+/* Tokens generated per prompt. Each greedy step of the 16-prompt set at
+ * top-8 of 128 experts routes to most experts, so under memory pressure
+ * it reads most of the model again (on the 3.5 GB sample in a 1.5 GB
+ * cgroup: 7 s a step, the prompt batch 100 s): a few tokens show what the
+ * model says while keeping the gate near one read. A continuation is
+ * never cut shorter than what teacher forcing already chose. */
+#define COH_DEFAULT_NEW 4
 #define COH_ABLATION_MASK "0-7"
 /* Tokens per pass over the layers (capped by the model's context): a
  * prompt set and reference text of this size read each expert once. */

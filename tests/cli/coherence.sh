@@ -8,7 +8,7 @@
 # that differ from the source; a partial extraction is not run; bad
 # options and files exit 2.
 . "$(dirname "$0")/lib.sh"
-plan 54
+plan 55
 TOOLS="$QMOE_BUILD/tests/tools"
 V="qmoe-verify -j 1 --coherence"   # one thread: the sample is tiny
 # has NAME TEXT : the last run's stdout contains TEXT
@@ -120,7 +120,8 @@ expect partial-not-run 1 "coherence: not run: the forward pass needs every exper
 # -- 7. own text and prompts; prompts without "expected"
 printf 'The router sends every token to two experts chosen by softmax scores.<|endoftext|>\n' >"$T/one.txt"
 printf '{"domain":"technical","prompt":"The router sends every token"}\n\n{"domain":"creative","prompt":"Her violin carried autumn"}\n' >"$T/p.jsonl"
-run $V --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
+# (without expected text a continuation is --gen-tokens long: 4 by default)
+run $V --gen-tokens 32 --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
 expect own-files 1 "(b) perplexity of '$T/one.txt' (15 tokens): 1 (at most 100)  ok" stdout
 has own-prompts "greedy continuations (2 prompts)"
 has own-prompt-output "[creative] Her violin carried autumn ->  through empty streets until dawn arrived. <end>"$'\n'
@@ -136,6 +137,12 @@ run $V --json --gen-tokens 3 --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
 n3=$(grep -cE '"output_tokens":[[:space:]]*3,' "$T/.out")
 [ "$n3" = 2 ] && ok gen-tokens-3 || fail gen-tokens-3 "want 2 prompts of 3 output tokens, got $n3"
 has gen-tokens-routed '"routed_tokens":	9'
+
+# by default 4 tokens, unless teacher forcing chose more (the full
+# expected text and the end of text of the coherent sample, above)
+run $V --json --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
+n4=$(grep -cE '"output_tokens":[[:space:]]*4,' "$T/.out")
+[ "$n4" = 2 ] && ok gen-tokens-default || fail gen-tokens-default "want 2 prompts of 4 output tokens, got $n4"
 
 # -- 8. errors in the gate's own input: exit 2
 run $V --gen-tokens 0 "$X"
