@@ -42,7 +42,7 @@ static GOptionEntry entries[] = {
      "--coherence: highest passing perplexity (default: min(100, vocab/4))", "X"},
     {"gen-tokens", 0, 0, G_OPTION_ARG_INT, &opt_gen_tokens,
      "--coherence: tokens generated per prompt, all prompts one step per batch (default: "
-     "32, raised to fit a prompt's expected text)", "N"},
+     "4; an expected text is checked by teacher forcing, whatever N)", "N"},
     {"mask-experts", 0, 0, G_OPTION_ARG_STRING, &opt_mask,
      "--coherence: restrict the router to LIST for the whole gate (shows a masked run failing)",
      "LIST"},

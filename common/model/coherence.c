@@ -169,6 +169,7 @@ typedef struct {
     coh_result *r;
     const int *moe_index;     /* [n_layers] layer -> MoE layer index, or -1 */
     coh_domain_usage **domain;/* [prompts] each prompt's domain (its sequence id) */
+    int n_prompts;            /* sequences with a larger id are the text's */
 } router_ctx;
 
 static void on_route(void *user, int seq, int pos, int token, int layer, int k,
@@ -179,7 +180,7 @@ static void on_route(void *user, int seq, int pos, int token, int layer, int k,
     (void)out_norms;
     router_ctx *c = user;
     int li = c->moe_index[layer];
-    if (li < 0)
+    if (li < 0 || seq >= c->n_prompts) /* (c) is the prompt set's */
         return;
     coh_domain_usage *dom = c->domain[seq];
     if (li == 0) { /* each token passes every MoE layer once */
@@ -242,6 +243,9 @@ static void progress(const coh_opts *o, const char *fmt, ...)
 typedef struct {
     model_seq *seq;
     GArray *ids;              /* the prompt's tokens */
+    GArray *exp;              /* its expected text's tokens (maybe none) */
+    int *am;                  /* (exp->len + 1) argmax after the prompt and
+                               * after each expected token */
     int n_new;                /* tokens to generate at most */
     int cap;                  /* tokens the sequence can hold */
     int *out, n_out, done;
@@ -256,6 +260,56 @@ static int argmax(const float *x, int n)
         if (x[i] > x[best])
             best = i;
     return best;
+}
+
+/* A token of the gate's batches and what is kept of its logits. */
+typedef struct {
+    model_seq *seq;
+    int token;
+    float *logits;            /* keep them all here ([vocab]), or NULL */
+    int *argmax;              /* keep their argmax here, or NULL */
+    double *nll;              /* add -log p(target) here, or NULL */
+    int target;
+} gate_tok;
+
+/* Feeds gt[0..n) through model_batch in slices of `chunk` tokens; the
+ * logits only argmax or nll need go to a scratch of one row per such
+ * token of the slice. Each nll is added in token order, as model_nll adds
+ * them. */
+static int gate_batch(model *m, const gate_tok *gt, int n, int chunk, GError **err)
+{
+    size_t V = (size_t)model_get_config(m)->vocab;
+    model_tok *toks = g_new(model_tok, MAX(MIN(n, chunk), 1));
+    float *scratch = NULL;
+    int rc = 0;
+    for (int s = 0; s < n && rc == 0; s += chunk) {
+        int len = MIN(n - s, chunk), rows = 0;
+        for (int t = 0; t < len; t++)
+            rows += !gt[s + t].logits && (gt[s + t].argmax || gt[s + t].nll);
+        g_free(scratch);
+        scratch = g_new(float, MAX(rows, 1) * V);
+        rows = 0;
+        for (int t = 0; t < len; t++) {
+            const gate_tok *g = &gt[s + t];
+            float *lg = g->logits ? g->logits
+                        : g->argmax || g->nll ? scratch + V * rows++ : NULL;
+            toks[t] = (model_tok){g->seq, g->token, lg};
+        }
+        if (model_batch(m, toks, len, err) < 0) {
+            rc = -1;
+            break;
+        }
+        for (int t = 0; t < len; t++) {
+            const gate_tok *g = &gt[s + t];
+            if (g->argmax)
+                *g->argmax = argmax(toks[t].logits, (int)V);
+            if (g->nll)
+                *g->nll += model_token_nll(toks[t].logits, (int)V, g->target);
+        }
+    }
+    g_free(scratch);
+    g_free(toks);
+    return rc;
 }
 
 /* The prompts chosen for (a): the first of each domain, then further ones
@@ -288,12 +342,96 @@ static GArray *source_picks(const coh_result *r)
     return pick;
 }
 
+/* The reference text cut as ppl_ids() cuts it (perplexity.h): windows of
+ * ctx tokens overlapping by one, each its own sequence starting afresh;
+ * sum[w] gathers window w's nll terms in token order, as model_nll does,
+ * so the perplexity has ppl_ids()'s bits. */
+typedef struct {
+    const int *ids;
+    int n, ctx, nw;
+    model_seq **seq;          /* [nw] */
+    double *sum;              /* [nw] */
+} text_win;
+
+static void windows_free(text_win *tw)
+{
+    for (int w = 0; tw->seq && w < tw->nw; w++)
+        model_seq_free(tw->seq[w]);
+    g_free(tw->seq);
+    g_free(tw->sum);
+}
+
+static int win_start(const text_win *tw, int w) { return w * (tw->ctx - 1); }
+static int win_len(const text_win *tw, int w) { return MIN(tw->n - win_start(tw, w), tw->ctx); }
+
+/* Sequences ids first_id, first_id + 1, ... for the windows of ids[0..n). */
+static int windows_new(model *m, const int *ids, int n, int first_id, text_win *tw,
+                       GError **err)
+{
+    const model_config *c = model_get_config(m);
+    *tw = (text_win){.ids = ids, .n = n, .ctx = MIN(c->max_seq, PPL_DEFAULT_CONTEXT)};
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "reference text: token %d (id %d) is outside the model's vocabulary "
+                        "[0, %d)", i, ids[i], c->vocab);
+            return -1;
+        }
+    if (tw->ctx < 2) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "reference text: the model's context of %d tokens is shorter than 2",
+                    c->max_seq);
+        return -1;
+    }
+    tw->nw = (n - 2) / (tw->ctx - 1) + 1;
+    tw->seq = g_new0(model_seq *, tw->nw);
+    tw->sum = g_new0(double, tw->nw);
+    for (int w = 0; w < tw->nw; w++)
+        if (!(tw->seq[w] = model_seq_new(m, first_id + w, win_len(tw, w), err))) {
+            g_prefix_error(err, "reference text: ");
+            return -1;
+        }
+    return 0;
+}
+
+/* Appends the windows' tokens to gt (each scoring the next token of its
+ * window, the last none); returns how many. */
+static int windows_toks(text_win *tw, gate_tok *gt)
+{
+    int k = 0;
+    for (int w = 0; w < tw->nw; w++) {
+        int s = win_start(tw, w), len = win_len(tw, w);
+        tw->sum[w] = 0;
+        model_seq_reset(tw->seq[w]);
+        for (int t = 0; t < len; t++)
+            gt[k++] = (gate_tok){.seq = tw->seq[w], .token = tw->ids[s + t],
+                                 .nll = t < len - 1 ? &tw->sum[w] : NULL,
+                                 .target = t < len - 1 ? tw->ids[s + t + 1] : 0};
+    }
+    return k;
+}
+
+/* The mean nll per scored token, as ppl_ids() forms it. */
+static double windows_nll(const text_win *tw)
+{
+    double sum = 0;
+    for (int w = 0; w < tw->nw; w++) {
+        int len = win_len(tw, w);
+        double mean = tw->sum[w] / (len - 1);
+        sum += mean * (len - 1);
+    }
+    return sum / (tw->n - 1);
+}
+
 static void gate_seqs_free(gate_seq *g, guint n)
 {
     for (guint i = 0; g && i < n; i++) {
         model_seq_free(g[i].seq);
         if (g[i].ids)
             g_array_free(g[i].ids, TRUE);
+        if (g[i].exp)
+            g_array_free(g[i].exp, TRUE);
+        g_free(g[i].am);
         g_free(g[i].out);
         g_free(g[i].logits);
         g_free(g[i].all);
@@ -301,16 +439,31 @@ static void gate_seqs_free(gate_seq *g, guint n)
     g_free(g);
 }
 
-/* The prompt set as one batch: every prompt its own sequence, all of them
- * through the layers together (keeping every position's logits of the
- * prompts in `pick`, for the source comparison), then the greedy
- * continuations of all prompts advancing together, one batch per step.
- * A token's bits do not depend on its batch (model_batch), so the
- * continuations and router choices are those of running the prompts one
- * after another; the model's weights are read once for the prompts and
- * once per step instead of once per prompt and step. */
+/* Appends a chosen token to a continuation; 1 when it ends there. */
+static int take(gate_seq *g, int token, const GArray *stop)
+{
+    g->out[g->n_out++] = token;
+    for (guint j = 0; j < stop->len; j++)
+        if (g_array_index(stop, int32_t, j) == token)
+            return g->done = 1;
+    return g->done = g->n_out == g->n_new;
+}
+
+/* The prompt set as one batch: every prompt its own sequence, followed by
+ * its expected text when it has one, all of them through the layers
+ * together (keeping every position's logits of the prompts in `pick`, for
+ * the source comparison). "Continues as expected" is teacher forcing: the
+ * argmax after the prompt and after each expected token is the next
+ * expected token. That is the greedy continuation's prefix, so greedy
+ * generation goes on from the first expected token the model would not
+ * have chosen (the sequence truncated there), all prompts advancing
+ * together, one batch per step. A token's bits do not depend on its batch
+ * (model_batch), so everything is what running the prompts one after
+ * another gives; the router observer (c) sees the prompt and expected
+ * tokens only, so the verdict does not depend on --gen-tokens. */
 static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_index,
-                       const GArray *pick, coh_result *r, gate_seq **seqs_out, GError **err)
+                       const GArray *pick, int chunk, text_win *tw, coh_result *r,
+                       gate_seq **seqs_out, GError **err)
 {
     const model_config *c = model_get_config(m);
     /* a continuation ends where a generation would: end of text or turn */
@@ -319,29 +472,30 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         g_array_free(stop, TRUE);
         return -1;
     }
-    const int *stops = (const int *)stop->data;
     guint np = r->prompts->len;
     gate_seq *g = g_new0(gate_seq, np);
     coh_domain_usage **dom = g_new0(coh_domain_usage *, np);
-    router_ctx rc = {.r = r, .moe_index = moe_index, .domain = dom};
-    GArray *exp_ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    router_ctx rc = {.r = r, .moe_index = moe_index, .domain = dom, .n_prompts = (int)np};
+    gate_tok *gt = NULL;
     model_tok *toks = NULL;
-    int rc_ok = -1, total = 0, most_new = 0;
+    int rc_ok = -1, total = 0, n_new = o->n_new > 0 ? o->n_new : COH_DEFAULT_NEW;
     for (guint i = 0; i < np; i++) {
         coh_prompt_result *p = r->prompts->pdata[i];
         char what[64];
         snprintf(what, sizeof what, "prompt %u", i + 1);
         g[i].ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+        g[i].exp = g_array_new(FALSE, FALSE, sizeof(int32_t));
         if (encode(tok, p->prompt, g[i].ids, what, err) < 0 ||
-            (p->expected && encode(tok, p->expected, exp_ids, what, err) < 0))
+            (p->expected && encode(tok, p->expected, g[i].exp, what, err) < 0))
             goto out;
-        int n = (int)g[i].ids->len;
+        int n = (int)g[i].ids->len, ne = (int)g[i].exp->len;
         if (n < 1) {
             g_set_error(err, QM_ERROR, QM_ERR_USAGE, "%s: the prompt is empty", what);
             goto out;
         }
-        for (int t = 0; t < n; t++) {
-            int id = g_array_index(g[i].ids, int32_t, t);
+        for (int t = 0; t < n + ne; t++) {
+            int id = t < n ? g_array_index(g[i].ids, int32_t, t)
+                           : g_array_index(g[i].exp, int32_t, t - n);
             if (id < 0 || id >= c->vocab) {
                 g_set_error(err, QM_ERROR, QM_ERR_USAGE,
                             "%s: token id %d is outside the vocabulary [0, %d)", what, id,
@@ -349,22 +503,22 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
                 goto out;
             }
         }
-        g[i].n_new = o->n_new > 0 ? o->n_new : COH_DEFAULT_NEW;
-        if (p->expected && (int)exp_ids->len + 1 > g[i].n_new)
-            g[i].n_new = (int)exp_ids->len + 1;
-        /* the prompt and the generated tokens fed back */
-        g[i].cap = MIN(n + g[i].n_new - 1, c->max_seq);
-        if (n > c->max_seq) {
+        if (n + ne > c->max_seq) {
             g_set_error(err, QM_ERROR, QM_ERR_USAGE,
-                        "%s: the sequence is longer than the context of %d tokens", what,
-                        c->max_seq);
+                        "%s: the prompt%s is longer than the context of %d tokens", what,
+                        ne ? " with its expected text" : "", c->max_seq);
             goto out;
         }
+        g[i].n_new = n_new;
+        /* the prompt with its expected text, or with the generated tokens
+         * fed back */
+        g[i].cap = MIN(MAX(n + ne, n + n_new - 1), c->max_seq);
         if (!(g[i].seq = model_seq_new(m, (int)i, g[i].cap, err))) {
             g_prefix_error(err, "%s: ", what);
             goto out;
         }
-        g[i].out = g_new(int, g[i].n_new);
+        g[i].am = g_new(int, ne + 1);
+        g[i].out = g_new(int, MAX(n_new, ne + 1));
         g[i].logits = g_new(float, c->vocab);
         for (guint k = 0; k < pick->len; k++)
             if (g_array_index(pick, int, k) == (int)i)
@@ -372,66 +526,82 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         p->n_prompt_tokens = n;
         dom[i] = domain_for(r, p->domain);
         dom[i]->n_prompts++;
-        total += n;
-        most_new = MAX(most_new, g[i].n_new);
+        total += n + ne;
     }
-    progress(o, "prompt set: %u prompt%s, %d tokens in one batch, then up to %d generated "
-             "tokens each, all prompts one step per batch", np, np == 1 ? "" : "s", total,
-             most_new);
-    toks = g_new(model_tok, MAX(total, (int)np));
+    progress(o, "prompt set: %u prompt%s, %d tokens with the expected texts, and the "
+             "reference text, %d tokens in %d window%s, in one batch; then up to %d "
+             "generated tokens each, all prompts one step per batch", np, np == 1 ? "" : "s",
+             total, tw->n, tw->nw, tw->nw == 1 ? "" : "s", n_new);
+    gt = g_new0(gate_tok, (size_t)total + tw->nw * (size_t)tw->ctx);
     int n = 0;
     for (guint i = 0; i < np; i++) {
-        int len = (int)g[i].ids->len;
-        for (int t = 0; t < len; t++)
-            toks[n++] = (model_tok){g[i].seq, g_array_index(g[i].ids, int32_t, t),
-                                    g[i].all ? g[i].all + (size_t)t * c->vocab
-                                    : t == len - 1 ? g[i].logits : NULL};
+        int len = (int)g[i].ids->len, ne = (int)g[i].exp->len;
+        for (int t = 0; t < len + ne; t++) {
+            gate_tok *x = &gt[n++];
+            x->seq = g[i].seq;
+            x->token = t < len ? g_array_index(g[i].ids, int32_t, t)
+                               : g_array_index(g[i].exp, int32_t, t - len);
+            x->logits = g[i].all && t < len ? g[i].all + (size_t)t * c->vocab : NULL;
+            x->argmax = t >= len - 1 ? &g[i].am[t - len + 1] : NULL;
+        }
     }
+    n += windows_toks(tw, gt + n);
     model_set_router_log(m, on_route, &rc);
-    if (model_batch(m, toks, n, err) < 0) {
+    int bad = gate_batch(m, gt, n, chunk, err) < 0;
+    model_set_router_log(m, NULL, NULL);
+    if (bad) {
         g_prefix_error(err, "prompt set: ");
         goto out;
     }
-    for (guint i = 0; i < np; i++)
-        if (g[i].all)
-            memcpy(g[i].logits, g[i].all + (size_t)(g[i].ids->len - 1) * c->vocab,
-                   sizeof(float) * c->vocab);
-    /* greedy steps: the last token chosen is not fed back, as in
-     * model_generate */
+    /* the greedy tokens teacher forcing already gives: up to and
+     * including the first that differs from the expected text */
+    for (guint i = 0; i < np; i++) {
+        coh_prompt_result *p = r->prompts->pdata[i];
+        int len = (int)g[i].ids->len, ne = (int)g[i].exp->len, j = 0;
+        while (j < ne && g[i].am[j] == g_array_index(g[i].exp, int32_t, j))
+            j++;
+        if (p->expected) {
+            p->matches = j == ne;
+            r->n_expected++;
+            r->n_matching += p->matches;
+        }
+        /* those cost nothing: shown even beyond --gen-tokens */
+        g[i].n_new = MAX(n_new, j + 1);
+        for (int k = 0; k <= j && !g[i].done; k++)
+            take(&g[i], g[i].am[k], stop);
+        /* fed: the prompt and the chosen tokens but the last */
+        model_seq_truncate(g[i].seq, len + g[i].n_out - 1);
+    }
+    toks = g_new(model_tok, np);
     for (int step = 0;; step++) {
         n = 0;
         for (guint i = 0; i < np; i++) {
             if (g[i].done)
                 continue;
-            int next = argmax(g[i].logits, c->vocab);
-            g[i].out[g[i].n_out++] = next;
-            int stopped = 0;
-            for (guint j = 0; j < stop->len; j++)
-                stopped |= stops[j] == next;
-            if (stopped || g[i].n_out == g[i].n_new) {
-                g[i].done = 1;
-            } else if (model_seq_pos(g[i].seq) >= g[i].cap) {
+            if (model_seq_pos(g[i].seq) >= g[i].cap) {
                 g_set_error(err, QM_ERROR, QM_ERR_USAGE,
                             "prompt %u: the sequence is longer than the context of %d "
                             "tokens", i + 1, c->max_seq);
                 goto out;
-            } else {
-                toks[n++] = (model_tok){g[i].seq, next, g[i].logits};
             }
+            toks[n++] = (model_tok){g[i].seq, g[i].out[g[i].n_out - 1], g[i].logits};
         }
         if (n == 0)
             break;
         if (model_batch(m, toks, n, err) < 0) {
-            g_prefix_error(err, "prompt set, generated token %d: ", step + 1);
+            g_prefix_error(err, "prompt set, generated token %d: ", step + 2);
             goto out;
         }
+        for (guint i = 0; i < np; i++)
+            if (!g[i].done)
+                take(&g[i], argmax(g[i].logits, c->vocab), stop);
     }
     for (guint i = 0; i < np; i++) {
         coh_prompt_result *p = r->prompts->pdata[i];
         int n_out = g[i].n_out, n_text = n_out;
         p->n_output_tokens = n_out;
         for (guint j = 0; n_out > 0 && j < stop->len; j++)
-            if (g[i].out[n_out - 1] == stops[j]) {
+            if (g[i].out[n_out - 1] == g_array_index(stop, int32_t, j)) {
                 p->stopped = 1;
                 n_text = n_out - 1;
             }
@@ -441,17 +611,11 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         char *raw = tok_decode(tok, (const int32_t *)g[i].out, (size_t)n_text, &n_bytes);
         p->output = g_utf8_make_valid(raw, (gssize)n_bytes);
         g_free(raw);
-        if (p->expected) {
-            p->matches = g_str_has_prefix(p->output, p->expected);
-            r->n_expected++;
-            r->n_matching += p->matches;
-        }
     }
     rc_ok = 0;
 out:
-    model_set_router_log(m, NULL, NULL);
     g_array_free(stop, TRUE);
-    g_array_free(exp_ids, TRUE);
+    g_free(gt);
     g_free(toks);
     g_free(dom);
     if (rc_ok == 0 && seqs_out) {
@@ -463,20 +627,6 @@ out:
     }
     return rc_ok;
 }
-
-/* Mean nll of the text's tokens after the first, in windows of the
- * default context (or the model's, when shorter). */
-static int score(model *m, const GArray *ids, double *nll, GError **err)
-{
-    int ctx = model_get_config(m)->max_seq;
-    ppl_result pr;
-    if (ppl_ids(m, (const int *)ids->data, (int)ids->len,
-                ctx < PPL_DEFAULT_CONTEXT ? ctx : PPL_DEFAULT_CONTEXT, &pr, err) < 0)
-        return -1;
-    *nll = pr.nll;
-    return 0;
-}
-
 static void check_router(coh_result *r)
 {
     r->router_threshold = coh_router_threshold(r->n_experts);
@@ -609,7 +759,8 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
 {
     double t0 = qm_monotonic();
     *out = NULL;
-    model_opts mo = {.n_threads = o->n_threads > 0 ? o->n_threads : 1};
+    model_opts mo = {.n_threads = o->n_threads > 0 ? o->n_threads : 1,
+                     .max_batch = COH_BATCH};
     coh_result *r = g_new0(coh_result, 1);
     r->model_path = g_strdup(path);
     r->text_path = g_strdup(o->text_path);
@@ -623,6 +774,7 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     int *moe_index = NULL;
     GArray *pick = NULL;
     gate_seq *gs = NULL;
+    text_win tw = {0};
     GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
     char *text = NULL;
     gsize text_len = 0;
@@ -666,10 +818,22 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
         r->mask = qm_list_format(mask, r->n_experts);
     }
 
-    /* the prompt set, one batch: continuations, router usage (c) and the
-     * logits (a) compares */
+    if (encode(tok, text, ids, "reference text", err) < 0)
+        goto done;
+    r->text_tokens = (int)ids->len;
+    if (ids->len < 2) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "reference text '%s' has %u token%s: perplexity needs at least 2",
+                    o->text_path, ids->len, ids->len == 1 ? "" : "s");
+        goto done;
+    }
+    if (windows_new(m, (const int *)ids->data, (int)ids->len, (int)r->prompts->len, &tw,
+                    err) < 0)
+        goto done;
+    /* the prompt set and the reference text, one batch: continuations,
+     * router usage (c), the logits (a) compares and the perplexity (b) */
     pick = o->source ? source_picks(r) : g_array_new(FALSE, FALSE, sizeof(int));
-    if (run_prompts(m, tok, o, moe_index, pick, r, &gs, err) < 0)
+    if (run_prompts(m, tok, o, moe_index, pick, COH_BATCH, &tw, r, &gs, err) < 0)
         goto done;
     /* (a) */
     if (o->source && compare_source(o, mask, pick, gs, r, err) < 0)
@@ -681,19 +845,8 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     else
         r->router_ok = 1;
 
-    /* (b) and the ablation */
-    if (encode(tok, text, ids, "reference text", err) < 0)
-        goto done;
-    r->text_tokens = (int)ids->len;
-    if (ids->len < 2) {
-        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
-                    "reference text '%s' has %u token%s: perplexity needs at least 2",
-                    o->text_path, ids->len, ids->len == 1 ? "" : "s");
-        goto done;
-    }
-    progress(o, "perplexity of '%s', %u tokens", o->text_path, ids->len);
-    if (score(m, ids, &r->nll, err) < 0)
-        goto done;
+    /* (b) */
+    r->nll = windows_nll(&tw);
     r->ppl = exp(r->nll);
     r->ppl_ok = r->ppl <= r->max_ppl;
     if (!r->ppl_ok)
@@ -701,20 +854,28 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
                     "%.6g on the reference text '%s' (%d tokens) is above the maximum %.6g",
                     r->ppl, o->text_path, r->text_tokens, r->max_ppl);
     if (r->n_experts > 8 && r->top_k <= 8) {
-        progress(o, "ablation: perplexity with the router masked to %s", COH_ABLATION_MASK);
+        /* the second batch: the reference text's windows afresh */
+        progress(o, "ablation: perplexity with the router masked to %s, %d tokens in one "
+                 "batch", COH_ABLATION_MASK, tw.n);
         uint8_t *abl = g_new0(uint8_t, r->n_experts);
+        gate_tok *gt = g_new0(gate_tok, (size_t)tw.nw * tw.ctx);
+        int n = windows_toks(&tw, gt);
         int bad = qm_list_parse(COH_ABLATION_MASK, r->n_experts, abl, "ablation", err) < 0 ||
-                  model_set_mask(m, abl, err) < 0 || score(m, ids, &r->ablation_nll, err) < 0 ||
+                  model_set_mask(m, abl, err) < 0 ||
+                  gate_batch(m, gt, n, COH_BATCH, err) < 0 ||
                   model_set_mask(m, mask, err) < 0;
+        g_free(gt);
         g_free(abl);
         if (bad)
             goto done;
+        r->ablation_nll = windows_nll(&tw);
         r->ablation_run = 1;
         r->ablation_ppl = exp(r->ablation_nll);
     }
     g_ptr_array_sort(r->failures, failure_order);
     rc = 0;
 done:
+    windows_free(&tw);
     if (gs)
         gate_seqs_free(gs, r->prompts->len);
     if (pick)

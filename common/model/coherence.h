@@ -12,11 +12,13 @@
  *                   prompts) are bit-identical between OUT and the source;
  *   (b) perplexity  the perplexity of the reference text is at most
  *                   max_ppl (coh_default_max_ppl(): min(100, vocab / 4)),
- *                   scored by ppl_ids() (perplexity.h) in windows of
- *                   PPL_DEFAULT_CONTEXT tokens (or the model's context);
+ *                   scored in windows of PPL_DEFAULT_CONTEXT tokens (or
+ *                   the model's context) cut as ppl_ids() (perplexity.h)
+ *                   cuts them, with its bits, each window a sequence of
+ *                   the prompt set's batch;
  *   (c) router      the router is free: in every MoE layer, the experts
  *                   picked as any of the top-k choices while running the
- *                   prompt set (prompt and generated tokens) number more
+ *                   prompt set (prompt and expected tokens) number more
  *                   than coh_router_threshold(n_experts) =
  *                   max(n_experts / 4, min(8, n_experts / 2)). With 128
  *                   experts that is more than 32, with 16 more than 8, with
@@ -36,14 +38,26 @@
  * generous floor, while a masked router uses exactly the mask.
  *
  * Reported besides: the greedy continuation of every prompt (ending at the
- * ids of chat_end_ids(), chat.h) and, when the
- * prompt carries "expected", whether the continuation begins with it (a
+ * ids of chat_end_ids(), chat.h, or after n_new tokens, or after the
+ * tokens teacher forcing chose when they are more) and, when the
+ * prompt carries "expected", whether the model continues as expected,
+ * decided by teacher forcing: the prompt and its expected tokens are fed
+ * as one sequence, and at every position from the prompt's last the
+ * argmax is the next expected token (the verdict greedy generation gives,
+ * at the token level, without a step per token; a
  * fact, not a criterion: samples/prompts holds the coherent sample's
  * sentences, which a real model is not meant to reproduce); per layer how
  * often each expert was chosen; per prompt domain and layer the experts
  * that carried the most router weight; and the masked ablation: the
  * reference perplexity with the router restricted to experts 0-7 next to
  * the free router's (when the model has more than 8 experts).
+ *
+ * How it runs: the prompt set (prompts with their expected texts) and the
+ * reference text's windows go through the layers as one batch (passes of
+ * COH_BATCH tokens: one pass for the sample prompts and text); the masked
+ * ablation is a second batch of the text's windows; then the greedy
+ * continuations advance together, one batch per step, from where teacher
+ * forcing left them.
  *
  * Prompt set: JSON lines {"domain", "lang", "prompt", "expected"}; domain
  * and prompt are required, blank lines are skipped.
@@ -58,8 +72,17 @@
 #include "outdir/verify.h"
 
 #define COH_SOURCE_PROMPTS 4   /* prompts whose logits are compared (a) */
-#define COH_DEFAULT_NEW 32     /* tokens generated per prompt */
+/* Tokens generated per prompt. Each greedy step of the 16-prompt set at
+ * top-8 of 128 experts routes to most experts, so under memory pressure
+ * it reads most of the model again (on the 3.5 GB sample in a 1.5 GB
+ * cgroup: 7 s a step, the prompt batch 100 s): a few tokens show what the
+ * model says while keeping the gate near one read. A continuation is
+ * never cut shorter than what teacher forcing already chose. */
+#define COH_DEFAULT_NEW 4
 #define COH_ABLATION_MASK "0-7"
+/* Tokens per pass over the layers (capped by the model's context): a
+ * prompt set and reference text of this size read each expert once. */
+#define COH_BATCH 2048
 
 typedef struct {
     const char *text_path;    /* reference text, read whole (required) */
@@ -70,8 +93,7 @@ typedef struct {
                                * run (to show what a masked router does),
                                * or NULL: free */
     int n_threads;            /* forward-pass threads; <= 0: 1 */
-    int n_new;                /* tokens per prompt; <= 0: COH_DEFAULT_NEW
-                               * (raised to fit each expected text) */
+    int n_new;                /* tokens per prompt; <= 0: COH_DEFAULT_NEW */
     /* Optional: told as each step of the gate starts, with what it is
      * ("source: prompt 2 of 4 [creative], 9 tokens, both models"); on the
      * real model a step takes minutes. */
@@ -87,7 +109,9 @@ typedef struct {
                                * invalid UTF-8 replaced by U+FFFD */
     int n_output_tokens;      /* generated, stop token included */
     int stopped;              /* ended on an end-of-text id */
-    int matches;              /* output begins with expected; -1: no expected */
+    int matches;              /* teacher forcing: the argmax after the
+                               * prompt and after each expected token is
+                               * the next expected token; -1: no expected */
 } coh_prompt_result;
 
 typedef struct {

@@ -49,6 +49,7 @@ void model_seq_free(model_seq *s)
 }
 
 void model_seq_reset(model_seq *s) { s->pos = 0; }
+void model_seq_truncate(model_seq *s, int pos) { s->pos = pos < s->pos ? MAX(pos, 0) : s->pos; }
 int model_seq_pos(const model_seq *s) { return s->pos; }
 int model_seq_id(const model_seq *s) { return s->id; }
 
@@ -402,7 +403,7 @@ int model_feed(model *m, const int *ids, int n, model_logits which, float *logit
 /* Mean negative log-likelihood: the batch's residuals are kept and
  * lm_head runs LOGIT_ROWS positions at a time, so a 256-token batch
  * never holds 256 x vocab logits. */
-static double nll_of(const float *logits, int vocab, int id)
+double model_token_nll(const float *logits, int vocab, int id)
 {
     float mx = -INFINITY;
     for (int i = 0; i < vocab; i++)
@@ -435,7 +436,7 @@ int model_nll(model *m, const int *ids, int n, double *nll, GError **err)
             int nt = len - t < LOGIT_ROWS ? len - t : LOGIT_ROWS;
             batch_logits(m, t, nt, m->r.lg);
             for (int i = 0; i < nt; i++)
-                sum += nll_of(m->r.lg + (size_t)i * m->c.vocab, m->c.vocab, ids[s + t + i + 1]);
+                sum += model_token_nll(m->r.lg + (size_t)i * m->c.vocab, m->c.vocab, ids[s + t + i + 1]);
         }
     }
     *nll = sum / (n - 1);

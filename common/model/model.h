@@ -130,6 +130,10 @@ model_seq *model_seq_new(model *m, int id, int max_len, GError **err);
 void model_seq_free(model_seq *s);
 /* Forgets the tokens: the next one is at position 0. */
 void model_seq_reset(model_seq *s);
+/* Forgets the tokens from position pos on (pos below the next position):
+ * e.g. to continue a sequence fed with a guess from where the guess went
+ * wrong. */
+void model_seq_truncate(model_seq *s, int pos);
 int model_seq_pos(const model_seq *s);
 int model_seq_id(const model_seq *s);
 /* The keys (values = 0) or values (values = 1) of layer `layer`: pos rows
@@ -194,6 +198,10 @@ int model_sequence_logits(model *m, const int *ids, int n, float *logits,
 /* Resets and computes the mean negative log-likelihood (nats per token)
  * of ids[1..n-1] given their prefixes (n >= 2). */
 int model_nll(model *m, const int *ids, int n, double *nll, GError **err);
+
+/* -log softmax(logits)[id], in double: the term model_nll sums (in
+ * position order), for callers that score tokens of their own batches. */
+double model_token_nll(const float *logits, int vocab, int id);
 
 typedef struct {
     float temperature;    /* <= 0: greedy (argmax, first on ties) */

@@ -17,7 +17,8 @@
 #
 #   QMOE_BUILD=build BASE=/work/main/build/bin bash tests/bench/run_gate.sh
 # Environment: THREADS, TRIALS (1), LIMIT (3G), QMOE_REAL, BASE, ARMS (the
-# arms to run, default all: "hash gate gate-base").
+# arms to run, default all: "hash gate gate-base"), GATE_ARGS (more options
+# of this build's gate, e.g. "--gen-tokens 8").
 set -eu
 cd "$(dirname "$0")/../.."
 : "${QMOE_BUILD:?set QMOE_BUILD to the build directory}"
@@ -77,7 +78,8 @@ for _ in $(seq "$TRIALS"); do
     for l in $labels; do
         case $l in
         hash) one hash "$QMOE_BUILD/bin" ;;
-        gate) one gate "$QMOE_BUILD/bin" --coherence ;;
+        # shellcheck disable=SC2086 # GATE_ARGS is a list of options
+        gate) one gate "$QMOE_BUILD/bin" --coherence ${GATE_ARGS:-} ;;
         gate-base) one gate-base "$BASE" --coherence ;;
         esac
     done

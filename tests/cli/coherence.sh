@@ -8,7 +8,7 @@
 # that differ from the source; a partial extraction is not run; bad
 # options and files exit 2.
 . "$(dirname "$0")/lib.sh"
-plan 53
+plan 55
 TOOLS="$QMOE_BUILD/tests/tools"
 V="qmoe-verify -j 1 --coherence"   # one thread: the sample is tiny
 # has NAME TEXT : the last run's stdout contains TEXT
@@ -34,8 +34,8 @@ has omni-peak-memory "s, peak resident memory "
 # each step of the gate is reported on stderr as it starts
 k=0
 for step in "prompt set: 16 prompts, " "source: prompt 4 of 4 [multilingual], 5 tokens" \
-            "perplexity of '" \
-            "ablation: perplexity with the router masked to 0-7"; do
+            "prompt set: 16 prompts, 167 tokens with the expected texts, and the reference text, 199 tokens in 1 window, in one batch" \
+            "ablation: perplexity with the router masked to 0-7, 199 tokens in one batch"; do
     k=$((k + 1))
     [[ "$err" == *"qmoe-verify: coherence: $step"* ]] && ok "omni-progress-$k" ||
         fail "omni-progress-$k" "stderr lacks '$step': $(head -c 400 "$T/.err")"
@@ -85,6 +85,10 @@ expect swapped-files-pass 0
 run $V "$T/swap"
 expect swapped-fails 1 "coherence: (b) perplexity: 2.29" stdout
 has swapped-one-problem "FAILED: 1 problem"
+# teacher forcing: the technical prompts (layer 1's experts 1 and 5 are
+# technical's) no longer continue as expected, the others still do
+run $V --json "$T/swap"
+has swapped-matches '"matching":	12'
 
 # -- 4. expert 10 of layer 2 zeroed, manifest regenerated
 cp -r "$X" "$T/zero"
@@ -116,24 +120,29 @@ expect partial-not-run 1 "coherence: not run: the forward pass needs every exper
 # -- 7. own text and prompts; prompts without "expected"
 printf 'The router sends every token to two experts chosen by softmax scores.<|endoftext|>\n' >"$T/one.txt"
 printf '{"domain":"technical","prompt":"The router sends every token"}\n\n{"domain":"creative","prompt":"Her violin carried autumn"}\n' >"$T/p.jsonl"
-run $V --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
+# (without expected text a continuation is --gen-tokens long: 4 by default)
+run $V --gen-tokens 32 --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
 expect own-files 1 "(b) perplexity of '$T/one.txt' (15 tokens): 1 (at most 100)  ok" stdout
 has own-prompts "greedy continuations (2 prompts)"
 has own-prompt-output "[creative] Her violin carried autumn ->  through empty streets until dawn arrived. <end>"$'\n'
-# 2 short prompts route 24 tokens: too few to show more than 8 experts in
-# use in layer 0, where these two domains own 8 experts between them
-has own-prompts-router "(c) router: each MoE layer must choose more than 8 of 16 experts over the prompt set (24 tokens)  FAILED"
+# 2 short prompts without expected text route their 9 tokens: too few to
+# show more than 8 experts in use in layer 0, where these two domains own 8
+# experts between them
+has own-prompts-router "(c) router: each MoE layer must choose more than 8 of 16 experts over the prompt set (9 tokens)  FAILED"
 has own-prompts-layer0 "coherence: (c) router: confined: 1 of 4 MoE layers (0) chose at most 8 of 16 experts"
 
-# --gen-tokens N: every continuation stops at N tokens (these prompts carry
-# no expected text to raise it), and the routed tokens are the prompts'
-# plus the N - 1 generated ones fed back
+# --gen-tokens N: every continuation stops at N tokens, and the routed
+# tokens are the prompts' (and expected texts') only, whatever N
 run $V --json --gen-tokens 3 --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
 n3=$(grep -cE '"output_tokens":[[:space:]]*3,' "$T/.out")
 [ "$n3" = 2 ] && ok gen-tokens-3 || fail gen-tokens-3 "want 2 prompts of 3 output tokens, got $n3"
-# the 24 routed tokens above are 9 prompt tokens and 8 + 7 generated ones
-# fed back; with --gen-tokens 3: 9 + 2 x 2
-has gen-tokens-routed '"routed_tokens":	13'
+has gen-tokens-routed '"routed_tokens":	9'
+
+# by default 4 tokens, unless teacher forcing chose more (the full
+# expected text and the end of text of the coherent sample, above)
+run $V --json --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
+n4=$(grep -cE '"output_tokens":[[:space:]]*4,' "$T/.out")
+[ "$n4" = 2 ] && ok gen-tokens-default || fail gen-tokens-default "want 2 prompts of 4 output tokens, got $n4"
 
 # -- 8. errors in the gate's own input: exit 2
 run $V --gen-tokens 0 "$X"

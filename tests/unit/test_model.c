@@ -605,6 +605,36 @@ static void test_batch_errors(void)
     g_free(dir);
 }
 
+/* A truncated sequence continues as if fed only the tokens it kept (the
+ * gate truncates after teacher forcing). */
+static void test_seq_truncate(void)
+{
+    char *dir = dir_of("qwen3moe");
+    model *m = open_model(dir, 0, 1, 0);
+    CHECK(m != NULL);
+    if (m) {
+        model_seq *a = model_seq_new(m, 1, 8, NULL), *b = model_seq_new(m, 2, 8, NULL);
+        float *la = g_new(float, VOCAB), *lb = g_new(float, VOCAB);
+        model_tok ta[4] = {{a, 1, NULL}, {a, 2, NULL}, {a, 3, NULL}, {a, 4, NULL}};
+        model_tok tb[3] = {{b, 1, NULL}, {b, 2, NULL}, {b, 7, lb}};
+        CHECK(model_batch(m, ta, 4, NULL) == 0);
+        model_seq_truncate(a, 100); /* beyond the end: nothing forgotten */
+        CHECK(model_seq_pos(a) == 4);
+        model_seq_truncate(a, 2);
+        CHECK(model_seq_pos(a) == 2);
+        ta[0] = (model_tok){a, 7, la};
+        CHECK(model_batch(m, ta, 1, NULL) == 0 && model_batch(m, tb, 3, NULL) == 0);
+        CHECK(model_seq_pos(a) == 3);
+        CHECK(memcmp(la, lb, sizeof(float) * VOCAB) == 0);
+        g_free(la);
+        g_free(lb);
+        model_seq_free(a);
+        model_seq_free(b);
+    }
+    model_free(m);
+    g_free(dir);
+}
+
 /* A per-layer mask restricts that layer only; errors name the layer. */
 static void test_layer_mask(void)
 {
@@ -1042,6 +1072,7 @@ int main(void)
     RUN(test_batched_prefill);
     RUN(test_batch_composition);
     RUN(test_batch_errors);
+    RUN(test_seq_truncate);
     RUN(test_layer_mask);
     RUN(test_feed_errors);
     RUN(test_batch_lookups);
