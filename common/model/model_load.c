@@ -173,14 +173,12 @@ static int read_config(model *m, GError **err)
     if (cfg_int(m, tc, "max_position_embeddings", 1, INT32_MAX, 4096, &max_pos, err))
         return -1;
     double eps;
-    hf_rope rope;
     char cfg_path[1100];
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", m->ck->dir);
     if (cfg_num(m, tc, "rms_norm_eps", 1e-6, &eps, err) ||
-        hf_rope_read(tc, cfg_path, &rope, err) || hf_check_supported(tc, cfg_path, err))
+        hf_check_supported(tc, cfg_path, err))
         return -1;
     c->eps = (float)eps;
-    c->rope_theta = (float)rope.rope_theta;
     c->norm_topk = m->lt->norm_topk_fixed
                        ? m->lt->norm_topk_default
                        : cfg_bool(m, tc, "norm_topk_prob", m->lt->norm_topk_default);
@@ -197,6 +195,19 @@ static int read_config(model *m, GError **err)
             return -1;
         c->shared_inter = ns * c->moe_inter;
     }
+    /* rope.c falls back to theta 10000 like transformers; a v5 file that
+     * names no theta anywhere was damaged, not written that way */
+    const cJSON *p5 = cJSON_GetObjectItemCaseSensitive(tc, "rope_parameters");
+    if (cJSON_IsObject(p5) && !cJSON_GetObjectItemCaseSensitive(p5, "rope_theta") &&
+        !cJSON_GetObjectItemCaseSensitive(tc, "rope_theta")) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT, "'%s': rope_parameters has no rope_theta",
+                    cfg_path);
+        return -1;
+    }
+    /* after read_mla: DeepSeek rotates qk_rope_head_dim dims, others head_dim */
+    if (!(m->w.rope = qm_rope_from_config(tc, cfg_path, c->rope_dim, err)))
+        return -1;
+    c->rope_theta = (float)m->w.rope->theta;
     if (c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0 || c->rope_dim % 2 != 0) {
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                     "'%s/config.json': %d attention heads cannot share %d key-value "
@@ -396,9 +407,21 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     if (!(m->team = team_new(o->n_threads > 0 ? o->n_threads : 1, err)))
         goto fail;
     m->w.inv_freq = g_new0(float, c->head_dim / 2);
-    /* As Hugging Face computes it, in float32: base ** (2i / dim). */
+    /* As Hugging Face computes it, in float32: base ** (2i / dim). Default
+     * RoPE keeps this float32 path so its logits stay bit for bit those of
+     * the family goldens; YaRN takes rope.c's tables (angles in double,
+     * attention_factor included), one row per position of the context. */
     for (int i = 0; i < c->rope_dim / 2; i++)
         m->w.inv_freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->rope_dim);
+    m->w.att_scale = 1.0f / sqrtf((float)c->head_dim);
+    if (m->w.rope->type == QM_ROPE_YARN) {
+        size_t n = (size_t)c->max_seq * (c->rope_dim / 2);
+        m->w.rope_cos = g_new(float, n);
+        m->w.rope_sin = g_new(float, n);
+        qm_rope_tables(m->w.rope, c->max_seq, m->w.rope_cos, m->w.rope_sin);
+        /* DeepSeek's mscale(factor, mscale_all_dim)^2 on the softmax */
+        m->w.att_scale = (float)(m->w.rope->softmax_mult / sqrt((double)c->head_dim));
+    }
     run_state_init(m, o->max_batch > 0 ? o->max_batch : MODEL_BATCH);
     if (!(m->seq0 = model_seq_new(m, 0, 0, err)))
         goto fail;
@@ -430,6 +453,9 @@ void model_free(model *m)
     g_free(m->w.layers);
     g_free(m->w.final_norm);
     g_free(m->w.inv_freq);
+    g_free(m->w.rope_cos);
+    g_free(m->w.rope_sin);
+    qm_rope_free(m->w.rope);
     if (m->allow)
         for (int l = 0; l < m->c.n_layers; l++)
             g_free(m->allow[l]);
