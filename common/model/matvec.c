@@ -43,15 +43,15 @@ int qm_mat_view(qm_mat *m, const st_tensor *t, const uint8_t *data, int rows,
 
 int qm_mat_view_fp8(qm_mat *m, const qm_fp8_config *c, const st_tensor *w,
                     const uint8_t *codes, const st_tensor *s, const uint8_t *scale,
-                    int rows, int cols, const char *label, GError **err)
+                    int rows, int cols, const char *file, GError **err)
 {
     char want[64], got[64];
-    if (qm_fp8_check_weight(c, label, w, s, err) != 0)
+    if (qm_fp8_check_weight(c, file, w, s, err) != 0)
         return -1;
     if (w->shape[0] != rows || w->shape[1] != cols) {
         int64_t d[2] = {rows, cols};
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                    "%s: tensor '%s' has shape %s, the config implies %s", label, w->name,
+                    "'%s': tensor '%s' has shape %s, the config implies %s", file, w->name,
                     st_shape_str(w->shape, w->ndim, got, sizeof got),
                     st_shape_str(d, 2, want, sizeof want));
         return -1;

@@ -45,10 +45,11 @@ int qm_mat_view(qm_mat *m, const st_tensor *t, const uint8_t *data, int rows,
 
 /* Makes a view of an F8_E4M3 weight `w` [rows, cols] and its scale `s`
  * (NULL when the checkpoint has none) after qm_fp8_check_weight and the
- * shape check; errors name `label` and the tensor. */
+ * shape check; errors (QM_ERR_FORMAT) name `file` (unquoted) and the
+ * tensor. */
 int qm_mat_view_fp8(qm_mat *m, const qm_fp8_config *c, const st_tensor *w,
                     const uint8_t *codes, const st_tensor *s, const uint8_t *scale,
-                    int rows, int cols, const char *label, GError **err);
+                    int rows, int cols, const char *file, GError **err);
 
 /* The instruction set the products were compiled for: "avx512" (16 lanes
  * in one register), "avx2" (two registers) or "portable" (plain C; the

@@ -110,6 +110,7 @@ struct model {
     ckpt *ck;
     const layout *lt;
     lt_shape shape;
+    qm_fp8_config *fp8;           /* FP8 quantization_config, or NULL */
     model_config c;
     model_weights w;
     expert_store *store;

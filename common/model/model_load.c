@@ -176,7 +176,8 @@ static int read_config(model *m, GError **err)
     char cfg_path[1100];
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", m->ck->dir);
     if (cfg_num(m, tc, "rms_norm_eps", 1e-6, &eps, err) ||
-        hf_check_supported(tc, cfg_path, err))
+        hf_check_supported(tc, cfg_path, err) ||
+        qm_fp8_config_read(m->ck->config, cfg_path, &m->fp8, err) < 0)
         return -1;
     c->eps = (float)eps;
     c->norm_topk = m->lt->norm_topk_fixed
@@ -222,6 +223,27 @@ static int read_config(model *m, GError **err)
 
 /* ---- weights ---- */
 
+/* An F8_E4M3 weight with its `_scale_inv` (absent: NULL, which
+ * qm_fp8_check_weight refuses naming the weight). */
+static int get_fp8(model *m, const st_tensor *t, const uint8_t *data, int rows, int cols,
+                   qm_mat *out, const char *path, GError **err)
+{
+    if (!m->fp8) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': tensor '%s' is F8_E4M3 but '%s/config.json' has no FP8 "
+                    "quantization_config", path, t->name, m->ck->dir);
+        return -1;
+    }
+    char sname[600];
+    snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
+    const st_tensor *s = NULL;
+    const uint8_t *sdata = NULL;
+    if (ckpt_shard_index(m->ck, sname) >= 0 &&
+        !(s = ckpt_tensor(m->ck, sname, 1, &sdata, err)))
+        return -1;
+    return qm_mat_view_fp8(out, m->fp8, t, data, s, sdata, rows, cols, path, err);
+}
+
 static int get_mat(model *m, const char *name, int rows, int cols, qm_mat *out,
                    GError **err)
 {
@@ -229,8 +251,11 @@ static int get_mat(model *m, const char *name, int rows, int cols, qm_mat *out,
     const st_tensor *t = ckpt_tensor(m->ck, name, 1, &data, err);
     if (!t)
         return -1;
+    const char *path = m->ck->shards[ckpt_shard_index(m->ck, name)].path;
+    if (t->dtype == ST_F8_E4M3 && cols > 0)
+        return get_fp8(m, t, data, rows, cols, out, path, err);
     char label[1100];
-    snprintf(label, sizeof label, "'%s'", m->ck->shards[ckpt_shard_index(m->ck, name)].path);
+    snprintf(label, sizeof label, "'%s'", path);
     return qm_mat_view(out, t, data, rows, cols, label, err);
 }
 
@@ -395,8 +420,8 @@ model *model_load(const char *path, const model_opts *o, GError **err)
         goto fail;
     model_config *c = &m->c;
     if (moe_layers(m) > 0 &&
-        !(m->store = expert_store_new(m->ck, m->lt, c->n_layers, c->n_experts, c->hidden,
-                                      c->moe_inter,
+        !(m->store = expert_store_new(m->ck, m->lt, m->fp8, c->n_layers, c->n_experts,
+                                      c->hidden, c->moe_inter,
                                       o->cache_bytes ? o->cache_bytes : (4ull << 30),
                                       o->expert_io, err)))
         goto fail;
@@ -453,6 +478,7 @@ void model_free(model *m)
     g_free(m->w.layers);
     g_free(m->w.final_norm);
     g_free(m->w.inv_freq);
+    qm_fp8_config_free(m->fp8);
     g_free(m->w.rope_cos);
     g_free(m->w.rope_sin);
     qm_rope_free(m->w.rope);
