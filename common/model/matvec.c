@@ -363,11 +363,12 @@ static inline vf v_e4m3(const uint8_t *p)
  * all-ones exponent, a NaN as in the table. */
 static inline __m256i e4m3_f16(const uint8_t *p)
 {
-    __m256i c = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)p));
-    __m256i mag = _mm256_and_si256(c, _mm256_set1_epi16(0x7f));
-    __m256i h = _mm256_or_si256(_mm256_slli_epi16(mag, 7),
-                                _mm256_slli_epi16(_mm256_and_si256(c, _mm256_set1_epi16(0x80)), 8));
-    __m256i nan = _mm256_cmpeq_epi16(mag, _mm256_set1_epi16(0x7f));
+    /* sign-extended and shifted by 7, the sign lands on bit 15 and a copy
+     * on bit 14, which the mask clears: two operations for the pattern */
+    __m256i c = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)p));
+    __m256i h = _mm256_and_si256(_mm256_slli_epi16(c, 7), _mm256_set1_epi16((short)0xbf80));
+    __m256i em = _mm256_and_si256(h, _mm256_set1_epi16(0x3f80));
+    __m256i nan = _mm256_cmpeq_epi16(em, _mm256_set1_epi16(0x3f80));
     return _mm256_or_si256(h, _mm256_and_si256(nan, _mm256_set1_epi16(0x7c00)));
 }
 #endif
