@@ -52,9 +52,8 @@ static inline float sum8(v8f v)
 }
 
 static void attend(const float *q, const float *kc, const float *vc, size_t stride, int T,
-                   int hd, int g, float *att, float *o)
+                   int hd, int g, float scale, float *att, float *o)
 {
-    float scale = 1.0f / sqrtf((float)hd);
     int hd8 = hd & ~7;
     /* four positions at a time: four independent sums in flight */
     int t0 = 0;
@@ -223,7 +222,16 @@ static void compact_heads(float *o, int H, int hd, int vd)
 void rope_tables(const model *m, int n)
 {
     const run_state *r = &m->r;
-    int hh = m->c.head_dim / 2;
+    int hh = m->c.head_dim / 2, rh = m->c.rope_dim / 2;
+    if (m->w.rope_cos) {
+        /* YaRN: rows of the tables made at load (pos < cap <= max_seq) */
+        for (int t = 0; t < n; t++) {
+            size_t at = (size_t)r->tok[t].pos * rh;
+            memcpy(r->cos + (size_t)t * hh, m->w.rope_cos + at, sizeof(float) * rh);
+            memcpy(r->sin + (size_t)t * hh, m->w.rope_sin + at, sizeof(float) * rh);
+        }
+        return;
+    }
     for (int t = 0; t < n; t++)
         for (int i = 0; i < hh; i++) {
             float f = (float)r->tok[t].pos * m->w.inv_freq[i];
@@ -282,7 +290,7 @@ static void attention_part(void *arg, int i, int nth)
         const float *vc = s->v + (size_t)j->layer * s->cap * kvd;
         size_t q0 = t * qd + (size_t)h * group * hd;
         attend(r->q + q0, kc + (size_t)h * hd, vc + (size_t)h * hd, kvd, r->tok[t].pos + 1,
-               hd, group, att, r->att_out + q0);
+               hd, group, m->w.att_scale, att, r->att_out + q0);
     }
 }
 

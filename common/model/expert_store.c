@@ -16,8 +16,9 @@ typedef struct entry {
     int layer, expert;          /* -1 when free */
     uint8_t *buf;               /* EXPERT_IO_READ: owned copy */
     uint64_t cap, used;         /* allocated and held bytes */
-    void *map[3];               /* EXPERT_IO_MAP: one mapping per tensor */
-    size_t map_len[3];
+    void *map[6];               /* EXPERT_IO_MAP: one mapping per tensor
+                                   (the three weights, then FP8 scales) */
+    size_t map_len[6];
     expert_mats mats;
     struct entry *prev, *next;  /* LRU list: head is the most recent */
 } entry;
@@ -25,6 +26,7 @@ typedef struct entry {
 struct expert_store {
     ckpt *ck;
     const layout *lt;
+    const qm_fp8_config *fp8;   /* not owned; NULL: no FP8 experts */
     int n_layers, n_experts, hidden, inter;
     uint64_t limit;
     expert_io io;
@@ -39,8 +41,8 @@ struct expert_store {
     char name[512];
 };
 
-expert_store *expert_store_new(ckpt *ck, const layout *lt, int n_layers,
-                               int n_experts, int hidden, int inter,
+expert_store *expert_store_new(ckpt *ck, const layout *lt, const qm_fp8_config *fp8,
+                               int n_layers, int n_experts, int hidden, int inter,
                                uint64_t cache_bytes, expert_io io, GError **err)
 {
     if (n_layers <= 0 || n_experts <= 0 || hidden <= 0 || inter <= 0 ||
@@ -53,6 +55,7 @@ expert_store *expert_store_new(ckpt *ck, const layout *lt, int n_layers,
     expert_store *s = g_new0(expert_store, 1);
     s->ck = ck;
     s->lt = lt;
+    s->fp8 = fp8;
     s->n_layers = n_layers;
     s->n_experts = n_experts;
     s->hidden = hidden;
@@ -71,7 +74,7 @@ expert_store *expert_store_new(ckpt *ck, const layout *lt, int n_layers,
 
 static void unmap_entry(entry *e)
 {
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 6; k++) {
         if (e->map[k])
             munmap(e->map[k], e->map_len[k]);
         e->map[k] = NULL;
@@ -208,12 +211,49 @@ static int read_at(expert_store *s, int shard, uint8_t *dst, uint64_t len,
     return 0;
 }
 
-/* One projection of an expert: where its bytes are and what they hold. */
+/* One projection of an expert: where its bytes are and what they hold;
+ * FP8 weights also where their scales are. */
 typedef struct {
     int shard;
     uint64_t off, len;          /* absolute offset in the shard file, bytes */
     st_dtype dtype;
+    int sshard;                 /* F8_E4M3: the scale's shard, else -1 */
+    uint64_t soff, slen;
+    st_dtype sdtype;
 } piece;
+
+/* The scale of FP8 weight t (s->name), as locate() places a piece. */
+static int locate_scale(expert_store *s, const st_tensor *t, piece *pc, GError **err)
+{
+    const char *path = s->ck->shards[pc->shard].path;
+    if (!s->fp8) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': tensor '%s' is F8_E4M3 but '%s/config.json' has no FP8 "
+                    "quantization_config", path, t->name, s->ck->dir);
+        return -1;
+    }
+    if (s->lt->fused) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': tensor '%s': FP8 experts stacked in one tensor are not supported",
+                    path, t->name);
+        return -1;
+    }
+    char sname[600];
+    snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
+    int sh = ckpt_shard_index(s->ck, sname);
+    const st_tensor *sc = sh >= 0 ? ckpt_tensor(s->ck, sname, 0, NULL, err) : NULL;
+    if (sh >= 0 && !sc)
+        return -1;
+    if (qm_fp8_check_weight(s->fp8, path, t, sc, err) != 0)
+        return -1;
+    int64_t gr, gc;
+    qm_fp8_grid(s->fp8, t->shape[0], t->shape[1], &gr, &gc);
+    pc->sshard = sh;
+    pc->sdtype = sc->dtype;
+    pc->slen = (uint64_t)gr * (uint64_t)gc * (st_dtype_bits(sc->dtype) / 8);
+    pc->soff = s->ck->shards[sh].st->data_start + sc->begin;
+    return 0;
+}
 
 /* Where projection k of (layer, expert) lives. Per-expert layouts name one
  * tensor per projection. A fused layout stacks the experts of a layer
@@ -262,7 +302,7 @@ static int locate(expert_store *s, int layer, int expert, int k, piece *pc, GErr
     for (int d = 0; same && d < wn; d++)
         same = t->shape[d] == w[d];
     char got[64], exp[64];
-    if (!qm_mat_dtype_ok(t->dtype)) {
+    if (!qm_mat_dtype_ok(t->dtype) && t->dtype != ST_F8_E4M3) {
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                     "'%s': tensor '%s' has dtype %s (the forward pass needs BF16, F16 "
                     "or F32)", path, t->name, st_dtype_name(t->dtype));
@@ -277,6 +317,10 @@ static int locate(expert_store *s, int layer, int expert, int k, piece *pc, GErr
     }
     pc->dtype = t->dtype;
     pc->len = qm_mat_bytes(t->dtype, rows, cols);
+    pc->sshard = -1;
+    pc->soff = pc->slen = 0;
+    if (t->dtype == ST_F8_E4M3 && locate_scale(s, t, pc, err) != 0)
+        return -1;
     /* expert E's rows of a stack; up after gate in gate_up */
     uint64_t at = stacked ? (uint64_t)expert * qm_mat_bytes(t->dtype, fr, cols) : 0;
     if (lt->fused && k == LT_UP)
@@ -285,30 +329,43 @@ static int locate(expert_store *s, int layer, int expert, int k, piece *pc, GErr
     return 0;
 }
 
-/* Locates the three projections of (layer, expert) and reads them into e. */
+/* Locates the three projections of (layer, expert) and reads them into e:
+ * ranges 0-2 the weights, 3-5 their FP8 scales (length 0: none). FP8
+ * weights stay one byte each; their scales count in the cache's bytes. */
 static int load(expert_store *s, entry *e, int layer, int expert, GError **err)
 {
     piece pc[3];
-    uint64_t off[3], need = 0;
+    int shard[6];
+    uint64_t at[6], len[6], off[6], need = 0;
+    qm_mat *mats[3] = {&e->mats.gate, &e->mats.up, &e->mats.down};
     for (int k = 0; k < 3; k++) {
         if (locate(s, layer, expert, k, &pc[k], err) != 0)
             return -1;
-        qm_mat *m = k == LT_GATE ? &e->mats.gate : k == LT_UP ? &e->mats.up : &e->mats.down;
-        m->dtype = pc[k].dtype;
-        m->rows = k == LT_DOWN ? s->hidden : s->inter;
-        m->cols = k == LT_DOWN ? s->inter : s->hidden;
+        qm_mat *m = mats[k];
+        *m = (qm_mat){.dtype = pc[k].dtype,
+                      .rows = k == LT_DOWN ? s->hidden : s->inter,
+                      .cols = k == LT_DOWN ? s->inter : s->hidden};
+        if (pc[k].sshard >= 0) {
+            m->scale_dtype = pc[k].sdtype;
+            m->block_rows = s->fp8->block_rows;
+            m->block_cols = s->fp8->block_cols;
+        }
+        shard[k] = pc[k].shard, at[k] = pc[k].off, len[k] = pc[k].len;
+        shard[k + 3] = pc[k].sshard, at[k + 3] = pc[k].soff, len[k + 3] = pc[k].slen;
+    }
+    for (int k = 0; k < 6; k++) {
         off[k] = need;
-        need += (pc[k].len + ALIGN - 1) / ALIGN * ALIGN;
+        need += (len[k] + ALIGN - 1) / ALIGN * ALIGN;
     }
     /* Sizes and offsets come from headers the checkpoint has checked
      * against the file size. */
-    const uint8_t *data[3];
+    const uint8_t *data[6] = {0};
     if (s->io == EXPERT_IO_MAP) {
         need = 0;
-        for (int k = 0; k < 3; k++) {
-            if (!(data[k] = map_at(s, pc[k].shard, e, k, pc[k].len, pc[k].off, err)))
+        for (int k = 0; k < 6; k++) {
+            if (len[k] && !(data[k] = map_at(s, shard[k], e, k, len[k], at[k], err)))
                 return -1;
-            need += pc[k].len;
+            need += len[k];
         }
     } else {
         if (e->cap < need) {
@@ -316,15 +373,16 @@ static int load(expert_store *s, entry *e, int layer, int expert, GError **err)
             e->buf = g_malloc(need);
             e->cap = need;
         }
-        for (int k = 0; k < 3; k++) {
-            if (read_at(s, pc[k].shard, e->buf + off[k], pc[k].len, pc[k].off, err) != 0)
+        for (int k = 0; k < 6; k++) {
+            if (len[k] && read_at(s, shard[k], e->buf + off[k], len[k], at[k], err) != 0)
                 return -1;
-            data[k] = e->buf + off[k];
+            data[k] = len[k] ? e->buf + off[k] : NULL;
         }
     }
-    e->mats.gate.data = data[0];
-    e->mats.up.data = data[1];
-    e->mats.down.data = data[2];
+    for (int k = 0; k < 3; k++) {
+        mats[k]->data = data[k];
+        mats[k]->scale = data[k + 3];
+    }
     e->used = need;
     return 0;
 }
@@ -405,6 +463,9 @@ void expert_store_prefetch(expert_store *s, int layer, const int *experts, int n
                               (off_t)(end - at < QM_WILLNEED_CHUNK ? end - at
                                                                    : QM_WILLNEED_CHUNK),
                               POSIX_FADV_WILLNEED);
+            /* an FP8 scale is 1/(block area) of its weight: one request */
+            if (pc.sshard >= 0 && open_shard(s, pc.sshard, NULL) == 0)
+                posix_fadvise(s->fd, (off_t)pc.soff, (off_t)pc.slen, POSIX_FADV_WILLNEED);
         }
     }
 }

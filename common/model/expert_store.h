@@ -6,7 +6,8 @@
  * `cache_bytes`, reading them on a miss with pread from whatever file the
  * checkpoint's index names: experts/expert_EEE_layer_LL.safetensors in an
  * extracted OUT, a byte range of a shard in the original checkpoint. The
- * code path is the same for both. Weights keep their on-disk dtype.
+ * code path is the same for both. Weights keep their on-disk dtype (FP8
+ * experts one byte per weight, with their block scales).
  *
  * Two ways to bring an expert in (measured by tests/bench/run_bench.sh):
  *   EXPERT_IO_MAP   map its byte ranges and compute on the page cache
@@ -51,10 +52,12 @@ typedef struct {
 } expert_stats;
 
 /* A store over ck (not owned; must outlive the store) for n_layers x
- * n_experts experts of the given sizes, named by layout lt. Opens nothing
- * yet. */
-expert_store *expert_store_new(ckpt *ck, const layout *lt, int n_layers,
-                               int n_experts, int hidden, int inter,
+ * n_experts experts of the given sizes, named by layout lt. fp8 (not
+ * owned, may be NULL) is the checkpoint's FP8 quantization_config: F8_E4M3
+ * experts are then read with their weight_scale_inv, one byte per weight
+ * plus the scales, and checked as fp8.h says. Opens nothing yet. */
+expert_store *expert_store_new(ckpt *ck, const layout *lt, const qm_fp8_config *fp8,
+                               int n_layers, int n_experts, int hidden, int inter,
                                uint64_t cache_bytes, expert_io io, GError **err);
 
 /* Frees the cache; accepts NULL. */

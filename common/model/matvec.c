@@ -41,6 +41,27 @@ int qm_mat_view(qm_mat *m, const st_tensor *t, const uint8_t *data, int rows,
     return 0;
 }
 
+int qm_mat_view_fp8(qm_mat *m, const qm_fp8_config *c, const st_tensor *w,
+                    const uint8_t *codes, const st_tensor *s, const uint8_t *scale,
+                    int rows, int cols, const char *file, GError **err)
+{
+    char want[64], got[64];
+    if (qm_fp8_check_weight(c, file, w, s, err) != 0)
+        return -1;
+    if (w->shape[0] != rows || w->shape[1] != cols) {
+        int64_t d[2] = {rows, cols};
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': tensor '%s' has shape %s, the config implies %s", file, w->name,
+                    st_shape_str(w->shape, w->ndim, got, sizeof got),
+                    st_shape_str(d, 2, want, sizeof want));
+        return -1;
+    }
+    *m = (qm_mat){.data = codes, .dtype = ST_F8_E4M3, .rows = rows, .cols = cols,
+                  .scale = scale, .scale_dtype = s->dtype, .block_rows = c->block_rows,
+                  .block_cols = c->block_cols};
+    return 0;
+}
+
 /* ---- element conversion ---- */
 
 /* bf16 is the top half of a float32. Loads go through memcpy because
@@ -107,10 +128,27 @@ static inline float f32_at(const uint8_t *p, size_t i)
     return f;
 }
 
+/* Scales of FP8 row r (its row of the scale grid) and scale j of it. */
+static inline const uint8_t *scale_row(const qm_mat *m, int r)
+{
+    size_t gc = (size_t)((m->cols + m->block_cols - 1) / m->block_cols);
+    return m->scale + (size_t)(r / m->block_rows) * gc * (m->scale_dtype == ST_BF16 ? 2 : 4);
+}
+
+static inline float scale_at(const qm_mat *m, const uint8_t *row, size_t j)
+{
+    return m->scale_dtype == ST_BF16 ? bf16_at(row, j) : f32_at(row, j);
+}
+
 void qm_mat_row(const qm_mat *m, int r, float *out)
 {
     size_t n = (size_t)m->cols, base = (size_t)r * n;
-    if (m->dtype == ST_BF16) {
+    if (m->dtype == ST_F8_E4M3) {
+        const float *tab = qm_e4m3_table();
+        const uint8_t *sr = scale_row(m, r);
+        for (size_t c = 0; c < n; c++)
+            out[c] = tab[m->data[base + c]] * scale_at(m, sr, c / (size_t)m->block_cols);
+    } else if (m->dtype == ST_BF16) {
         for (size_t c = 0; c < n; c++)
             out[c] = bf16_at(m->data, base + c);
     } else if (m->dtype == ST_F16) {
@@ -142,7 +180,7 @@ void qm_mat_row(const qm_mat *m, int r, float *out)
  * and MV_R rows at a time give the core that many independent streams and
  * dependency chains. Prefill uses each widened weight for MM_T tokens and
  * each input vector for MM_R rows from registers. */
-enum { DT_BF16, DT_F16, DT_F32 };
+enum { DT_BF16, DT_F16, DT_F32, DT_E4M3 };
 
 #define MADD(s, w, x) ((s) + (w) * (x)) /* contracted to FMA where the build has one */
 
@@ -176,6 +214,14 @@ static inline vf v_w(int dt, const uint8_t *p, const float *tab)
 
 static inline vf v_fma(vf acc, vf w, vf x) { return _mm512_fmadd_ps(w, x, acc); }
 
+static inline vf v_set1(float f) { return _mm512_set1_ps(f); }
+
+static inline vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+
+/* Sixteen E4M3 codes as float16 bit patterns (e4m3_f16) widened. */
+static inline __m256i e4m3_f16(const uint8_t *p);
+static inline vf v_e4m3(const uint8_t *p) { return _mm512_cvtph_ps(e4m3_f16(p)); }
+
 static inline void v_store(float *o, vf a) { _mm512_storeu_ps(o, a); }
 
 /* Keeps an input vector in a register: left alone, GCC folds its load
@@ -186,6 +232,7 @@ static inline void v_keep(vf *x) { __asm__("" : "+v"(*x)); }
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define KERNEL_ISA "avx2"
+#define KERNEL_AVX2 1
 typedef struct {
     __m256 a, b; /* lanes 0-7, 8-15 */
 } vf;
@@ -227,6 +274,21 @@ static inline void v_store(float *o, vf a)
     _mm256_storeu_ps(o + 8, a.b);
 }
 
+static inline vf v_set1(float f) { return (vf){_mm256_set1_ps(f), _mm256_set1_ps(f)}; }
+
+static inline vf v_mul(vf a, vf b)
+{
+    return (vf){_mm256_mul_ps(a.a, b.a), _mm256_mul_ps(a.b, b.b)};
+}
+
+static inline __m256i e4m3_f16(const uint8_t *p);
+static inline vf v_e4m3(const uint8_t *p)
+{
+    __m256i h = e4m3_f16(p);
+    return (vf){_mm256_cvtph_ps(_mm256_castsi256_si128(h)),
+                _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1))};
+}
+
 static inline void v_keep(vf *x) { __asm__("" : "+x"(x->a), "+x"(x->b)); }
 
 #else
@@ -266,6 +328,49 @@ static inline vf v_fma(vf acc, vf w, vf x)
 static inline void v_store(float *o, vf a) { memcpy(o, a.l, sizeof a.l); }
 
 static inline void v_keep(vf *x) { (void)x; }
+
+static inline vf v_set1(float f)
+{
+    vf v;
+    for (int j = 0; j < 16; j++)
+        v.l[j] = f;
+    return v;
+}
+
+static inline vf v_mul(vf a, vf b)
+{
+    for (int j = 0; j < 16; j++)
+        a.l[j] *= b.l[j];
+    return a;
+}
+
+/* value / 256 as the SIMD builds give it (exact: a power of two) */
+static inline vf v_e4m3(const uint8_t *p)
+{
+    const float *tab = qm_e4m3_table();
+    vf v;
+    for (int j = 0; j < 16; j++)
+        v.l[j] = tab[p[j]] * (1.0f / 256);
+    return v;
+}
+#endif
+
+#if defined(__AVX512F__) || defined(KERNEL_AVX2)
+/* Sixteen E4M3 codes as float16 bit patterns worth value / 256: E4M3's
+ * exponent and mantissa shifted up by 7 are a float16 with bias 15
+ * instead of 7 (its subnormals are float16 subnormals, which the
+ * conversion makes normal float32s exactly); 0x7F and 0xFF get an
+ * all-ones exponent, a NaN as in the table. */
+static inline __m256i e4m3_f16(const uint8_t *p)
+{
+    /* sign-extended and shifted by 7, the sign lands on bit 15 and a copy
+     * on bit 14, which the mask clears: two operations for the pattern */
+    __m256i c = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)p));
+    __m256i h = _mm256_and_si256(_mm256_slli_epi16(c, 7), _mm256_set1_epi16((short)0xbf80));
+    __m256i em = _mm256_and_si256(h, _mm256_set1_epi16(0x3f80));
+    __m256i nan = _mm256_cmpeq_epi16(em, _mm256_set1_epi16(0x3f80));
+    return _mm256_or_si256(h, _mm256_and_si256(nan, _mm256_set1_epi16(0x7c00)));
+}
 #endif
 
 #ifndef MV_R
@@ -288,12 +393,91 @@ static inline float w_at(int dt, const float *tab, const uint8_t *p, size_t i)
  * so only once every index is a constant). */
 #define UNROLL _Pragma("GCC unroll 8")
 
-/* nr rows at w (rb bytes apart) x nt tokens at x (ldx floats apart) into
- * out[t * ldo + r]. Inlined with constant dt, nr, nt. */
+/* FP8 rows r0.. of m: each weight is its code's value times its block's
+ * scale, rounded once to float32 (what qm_mat_row gives), then summed as
+ * tile() sums: lane j takes c = j, j + 16, ..., the last cols % 16 one by
+ * one, so every tile shape gives the same bits. In registers the codes
+ * are value / 256 (e4m3_f16) and the scale carries the 256: both exact,
+ * so the product rounds as table value x scale does in the tail. A run of
+ * 16-column chunks inside one block shares a broadcast scale; a chunk
+ * across a block edge (block_cols not a multiple of 16) gets one per lane. */
 static inline __attribute__((always_inline)) void
-tile(int dt, const float *tab, const uint8_t *w, size_t rb, int nr, const float *x, size_t ldx,
-     int nt, int cols, float *out, size_t ldo)
+tile8(const float *tab, const qm_mat *m, int r0, int nr, const float *x, size_t ldx, int nt,
+      float *out, size_t ldo)
 {
+    int cols = m->cols, bk = m->block_cols, c16 = cols & ~15;
+    const uint8_t *w[TILE_R], *sr[TILE_R];
+    vf acc[TILE_R][MM_T], sv[TILE_R];
+    UNROLL
+    for (int r = 0; r < nr; r++) {
+        w[r] = m->data + (size_t)(r0 + r) * cols;
+        sr[r] = scale_row(m, r0 + r);
+        UNROLL
+        for (int t = 0; t < nt; t++)
+            acc[r][t] = v_zero();
+    }
+    for (int i = 0, run_end = 0; i < c16; i += 16) {
+        if (i + 16 > run_end) {
+            int j = i / bk;
+            run_end = (j + 1) * bk;
+            if (i + 16 <= run_end) {
+                UNROLL
+                for (int r = 0; r < nr; r++)
+                    sv[r] = v_set1(scale_at(m, sr[r], (size_t)j) * 256.0f);
+            } else {
+                run_end = i + 16;
+                UNROLL
+                for (int r = 0; r < nr; r++) {
+                    float l[16];
+                    for (int k = 0; k < 16; k++)
+                        l[k] = scale_at(m, sr[r], (size_t)((i + k) / bk)) * 256.0f;
+                    sv[r] = v_f32(l);
+                }
+            }
+        }
+        vf wv[TILE_R];
+        UNROLL
+        for (int r = 0; r < nr; r++)
+            wv[r] = v_mul(v_e4m3(w[r] + i), sv[r]);
+        UNROLL
+        for (int t = 0; t < nt; t++) {
+            vf xv = v_f32(x + t * ldx + i);
+            if (nr > 1)
+                v_keep(&xv);
+            UNROLL
+            for (int r = 0; r < nr; r++)
+                acc[r][t] = v_fma(acc[r][t], wv[r], xv);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < nr; r++) {
+        UNROLL
+        for (int t = 0; t < nt; t++) {
+            float l[16], s = 0;
+            v_store(l, acc[r][t]);
+            for (int j = 0; j < 16; j++)
+                s += l[j];
+            for (int c = c16; c < cols; c++) {
+                float wc = tab[w[r][c]] * scale_at(m, sr[r], (size_t)(c / bk));
+                s = MADD(s, wc, x[t * ldx + c]);
+            }
+            out[t * ldo + r] = s;
+        }
+    }
+}
+
+/* nr rows of m from row r (rb bytes apart) x nt tokens at x (ldx floats
+ * apart) into out[t * ldo + r]. Inlined with constant dt, nr, nt. */
+static inline __attribute__((always_inline)) void
+tile(int dt, const float *tab, const qm_mat *m, int r0, size_t rb, int nr, const float *x,
+     size_t ldx, int nt, float *out, size_t ldo)
+{
+    if (dt == DT_E4M3) {
+        tile8(tab, m, r0, nr, x, ldx, nt, out, ldo);
+        return;
+    }
+    const uint8_t *w = m->data + (size_t)r0 * rb;
+    const int cols = m->cols;
     const size_t esz = dt == DT_F32 ? 4 : 2;
     vf acc[TILE_R][MM_T];
     UNROLL
@@ -337,10 +521,10 @@ tile(int dt, const float *tab, const uint8_t *w, size_t rb, int nr, const float 
  * x nt for nt <= MM_T (prefill) and 1 x 1 (the last rows of a count that
  * is not a multiple). The caller asks for one of these. */
 static inline __attribute__((always_inline)) void
-tile_shapes(int dt, const float *tab, const uint8_t *w, size_t rb, int nr, const float *x,
-            size_t ldx, int nt, int cols, float *out, size_t ldo)
+tile_shapes(int dt, const float *tab, const qm_mat *m, int r0, size_t rb, int nr,
+            const float *x, size_t ldx, int nt, float *out, size_t ldo)
 {
-#define SHAPE(R, T) tile(dt, tab, w, rb, R, x, ldx, T, cols, out, ldo)
+#define SHAPE(R, T) tile(dt, tab, m, r0, rb, R, x, ldx, T, out, ldo)
     if (nr == MV_R && nt == 1) {
         SHAPE(MV_R, 1);
     } else if (nr == MM_R) {
@@ -372,19 +556,21 @@ tile_shapes(int dt, const float *tab, const uint8_t *w, size_t rb, int nr, const
 #undef SHAPE
 }
 
-typedef void (*tile_fn)(const float *tab, const uint8_t *w, size_t rb, int nr, const float *x,
-                        size_t ldx, int nt, int cols, float *out, size_t ldo);
+typedef void (*tile_fn)(const float *tab, const qm_mat *m, int r0, size_t rb, int nr,
+                        const float *x, size_t ldx, int nt, float *out, size_t ldo);
 #define TILE_FN(NAME, DT)                                                                  \
-    static void NAME(const float *tab, const uint8_t *w, size_t rb, int nr, const float *x, \
-                     size_t ldx, int nt, int cols, float *out, size_t ldo)                 \
+    static void NAME(const float *tab, const qm_mat *m, int r0, size_t rb, int nr,         \
+                     const float *x, size_t ldx, int nt, float *out, size_t ldo)           \
     {                                                                                      \
-        tile_shapes(DT, tab, w, rb, nr, x, ldx, nt, cols, out, ldo);                       \
+        tile_shapes(DT, tab, m, r0, rb, nr, x, ldx, nt, out, ldo);                         \
     }
 TILE_FN(tiles_bf16, DT_BF16)
 TILE_FN(tiles_f16, DT_F16)
 TILE_FN(tiles_f32, DT_F32)
+TILE_FN(tiles_e4m3, DT_E4M3)
 
-/* The kernel of a matrix: its tiles, the f16 table (or NULL), row bytes. */
+/* The kernel of a matrix: its tiles, its table (f16, e4m3) or NULL, row
+ * bytes. */
 typedef struct {
     tile_fn fn;
     const float *tab;
@@ -401,6 +587,10 @@ static kern kern_of(const qm_mat *m)
         k.fn = tiles_f16;
         k.tab = f16_table();
         k.rb = (size_t)m->cols * 2;
+    } else if (m->dtype == ST_F8_E4M3) {
+        k.fn = tiles_e4m3;
+        k.tab = qm_e4m3_table();
+        k.rb = (size_t)m->cols;
     }
     return k;
 }
@@ -410,9 +600,9 @@ void qm_matvec_rows(float *out, const qm_mat *m, const float *x, int r0, int r1)
     kern k = kern_of(m);
     int r = r0;
     for (; r + MV_R <= r1; r += MV_R)
-        k.fn(k.tab, m->data + (size_t)r * k.rb, k.rb, MV_R, x, 0, 1, m->cols, out + r, 0);
+        k.fn(k.tab, m, r, k.rb, MV_R, x, 0, 1, out + r, 0);
     for (; r < r1; r++)
-        k.fn(k.tab, m->data + (size_t)r * k.rb, k.rb, 1, x, 0, 1, m->cols, out + r, 0);
+        k.fn(k.tab, m, r, k.rb, 1, x, 0, 1, out + r, 0);
 }
 
 typedef struct {
@@ -496,12 +686,11 @@ void qm_matmat_rows(float *out, int ldo, const qm_mat *m, const float *x, int ld
             float *ot = out + (size_t)t * ldo;
             int r = b0;
             for (; r + MM_R <= b1; r += MM_R)
-                k.fn(k.tab, m->data + (size_t)r * k.rb, k.rb, MM_R, xt, (size_t)ldx, nt,
-                     m->cols, ot + r, (size_t)ldo);
+                k.fn(k.tab, m, r, k.rb, MM_R, xt, (size_t)ldx, nt, ot + r, (size_t)ldo);
             for (; r < b1; r++) /* the last rows % MM_R, one (row, token) at a time */
                 for (int e = 0; e < nt; e++)
-                    k.fn(k.tab, m->data + (size_t)r * k.rb, k.rb, 1, xt + (size_t)e * ldx, 0,
-                         1, m->cols, ot + (size_t)e * ldo + r, 0);
+                    k.fn(k.tab, m, r, k.rb, 1, xt + (size_t)e * ldx, 0, 1,
+                         ot + (size_t)e * ldo + r, 0);
         }
     }
 }

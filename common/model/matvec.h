@@ -1,4 +1,5 @@
-/* matvec.h - matrix-vector products over weights stored as bf16, f16 or f32.
+/* matvec.h - matrix-vector products over weights stored as bf16, f16, f32
+ * or block-scaled FP8 (E4M3).
  *
  * Weights stay in their on-disk dtype (mapped or read into the expert
  * cache) and are widened to float32 inside the dot product, so each byte of
@@ -11,17 +12,26 @@
 #include <glib.h>
 #include <stdint.h>
 
+#include "format/fp8.h"
 #include "format/safetensors.h"
 #include "model/team.h"
 
-/* A row-major [rows, cols] matrix view; data is not owned. */
+/* A row-major [rows, cols] matrix view; data and scale are not owned.
+ * FP8 (fp8.h): W[r][c] = e4m3(data[r][c]) * scale[r / block_rows][c /
+ * block_cols], the scales row-major [ceil(rows / block_rows),
+ * ceil(cols / block_cols)]; the kernels dequantise each weight to float32
+ * in registers (never to bf16). */
 typedef struct {
     const uint8_t *data;
-    st_dtype dtype;   /* ST_BF16, ST_F16 or ST_F32 */
+    st_dtype dtype;   /* ST_BF16, ST_F16, ST_F32 or ST_F8_E4M3 */
     int rows, cols;
+    const uint8_t *scale;   /* ST_F8_E4M3 only, else NULL */
+    st_dtype scale_dtype;   /* ST_F32 or ST_BF16 */
+    int block_rows, block_cols;
 } qm_mat;
 
-/* 1 if dtype is one the forward pass computes with. */
+/* 1 if dtype is one the forward pass computes with unscaled (bf16, f16,
+ * f32; FP8 needs its scales, qm_mat_view_fp8). */
 int qm_mat_dtype_ok(st_dtype dtype);
 
 /* Bytes of a rows x cols matrix of dtype. */
@@ -33,13 +43,21 @@ uint64_t qm_mat_bytes(st_dtype dtype, int rows, int cols);
 int qm_mat_view(qm_mat *m, const st_tensor *t, const uint8_t *data, int rows,
                 int cols, const char *label, GError **err);
 
+/* Makes a view of an F8_E4M3 weight `w` [rows, cols] and its scale `s`
+ * (NULL when the checkpoint has none) after qm_fp8_check_weight and the
+ * shape check; errors (QM_ERR_FORMAT) name `file` (unquoted) and the
+ * tensor. */
+int qm_mat_view_fp8(qm_mat *m, const qm_fp8_config *c, const st_tensor *w,
+                    const uint8_t *codes, const st_tensor *s, const uint8_t *scale,
+                    int rows, int cols, const char *file, GError **err);
+
 /* The instruction set the products were compiled for: "avx512" (16 lanes
  * in one register), "avx2" (two registers) or "portable" (plain C; the
  * only one whose sums differ, by rounding, since it has no fused
  * multiply-add). -march decides at build time. */
 const char *qm_kernel_isa(void);
 
-/* Converts row r to float32 into out[cols]. */
+/* Converts row r to float32 into out[cols] (FP8: code value x scale). */
 void qm_mat_row(const qm_mat *m, int r, float *out);
 
 /* out[r] = sum_c m[r][c] * x[c] for r in [r0, r1). */

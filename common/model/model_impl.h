@@ -18,6 +18,7 @@
 #include "model/model.h"
 #include "model/matvec.h"
 #include "model/team.h"
+#include "model/rope.h"
 
 #include <math.h>
 
@@ -48,7 +49,10 @@ typedef struct {
     qm_mat lm_head;               /* [vocab, hidden] */
     float *final_norm;            /* (hidden) */
     layer_w *layers;              /* [n_layers] */
-    float *inv_freq;              /* (rope_dim / 2) RoPE frequencies */
+    float *inv_freq;              /* (head_dim / 2) default RoPE frequencies */
+    qm_rope *rope;                /* the config's RoPE (rope.c) */
+    float *rope_cos, *rope_sin;   /* YaRN: (max_seq, rope_dim / 2), else NULL */
+    float att_scale;              /* softmax scale: 1/sqrt(head_dim) x softmax_mult */
 } model_weights;
 
 /* One sequence: its KV cache and next position. */
@@ -106,6 +110,7 @@ struct model {
     ckpt *ck;
     const layout *lt;
     lt_shape shape;
+    qm_fp8_config *fp8;           /* FP8 quantization_config, or NULL */
     model_config c;
     model_weights w;
     expert_store *store;

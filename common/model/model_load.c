@@ -173,14 +173,13 @@ static int read_config(model *m, GError **err)
     if (cfg_int(m, tc, "max_position_embeddings", 1, INT32_MAX, 4096, &max_pos, err))
         return -1;
     double eps;
-    hf_rope rope;
     char cfg_path[1100];
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", m->ck->dir);
     if (cfg_num(m, tc, "rms_norm_eps", 1e-6, &eps, err) ||
-        hf_rope_read(tc, cfg_path, &rope, err) || hf_check_supported(tc, cfg_path, err))
+        hf_check_supported(tc, cfg_path, err) ||
+        qm_fp8_config_read(m->ck->config, cfg_path, &m->fp8, err) < 0)
         return -1;
     c->eps = (float)eps;
-    c->rope_theta = (float)rope.rope_theta;
     c->norm_topk = m->lt->norm_topk_fixed
                        ? m->lt->norm_topk_default
                        : cfg_bool(m, tc, "norm_topk_prob", m->lt->norm_topk_default);
@@ -197,6 +196,19 @@ static int read_config(model *m, GError **err)
             return -1;
         c->shared_inter = ns * c->moe_inter;
     }
+    /* rope.c falls back to theta 10000 like transformers; a v5 file that
+     * names no theta anywhere was damaged, not written that way */
+    const cJSON *p5 = cJSON_GetObjectItemCaseSensitive(tc, "rope_parameters");
+    if (cJSON_IsObject(p5) && !cJSON_GetObjectItemCaseSensitive(p5, "rope_theta") &&
+        !cJSON_GetObjectItemCaseSensitive(tc, "rope_theta")) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT, "'%s': rope_parameters has no rope_theta",
+                    cfg_path);
+        return -1;
+    }
+    /* after read_mla: DeepSeek rotates qk_rope_head_dim dims, others head_dim */
+    if (!(m->w.rope = qm_rope_from_config(tc, cfg_path, c->rope_dim, err)))
+        return -1;
+    c->rope_theta = (float)m->w.rope->theta;
     if (c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0 || c->rope_dim % 2 != 0) {
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                     "'%s/config.json': %d attention heads cannot share %d key-value "
@@ -211,6 +223,27 @@ static int read_config(model *m, GError **err)
 
 /* ---- weights ---- */
 
+/* An F8_E4M3 weight with its `_scale_inv` (absent: NULL, which
+ * qm_fp8_check_weight refuses naming the weight). */
+static int get_fp8(model *m, const st_tensor *t, const uint8_t *data, int rows, int cols,
+                   qm_mat *out, const char *path, GError **err)
+{
+    if (!m->fp8) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': tensor '%s' is F8_E4M3 but '%s/config.json' has no FP8 "
+                    "quantization_config", path, t->name, m->ck->dir);
+        return -1;
+    }
+    char sname[600];
+    snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
+    const st_tensor *s = NULL;
+    const uint8_t *sdata = NULL;
+    if (ckpt_shard_index(m->ck, sname) >= 0 &&
+        !(s = ckpt_tensor(m->ck, sname, 1, &sdata, err)))
+        return -1;
+    return qm_mat_view_fp8(out, m->fp8, t, data, s, sdata, rows, cols, path, err);
+}
+
 static int get_mat(model *m, const char *name, int rows, int cols, qm_mat *out,
                    GError **err)
 {
@@ -218,8 +251,11 @@ static int get_mat(model *m, const char *name, int rows, int cols, qm_mat *out,
     const st_tensor *t = ckpt_tensor(m->ck, name, 1, &data, err);
     if (!t)
         return -1;
+    const char *path = m->ck->shards[ckpt_shard_index(m->ck, name)].path;
+    if (t->dtype == ST_F8_E4M3 && cols > 0)
+        return get_fp8(m, t, data, rows, cols, out, path, err);
     char label[1100];
-    snprintf(label, sizeof label, "'%s'", m->ck->shards[ckpt_shard_index(m->ck, name)].path);
+    snprintf(label, sizeof label, "'%s'", path);
     return qm_mat_view(out, t, data, rows, cols, label, err);
 }
 
@@ -384,8 +420,8 @@ model *model_load(const char *path, const model_opts *o, GError **err)
         goto fail;
     model_config *c = &m->c;
     if (moe_layers(m) > 0 &&
-        !(m->store = expert_store_new(m->ck, m->lt, c->n_layers, c->n_experts, c->hidden,
-                                      c->moe_inter,
+        !(m->store = expert_store_new(m->ck, m->lt, m->fp8, c->n_layers, c->n_experts,
+                                      c->hidden, c->moe_inter,
                                       o->cache_bytes ? o->cache_bytes : (4ull << 30),
                                       o->expert_io, err)))
         goto fail;
@@ -396,9 +432,21 @@ model *model_load(const char *path, const model_opts *o, GError **err)
     if (!(m->team = team_new(o->n_threads > 0 ? o->n_threads : 1, err)))
         goto fail;
     m->w.inv_freq = g_new0(float, c->head_dim / 2);
-    /* As Hugging Face computes it, in float32: base ** (2i / dim). */
+    /* As Hugging Face computes it, in float32: base ** (2i / dim). Default
+     * RoPE keeps this float32 path so its logits stay bit for bit those of
+     * the family goldens; YaRN takes rope.c's tables (angles in double,
+     * attention_factor included), one row per position of the context. */
     for (int i = 0; i < c->rope_dim / 2; i++)
         m->w.inv_freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->rope_dim);
+    m->w.att_scale = 1.0f / sqrtf((float)c->head_dim);
+    if (m->w.rope->type == QM_ROPE_YARN) {
+        size_t n = (size_t)c->max_seq * (c->rope_dim / 2);
+        m->w.rope_cos = g_new(float, n);
+        m->w.rope_sin = g_new(float, n);
+        qm_rope_tables(m->w.rope, c->max_seq, m->w.rope_cos, m->w.rope_sin);
+        /* DeepSeek's mscale(factor, mscale_all_dim)^2 on the softmax */
+        m->w.att_scale = (float)(m->w.rope->softmax_mult / sqrt((double)c->head_dim));
+    }
     run_state_init(m, o->max_batch > 0 ? o->max_batch : MODEL_BATCH);
     if (!(m->seq0 = model_seq_new(m, 0, 0, err)))
         goto fail;
@@ -430,6 +478,10 @@ void model_free(model *m)
     g_free(m->w.layers);
     g_free(m->w.final_norm);
     g_free(m->w.inv_freq);
+    qm_fp8_config_free(m->fp8);
+    g_free(m->w.rope_cos);
+    g_free(m->w.rope_sin);
+    qm_rope_free(m->w.rope);
     if (m->allow)
         for (int l = 0; l < m->c.n_layers; l++)
             g_free(m->allow[l]);

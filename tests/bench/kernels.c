@@ -6,6 +6,7 @@
  * bit for bit.
  *
  *   kernels [rows cols n_tok trials]
+ *   kernels --stream MB THREADS TRIALS [bf16|fp8]   decode's bandwidth
  */
 #include "model/matvec.h"
 #include "base/util.h"
@@ -42,13 +43,25 @@ static void read_part(void *arg, int i, int n)
     j->out[i] = a[0] ^ a[1] ^ a[2] ^ a[3] ^ a[4] ^ a[5] ^ a[6] ^ a[7];
 }
 
-static int stream(int mb, int threads, int trials)
+/* fp8: E4M3 codes with F32 scales in 128 x 128 blocks, as DeepSeek-V3
+ * ships them: decode reads half the bytes of bf16 for the same weights. */
+static int stream(int mb, int threads, int trials, int fp8)
 {
-    int cols = 2048, rows = (int)(((size_t)mb << 20) / (2u * cols));
+    size_t esz = fp8 ? 1 : 2;
+    int cols = 2048, rows = (int)(((size_t)mb << 20) / (esz * cols));
     size_t n = (size_t)rows * cols;
-    uint16_t *w = g_new(uint16_t, n);
-    for (size_t i = 0; i < n; i++)
-        w[i] = (uint16_t)(0x3c00 + (i * 2654435761u >> 20) % 512); /* ~ +-1 */
+    uint16_t *w = g_new(uint16_t, (n * esz + 1) / 2);
+    uint8_t *codes = (uint8_t *)w;
+    int gr = (rows + 127) / 128, gc = cols / 128;
+    float *scale = g_new(float, (size_t)gr * gc);
+    for (int k = 0; k < gr * gc; k++)
+        scale[k] = 1.0f / 448 * (float)(1 + k % 3);
+    for (size_t i = 0; i < n; i++) {
+        if (fp8)
+            codes[i] = (uint8_t)(0x30 + (i * 2654435761u >> 20) % 16 + (i & 1) * 0x80);
+        else
+            w[i] = (uint16_t)(0x3c00 + (i * 2654435761u >> 20) % 512); /* ~ +-1 */
+    }
     float *x = g_new(float, cols), *o = g_new(float, rows);
     for (int c = 0; c < cols; c++)
         x[c] = (float)(c % 17) / 17.0f - 0.5f;
@@ -59,7 +72,11 @@ static int stream(int mb, int threads, int trials)
         return 2;
     }
     qm_mat m = {.data = (const uint8_t *)w, .dtype = ST_BF16, .rows = rows, .cols = cols};
-    read_job rj = {.p = (const uint64_t *)w, .n = n / 4};
+    if (fp8)
+        m = (qm_mat){.data = codes, .dtype = ST_F8_E4M3, .rows = rows, .cols = cols,
+                     .scale = (const uint8_t *)scale, .scale_dtype = ST_F32,
+                     .block_rows = 128, .block_cols = 128};
+    read_job rj = {.p = (const uint64_t *)w, .n = n * esz / 8};
     double best_mv = 1e30, best_rd = 1e30;
     for (int r = 0; r < trials; r++) {
         double t0 = qm_monotonic();
@@ -70,13 +87,14 @@ static int stream(int mb, int threads, int trials)
         best_mv = t1 - t0 < best_mv ? t1 - t0 : best_mv;
         best_rd = t2 - t1 < best_rd ? t2 - t1 : best_rd;
     }
-    double bytes = 2.0 * n;
-    printf("bf16 %dx%d (%d MB) x 1 token, %d threads: matvec %.2f GB/s, read %.2f GB/s, "
-           "matvec/read %.3f (%g)\n", rows, cols, mb, threads,
+    double bytes = (double)esz * n;
+    printf("%s %dx%d (%d MB) x 1 token, %d threads: matvec %.2f GB/s, read %.2f GB/s, "
+           "matvec/read %.3f (%g)\n", fp8 ? "fp8" : "bf16", rows, cols, mb, threads,
            bytes / best_mv / 1e9, bytes / best_rd / 1e9, best_rd / best_mv,
            (double)o[rows / 2] + (double)(rj.out[0] & 1));
     team_free(t);
     g_free(w);
+    g_free(scale);
     g_free(x);
     g_free(o);
     return 0;
@@ -100,8 +118,9 @@ static void blas_product(float *out, const qm_mat *m, const float *x, int nt, fl
 
 int main(int argc, char **argv)
 {
-    if (argc == 5 && !strcmp(argv[1], "--stream"))
-        return stream(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
+    if ((argc == 5 || argc == 6) && !strcmp(argv[1], "--stream"))
+        return stream(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]),
+                      argc == 6 && !strcmp(argv[5], "fp8"));
     int rows = argc > 1 ? atoi(argv[1]) : 2048, cols = argc > 2 ? atoi(argv[2]) : 2048;
     int nt = argc > 3 ? atoi(argv[3]) : 64, trials = argc > 4 ? atoi(argv[4]) : 5;
     if (rows < 1 || cols < 1 || nt < 1 || trials < 1) {

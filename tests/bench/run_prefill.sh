@@ -72,6 +72,7 @@ for k in $KV; do
     OPENBLAS_NUM_THREADS=1 "$B/$k" 768 2048 16 5
     OPENBLAS_NUM_THREADS=1 "$B/$k" 4096 2048 64 3
     "$B/$k" --stream 512 "$THREADS" "$TRIALS"
+    if [ "$k" = kernels ]; then "$B/$k" --stream 512 "$THREADS" "$TRIALS" fp8; fi
 done
 
 # qwen3_moe: the widths and the computation of the Omni thinker's text

@@ -59,15 +59,15 @@ refused() {
     run timeout 20 qmoe-run -n 0 --token-ids "$ids" "$T/bad"
     expect "config_refuses_$1" 2 "$3"
 }
-refused v5_yarn "$V5
-t['rope_parameters'].update(rope_type='yarn', factor=4.0)" "rope_parameters.rope_type 'yarn' is not supported"
+refused v5_dynamic "$V5
+t['rope_parameters'].update(rope_type='dynamic', factor=4.0)" "rope_parameters.rope_type 'dynamic' is not supported"
 refused v4_linear "t['rope_scaling'] = {'rope_type': 'linear', 'factor': 2.0}" "rope_scaling.rope_type 'linear' is not supported"
 refused v5_no_theta "$V5
 del t['rope_parameters']['rope_theta']" "rope_parameters has no rope_theta"
 refused both_disagree "$V5
 t['rope_theta'] = 5e5" "disagree"
 refused per_layer_type "t['rope_parameters'] = {'full_attention': {'rope_type': 'default', 'rope_theta': 1e6}}" "per-layer-type"
-refused theta_negative "t['rope_theta'] = -1" "rope_theta is not a positive number"
+refused theta_negative "t['rope_theta'] = -1" "rope_theta -1 is not above 1"
 refused sliding "t['use_sliding_window'] = True; t['sliding_window'] = 64" "use_sliding_window true"
 refused layer_types "t['layer_types'] = ['sliding_attention'] * t['num_hidden_layers']" "layer_types holds 'sliding_attention'"
 refused act "t['hidden_act'] = 'gelu'" "hidden_act 'gelu' is not supported"

@@ -128,15 +128,16 @@ sed -i 's/"clip_qkv": null/"clip_qkv": 8.0/' "$T/ctl/config.json"
 run qmoe-run -n 0 --token-ids 1,2 "$T/ctl"
 expect families_olmoe_clip_qkv_refused 2 "clip_qkv 8 is not supported"
 
-# DeepSeek: a rope_scaling the pass does not implement (the real V3's YaRN)
-# and a routing other than sigmoid noaux_tc are refused, naming the key.
+# DeepSeek: a rope_scaling the pass does not implement (YaRN is, see
+# run_fp8yarn.sh) and a routing other than sigmoid noaux_tc are refused,
+# naming the key.
 ds() {
     rm -rf "$T/ctl"; mkdir -p "$T/ctl"; cp "$FAM/deepseekv3-tiny/hf"/* "$T/ctl/"
     chmod u+w "$T/ctl/config.json"; sed -i "$1" "$T/ctl/config.json"
     run qmoe-run -n 0 --token-ids 1,2 "$T/ctl"
 }
-ds 's/"rope_scaling": null/"rope_scaling": {"type": "yarn", "factor": 40, "mscale": 1, "mscale_all_dim": 1, "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1}/'
-expect families_deepseekv3_yarn_refused 2 "rope_scaling.rope_type 'yarn' is not supported"
+ds 's/"rope_scaling": null/"rope_scaling": {"type": "linear", "factor": 4}/'
+expect families_deepseekv3_linear_rope_refused 2 "rope_scaling.type 'linear' is not supported"
 ds 's/"scoring_func": "sigmoid"/"scoring_func": "softmax"/'
 expect families_deepseekv3_softmax_refused 2 "scoring_func 'softmax' is not supported"
 ds 's/"topk_method": "noaux_tc"/"topk_method": "group_limited_greedy"/'

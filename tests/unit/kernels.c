@@ -1,5 +1,6 @@
 /* kernels.c - the matrix products of common/model/matvec.c against a
- * float64 reference, for every weight dtype and shapes with edges (rows
+ * float64 reference, for every weight dtype (FP8 with F32 and BF16 scales and
+ * blocks of several widths among them) and shapes with edges (rows
  * not a multiple of the tile, columns not a multiple of 16, one token,
  * token counts around the tile's).
  *
@@ -85,9 +86,19 @@ static double bf16_value(uint16_t h)
     return f;
 }
 
+/* E4M3 from its definition (bias 7, subnormals at exponent 0) */
+static double e4m3_value(uint8_t c)
+{
+    int e = (c >> 3) & 15, man = c & 7;
+    double v = e ? ldexp(8 + man, e - 10) : ldexp(man, -9);
+    return c & 0x80 ? -v : v;
+}
+
 typedef struct {
     st_dtype dt;
     int rows, cols, n_tok;
+    st_dtype sdt;      /* FP8: scale dtype and block */
+    int br, bc;
 } shape;
 
 /* One shape: weights and inputs from the generator; returns 0 when every
@@ -95,11 +106,37 @@ typedef struct {
 static int run_shape(const shape *s, team *tm, FILE *dump, char *why, size_t why_len,
                      int *identical)
 {
-    size_t n = (size_t)s->rows * s->cols, esz = s->dt == ST_F32 ? 4 : 2;
+    size_t n = (size_t)s->rows * s->cols;
+    size_t esz = s->dt == ST_F32 ? 4 : s->dt == ST_F8_E4M3 ? 1 : 2;
     uint8_t *w = g_malloc(n * esz + 64);
     double *wd = g_new(double, n);
     uint8_t *wp = w + 1; /* tensor data need not be aligned */
+    /* FP8: a scale per block, magnitudes 2^-12..2^-4 as amax / 448 gives */
+    int gr = s->br ? (s->rows + s->br - 1) / s->br : 0;
+    int gc = s->bc ? (s->cols + s->bc - 1) / s->bc : 0;
+    size_t ssz = s->sdt == ST_BF16 ? 2 : 4;
+    uint8_t *sb = g_malloc((size_t)gr * gc * ssz + 64), *sp = sb + 3;
+    double *sd = g_new(double, (size_t)gr * gc + 1);
+    for (int k = 0; k < gr * gc; k++) {
+        float f = (float)ldexp(1.0 + 0.5 * urand(), -4 - (int)(8 * fabs(urand())));
+        if (s->sdt == ST_BF16) {
+            uint16_t h = f32_to_bf16(f);
+            memcpy(sp + 2 * k, &h, 2);
+            sd[k] = bf16_value(h);
+        } else {
+            memcpy(sp + 4 * k, &f, 4);
+            sd[k] = f;
+        }
+    }
     for (size_t i = 0; i < n; i++) {
+        if (s->dt == ST_F8_E4M3) {
+            uint8_t c = (uint8_t)(urand() * 128 + 128);
+            c = (c & 0x7f) == 0x7f ? c ^ 1 : c; /* no NaN codes */
+            wp[i] = c;
+            size_t r = i / s->cols, col = i % s->cols;
+            wd[i] = e4m3_value(c) * sd[r / s->br * gc + col / s->bc];
+            continue;
+        }
         /* a spread of magnitudes: some tiny (f16 subnormals), some large */
         float f = (float)(urand() * (i % 7 == 0 ? 1e-6 : i % 5 == 0 ? 8.0 : 1.0));
         if (s->dt == ST_BF16) {
@@ -121,7 +158,8 @@ static int run_shape(const shape *s, team *tm, FILE *dump, char *why, size_t why
         x[i] = (float)urand();
     float *mv = g_new0(float, (size_t)s->n_tok * ldo), *mm = g_new0(float, (size_t)s->n_tok * ldo);
     float *mt = g_new0(float, (size_t)s->n_tok * ldo), *mp = g_new0(float, (size_t)s->n_tok * ldo);
-    qm_mat m = {.data = wp, .dtype = s->dt, .rows = s->rows, .cols = s->cols};
+    qm_mat m = {.data = wp, .dtype = s->dt, .rows = s->rows, .cols = s->cols, .scale = sp,
+                .scale_dtype = s->sdt, .block_rows = s->br, .block_cols = s->bc};
     int ok = 1;
 
     for (int t = 0; t < s->n_tok; t++) {
@@ -150,7 +188,8 @@ static int run_shape(const shape *s, team *tm, FILE *dump, char *why, size_t why
             float got = mv[(size_t)t * ldo + r];
             /* 16 float32 sums of cols / 16 terms, then the lanes and the
              * tail: error below that depth * eps * sum |p| (plus one eps
-             * per product where the products are rounded, without FMA) */
+             * per product where the products are rounded, without FMA,
+             * and one where FP8 weights are dequantised) */
             double tol = 1e-30 + (s->cols / 16 + 16 + s->cols % 16 + 2) * 6e-8 * mag;
             if (!(fabs(got - ref) <= tol)) {
                 snprintf(why, why_len, "%s %dx%d token %d row %d: %.9g, float64 says %.9g",
@@ -171,6 +210,8 @@ static int run_shape(const shape *s, team *tm, FILE *dump, char *why, size_t why
         fwrite(mv, 1, bytes, dump);
     g_free(w);
     g_free(wd);
+    g_free(sb);
+    g_free(sd);
     g_free(x);
     g_free(mv);
     g_free(mm);
@@ -210,13 +251,30 @@ int main(int argc, char **argv)
     static const int rows[] = {1, 3, 4, 7, 13, 64, 258};
     static const int cols[] = {1, 15, 16, 17, 48, 131, 2048};
     static const int toks[] = {1, 2, 5, 6, 7, 13, 19};
-    static const st_dtype dts[] = {ST_BF16, ST_F16, ST_F32};
-    for (size_t d = 0; d < G_N_ELEMENTS(dts); d++) {
+    /* FP8: blocks whose columns are a multiple of 16 (one scale per run of
+     * chunks) and not (a scale per lane where a chunk crosses a block
+     * edge), rows across block edges inside a tile; F32 and BF16 scales */
+    static const shape kinds[] = {
+        {ST_BF16, 0, 0, 0, ST_F32, 0, 0},
+        {ST_F16, 0, 0, 0, ST_F32, 0, 0},
+        {ST_F32, 0, 0, 0, ST_F32, 0, 0},
+        {ST_F8_E4M3, 0, 0, 0, ST_F32, 3, 32},
+        {ST_F8_E4M3, 0, 0, 0, ST_BF16, 24, 40},
+        {ST_F8_E4M3, 0, 0, 0, ST_F32, 2, 5},
+    };
+    for (size_t d = 0; d < G_N_ELEMENTS(kinds); d++) {
         int all_ok = 1, identical = 1;
-        char why[256] = "", name[64];
+        char why[256] = "", name[96], kind[48];
+        const shape *k = &kinds[d];
+        if (k->dt == ST_F8_E4M3)
+            snprintf(kind, sizeof kind, "%s-%s-%dx%d", st_dtype_name(k->dt),
+                     st_dtype_name(k->sdt), k->br, k->bc);
+        else
+            snprintf(kind, sizeof kind, "%s", st_dtype_name(k->dt));
         for (size_t i = 0; i < G_N_ELEMENTS(rows); i++)
             for (size_t j = 0; j < G_N_ELEMENTS(cols); j++) {
-                shape s = {dts[d], rows[i], cols[j], toks[(i + j) % G_N_ELEMENTS(toks)]};
+                shape s = {k->dt, rows[i], cols[j], toks[(i + j) % G_N_ELEMENTS(toks)],
+                           k->sdt, k->br, k->bc};
                 if (s.rows * s.cols > 64 * 2048)
                     s.n_tok = 3;
                 char w1[256] = "";
@@ -227,9 +285,9 @@ int main(int argc, char **argv)
                     memcpy(why, w1, sizeof why);
                 }
             }
-        snprintf(name, sizeof name, "kernels-%s-float64", st_dtype_name(dts[d]));
+        snprintf(name, sizeof name, "kernels-%s-float64", kind);
         check(all_ok, name, why);
-        snprintf(name, sizeof name, "kernels-%s-matmat-is-matvec", st_dtype_name(dts[d]));
+        snprintf(name, sizeof name, "kernels-%s-matmat-is-matvec", kind);
         check(identical, name, why);
     }
     team_free(tm);
