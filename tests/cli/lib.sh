@@ -99,3 +99,29 @@ score() {
 }
 # within SCORE LIMIT: SCORE <= LIMIT
 within() { awk -v s="$1" -v l="$2" 'BEGIN { exit !(s != "nan" && s <= l) }'; }
+
+# A family fixture's golden folder G (tokens.json, greedy.json,
+# logits_[masked_]seqK.f32, as tests/fixtures/families/README.md describes):
+# ids G SEQ: the prompt of seqN as "a,b,c"
+golden_ids() { jq -r ".sequences.seq$2.ids | map(tostring) | join(\",\")" "$1/tokens.json"; }
+# golden_want G SEQ KEY: the golden continuation
+golden_want() { jq -r ".greedy.seq$2.$3 | map(tostring) | join(\",\")" "$1/greedy.json"; }
+# golden_seqs PREFIX LABEL DIR G MODE WORST: qmoe-run on DIR for seq1-3,
+# full or masked to experts 0-3 (MODE), checks PREFIX_seqK_logits (within
+# 1e-3 of the golden) and PREFIX_seqK_greedy (identical); appends
+# "LABEL MODE SCORE" to WORST. $T is the scratch folder.
+golden_seqs() {
+    local pre=$1 label=$2 dir=$3 g=$4 mode=$5 worst=$6 mask=() key=torch_ref lp= s name sc w
+    [ "$mode" = masked ] && { mask=(--mask-experts 0-3); key=torch_ref_masked; lp=masked_; }
+    for s in 1 2 3; do
+        name="${pre}_seq$s"
+        run qmoe-run "${mask[@]}" --ignore-eos -n 16 -j 2 --token-ids "$(golden_ids "$g" $s)" \
+            --logits-out "$T/l.f32" "$dir"
+        expect "$name" 0 || continue
+        sc=$(score "$T/l.f32" "$g/logits_${lp}seq$s.f32")
+        echo "$label $sc" >>"$worst"
+        within "$sc" 1e-3 && ok "${name}_logits" || fail "${name}_logits" "score $sc > 1e-3"
+        w=$(golden_want "$g" $s $key)
+        [ "$out" = "$w" ] && ok "${name}_greedy" || fail "${name}_greedy" "got $out, golden $w"
+    done
+}

@@ -14,10 +14,6 @@
 plan 234
 FAM=$FIX/families
 
-# ids G SEQ: the prompt of seqN as "a,b,c"
-ids() { jq -r ".sequences.seq$2.ids | map(tostring) | join(\",\")" "$1/tokens.json"; }
-# want G SEQ KEY: the golden continuation
-want() { jq -r ".greedy.seq$2.$3 | map(tostring) | join(\",\")" "$1/greedy.json"; }
 # router rows of a golden router_*.json and of a --router-log: "L T e,e w w"
 golden_router() {
     jq -r '.layers[] | .layer as $l | range(0; .experts | length) as $t |
@@ -48,22 +44,12 @@ for fam in mixtral olmoe qwen2moe deepseekv3; do
     for src in hf out; do
         dir=$FAM/$fam-tiny/hf; [ $src = out ] && dir=$T/$fam
         for mode in full masked; do
-            mask=(); key=torch_ref; pre=
-            [ $mode = masked ] && { mask=(--mask-experts 0-3); key=torch_ref_masked; pre=masked_; }
-            for s in 1 2 3; do
-                name="families_${fam}_${src}_${mode}_seq$s"
-                run qmoe-run "${mask[@]}" --ignore-eos -n 16 -j 2 --token-ids "$(ids "$G" $s)" \
-                    --logits-out "$T/l.f32" "$dir"
-                expect "$name" 0 || continue
-                sc=$(score "$T/l.f32" "$G/logits_${pre}seq$s.f32")
-                echo "$fam $mode $src $sc" >>"$worst"
-                within "$sc" 1e-3 && ok "${name}_logits" || fail "${name}_logits" "score $sc > 1e-3"
-                w=$(want "$G" $s $key)
-                [ "$out" = "$w" ] && ok "${name}_greedy" || fail "${name}_greedy" "got $out, golden $w"
-            done
+            mask=(); pre=
+            [ $mode = masked ] && { mask=(--mask-experts 0-3); pre=masked_; }
+            golden_seqs "families_${fam}_${src}_${mode}" "$fam $mode $src" "$dir" "$G" $mode "$worst"
             # the router's choices on seq3, in order, with their weights
             name="families_${fam}_${src}_${mode}_router"
-            run qmoe-run "${mask[@]}" -n 0 --token-ids "$(ids "$G" 3)" --router-log "$T/r.jsonl" "$dir"
+            run qmoe-run "${mask[@]}" -n 0 --token-ids "$(golden_ids "$G" 3)" --router-log "$T/r.jsonl" "$dir"
             expect "${name}_run" 0 || continue
             golden_router "$G/router_${pre}seq3.json" >"$T/rg.txt"
             log_router "$T/r.jsonl" >"$T/rl.txt"
@@ -86,7 +72,7 @@ control() {
     if cmp -s "$T/ctl/config.json" "$FAM/$fam-tiny/hf/config.json"; then
         fail "families_${fam}_catches_$name" "the sed changed nothing"; return
     fi
-    run qmoe-run -n 0 --token-ids "$(ids "$G" 3)" --logits-out "$T/l.f32" "$T/ctl"
+    run qmoe-run -n 0 --token-ids "$(golden_ids "$G" 3)" --logits-out "$T/l.f32" "$T/ctl"
     expect "families_${fam}_${name}_run" 0 || return
     sc=$(score "$T/l.f32" "$G/logits_seq3.f32")
     awk -v s="$sc" 'BEGIN { exit !(s != "nan" && s >= 1e-2) }' && ok "families_${fam}_catches_$name" ||
@@ -109,7 +95,7 @@ control_same() {
     cp "$FAM/mixtral-tiny/hf"/* "$T/ctl/"
     chmod u+w "$T/ctl/config.json"
     sed -i 's/"num_experts_per_tok": 2,/"num_experts_per_tok": 2, "norm_topk_prob": false,/' "$T/ctl/config.json"
-    run qmoe-run -n 0 --token-ids "$(ids "$G" 3)" --logits-out "$T/l.f32" "$T/ctl"
+    run qmoe-run -n 0 --token-ids "$(golden_ids "$G" 3)" --logits-out "$T/l.f32" "$T/ctl"
     expect families_mixtral_norm_key_run 0 || return
     sc=$(score "$T/l.f32" "$G/logits_seq3.f32")
     within "$sc" 1e-3 && ok families_mixtral_always_renormalises ||
@@ -147,7 +133,7 @@ expect families_deepseekv3_no_q_lora_refused 2 "q_lora_rank null is not supporte
 # --mask-experts masks before the sigmoid: experts 4-15 have negative
 # biases here, so mask 4-15 instead and no expert outside them is chosen,
 # whatever the positive biases of 0-3.
-run qmoe-run --mask-experts 4-15 -n 4 --token-ids "$(ids "$FAM/deepseekv3-tiny/golden" 3)" \
+run qmoe-run --mask-experts 4-15 -n 4 --token-ids "$(golden_ids "$FAM/deepseekv3-tiny/golden" 3)" \
     --router-log "$T/r.jsonl" "$FAM/deepseekv3-tiny/hf"
 expect families_deepseekv3_mask_high_run 0
 bad=$(jq -r '.experts[] | select(. < 4)' "$T/r.jsonl" | head -3)
@@ -161,7 +147,7 @@ for fam in mixtral olmoe qwen2moe deepseekv3; do
     for s in 1 2 3; do
         jq -j ".sequences.seq$s.text" "$G/tokens.json" >"$T/s.txt"
         run qmoe-run --tokenize "$FAM/$fam-tiny/hf" <"$T/s.txt"
-        [ "$out" = "[$(ids "$G" $s)]" ] || { fail "families_${fam}_nll_seq${s}_ids" "$out"; continue; }
+        [ "$out" = "[$(golden_ids "$G" $s)]" ] || { fail "families_${fam}_nll_seq${s}_ids" "$out"; continue; }
         for mode in full masked; do
             mask=(); [ $mode = masked ] && mask=(--mask-experts 0-3)
             run qmoe-run "${mask[@]}" --perplexity "$T/s.txt" --json "$FAM/$fam-tiny/hf"

@@ -13,9 +13,6 @@
 plan 205
 F=$FIX/fp8yarn
 
-ids() { jq -r ".sequences.seq$2.ids | map(tostring) | join(\",\")" "$1/tokens.json"; }
-want() { jq -r ".greedy.seq$2.$3 | map(tostring) | join(\",\")" "$1/greedy.json"; }
-
 worst=$T/worst.txt
 : >"$worst"
 for fx in dsv3-fp8 qwen3moe-fp8 dsv3-yarn dsv3-yarn-mscale qwen3moe-yarn; do
@@ -25,29 +22,17 @@ for fx in dsv3-fp8 qwen3moe-fp8 dsv3-yarn dsv3-yarn-mscale qwen3moe-yarn; do
     for src in hf out; do
         dir=$F/$fx/hf; [ $src = out ] && dir=$T/$fx
         for mode in full masked; do
-            mask=(); key=torch_ref; pre=
-            [ $mode = masked ] && { mask=(--mask-experts 0-3); key=torch_ref_masked; pre=masked_; }
-            for s in 1 2 3; do
-                name="${fx}_${src}_${mode}_seq$s"
-                run qmoe-run "${mask[@]}" --ignore-eos -n 16 -j 2 --token-ids "$(ids "$G" $s)" \
-                    --logits-out "$T/l.f32" "$dir"
-                expect "$name" 0 || continue
-                sc=$(score "$T/l.f32" "$G/logits_${pre}seq$s.f32")
-                echo "$fx $mode $src $sc" >>"$worst"
-                within "$sc" 1e-3 && ok "${name}_logits" || fail "${name}_logits" "score $sc > 1e-3"
-                w=$(want "$G" $s $key)
-                [ "$out" = "$w" ] && ok "${name}_greedy" || fail "${name}_greedy" "got $out, golden $w"
-            done
+            golden_seqs "${fx}_${src}_${mode}" "$fx $mode $src" "$dir" "$G" $mode "$worst"
         done
     done
     case $fx in *-fp8)
         # through the cache's own buffers instead of mappings
-        run qmoe-run --expert-io read --ignore-eos -n 16 --token-ids "$(ids "$G" 3)" \
+        run qmoe-run --expert-io read --ignore-eos -n 16 --token-ids "$(golden_ids "$G" 3)" \
             --logits-out "$T/l.f32" "$T/$fx"
         expect "${fx}_read_run" 0 || continue
         sc=$(score "$T/l.f32" "$G/logits_seq3.f32")
         within "$sc" 1e-3 && ok "${fx}_read_logits" || fail "${fx}_read_logits" "score $sc > 1e-3"
-        w=$(want "$G" 3 torch_ref)
+        w=$(golden_want "$G" 3 torch_ref)
         [ "$out" = "$w" ] && ok "${fx}_read_greedy" || fail "${fx}_read_greedy" "got $out, golden $w"
     esac
 done
@@ -65,7 +50,7 @@ control() {
     if cmp -s "$T/ctl/config.json" "$F/$fx/hf/config.json"; then
         fail "${fx}_catches_$name" "the change changed nothing"; return
     fi
-    run qmoe-run -n 0 --token-ids "$(ids "$G" 3)" --logits-out "$T/l.f32" "$T/ctl"
+    run qmoe-run -n 0 --token-ids "$(golden_ids "$G" 3)" --logits-out "$T/l.f32" "$T/ctl"
     expect "${fx}_${name}_run" 0 || return
     sc=$(score "$T/l.f32" "$G/logits_seq3.f32")
     awk -v s="$sc" 'BEGIN { exit !(s != "nan" && s >= 1e-2) }' && ok "${fx}_catches_$name" ||
