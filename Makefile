@@ -37,13 +37,14 @@ CFLAGS   += -std=c11 -D_GNU_SOURCE -g -pthread $(OPT) $(SANFLAGS) $(PKG_CFLAGS) 
 LDLIBS   += $(PKG_LIBS) -lm -pthread
 LDFLAGS  += $(SANFLAGS)
 
-# libqmoe: one folder per subsystem (see common/README.md). common/cli/ is
-# linked into the tools only; it is not part of the installed library.
-LIB_DIRS := base format outdir model
+# libqmoe: one folder per subsystem (see common/README.md). common/cli/
+# (option parsing, progress lines) and common/report/ (the HTML router
+# report) are linked into the tools only; they are not installed.
+LIB_DIRS := base format outdir model text analysis
 LIB_SRC  := $(sort $(foreach d,$(LIB_DIRS),$(wildcard common/$(d)/*.c)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB      := $(BUILD)/libqmoe.a
-CLI_SRC  := $(sort $(wildcard common/cli/*.c))
+CLI_SRC  := $(sort $(wildcard common/cli/*.c common/report/*.c))
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 CLI_LIB  := $(BUILD)/libqmoe-cli.a
 HEADERS  := $(wildcard common/*/*.h) $(wildcard */*.h)
@@ -73,10 +74,10 @@ TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
 MANS     := $(BINS:$(BUILD)/bin/%=$(BUILD)/man/%.1)
 # What a program using libqmoe includes (-I$(includedir)/qmoe, then
 # "model/model.h"): the error domain, the formats, the extracted directory,
-# the model. base/util.h, base/fs.h and model/model_impl.h (the forward
+# the model, text and analysis. base/util.h, base/fs.h and model/model_impl.h (the forward
 # pass's weights and run state) are internal; cli/ is not installed.
 PUBLIC_HEADERS := common/base/error.h $(filter-out common/model/model_impl.h,\
-                  $(foreach d,format outdir model,$(wildcard common/$(d)/*.h)))
+                  $(foreach d,format outdir model text analysis,$(wildcard common/$(d)/*.h)))
 
 .PHONY: all check demo bench install clean torture fuzz valgrind man compile_commands.json
 # The kernel test (tests/unit/kernels.c) with matvec.c compiled in three

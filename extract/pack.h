@@ -22,7 +22,7 @@
 #include "format/checkpoint.h"
 #include "format/layout.h"
 #include "format/safetensors.h"
-#include "model/expert_plan.h"
+#include "analysis/expert_plan.h"
 
 /* Hugging Face's default max_shard_size ("5GB", decimal). */
 #define PK_MAX_SHARD 5000000000ULL

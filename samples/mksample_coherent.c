@@ -85,7 +85,7 @@
 #include "mksample.h"
 #include "model/model.h"
 #include "format/safetensors.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 #include "base/util.h"
 
 #include <cjson/cJSON.h>

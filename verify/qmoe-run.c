@@ -4,13 +4,13 @@
  * router's choices, restrict the router, bound the expert cache; and
  * tokenize or detokenize with the model's tokenizer alone.
  * Exit 0 ok, 2 usage or I/O error (a missing expert file too). */
-#include "model/chat.h"
+#include "text/chat.h"
 #include "model/expert_store.h"
 #include "base/fs.h"
 #include "model/model.h"
-#include "model/expert_plan.h"
-#include "model/perplexity.h"
-#include "model/tokenizer.h"
+#include "analysis/expert_plan.h"
+#include "analysis/perplexity.h"
+#include "text/tokenizer.h"
 #include "base/util.h"
 #include "cli/cli.h"
 #include "run_stats.h"

@@ -1,11 +1,12 @@
 /* qmoe-verify - prove an extraction complete and intact.
  *
- * The checks live in common/outdir/verify.{h,c} and common/model/coherence.{h,c}; this
- * file parses options, runs them in order (coverage, per-file checks, the
+ * The checks live in common/outdir/verify.{h,c}, common/analysis/coherence.{h,c}
+ * and verify_coherence.c (the gate as a check); this file parses options, runs them in order (coverage, per-file checks, the
  * coherence gate) and presents the result: one line per problem, a
  * summary, or the same facts as JSON.
  */
-#include "model/coherence.h"
+#include "analysis/coherence.h"
+#include "verify_coherence.h"
 #include "verify_report.h"
 #include "base/util.h"
 #include "cli/cli.h"

@@ -4,11 +4,11 @@
 #include "base/fs.h"
 #include "cli/cli.h"
 #include "base/util.h"
-#include "model/expert_plan.h"
+#include "analysis/expert_plan.h"
 #include "model/model.h"
-#include "model/report.h"
-#include "model/routerstats.h"
-#include "model/tokenizer.h"
+#include "report/report.h"
+#include "analysis/routerstats.h"
+#include "text/tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>

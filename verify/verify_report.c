@@ -2,8 +2,8 @@
 #include "verify_report.h"
 
 #include "base/util.h"
-#include "model/report.h"
-#include "model/routerstats.h"
+#include "report/report.h"
+#include "analysis/routerstats.h"
 
 #include <string.h>
 

@@ -6,7 +6,7 @@
 
 #include <glib.h>
 
-#include "model/coherence.h"
+#include "analysis/coherence.h"
 
 /* Given the gate that ran on `out` with options co (gate != NULL), runs
  * the other side of the comparison: the gate with the router masked to

@@ -21,7 +21,7 @@ grep -q "^prefix=$P\$" "$D$P/lib/pkgconfig/qmoe.pc" && grep -q "^prefix=$I\$" "$
 for f in bin/qmoe-extract bin/qmoe-status bin/qmoe-verify bin/qmoe-run bin/qmoe-mksample bin/qmoe-pack \
          lib/libqmoe.a lib/pkgconfig/qmoe.pc share/qmoe/prompts share/qmoe/reference.txt \
          share/qmoe/corpus.jsonl include/qmoe/base/error.h include/qmoe/model/model.h \
-         include/qmoe/model/tokenizer.h include/qmoe/format/safetensors.h \
+         include/qmoe/text/tokenizer.h include/qmoe/format/safetensors.h \
          include/qmoe/outdir/manifest.h; do
     [ -f "$I/$f" ] || { fail install_files "$f missing"; bad=1; }
 done
@@ -50,7 +50,7 @@ cat >"$T/prog.c" <<'C'
 #include <stdio.h>
 #include "base/error.h"
 #include "model/model.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 int main(int argc, char **argv) {   /* greedy continuation of argv[2] */
     GError *e = NULL; model_opts o = {0}; model *m = model_load(argv[1], &o, &e);
     tok_t *t = m ? tok_load(argv[1], &e) : NULL; GArray *a = g_array_new(0, 0, 4);

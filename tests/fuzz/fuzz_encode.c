@@ -8,7 +8,7 @@
  * covers all 256 bytes). The input's bytes are also fed as ids to the
  * streaming decoder, whose output must always be valid UTF-8.
  */
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -6,7 +6,7 @@
  * output and every id up to the vocabulary size without reading outside
  * its tables.
  */
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,9 +1,9 @@
 /* test_chat.c - ChatML prompts, end-of-turn ids, and the perplexity
  * windows against the golden nll of tests/fixtures/qwen3moe-tiny. */
-#include "model/chat.h"
+#include "text/chat.h"
 #include "model/model.h"
-#include "model/perplexity.h"
-#include "model/tokenizer.h"
+#include "analysis/perplexity.h"
+#include "text/tokenizer.h"
 #include "base/util.h"
 #include "testhelp.h"
 

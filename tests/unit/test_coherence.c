@@ -1,7 +1,7 @@
 /* test_coherence.c - the numbers behind the coherence gate's criteria
- * (common/model/coherence.c); the gate itself is exercised on the coherent
+ * (common/analysis/coherence.c); the gate itself is exercised on the coherent
  * sample by tests/cli/coherence.sh. */
-#include "model/coherence.h"
+#include "analysis/coherence.h"
 #include "testhelp.h"
 
 /* (c): a router confined to experts 0-7 fails whenever a layer has 16 or

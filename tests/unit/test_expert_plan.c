@@ -1,4 +1,4 @@
-/* test_expert_plan.c - expert plans (model/expert_plan.h) and the model
+/* test_expert_plan.c - expert plans (analysis/expert_plan.h) and the model
  * hooks they use: parsing from memory with every refusal naming its entry,
  * the pack checks (one count, every MoE layer, DeepSeek's groups), scores
  * and choices by each criterion on hand-made router choices, per-layer
@@ -6,7 +6,7 @@
  * and the experts' output norms the router observer gets: the same bits
  * from model_step and from a batched model_feed, positive and not all
  * alike. */
-#include "model/expert_plan.h"
+#include "analysis/expert_plan.h"
 #include "model/model.h"
 #include "testhelp.h"
 #include "base/util.h"

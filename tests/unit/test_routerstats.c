@@ -1,8 +1,8 @@
 /* test_routerstats.c - the statistics of routerstats.h on counts with known
  * answers (perfect specialisation, independence, a worked example), the
  * top-expert order, and the report's escaping (report.h). */
-#include "model/report.h"
-#include "model/routerstats.h"
+#include "report/report.h"
+#include "analysis/routerstats.h"
 #include "testhelp.h"
 
 #include <math.h>

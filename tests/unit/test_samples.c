@@ -14,7 +14,7 @@
 #include "format/checkpoint.h"
 #include "format/layout.h"
 #include "testhelp.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 #include "base/util.h"
 
 static const char *bin_dir, *tmp_dir;

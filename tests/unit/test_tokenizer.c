@@ -4,7 +4,7 @@
  *   test_tokenizer           the tests
  *   test_tokenizer --bench   also prints encode speed (corpus x100, warm cache)
  */
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 #include "base/util.h"
 #include "testhelp.h"
 

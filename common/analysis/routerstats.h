@@ -31,7 +31,7 @@
 #include <stdint.h>
 
 #include "model/model.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 #define RS_MAX_DOMAINS 4096
 #define RS_TOP 3               /* top experts per domain in texts and tables */

@@ -1,5 +1,5 @@
 /* routerstats.c - counting the router's picks per domain; the statistics. */
-#include "model/routerstats.h"
+#include "analysis/routerstats.h"
 #include "base/fs.h"
 
 #include "base/util.h"

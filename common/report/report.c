@@ -1,5 +1,5 @@
 /* report.c - the router report page (see report.h). */
-#include "model/report.h"
+#include "report/report.h"
 
 #include "base/fs.h"
 #include "base/util.h"

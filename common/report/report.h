@@ -19,8 +19,8 @@
 
 #include <glib.h>
 
-#include "model/coherence.h"
-#include "model/routerstats.h"
+#include "analysis/coherence.h"
+#include "analysis/routerstats.h"
 
 typedef struct {
     const char *title;           /* or NULL: "qmoe router report" */

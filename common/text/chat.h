@@ -17,7 +17,7 @@
 #include <stddef.h>
 
 #include "format/checkpoint.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 /* The ChatML text of one user turn followed by the opening of the
  * assistant's: "<|im_start|>user\n" TEXT "<|im_end|>\n<|im_start|>assistant\n".

@@ -1,5 +1,5 @@
 /* chat.c - ChatML prompts and end-of-turn ids. */
-#include "model/chat.h"
+#include "text/chat.h"
 
 #include <stdint.h>
 #include <string.h>

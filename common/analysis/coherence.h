@@ -69,8 +69,6 @@
 #include <glib.h>
 #include <stdint.h>
 
-#include "outdir/verify.h"
-
 #define COH_SOURCE_PROMPTS 4   /* prompts whose logits are compared (a) */
 /* Tokens generated per prompt. Each greedy step of the 16-prompt set at
  * top-8 of 128 experts routes to most experts, so under memory pressure
@@ -199,16 +197,5 @@ void coh_result_free(coh_result *r);
 
 /* All of the result as one JSON object (caller cJSON_Delete()s). */
 cJSON *coh_result_to_json(const coh_result *r);
-
-/* The gate as a check of qmoe-verify: runs coh_run on t->out unless expert
- * files are missing or the extraction is partial (the forward pass needs
- * every expert; that is reported instead), and adds a VF_COHERENCE
- * problem per failed criterion, phase "coherence", message
- * "(b) perplexity: ...". A gate that cannot run is one problem: VF_IO for
- * QM_ERR_IO and QM_ERR_USAGE (no verdict: exit 2), VF_COHERENCE for a
- * model that does not load or run (exit 1). *out gets
- * the result when the gate ran, else NULL. */
-void vf_check_coherence(vf_target *t, const coh_opts *o, vf_result *r,
-                        coh_result **out);
 
 #endif

@@ -1,5 +1,5 @@
 /* tokenizer.c - byte-level BPE (see tokenizer.h for the pipeline). */
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 #include "base/fs.h"
 #include "base/util.h"
 

@@ -1,5 +1,5 @@
 /* expert_plan.c - see expert_plan.h */
-#include "model/expert_plan.h"
+#include "analysis/expert_plan.h"
 #include "base/util.h"
 #include "model/model.h"
 

@@ -1,5 +1,5 @@
 /* perplexity.c - windowed mean negative log-likelihood of a text. */
-#include "model/perplexity.h"
+#include "analysis/perplexity.h"
 
 #include <math.h>
 #include <stdint.h>

@@ -19,7 +19,7 @@
 #include <stddef.h>
 
 #include "model/model.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 /* Default window: long enough for a page of text, short enough that a
  * 30B model scores it in minutes on a CPU. */
