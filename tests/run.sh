@@ -4,7 +4,8 @@
 # "N passed, N failed[, N skipped]". A program that exits non-zero without
 # reporting a failure (a crash) counts as one failure. A tests/cli script
 # must print its plan ("plan N", see tests/cli/lib.sh) and exactly N checks
-# (fewer after "skip-rest"); otherwise that is one more failure.
+# (fewer after "skip-rest"); otherwise that is one more failure. Each
+# "--- NAME" line ends with the wall time the program or script took.
 # UPDATE_PLAN=1 rewrites a passing script's `plan N` with the count it ran.
 set -u
 cd "$(dirname "$0")/.."
@@ -21,9 +22,11 @@ pass=0 fail=0 skip=0 failed_names=()
 
 run_one() { # name, script (or ""), command...
     local name=$1 script=$2; shift 2
-    local log="$QMOE_TMP/$name.log" rc
+    local log="$QMOE_TMP/$name.log" rc t0=$EPOCHREALTIME secs
     "$@" >"$log" 2>&1 </dev/null
     rc=$?
+    # wall seconds, so that a script that grows slow shows where CI's time goes
+    secs=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
     local p f s
     p=$(grep -c '^ok ' "$log"); f=$(grep -c '^FAIL ' "$log"); s=$(grep -c '^skip ' "$log")
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
@@ -48,9 +51,9 @@ run_one() { # name, script (or ""), command...
     fi
     pass=$((pass + p)); fail=$((fail + f)); skip=$((skip + s))
     if [ "$f" -gt 0 ]; then
-        failed_names+=("$name"); echo "--- $name: $p passed, $f failed"; sed 's/^/    /' "$log" | tail -n 40
+        failed_names+=("$name"); echo "--- $name: $p passed, $f failed ($secs s)"; sed 's/^/    /' "$log" | tail -n 40
     else
-        echo "--- $name: $p passed${s:+, $s skipped}" | sed 's/, 0 skipped//'
+        echo "--- $name: $p passed${s:+, $s skipped} ($secs s)" | sed 's/, 0 skipped//'
     fi
 }
 
