@@ -1,6 +1,7 @@
 /* safetensors.c - see safetensors.h */
 #include "format/safetensors.h"
 #include "base/fs.h"
+#include "base/json.h"
 #include "base/util.h"
 
 #include <cjson/cJSON.h>
