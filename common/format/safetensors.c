@@ -378,16 +378,24 @@ st_file *st_parse_header(const char *label, const uint8_t *hdr, uint64_t hdr_len
     return parse_common(label, hdr, hdr_len, file_size, err);
 }
 
-/* fs_open_regular_stat checked the type on the open file; *st is its. */
-static int open_regular(const char *path, struct stat *st, GError **err)
+/* fs_open_regular_at checked the type on the open file; *st is its. The
+ * fd is only mapped or pread, so O_NONBLOCK (no effect on a regular file)
+ * may stay: one fcntl less per file. */
+static int open_regular(fs_dir *d, const char *name, const char *path, struct stat *st,
+                        GError **err)
 {
-    return fs_open_regular_stat(path, O_RDONLY, "cannot open", st, err);
+    return fs_dir_open_regular(d, name, path, O_RDONLY | O_NONBLOCK, "cannot open", st, err);
 }
 
 st_file *st_open(const char *path, GError **err)
 {
+    return st_open_at(NULL, NULL, path, err);
+}
+
+st_file *st_open_at(fs_dir *d, const char *name, const char *path, GError **err)
+{
     struct stat st;
-    int fd = open_regular(path, &st, err);
+    int fd = open_regular(d, name, path, &st, err);
     if (fd < 0)
         return NULL;
     uint64_t size = (uint64_t)st.st_size;
@@ -436,8 +444,13 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off)
 
 st_file *st_open_header(const char *path, GError **err)
 {
+    return st_open_header_at(NULL, NULL, path, err);
+}
+
+st_file *st_open_header_at(fs_dir *d, const char *name, const char *path, GError **err)
+{
     struct stat st;
-    int fd = open_regular(path, &st, err);
+    int fd = open_regular(d, name, path, &st, err);
     if (fd < 0)
         return NULL;
     uint64_t size = (uint64_t)st.st_size;
