@@ -73,9 +73,8 @@ TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
 MANS     := $(BINS:$(BUILD)/bin/%=$(BUILD)/man/%.1)
 # What a program using libqmoe includes (-I$(includedir)/qmoe, then
 # "model/model.h"): the error domain, the formats, the extracted directory,
-# the model. base/util.h, base/fs.h, base/json.h and model/model_impl.h
-# (the forward pass's weights and run state) are internal; cli/ is not
-# installed.
+# the model. base/util.h, base/fs.h and model/model_impl.h (the forward
+# pass's weights and run state) are internal; cli/ is not installed.
 PUBLIC_HEADERS := common/base/error.h $(filter-out common/model/model_impl.h,\
                   $(foreach d,format outdir model,$(wildcard common/$(d)/*.h)))
 

@@ -5,9 +5,9 @@
  *   test_tokenizer --bench   also prints encode speed (corpus x100, warm cache)
  */
 #include "model/tokenizer.h"
-#include "base/json.h"
 #include "base/util.h"
 #include "testhelp.h"
+#include "base/json.h"
 
 #include <glib/gstdio.h>
 #include <stdlib.h>
