@@ -20,6 +20,7 @@
 
 #include "base/error.h"
 #include "base/fs.h"
+#include "base/json.h"
 #include "base/util.h"
 #include "format/safetensors.h"
 
@@ -525,6 +526,7 @@ static int put_index(like_out *o, GArray *ts, const char *const *shard_names,
     for (guint i = 0; i < ts->len; i++)
         by[i] = &g_array_index(ts, like_tensor, i);
     qsort(by, ts->len, sizeof *by, by_name);
+    /* by hand: Hugging Face's layout, which cJSON does not print */
     GString *s = g_string_sized_new(ts->len * 96);
     g_string_append_printf(s, "{\n  \"metadata\": {\n    \"total_size\": %" G_GUINT64_FORMAT
                               "\n  },\n  \"weight_map\": {", total);

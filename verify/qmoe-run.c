@@ -7,6 +7,7 @@
 #include "text/chat.h"
 #include "model/expert_store.h"
 #include "base/fs.h"
+#include "base/json.h"
 #include "model/model.h"
 #include "analysis/expert_plan.h"
 #include "analysis/perplexity.h"
@@ -194,44 +195,8 @@ static int write_logits(const char *path, float *logits, size_t n, GError **err)
     return fs_write_atomic(path, logits, n * sizeof(float), err);
 }
 
-/* ---- JSON strings: cJSON stops a string at "\u0000", and texts may hold
- * NUL bytes, so strings are read and written here. ---- */
-
-/* Appends LEN bytes of valid UTF-8 as a quoted JSON string. */
-static void json_str_append(GString *out, const char *s, size_t len)
-{
-    g_string_append_c(out, '"');
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        switch (c) {
-        case '"': g_string_append(out, "\\\""); break;
-        case '\\': g_string_append(out, "\\\\"); break;
-        case '\n': g_string_append(out, "\\n"); break;
-        case '\r': g_string_append(out, "\\r"); break;
-        case '\t': g_string_append(out, "\\t"); break;
-        default:
-            if (c < 0x20 || c == 0x7f)
-                g_string_append_printf(out, "\\u%04x", c);
-            else
-                g_string_append_c(out, (char)c);
-        }
-    }
-    g_string_append_c(out, '"');
-}
-
-static int hex4(const char *p, const char *end, unsigned *v)
-{
-    if (end - p < 4)
-        return -1;
-    *v = 0;
-    for (int i = 0; i < 4; i++) {
-        int d = g_ascii_xdigit_value(p[i]);
-        if (d < 0)
-            return -1;
-        *v = *v << 4 | (unsigned)d;
-    }
-    return 0;
-}
+/* ---- JSON strings: texts may hold NUL bytes, and cJSON stops a string at
+ * "\u0000", so their JSON is read and written by base/json.h. ---- */
 
 /* Parses S[0..len) as exactly one JSON string (whitespace around it
  * allowed) into OUT. Returns 0, or -1 with *why set to the problem. */
@@ -240,65 +205,9 @@ static int json_str_parse(const char *s, size_t len, GString *out, const char **
     const char *p = s, *end = s + len;
     while (p < end && g_ascii_isspace(*p))
         p++;
-    if (p == end || *p != '"') {
-        *why = "expected a JSON string";
+    if (!(p = qm_json_get_str(p, end, out, why)))
         return -1;
-    }
-    for (p++;; p++) {
-        if (p == end) {
-            *why = "the JSON string is not closed";
-            return -1;
-        }
-        unsigned char c = (unsigned char)*p;
-        if (c == '"')
-            break;
-        if (c < 0x20) {
-            *why = "a control character inside a JSON string must be escaped";
-            return -1;
-        }
-        if (c != '\\') {
-            g_string_append_c(out, (char)c);
-            continue;
-        }
-        if (++p == end) {
-            *why = "the JSON string is not closed";
-            return -1;
-        }
-        unsigned u, lo;
-        switch (*p) {
-        case '"': case '\\': case '/': g_string_append_c(out, *p); break;
-        case 'b': g_string_append_c(out, '\b'); break;
-        case 'f': g_string_append_c(out, '\f'); break;
-        case 'n': g_string_append_c(out, '\n'); break;
-        case 'r': g_string_append_c(out, '\r'); break;
-        case 't': g_string_append_c(out, '\t'); break;
-        case 'u':
-            if (hex4(p + 1, end, &u) != 0) {
-                *why = "\\u needs four hex digits";
-                return -1;
-            }
-            p += 4;
-            if (u >= 0xDC00 && u <= 0xDFFF) {
-                *why = "a lone low surrogate in a \\u escape";
-                return -1;
-            }
-            if (u >= 0xD800 && u <= 0xDBFF) {
-                if (end - p < 7 || p[1] != '\\' || p[2] != 'u' || hex4(p + 3, end, &lo) != 0 ||
-                    lo < 0xDC00 || lo > 0xDFFF) {
-                    *why = "a high surrogate in a \\u escape without its low half";
-                    return -1;
-                }
-                p += 6;
-                u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
-            }
-            g_string_append_unichar(out, (gunichar)u);
-            break;
-        default:
-            *why = "an unknown escape in a JSON string";
-            return -1;
-        }
-    }
-    for (p++; p < end; p++)
+    for (; p < end; p++)
         if (!g_ascii_isspace(*p)) {
             *why = "trailing characters after the JSON string";
             return -1;
@@ -444,7 +353,7 @@ static int convert_one(tok_t *tok, int encode, const char *s, size_t len, int li
         if (line) {
             GString *text = g_string_new(NULL);
             decode_valid(tok, ids, text);
-            json_str_append(out, text->str, text->len);
+            qm_json_put_str_len(out, text->str, text->len);
             g_string_append_c(out, '\n');
             g_string_free(text, TRUE);
         } else {
@@ -586,7 +495,7 @@ static void json_print(run_ctx *rc, cJSON *j)
 static void json_add_text(cJSON *j, const char *key, const char *s, size_t len)
 {
     GString *g = g_string_new(NULL);
-    json_str_append(g, s, len);
+    qm_json_put_str_len(g, s, len);
     cJSON_AddRawToObject(j, key, g->str);
     g_string_free(g, TRUE);
 }

@@ -2,6 +2,7 @@
 #include "base/fs.h"
 #include "base/util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -57,12 +58,13 @@ static int set_type_error(GError **err, const char *what, const char *path,
     return -1;
 }
 
-/* open() with O_NONBLOCK, then the fstat check (into *st) and O_NONBLOCK
- * cleared. */
-static int open_checked(const char *path, int flags, const char *what, struct stat *st,
-                        GError **err)
+/* open() (openat(dirfd, name) when name is given; path names the file in
+ * messages) with O_NONBLOCK, then the fstat check (into *st) and
+ * O_NONBLOCK cleared unless flags asked for it. */
+static int open_checked_at(int dirfd, const char *name, const char *path, int flags,
+                           const char *what, struct stat *st, GError **err)
 {
-    int fd = open(path, flags | O_NONBLOCK | O_CLOEXEC, 0644);
+    int fd = openat(dirfd, name ? name : path, flags | O_NONBLOCK | O_CLOEXEC, 0644);
     if (fd < 0) {
         int e = errno;
         struct stat ls;
@@ -88,7 +90,7 @@ static int open_checked(const char *path, int flags, const char *what, struct st
     }
     /* F_SETFL changes only the status flags (O_APPEND, O_NONBLOCK, ...), so
      * the caller's flags less O_NONBLOCK are the file's: no F_GETFL */
-    if (fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
         int e = errno;
         close(fd);
         qm_set_errno(err, e, what, path);
@@ -98,10 +100,16 @@ static int open_checked(const char *path, int flags, const char *what, struct st
     return fd;
 }
 
-int fs_open_regular_stat(const char *path, int flags, const char *what, struct stat *st,
-                         GError **err)
+static int open_checked(const char *path, int flags, const char *what, struct stat *st,
+                        GError **err)
 {
-    if (stat(path, st) != 0) {
+    return open_checked_at(AT_FDCWD, NULL, path, flags, what, st, err);
+}
+
+static int open_regular_at(int dirfd, const char *name, const char *path, int flags,
+                           const char *what, struct stat *st, GError **err)
+{
+    if (fstatat(dirfd, name ? name : path, st, 0) != 0) {
         int e = errno;
         qm_set_errno(err, e, what, path);
         errno = e;
@@ -109,13 +117,108 @@ int fs_open_regular_stat(const char *path, int flags, const char *what, struct s
     }
     if (!S_ISREG(st->st_mode))
         return set_type_error(err, what, path, st->st_mode, 1);
-    return open_checked(path, flags & ~O_CREAT, what, st, err);
+    return open_checked_at(dirfd, name, path, flags & ~O_CREAT, what, st, err);
+}
+
+int fs_open_regular_stat(const char *path, int flags, const char *what, struct stat *st,
+                         GError **err)
+{
+    return open_regular_at(AT_FDCWD, NULL, path, flags, what, st, err);
 }
 
 int fs_open_regular(const char *path, int flags, const char *what, GError **err)
 {
     struct stat st;
     return fs_open_regular_stat(path, flags, what, &st, err);
+}
+
+struct fs_dir {
+    int fd;
+    GMutex lock;
+    GHashTable *listed; /* subdirectory ("" for the top) -> fs_sub */
+};
+
+/* A subdirectory held open, and the names readdir showed there as regular
+ * files. */
+typedef struct {
+    int fd; /* -1 when it could not be read: its files are opened by path */
+    GHashTable *regular;
+} fs_sub;
+
+static void sub_free(gpointer p)
+{
+    fs_sub *s = p;
+    if (s->fd >= 0)
+        close(s->fd);
+    g_hash_table_destroy(s->regular);
+    g_free(s);
+}
+
+fs_dir *fs_dir_open(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    fs_dir *d = g_new0(fs_dir, 1);
+    d->fd = fd;
+    g_mutex_init(&d->lock);
+    d->listed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, sub_free);
+    return d;
+}
+
+void fs_dir_close(fs_dir *d)
+{
+    if (!d)
+        return;
+    g_hash_table_destroy(d->listed);
+    close(d->fd);
+    g_mutex_clear(&d->lock);
+    g_free(d);
+}
+
+/* SUB, opened and listed on first use. */
+static fs_sub *listing(fs_dir *d, const char *sub)
+{
+    fs_sub *s = g_hash_table_lookup(d->listed, sub);
+    if (s)
+        return s;
+    s = g_new0(fs_sub, 1);
+    s->regular = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    s->fd = *sub ? openat(d->fd, sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : dup(d->fd);
+    int lfd = s->fd >= 0 ? dup(s->fd) : -1; /* closedir closes its own */
+    DIR *dir = lfd >= 0 ? fdopendir(lfd) : NULL;
+    if (dir) {
+        const struct dirent *e;
+        while ((e = readdir(dir)))
+            if (e->d_type == DT_REG)
+                g_hash_table_add(s->regular, g_strdup(e->d_name));
+        closedir(dir);
+    } else if (lfd >= 0) {
+        close(lfd);
+    }
+    g_hash_table_insert(d->listed, g_strdup(sub), s);
+    return s;
+}
+
+int fs_dir_open_regular(fs_dir *d, const char *name, const char *path, int flags,
+                        const char *what, struct stat *st, GError **err)
+{
+    if (!d)
+        return open_regular_at(AT_FDCWD, NULL, path, flags, what, st, err);
+    const char *slash = strrchr(name, '/'), *base = slash ? slash + 1 : name;
+    char *sub = slash ? g_strndup(name, (gsize)(slash - name)) : g_strdup("");
+    g_mutex_lock(&d->lock);
+    fs_sub *s = listing(d, sub);
+    int regular = g_hash_table_contains(s->regular, base);
+    g_mutex_unlock(&d->lock);
+    g_free(sub);
+    if (s->fd < 0)
+        return open_regular_at(AT_FDCWD, NULL, path, flags, what, st, err);
+    /* listed as a regular file: the stat() before the open is done; the
+     * fstat() after it still checks the file opened */
+    if (regular)
+        return open_checked_at(s->fd, base, path, flags & ~O_CREAT, what, st, err);
+    return open_regular_at(s->fd, base, path, flags, what, st, err);
 }
 
 int fs_open_out(const char *path, int flags, const char *what, GError **err)

@@ -45,6 +45,22 @@ int fs_open_regular(const char *path, int flags, const char *what, GError **err)
  * that needs them makes no other call. */
 int fs_open_regular_stat(const char *path, int flags, const char *what, struct stat *st,
                          GError **err);
+/* A directory of many files to read (an OUT opened as a checkpoint: 6197):
+ * its files are opened relative to it (openat: the path above them is
+ * walked once), and what readdir shows of a subdirectory, read once on
+ * first use, stands for the stat() before each open: a name listed as a
+ * regular file is opened at once, then checked by fstat() as above; any
+ * other name (a symlink, one that appeared since) is stat()ed first. */
+typedef struct fs_dir fs_dir;
+/* NULL when PATH cannot be opened as a directory (open files by path). */
+fs_dir *fs_dir_open(const char *path);
+void fs_dir_close(fs_dir *d); /* accepts NULL */
+/* fs_open_regular_stat of NAME (relative, "experts/x.safetensors") under
+ * D; PATH names the file in messages; D NULL opens PATH. O_NONBLOCK in
+ * flags leaves it set and saves an fcntl, for a caller that only maps or
+ * preads the file (it has no effect on a regular file, open(2)). */
+int fs_dir_open_regular(fs_dir *d, const char *name, const char *path, int flags,
+                        const char *what, struct stat *st, GError **err);
 
 /* Opens (O_CREAT: creates, mode 0644 before umask) a file qmoe writes inside
  * OUT. As fs_open_regular, but the last component must not be a symlink

@@ -3,10 +3,6 @@
 #include "base/fs.h"
 
 #include <errno.h>
-#include <math.h>
-#include <locale.h>
-#include <limits.h>
-#include <float.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -233,67 +229,4 @@ void qm_hex(const uint8_t *bytes, size_t n, char *out)
         out[2 * i + 1] = digits[bytes[i] & 15];
     }
     out[2 * n] = '\0';
-}
-
-/* ---- JSON written directly, as cJSON prints it ---- */
-
-/* cJSON's number: an integer in int range as such, else 15 significant
- * digits if they read back as the same double, else 17; NaN and infinity
- * as null; the locale's decimal point as '.'. */
-void qm_json_put_num(GString *s, double d)
-{
-    char b[32];
-    if (isnan(d) || isinf(d)) {
-        g_string_append(s, "null");
-        return;
-    }
-    if (d >= INT_MIN && d <= INT_MAX && d == (double)(int)d) {
-        /* "%d" by hand: printf is most of the cost of a journal line */
-        long long v = (int)d;
-        char *e = b + sizeof b, *p = e;
-        unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
-        do
-            *--p = (char)('0' + u % 10);
-        while (u /= 10);
-        if (v < 0)
-            *--p = '-';
-        g_string_append_len(s, p, e - p);
-        return;
-    }
-    snprintf(b, sizeof b, "%1.15g", d);
-    double back = strtod(b, NULL);
-    if (fabs(back - d) > fmax(fabs(back), fabs(d)) * DBL_EPSILON)
-        snprintf(b, sizeof b, "%1.17g", d);
-    /* as cJSON: every byte equal to the locale's point becomes '.' */
-    char dp = localeconv()->decimal_point[0];
-    if (dp && dp != '.')
-        for (char *c = b; *c; c++)
-            if (*c == dp)
-                *c = '.';
-    g_string_append(s, b);
-}
-
-/* cJSON's string: '"', '\\' and the control characters escaped, the rest
- * (UTF-8 included) as it is. */
-void qm_json_put_str(GString *s, const char *v)
-{
-    g_string_append_c(s, '"');
-    const unsigned char *c = (const unsigned char *)v, *run = c;
-    for (;; c++) {
-        if (*c >= 32 && *c != '"' && *c != '\\')
-            continue; /* runs of plain bytes go in at once */
-        g_string_append_len(s, (const char *)run, (gssize)(c - run));
-        run = c + 1;
-        switch (*c) {
-        case '\0': g_string_append_c(s, '"'); return;
-        case '"': g_string_append(s, "\\\""); break;
-        case '\\': g_string_append(s, "\\\\"); break;
-        case '\b': g_string_append(s, "\\b"); break;
-        case '\f': g_string_append(s, "\\f"); break;
-        case '\n': g_string_append(s, "\\n"); break;
-        case '\r': g_string_append(s, "\\r"); break;
-        case '\t': g_string_append(s, "\\t"); break;
-        default: g_string_append_printf(s, "\\u%04x", *c);
-        }
-    }
 }

@@ -51,11 +51,7 @@ int qm_json_int(const cJSON *obj, const char *key, int64_t lo, int64_t hi,
  * carry more through a double). Returns 1 and sets *out, else 0. */
 int qm_json_uint(const cJSON *num, uint64_t *out);
 
-/* Append a number / a quoted string to s in exactly the bytes
- * cJSON_PrintUnformatted gives for it (for JSON written without building
- * cJSON objects: journal lines, qmoe.json's files, safetensors headers). */
-void qm_json_put_num(GString *s, double d);
-void qm_json_put_str(GString *s, const char *v);
+/* JSON written or read by hand, without cJSON: base/json.h. */
 
 /* ---- clocks ---- */
 

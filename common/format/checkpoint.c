@@ -38,6 +38,7 @@ void ckpt_close(ckpt *ck)
     g_free(ck->model_type);
     g_free(ck->resolved);
     g_free(ck->dir);
+    fs_dir_close(ck->dir_h);
     g_mutex_clear(&ck->lock);
     g_free(ck);
 }
@@ -349,6 +350,9 @@ ckpt *ckpt_open(const char *path, GError **err)
     return ck;
 }
 
+/* Shards from which a checkpoint holds its directory open (fs_dir). */
+#define CKPT_DIR_MIN 64
+
 static ckpt *open_path(const char *path, GError **err)
 {
     struct stat st;
@@ -384,6 +388,10 @@ static ckpt *open_path(const char *path, GError **err)
         if (!failed)
             failed = have_index ? open_index(ck, index, err) != 0
                                 : open_single(ck, single, err) != 0;
+        /* an OUT's 6197 files: one walk and one listing of their
+         * directories, not a stat() each (a few shards: paths do) */
+        if (!failed && ck->n_shards >= CKPT_DIR_MIN)
+            ck->dir_h = fs_dir_open(path);
         g_free(index);
         g_free(single);
         g_free(cfg);
@@ -463,7 +471,8 @@ st_file *ckpt_shard_load(ckpt *ck, int i, int map, GError **err)
     st_file *st = s->st;
     if (!st || (map && !s->mapped)) {
         GError *e = NULL;
-        st = map ? st_open(s->path, &e) : st_open_header(s->path, &e);
+        st = map ? st_open_at(ck->dir_h, s->name, s->path, &e)
+                 : st_open_header_at(ck->dir_h, s->name, s->path, &e);
         if (!st)
             explain_missing(s, e, err);
         else

@@ -41,6 +41,8 @@ typedef struct {
 
 typedef struct {
     char *dir;               /* directory holding the files */
+    struct fs_dir *dir_h;    /* dir held open for its many shards (base/fs.h),
+                                or NULL: shards open by path */
     cJSON *config;           /* config.json, or NULL when absent */
     cJSON *generation_config;/* generation_config.json, or NULL */
     char *model_type;        /* config.json "model_type", or NULL */

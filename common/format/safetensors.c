@@ -1,6 +1,7 @@
 /* safetensors.c - see safetensors.h */
 #include "format/safetensors.h"
 #include "base/fs.h"
+#include "base/json.h"
 #include "base/util.h"
 
 #include <cjson/cJSON.h>
@@ -252,6 +253,259 @@ fail:
     return -1;
 }
 
+/* ---- the header read without cJSON ----
+ *
+ * A header as writers lay it out (strings, objects, arrays of plain
+ * integers) is read here straight into st_tensor: building a cJSON tree
+ * per file was most of the allocations of opening an OUT of 6197 files
+ * (and fragments the heap between files). Anything else, or anything this
+ * reader would refuse, goes to the cJSON path, which alone words the
+ * errors: this one only has to be right about what it accepts. */
+
+typedef struct {
+    const char *p, *end;
+    GString *s; /* the last string read */
+} hcur;
+
+static void h_ws(hcur *c)
+{
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
+}
+
+/* Expects byte ch (after whitespace) and steps over it. */
+static int h_byte(hcur *c, char ch)
+{
+    h_ws(c);
+    if (c->p >= c->end || *c->p != ch)
+        return -1;
+    c->p++;
+    return 0;
+}
+
+/* A string into c->s; one holding NUL is left to cJSON (which cuts it). */
+static int h_str(hcur *c)
+{
+    const char *why;
+    h_ws(c);
+    g_string_truncate(c->s, 0);
+    const char *q = qm_json_get_str(c->p, c->end, c->s, &why);
+    if (!q || memchr(c->s->str, '\0', c->s->len))
+        return -1;
+    c->p = q;
+    return 0;
+}
+
+/* A plain integer of up to 15 digits (exact in a double, as cJSON reads
+ * it); a sign, fraction or exponent is left to cJSON. */
+static int h_uint(hcur *c, uint64_t *v)
+{
+    h_ws(c);
+    int n = 0;
+    *v = 0;
+    while (c->p < c->end && *c->p >= '0' && *c->p <= '9' && n < 16) {
+        *v = *v * 10 + (uint64_t)(*c->p++ - '0');
+        n++;
+    }
+    if (n == 0 || n > 15 ||
+        (c->p < c->end && (*c->p == '.' || *c->p == 'e' || *c->p == 'E' ||
+                           (*c->p >= '0' && *c->p <= '9'))))
+        return -1;
+    return 0;
+}
+
+/* After a member or element: 1 at a comma, 0 at the closing byte, -1 else. */
+static int h_next(hcur *c, char close)
+{
+    h_ws(c);
+    if (c->p < c->end && (*c->p == ',' || *c->p == close))
+        return *c->p++ == ',';
+    return -1;
+}
+
+/* "[int, ...]" of at most max entries into v; the count into *n. */
+static int h_uints(hcur *c, uint64_t *v, int max, int *n)
+{
+    *n = 0;
+    if (h_byte(c, '['))
+        return -1;
+    h_ws(c);
+    if (c->p < c->end && *c->p == ']') {
+        c->p++;
+        return 0;
+    }
+    for (;;) {
+        if (*n == max || h_uint(c, &v[*n]))
+            return -1;
+        (*n)++;
+        int more = h_next(c, ']');
+        if (more <= 0)
+            return more;
+    }
+}
+
+/* The rules parse_tensor words, as a yes or no. */
+static int h_tensor_fits(const st_tensor *t)
+{
+    int64_t numel = st_numel(t->shape, t->ndim);
+    unsigned bits = st_dtype_bits(t->dtype);
+    if (t->end < t->begin || numel < 0 || (uint64_t)numel > UINT64_MAX / bits)
+        return 0;
+    uint64_t nbits = (uint64_t)numel * bits;
+    return nbits % 8 == 0 && nbits / 8 == t->end - t->begin;
+}
+
+/* One tensor's object: dtype, shape and data_offsets, each once. */
+static int h_tensor(hcur *c, st_tensor *t)
+{
+    int seen = 0;
+    if (h_byte(c, '{'))
+        return -1;
+    for (;;) {
+        if (h_str(c) || h_byte(c, ':'))
+            return -1;
+        uint64_t v[ST_MAX_DIMS];
+        int n;
+        if (strcmp(c->s->str, "dtype") == 0 && !(seen & 1)) {
+            int d;
+            if (h_str(c) || (d = st_dtype_parse(c->s->str)) < 0)
+                return -1;
+            t->dtype = (st_dtype)d;
+            seen |= 1;
+        } else if (strcmp(c->s->str, "shape") == 0 && !(seen & 2)) {
+            if (h_uints(c, v, ST_MAX_DIMS, &n))
+                return -1;
+            t->ndim = n;
+            for (int k = 0; k < n; k++)
+                t->shape[k] = (int64_t)v[k];
+            seen |= 2;
+        } else if (strcmp(c->s->str, "data_offsets") == 0 && !(seen & 4)) {
+            if (h_uints(c, v, 2, &n) || n != 2)
+                return -1;
+            t->begin = v[0];
+            t->end = v[1];
+            seen |= 4;
+        } else {
+            return -1;
+        }
+        int more = h_next(c, '}');
+        if (more < 0)
+            return -1;
+        if (!more)
+            return seen == 7 && h_tensor_fits(t) ? 0 : -1;
+    }
+}
+
+/* The metadata object: string values only. */
+static int h_meta(hcur *c, st_file *f)
+{
+    GPtrArray *k = g_ptr_array_new(), *v = g_ptr_array_new();
+    int rc = -1;
+    if (h_byte(c, '{'))
+        goto out;
+    h_ws(c);
+    if (c->p < c->end && *c->p == '}') {
+        c->p++;
+        rc = 0;
+        goto out;
+    }
+    for (;;) {
+        if (h_str(c) || h_byte(c, ':'))
+            goto out;
+        g_ptr_array_add(k, g_strdup(c->s->str));
+        if (h_str(c))
+            goto out;
+        g_ptr_array_add(v, g_strdup(c->s->str));
+        int more = h_next(c, '}');
+        if (more < 0)
+            goto out;
+        if (!more)
+            break;
+    }
+    rc = 0;
+out:
+    g_ptr_array_add(k, NULL);
+    g_ptr_array_add(v, NULL);
+    f->meta_keys = (char **)g_ptr_array_free(k, FALSE);
+    f->meta_values = (char **)g_ptr_array_free(v, FALSE);
+    return rc;
+}
+
+/* Undoes what a refused h_header built, for the cJSON path. */
+static void h_reset(st_file *f)
+{
+    for (int i = 0; i < f->n_tensors; i++)
+        g_free(f->tensors[i].name);
+    g_clear_pointer(&f->tensors, g_free);
+    g_clear_pointer(&f->by_name, g_hash_table_destroy);
+    g_clear_pointer(&f->meta_keys, g_strfreev);
+    g_clear_pointer(&f->meta_values, g_strfreev);
+    f->n_tensors = 0;
+}
+
+/* The header TEXT[0..n) into f's tensors and metadata, or -1 for cJSON. */
+static int h_header(st_file *f, const char *text, uint64_t n)
+{
+    GString *buf = g_string_sized_new(128);
+    hcur c = {text, text + n, buf};
+    int cap = 0, items = 0, have_meta = 0, rc = -1;
+    if (h_byte(&c, '{'))
+        goto out;
+    h_ws(&c);
+    if (c.p < c.end && *c.p == '}') {
+        c.p++;
+    } else {
+        for (;;) {
+            if (h_str(&c) || h_byte(&c, ':'))
+                goto out;
+            items++;
+            if (strcmp(buf->str, "__metadata__") == 0) {
+                if (have_meta++ || h_meta(&c, f))
+                    goto out;
+            } else {
+                if (f->n_tensors == cap) {
+                    cap = cap ? 2 * cap : 4;
+                    f->tensors = g_renew(st_tensor, f->tensors, cap);
+                }
+                st_tensor *t = &f->tensors[f->n_tensors];
+                memset(t, 0, sizeof *t);
+                t->name = g_strdup(buf->str);
+                f->n_tensors++;
+                if (h_tensor(&c, t))
+                    goto out;
+            }
+            int more = h_next(&c, '}');
+            if (more < 0)
+                goto out;
+            if (!more)
+                break;
+        }
+    }
+    for (h_ws(&c); c.p < c.end; c.p++) /* cJSON's path allows the same */
+        if (*c.p != ' ' && *c.p != '\t' && *c.p != '\n' && *c.p != '\r')
+            goto out;
+    if (!f->tensors)
+        f->tensors = g_new0(st_tensor, 1);
+    /* a duplicate name is worded by the cJSON path */
+    if (items > ST_TABLE_MIN) {
+        f->by_name = g_hash_table_new(g_str_hash, g_str_equal);
+        for (int i = 0; i < f->n_tensors; i++)
+            if (!g_hash_table_insert(f->by_name, f->tensors[i].name, &f->tensors[i]))
+                goto out;
+    } else {
+        for (int i = 0; i < f->n_tensors; i++)
+            for (int j = 0; j < i; j++)
+                if (strcmp(f->tensors[i].name, f->tensors[j].name) == 0)
+                    goto out;
+    }
+    rc = 0;
+out:
+    g_string_free(buf, TRUE);
+    if (rc)
+        h_reset(f);
+    return rc;
+}
+
 static st_file *parse_common(const char *label, const uint8_t *bytes,
                              uint64_t len, uint64_t file_size, GError **err)
 {
@@ -279,6 +533,8 @@ static st_file *parse_common(const char *label, const uint8_t *bytes,
         FAIL("invalid header of '%s': header is not valid UTF-8", label);
     if (n == 0 || text[0] != '{')
         FAIL("invalid header of '%s': header is not a JSON object", label);
+    if (h_header(f, text, n) == 0)
+        goto tile;
     if (json_too_deep(text, n))
         FAIL("invalid header of '%s': header nests deeper than %d levels", label,
              ST_MAX_DEPTH);
@@ -316,6 +572,7 @@ static st_file *parse_common(const char *label, const uint8_t *bytes,
         if (f->by_name)
             g_hash_table_insert(f->by_name, t->name, t);
     }
+tile:
     if (!f->meta_keys) {
         f->meta_keys = g_new0(char *, 1);
         f->meta_values = g_new0(char *, 1);
@@ -377,16 +634,24 @@ st_file *st_parse_header(const char *label, const uint8_t *hdr, uint64_t hdr_len
     return parse_common(label, hdr, hdr_len, file_size, err);
 }
 
-/* fs_open_regular_stat checked the type on the open file; *st is its. */
-static int open_regular(const char *path, struct stat *st, GError **err)
+/* fs_open_regular_at checked the type on the open file; *st is its. The
+ * fd is only mapped or pread, so O_NONBLOCK (no effect on a regular file)
+ * may stay: one fcntl less per file. */
+static int open_regular(fs_dir *d, const char *name, const char *path, struct stat *st,
+                        GError **err)
 {
-    return fs_open_regular_stat(path, O_RDONLY, "cannot open", st, err);
+    return fs_dir_open_regular(d, name, path, O_RDONLY | O_NONBLOCK, "cannot open", st, err);
 }
 
 st_file *st_open(const char *path, GError **err)
 {
+    return st_open_at(NULL, NULL, path, err);
+}
+
+st_file *st_open_at(fs_dir *d, const char *name, const char *path, GError **err)
+{
     struct stat st;
-    int fd = open_regular(path, &st, err);
+    int fd = open_regular(d, name, path, &st, err);
     if (fd < 0)
         return NULL;
     uint64_t size = (uint64_t)st.st_size;
@@ -435,8 +700,13 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off)
 
 st_file *st_open_header(const char *path, GError **err)
 {
+    return st_open_header_at(NULL, NULL, path, err);
+}
+
+st_file *st_open_header_at(fs_dir *d, const char *name, const char *path, GError **err)
+{
     struct stat st;
-    int fd = open_regular(path, &st, err);
+    int fd = open_regular(d, name, path, &st, err);
     if (fd < 0)
         return NULL;
     uint64_t size = (uint64_t)st.st_size;

@@ -78,6 +78,15 @@ st_file *st_open(const char *path, GError **err);
 /* Reads just the header of `path` with pread (no mapping of the data). */
 st_file *st_open_header(const char *path, GError **err);
 
+/* st_open and st_open_header of NAME under a directory opened by
+ * fs_dir_open (base/fs.h: a checkpoint of thousands of files walks and
+ * lists its directory once; NULL opens `path`); `path` names the file in
+ * messages and in st_file.path. */
+struct fs_dir;
+st_file *st_open_at(struct fs_dir *d, const char *name, const char *path, GError **err);
+st_file *st_open_header_at(struct fs_dir *d, const char *name, const char *path,
+                           GError **err);
+
 /* Frees and unmaps; accepts NULL. */
 void st_close(st_file *f);
 

@@ -1,6 +1,7 @@
 /* manifest.c - see manifest.h */
 #include "outdir/manifest.h"
 #include "base/fs.h"
+#include "base/json.h"
 #include "base/util.h"
 #include "outdir/names.h"
 

@@ -1,5 +1,6 @@
 /* plan.c - see plan.h */
 #include "outdir/plan.h"
+#include "base/json.h"
 #include "base/util.h"
 #include "outdir/names.h"
 
@@ -437,15 +438,6 @@ static int cmp_pair(const void *a, const void *b)
     return strcmp((*(char **const *)a)[0], (*(char **const *)b)[0]);
 }
 
-/* A JSON string literal for s (escaped by cJSON). Caller cJSON_free()s. */
-static char *json_str(const char *s)
-{
-    cJSON *j = cJSON_CreateString(s);
-    char *out = cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    return out;
-}
-
 char *plan_index_json(const plan *p, const uint8_t *done)
 {
     uint64_t total = 0;
@@ -464,15 +456,17 @@ char *plan_index_json(const plan *p, const uint8_t *done)
     for (int i = 0; i < n; i++)
         v[i] = (char **)&pairs->pdata[2 * i];
     qsort(v, (size_t)n, sizeof *v, cmp_pair);
-    /* Laid out as Hugging Face writes it: sorted, two-space indent. */
+    /* Laid out as Hugging Face writes it: sorted, two-space indent (by
+     * hand: cJSON prints its own layout). */
     GString *s = g_string_new(NULL);
     g_string_append_printf(s, "{\n  \"metadata\": {\n    \"total_size\": %llu\n  },\n"
                               "  \"weight_map\": {\n", (unsigned long long)total);
     for (int i = 0; i < n; i++) {
-        char *k = json_str(v[i][0]), *f = json_str(v[i][1]);
-        g_string_append_printf(s, "    %s: %s%s\n", k, f, i + 1 < n ? "," : "");
-        cJSON_free(k);
-        cJSON_free(f);
+        g_string_append(s, "    ");
+        qm_json_put_str(s, v[i][0]);
+        g_string_append(s, ": ");
+        qm_json_put_str(s, v[i][1]);
+        g_string_append(s, i + 1 < n ? ",\n" : "\n");
     }
     g_string_append(s, "  }\n}\n");
     g_free(v);

@@ -383,6 +383,92 @@ static st_file *parse_ok(const char *label, const uint8_t *b, size_t len)
     return f;
 }
 
+/* Two parses give the same tensors and metadata (data_start aside). */
+static int same_file(const st_file *a, const st_file *b)
+{
+    if (!a || !b || a->n_tensors != b->n_tensors ||
+        a->size - a->data_start != b->size - b->data_start ||
+        g_strv_length(a->meta_keys) != g_strv_length(b->meta_keys))
+        return 0;
+    for (int i = 0; i < a->n_tensors; i++) {
+        const st_tensor *x = &a->tensors[i], *y = &b->tensors[i];
+        if (strcmp(x->name, y->name) != 0 || x->dtype != y->dtype || x->ndim != y->ndim ||
+            x->begin != y->begin || x->end != y->end ||
+            memcmp(x->shape, y->shape, sizeof(int64_t) * (size_t)x->ndim) != 0 ||
+            st_find(a, x->name) != x)
+            return 0;
+    }
+    for (int i = 0; a->meta_keys[i]; i++)
+        if (strcmp(a->meta_keys[i], b->meta_keys[i]) != 0 ||
+            strcmp(a->meta_values[i], b->meta_values[i]) != 0)
+            return 0;
+    return 1;
+}
+
+/* The header is read without cJSON when it is laid out as writers do, and
+ * by cJSON otherwise: both readings agree. Each pair is one header as a
+ * writer lays it out and the same header in forms only cJSON reads
+ * (2.0 and 2e0 for 2, sixteen digits, a member it ignores, a repeated
+ * key whose first value counts). Then what cJSON alone decides: a name
+ * cut at \u0000, a raw control byte in a name. */
+static void test_header_two_readers(void)
+{
+    static const char *pairs[][2] = {
+        {"{\"__metadata__\":{\"format\":\"pt\",\"k\\u00e9\":\"v\\\"q\\n\\ud83d\\ude00\"},"
+         "\"b\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[2,18]},"
+         "\"a\\u0041\\/\":{\"dtype\":\"BF16\",\"shape\":[],\"data_offsets\":[0,2]}}",
+         " { \"__metadata__\" : { \"format\" : \"pt\" , \"k\\u00e9\" : \"v\\\"q\\n\\ud83d\\ude00\" } ,"
+         "\"b\":{\"shape\":[2.0,2e0],\"x\":[1,{}],\"data_offsets\":[0000000000000002,18],"
+         "\"dtype\":\"F32\"},\"aA/\":{\"dtype\":\"BF16\",\"dtype\":\"U8\",\"shape\":[],"
+         "\"data_offsets\":[0,2]}}\n"},
+        {"{}", "{\"__metadata__\":{}}"},
+        {"{\"w\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,3],\"data_offsets\":[0,3]}}",
+         "{\"w\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,3],\"data_offsets\":[0,3.0]}}"},
+    };
+    static const size_t data[] = {18, 0, 3};
+    for (size_t i = 0; i < G_N_ELEMENTS(pairs); i++) {
+        size_t la, lb;
+        /* a header must begin with '{': the second form's leading space
+         * is dropped there */
+        const char *second = pairs[i][1][0] == ' ' ? pairs[i][1] + 1 : pairs[i][1];
+        uint8_t *a = simple(pairs[i][0], data[i], &la), *b = simple(second, data[i], &lb);
+        st_file *fa = parse_ok("fast", a, la), *fb = parse_ok("cjson", b, lb);
+        CHECK(same_file(fa, fb));
+        if (i == 0 && fa) {
+            CHECK(strcmp(fa->tensors[1].name, "aA/") == 0 && fa->tensors[1].dtype == ST_BF16);
+            CHECK(strcmp(st_meta(fa, "k\xc3\xa9"), "v\"q\n\xf0\x9f\x98\x80") == 0);
+        }
+        st_close(fa);
+        st_close(fb);
+        g_free(a);
+        g_free(b);
+    }
+    size_t len;
+    uint8_t *b = simple("{\"a\\u0000b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}",
+                        1, &len);
+    st_file *f = parse_ok("nul", b, len);
+    CHECK(f && strcmp(f->tensors[0].name, "a") == 0);
+    st_close(f);
+    g_free(b);
+    b = simple("{\"a\x01\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, &len);
+    f = parse_ok("raw", b, len);
+    CHECK(f && st_find(f, "a\x01") == &f->tensors[0]);
+    st_close(f);
+    g_free(b);
+    /* and refusals stay the cJSON path's, worded by it */
+    b = simple("{\"w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+               "\"w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}", 2, &len);
+    expect_fail("dup2", b, len, "duplicate tensor name 'w'");
+    g_free(b);
+    b = simple("{\"w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+               "\"__metadata__\":{},\"__metadata__\":{}}", 1, &len);
+    expect_fail("meta2", b, len, "duplicate __metadata__");
+    g_free(b);
+    b = simple("{\"w\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,1]}}", 1, &len);
+    expect_fail("size", b, len, "needs 2 bytes");
+    g_free(b);
+}
+
 static void test_empty_header(void)
 {
     size_t len;
@@ -944,6 +1030,7 @@ int main(void)
     RUN(test_catalogue_files);
     RUN(test_more_refusals);
     RUN(test_empty_header);
+    RUN(test_header_two_readers);
     RUN(test_zero_size_and_scalar);
     RUN(test_dtypes);
     RUN(test_metadata);

@@ -7,6 +7,7 @@
 #include "text/tokenizer.h"
 #include "base/util.h"
 #include "testhelp.h"
+#include "base/json.h"
 
 #include <glib/gstdio.h>
 #include <stdlib.h>
@@ -26,41 +27,15 @@ static int n_samples;
 
 /* ---- helpers ---- */
 
-/* Decodes the JSON string starting after the opening quote at *p (cJSON
- * stops its strings at "\u0000"; one sample contains one). */
+/* Decodes the JSON string whose opening quote is at p (cJSON stops its
+ * strings at "\u0000"; one sample contains one). */
 static char *json_unescape(const char *p, size_t *len_out)
 {
     GString *g = g_string_new(NULL);
-    while (*p && *p != '"') {
-        if (*p != '\\') {
-            g_string_append_c(g, *p++);
-            continue;
-        }
-        p++;
-        char c = *p++;
-        switch (c) {
-        case 'n': g_string_append_c(g, '\n'); break;
-        case 't': g_string_append_c(g, '\t'); break;
-        case 'r': g_string_append_c(g, '\r'); break;
-        case 'b': g_string_append_c(g, '\b'); break;
-        case 'f': g_string_append_c(g, '\f'); break;
-        case 'u': {
-            gunichar u = (gunichar)strtoul((char[]){p[0], p[1], p[2], p[3], 0}, NULL, 16);
-            p += 4;
-            if (u >= 0xD800 && u < 0xDC00 && p[0] == '\\' && p[1] == 'u') {
-                gunichar lo = (gunichar)strtoul((char[]){p[2], p[3], p[4], p[5], 0},
-                                                NULL, 16);
-                u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
-                p += 6;
-            }
-            if (u == 0)
-                g_string_append_c(g, 0);
-            else
-                g_string_append_unichar(g, u);
-            break;
-        }
-        default: g_string_append_c(g, c);
-        }
+    const char *why;
+    if (!qm_json_get_str(p, p + strlen(p), g, &why)) {
+        printf("expected.json: %s\n", why);
+        exit(2);
     }
     *len_out = g->len;
     return g_string_free(g, FALSE);
@@ -83,7 +58,7 @@ static void load_samples(void)
         const cJSON *e = cJSON_GetArrayItem(j, i), *id;
         sample_t *s = &samples[i];
         s->cat = g_strdup(cJSON_GetObjectItem(e, "cat")->valuestring);
-        p = strstr(p, "\"text\": \"") + 9;
+        p = strstr(p, "\"text\": \"") + 8;
         s->text = json_unescape(p, &s->len);
         s->ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
         cJSON_ArrayForEach(id, cJSON_GetObjectItem(e, "ids")) {

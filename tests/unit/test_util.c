@@ -955,6 +955,89 @@ static void test_fs_misc(void)
 
 /* Each call returns at once (a FIFO opened without O_NONBLOCK would block
  * this test forever, which tests/run.sh reports as a hang). */
+/* fs_dir: files opened relative to a directory listed once; what the
+ * listing says never stands for the check on the file opened. */
+static void test_fs_dir(void)
+{
+    char *d = g_build_filename(tmpdir, "fsdir", NULL);
+    char *sub = g_build_filename(d, "sub", NULL);
+    char *reg = g_build_filename(sub, "a", NULL);
+    char *fifo = g_build_filename(sub, "fifo", NULL);
+    char *late = g_build_filename(sub, "late", NULL);
+    char *top = g_build_filename(d, "top", NULL);
+    GError *err = NULL;
+    struct stat st;
+    CHECK(g_mkdir_with_parents(sub, 0755) == 0);
+    CHECK(g_file_set_contents(reg, "abcd", -1, NULL));
+    CHECK(g_file_set_contents(top, "xy", -1, NULL));
+    CHECK(mkfifo(fifo, 0644) == 0);
+    char *link = g_build_filename(sub, "link", NULL), *zero = g_build_filename(sub, "zero", NULL);
+    CHECK(symlink("a", link) == 0);
+    CHECK(symlink("/dev/zero", zero) == 0);
+    fs_dir *h = fs_dir_open(d);
+    CHECK(h != NULL);
+    CHECK(fs_dir_open(reg) == NULL); /* not a directory */
+
+    int fd = fs_dir_open_regular(h, "sub/a", reg, O_RDONLY | O_NONBLOCK, "cannot open", &st,
+                                 &err);
+    CHECK(fd >= 0 && err == NULL && st.st_size == 4);
+    char buf[8] = {0};
+    CHECK(fd >= 0 && pread(fd, buf, sizeof buf, 0) == 4 && memcmp(buf, "abcd", 4) == 0);
+    if (fd >= 0)
+        close(fd);
+    fd = fs_dir_open_regular(h, "top", top, O_RDONLY, "cannot open", &st, &err);
+    CHECK(fd >= 0 && st.st_size == 2);
+    CHECK(fd < 0 || (fcntl(fd, F_GETFL) & O_NONBLOCK) == 0);
+    if (fd >= 0)
+        close(fd);
+    /* a link is not listed as a regular file: stat()ed, followed */
+    fd = fs_dir_open_regular(h, "sub/link", "L", O_RDONLY, "cannot open", &st, &err);
+    CHECK(fd >= 0 && st.st_size == 4);
+    if (fd >= 0)
+        close(fd);
+    /* refused before open, the message naming the path given */
+    CHECK(fs_dir_open_regular(h, "sub/fifo", fifo, O_RDONLY, "cannot open", &st, &err) == -1);
+    CHECK_CONTAINS(err ? err->message : NULL, fifo);
+    CHECK_CONTAINS(err ? err->message : NULL, "is a FIFO");
+    g_clear_error(&err);
+    CHECK(fs_dir_open_regular(h, "sub/zero", "Z", O_RDONLY, "cannot open", &st, &err) == -1);
+    CHECK_CONTAINS(err ? err->message : NULL, "is a character device");
+    g_clear_error(&err);
+    CHECK(fs_dir_open_regular(h, "sub/none", "N", O_RDONLY, "cannot open", &st, &err) == -1 &&
+          errno == ENOENT);
+    CHECK_CONTAINS(err ? err->message : NULL, "'N'");
+    g_clear_error(&err);
+    /* after the listing: a new file opens; a listed file replaced by a
+     * FIFO is refused by the check on the open file, without blocking */
+    CHECK(g_file_set_contents(late, "123", -1, NULL));
+    fd = fs_dir_open_regular(h, "sub/late", late, O_RDONLY, "cannot open", &st, &err);
+    CHECK(fd >= 0 && st.st_size == 3);
+    if (fd >= 0)
+        close(fd);
+    CHECK(unlink(reg) == 0 && mkfifo(reg, 0644) == 0);
+    CHECK(fs_dir_open_regular(h, "sub/a", reg, O_RDONLY, "cannot open", &st, &err) == -1);
+    CHECK_CONTAINS(err ? err->message : NULL, "is a FIFO");
+    g_clear_error(&err);
+    fs_dir_close(h);
+    /* no directory: by path */
+    fd = fs_dir_open_regular(NULL, "ignored", top, O_RDONLY, "cannot open", &st, &err);
+    CHECK(fd >= 0 && st.st_size == 2);
+    if (fd >= 0)
+        close(fd);
+    fs_dir_close(NULL);
+    char *rm = g_strdup_printf("rm -rf '%s'", d);
+    CHECK(system(rm) == 0);
+    g_free(rm);
+    g_free(d);
+    g_free(sub);
+    g_free(reg);
+    g_free(fifo);
+    g_free(late);
+    g_free(top);
+    g_free(link);
+    g_free(zero);
+}
+
 static void test_fs_checked_opens(void)
 {
     char *d = g_build_filename(tmpdir, "chk", NULL);
@@ -1130,6 +1213,7 @@ int main(void)
     RUN(test_tmp_names);
     RUN(test_fs_misc);
     RUN(test_fs_checked_opens);
+    RUN(test_fs_dir);
     g_rmdir(tmpdir);
     g_free(tmpdir);
     TEST_EXIT();
