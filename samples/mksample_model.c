@@ -2,7 +2,7 @@
  *
  * Names, shapes and config keys follow the real Hugging Face checkpoints
  * (Qwen3-Omni-30B-A3B, Qwen3-30B-A3B, Mixtral-8x7B, Qwen1.5/2-MoE, OLMoE,
- * DeepSeek-V3 in bf16). The parts of Qwen3-Omni outside the thinker's text
+ * DeepSeek-V3 in bf16, GLM-4.5). The parts of Qwen3-Omni outside the thinker's text
  * model (audio tower, vision tower, talker, code2wav) are stubs of a few
  * tensors each, with the real prefixes, so that tools see what they must
  * leave alone (the talker has MoE experts of its own).
@@ -81,7 +81,8 @@ static void attention(GArray *plan, const ms_opts *o, const char *p)
         W2(H, o->heads * hd, "%sself_attn.o_proj.weight", p);
         return;
     }
-    int bias = is(o, "qwen2_moe");
+    /* as the layout computes them (GLM-4.5 has both: its config switches) */
+    int bias = o->lt->qkv_bias;
     W2(q, H, "%sself_attn.q_proj.weight", p);
     if (bias)
         W1(q, "%sself_attn.q_proj.bias", p);
@@ -92,10 +93,10 @@ static void attention(GArray *plan, const ms_opts *o, const char *p)
     if (bias)
         W1(kv, "%sself_attn.v_proj.bias", p);
     W2(H, q, "%sself_attn.o_proj.weight", p);
-    if (is(o, "olmoe")) { /* OLMoE normalises the whole projection */
+    if (o->lt->qk_norm == LT_QK_FULL) { /* OLMoE normalises the whole projection */
         N1(q, "%sself_attn.q_norm.weight", p);
         N1(kv, "%sself_attn.k_norm.weight", p);
-    } else if (!is(o, "mixtral") && !bias) {
+    } else if (o->lt->qk_norm == LT_QK_HEAD) {
         N1(hd, "%sself_attn.q_norm.weight", p);
         N1(hd, "%sself_attn.k_norm.weight", p);
     }
@@ -141,7 +142,7 @@ static void mlp(GArray *plan, const ms_opts *o, const char *p, int l)
         W2(H, D, "%smlp.down_proj.weight", p);
         return;
     }
-    if (is(o, "deepseek_v3")) {
+    if (o->lt->score == LT_SCORE_SIGMOID_GROUPED) { /* deepseek_v3, glm4_moe */
         experts(plan, o, p, l);
         W2(E, H, "%smlp.gate.weight", p);
         /* stored in float32 in the real checkpoint */
@@ -528,6 +529,28 @@ cJSON *ms_config_json(const ms_opts *o, const ms_tok *t)
         num(j, "rope_theta", 10000.0);
         null(j, "rope_scaling");
         num(j, "router_aux_loss_coef", 0.01);
+    } else if (is(o, "glm4_moe")) { /* GLM-4.5's keys (GLM-4.5-Air: use_qk_norm false) */
+        architectures(j, "Glm4MoeForCausalLM");
+        str(j, "model_type", "glm4_moe");
+        common_text(j, o, t);
+        num(j, "pad_token_id", t->endoftext);
+        boolean(j, "attention_bias", 1);
+        num(j, "first_k_dense_replace", o->n_dense);
+        num(j, "head_dim", o->head_dim);
+        num(j, "intermediate_size", dense_inter(o));
+        num(j, "moe_intermediate_size", o->inter);
+        num(j, "n_group", 1);
+        num(j, "n_routed_experts", o->experts);
+        num(j, "n_shared_experts", 1);
+        boolean(j, "norm_topk_prob", 1);
+        num(j, "num_nextn_predict_layers", 0);
+        num(j, "partial_rotary_factor", 0.5);
+        num(j, "rms_norm_eps", 1e-5);
+        null(j, "rope_scaling");
+        num(j, "rope_theta", 1000000.0);
+        num(j, "routed_scaling_factor", 2.5);
+        num(j, "topk_group", 1);
+        boolean(j, "use_qk_norm", 1);
     } else { /* deepseek_v3 */
         architectures(j, "DeepseekV3ForCausalLM");
         str(j, "model_type", "deepseek_v3");

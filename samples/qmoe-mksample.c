@@ -676,7 +676,12 @@ int main(int argc, char **argv)
         usage_error("olmoe has no head_dim in its config: --head-dim must be "
                     "hidden/heads (%d/%d)", o.hidden, o.heads);
     o.vocab = in_range("--vocab", opt_vocab, ms_tok_min_vocab(&o), 1 << 24);
-    o.n_dense = !strcmp(o.lt->name, "deepseek_v3") && o.layers > 1 ? 1 : 0;
+    if (o.lt->partial_rotary && o.head_dim % 4)
+        usage_error("%s rotates half of each head (partial_rotary_factor 0.5): --head-dim "
+                    "must be a multiple of 4, not %d", o.lt->name, o.head_dim);
+    /* first_k_dense_replace 1, as DeepSeek-V3's sample and GLM-4.5-Air */
+    o.n_dense = (!strcmp(o.lt->name, "deepseek_v3") || !strcmp(o.lt->name, "glm4_moe")) &&
+                o.layers > 1 ? 1 : 0;
     if (opt_shards && opt_shard_mb)
         usage_error("--shards and --shard-mb exclude each other");
     int n_shards = opt_shards ? in_range("--shards", opt_shards, 1, 99999) : 3;

@@ -11,10 +11,10 @@ static const cJSON *member(const cJSON *o, const char *key)
     return cJSON_IsNull(j) ? NULL : j;
 }
 
-int hf_check_supported(const cJSON *tc, const char *path, GError **err)
+int hf_check_supported(const cJSON *tc, const char *path, int bias_ok, GError **err)
 {
     const cJSON *j = member(tc, "attention_bias");
-    if (cJSON_IsTrue(j)) {
+    if (cJSON_IsTrue(j) && !bias_ok) {
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                     "'%s': attention_bias true is not supported", path);
         return -1;

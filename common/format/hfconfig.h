@@ -6,7 +6,8 @@
  * pass does not implement is refused here with the key and its value,
  * never ignored: sliding-window attention (a sliding_window without
  * use_sliding_window is used, as Mistral/Mixtral do), attention_bias true
- * (Qwen2-MoE's q/k/v biases come from its layout, not a key), OLMoE's
+ * unless the layout reads it (Qwen2-MoE's q/k/v biases come from its
+ * layout, not a key; GLM-4.5's from this key: layout.qkv_bias_key), OLMoE's
  * clip_qkv, an activation other than SiLU, layer types other than full
  * attention.
  */
@@ -17,8 +18,9 @@
 #include <glib.h>
 
 /* Refuses keys of `tc` whose value changes the numerics in a way the
- * forward pass does not implement (the list in the header comment).
- * QM_ERR_FORMAT naming `path`, the key and its value. */
-int hf_check_supported(const cJSON *tc, const char *path, GError **err);
+ * forward pass does not implement (the list in the header comment;
+ * attention_bias true is accepted with `bias_ok`). QM_ERR_FORMAT naming
+ * `path`, the key and its value. */
+int hf_check_supported(const cJSON *tc, const char *path, int bias_ok, GError **err);
 
 #endif

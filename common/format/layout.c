@@ -71,10 +71,28 @@ static const layout deepseek_v3 = {
     .score = LT_SCORE_SIGMOID_GROUPED,
     .shared = "mlp.shared_experts", .shared_count_key = "n_shared_experts",
 };
+/* GLM-4.5 / GLM-4.5-Air (Glm4MoeForCausalLM): DeepSeek-V3's router and
+ * shared experts on grouped-query attention whose q/k/v biases and per-head
+ * q/k norms are config switches, RoPE on the first half of each head
+ * (partial_rotary_factor 0.5), an MTP block after the decoder's layers. */
+static const layout glm4_moe = {
+    .name = "glm4_moe", .model_types = "glm4_moe", .text_config = "",
+    .root = "model.", .lm_head = "lm_head.",
+    .experts = "mlp.experts.", .proj = {"gate_proj", "up_proj", "down_proj"},
+    .count_keys = "n_routed_experts", .inter_key = "moe_intermediate_size",
+    .mtp_key = "num_nextn_predict_layers",
+    .norm_topk_default = 1,
+    .forward = 1, .router = "mlp.gate",
+    .qk_norm = LT_QK_HEAD, .qk_norm_key = "use_qk_norm",
+    .qkv_bias = 1, .qkv_bias_key = "attention_bias",
+    .score = LT_SCORE_SIGMOID_GROUPED,
+    .shared = "mlp.shared_experts", .shared_count_key = "n_shared_experts",
+    .partial_rotary = 1,
+};
 
 const layout *const layouts[] = {
     &qwen3_omni_moe, &qwen3_moe, &qwen3_moe_fused, &mixtral,
-    &qwen2_moe, &olmoe, &deepseek_v3, NULL,
+    &qwen2_moe, &olmoe, &deepseek_v3, &glm4_moe, NULL,
 };
 
 const layout *layout_find(const char *name)

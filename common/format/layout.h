@@ -7,8 +7,10 @@
  *
  * The same entry says how the family computes its parts where families
  * differ (the fields after `fused`): the router's name, q/k norms, q/k/v
- * biases, a gated shared expert, renormalisation; the forward pass (common/model/) branches on
- * them, so a family is a row here, not a copy of the forward pass.
+ * biases, a gated shared expert, renormalisation, partial RoPE; the forward
+ * pass (common/model/) branches on them, so a family is a row here, not a
+ * copy of the forward pass. A field left out of a row is 0 or NULL (C's
+ * designated initializers): every new field must mean "as before" at 0.
  *
  * Every tensor of a checkpoint is classified as one of:
  *   EXPERT  one routed expert E of layer L   -> experts/expert_EEE_layer_LL
@@ -70,6 +72,15 @@ typedef struct {
     const char *shared_count_key; /* this many expert widths ("n_shared_experts") */
     lt_attn attn;
     lt_score score;
+    /* Switched by the config: the bool key that turns qk_norm or qkv_bias
+     * on (GLM-4.5: "use_qk_norm", "attention_bias"; absent = false, as HF
+     * defaults them), or NULL: the row's value always holds. */
+    const char *qk_norm_key;
+    const char *qkv_bias_key;
+    /* RoPE rotates only the first int(head_dim * partial_rotary_factor)
+     * dims of each head, rotate-half within them, and passes the rest
+     * (GLM-4.5: 0.5); 0: partial_rotary_factor other than 1 is refused. */
+    int partial_rotary;
 } layout;
 
 typedef struct {

@@ -4,7 +4,9 @@
 
 #include <string.h>
 
-/* Rotate-half RoPE on one head: pairs (i, i + d/2).
+/* Rotate-half RoPE on the first d dims of one head: pairs (i, i + d/2); the
+ * rest of the head passes unrotated (partial RoPE, GLM-4.5's
+ * partial_rotary_factor: d = rope_dim, the whole head elsewhere).
  *
  * Qwen3-Omni uses interleaved M-RoPE: the frequency slots are split into
  * temporal/height/width sections (mrope_section [24, 20, 20] in the real
@@ -122,7 +124,7 @@ static void qkv_prepare(const model *m, const layer_w *w, float *q, float *k, fl
 {
     const model_config *c = &m->c;
     int hd = c->head_dim, qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
-    lt_qk_norm norm = m->lt->qk_norm;
+    lt_qk_norm norm = m->qk_norm;
     if (w->q_bias) {
         for (int i = 0; i < qd; i++)
             q[i] += w->q_bias[i];
@@ -139,13 +141,13 @@ static void qkv_prepare(const model *m, const layer_w *w, float *q, float *k, fl
         float *qh = q + (size_t)h * hd;
         if (norm == LT_QK_HEAD)
             model_rmsnorm(qh, qh, w->q_norm, hd, c->eps);
-        rope(qh, cs, sn, hd);
+        rope(qh, cs, sn, c->rope_dim);
     }
     for (int h = 0; h < c->n_kv_heads; h++) {
         float *kh = k + (size_t)h * hd;
         if (norm == LT_QK_HEAD)
             model_rmsnorm(kh, kh, w->k_norm, hd, c->eps);
-        rope(kh, cs, sn, hd);
+        rope(kh, cs, sn, c->rope_dim);
     }
 }
 

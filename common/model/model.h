@@ -62,7 +62,9 @@ typedef struct {
     /* Multi-head latent attention (layout.attn LT_ATTN_MLA): head_dim is
      * qk_nope + qk_rope (the softmax scale's), v_dim the value heads',
      * rope_dim the last dims of a head that RoPE rotates, as adjacent pairs.
-     * Otherwise v_dim = rope_dim = head_dim. */
+     * Otherwise v_dim = head_dim, and rope_dim the first dims of a head
+     * that RoPE rotates, as halves: head_dim, or int(head_dim *
+     * partial_rotary_factor) for layout.partial_rotary (GLM-4.5). */
     int v_dim, rope_dim, q_lora, kv_lora, nope;
     /* Sigmoid grouped routing (layout.score LT_SCORE_SIGMOID_GROUPED). */
     int n_group, topk_group;

@@ -7,7 +7,8 @@
  *   model_load.c  config, weights, load/free, masks and the router observer
  *   forward.c     the one loop over a batch of (sequence, token) pairs, and
  *                 the public calls built on it (step, feed, batches)
- *   attention.c   RoPE, q/k norms and biases, MLA projections, causal attention
+ *   attention.c   RoPE (whole or partial heads), q/k norms and biases, MLA
+ *                 projections, causal attention
  *   routing.c     the router: softmax top-k, or sigmoid group-limited top-k
  *   moe.c         SwiGLU MLPs and the MoE block of a batch
  *   generate.c    sequence logits, likelihood, sampling and generation
@@ -109,6 +110,8 @@ typedef struct {
 struct model {
     ckpt *ck;
     const layout *lt;
+    lt_qk_norm qk_norm;           /* lt's q/k norm and q/k/v biases as the */
+    int qkv_bias;                 /* config switches them (layout.h *_key) */
     lt_shape shape;
     qm_fp8_config *fp8;           /* FP8 quantization_config, or NULL */
     model_config c;

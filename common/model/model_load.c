@@ -176,7 +176,9 @@ static int read_config(model *m, GError **err)
     char cfg_path[1100];
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", m->ck->dir);
     if (cfg_num(m, tc, "rms_norm_eps", 1e-6, &eps, err) ||
-        hf_check_supported(tc, cfg_path, err) ||
+        hf_check_supported(tc, cfg_path,
+                           m->lt->qkv_bias_key && !strcmp(m->lt->qkv_bias_key, "attention_bias"),
+                           err) ||
         qm_fp8_config_read(m->ck->config, cfg_path, &m->fp8, err) < 0)
         return -1;
     c->eps = (float)eps;
@@ -184,6 +186,11 @@ static int read_config(model *m, GError **err)
                        ? m->lt->norm_topk_default
                        : cfg_bool(m, tc, "norm_topk_prob", m->lt->norm_topk_default);
     c->tie_embeddings = cfg_bool(m, tc, "tie_word_embeddings", 0);
+    /* layout.h: a *_key turns the capability on (absent: off, HF's default) */
+    m->qk_norm = m->lt->qk_norm_key && !cfg_bool(m, tc, m->lt->qk_norm_key, 0)
+                     ? LT_QK_NONE : m->lt->qk_norm;
+    m->qkv_bias = m->lt->qkv_bias &&
+                  (!m->lt->qkv_bias_key || cfg_bool(m, tc, m->lt->qkv_bias_key, 0));
     c->is_moe = m->shape.is_moe;
     c->v_dim = c->rope_dim = c->head_dim;
     if ((m->lt->attn == LT_ATTN_MLA && read_mla(m, tc, err)) ||
@@ -205,9 +212,12 @@ static int read_config(model *m, GError **err)
                     cfg_path);
         return -1;
     }
-    /* after read_mla: DeepSeek rotates qk_rope_head_dim dims, others head_dim */
-    if (!(m->w.rope = qm_rope_from_config(tc, cfg_path, c->rope_dim, err)))
+    /* after read_mla: DeepSeek rotates qk_rope_head_dim dims, others head_dim,
+     * or its first int(head_dim * partial_rotary_factor) (layout.partial_rotary) */
+    if (!(m->w.rope = qm_rope_from_config(tc, cfg_path, c->rope_dim, m->lt->partial_rotary,
+                                          err)))
         return -1;
+    c->rope_dim = m->w.rope->dim;
     c->rope_theta = (float)m->w.rope->theta;
     if (c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0 || c->rope_dim % 2 != 0) {
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
@@ -337,15 +347,15 @@ static int load_weights(model *m, GError **err)
             !(w->post_norm = get_vec(m, lname(m, l, "post_attention_layernorm.weight"),
                                      c->hidden, err)))
             return -1;
-        if (m->lt->qk_norm != LT_QK_NONE) {
-            int full = m->lt->qk_norm == LT_QK_FULL;
+        if (m->qk_norm != LT_QK_NONE) {
+            int full = m->qk_norm == LT_QK_FULL;
             if (!(w->q_norm = get_vec(m, lname(m, l, "self_attn.q_norm.weight"),
                                       full ? qd : c->head_dim, err)) ||
                 !(w->k_norm = get_vec(m, lname(m, l, "self_attn.k_norm.weight"),
                                       full ? kvd : c->head_dim, err)))
                 return -1;
         }
-        if (m->lt->qkv_bias &&
+        if (m->qkv_bias &&
             (!(w->q_bias = get_vec(m, lname(m, l, "self_attn.q_proj.bias"), qd, err)) ||
              !(w->k_bias = get_vec(m, lname(m, l, "self_attn.k_proj.bias"), kvd, err)) ||
              !(w->v_bias = get_vec(m, lname(m, l, "self_attn.v_proj.bias"), kvd, err))))

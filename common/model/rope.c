@@ -195,14 +195,9 @@ static int read_theta(const cJSON *tc, const cJSON *p5, const char *path, double
     return 0;
 }
 
-qm_rope *qm_rope_from_config(const cJSON *tc, const char *path, int dim, GError **err)
+qm_rope *qm_rope_from_config(const cJSON *tc, const char *path, int dim, int partial,
+                             GError **err)
 {
-    if (dim < 2 || dim > 65536 || dim % 2) {
-        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
-                    "'%s': %d rotated dims per head (RoPE needs an even number in 2..65536)",
-                    path, dim);
-        return NULL;
-    }
     const cJSON *p4 = member(tc, "rope_scaling"), *p5 = member(tc, "rope_parameters");
     if ((p4 && !cJSON_IsObject(p4)) || (p5 && !cJSON_IsObject(p5))) {
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT, "'%s': %s is not an object", path,
@@ -235,9 +230,22 @@ qm_rope *qm_rope_from_config(const cJSON *tc, const char *path, int dim, GError 
     if (num(src, where, "partial_rotary_factor", path, 0, &prf, err) < 0 ||
         num(tc, "config", "partial_rotary_factor", path, 0, &prf, err) < 0)
         return NULL;
-    if (prf != 1) {
+    if (partial && !(prf > 0 && prf <= 1)) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': partial_rotary_factor %g is not in (0, 1]", path, prf);
+        return NULL;
+    }
+    if (!partial && prf != 1) {
         g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                     "'%s': partial_rotary_factor %g is not supported", path, prf);
+        return NULL;
+    }
+    if (partial) /* as transformers sizes it: int(head_dim * factor) */
+        dim = (int)((double)dim * prf);
+    if (dim < 2 || dim > 65536 || dim % 2) {
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "'%s': %d rotated dims per head (RoPE needs an even number in 2..65536)",
+                    path, dim);
         return NULL;
     }
     qm_rope *r = g_new0(qm_rope, 1);

@@ -31,7 +31,8 @@
  * mscale rather than mscale_all_dim: the same for V3's 1.0 and 1.0).
  *
  * Wiring: qm_rope_from_config(text config, its path, rotated dims) at load
- * (DeepSeek: qk_rope_head_dim; others head_dim), qm_rope_tables once for
+ * (DeepSeek: qk_rope_head_dim; others head_dim, partial for GLM-4.5's
+ * partial_rotary_factor), qm_rope_tables once for
  * the context, multiply the softmax scale by softmax_mult.
  */
 #ifndef QMOE_ROPE_H
@@ -57,18 +58,22 @@ typedef struct {
     double *inv_freq;         /* dim / 2 */
 } qm_rope;
 
-/* Reads the RoPE of text config `tc` for heads rotating `dim` dims: v4's
+/* Reads the RoPE of text config `tc` for heads rotating `dim` dims (with
+ * `partial`: heads `dim` wide rotating int(dim * partial_rotary_factor) of
+ * them, the factor in (0, 1] read from rope_parameters or the config; r->dim
+ * says how many): v4's
  * rope_theta and rope_scaling ({"type" or "rope_type": ...}) or v5's
  * rope_parameters ({"rope_type", "rope_theta", ...}); theta 10000 when no
  * key names it. Refused with QM_ERR_FORMAT naming `path` and the key: any
  * rope type other than default ("mrope" counts as default) and yarn, by
  * name; per-layer-type rope_parameters; v4 and v5 keys that disagree;
- * partial_rotary_factor other than 1; a factor below 1, a non-positive
+ * partial_rotary_factor other than 1 (without `partial`); a factor below 1, a non-positive
  * original_max_position_embeddings, attention_factor or theta, beta_fast
  * not above beta_slow, negative mscales, a non-boolean truncate; dim odd
  * or outside 2..65536. Returns the parameters (caller frees with
  * qm_rope_free) or NULL. */
-qm_rope *qm_rope_from_config(const cJSON *tc, const char *path, int dim, GError **err);
+qm_rope *qm_rope_from_config(const cJSON *tc, const char *path, int dim, int partial,
+                             GError **err);
 
 /* Frees; accepts NULL. */
 void qm_rope_free(qm_rope *r);

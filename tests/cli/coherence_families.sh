@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # coherence_families.sh - qmoe-verify --coherence on the extraction of every
 # family fixture (tests/fixtures/families: Mixtral, OLMoE, Qwen2-MoE,
-# DeepSeek-V3 with its MTP block) and of the FP8 fixtures of
+# DeepSeek-V3 and GLM-4.5 with their MTP blocks) and of the FP8 fixtures of
 # tests/fixtures/fp8yarn (DeepSeek-V3 with F32 scales and its MTP block,
 # Qwen3-MoE with BF16 scales). The fixtures are random tiny models, so
 # the gate must: run end to end on each family's OUT; find the logits of
@@ -10,11 +10,11 @@
 # pass it with the limit lifted (b); and, with the router masked to just
 # top-k experts, fail (c) naming the confined layers.
 . "$(dirname "$0")/lib.sh"
-plan 48
+plan 56
 V="qmoe-verify -j 1 --coherence"
 has() { if [[ "$out" == *"$2"* ]]; then ok "$1"; else fail "$1" "stdout lacks '$2': $(head -c 600 "$T/.out")"; fi; }
 
-for fx in families/mixtral-tiny families/olmoe-tiny families/qwen2moe-tiny \
+for fx in families/mixtral-tiny families/olmoe-tiny families/qwen2moe-tiny families/glm4moe-tiny \
           families/deepseekv3-tiny fp8yarn/dsv3-fp8 fp8yarn/qwen3moe-fp8; do
     fam=${fx#*/}; fam=${fam%-tiny}
     SRC=$FIX/$fx/hf X=$T/$fam

@@ -3,17 +3,17 @@
 # byte-identical and covered, expected file counts; the real 6144-file
 # Omni shape; fused slicing; single-file sources; -j 1 == -j 2.
 . "$(dirname "$0")/lib.sh"
-plan 37
+plan 42
 TOOLS="$QMOE_BUILD/tests/tools"
 
-for lay in qwen3_omni_moe qwen3_moe qwen3_moe_fused mixtral qwen2_moe olmoe deepseek_v3; do
+for lay in qwen3_omni_moe qwen3_moe qwen3_moe_fused mixtral qwen2_moe olmoe deepseek_v3 glm4_moe; do
     qmoe-mksample --layout "$lay" --layers 3 --experts 6 "$T/$lay-src" >/dev/null
     run qmoe-extract --json "$T/$lay-src" "$T/$lay"
     expect "$lay-extract" 0 "\"layout\":\"$lay\"" stdout
     run "$TOOLS/ckcmp" "$T/$lay-src" "$T/$lay"
     expect "$lay-identical-and-covered" 0 "same:" stdout
 done
-# expert files: 3 layers x 6, except deepseek_v3 whose layer 0 is dense
+# expert files: 3 layers x 6, except deepseek_v3 and glm4_moe whose layer 0 is dense
 for lay in qwen3_omni_moe qwen3_moe qwen3_moe_fused mixtral qwen2_moe olmoe; do
     n=$(ls "$T/$lay/experts" | wc -l)
     [ "$n" = 18 ] && ok "$lay-18-expert-files" || fail "$lay-18-expert-files" "$n"
@@ -21,6 +21,10 @@ done
 n=$(ls "$T/deepseek_v3/experts" | wc -l)
 [ "$n" = 12 ] && ok deepseek-dense-first-layer || fail deepseek-dense-first-layer "$n"
 check deepseek-bias-stays-with-layer grep -q 'e_score_correction_bias": "layers/layer_01' "$T/deepseek_v3/model.safetensors.index.json"
+n=$(ls "$T/glm4_moe/experts" | wc -l)
+[ "$n" = 12 ] && ok glm4moe-dense-first-layer || fail glm4moe-dense-first-layer "$n"
+check glm4moe-qkv-bias-in-layer grep -q '"model.layers.0.self_attn.v_proj.bias": "layers/layer_00' "$T/glm4_moe/model.safetensors.index.json"
+check glm4moe-shared-experts-in-layer grep -q '"model.layers.2.mlp.shared_experts.down_proj.weight": "layers/layer_02' "$T/glm4_moe/model.safetensors.index.json"
 check qwen2moe-shared-expert-in-layer grep -q 'mlp.shared_expert.gate_proj.weight": "layers/layer_00' "$T/qwen2_moe/model.safetensors.index.json"
 check fused-slices-named grep -q '"model.layers.2.mlp.experts.5.gate_up_proj": "experts/expert_05_layer_02.safetensors"' "$T/qwen3_moe_fused/model.safetensors.index.json"
 check fused-manifest-records-slice grep -q '"tensor":"model.layers.2.mlp.experts.gate_up_proj","offset":[0-9]*,"slice":5' "$T/qwen3_moe_fused/qmoe.json"

@@ -2,7 +2,7 @@
 # qmoe-mksample: options, errors, files written, determinism.
 # (tests/unit/test_samples.c reads the samples back through libqmoe.)
 . "$(dirname "$0")/lib.sh"
-plan 44
+plan 45
 # jq reads the JSON files (lib.sh fails the script without it)
 
 run qmoe-mksample --help
@@ -13,14 +13,16 @@ expect version 0 "qmoe-mksample" stdout
 run qmoe-mksample --list
 expect list 0 "qwen3_omni_moe" stdout
 n=0
-for l in qwen3_omni_moe qwen3_moe qwen3_moe_fused mixtral qwen2_moe olmoe deepseek_v3; do
+for l in qwen3_omni_moe qwen3_moe qwen3_moe_fused mixtral qwen2_moe olmoe deepseek_v3 glm4_moe; do
     grep -q "^$l " "$T/.out" && n=$((n + 1))
 done
-if [ "$n" = 7 ]; then ok list-all; else fail list-all "$out"; fi
+if [ "$n" = 8 ]; then ok list-all; else fail list-all "$out"; fi
 
 # ---- bad options: exit 2, a message naming the problem ----
 run qmoe-mksample --layout llama "$T/x"
 expect unknown-layout 2 "unknown layout 'llama' (known layouts: qwen3_omni_moe, qwen3_moe,"
+run qmoe-mksample --layout glm4_moe --head-dim 6 "$T/x"
+expect glm4moe-head-dim 2 "glm4_moe rotates half of each head (partial_rotary_factor 0.5): --head-dim must be a multiple of 4, not 6"
 run qmoe-mksample --layers 0 "$T/x"
 expect zero-layers 2 "--layers must be between 1 and"
 run qmoe-mksample --experts 8 --topk 9 "$T/x"

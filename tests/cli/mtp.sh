@@ -7,9 +7,10 @@
 # say so, its bytes equal the source's (read here from the safetensors
 # headers with jq and dd, not with qmoe's reader), the forward pass ignores it
 # (golden logits from the OUT), a missing MTP expert is incomplete, and a
-# selection of the MTP layer alone works.
+# selection of the MTP layer alone works. GLM-4.5's block (glm4moe-tiny)
+# is extracted, verified and ignored the same way.
 . "$(dirname "$0")/lib.sh"
-plan 38
+plan 43
 F=$FIX/families/deepseekv3-tiny
 SRC=$F/hf
 O=$T/out
@@ -148,3 +149,24 @@ mkdir -p "$T/nokey"; cp "$SRC"/* "$T/nokey/"; chmod u+w "$T/nokey/config.json"
 sed -i 's/"num_nextn_predict_layers": 1,//' "$T/nokey/config.json"
 run qmoe-extract --dry-run "$T/nokey" "$T/nokey-out"
 expect mtp_undeclared_refused 2 "is an expert of layer 3, but the config has fewer layers (num_hidden_layers 3, num_nextn_predict_layers 0)"
+
+# ---- GLM-4.5 (glm4_moe, num_nextn_predict_layers 1) keeps its MTP block
+# the same way: counted apart, its own tensors in its layer file, verified
+# against the source, and ignored by the forward pass (golden logits from
+# the OUT, tests/fixtures/families/glm4moe-tiny) ----
+GF=$FIX/families/glm4moe-tiny
+run qmoe-extract --no-progress "$GF/hf" "$T/glm"
+expect mtp_glm4moe_extract 0 "53/53 files complete (48 experts: 2 layers x 16 + MTP 1 layer x 16)" stdout
+bad=
+for t in eh_proj.weight enorm.weight shared_head.head.weight self_attn.q_proj.bias mlp.gate.e_score_correction_bias; do
+    v=$(jq -r --arg n "model.layers.3.$t" '.weight_map[$n]' "$T/glm/model.safetensors.index.json")
+    [ "$v" = layers/layer_03.safetensors ] || bad="$bad $t -> $v"
+done
+[ -z "$bad" ] && ok mtp_glm4moe_block_in_layer_file || fail mtp_glm4moe_block_in_layer_file "$bad"
+run qmoe-verify --source "$GF/hf" "$T/glm"
+expect mtp_glm4moe_verify 0 "experts: 48/48 (2 layers x 16 + MTP 1 layer x 16; MTP 16/16)" stdout
+run qmoe-run -n 0 --token-ids "$(jq -r '.sequences.seq3.ids | map(tostring) | join(",")' "$GF/golden/tokens.json")" \
+    --logits-out "$T/glm.f32" "$T/glm"
+expect mtp_glm4moe_run_out 0
+sc=$(score "$T/glm.f32" "$GF/golden/logits_seq3.f32")
+within "$sc" 1e-3 && ok mtp_glm4moe_out_golden_logits || fail mtp_glm4moe_out_golden_logits "score $sc"

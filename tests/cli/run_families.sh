@@ -1,17 +1,17 @@
 # run_families.sh - the forward pass of every family but Qwen3 against the
 # golden outputs of tests/fixtures/families (an independent float32 port of
 # the transformers modeling code, cross-checked by llama.cpp and NumPy):
-# for Mixtral, OLMoE, Qwen2-MoE and DeepSeek-V3, from the Hugging Face
-# checkpoint and from its extraction, full and masked to experts 0-3
-# (DeepSeek-V3's extraction keeps its MTP block, tests/cli/mtp.sh; the
-# forward pass ignores that block): prompt logits within
+# for Mixtral, OLMoE, Qwen2-MoE, DeepSeek-V3 and GLM-4.5 (glm4_moe), from
+# the Hugging Face checkpoint and from its extraction, full and masked to
+# experts 0-3 (DeepSeek-V3's and GLM-4.5's extractions keep their MTP
+# blocks, tests/cli/mtp.sh; the forward pass ignores them): prompt logits within
 # 1e-3 of max(1, max |golden|), greedy continuations identical, the router's
 # choices (and weights) of seq3 equal to the shipped router logs. Negative
 # controls: the cheapest bugs of each sensitivity.json (a wrong eps, a
 # renormalisation the family does not do) move the logits far beyond the
 # tolerance, so the comparison can fail.
 . "$(dirname "$0")/lib.sh"
-plan 234
+plan 300
 FAM=$FIX/families
 
 # router rows of a golden router_*.json and of a --router-log: "L T e,e w w"
@@ -37,7 +37,7 @@ same_routes() {
 
 worst=$T/worst.txt
 : >"$worst"
-for fam in mixtral olmoe qwen2moe deepseekv3; do
+for fam in mixtral olmoe qwen2moe deepseekv3 glm4moe; do
     G=$FAM/$fam-tiny/golden
     run qmoe-extract --no-progress "$FAM/$fam-tiny/hf" "$T/$fam"
     expect "families_${fam}_extract" 0
@@ -88,6 +88,14 @@ control deepseekv3 no_group_limit 's/"topk_group": 2/"topk_group": 4/'
 control deepseekv3 no_routed_scaling 's/"routed_scaling_factor": 2.5/"routed_scaling_factor": 1.0/'
 control deepseekv3 not_renormalised 's/"norm_topk_prob": true/"norm_topk_prob": false/'
 control deepseekv3 mtp_as_4th_layer 's/"num_hidden_layers": 3/"num_hidden_layers": 4/'
+# GLM-4.5: the capabilities its config switches, and partial RoPE
+control glm4moe whole_head_rope 's/"partial_rotary_factor": 0.5/"partial_rotary_factor": 1.0/'
+control glm4moe no_qkv_bias 's/"attention_bias": true/"attention_bias": false/'
+control glm4moe no_qk_norm 's/"use_qk_norm": true/"use_qk_norm": false/'
+control glm4moe no_group_limit 's/"topk_group": 2/"topk_group": 4/'
+control glm4moe no_routed_scaling 's/"routed_scaling_factor": 2.5/"routed_scaling_factor": 1.0/'
+control glm4moe not_renormalised 's/"norm_topk_prob": true/"norm_topk_prob": false/'
+control glm4moe mtp_as_4th_layer 's/"num_hidden_layers": 3/"num_hidden_layers": 4/'
 # Mixtral renormalises always: a norm_topk_prob key is not Mixtral's and changes nothing.
 control_same() {
     local G=$FAM/mixtral-tiny/golden
@@ -140,9 +148,16 @@ bad=$(jq -r '.experts[] | select(. < 4)' "$T/r.jsonl" | head -3)
 [ -s "$T/r.jsonl" ] && [ -z "$bad" ] && ok families_deepseekv3_mask_never_chosen ||
     fail families_deepseekv3_mask_never_chosen "chose $bad"
 
+# GLM-4.5: a partial_rotary_factor leaving an odd number of rotated dims
+# (int(24 x 0.3) = 7) is refused, naming the config.
+rm -rf "$T/ctl"; mkdir -p "$T/ctl"; cp "$FAM/glm4moe-tiny/hf"/* "$T/ctl/"; chmod u+w "$T/ctl/config.json"
+sed -i 's/"partial_rotary_factor": 0.5/"partial_rotary_factor": 0.3/' "$T/ctl/config.json"
+run qmoe-run -n 0 --token-ids 1,2 "$T/ctl"
+expect families_glm4moe_odd_rotary_refused 2 "config.json': 7 rotated dims per head"
+
 # Perplexity: the mean NLL of each sequence's text (tokenized with the
 # fixture's tokenizer to the same ids) equals nll.json, full and masked.
-for fam in mixtral olmoe qwen2moe deepseekv3; do
+for fam in mixtral olmoe qwen2moe deepseekv3 glm4moe; do
     G=$FAM/$fam-tiny/golden
     for s in 1 2 3; do
         jq -j ".sequences.seq$s.text" "$G/tokens.json" >"$T/s.txt"

@@ -30,7 +30,7 @@ static void test_reference_cases(void)
         const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(c, "config");
         int dim = cJSON_GetObjectItemCaseSensitive(c, "dim")->valueint;
         GError *err = NULL;
-        qm_rope *r = qm_rope_from_config(cfg, name, dim, &err);
+        qm_rope *r = qm_rope_from_config(cfg, name, dim, 0, &err);
         if (!r) {
             printf("  %s: %s\n", name, err->message);
             CHECK(r);
@@ -87,7 +87,7 @@ static void test_deepseek_v3_values(void)
         "\"rope_scaling\":{\"beta_fast\":32,\"beta_slow\":1,\"factor\":40,\"mscale\":1.0,"
         "\"mscale_all_dim\":1.0,\"original_max_position_embeddings\":4096,\"type\":\"yarn\"}}");
     GError *err = NULL;
-    qm_rope *r = qm_rope_from_config(tc, "config.json", 64, &err);
+    qm_rope *r = qm_rope_from_config(tc, "config.json", 64, 0, &err);
     CHECK(r && !err);
     if (r) {
         double m = 0.1 * log(40.0) + 1;
@@ -106,7 +106,7 @@ static void test_deepseek_v3_values(void)
     qm_rope_free(r);
     /* the same for Qwen3 (not a deepseek model): no softmax multiplier */
     cJSON_ReplaceItemInObjectCaseSensitive(tc, "model_type", cJSON_CreateString("qwen3_moe"));
-    r = qm_rope_from_config(tc, "config.json", 64, &err);
+    r = qm_rope_from_config(tc, "config.json", 64, 0, &err);
     CHECK(r && r->softmax_mult == 1.0 && r->attention_factor == 1.0);
     qm_rope_free(r);
     cJSON_Delete(tc);
@@ -117,7 +117,7 @@ static void test_tables_match_at(void)
     cJSON *tc = cJSON_Parse("{\"rope_theta\":1e6,\"max_position_embeddings\":131072,"
                             "\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4,"
                             "\"original_max_position_embeddings\":32768}}");
-    qm_rope *r = qm_rope_from_config(tc, "c", 32, NULL);
+    qm_rope *r = qm_rope_from_config(tc, "c", 32, 0, NULL);
     CHECK(r && fabs(r->attention_factor - (0.1 * log(4.0) + 1)) < 1e-15);
     if (r) {
         float tcos[40 * 16], tsin[40 * 16], c1[16], s1[16];
@@ -179,7 +179,7 @@ static void test_refusals(void)
         cJSON *tc = cJSON_Parse(bad[i].json);
         CHECK(tc);
         GError *err = NULL;
-        qm_rope *r = qm_rope_from_config(tc, "cfg.json", 16, &err);
+        qm_rope *r = qm_rope_from_config(tc, "cfg.json", 16, 0, &err);
         CHECK(!r);
         CHECK_CONTAINS(err ? err->message : NULL, bad[i].msg);
         CHECK_CONTAINS(err ? err->message : NULL, "'cfg.json'");
@@ -189,25 +189,69 @@ static void test_refusals(void)
     }
     GError *err = NULL;
     cJSON *tc = cJSON_Parse("{}");
-    CHECK(!qm_rope_from_config(tc, "cfg.json", 7, &err));
+    CHECK(!qm_rope_from_config(tc, "cfg.json", 7, 0, &err));
     CHECK_CONTAINS(err ? err->message : NULL, "7 rotated dims");
     g_clear_error(&err);
     /* no key at all: default RoPE with theta 10000; "mrope" is default */
-    qm_rope *r = qm_rope_from_config(tc, "cfg.json", 8, &err);
+    qm_rope *r = qm_rope_from_config(tc, "cfg.json", 8, 0, &err);
     CHECK(r && r->type == QM_ROPE_DEFAULT && r->theta == 10000 && r->inv_freq[1] == 0.1);
     qm_rope_free(r);
     cJSON_Delete(tc);
     tc = cJSON_Parse("{\"rope_scaling\":{\"type\":\"mrope\",\"mrope_section\":[2,1,1]}}");
-    r = qm_rope_from_config(tc, "cfg.json", 8, &err);
+    r = qm_rope_from_config(tc, "cfg.json", 8, 0, &err);
     CHECK(r && r->type == QM_ROPE_DEFAULT && r->attention_factor == 1);
     qm_rope_free(r);
     cJSON_Delete(tc);
     /* no factor: max_position_embeddings / original */
     tc = cJSON_Parse("{\"max_position_embeddings\":8192,\"rope_scaling\":{\"rope_type\":\"yarn\","
                      "\"original_max_position_embeddings\":2048}}");
-    r = qm_rope_from_config(tc, "cfg.json", 8, &err);
+    r = qm_rope_from_config(tc, "cfg.json", 8, 0, &err);
     CHECK(r && r->factor == 4);
     qm_rope_free(r);
+    cJSON_Delete(tc);
+}
+
+/* GLM-4.5's partial_rotary_factor: with `partial` the rotated dims are
+ * int(head_dim * factor) and the frequencies are theirs (theta^(-2i/dim)
+ * with dim 64 of a 128-wide head), from the config or rope_parameters;
+ * without `partial` the same config is refused, and so is a factor
+ * outside (0, 1] or one leaving an odd number of dims. */
+static void test_partial_rotary(void)
+{
+    GError *err = NULL;
+    cJSON *tc = cJSON_Parse("{\"partial_rotary_factor\":0.5,\"rope_theta\":10000}");
+    qm_rope *r = qm_rope_from_config(tc, "cfg.json", 128, 1, &err);
+    CHECK(r && r->dim == 64);
+    CHECK(r && fabs(r->inv_freq[1] - pow(10000.0, -2.0 / 64)) < 1e-15);
+    CHECK(r && fabs(r->inv_freq[31] - pow(10000.0, -62.0 / 64)) < 1e-15);
+    qm_rope_free(r);
+    CHECK(!qm_rope_from_config(tc, "cfg.json", 128, 0, &err));
+    CHECK_CONTAINS(err ? err->message : NULL, "partial_rotary_factor 0.5 is not supported");
+    g_clear_error(&err);
+    cJSON_Delete(tc);
+    tc = cJSON_Parse("{\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":1e6,"
+                     "\"partial_rotary_factor\":0.25}}");
+    r = qm_rope_from_config(tc, "cfg.json", 16, 1, &err);
+    CHECK(r && r->dim == 4 && r->theta == 1e6);
+    qm_rope_free(r);
+    cJSON_Delete(tc);
+    static const struct { const char *json, *msg; } bad[] = {
+        {"{\"partial_rotary_factor\":0}", "partial_rotary_factor 0 is not in (0, 1]"},
+        {"{\"partial_rotary_factor\":1.5}", "partial_rotary_factor 1.5 is not in (0, 1]"},
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+        tc = cJSON_Parse(bad[i].json);
+        r = qm_rope_from_config(tc, "cfg.json", 14, 1, &err);
+        CHECK(!r);
+        CHECK_CONTAINS(err ? err->message : NULL, bad[i].msg);
+        g_clear_error(&err);
+        qm_rope_free(r);
+        cJSON_Delete(tc);
+    }
+    tc = cJSON_Parse("{\"partial_rotary_factor\":0.5}");
+    CHECK(!qm_rope_from_config(tc, "cfg.json", 14, 1, &err)); /* 7 dims: odd */
+    CHECK_CONTAINS(err ? err->message : NULL, "7 rotated dims");
+    g_clear_error(&err);
     cJSON_Delete(tc);
 }
 
@@ -219,6 +263,7 @@ int main(void)
     RUN(test_deepseek_v3_values);
     RUN(test_tables_match_at);
     RUN(test_refusals);
+    RUN(test_partial_rotary);
     g_free(fix);
     TEST_EXIT();
 }

@@ -156,6 +156,7 @@ static void check_sample(const char *dir, const char *lname, const lt_shape *wan
     CHECK(s.n_moe_layers == want->n_moe_layers);
     int64_t H = s.hidden, I = s.inter, E = s.n_experts;
     int ds = strcmp(lname, "deepseek_v3") == 0, olmoe = strcmp(lname, "olmoe") == 0;
+    int glm = strcmp(lname, "glm4_moe") == 0;
 
     /* have[(layer * E + expert) * 3 + proj] = 1 + shard */
     int *have = g_new0(int, (size_t)s.n_layers * E * 3);
@@ -251,7 +252,13 @@ static void check_sample(const char *dir, const char *lname, const lt_shape *wan
     if (missing)
         printf("  %s: %d expert projections missing\n", lname, missing);
     CHECK(straddle || ck->n_shards == 1);
-    if (ds) { /* dense first layer with its own MLP */
+    if (glm) { /* GLM-4.5: q/k/v biases and per-head q/k norms, as its config says */
+        CHECK(ckpt_shard_index(ck, "model.layers.0.self_attn.k_proj.bias") >= 0);
+        CHECK(ckpt_shard_index(ck, "model.layers.1.self_attn.q_norm.weight") >= 0);
+        CHECK(cJSON_IsTrue(cJSON_GetObjectItem(ckpt_text_config(ck), "attention_bias")));
+        CHECK(cJSON_IsTrue(cJSON_GetObjectItem(ckpt_text_config(ck), "use_qk_norm")));
+    }
+    if (ds || glm) { /* dense first layer with its own MLP */
         CHECK(!s.is_moe[0]);
         CHECK(ckpt_shard_index(ck, "model.layers.0.mlp.gate_proj.weight") >= 0);
         CHECK(ckpt_shard_index(ck, "model.layers.1.mlp.shared_experts.up_proj.weight") >= 0);
@@ -272,7 +279,7 @@ static void check_sample(const char *dir, const char *lname, const lt_shape *wan
 
 static const char *const names[] = {
     "qwen3_omni_moe", "qwen3_moe", "qwen3_moe_fused", "mixtral",
-    "qwen2_moe", "olmoe", "deepseek_v3",
+    "qwen2_moe", "olmoe", "deepseek_v3", "glm4_moe",
 };
 
 static void test_every_layout_default(void)
@@ -282,9 +289,10 @@ static void test_every_layout_default(void)
         CHECK(out != NULL);
         if (!out)
             continue;
-        int ds = strcmp(names[i], "deepseek_v3") == 0;
+        /* first_k_dense_replace 1 */
+        int dense0 = !strcmp(names[i], "deepseek_v3") || !strcmp(names[i], "glm4_moe");
         lt_shape want = {.n_layers = 4, .n_experts = 8, .hidden = 64, .inter = 32,
-                         .n_moe_layers = ds ? 3 : 4};
+                         .n_moe_layers = dense0 ? 3 : 4};
         dims dm = {.heads = 4, .kv = 2, .hd = 16, .vocab = 384, .topk = 2};
         check_sample(out, names[i], &want, &dm);
         g_free(out);
@@ -295,6 +303,7 @@ static void test_every_layout_odd_sizes(void)
 {
     for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
         int ds = strcmp(names[i], "deepseek_v3") == 0;
+        int dense0 = ds || strcmp(names[i], "glm4_moe") == 0;
         int olmoe = strcmp(names[i], "olmoe") == 0;
         char *out = mksample(names[i], "--layout", names[i], "--layers", "3", "--experts",
                              "5", "--hidden", "48", "--inter", "24", "--heads", "6",
@@ -305,7 +314,7 @@ static void test_every_layout_odd_sizes(void)
         if (!out)
             continue;
         lt_shape want = {.n_layers = 3, .n_experts = 5, .hidden = 48, .inter = 24,
-                         .n_moe_layers = ds ? 2 : 3};
+                         .n_moe_layers = dense0 ? 2 : 3};
         dims dm = {.heads = 6, .kv = ds ? 6 : 3, .hd = olmoe ? 8 : 12, .vocab = 400,
                    .topk = 3};
         if (ds) /* MLA: no q/k/v_proj, o_proj is [H, heads * v_head_dim] */
