@@ -4,7 +4,7 @@
 # line naming the file and, where it applies, the tensor; a running job is
 # reported incomplete with its pid; bad input exits 2.
 . "$(dirname "$0")/lib.sh"
-plan 75
+plan 76
 TOOLS="$QMOE_BUILD/tests/tools"
 SRC="$FIX/qwen3moe-tiny/omni"        # 3 layers x 16 experts, hidden 64, inter 32
 E="thinker.model.layers"
