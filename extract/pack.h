@@ -70,6 +70,9 @@ typedef struct {
     expert_plan *plan;   /* --keep-experts, or NULL */
     char *plan_path;
     int n_keep;          /* experts per layer kept (n_experts without a plan) */
+    int drop_mtp;        /* the plan lists no layer of the MTP block: its
+                          * tensors are left out, num_nextn_predict_layers 0
+                          * (expert_plan_mtp_listed) */
     int top_k, top_k_out;/* num_experts_per_tok before and after */
     int n_tensors;
     pk_tensor *tensors;
@@ -87,7 +90,11 @@ typedef struct {
     uint64_t max_shard;       /* 0: PK_MAX_SHARD */
 } pk_opts;
 
-/* Opens SRC and plans the job (nothing written). Errors name the file and
+/* Opens SRC and plans the job (nothing written). A plan that lists no
+ * layer of DeepSeek-V3's multi-token-prediction block drops the block
+ * (drop_mtp): router statistics never see it, the forward pass of
+ * transformers does not run it, and a config with num_nextn_predict_layers
+ * 0 describes what is left. Errors name the file and
  * the problem: a bad plan (QM_ERR_FORMAT, the entry named), --as qwen3_moe
  * of a source that is not Qwen3-Omni (QM_ERR_USAGE), an extraction of a
  * stacked-expert checkpoint (QM_ERR_USAGE: pack its source). */
@@ -115,6 +122,8 @@ int pk_job_write(pk_job *j, const char *dest, const pk_write_opts *o,
  * qmoe-pack.json (plan, original ids, each file's size and SHA-256; files
  * must have been written). Caller deletes. */
 cJSON *pk_index_json(const pk_job *j);
+/* Adds "mtp": {layers_before, layers_after, dropped} to doc. */
+void pk_mtp_json(const pk_job *j, cJSON *doc);
 cJSON *pk_record_json(const pk_job *j);
 
 #endif

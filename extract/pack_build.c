@@ -138,6 +138,8 @@ static cJSON *make_config(pk_job *j, GError **err)
         g_strfreev(keys);
         set_number(tc, "num_experts_per_tok", j->top_k_out);
     }
+    if (j->drop_mtp)
+        set_number(tc, j->lt->mtp_key, 0);
     return out;
 }
 
@@ -196,6 +198,20 @@ static int is_router(const pk_job *j, const char *name, int layer)
     return hit;
 }
 
+/* The tensor belongs to a layer of the MTP block ("model.layers.61.*",
+ * its embedding, projections and head included). */
+static int in_mtp(const pk_job *j, const char *name)
+{
+    for (int l = lt_decoder_layers(&j->shape); l < j->shape.n_layers; l++) {
+        char *p = g_strdup_printf("%slayers.%d.", j->lt->root, l);
+        int hit = g_str_has_prefix(name, p);
+        g_free(p);
+        if (hit)
+            return 1;
+    }
+    return 0;
+}
+
 static int plan_tensors(pk_job *j, GError **err)
 {
     ckpt *ck = j->ck;
@@ -213,6 +229,8 @@ static int plan_tensors(pk_job *j, GError **err)
         lt_class c;
         layout_classify(j->lt, name, &c);
         if (j->as_qwen3 && c.kind == LT_OTHER)
+            continue;
+        if (j->drop_mtp && in_mtp(j, name))
             continue;
         if (c.kind == LT_EXPERT && j->lt->fused) {
             g_set_error(err, QM_ERROR, QM_ERR_USAGE,
@@ -427,6 +445,7 @@ pk_job *pk_job_build(const char *src, const pk_opts *o, GError **err)
         }
         if (expert_plan_check_pack(j->plan, &j->shape, n_group, &j->n_keep, err))
             goto fail;
+        j->drop_mtp = j->shape.n_mtp > 0 && expert_plan_mtp_listed(j->plan, &j->shape) == 0;
         j->top_k_out = MIN(j->top_k, j->n_keep);
         if (n_group > 1 && j->top_k_out > topk_group * (j->n_keep / n_group)) {
             g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
@@ -474,6 +493,14 @@ cJSON *pk_index_json(const pk_job *j)
     return doc;
 }
 
+void pk_mtp_json(const pk_job *j, cJSON *doc)
+{
+    cJSON *m = cJSON_AddObjectToObject(doc, "mtp");
+    cJSON_AddNumberToObject(m, "layers_before", j->shape.n_mtp);
+    cJSON_AddNumberToObject(m, "layers_after", j->drop_mtp ? 0 : j->shape.n_mtp);
+    cJSON_AddBoolToObject(m, "dropped", j->drop_mtp);
+}
+
 cJSON *pk_record_json(const pk_job *j)
 {
     cJSON *doc = cJSON_CreateObject();
@@ -489,6 +516,7 @@ cJSON *pk_record_json(const pk_job *j)
     cJSON_AddNumberToObject(doc, "experts_after", j->n_keep);
     cJSON_AddNumberToObject(doc, "top_k_before", j->top_k);
     cJSON_AddNumberToObject(doc, "top_k_after", j->top_k_out);
+    pk_mtp_json(j, doc);
     if (j->plan) {
         cJSON *p = cJSON_AddObjectToObject(doc, "plan");
         cJSON_AddStringToObject(p, "file", j->plan_path);

@@ -57,7 +57,12 @@ static const char *description =
     "num_experts_per_tok at most N; every other tensor is copied byte for byte.\n"
     "With group-limited routing (DeepSeek-V3) the plan keeps N/n_group experts of\n"
     "each group, listed group by group. A bad plan is refused before anything is\n"
-    "written, naming the entry.\n"
+    "written, naming the entry. DeepSeek-V3's multi-token-prediction block (the\n"
+    "layers after num_hidden_layers, used only for speculative decoding) is\n"
+    "kept when the plan lists its layers and dropped when it lists none of them,\n"
+    "as a plan from router statistics does (the forward pass never routes through\n"
+    "it): its tensors are left out and num_nextn_predict_layers becomes 0, which\n"
+    "qmoe-pack says on stderr and records in qmoe-pack.json (\"mtp\").\n"
     "\n"
     "--as qwen3_moe (a Qwen3-Omni source) writes the thinker's text model only,\n"
     "under model.* and lm_head.weight, with a Qwen3MoeForCausalLM config made\n"
@@ -80,6 +85,10 @@ static void on_signal(int sig)
     stop_int = 1;
 }
 
+static const char *const mtp_note =
+    "the plan does not list the multi-token-prediction block: it is dropped "
+    "(num_nextn_predict_layers 0; list its layers in the plan to keep it)";
+
 static void dry_run_text(const pk_job *j, const char *dest, uint64_t need)
 {
     char a[32], b[32];
@@ -94,6 +103,8 @@ static void dry_run_text(const pk_job *j, const char *dest, uint64_t need)
                j->plan_path, j->top_k, j->top_k_out);
     else
         printf("experts: all %d in each of %d MoE layers\n", j->shape.n_experts, moe);
+    if (j->drop_mtp)
+        printf("%s\n", mtp_note);
     printf("would write %d shard%s, %d tensors of %llu in the source, %s of tensor data; "
            "%s in all\n", j->n_files, j->n_files == 1 ? "" : "s", j->n_tensors,
            (unsigned long long)j->src_tensors, qm_human_bytes(j->total_size, a, sizeof a),
@@ -138,6 +149,7 @@ static cJSON *summary_json(const pk_job *j, const char *dest, uint64_t need, int
     cJSON_AddNumberToObject(doc, "experts_before", j->shape.n_experts);
     cJSON_AddNumberToObject(doc, "experts_after", j->n_keep);
     cJSON_AddNumberToObject(doc, "top_k_after", j->top_k_out);
+    pk_mtp_json(j, doc);
     cJSON_AddNumberToObject(doc, "tensors", j->n_tensors);
     cJSON_AddNumberToObject(doc, "total_size", (double)j->total_size);
     cJSON_AddNumberToObject(doc, "bytes", (double)need);
@@ -223,6 +235,8 @@ int main(int argc, char **argv)
     int rc = 0;
     if (!j)
         goto fail;
+    if (j->drop_mtp && !opt_dry_run) /* the dry run lists it on stdout */
+        fprintf(stderr, "%s: %s\n", prog, mtp_note);
     uint64_t need = pk_job_bytes(j), shared = 0;
     if (opt_dry_run) {
         if (opt_json)

@@ -22,7 +22,7 @@
 static const char *prog = "qmoe-verify";
 
 static gboolean opt_quick, opt_json, opt_version, opt_coherence, opt_no_progress;
-static char *opt_source, *opt_text, *opt_prompts, *opt_mask, *opt_report;
+static char *opt_source, *opt_text, *opt_prompts, *opt_mask, *opt_keep, *opt_report;
 static int opt_expect = -1, opt_jobs, opt_gen_tokens = -1;
 static double opt_max_ppl;
 
@@ -47,6 +47,10 @@ static GOptionEntry entries[] = {
     {"mask-experts", 0, 0, G_OPTION_ARG_STRING, &opt_mask,
      "--coherence: restrict the router to LIST for the whole gate (shows a masked run failing)",
      "LIST"},
+    {"keep-experts", 0, 0, G_OPTION_ARG_FILENAME, &opt_keep,
+     "--coherence: restrict each layer's router to the expert plan PLAN for the whole gate "
+     "(the pruned model simulated), and compare it with the first N experts and the free "
+     "router", "PLAN"},
     {"report", 0, 0, G_OPTION_ARG_FILENAME, &opt_report,
      "--coherence: write DIR/index.html: verdicts, continuations and router heatmaps, free "
      "router next to masked to 0-7", "DIR"},
@@ -99,6 +103,17 @@ static const char *description =
     "             router weight per prompt domain, and the reference perplexity\n"
     "             with the router masked to experts 0-7 next to the free one's.\n"
     "             It needs every expert: with files missing it is not run.\n"
+    "             --keep-experts PLAN runs the whole gate with each layer the\n"
+    "             plan lists restricted to its experts (the model qmoe-pack\n"
+    "             --keep-experts PLAN would write) and judges it by the same\n"
+    "             criteria, (c) against what the plan allows: a layer keeping\n"
+    "             N experts must choose more than max(N/4, min(8, N/2)) of\n"
+    "             them (8 kept: more than 4). Shown besides, as information,\n"
+    "             not a criterion: the comparison at the same N, the\n"
+    "             reference perplexity and the router diversity (distinct\n"
+    "             experts the text was routed to / experts allowed, over the\n"
+    "             MoE layers) of the plan, of the first N experts of each\n"
+    "             listed layer (experts 0..N-1) and of the free router.\n"
     "             Default files: $QMOE_DATA/{reference.txt,prompts} when\n"
     "             QMOE_DATA is set, else the first of\n"
     "             <bindir>/../share/qmoe/ (make install) and\n"
@@ -207,9 +222,12 @@ static const char *verdict(int ok)
 
 static void print_coherence(const coh_result *c)
 {
-    printf("coherence: %d MoE layers x %d experts, top-%d, vocabulary %d (tokenizer %d)%s%s\n",
+    printf("coherence: %d MoE layers x %d experts, top-%d, vocabulary %d (tokenizer %d)%s%s"
+           "%s%s%s\n",
            c->n_moe_layers, c->n_experts, c->top_k, c->vocab, c->tok_vocab,
-           c->mask ? ", router masked to " : "", c->mask ? c->mask : "");
+           c->mask ? ", router masked to " : "", c->mask ? c->mask : "",
+           c->plan_path ? ", router restricted to the plan '" : "",
+           c->plan_path ? c->plan_path : "", c->plan_path ? "'" : "");
     if (c->source_checked)
         printf("  (a) source: logits of %d prompt%s %s  %s\n", c->source_prompts,
                c->source_prompts == 1 ? "" : "s",
@@ -221,20 +239,38 @@ static void print_coherence(const coh_result *c)
            c->text_tokens, c->ppl, c->max_ppl, verdict(c->ppl_ok));
     if (c->ablation_run)
         printf("      ablation, router masked to %s: %.6g (%s: %.6g)\n", COH_ABLATION_MASK,
-               c->ablation_ppl, c->mask ? "router masked as above" : "free router", c->ppl);
+               c->ablation_ppl,
+               c->mask ? "router masked as above" : c->plan_path ? "the plan" : "free router",
+               c->ppl);
     else
         printf("      ablation: not run (%d experts, top-%d: masking to %s changes nothing)\n",
                c->n_experts, c->top_k, COH_ABLATION_MASK);
-    printf("  (c) router: each MoE layer must choose more than %d of %d experts over the "
-           "prompt set (%d tokens)  %s\n",
-           c->router_threshold, c->n_experts, c->routed_tokens, verdict(c->router_ok));
+    if (c->compare_run) {
+        printf("      comparison at the same N (%d layer%s in the plan; information, not a "
+               "criterion):\n", c->plan_layers, c->plan_layers == 1 ? "" : "s");
+        static const char *const what[COH_ROWS] = {"plan", "first N experts", "free router"};
+        for (int k = 0; k < COH_ROWS; k++) {
+            const coh_row *w = &c->rows[k];
+            printf("        %-16s perplexity %-10.6g router diversity %d/%d (%.0f %%)\n",
+                   what[k], w->ppl, w->used, w->allowed,
+                   w->allowed ? 100.0 * w->used / w->allowed : 0.0);
+        }
+    }
+    if (c->plan_path)
+        printf("  (c) router: each MoE layer must choose more than max(N/4, min(8, N/2)) of "
+               "the N experts it may use over the prompt set (%d tokens)  %s\n",
+               c->routed_tokens, verdict(c->router_ok));
+    else
+        printf("  (c) router: each MoE layer must choose more than %d of %d experts over the "
+               "prompt set (%d tokens)  %s\n",
+               c->router_threshold, c->n_experts, c->routed_tokens, verdict(c->router_ok));
     for (int i = 0; i < c->n_moe_layers; i++) {
         const coh_layer_usage *u = &c->layers[i];
         int ids[3];
         double sh[3];
         int k = coh_top_experts(u->weight, u->n_experts, 3, ids, sh);
         printf("      layer %2d: %3d/%d chosen  %-6s most weight:", u->layer, u->used,
-               u->n_experts, verdict(u->ok));
+               u->allowed, verdict(u->ok));
         for (int j = 0; j < k; j++)
             printf(" %d (%.0f %%)", ids[j], 100 * sh[j]);
         printf("\n");
@@ -386,9 +422,14 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!opt_coherence && (opt_text || opt_prompts || opt_max_ppl != 0 || opt_mask ||
-                           opt_report || opt_gen_tokens != -1)) {
-        fprintf(stderr, "%s: --text, --prompts, --max-ppl, --gen-tokens, --mask-experts and "
-                "--report need --coherence\n", prog);
+                           opt_keep || opt_report || opt_gen_tokens != -1)) {
+        fprintf(stderr, "%s: --text, --prompts, --max-ppl, --gen-tokens, --mask-experts, "
+                "--keep-experts and --report need --coherence\n", prog);
+        return 2;
+    }
+    if (opt_mask && opt_keep) {
+        fprintf(stderr, "%s: --mask-experts and --keep-experts both restrict the router: "
+                "give one\n", prog);
         return 2;
     }
     if (opt_gen_tokens != -1 && (opt_gen_tokens < 1 || opt_gen_tokens > 4096)) {
@@ -456,7 +497,8 @@ int main(int argc, char **argv)
     if (opt_coherence) {
         double t0 = qm_monotonic();
         coh_opts co = {.text_path = ref_text, .prompts_path = prompts, .source = opt_source,
-                       .max_ppl = opt_max_ppl, .mask = opt_mask, .n_threads = jobs,
+                       .max_ppl = opt_max_ppl, .mask = opt_mask, .keep_experts = opt_keep,
+                       .n_threads = jobs,
                        .n_new = opt_gen_tokens > 0 ? opt_gen_tokens : 0,
                        .progress = opt_no_progress ? NULL : coherence_progress,
                        .progress_user = &t0};
@@ -494,6 +536,7 @@ int main(int argc, char **argv)
     g_free(opt_text);
     g_free(opt_prompts);
     g_free(opt_mask);
+    g_free(opt_keep);
     g_free(opt_report);
     vf_target_close(t);
     vf_result_free(r);

@@ -24,23 +24,27 @@ int verify_write_report(const char *dir, const char *out, const coh_opts *co,
             goto out;
     }
     const char *mask = gate->mask ? gate->mask : COH_ABLATION_MASK;
-    int compare = gate->mask || gate->n_experts > 8;
+    /* with a plan: the plan's gate next to the free router's; the router
+     * pictures are the free router's (a plan is not one mask) */
+    int plan = gate->plan_path != NULL;
+    int compare = plan || gate->mask || gate->n_experts > 8;
     if (compare) {
         coh_opts o2 = *co;
-        o2.mask = gate->mask ? NULL : COH_ABLATION_MASK;
+        o2.mask = gate->mask || plan ? NULL : COH_ABLATION_MASK;
+        o2.keep_experts = NULL;
         if (coh_run(out, &o2, &other, err) != 0) {
             g_prefix_error(err, "--report: ");
             goto out;
         }
     }
     if (!(free_s = rs_run(out, c, NULL, co->n_threads, err)) ||
-        (compare && !(masked_s = rs_run(out, c, mask, co->n_threads, err)))) {
+        (compare && !plan && !(masked_s = rs_run(out, c, mask, co->n_threads, err)))) {
         g_prefix_error(err, "--report: ");
         goto out;
     }
     report_input ri = {.title = "qmoe coherence report", .stats = free_s, .masked = masked_s,
-                       .gate = gate->mask ? other : gate,
-                       .gate_masked = gate->mask ? gate : other};
+                       .gate = gate->mask || plan ? other : gate,
+                       .gate_masked = gate->mask || plan ? gate : other};
     rv = report_write(dir, &ri, err);
 out:
     coh_result_free(other);

@@ -3,6 +3,7 @@
 
 #include "text/chat.h"
 #include "model/model.h"
+#include "analysis/expert_plan.h"
 #include "analysis/perplexity.h"
 #include "text/tokenizer.h"
 #include "base/fs.h"
@@ -87,6 +88,11 @@ void coh_result_free(coh_result *r)
         return;
     g_free(r->model_path);
     g_free(r->mask);
+    g_free(r->plan_path);
+    for (int k = 0; k < COH_ROWS; k++) {
+        g_free(r->rows[k].layer_used);
+        g_free(r->rows[k].layer_allowed);
+    }
     g_free(r->source_path);
     g_free(r->text_path);
     for (int i = 0; r->layers && i < r->n_moe_layers; i++) {
@@ -170,6 +176,8 @@ typedef struct {
     const int *moe_index;     /* [n_layers] layer -> MoE layer index, or -1 */
     coh_domain_usage **domain;/* [prompts] each prompt's domain (its sequence id) */
     int n_prompts;            /* sequences with a larger id are the text's */
+    uint8_t *text_used;       /* [n_moe_layers x n_experts] experts the
+                               * text's tokens went to, or NULL */
 } router_ctx;
 
 static void on_route(void *user, int seq, int pos, int token, int layer, int k,
@@ -180,8 +188,14 @@ static void on_route(void *user, int seq, int pos, int token, int layer, int k,
     (void)out_norms;
     router_ctx *c = user;
     int li = c->moe_index[layer];
-    if (li < 0 || seq >= c->n_prompts) /* (c) is the prompt set's */
+    if (li < 0)
         return;
+    if (seq >= c->n_prompts) { /* the text's: the comparison's diversity */
+        for (int i = 0; c->text_used && i < k; i++)
+            if (experts[i] >= 0 && experts[i] < c->r->n_experts)
+                c->text_used[(size_t)li * c->r->n_experts + experts[i]] = 1;
+        return; /* (c) is the prompt set's */
+    }
     coh_domain_usage *dom = c->domain[seq];
     if (li == 0) { /* each token passes every MoE layer once */
         c->r->routed_tokens++;
@@ -462,8 +476,8 @@ static int take(gate_seq *g, int token, const GArray *stop)
  * another gives; the router observer (c) sees the prompt and expected
  * tokens only, so the verdict does not depend on --gen-tokens. */
 static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_index,
-                       const GArray *pick, int chunk, text_win *tw, coh_result *r,
-                       gate_seq **seqs_out, GError **err)
+                       const GArray *pick, int chunk, text_win *tw, uint8_t *text_used,
+                       coh_result *r, gate_seq **seqs_out, GError **err)
 {
     const model_config *c = model_get_config(m);
     /* a continuation ends where a generation would: end of text or turn */
@@ -475,7 +489,8 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
     guint np = r->prompts->len;
     gate_seq *g = g_new0(gate_seq, np);
     coh_domain_usage **dom = g_new0(coh_domain_usage *, np);
-    router_ctx rc = {.r = r, .moe_index = moe_index, .domain = dom, .n_prompts = (int)np};
+    router_ctx rc = {.r = r, .moe_index = moe_index, .domain = dom, .n_prompts = (int)np,
+                     .text_used = text_used};
     gate_tok *gt = NULL;
     model_tok *toks = NULL;
     int rc_ok = -1, total = 0, n_new = o->n_new > 0 ? o->n_new : COH_DEFAULT_NEW;
@@ -631,6 +646,7 @@ static void check_router(coh_result *r)
 {
     r->router_threshold = coh_router_threshold(r->n_experts);
     r->router_ok = 1;
+    int worst_threshold = r->router_threshold;
     uint8_t *bad = g_new0(uint8_t, r->n_moe_layers > 0 ? r->n_moe_layers : 1);
     int n_bad = 0, least = r->n_experts;
     for (int i = 0; i < r->n_moe_layers; i++) {
@@ -638,7 +654,7 @@ static void check_router(coh_result *r)
         u->used = u->used_first = 0;
         for (int e = 0; e < u->n_experts; e++)
             u->used += u->choices[e] > 0;
-        u->ok = u->used > r->router_threshold;
+        u->ok = u->used > u->threshold;
         if (!u->ok) {
             bad[i] = 1;
             n_bad++;
@@ -660,6 +676,8 @@ static void check_router(coh_result *r)
         for (int i = 0; i < r->n_moe_layers; i++)
             if (bad[i] && (worst < 0 || r->layers[i].used < r->layers[worst].used))
                 worst = i;
+        worst_threshold = r->layers[worst].threshold;
+        int allowed = r->layers[worst].allowed;
         uint8_t *set = g_new0(uint8_t, r->n_experts);
         for (int e = 0; e < r->n_experts; e++)
             set[e] = r->layers[worst].choices[e] > 0;
@@ -672,10 +690,11 @@ static void check_router(coh_result *r)
         char *layers = qm_list_format(bad_layers, n_layers);
         add_failure(r, "router",
                     "confined: %d of %d MoE layers (%s) chose at most %d of %d "
-                    "experts across the prompt set (needs more than %d); layer %d used "
+                    "experts%s across the prompt set (needs more than %d); layer %d used "
                     "only experts %s",
-                    n_bad, r->n_moe_layers, layers, least, r->n_experts,
-                    r->router_threshold, r->layers[worst].layer, which);
+                    n_bad, r->n_moe_layers, layers, least, allowed,
+                    allowed < r->n_experts ? " the plan allows" : "", worst_threshold,
+                    r->layers[worst].layer, which);
         g_free(bad_layers);
         g_free(which);
         g_free(layers);
@@ -686,8 +705,9 @@ static void check_router(coh_result *r)
 
 /* (a): the source model on the picked prompts, against the logits the
  * prompt set's batch kept for them. */
-static int compare_source(const coh_opts *o, const uint8_t *mask, const GArray *pick,
-                          const gate_seq *g, coh_result *r, GError **err)
+static int compare_source(const coh_opts *o, const uint8_t *mask, const expert_plan *plan,
+                          const GArray *pick, const gate_seq *g, coh_result *r,
+                          GError **err)
 {
     model_opts mo = {.n_threads = o->n_threads > 0 ? o->n_threads : 1};
     model *s = model_load(o->source, &mo, err);
@@ -703,7 +723,9 @@ static int compare_source(const coh_opts *o, const uint8_t *mask, const GArray *
         model_free(s);
         return -1;
     }
-    if (mask && model_set_mask(s, mask, err) < 0) {
+    if ((mask && model_set_mask(s, mask, err) < 0) ||
+        (plan && expert_plan_apply(s, plan, err) < 0)) {
+        g_prefix_error(err, "source '%s': ", o->source);
         model_free(s);
         return -1;
     }
@@ -755,6 +777,77 @@ static int compare_source(const coh_opts *o, const uint8_t *mask, const GArray *
     return rc;
 }
 
+/* Router observer of a text-only batch: every token is the text's. */
+static void on_route_text(void *user, int seq, int pos, int token, int layer, int k,
+                          const int *experts, const float *weights, const float *out_norms)
+{
+    router_ctx *c = user;
+    on_route(user, seq + c->n_prompts, pos, token, layer, k, experts, weights, out_norms);
+}
+
+/* One row of the comparison: its perplexity, from the text's nll, and its
+ * diversity, from the experts the text went to (used, cleared after). */
+static void fill_row(coh_result *r, int k, const char *name, const text_win *tw,
+                     uint8_t *used)
+{
+    coh_row *row = &r->rows[k];
+    row->name = name;
+    row->nll = windows_nll(tw);
+    row->ppl = exp(row->nll);
+    row->layer_used = g_new0(int, MAX(r->n_moe_layers, 1));
+    row->layer_allowed = g_new0(int, MAX(r->n_moe_layers, 1));
+    for (int i = 0; i < r->n_moe_layers; i++) {
+        for (int e = 0; e < r->n_experts; e++)
+            row->layer_used[i] += used[(size_t)i * r->n_experts + e];
+        row->layer_allowed[i] = k == COH_ROW_FREE ? r->n_experts : r->layers[i].allowed;
+        row->used += row->layer_used[i];
+        row->allowed += row->layer_allowed[i];
+    }
+    memset(used, 0, (size_t)r->n_moe_layers * r->n_experts);
+}
+
+/* The rows beyond the plan's (which the prompt set's batch gave): the
+ * reference text again with each listed layer confined to its first N
+ * experts, then with the router free. Leaves the router free. */
+static int compare_rows(model *m, const coh_opts *o, const expert_plan *plan,
+                        const int *moe_index, text_win *tw, uint8_t *used, coh_result *r,
+                        GError **err)
+{
+    const model_config *c = model_get_config(m);
+    router_ctx rc = {.r = r, .moe_index = moe_index, .n_prompts = 0, .text_used = used};
+    gate_tok *gt = g_new0(gate_tok, (size_t)tw->nw * tw->ctx);
+    uint8_t *first = g_new0(uint8_t, c->n_experts);
+    int rc_ok = 0;
+    for (int k = COH_ROW_FIRST; k <= COH_ROW_FREE && rc_ok == 0; k++) {
+        progress(o, "comparison: perplexity with %s, %d tokens in one batch",
+                 k == COH_ROW_FIRST ? "each listed layer's router confined to its first N "
+                                      "experts"
+                                    : "the router free",
+                 tw->n);
+        for (int l = 0; l < c->n_layers && rc_ok == 0; l++) {
+            if (!c->is_moe[l])
+                continue;
+            int n = l < plan->n_layers && plan->keep[l] ? plan->n_keep[l] : 0;
+            for (int e = 0; e < c->n_experts; e++)
+                first[e] = e < n;
+            rc_ok = model_set_layer_mask(m, l, k == COH_ROW_FIRST && n ? first : NULL, err);
+        }
+        if (rc_ok < 0)
+            break;
+        int n = windows_toks(tw, gt);
+        model_set_router_log(m, on_route_text, &rc);
+        rc_ok = gate_batch(m, gt, n, COH_BATCH, err);
+        model_set_router_log(m, NULL, NULL);
+        if (rc_ok == 0)
+            fill_row(r, k, k == COH_ROW_FIRST ? "first" : "free", tw, used);
+    }
+    g_free(first);
+    g_free(gt);
+    if (rc_ok < 0)
+        g_prefix_error(err, "comparison: ");
+    return rc_ok;
+}
+
 int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
 {
     double t0 = qm_monotonic();
@@ -770,7 +863,8 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     r->source_first_prompt = r->source_first_pos = -1;
     model *m = NULL;
     tok_t *tok = NULL;
-    uint8_t *mask = NULL;
+    uint8_t *mask = NULL, *text_used = NULL;
+    expert_plan *plan = NULL;
     int *moe_index = NULL;
     GArray *pick = NULL;
     gate_seq *gs = NULL;
@@ -800,6 +894,8 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
             coh_layer_usage *u = &r->layers[i++];
             u->layer = l;
             u->n_experts = r->n_experts;
+            u->allowed = r->n_experts;
+            u->threshold = coh_router_threshold(r->n_experts);
             u->choices = g_new0(uint32_t, r->n_experts > 0 ? r->n_experts : 1);
             u->weight = g_new0(double, r->n_experts > 0 ? r->n_experts : 1);
         }
@@ -817,6 +913,37 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
             goto done;
         r->mask = qm_list_format(mask, r->n_experts);
     }
+    if (o->keep_experts) {
+        if (o->mask) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "--mask-experts and --keep-experts both restrict the router: "
+                        "give one");
+            goto done;
+        }
+        if (r->n_experts <= 0) {
+            g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                        "--keep-experts: '%s' has no routed experts", path);
+            goto done;
+        }
+        if (!(plan = expert_plan_load_model(o->keep_experts, m, err)) ||
+            expert_plan_apply(m, plan, err) < 0) {
+            /* a plan that does not fit is the gate's input, not a verdict */
+            if (*err && (*err)->code == QM_ERR_FORMAT)
+                (*err)->code = QM_ERR_USAGE;
+            goto done;
+        }
+        r->plan_path = g_strdup(o->keep_experts);
+        for (int i = 0; i < r->n_moe_layers; i++) {
+            coh_layer_usage *u = &r->layers[i];
+            if (u->layer < plan->n_layers && plan->keep[u->layer]) {
+                r->plan_layers++;
+                u->allowed = plan->n_keep[u->layer];
+                u->threshold = coh_router_threshold(u->allowed);
+            }
+        }
+        r->compare_run = 1;
+        text_used = g_new0(uint8_t, (size_t)MAX(r->n_moe_layers, 1) * r->n_experts);
+    }
 
     if (encode(tok, text, ids, "reference text", err) < 0)
         goto done;
@@ -833,10 +960,10 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     /* the prompt set and the reference text, one batch: continuations,
      * router usage (c), the logits (a) compares and the perplexity (b) */
     pick = o->source ? source_picks(r) : g_array_new(FALSE, FALSE, sizeof(int));
-    if (run_prompts(m, tok, o, moe_index, pick, COH_BATCH, &tw, r, &gs, err) < 0)
+    if (run_prompts(m, tok, o, moe_index, pick, COH_BATCH, &tw, text_used, r, &gs, err) < 0)
         goto done;
     /* (a) */
-    if (o->source && compare_source(o, mask, pick, gs, r, err) < 0)
+    if (o->source && compare_source(o, mask, plan, pick, gs, r, err) < 0)
         goto done;
     gate_seqs_free(gs, r->prompts->len);
     gs = NULL;
@@ -849,6 +976,8 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     r->nll = windows_nll(&tw);
     r->ppl = exp(r->nll);
     r->ppl_ok = r->ppl <= r->max_ppl;
+    if (plan)
+        fill_row(r, COH_ROW_PLAN, "plan", &tw, text_used);
     if (!r->ppl_ok)
         add_failure(r, "perplexity",
                     "%.6g on the reference text '%s' (%d tokens) is above the maximum %.6g",
@@ -863,7 +992,8 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
         int bad = qm_list_parse(COH_ABLATION_MASK, r->n_experts, abl, "ablation", err) < 0 ||
                   model_set_mask(m, abl, err) < 0 ||
                   gate_batch(m, gt, n, COH_BATCH, err) < 0 ||
-                  model_set_mask(m, mask, err) < 0;
+                  model_set_mask(m, mask, err) < 0 ||
+                  (plan && expert_plan_apply(m, plan, err) < 0);
         g_free(gt);
         g_free(abl);
         if (bad)
@@ -872,6 +1002,9 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
         r->ablation_run = 1;
         r->ablation_ppl = exp(r->ablation_nll);
     }
+    /* the comparison at the same N: first N and free after the plan */
+    if (plan && compare_rows(m, o, plan, moe_index, &tw, text_used, r, err) < 0)
+        goto done;
     g_ptr_array_sort(r->failures, failure_order);
     rc = 0;
 done:
@@ -884,6 +1017,8 @@ done:
     g_array_free(ids, TRUE);
     g_free(moe_index);
     g_free(mask);
+    g_free(text_used);
+    expert_plan_free(plan);
     tok_free(tok);
     model_free(m);
     r->seconds = qm_monotonic() - t0;
@@ -999,6 +1134,38 @@ cJSON *coh_result_to_json(const coh_result *r)
         add_number_or_null(ab, "free_ppl", r->ppl);
     }
 
+    if (r->plan_path)
+        cJSON_AddStringToObject(j, "keep_experts", r->plan_path);
+    else
+        cJSON_AddNullToObject(j, "keep_experts");
+    if (r->compare_run) {
+        cJSON *cmp = cJSON_AddObjectToObject(j, "comparison");
+        cJSON_AddNumberToObject(cmp, "plan_layers", r->plan_layers);
+        cJSON_AddStringToObject(cmp, "diversity",
+                                "distinct experts the reference text was routed to / "
+                                "experts the layer allows, summed over the MoE layers");
+        cJSON *rows = cJSON_AddArrayToObject(cmp, "rows");
+        for (int k = 0; k < COH_ROWS; k++) {
+            const coh_row *w = &r->rows[k];
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddStringToObject(x, "router", w->name);
+            add_number_or_null(x, "nll", w->nll);
+            add_number_or_null(x, "ppl", w->ppl);
+            cJSON_AddNumberToObject(x, "used", w->used);
+            cJSON_AddNumberToObject(x, "allowed", w->allowed);
+            cJSON_AddNumberToObject(x, "diversity", w->allowed ? (double)w->used / w->allowed : 0);
+            cJSON *ly = cJSON_AddArrayToObject(x, "layers");
+            for (int i = 0; i < r->n_moe_layers; i++) {
+                cJSON *y = cJSON_CreateObject();
+                cJSON_AddNumberToObject(y, "layer", r->layers[i].layer);
+                cJSON_AddNumberToObject(y, "used", w->layer_used[i]);
+                cJSON_AddNumberToObject(y, "allowed", w->layer_allowed[i]);
+                cJSON_AddItemToArray(ly, y);
+            }
+            cJSON_AddItemToArray(rows, x);
+        }
+    }
+
     cJSON *ro = cJSON_AddObjectToObject(j, "router");
     cJSON_AddNumberToObject(ro, "threshold", r->router_threshold);
     cJSON_AddStringToObject(ro, "criterion",
@@ -1013,6 +1180,8 @@ cJSON *coh_result_to_json(const coh_result *r)
         cJSON *x = cJSON_CreateObject();
         cJSON_AddNumberToObject(x, "layer", u->layer);
         cJSON_AddNumberToObject(x, "used", u->used);
+        cJSON_AddNumberToObject(x, "allowed", u->allowed);
+        cJSON_AddNumberToObject(x, "threshold", u->threshold);
         cJSON_AddBoolToObject(x, "ok", u->ok);
         cJSON *ch = cJSON_AddArrayToObject(x, "choices");
         for (int e = 0; e < u->n_experts; e++)

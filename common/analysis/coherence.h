@@ -52,10 +52,25 @@
  * reference perplexity with the router restricted to experts 0-7 next to
  * the free router's (when the model has more than 8 experts).
  *
+ * With an expert plan (opts.keep_experts, expert_plan.h) the whole gate
+ * runs with each listed layer's router restricted to the plan: the model
+ * a pack with that plan would write, simulated on this one. It is judged
+ * by the same criteria, (c) measured against what the plan allows: a
+ * listed layer keeping n experts must use more than
+ * coh_router_threshold(n) of them across the prompt set (more than 4 of
+ * 8), so a router collapsed inside the plan still fails. Reported besides,
+ * as information and not a criterion: the comparison at the same N, three
+ * runs of the reference text side by side: the plan, the first N experts
+ * of each listed layer (experts 0..N-1: the seed's mistake) and the free
+ * router, each with its perplexity and its router diversity, the distinct
+ * experts the text's tokens were routed to over the experts the layer
+ * allows (summed over the MoE layers, and per layer).
+ *
  * How it runs: the prompt set (prompts with their expected texts) and the
  * reference text's windows go through the layers as one batch (passes of
  * COH_BATCH tokens: one pass for the sample prompts and text); the masked
- * ablation is a second batch of the text's windows; then the greedy
+ * ablation is a second batch of the text's windows (with a plan, the
+ * comparison's first-N and free rows are two more); then the greedy
  * continuations advance together, one batch per step, from where teacher
  * forcing left them.
  *
@@ -90,6 +105,9 @@ typedef struct {
     const char *mask;         /* LIST restricting the router for the whole
                                * run (to show what a masked router does),
                                * or NULL: free */
+    const char *keep_experts; /* an expert plan (expert_plan.h) restricting
+                               * each listed layer's router for the whole
+                               * run, or NULL; not with mask */
     int n_threads;            /* forward-pass threads; <= 0: 1 */
     int n_new;                /* tokens per prompt; <= 0: COH_DEFAULT_NEW */
     /* Optional: told as each step of the gate starts, with what it is
@@ -117,6 +135,9 @@ typedef struct {
     int n_experts;
     int used;                 /* experts chosen at least once (top-k) */
     int used_first;           /* experts chosen at least once as top-1 */
+    int allowed;              /* experts the router may choose: the plan's
+                               * count for a listed layer, else n_experts */
+    int threshold;            /* coh_router_threshold(allowed) */
     int ok;                   /* used > threshold */
     uint32_t *choices;        /* [n_experts] times chosen among the top-k */
     double *weight;           /* [n_experts] router weight received */
@@ -129,6 +150,18 @@ typedef struct {
     double *weight;           /* [n_moe_layers x n_experts] router weight */
 } coh_domain_usage;
 
+/* One row of the comparison at the same N (a run with a plan). */
+enum { COH_ROW_PLAN, COH_ROW_FIRST, COH_ROW_FREE, COH_ROWS };
+
+typedef struct {
+    const char *name;         /* "plan", "first", "free" (static) */
+    double nll, ppl;          /* on the reference text */
+    int used, allowed;        /* summed over the MoE layers: distinct experts
+                               * the text was routed to, experts allowed */
+    int *layer_used;          /* [n_moe_layers] */
+    int *layer_allowed;       /* [n_moe_layers] */
+} coh_row;
+
 typedef struct {
     char *criterion;          /* "source", "perplexity", "router" */
     char *message;            /* lowercase, says what was measured */
@@ -139,6 +172,10 @@ typedef struct {
     int vocab, n_experts, top_k, n_moe_layers;
     int tok_vocab;            /* the tokenizer's (may differ from the model's) */
     char *mask;               /* the mask of the whole run, or NULL */
+    char *plan_path;          /* the plan of the whole run, or NULL */
+    int plan_layers;          /* MoE layers it lists */
+    int compare_run;          /* rows[] filled: a plan was given */
+    coh_row rows[COH_ROWS];
     /* (a) */
     int source_checked;
     char *source_path;
@@ -156,7 +193,9 @@ typedef struct {
     int ablation_run;         /* 0 when the model has <= 8 experts */
     double ablation_nll, ablation_ppl;
     /* (c) */
-    int router_threshold;     /* a layer must use more experts than this */
+    int router_threshold;     /* a layer must use more experts than this
+                               * (a layer the plan lists: its own
+                               * coh_layer_usage.threshold) */
     int routed_tokens;        /* tokens fed while running the prompt set */
     int router_ok;
     coh_layer_usage *layers;  /* [n_moe_layers] */
@@ -188,7 +227,9 @@ int coh_top_experts(const double *w, int ne, int n, int *ids, double *shares);
  * (*out)->failures. Returns -1 with *err set when it could not run:
  * QM_ERR_IO when the model, text, prompt set or source cannot be read;
  * QM_ERR_USAGE when the gate's own input is wrong (a malformed prompt set,
- * text that is not UTF-8 or has fewer than 2 tokens, an invalid mask);
+ * text that is not UTF-8 or has fewer than 2 tokens, an invalid mask, both
+ * a mask and a plan); QM_ERR_FORMAT for a plan that does not fit the model
+ * (expert_plan_load_model);
  * the model's error (QM_ERR_FORMAT ...) when it cannot be loaded or an
  * expert cannot be used during the forward pass. */
 int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err);

@@ -136,18 +136,30 @@ expert_plan *expert_plan_load(const char *path, const lt_shape *s, GError **err)
     return p;
 }
 
+int expert_plan_mtp_listed(const expert_plan *p, const lt_shape *s)
+{
+    int n = 0;
+    for (int l = 0; l < s->n_layers && l < p->n_layers; l++)
+        n += lt_is_mtp(s, l) && p->keep[l] != NULL;
+    return n;
+}
+
 int expert_plan_check_pack(const expert_plan *p, const lt_shape *s, int n_group,
                            int *n_keep, GError **err)
 {
     int n = -1, first = -1;
+    /* a plan without the MTP block drops it (expert_plan_mtp_listed) */
+    int skip_mtp = expert_plan_mtp_listed(p, s) == 0;
     for (int l = 0; l < s->n_layers; l++) {
-        if (!s->is_moe[l])
+        if (!s->is_moe[l] || (skip_mtp && lt_is_mtp(s, l)))
             continue;
         if (!p->keep[l]) {
             g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
                         "'%s': MoE layer %d%s is not in the plan: a packed model keeps "
-                        "experts in every MoE layer, so the plan must list each", p->label,
-                        l, lt_is_mtp(s, l) ? " (the multi-token-prediction block)" : "");
+                        "experts in every MoE layer, so the plan must list each%s", p->label,
+                        l, lt_is_mtp(s, l) ? " (the multi-token-prediction block)" : "",
+                        lt_is_mtp(s, l) ? " MTP layer or none (then the block is dropped)"
+                                        : "");
             return -1;
         }
         if (n < 0) {

@@ -50,14 +50,21 @@ expert_plan *expert_plan_load(const char *path, const lt_shape *s, GError **err)
 void expert_plan_free(expert_plan *p);
 
 /* What a packed checkpoint needs beyond a valid plan: every MoE layer of
- * the model listed (the MTP block's too), the same count N in each (a
- * config has one expert count), and with group-limited routing
+ * the model listed, the same count N in each (a config has one expert
+ * count), and with group-limited routing
  * (n_group > 1, DeepSeek-V3) N/n_group experts of each group, at least
  * two (the group score sums a group's best two), listed group by group so
  * that the renumbered experts stay in their groups. Sets *n_keep to N.
  * Errors (QM_ERR_FORMAT) name the plan and the layer or entry. */
 int expert_plan_check_pack(const expert_plan *p, const lt_shape *s, int n_group,
                            int *n_keep, GError **err);
+/* The MTP block (DeepSeek-V3's multi-token-prediction layers, which the
+ * forward pass never runs) is the exception: router statistics cannot
+ * score its experts, so a plan from them does not list it. A plan listing
+ * none of its layers passes expert_plan_check_pack and the pack drops the
+ * block (num_nextn_predict_layers 0); listing some of them and not others
+ * is refused. Returns how many MTP layers p lists. */
+int expert_plan_mtp_listed(const expert_plan *p, const lt_shape *s);
 
 /* The router mask of one layer: allow[e] = 1 for the kept experts
  * (n_experts bytes, caller frees), or NULL when the layer is not listed. */

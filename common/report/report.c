@@ -415,6 +415,9 @@ static void gate_label(GString *o, const coh_result *g, const char *fallback)
     } else if (g->mask) {
         g_string_append(o, "router masked to ");
         esc(o, g->mask);
+    } else if (g->plan_path) {
+        g_string_append(o, "router restricted to the plan ");
+        esc(o, g->plan_path);
     } else {
         g_string_append(o, "free router");
     }
@@ -455,13 +458,29 @@ static void section_gate(GString *o, const coh_result *a, const coh_result *b)
             g_string_append(o, "<td>");
             if (x[j] && i < x[j]->n_moe_layers) {
                 verdict(o, x[j]->layers[i].ok);
-                put(o, " %d/%d", x[j]->layers[i].used, x[j]->n_experts);
+                put(o, " %d/%d", x[j]->layers[i].used, x[j]->layers[i].allowed);
             }
             g_string_append(o, "</td>");
         }
         g_string_append(o, "</tr>\n");
     }
     g_string_append(o, "</table>\n");
+
+    const coh_result *pl = a && a->compare_run ? a : b && b->compare_run ? b : NULL;
+    if (pl) {
+        g_string_append(o, "<table class=\"gate\">\n<caption>the plan at the same N, on the "
+                           "reference text (information, not a criterion)</caption>\n"
+                           "<tr><th>router</th><th>perplexity</th><th>router diversity "
+                           "(distinct experts used / allowed)</th></tr>\n");
+        static const char *const what[COH_ROWS] = {"the plan", "first N experts",
+                                                   "free router"};
+        for (int k = 0; k < COH_ROWS; k++) {
+            const coh_row *w = &pl->rows[k];
+            put(o, "<tr><th>%s</th><td>%.6g</td><td>%d/%d (%.0f %%)</td></tr>\n", what[k],
+                w->ppl, w->used, w->allowed, w->allowed ? 100.0 * w->used / w->allowed : 0.0);
+        }
+        g_string_append(o, "</table>\n");
+    }
 
     g_string_append(o, "<h3>Greedy continuations</h3>\n<table class=\"cont\">\n"
                        "<tr><th>domain</th><th>prompt</th><th>expected</th><th>");

@@ -102,8 +102,21 @@ static void pack_check(const char *json, int n_group, int want_n, const char *ms
 static void test_pack_checks(void)
 {
     pack_check("{\"keep\":{\"1\":[0,1,2,3],\"2\":[4,5,6,7],\"3\":[0,2,4,6]}}", 1, 4, NULL);
-    pack_check("{\"keep\":{\"1\":[0,1,2,3],\"2\":[4,5,6,7]}}", 1, 0,
-               "MoE layer 3 (the multi-token-prediction block) is not in the plan");
+    /* the MTP block left out: the pack drops it */
+    pack_check("{\"keep\":{\"1\":[0,1,2,3],\"2\":[4,5,6,7]}}", 1, 4, NULL);
+    pack_check("{\"keep\":{\"1\":[0,1,2,3],\"3\":[4,5,6,7]}}", 1, 0,
+               "MoE layer 2 is not in the plan");
+    pack_check("{\"keep\":{\"1\":[0,1,2,3],\"2\":[4,5,6,7],\"3\":[0,2,4]}}", 1, 0,
+               "keep[\"3\"] keeps 3 experts but keep[\"1\"] keeps 4");
+    GError *err = NULL;
+    expert_plan *p = parse("{\"keep\":{\"1\":[0,1,2,3],\"2\":[4,5,6,7]}}", &err);
+    expert_plan *q = parse("{\"keep\":{\"1\":[0,1,2,3],\"2\":[4,5,6,7],\"3\":[0,2,4,6]}}",
+                           &err);
+    CHECK(p && q && expert_plan_mtp_listed(p, &shape) == 0 &&
+          expert_plan_mtp_listed(q, &shape) == 1);
+    g_clear_error(&err);
+    expert_plan_free(p);
+    expert_plan_free(q);
     pack_check("{\"keep\":{\"1\":[0,1,2,3],\"2\":[4,5,6],\"3\":[0,2,4,6]}}", 1, 0,
                "keep[\"2\"] keeps 3 experts but keep[\"1\"] keeps 4");
     /* 2 groups of 4: two of each, group by group */
