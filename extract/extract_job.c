@@ -1039,16 +1039,24 @@ static int finish(job *j, ex_result *res, GError **err)
         j->error = NULL;
         return -1;
     }
-    if (stop_requested || j->prog.files_done < j->prog.files_planned) {
-        job_log(j, "stopped by signal after %llu/%llu files",
-                (unsigned long long)j->prog.files_done,
-                (unsigned long long)j->prog.files_planned);
+    unsigned long long n_done = j->prog.files_done, n_planned = j->prog.files_planned;
+    if (n_done < n_planned) {
+        /* workers end early only on a signal or a failure (j->failed) */
+        const char *why = stop_requested ? "stopped by signal"
+                                         : "stopped early with no error recorded";
+        job_log(j, "%s after %llu/%llu files", why, n_done, n_planned);
         write_progress(j, j->prog_path, "stopped");
-        g_set_error(err, QM_ERROR, QM_ERR_STOPPED,
-                    "stopped by signal: %llu/%llu files complete; run the same "
-                    "command again to resume", (unsigned long long)j->prog.files_done,
-                    (unsigned long long)j->prog.files_planned);
+        g_set_error(err, QM_ERROR, QM_ERR_STOPPED, "%s: %llu/%llu files complete; run "
+                    "the same command again to resume", why, n_done, n_planned);
         return -1;
+    }
+    /* A stop asked for after the last file was in place: what is left is
+     * the index and qmoe.json, as quick as stopping, so the run finishes
+     * and says so instead of calling a complete OUT stopped. */
+    if (stop_requested) {
+        job_log(j, "a stop signal came after the last file; finishing");
+        fprintf(stderr, "qmoe-extract: the stop signal came after the last of %llu files "
+                "was complete; finishing\n", n_planned);
     }
     /* The part that finishes last merges every journal; on NFS another
      * machine sees our last lines only once they reach the server. */
