@@ -177,7 +177,7 @@ check detach-log grep -q "finished: 52 files" "$T/det/.qmoe/extract.log"
 
 # -- a detached job is the child's in progress.json too: qmoe-status sees it
 # running (it once named the parent, gone, and said "crashed")
-QMOE_THROTTLE_MS=20 run qmoe-extract --detach "$OMNI" "$T/det2"
+QMOE_THROTTLE_MS=100 run qmoe-extract --detach "$OMNI" "$T/det2"
 dpid=$(printf %s "$out" | sed -n 's/.*pid \([0-9]*\).*/\1/p' | head -1)
 run qmoe-status "$T/det2"
 expect detach-status-running 1 "running (pid $dpid)" stdout
