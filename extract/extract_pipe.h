@@ -40,7 +40,8 @@ typedef void (*xp_done_fn)(void *arg, fs_out *o, void *file);
 typedef struct xp_writer xp_writer;
 
 /* Starts a writer with XP_NBUF buffers of `bufsize` bytes (a multiple of
- * FS_DIRECT_ALIGN, aligned to it). Free with xp_close. */
+ * FS_DIRECT_ALIGN, aligned to it; of 2 MiB or more: in transparent huge
+ * pages where the kernel allows them). Free with xp_close. */
 xp_writer *xp_new(size_t bufsize, xp_done_fn done, void (*free_file)(void *file),
                   void *arg);
 

@@ -2,7 +2,7 @@
 # qmoe-extract end to end on the golden fixture: layout, names, byte
 # identity with the source, resume, subsets, signals, locks, bad input.
 . "$(dirname "$0")/lib.sh"
-plan 77
+plan 81
 TOOLS="$QMOE_BUILD/tests/tools"
 OMNI="$FIX/qwen3moe-tiny/omni"
 QM="$FIX/qwen3moe-tiny/qwen3moe"
@@ -129,6 +129,22 @@ expect sigterm-resume 0 "(resumed)" stdout
 run "$TOOLS/ckcmp" "$OMNI" "$T/term"
 expect sigterm-resume-identical 0 "same: 174" stdout
 
+# a SIGTERM after the last file is in place (4 workers, one file each, then
+# a 2 s nap): the run finishes and says the signal came late, not "stopped
+# by signal: 4/4 files complete"
+QMOE_THROTTLE_MS=2000 qmoe-extract -j 4 --layers 0 --experts 0-1 "$OMNI" "$T/late" \
+    >"$T/late.out" 2>"$T/late.err" & pid=$!
+for _ in $(seq 150); do
+    grep -q '"files_done":4,' "$T/late/.qmoe/progress.json" 2>/dev/null && break; sleep 0.01
+done
+kill -0 $pid 2>/dev/null && kill -TERM $pid; wait $pid; rc=$?
+[ $rc = 0 ] && ok late-sigterm-exit-0 || fail late-sigterm-exit-0 "rc=$rc $(cat "$T/late.err")"
+grep -q "^qmoe-extract: 4/4 files complete" "$T/late.out" && ok late-sigterm-says-complete ||
+    fail late-sigterm-says-complete "$(cat "$T/late.out" "$T/late.err")"
+grep -q "stop signal came after the last of 4 files was complete; finishing" "$T/late.err" &&
+    ok late-sigterm-says-why || fail late-sigterm-says-why "$(cat "$T/late.err")"
+check late-sigterm-state-finished grep -q '"state":"finished"' "$T/late/.qmoe/progress.json"
+
 QMOE_THROTTLE_MS=300 qmoe-extract -j 2 "$OMNI" "$T/kill" >/dev/null 2>&1 & pid=$!
 wait_files "$T/kill" 4
 # a second extractor refuses while the first lives, naming its pid
@@ -161,7 +177,7 @@ check detach-log grep -q "finished: 52 files" "$T/det/.qmoe/extract.log"
 
 # -- a detached job is the child's in progress.json too: qmoe-status sees it
 # running (it once named the parent, gone, and said "crashed")
-QMOE_THROTTLE_MS=20 run qmoe-extract --detach "$OMNI" "$T/det2"
+QMOE_THROTTLE_MS=100 run qmoe-extract --detach "$OMNI" "$T/det2"
 dpid=$(printf %s "$out" | sed -n 's/.*pid \([0-9]*\).*/\1/p' | head -1)
 run qmoe-status "$T/det2"
 expect detach-status-running 1 "running (pid $dpid)" stdout
