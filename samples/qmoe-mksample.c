@@ -72,8 +72,9 @@ static GOptionEntry entries[] = {
     {"coherent", 0, 0, G_OPTION_ARG_NONE, &opt_coherent,
      "Write the coherent model (qwen3_omni_moe or qwen3_moe; fixed sizes)", NULL},
     {"like", 0, 0, G_OPTION_ARG_STRING, &opt_like,
-     "A sparse replica of a real checkpoint (qwen3-omni-30b-a3b-instruct, qwen3-30b-a3b)",
-     "NAME"},
+     "A sparse replica of a real checkpoint (qwen3-omni-30b-a3b-instruct, qwen3-30b-a3b, "
+     "qwen3-30b-a3b-fp8, deepseek-v3; the FP8 presets' shard split is a stated rule, "
+     "not the release's)", "NAME"},
     {"fill-layers", 0, 0, G_OPTION_ARG_STRING, &opt_fill_layers,
      "With --like: a pattern in every tensor of these decoder layers", "LIST"},
     {"fill-routers", 0, 0, G_OPTION_ARG_NONE, &opt_fill_routers,
