@@ -67,8 +67,8 @@ static GOptionEntry entries[] = {
     {"fp8-scale", 0, 0, G_OPTION_ARG_STRING, &opt_fp8_scale,
      "With --fp8: scale dtype f32 or bf16 (default f32 for deepseek_v3, else bf16)", "T"},
     {"rope", 0, 0, G_OPTION_ARG_STRING, &opt_rope,
-     "default, or yarn: rope_scaling as DeepSeek-V3 (factor 40) or Qwen3 (factor 4) "
-     "write it", "TYPE"},
+     "RoPE: default, or yarn (rope_scaling as DeepSeek-V3, factor 40, or Qwen3, factor 4, "
+     "write it)", "TYPE"},
     {"coherent", 0, 0, G_OPTION_ARG_NONE, &opt_coherent,
      "Write the coherent model (qwen3_omni_moe or qwen3_moe; fixed sizes)", NULL},
     {"like", 0, 0, G_OPTION_ARG_STRING, &opt_like,
