@@ -22,11 +22,19 @@ typedef struct {
     int n_dense;       /* leading dense layers (deepseek_v3 first_k_dense_replace) */
     uint64_t seed;
     st_dtype dtype;    /* ST_BF16, ST_F16 or ST_F32 */
+    /* --fp8: linear weights in F8_E4M3 with a `weight_scale_inv` per
+     * fp8_block[0] x fp8_block[1] block in fp8_scale (ST_F32 or ST_BF16);
+     * embeddings, norms, routers and lm_head stay in dtype */
+    int fp8;
+    int fp8_block[2];
+    st_dtype fp8_scale;
+    int yarn;          /* --rope yarn: rope_scaling as the family's release writes it */
 } ms_opts;
 
 typedef enum {
     MS_WEIGHT, /* centred, std about 0.02 */
     MS_NORM,   /* about 1.0 (RMSNorm scales) */
+    MS_SCALE,  /* FP8 block scales, about 1.1e-4 (0.75-1.25 of 0.049 / 448) */
 } ms_init;
 
 typedef struct {
@@ -44,6 +52,11 @@ typedef struct {
 /* Appends every tensor of the sample to `plan` (GArray of ms_tensor) in the
  * order the modules define them (the order Hugging Face shards in). */
 void ms_plan_build(const ms_opts *o, GArray *plan);
+
+/* Whether the FP8 sample quantises 2-D tensor `name`: every linear weight
+ * except the embeddings, lm_head and the routers (as the DeepSeek-V3 and
+ * Qwen3 FP8 releases leave them). */
+int ms_fp8_quantised(const ms_opts *o, const char *name);
 
 /* Frees the names in a plan and the array; accepts NULL. */
 void ms_plan_free(GArray *plan);

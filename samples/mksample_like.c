@@ -3,11 +3,17 @@
  * A model is a tree of tensor templates in the order its modules register
  * them (the state_dict order the Hugging Face writer shards in); a group's
  * name may hold "%d", its index. Shards are cut greedily in that order at
- * the release's max_shard_size; inside a shard tensors are sorted by name
- * with consecutive offsets, and the header is safetensors' own (compact
- * JSON, __metadata__ first, space padding to 8): with these rules the
- * shard sizes are those of the real files, which like_write checks where
- * the preset knows them.
+ * the release's max_shard_size; inside a shard tensors are sorted by
+ * element width (wider first) and then by name, with consecutive offsets
+ * (safetensors' order; all-bf16 shards are simply by name), and the
+ * header is safetensors' own (compact JSON, __metadata__ first, space
+ * padding to 8): with these rules the shard sizes are those of the real
+ * files, which like_write checks where the preset knows them.
+ *
+ * A tensor is bf16 unless its node says otherwise: LK_F32, or LK_FP8 for a
+ * block-scaled FP8 linear weight, which stands for two tensors, the
+ * F8_E4M3 weight and its `weight_scale_inv` of the preset's block grid and
+ * scale dtype, in that order.
  */
 #include "mksample_like.h"
 
@@ -31,14 +37,22 @@ struct like_node {
     int ndim;               /* a tensor: its shape (kids NULL) */
     int64_t shape[ST_MAX_DIMS];
     const like_node *kids;  /* a group's members, in registration order */
+    int kind;               /* a tensor: LK_BF16 (0), LK_F32 or LK_FP8 */
 };
 
+enum { LK_BF16, LK_F32, LK_FP8 };
+
 #define NDIM(...) ((int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)))
-#define T(n, ...) {n, 0, 0, NDIM(__VA_ARGS__), {__VA_ARGS__}, NULL}
-#define G(n, c, ...) {n, 0, c, 0, {0}, (const like_node[]){__VA_ARGS__, {0}}}
-#define GF(n, f, c, ...) {n, f, c, 0, {0}, (const like_node[]){__VA_ARGS__, {0}}}
+#define T(n, ...) {n, 0, 0, NDIM(__VA_ARGS__), {__VA_ARGS__}, NULL, LK_BF16}
+#define G(n, c, ...) {n, 0, c, 0, {0}, (const like_node[]){__VA_ARGS__, {0}}, LK_BF16}
+#define GF(n, f, c, ...) {n, f, c, 0, {0}, (const like_node[]){__VA_ARGS__, {0}}, LK_BF16}
 #define MLP(p, i, h) T(p "gate_proj.weight", i, h), T(p "up_proj.weight", i, h), \
                      T(p "down_proj.weight", h, i)
+/* an FP8 linear weight [o, i] (and its scale), a float32 tensor */
+#define Q(n, o, i) {n, 0, 0, 2, {o, i}, NULL, LK_FP8}
+#define TF32(n, ...) {n, 0, 0, NDIM(__VA_ARGS__), {__VA_ARGS__}, NULL, LK_F32}
+#define QMLP(p, i, h) Q(p "gate_proj.weight", i, h), Q(p "up_proj.weight", i, h), \
+                      Q(p "down_proj.weight", h, i)
 #define ATTN_NN(p, h, q, kv) T(p "q_proj.weight", q, h), T(p "k_proj.weight", kv, h), \
                              T(p "v_proj.weight", kv, h), T(p "o_proj.weight", h, q)
 #define ATTN(p, h, q, kv) ATTN_NN(p, h, q, kv), T(p "q_norm.weight", 128), \
@@ -314,6 +328,87 @@ static const char qwen3_generation[] =
     "{\"bos_token_id\":151643,\"do_sample\":true,\"eos_token_id\":[151645,151643],\"pad_token_id\":"
     "151643,\"temperature\":0.6,\"top_k\":20,\"top_p\":0.95,\"transformers_version\":\"4.51.0\"}";
 
+/* ---- Qwen/Qwen3-30B-A3B-FP8 ---- */
+
+/* Qwen3-30B-A3B with every linear weight of the decoder layers in FP8 and
+ * the router (mlp.gate), embeddings, norms and lm_head in bf16, as its
+ * modules_to_not_convert says. */
+static const like_node qwen3_fp8_tree[] = {
+    T("model.embed_tokens.weight", 151936, 2048),
+    G("model.layers.%d.", 48,
+      Q("self_attn.q_proj.weight", 4096, 2048), Q("self_attn.k_proj.weight", 512, 2048),
+      Q("self_attn.v_proj.weight", 512, 2048), Q("self_attn.o_proj.weight", 2048, 4096),
+      T("self_attn.q_norm.weight", 128), T("self_attn.k_norm.weight", 128),
+      T("mlp.gate.weight", 128, 2048),
+      G("mlp.experts.%d.", 128, QMLP("", 768, 2048)),
+      T("input_layernorm.weight", 2048), T("post_attention_layernorm.weight", 2048)),
+    T("model.norm.weight", 2048), T("lm_head.weight", 151936, 2048),
+    {0},
+};
+
+/* The bf16 release's config (from memory, as qwen3_config) plus the FP8
+ * quantization_config as Qwen's FP8 releases write it; the
+ * modules_to_not_convert list (lm_head and the 48 routers) is built by
+ * like_config below. Not checked against the release's file. */
+static const char qwen3_fp8_quant[] =
+    "{\"activation_scheme\":\"dynamic\",\"fmt\":\"e4m3\",\"quant_method\":\"fp8\","
+    "\"weight_block_size\":[128,128]}";
+
+/* ---- deepseek-ai/DeepSeek-V3 ---- */
+
+#define DS_ATTN                                                                   \
+    Q("self_attn.q_a_proj.weight", 1536, 7168), T("self_attn.q_a_layernorm.weight", 1536), \
+    Q("self_attn.q_b_proj.weight", 24576, 1536),                                  \
+    Q("self_attn.kv_a_proj_with_mqa.weight", 576, 7168),                          \
+    T("self_attn.kv_a_layernorm.weight", 512), Q("self_attn.kv_b_proj.weight", 32768, 512), \
+    Q("self_attn.o_proj.weight", 7168, 16384)
+#define DS_MOE                                                                    \
+    G("mlp.experts.%d.", 256, QMLP("", 2048, 7168)), T("mlp.gate.weight", 256, 7168), \
+    TF32("mlp.gate.e_score_correction_bias", 256), QMLP("mlp.shared_experts.", 2048, 7168)
+#define DS_NORMS T("input_layernorm.weight", 7168), T("post_attention_layernorm.weight", 7168)
+
+/* 61 decoder layers (0-2 dense, 3-60 with 256 routed experts and one
+ * shared) and the MTP block as layer 61: a decoder layer plus its own
+ * embeddings, enorm, hnorm, eh_proj (bf16) and shared head. */
+static const like_node dsv3_tree[] = {
+    T("model.embed_tokens.weight", 129280, 7168),
+    G("model.layers.%d.", 3, DS_ATTN, QMLP("mlp.", 18432, 7168), DS_NORMS),
+    GF("model.layers.%d.", 3, 58, DS_ATTN, DS_MOE, DS_NORMS),
+    T("model.norm.weight", 7168), T("lm_head.weight", 129280, 7168),
+    G("model.layers.61.", 0, DS_ATTN, DS_MOE, DS_NORMS,
+      T("embed_tokens.weight", 129280, 7168), T("enorm.weight", 7168),
+      T("hnorm.weight", 7168), T("eh_proj.weight", 7168, 14336),
+      T("shared_head.norm.weight", 7168), T("shared_head.head.weight", 129280, 7168)),
+    {0},
+};
+
+/* From memory of the release's config.json (key order as DeepSeek wrote
+ * it, not sorted), not checked against the file. */
+static const char dsv3_config[] =
+    "{\"architectures\":[\"DeepseekV3ForCausalLM\"],\"attention_bias\":false,\"attention_dropout\""
+    ":0.0,\"auto_map\":{\"AutoConfig\":\"configuration_deepseek.DeepseekV3Config\",\"AutoModel\":"
+    "\"modeling_deepseek.DeepseekV3Model\",\"AutoModelForCausalLM\":\"modeling_deepseek.Deepseek"
+    "V3ForCausalLM\"},\"aux_loss_alpha\":0.001,\"bos_token_id\":0,\"eos_token_id\":1,\"ep_size\":1"
+    ",\"first_k_dense_replace\":3,\"hidden_act\":\"silu\",\"hidden_size\":7168,\"initializer_ran"
+    "ge\":0.02,\"intermediate_size\":18432,\"kv_lora_rank\":512,\"max_position_embeddings\":16384"
+    "0,\"model_type\":\"deepseek_v3\",\"moe_intermediate_size\":2048,\"moe_layer_freq\":1,\"n_gro"
+    "up\":8,\"n_routed_experts\":256,\"n_shared_experts\":1,\"norm_topk_prob\":true,\"num_attent"
+    "ion_heads\":128,\"num_experts_per_tok\":8,\"num_hidden_layers\":61,\"num_key_value_heads\":1"
+    "28,\"num_nextn_predict_layers\":1,\"pretraining_tp\":1,\"q_lora_rank\":1536,\"qk_nope_head_"
+    "dim\":128,\"qk_rope_head_dim\":64,\"quantization_config\":{\"activation_scheme\":\"dynamic\""
+    ",\"fmt\":\"e4m3\",\"quant_method\":\"fp8\",\"weight_block_size\":[128,128]},\"rms_norm_eps\""
+    ":1e-06,\"rope_scaling\":{\"beta_fast\":32,\"beta_slow\":1,\"factor\":40,\"mscale\":1.0,\"msc"
+    "ale_all_dim\":1.0,\"original_max_position_embeddings\":4096,\"type\":\"yarn\"},\"rope_theta\""
+    ":10000,\"routed_scaling_factor\":2.5,\"scoring_func\":\"sigmoid\",\"seq_aux\":true,\"tie_wor"
+    "d_embeddings\":false,\"topk_group\":4,\"topk_method\":\"noaux_tc\",\"torch_dtype\":\"bfloat16"
+    "\",\"transformers_version\":\"4.33.1\",\"use_cache\":true,\"v_head_dim\":128,\"vocab_size\":1"
+    "29280}";
+
+/* From memory of the release's generation_config.json, not checked. */
+static const char dsv3_generation[] =
+    "{\"_from_model_config\":true,\"bos_token_id\":0,\"eos_token_id\":1,\"do_sample\":true,"
+    "\"temperature\":0.6,\"top_p\":0.95,\"transformers_version\":\"4.46.3\"}";
+
 typedef struct {
     const char *name;
     const char *repo;           /* "owner/name" on the hub */
@@ -329,7 +424,15 @@ typedef struct {
     const char *config, *generation;
     int omni_tokens;            /* the tokenizer gets omni_tokens */
     int tokenizer_json;         /* the release ships tokenizer.json */
+    const char *shard_fmt;      /* printf of the shard names (index, count) */
+    int fp8_block;              /* LK_FP8 nodes: block size (square) */
+    st_dtype fp8_scale;         /* and their scale's dtype */
+    const char *fp8_quant;      /* quantization_config to add to config, or NULL */
+    const char *router;         /* with fp8_quant: the router module under a layer,
+                                 * listed in modules_to_not_convert */
 } like_preset;
+
+#define QWEN_SHARDS "model-%05d-of-%05d.safetensors"
 
 static const like_preset presets[] = {
     /* Revision 26291f793822fb6be9555850f06dfe95f2d7e695: 28,010 tensors,
@@ -343,7 +446,7 @@ static const like_preset presets[] = {
      5000000000ULL, omni_sizes, omni_oids, "thinker.model.layers.",
      {"thinker.model.embed_tokens.weight", "thinker.lm_head.weight",
       "thinker.model.norm.weight"},
-     omni_config, omni_generation, 1, 0},
+     omni_config, omni_generation, 1, 0, QWEN_SHARDS, 0, ST_BF16, NULL, NULL},
     /* The text model: 48 layers x 128 experts, hidden 2048, moe
      * intermediate 768, 32 q / 4 kv heads of 128, vocab 151,936, bf16,
      * lm_head not tied: 18,867 tensors, 30,532,122,624 parameters as
@@ -354,12 +457,40 @@ static const like_preset presets[] = {
     {"qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B", NULL, qwen3_tree, 18867, 16, 61064245248ULL,
      4000000000ULL, NULL, NULL, "model.layers.",
      {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"},
-     qwen3_config, qwen3_generation, 0, 1},
+     qwen3_config, qwen3_generation, 0, 1, QWEN_SHARDS, 0, ST_BF16, NULL, NULL},
+    /* Qwen3-30B-A3B's tensors with the decoder layers' linear weights in
+     * FP8 (128 x 128 blocks): 37,491 tensors, 31,170,895,872 bytes, both
+     * computed from the bf16 model's facts. NOT checked against the
+     * release: the scales' dtype (bf16, as Qwen's dense FP8 releases store
+     * them; HabanaAI/vllm-fork#2141), the 8 shard files (here cut at 4 GB in
+     * registration order), the config (qwen3-30b-a3b's plus the FP8
+     * quantization_config) and generation config. */
+    {"qwen3-30b-a3b-fp8", "Qwen/Qwen3-30B-A3B-FP8", NULL, qwen3_fp8_tree, 37491, 8,
+     31170895872ULL, 4000000000ULL, NULL, NULL, "model.layers.",
+     {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"},
+     qwen3_config, qwen3_generation, 0, 1, QWEN_SHARDS, 128, ST_BF16, qwen3_fp8_quant,
+     "mlp.gate"},
+    /* deepseek-ai/DeepSeek-V3 (and R1, V3-0324: the same tensors): 91,991
+     * tensors, 688,574,839,360 bytes (671,026,419,200 parameters in the
+     * main model, 13,463,426,304 in the MTP block), FP8 E4M3 in 128 x 128
+     * blocks with F32 scales, eh_proj, routers, norms, embeddings and the
+     * heads in bf16, e_score_correction_bias in F32; tensor count and byte
+     * total agree with a published dump of the headers. 163 shards named
+     * model-0000K-of-000163.safetensors (six digits after "of", as the
+     * release names them). NOT known: which tensor is in which shard; here
+     * they are cut at 4.25 GB in registration order (layers in order, the
+     * MTP block last), which gives 163 files. The config and generation
+     * config are from memory. */
+    {"deepseek-v3", "deepseek-ai/DeepSeek-V3", NULL, dsv3_tree, 91991, 163,
+     688574839360ULL, 4250000000ULL, NULL, NULL, "model.layers.",
+     {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"},
+     dsv3_config, dsv3_generation, 0, 1, "model-%05d-of-%06d.safetensors", 128, ST_F32,
+     NULL, NULL},
 };
 
 const char *like_names(void)
 {
-    return "qwen3-omni-30b-a3b-instruct, qwen3-30b-a3b";
+    return "qwen3-omni-30b-a3b-instruct, qwen3-30b-a3b, qwen3-30b-a3b-fp8, deepseek-v3";
 }
 
 static const like_preset *find_preset(const char *name)
@@ -379,34 +510,51 @@ int like_known(const char *name)
 
 typedef struct {
     char *name;
+    st_dtype dtype;
     int ndim;
     int64_t shape[ST_MAX_DIMS];
     uint64_t nbytes, offset; /* offset in the shard's data section */
     int shard;
 } like_tensor;
 
-static void flatten(const like_node *n, GString *prefix, GArray *out)
+static void add_tensor(GArray *out, const char *name, st_dtype dt, int ndim,
+                       const int64_t *shape)
+{
+    like_tensor t = {0};
+    t.name = g_strdup(name);
+    t.dtype = dt;
+    t.ndim = ndim;
+    t.nbytes = st_dtype_bits(dt) / 8;
+    for (int d = 0; d < ndim; d++) {
+        t.shape[d] = shape[d];
+        t.nbytes *= (uint64_t)shape[d];
+    }
+    g_array_append_val(out, t);
+}
+
+static void flatten(const like_preset *p, const like_node *n, GString *prefix, GArray *out)
 {
     for (; n->name; n++) {
         gsize len = prefix->len;
         if (!n->kids) {
-            like_tensor t = {0};
             g_string_append(prefix, n->name);
-            t.name = g_strdup(prefix->str);
-            t.ndim = n->ndim;
-            t.nbytes = 2; /* bf16 */
-            for (int d = 0; d < n->ndim; d++) {
-                t.shape[d] = n->shape[d];
-                t.nbytes *= (uint64_t)n->shape[d];
+            if (n->kind == LK_FP8) {
+                int64_t b = p->fp8_block;
+                int64_t grid[2] = {(n->shape[0] + b - 1) / b, (n->shape[1] + b - 1) / b};
+                add_tensor(out, prefix->str, ST_F8_E4M3, 2, n->shape);
+                g_string_append(prefix, "_scale_inv");
+                add_tensor(out, prefix->str, p->fp8_scale, 2, grid);
+            } else {
+                add_tensor(out, prefix->str, n->kind == LK_F32 ? ST_F32 : ST_BF16, n->ndim,
+                           n->shape);
             }
-            g_array_append_val(out, t);
         } else if (n->count == 0) {
             g_string_append(prefix, n->name);
-            flatten(n->kids, prefix, out);
+            flatten(p, n->kids, prefix, out);
         } else {
             for (int i = n->first; i < n->first + n->count; i++) {
                 g_string_append_printf(prefix, n->name, i);
-                flatten(n->kids, prefix, out);
+                flatten(p, n->kids, prefix, out);
                 g_string_truncate(prefix, len);
             }
         }
@@ -417,6 +565,16 @@ static void flatten(const like_node *n, GString *prefix, GArray *out)
 static int by_name(const void *a, const void *b)
 {
     return strcmp((*(like_tensor *const *)a)->name, (*(like_tensor *const *)b)->name);
+}
+
+/* safetensors' order in a shard: wider elements first, then by name */
+static int by_width_name(const void *a, const void *b)
+{
+    const like_tensor *x = *(like_tensor *const *)a, *y = *(like_tensor *const *)b;
+    unsigned bx = st_dtype_bits(x->dtype), by = st_dtype_bits(y->dtype);
+    if (bx != by)
+        return bx > by ? -1 : 1;
+    return strcmp(x->name, y->name);
 }
 
 /* ---- JSON text as Python's json.dumps(indent=2) lays it out ---- */
@@ -517,6 +675,27 @@ static int put_json(like_out *o, const char *name, const char *compact, GError *
     int rc = put_file(o, name, s, err);
     g_string_free(s, TRUE);
     return rc;
+}
+
+/* The preset's config.json, compact: with fp8_quant, its
+ * quantization_config (plus modules_to_not_convert: lm_head and each
+ * layer's router) goes in before "rms_norm_eps", where sorted keys put it. */
+static GString *like_config(const like_preset *p, int n_layers)
+{
+    GString *s = g_string_new(p->config);
+    if (!p->fp8_quant)
+        return s;
+    GString *q = g_string_new(p->fp8_quant);
+    g_string_truncate(q, q->len - 1); /* the closing brace */
+    g_string_append(q, ",\"modules_to_not_convert\":[\"lm_head\"");
+    for (int l = 0; l < n_layers; l++)
+        g_string_append_printf(q, ",\"%s%d.%s\"", p->layers, l, p->router);
+    g_string_append(q, "]},");
+    const char *at = strstr(s->str, "\"rms_norm_eps\"");
+    g_string_prepend(q, "\"quantization_config\":");
+    g_string_insert(s, at ? at - s->str : 1, q->str);
+    g_string_free(q, TRUE);
+    return s;
 }
 
 static int put_index(like_out *o, GArray *ts, const char *const *shard_names,
@@ -682,9 +861,10 @@ static uint64_t splitmix64(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-/* A deterministic bf16 pattern drawn from the tensor's name: weights of
+/* A deterministic pattern drawn from the tensor's name: bf16 weights of
  * either sign with |x| about 0.002-0.03 (exponents 0x76-0x79), 1.0-1.12 in
- * 1-D norm weights. */
+ * 1-D norm weights; FP8 codes of either sign with |x| 0.5-3.75 (never the
+ * NaN codes); FP8 scales (F32 or BF16) and F32 biases 1.2e-4-2.4e-4. */
 static int fill_tensor(int fd, const like_tensor *t, uint64_t at, const char *path,
                        GError **err)
 {
@@ -700,9 +880,23 @@ static int fill_tensor(int fd, const like_tensor *t, uint64_t at, const char *pa
         size_t n = (size_t)MIN((uint64_t)CHUNK, t->nbytes - done);
         for (size_t i = 0; i < n; i += 8) {
             uint64_t r = splitmix64(&s);
-            for (size_t k = i; k < i + 8 && k < n; k += 2, r >>= 16) {
-                buf[k] = norm ? (uint8_t)(0x80 | (r & 0x0F)) : (uint8_t)(r >> 2);
-                buf[k + 1] = norm ? 0x3F : hi[r & 3];
+            if (t->dtype == ST_F8_E4M3) {
+                for (size_t k = i; k < i + 8 && k < n; k++, r >>= 8)
+                    buf[k] = (uint8_t)((r & 0x80) | (0x30 + (r & 0x1F)));
+            } else if (t->dtype == ST_F32) {
+                for (size_t k = i; k < i + 8 && k < n; k += 4, r >>= 32) {
+                    buf[k] = (uint8_t)r;
+                    buf[k + 1] = (uint8_t)(r >> 8);
+                    buf[k + 2] = (uint8_t)(0x00 | ((r >> 16) & 0x7F));
+                    buf[k + 3] = 0x39;
+                }
+            } else {
+                int scale = g_str_has_suffix(t->name, "_scale_inv");
+                for (size_t k = i; k < i + 8 && k < n; k += 2, r >>= 16) {
+                    buf[k] = norm ? (uint8_t)(0x80 | (r & 0x0F))
+                             : scale ? (uint8_t)(r & 0x7F) : (uint8_t)(r >> 2);
+                    buf[k + 1] = norm ? 0x3F : scale ? 0x39 : hi[r & 3];
+                }
             }
         }
         for (size_t w = 0; w < n;) {
@@ -745,12 +939,12 @@ static int wants_fill(const fill_sel *f, const char *name)
 static int write_shard(const char *path, like_tensor **ts, int n, const fill_sel *f,
                        uint64_t *size, uint64_t *filled, GError **err)
 {
-    qsort(ts, (size_t)n, sizeof *ts, by_name);
+    qsort(ts, (size_t)n, sizeof *ts, by_width_name);
     st_entry *e = g_new0(st_entry, n);
     uint64_t at = 0;
     for (int i = 0; i < n; i++) {
         e[i].name = ts[i]->name;
-        e[i].dtype = ST_BF16;
+        e[i].dtype = ts[i]->dtype;
         e[i].ndim = ts[i]->ndim;
         memcpy(e[i].shape, ts[i]->shape, sizeof e[i].shape);
         e[i].nbytes = ts[i]->nbytes;
@@ -837,7 +1031,7 @@ int like_write(const char *out, const char *name, const like_opts *o, like_stats
     }
     GArray *ts = g_array_new(FALSE, TRUE, sizeof(like_tensor));
     GString *prefix = g_string_new(NULL);
-    flatten(p->tree, prefix, ts);
+    flatten(p, p->tree, prefix, ts);
     g_string_free(prefix, TRUE);
 
     fill_sel f = {p, NULL, 0, o->fill_routers, o->fill_globals};
@@ -889,13 +1083,16 @@ int like_write(const char *out, const char *name, const like_opts *o, like_stats
         lo.dir = stage;
         rc = fs_mkdir_p(stage, err);
     }
-    if (!rc)
-        rc = put_json(&lo, "config.json", p->config, err);
+    if (!rc) {
+        GString *cfg = like_config(p, f.n_layers);
+        rc = put_json(&lo, "config.json", cfg->str, err);
+        g_string_free(cfg, TRUE);
+    }
     if (!rc)
         rc = put_json(&lo, "generation_config.json", p->generation, err);
     names = g_new0(char *, n_shards + 1);
     for (int k = 0; k < n_shards; k++)
-        names[k] = g_strdup_printf("model-%05d-of-%05d.safetensors", k + 1, n_shards);
+        names[k] = g_strdup_printf(p->shard_fmt, k + 1, n_shards);
     if (!rc)
         rc = put_index(&lo, ts, (const char *const *)names, total, err);
     if (!rc && o->tokenizer)

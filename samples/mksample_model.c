@@ -254,6 +254,47 @@ static void omni_talker_code2wav(GArray *plan, const ms_opts *o)
         "code2wav.decoder.6.conv.weight");
 }
 
+int ms_fp8_quantised(const ms_opts *o, const char *name)
+{
+    if (!g_str_has_suffix(name, ".weight") || strstr(name, "embed_tokens") ||
+        g_str_has_prefix(name, o->lt->lm_head) || g_str_has_suffix(name, ".gate.weight") ||
+        g_str_has_suffix(name, "shared_expert_gate.weight"))
+        return 0;
+    return 1;
+}
+
+/* --fp8: each quantised weight becomes F8_E4M3 and is followed by its
+ * scale grid, `<module>.weight_scale_inv`, in the same group (so an expert
+ * keeps its scales when a shard cut moves). */
+static void fp8_rewrite(const ms_opts *o, GArray *plan)
+{
+    GArray *in = g_array_sized_new(FALSE, TRUE, sizeof(ms_tensor), plan->len);
+    g_array_append_vals(in, plan->data, plan->len);
+    g_array_set_size(plan, 0);
+    for (guint i = 0; i < in->len; i++) {
+        ms_tensor t = g_array_index(in, ms_tensor, i);
+        if (t.ndim != 2 || t.dtype != o->dtype || !ms_fp8_quantised(o, t.name)) {
+            g_array_append_val(plan, t);
+            continue;
+        }
+        ms_tensor s = t;
+        int last = t.last;
+        t.dtype = ST_F8_E4M3;
+        t.nbytes = (uint64_t)t.shape[0] * (uint64_t)t.shape[1];
+        t.last = 0;
+        g_array_append_val(plan, t);
+        s.name = g_strdup_printf("%s_scale_inv", t.name);
+        s.dtype = o->fp8_scale;
+        s.shape[0] = (t.shape[0] + o->fp8_block[0] - 1) / o->fp8_block[0];
+        s.shape[1] = (t.shape[1] + o->fp8_block[1] - 1) / o->fp8_block[1];
+        s.nbytes = (uint64_t)s.shape[0] * (uint64_t)s.shape[1] * st_dtype_bits(s.dtype) / 8;
+        s.init = MS_SCALE;
+        s.last = last;
+        g_array_append_val(plan, s);
+    }
+    g_array_free(in, TRUE);
+}
+
 void ms_plan_build(const ms_opts *o, GArray *plan)
 {
     const layout *lt = o->lt;
@@ -273,6 +314,8 @@ void ms_plan_build(const ms_opts *o, GArray *plan)
     W2(o->vocab, o->hidden, "%sweight", lt->lm_head);
     if (omni)
         omni_talker_code2wav(plan, o);
+    if (o->fp8)
+        fp8_rewrite(o, plan);
 }
 
 void ms_plan_free(GArray *plan)
@@ -471,6 +514,53 @@ static cJSON *omni_config(const ms_opts *o, const ms_tok *t)
     return j;
 }
 
+/* quantization_config as the FP8 releases write it: DeepSeek-V3's four
+ * keys; Qwen3-FP8's adds modules_to_not_convert (lm_head and every
+ * layer's router). */
+static void fp8_config(cJSON *j, const ms_opts *o)
+{
+    cJSON *q = cJSON_AddObjectToObject(j, "quantization_config");
+    str(q, "activation_scheme", "dynamic");
+    str(q, "fmt", "e4m3");
+    str(q, "quant_method", "fp8");
+    int_array(q, "weight_block_size", o->fp8_block, 2);
+    if (is(o, "deepseek_v3"))
+        return;
+    cJSON *m = cJSON_AddArrayToObject(q, "modules_to_not_convert");
+    cJSON_AddItemToArray(m, cJSON_CreateString("lm_head"));
+    const char *gate = is(o, "mixtral") ? "block_sparse_moe.gate" : "mlp.gate";
+    for (int l = 0; l < o->layers; l++) {
+        if (l < o->n_dense)
+            continue; /* no router in a dense layer */
+        char *name = g_strdup_printf("%slayers.%d.%s", o->lt->root, l, gate);
+        cJSON_AddItemToArray(m, cJSON_CreateString(name));
+        g_free(name);
+    }
+}
+
+/* --rope yarn: DeepSeek-V3's rope_scaling (with its 163840 positions) or
+ * the transformers form Qwen3's model card asks users to add. */
+static void yarn_config(cJSON *j, const ms_opts *o)
+{
+    cJSON_DeleteItemFromObjectCaseSensitive(j, "rope_scaling");
+    cJSON *r = cJSON_AddObjectToObject(j, "rope_scaling");
+    if (is(o, "deepseek_v3")) {
+        num(r, "beta_fast", 32);
+        num(r, "beta_slow", 1);
+        num(r, "factor", 40);
+        num(r, "mscale", 1.0);
+        num(r, "mscale_all_dim", 1.0);
+        num(r, "original_max_position_embeddings", 4096);
+        str(r, "type", "yarn");
+        cJSON_ReplaceItemInObjectCaseSensitive(j, "max_position_embeddings",
+                                               cJSON_CreateNumber(163840));
+        return;
+    }
+    str(r, "rope_type", "yarn");
+    num(r, "factor", 4.0);
+    num(r, "original_max_position_embeddings", 32768);
+}
+
 cJSON *ms_config_json(const ms_opts *o, const ms_tok *t)
 {
     cJSON *j;
@@ -580,6 +670,10 @@ cJSON *ms_config_json(const ms_opts *o, const ms_tok *t)
         str(j, "topk_method", "noaux_tc");
         num(j, "v_head_dim", o->head_dim);
     }
+    if (o->fp8)
+        fp8_config(j, o);
+    if (o->yarn)
+        yarn_config(j, o);
     sort_keys(j);
     return j;
 }

@@ -9,6 +9,7 @@
  * sharding. Shards are streamed tensor by tensor through a fixed buffer.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 
 #include "cli/cli.h"
 #include "base/fs.h"
+#include "format/fp8.h"
 #include "format/layout.h"
 #include "mksample.h"
 #include "mksample_coherent.h"
@@ -34,7 +36,8 @@ static char *opt_seed = NULL, *opt_dtype = NULL;
 static gboolean opt_list, opt_force, opt_json, opt_version;
 static gboolean opt_coherent, opt_print_prompts, opt_print_reference;
 static char *opt_like = NULL, *opt_fill_layers = NULL, *opt_tokenizer = NULL;
-static gboolean opt_fill_routers, opt_fill_globals, opt_hf_cache;
+static gboolean opt_fill_routers, opt_fill_globals, opt_hf_cache, opt_fp8;
+static char *opt_fp8_block = NULL, *opt_fp8_scale = NULL, *opt_rope = NULL;
 
 static GOptionEntry entries[] = {
     {"layout", 0, 0, G_OPTION_ARG_STRING, &opt_layout,
@@ -55,11 +58,23 @@ static GOptionEntry entries[] = {
     {"seed", 0, 0, G_OPTION_ARG_STRING, &opt_seed, "Seed of the values (default 1)", "S"},
     {"dtype", 0, 0, G_OPTION_ARG_STRING, &opt_dtype,
      "Element type: bf16 (default), f16 or f32", "T"},
+    {"fp8", 0, 0, G_OPTION_ARG_NONE, &opt_fp8,
+     "Linear weights in FP8 E4M3 with a weight_scale_inv per block and the "
+     "release's quantization_config (embeddings, norms, routers, lm_head stay --dtype)",
+     NULL},
+    {"fp8-block", 0, 0, G_OPTION_ARG_STRING, &opt_fp8_block,
+     "With --fp8: block size N or ROWSxCOLS (default 128)", "B"},
+    {"fp8-scale", 0, 0, G_OPTION_ARG_STRING, &opt_fp8_scale,
+     "With --fp8: scale dtype f32 or bf16 (default f32 for deepseek_v3, else bf16)", "T"},
+    {"rope", 0, 0, G_OPTION_ARG_STRING, &opt_rope,
+     "RoPE: default, or yarn (rope_scaling as DeepSeek-V3, factor 40, or Qwen3, factor 4, "
+     "write it)", "TYPE"},
     {"coherent", 0, 0, G_OPTION_ARG_NONE, &opt_coherent,
      "Write the coherent model (qwen3_omni_moe or qwen3_moe; fixed sizes)", NULL},
     {"like", 0, 0, G_OPTION_ARG_STRING, &opt_like,
-     "A sparse replica of a real checkpoint (qwen3-omni-30b-a3b-instruct, qwen3-30b-a3b)",
-     "NAME"},
+     "A sparse replica of a real checkpoint (qwen3-omni-30b-a3b-instruct, qwen3-30b-a3b, "
+     "qwen3-30b-a3b-fp8, deepseek-v3; the FP8 presets' shard split is a stated rule, "
+     "not the release's)", "NAME"},
     {"fill-layers", 0, 0, G_OPTION_ARG_STRING, &opt_fill_layers,
      "With --like: a pattern in every tensor of these decoder layers", "LIST"},
     {"fill-routers", 0, 0, G_OPTION_ARG_NONE, &opt_fill_routers,
@@ -97,6 +112,8 @@ static const char *summary_text =
     "                --shard-mb 4000 /tmp/big                     real expert size\n"
     "  qmoe-mksample --like qwen3-omni-30b-a3b-instruct /tmp/omni the real 70.5 GB\n"
     "                layout, sparse (holes): seconds and a few MB of disk\n"
+    "  qmoe-mksample --layout deepseek_v3 --fp8 --fp8-block 16 --rope yarn /tmp/ds\n"
+    "                FP8 block-scaled weights and YaRN as DeepSeek-V3 ships them\n"
     "\n"
     "Exit status: 0 written, 2 bad options or I/O error.";
 
@@ -173,19 +190,44 @@ static uint16_t f32_to_f16(float f)
  * exact IEEE arithmetic only, so every machine writes the same bytes. */
 typedef struct {
     st_dtype dtype;
-    void *tab[2]; /* [MS_WEIGHT], [MS_NORM]: 65536 elements of dtype */
+    void *tab[3]; /* [MS_WEIGHT], [MS_NORM], [MS_SCALE]: 65536 elements of dtype,
+                   * or NULL for a dtype the sample does not use */
 } ms_tables;
+
+/* The E4M3 code nearest to v (ties to the even code), never a NaN code:
+ * |v| beyond 448 saturates. */
+static uint8_t f32_to_e4m3(float v)
+{
+    const float *tab = qm_e4m3_table();
+    uint8_t sign = v < 0 ? 0x80 : 0;
+    float a = fabsf(v);
+    int best = 0;
+    for (int c = 1; c <= 0x7E; c++) {
+        float d = fabsf(tab[c] - a), db = fabsf(tab[best] - a);
+        if (d < db || (d == db && !(c & 1)))
+            best = c;
+    }
+    return (uint8_t)(sign | best);
+}
+
+/* The FP8 codes span the format: the weight table's +-2.45 std maps to
+ * +-448, which the scale (MS_SCALE, 0.75-1.25 of 0.049 / 448) maps back. */
+#define FP8_UNIT (448.0 / 2.45)
 
 static void tables_init(ms_tables *t, st_dtype dt)
 {
     t->dtype = dt;
     size_t es = st_dtype_bits(dt) / 8;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
         t->tab[k] = g_malloc(65536 * es);
         for (int i = 0; i < 65536; i++) {
             double z = ((i >> 8) + (i & 255) - 255) / 104.5;
             float v = (float)(k == MS_NORM ? 1.0 + 0.02 * z : 0.02 * z);
-            if (dt == ST_F32)
+            if (k == MS_SCALE)
+                v = (float)(0.02 / FP8_UNIT * (0.75 + 0.5 * i / 65535.0));
+            if (dt == ST_F8_E4M3)
+                ((uint8_t *)t->tab[k])[i] = f32_to_e4m3((float)(z * FP8_UNIT));
+            else if (dt == ST_F32)
                 ((float *)t->tab[k])[i] = v;
             else
                 ((uint16_t *)t->tab[k])[i] = dt == ST_F16 ? f32_to_f16(v) : f32_to_bf16(v);
@@ -195,8 +237,8 @@ static void tables_init(ms_tables *t, st_dtype dt)
 
 static void tables_free(ms_tables *t)
 {
-    g_free(t->tab[0]);
-    g_free(t->tab[1]);
+    for (int k = 0; k < 3; k++)
+        g_free(t->tab[k]);
 }
 
 /* Fills n elements; n is a multiple of 4 except at a tensor's end, so the
@@ -221,6 +263,8 @@ static void fill(const ms_tables *t, ms_init init, uint64_t *state, void *out, u
     } while (0)
     if (t->dtype == ST_F32)
         FILL(float);
+    else if (t->dtype == ST_F8_E4M3)
+        FILL(uint8_t);
     else
         FILL(uint16_t);
 #undef FILL
@@ -325,7 +369,7 @@ static int write_tensor(writer *w, const ms_tensor *t, uint64_t seed,
             continue;
         }
         uint64_t n = MIN(room, left);
-        fill(&tabs[t->dtype == ST_F32 ? 1 : 0], t->init, &state, c->buf + c->used, n);
+        fill(&tabs[t->dtype], t->init, &state, c->buf + c->used, n);
         c->used += n * es;
         left -= n;
     }
@@ -642,6 +686,9 @@ int main(int argc, char **argv)
     const char *out = argv[1];
     if (opt_like && opt_coherent)
         usage_error("--like and --coherent exclude each other");
+    if ((opt_like || opt_coherent) && (opt_fp8 || opt_fp8_block || opt_fp8_scale || opt_rope))
+        usage_error("--fp8, --fp8-block, --fp8-scale and --rope go with a sized sample "
+                    "(not --like or --coherent)");
     if (!opt_like && (opt_fill_layers || opt_fill_routers || opt_fill_globals ||
                       opt_tokenizer || opt_hf_cache))
         usage_error("--fill-layers, --fill-routers, --fill-globals, --tokenizer and "
@@ -705,6 +752,42 @@ int main(int argc, char **argv)
     else
         usage_error("--dtype must be bf16, f16 or f32, not '%s'", dt);
 
+    if (!opt_fp8 && (opt_fp8_block || opt_fp8_scale))
+        usage_error("--fp8-block and --fp8-scale go with --fp8");
+    if (opt_fp8) {
+        if (o.lt->fused || !strcmp(o.lt->name, "qwen3_omni_moe"))
+            usage_error("--fp8 is for layouts with one tensor per expert projection outside "
+                        "Omni (block-scaled FP8 weights are 2-D), not %s", o.lt->name);
+        o.fp8 = 1;
+        o.fp8_block[0] = o.fp8_block[1] = 128;
+        if (opt_fp8_block) {
+            char *end;
+            long r = strtol(opt_fp8_block, &end, 10), c = r;
+            if (*end == 'x' && end > opt_fp8_block)
+                c = strtol(end + 1, &end, 10);
+            if (*end || end == opt_fp8_block || r < 1 || c < 1 || r > 65536 || c > 65536)
+                usage_error("--fp8-block wants N or ROWSxCOLS in 1..65536, not '%s'",
+                            opt_fp8_block);
+            o.fp8_block[0] = (int)r;
+            o.fp8_block[1] = (int)c;
+        }
+        const char *sc = opt_fp8_scale ? opt_fp8_scale
+                         : !strcmp(o.lt->name, "deepseek_v3") ? "f32" : "bf16";
+        if (!strcmp(sc, "f32"))
+            o.fp8_scale = ST_F32;
+        else if (!strcmp(sc, "bf16"))
+            o.fp8_scale = ST_BF16;
+        else
+            usage_error("--fp8-scale must be f32 or bf16, not '%s'", sc);
+    }
+    if (opt_rope && !strcmp(opt_rope, "yarn")) {
+        if (!strcmp(o.lt->name, "qwen3_omni_moe"))
+            usage_error("--rope yarn: qwen3_omni_moe uses M-RoPE (rope_scaling holds its "
+                        "sections); choose another layout");
+        o.yarn = 1;
+    } else if (opt_rope && strcmp(opt_rope, "default"))
+        usage_error("--rope must be default or yarn, not '%s'", opt_rope);
+
     ms_tok tok;
     ms_tok_ids(&o, &tok);
     cJSON *tj = ms_tokenizer_json(&o, &tok);
@@ -726,9 +809,12 @@ int main(int argc, char **argv)
     for (guint i = 0; i < plan->len; i++)
         total += g_array_index(plan, ms_tensor, i).nbytes;
 
-    ms_tables tabs[2];
-    tables_init(&tabs[0], o.dtype);
-    tables_init(&tabs[1], ST_F32);
+    ms_tables tabs[ST_DTYPE_COUNT] = {0}; /* by dtype, the ones the plan uses */
+    for (guint i = 0; i < plan->len; i++) {
+        st_dtype d = g_array_index(plan, ms_tensor, i).dtype;
+        if (!tabs[d].tab[0])
+            tables_init(&tabs[d], d);
+    }
     ms_tensor **ts = g_new(ms_tensor *, plan->len);
     int rc = 0;
     uint64_t file_bytes = 0;
@@ -745,8 +831,8 @@ int main(int argc, char **argv)
         g_free(name);
     }
     g_free(ts);
-    tables_free(&tabs[0]);
-    tables_free(&tabs[1]);
+    for (int d = 0; d < ST_DTYPE_COUNT; d++)
+        tables_free(&tabs[d]);
 
     if (!rc && n_out > 1)
         rc = write_index(out, plan, n_out, total, &err);

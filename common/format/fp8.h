@@ -122,9 +122,8 @@ void qm_fp8_row(const qm_fp8_mat *m, int64_t r, float *out);
 /* Dot product of row r with x[cols] without materialising the row: per
  * column block, the sum of value x x (16 lanes with AVX2 and F16C) times
  * the block's scale. Equal to dotting qm_fp8_row up to float32 summation
- * order. One thread reads the codes at 0.3-0.4 of its memcpy rate on a
- * shared 2-core EPYC (tests/bench/fp8dot.c): 5x the table loop, not yet
- * memory-bound on one thread. */
+ * order. The forward pass does not use it (model/matvec.c has its own
+ * tile kernel; tests/bench/fp8dot.c measures that one). */
 float qm_fp8_dot(const qm_fp8_mat *m, int64_t r, const float *x);
 
 #endif

@@ -2,6 +2,7 @@
 #include "model/matvec.h"
 #include "base/util.h"
 
+#include <math.h>
 #include <string.h>
 
 int qm_mat_dtype_ok(st_dtype dtype)
@@ -219,8 +220,8 @@ static inline vf v_set1(float f) { return _mm512_set1_ps(f); }
 static inline vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 
 /* Sixteen E4M3 codes as float16 bit patterns (e4m3_f16) widened. */
-static inline __m256i e4m3_f16(const uint8_t *p);
-static inline vf v_e4m3(const uint8_t *p) { return _mm512_cvtph_ps(e4m3_f16(p)); }
+static inline __m256i e4m3_f16(__m128i q);
+static inline vf v_e4m3q(__m128i q) { return _mm512_cvtph_ps(e4m3_f16(q)); }
 
 static inline void v_store(float *o, vf a) { _mm512_storeu_ps(o, a); }
 
@@ -281,13 +282,7 @@ static inline vf v_mul(vf a, vf b)
     return (vf){_mm256_mul_ps(a.a, b.a), _mm256_mul_ps(a.b, b.b)};
 }
 
-static inline __m256i e4m3_f16(const uint8_t *p);
-static inline vf v_e4m3(const uint8_t *p)
-{
-    __m256i h = e4m3_f16(p);
-    return (vf){_mm256_cvtph_ps(_mm256_castsi256_si128(h)),
-                _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1))};
-}
+static inline __m256i e4m3_f16(__m128i q);
 
 static inline void v_keep(vf *x) { __asm__("" : "+x"(x->a), "+x"(x->b)); }
 
@@ -344,9 +339,14 @@ static inline vf v_mul(vf a, vf b)
     return a;
 }
 
-/* value / 256 as the SIMD builds give it (exact: a power of two) */
-static inline vf v_e4m3(const uint8_t *p)
+/* value / 256 as the SIMD builds give it (exact: a power of two); the
+ * table has the NaNs, so nothing to look out for */
+typedef int nan_seen;
+static inline nan_seen nan_none(void) { return 0; }
+static inline int nan_any(nan_seen s) { return s; }
+static inline vf v_e4m3(const uint8_t *p, nan_seen *seen)
 {
+    (void)seen;
     const float *tab = qm_e4m3_table();
     vf v;
     for (int j = 0; j < 16; j++)
@@ -356,21 +356,55 @@ static inline vf v_e4m3(const uint8_t *p)
 #endif
 
 #if defined(__AVX512F__) || defined(KERNEL_AVX2)
-/* Sixteen E4M3 codes as float16 bit patterns worth value / 256: E4M3's
- * exponent and mantissa shifted up by 7 are a float16 with bias 15
- * instead of 7 (its subnormals are float16 subnormals, which the
- * conversion makes normal float32s exactly); 0x7F and 0xFF get an
- * all-ones exponent, a NaN as in the table. */
-static inline __m256i e4m3_f16(const uint8_t *p)
+/* Sixteen E4M3 codes as float16 bit patterns worth value / 256, without
+ * a table: E4M3's exponent and mantissa shifted up by 7 are a float16
+ * with bias 15 instead of 7 (its subnormals are float16 subnormals, which
+ * the conversion makes normal float32s exactly). No code gives a float16
+ * NaN or infinity (the exponent stays below 16); the NaN codes 0x7F and
+ * 0xFF come out as +-480 / 256 and are caught apart (nan_seen). */
+static inline __m256i e4m3_f16(__m128i q)
 {
     /* sign-extended and shifted by 7, the sign lands on bit 15 and a copy
      * on bit 14, which the mask clears: two operations for the pattern */
-    __m256i c = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)p));
-    __m256i h = _mm256_and_si256(_mm256_slli_epi16(c, 7), _mm256_set1_epi16((short)0xbf80));
+    __m256i c = _mm256_cvtepi8_epi16(q);
+    return _mm256_and_si256(_mm256_slli_epi16(c, 7), _mm256_set1_epi16((short)0xbf80));
+}
+
+#ifdef KERNEL_AVX2
+/* AVX2 makes each NaN code a NaN in place (exponent and mantissa all
+ * ones: an all-ones float16 exponent): four more operations, but with 16
+ * registers the AVX-512 way below spills and was 10 % slower. */
+typedef int nan_seen;
+static inline nan_seen nan_none(void) { return 0; }
+static inline int nan_any(nan_seen s) { return s; }
+static inline vf v_e4m3(const uint8_t *p, nan_seen *seen)
+{
+    (void)seen;
+    __m256i h = e4m3_f16(_mm_loadu_si128((const __m128i *)(const void *)p));
     __m256i em = _mm256_and_si256(h, _mm256_set1_epi16(0x3f80));
     __m256i nan = _mm256_cmpeq_epi16(em, _mm256_set1_epi16(0x3f80));
-    return _mm256_or_si256(h, _mm256_and_si256(nan, _mm256_set1_epi16(0x7c00)));
+    h = _mm256_or_si256(h, _mm256_and_si256(nan, _mm256_set1_epi16(0x7c00)));
+    return (vf){_mm256_cvtph_ps(_mm256_castsi256_si128(h)),
+                _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1))};
 }
+#else
+/* AVX-512 looks for the NaN codes off the products' path: the largest
+ * low 7 bits of every code a tile reads (one byte max per 16 codes
+ * instead of four operations on each); a tile that saw 0x7F makes the
+ * rows holding one NaN (nan_rows). */
+typedef __m128i nan_seen;
+static inline nan_seen nan_none(void) { return _mm_setzero_si128(); }
+static inline int nan_any(nan_seen s)
+{
+    return _mm_movemask_epi8(_mm_cmpeq_epi8(s, _mm_set1_epi8(0x7f))) != 0;
+}
+static inline vf v_e4m3(const uint8_t *p, nan_seen *seen)
+{
+    __m128i q = _mm_loadu_si128((const __m128i *)(const void *)p);
+    *seen = _mm_max_epu8(*seen, _mm_and_si128(q, _mm_set1_epi8(0x7f)));
+    return v_e4m3q(q);
+}
+#endif
 #endif
 
 #ifndef MV_R
@@ -401,6 +435,22 @@ static inline float w_at(int dt, const float *tab, const uint8_t *p, size_t i)
  * so the product rounds as table value x scale does in the tail. A run of
  * 16-column chunks inside one block shares a broadcast scale; a chunk
  * across a block edge (block_cols not a multiple of 16) gets one per lane. */
+/* Rows r0.. of a tile that read a NaN code (0x7F, 0xFF) in their first
+ * c16 columns: their sums are NaN, as the table's NaN would have made
+ * them. Never called for weights a quantiser wrote. */
+static __attribute__((noinline, cold)) void
+nan_rows(const qm_mat *m, int r0, int nr, int c16, int nt, float *out, size_t ldo)
+{
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *w = m->data + (size_t)(r0 + r) * m->cols;
+        int c = 0;
+        while (c < c16 && (w[c] & 0x7f) != 0x7f)
+            c++;
+        for (int t = 0; c < c16 && t < nt; t++)
+            out[t * ldo + r] = NAN;
+    }
+}
+
 static inline __attribute__((always_inline)) void
 tile8(const float *tab, const qm_mat *m, int r0, int nr, const float *x, size_t ldx, int nt,
       float *out, size_t ldo)
@@ -408,6 +458,7 @@ tile8(const float *tab, const qm_mat *m, int r0, int nr, const float *x, size_t 
     int cols = m->cols, bk = m->block_cols, c16 = cols & ~15;
     const uint8_t *w[TILE_R], *sr[TILE_R];
     vf acc[TILE_R][MM_T], sv[TILE_R];
+    nan_seen seen = nan_none();
     UNROLL
     for (int r = 0; r < nr; r++) {
         w[r] = m->data + (size_t)(r0 + r) * cols;
@@ -438,7 +489,7 @@ tile8(const float *tab, const qm_mat *m, int r0, int nr, const float *x, size_t 
         vf wv[TILE_R];
         UNROLL
         for (int r = 0; r < nr; r++)
-            wv[r] = v_mul(v_e4m3(w[r] + i), sv[r]);
+            wv[r] = v_mul(v_e4m3(w[r] + i, &seen), sv[r]);
         UNROLL
         for (int t = 0; t < nt; t++) {
             vf xv = v_f32(x + t * ldx + i);
@@ -464,6 +515,8 @@ tile8(const float *tab, const qm_mat *m, int r0, int nr, const float *x, size_t 
             out[t * ldo + r] = s;
         }
     }
+    if (__builtin_expect(nan_any(seen), 0))
+        nan_rows(m, r0, nr, c16, nt, out, ldo);
 }
 
 /* nr rows of m from row r (rb bytes apart) x nt tokens at x (ldx floats

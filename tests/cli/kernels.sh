@@ -5,7 +5,7 @@
 # matrix-matrix against matrix-vector; then the fused paths (AVX-512,
 # AVX2) must give the same bytes, the portable one its own rounding.
 . "$(dirname "$0")/lib.sh"
-plan 41
+plan 44
 K="$QMOE_BUILD/tests/kernels"
 has() { grep -qw "$1" /proc/cpuinfo; }
 native=portable avx2=portable

@@ -115,7 +115,7 @@ check json-summary jq -e '.layout == "olmoe" and .layers == 4 and .experts == 8 
 
 # ---- --like: replicas of real checkpoints (realomni.sh extracts one) ----
 run qmoe-mksample --like llama-7b "$T/l"
-expect like-unknown 2 "unknown --like 'llama-7b' (known: qwen3-omni-30b-a3b-instruct, qwen3-30b-a3b)"
+expect like-unknown 2 "unknown --like 'llama-7b' (known: qwen3-omni-30b-a3b-instruct, qwen3-30b-a3b, qwen3-30b-a3b-fp8, deepseek-v3)"
 run qmoe-mksample --fill-routers "$T/l"
 expect like-fill-without-like 2 "go with --like"
 run qmoe-mksample --like qwen3-30b-a3b --hf-cache "$T/l"

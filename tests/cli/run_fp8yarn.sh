@@ -7,10 +7,11 @@
 # continuations identical; FP8 experts also read into the cache (--expert-io
 # read). Negative controls: YaRN ignored, DeepSeek's mscale_all_dim dropped
 # (no softmax mscale^2, another cos/sin factor), or mscales swapped miss the
-# golden by far more than the tolerance. A scale of the wrong shape or a
+# golden by far more than the tolerance. Router statistics (--router-stats,
+# free and masked) choose the golden experts for every token and layer. A scale of the wrong shape or a
 # missing scale, on a dense weight or an expert, fails naming the tensor.
 . "$(dirname "$0")/lib.sh"
-plan 205
+plan 240
 F=$FIX/fp8yarn
 
 worst=$T/worst.txt
@@ -38,6 +39,61 @@ for fx in dsv3-fp8 qwen3moe-fp8 dsv3-yarn dsv3-yarn-mscale qwen3moe-yarn; do
 done
 # the worst normalised difference per fixture, routing and source (for the notes)
 sort -k1,3 -k4g "$worst" | awk '{ w[$1 " " $2 " " $3] = $4 } END { for (k in w) print "# worst " k " " w[k] }' | sort
+
+# Router statistics: --router-stats over a corpus of the golden sequences
+# whose text tokenizes back to their ids (DeepSeek's seq1-3, Qwen's seq2-3;
+# checked first), free and masked to experts 0-3. Every token's chosen
+# experts (in selection order) equal router_[masked_]seqK.json, weights
+# within 1e-5, and the statistics count tokens x top-k picks per layer.
+routes_cmp() { # LOG GOLDEN_DIR TAG SEQ...: prints "ok" or the first difference
+    /usr/bin/python3 - "$@" <<'PYEOF'
+import json, sys
+log, gdir, tag, seqs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+got = {}
+for line in open(log):
+    r = json.loads(line)
+    got[(r["line"], r["pos"], r["layer"])] = (r["experts"], r["weights"])
+n, bad = 0, None
+for i, s in enumerate(seqs, 1):
+    g = json.load(open(f"{gdir}/router_{tag}seq{s}.json"))
+    for L in g["layers"]:
+        for t, (e, w) in enumerate(zip(L["experts"], L["weights"])):
+            n += 1
+            k = (i, t, L["layer"])
+            if k not in got:
+                bad = bad or f"no log line for seq{s} pos {t} layer {L['layer']}"
+            elif got[k][0] != e or max(abs(a - b) for a, b in zip(got[k][1], w)) > 1e-5:
+                bad = bad or f"seq{s} pos {t} layer {L['layer']}: {got[k]} vs golden {e} {w}"
+if len(got) != n:
+    bad = bad or f"{len(got)} log lines, golden {n}"
+print(bad or f"ok {n}")
+PYEOF
+}
+for fx in dsv3-fp8 qwen3moe-fp8 dsv3-yarn dsv3-yarn-mscale qwen3moe-yarn; do
+    G=$F/$fx/golden
+    case $fx in dsv3*) seqs="1 2 3";; *) seqs="2 3";; esac
+    : >"$T/corpus.jsonl"; tokbad=
+    for s in $seqs; do
+        text=$(jq -r ".sequences.seq$s.text" "$G/tokens.json")
+        ids=$(printf %s "$text" | qmoe-run --tokenize "$F/$fx/hf" | tr -d ' \n[]')
+        [ "$ids" = "$(golden_ids "$G" "$s")" ] || tokbad="seq$s: $ids"
+        jq -cn --arg d "seq$s" --arg t "$text" '{domain: $d, text: $t}' >>"$T/corpus.jsonl"
+    done
+    [ -z "$tokbad" ] && ok "${fx}_corpus_tokens" || fail "${fx}_corpus_tokens" "$tokbad"
+    ntok=0; for s in $seqs; do ntok=$((ntok + $(jq ".sequences.seq$s.ids | length" "$G/tokens.json"))); done
+    k=$(jq '.num_experts_per_tok' "$F/$fx/hf/config.json")
+    for mode in free masked; do
+        mask=(); tag=; [ $mode = masked ] && { mask=(--mask-experts 0-3); tag=masked_; }
+        run qmoe-run --router-stats "$T/corpus.jsonl" --json --router-log "$T/r.log" \
+            "${mask[@]}" "$F/$fx/hf"
+        expect "${fx}_router_stats_${mode}" 0 || continue
+        r=$(routes_cmp "$T/r.log" "$G" "$tag" $seqs)
+        [[ $r == ok* ]] && ok "${fx}_router_golden_${mode}" || fail "${fx}_router_golden_${mode}" "$r"
+        picks=$(echo "$out" | jq -c '[.layers[].picks] | unique')
+        [ "$picks" = "[$((ntok * k))]" ] && ok "${fx}_router_picks_${mode}" ||
+            fail "${fx}_router_picks_${mode}" "$picks, want [$((ntok * k))] per layer"
+    done
+done
 
 # control FIXTURE NAME JQ: the fixture's checkpoint with one config change
 # must miss the golden seq3 by more than 10x the tolerance.

@@ -220,6 +220,57 @@ static int run_shape(const shape *s, team *tm, FILE *dump, char *why, size_t why
     return ok;
 }
 
+/* The NaN codes 0x7F and 0xFF: a row holding one gives NaN, by decode
+ * and prefill, whether the code falls in the 16-column chunks (where the
+ * SIMD paths decode without a table) or in the tail; the other rows give
+ * the bits they give without it. */
+static void nan_codes(team *tm)
+{
+    enum { R = 13, C = 131, NT = 6 };
+    uint8_t *w = g_new(uint8_t, R * C), *clean = g_new(uint8_t, R * C);
+    float scale[2 * 9], x[NT * C], a[NT * R], b[NT * R], v[R], vc[R];
+    for (int i = 0; i < R * C; i++) {
+        uint8_t c = (uint8_t)(urand() * 128 + 128);
+        clean[i] = w[i] = (c & 0x7f) == 0x7f ? c ^ 1 : c;
+    }
+    for (int i = 0; i < 18; i++)
+        scale[i] = (float)ldexp(1.0, -6 - i % 3);
+    for (int i = 0; i < NT * C; i++)
+        x[i] = (float)urand();
+    /* row 2 and 11 in a chunk (+ and - NaN), row 7 in the tail */
+    w[2 * C + 40] = 0x7f;
+    w[11 * C + 3] = 0xff;
+    w[7 * C + 130] = 0x7f;
+    qm_mat m = {.data = w, .dtype = ST_F8_E4M3, .rows = R, .cols = C,
+                .scale = (const uint8_t *)scale, .scale_dtype = ST_F32,
+                .block_rows = 8, .block_cols = 16};
+    qm_mat mc = m;
+    mc.data = clean;
+    qm_matvec_rows(v, &m, x, 0, R);
+    qm_matvec_rows(vc, &mc, x, 0, R);
+    qm_matmat(tm, a, R, &m, x, C, NT);
+    qm_matmat(tm, b, R, &mc, x, C, NT);
+    int ok = 1;
+    char ev[128] = "";
+    for (int r = 0; r < R && ok; r++) {
+        int nan_row = r == 2 || r == 7 || r == 11;
+        for (int t = 0; t < NT && ok; t++) {
+            float got = a[t * R + r], want = b[t * R + r];
+            if (nan_row ? !isnan(got) : memcmp(&got, &want, 4) != 0) {
+                snprintf(ev, sizeof ev, "prefill row %d token %d: %g (clean %g)", r, t, got, want);
+                ok = 0;
+            }
+        }
+        if (ok && (nan_row ? !isnan(v[r]) : memcmp(&v[r], &vc[r], 4) != 0)) {
+            snprintf(ev, sizeof ev, "decode row %d: %g (clean %g)", r, v[r], vc[r]);
+            ok = 0;
+        }
+    }
+    check(ok, "kernels-F8_E4M3-nan-codes", ev);
+    g_free(w);
+    g_free(clean);
+}
+
 int main(int argc, char **argv)
 {
     const char *expect = NULL, *dump_path = NULL;
@@ -290,6 +341,7 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "kernels-%s-matmat-is-matvec", kind);
         check(identical, name, why);
     }
+    nan_codes(tm);
     team_free(tm);
     if (dump && fclose(dump)) {
         fprintf(stderr, "kernels: cannot write '%s'\n", dump_path);
