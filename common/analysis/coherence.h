@@ -52,12 +52,13 @@
  * reference perplexity with the router restricted to experts 0-7 next to
  * the free router's (when the model has more than 8 experts).
  *
- * How it runs: the prompt set (prompts with their expected texts) and the
- * reference text's windows go through the layers as one batch (passes of
- * COH_BATCH tokens: one pass for the sample prompts and text); the masked
- * ablation is a second batch of the text's windows; then the greedy
- * continuations advance together, one batch per step, from where teacher
- * forcing left them.
+ * How it runs: the prompt set (prompts with their expected texts), the
+ * reference text's windows and the masked ablation (the windows again,
+ * sequences whose router is masked: model_seq_set_mask) go through the
+ * layers as one batch (passes of COH_BATCH tokens: one pass for the
+ * sample prompts and text), each row of logits scored as lm_head computes
+ * it (model_set_logits_fn); then the greedy continuations advance
+ * together, one batch per step, from where teacher forcing left them.
  *
  * Prompt set: JSON lines {"domain", "lang", "prompt", "expected"}; domain
  * and prompt are required, blank lines are skipped.
@@ -79,8 +80,10 @@
 #define COH_DEFAULT_NEW 4
 #define COH_ABLATION_MASK "0-7"
 /* Tokens per pass over the layers (capped by the model's context): a
- * prompt set and reference text of this size read each expert once. */
-#define COH_BATCH 2048
+ * prompt set, reference text and ablation of this size read each expert
+ * once (the sample's: 2155 tokens). The run state grows with the tokens
+ * a pass holds (about 85 KB each at the Qwen3-Omni thinker's widths). */
+#define COH_BATCH 4096
 
 typedef struct {
     const char *text_path;    /* reference text, read whole (required) */
