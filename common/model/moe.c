@@ -43,16 +43,22 @@ static void add_expert(run_state *r, int K, int H, int i, const float *topw, flo
  * sample (1.2 GB) overran a 1.5 GB memory cgroup, whose page cache then
  * dropped the first experts before they were used and read them twice
  * (the gate read 4.7 GB in its 3 GB pass). A window keeps the disk busy
- * while the experts before it compute. */
+ * while the experts before it compute. Small batches (decode, the gate's
+ * generation steps) wait on the disk, not on compute: they ask for all
+ * their experts at once, as before, for the deepest queue. */
 #define EXPERT_AHEAD_BYTES ((uint64_t)96 << 20)
+#define EXPERT_AHEAD_MIN_TOKENS 64
 
-/* Experts in the window: at least 2 (the one computing and the next). */
-static int ahead_count(const model *m)
+/* Experts in the window: at least 2 (the one computing and the next); all
+ * for a batch of n <= EXPERT_AHEAD_MIN_TOKENS tokens. */
+static int ahead_count(const model *m, int n)
 {
     const model_config *c = &m->c;
+    if (n <= EXPERT_AHEAD_MIN_TOKENS)
+        return c->n_experts;
     uint64_t one = 3 * (uint64_t)c->hidden * c->moe_inter * 2; /* bf16; a guess is enough */
-    uint64_t n = EXPERT_AHEAD_BYTES / (one ? one : 1);
-    return n < 2 ? 2 : n > (uint64_t)c->n_experts ? c->n_experts : (int)n;
+    uint64_t fit = EXPERT_AHEAD_BYTES / (one ? one : 1);
+    return fit < 2 ? 2 : fit > (uint64_t)c->n_experts ? c->n_experts : (int)fit;
 }
 
 /* Read-ahead of the used experts [from, to) of layer l; past the last,
@@ -73,7 +79,7 @@ static int experts_one_by_one(model *m, int l, int n, int nused, const float *to
                               float *topn, GError **err)
 {
     run_state *r = &m->r;
-    int K = m->c.top_k, H = m->c.hidden, W = ahead_count(m);
+    int K = m->c.top_k, H = m->c.hidden, W = ahead_count(m, n);
     for (int u = 0; u < nused; u++) {
         int e = r->used[u], a = r->start[e], cnt = r->start[e + 1] - a;
         read_ahead(m, l, nused, u + W - 1, u + W, n > 1);
@@ -190,7 +196,7 @@ int moe(model *m, int l, int n, GError **err)
     int together = single && nused <= r->npair && expert_store_holds(m->store, nused);
     /* together: every expert at once (decode: a few); one by one: the
      * first window, then one more as each starts */
-    read_ahead(m, l, nused, 0, together ? nused : ahead_count(m) - 1, n > 1);
+    read_ahead(m, l, nused, 0, together ? nused : ahead_count(m, n) - 1, n > 1);
     if (together ? experts_together(m, l, nused, topw, topn, err)
                  : experts_one_by_one(m, l, n, nused, topw, topn, err))
         return -1;
