@@ -9,6 +9,7 @@
 #include "base/fs.h"
 #include "base/util.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -176,6 +177,7 @@ typedef struct {
     const int *moe_index;     /* [n_layers] layer -> MoE layer index, or -1 */
     coh_domain_usage **domain;/* [prompts] each prompt's domain (its sequence id) */
     int n_prompts;            /* sequences with a larger id are the text's */
+    int text_end;             /* ... up to this id; beyond: the ablation's */
     uint8_t *text_used;       /* [n_moe_layers x n_experts] experts the
                                * text's tokens went to, or NULL */
 } router_ctx;
@@ -191,7 +193,7 @@ static void on_route(void *user, int seq, int pos, int token, int layer, int k,
     if (li < 0)
         return;
     if (seq >= c->n_prompts) { /* the text's: the comparison's diversity */
-        for (int i = 0; c->text_used && i < k; i++)
+        for (int i = 0; c->text_used && seq < c->text_end && i < k; i++)
             if (experts[i] >= 0 && experts[i] < c->r->n_experts)
                 c->text_used[(size_t)li * c->r->n_experts + experts[i]] = 1;
         return; /* (c) is the prompt set's */
@@ -286,42 +288,39 @@ typedef struct {
     int target;
 } gate_tok;
 
-/* Feeds gt[0..n) through model_batch in slices of `chunk` tokens; the
- * logits only argmax or nll need go to a scratch of one row per such
- * token of the slice. Each nll is added in token order, as model_nll adds
- * them. */
-static int gate_batch(model *m, const gate_tok *gt, int n, int chunk, GError **err)
+/* What gate_batch keeps of a row of logits (model_logits_fn). */
+typedef struct {
+    const gate_tok *gt;
+    int vocab;
+} gate_sink;
+
+static void keep_logits(void *user, int i, const float *lg)
 {
-    size_t V = (size_t)model_get_config(m)->vocab;
-    model_tok *toks = g_new(model_tok, MAX(MIN(n, chunk), 1));
-    float *scratch = NULL;
-    int rc = 0;
-    for (int s = 0; s < n && rc == 0; s += chunk) {
-        int len = MIN(n - s, chunk), rows = 0;
-        for (int t = 0; t < len; t++)
-            rows += !gt[s + t].logits && (gt[s + t].argmax || gt[s + t].nll);
-        g_free(scratch);
-        scratch = g_new(float, MAX(rows, 1) * V);
-        rows = 0;
-        for (int t = 0; t < len; t++) {
-            const gate_tok *g = &gt[s + t];
-            float *lg = g->logits ? g->logits
-                        : g->argmax || g->nll ? scratch + V * rows++ : NULL;
-            toks[t] = (model_tok){g->seq, g->token, lg};
-        }
-        if (model_batch(m, toks, len, err) < 0) {
-            rc = -1;
-            break;
-        }
-        for (int t = 0; t < len; t++) {
-            const gate_tok *g = &gt[s + t];
-            if (g->argmax)
-                *g->argmax = argmax(toks[t].logits, (int)V);
-            if (g->nll)
-                *g->nll += model_token_nll(toks[t].logits, (int)V, g->target);
-        }
-    }
-    g_free(scratch);
+    const gate_sink *k = user;
+    const gate_tok *g = &k->gt[i];
+    if (g->logits)
+        memcpy(g->logits, lg, sizeof(float) * k->vocab);
+    if (g->argmax)
+        *g->argmax = argmax(lg, k->vocab);
+    if (g->nll)
+        *g->nll += model_token_nll(lg, k->vocab, g->target);
+}
+
+/* Feeds gt[0..n) through model_batch; each row of logits is kept as its
+ * token asks as lm_head computes it (model_set_logits_fn), so no more
+ * than a block of rows is held. Each nll is added in token order, as
+ * model_nll adds them. */
+static int gate_batch(model *m, const gate_tok *gt, int n, GError **err)
+{
+    static float want; /* a non-NULL `logits`: the row goes to keep_logits */
+    gate_sink k = {gt, model_get_config(m)->vocab};
+    model_tok *toks = g_new(model_tok, MAX(n, 1));
+    for (int t = 0; t < n; t++)
+        toks[t] = (model_tok){gt[t].seq, gt[t].token,
+                              gt[t].logits || gt[t].argmax || gt[t].nll ? &want : NULL};
+    model_set_logits_fn(m, keep_logits, &k);
+    int rc = model_batch(m, toks, n, err);
+    model_set_logits_fn(m, NULL, NULL);
     g_free(toks);
     return rc;
 }
@@ -476,7 +475,7 @@ static int take(gate_seq *g, int token, const GArray *stop)
  * another gives; the router observer (c) sees the prompt and expected
  * tokens only, so the verdict does not depend on --gen-tokens. */
 static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_index,
-                       const GArray *pick, int chunk, text_win *tw, uint8_t *text_used,
+                       const GArray *pick, text_win *tw, text_win *abl, uint8_t *text_used,
                        coh_result *r, gate_seq **seqs_out, GError **err)
 {
     const model_config *c = model_get_config(m);
@@ -490,7 +489,7 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
     gate_seq *g = g_new0(gate_seq, np);
     coh_domain_usage **dom = g_new0(coh_domain_usage *, np);
     router_ctx rc = {.r = r, .moe_index = moe_index, .domain = dom, .n_prompts = (int)np,
-                     .text_used = text_used};
+                     .text_end = (int)np + tw->nw, .text_used = text_used};
     gate_tok *gt = NULL;
     model_tok *toks = NULL;
     int rc_ok = -1, total = 0, n_new = o->n_new > 0 ? o->n_new : COH_DEFAULT_NEW;
@@ -547,7 +546,11 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
              "reference text, %d tokens in %d window%s, in one batch; then up to %d "
              "generated tokens each, all prompts one step per batch", np, np == 1 ? "" : "s",
              total, tw->n, tw->nw, tw->nw == 1 ? "" : "s", n_new);
-    gt = g_new0(gate_tok, (size_t)total + tw->nw * (size_t)tw->ctx);
+    if (abl)
+        progress(o, "ablation: perplexity with the router masked to %s, %d tokens in one "
+                 "batch with the prompt set", COH_ABLATION_MASK, abl->n);
+    gt = g_new0(gate_tok, (size_t)total + tw->nw * (size_t)tw->ctx +
+                              (abl ? abl->nw * (size_t)abl->ctx : 0));
     int n = 0;
     for (guint i = 0; i < np; i++) {
         int len = (int)g[i].ids->len, ne = (int)g[i].exp->len;
@@ -561,8 +564,10 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         }
     }
     n += windows_toks(tw, gt + n);
+    if (abl)
+        n += windows_toks(abl, gt + n);
     model_set_router_log(m, on_route, &rc);
-    int bad = gate_batch(m, gt, n, chunk, err) < 0;
+    int bad = gate_batch(m, gt, n, err) < 0;
     model_set_router_log(m, NULL, NULL);
     if (bad) {
         g_prefix_error(err, "prompt set: ");
@@ -814,7 +819,8 @@ static int compare_rows(model *m, const coh_opts *o, const expert_plan *plan,
                         GError **err)
 {
     const model_config *c = model_get_config(m);
-    router_ctx rc = {.r = r, .moe_index = moe_index, .n_prompts = 0, .text_used = used};
+    router_ctx rc = {.r = r, .moe_index = moe_index, .n_prompts = 0, .text_end = INT_MAX,
+                     .text_used = used};
     gate_tok *gt = g_new0(gate_tok, (size_t)tw->nw * tw->ctx);
     uint8_t *first = g_new0(uint8_t, c->n_experts);
     int rc_ok = 0;
@@ -836,7 +842,7 @@ static int compare_rows(model *m, const coh_opts *o, const expert_plan *plan,
             break;
         int n = windows_toks(tw, gt);
         model_set_router_log(m, on_route_text, &rc);
-        rc_ok = gate_batch(m, gt, n, COH_BATCH, err);
+        rc_ok = gate_batch(m, gt, n, err);
         model_set_router_log(m, NULL, NULL);
         if (rc_ok == 0)
             fill_row(r, k, k == COH_ROW_FIRST ? "first" : "free", tw, used);
@@ -868,7 +874,8 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     int *moe_index = NULL;
     GArray *pick = NULL;
     gate_seq *gs = NULL;
-    text_win tw = {0};
+    text_win tw = {0}, abl = {0};
+    int ablate = 0;
     GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
     char *text = NULL;
     gsize text_len = 0;
@@ -957,10 +964,27 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     if (windows_new(m, (const int *)ids->data, (int)ids->len, (int)r->prompts->len, &tw,
                     err) < 0)
         goto done;
-    /* the prompt set and the reference text, one batch: continuations,
-     * router usage (c), the logits (a) compares and the perplexity (b) */
+    /* the ablation: the text's windows again, as sequences of their own
+     * whose router is masked, in the same batch (each layer's experts
+     * read once for both) */
+    if (r->n_experts > 8 && r->top_k <= 8) {
+        uint8_t *am = g_new0(uint8_t, r->n_experts);
+        int bad = qm_list_parse(COH_ABLATION_MASK, r->n_experts, am, "ablation", err) < 0 ||
+                  windows_new(m, (const int *)ids->data, (int)ids->len,
+                              (int)r->prompts->len + tw.nw, &abl, err) < 0;
+        for (int w = 0; !bad && w < abl.nw; w++)
+            bad = model_seq_set_mask(abl.seq[w], am, err) < 0;
+        g_free(am);
+        if (bad)
+            goto done;
+        ablate = 1;
+    }
+    /* the prompt set, the reference text and its ablation, one batch:
+     * continuations, router usage (c), the logits (a) compares and the
+     * perplexities (b) */
     pick = o->source ? source_picks(r) : g_array_new(FALSE, FALSE, sizeof(int));
-    if (run_prompts(m, tok, o, moe_index, pick, COH_BATCH, &tw, text_used, r, &gs, err) < 0)
+    if (run_prompts(m, tok, o, moe_index, pick, &tw, ablate ? &abl : NULL, text_used, r, &gs,
+                    err) < 0)
         goto done;
     /* (a) */
     if (o->source && compare_source(o, mask, plan, pick, gs, r, err) < 0)
@@ -982,23 +1006,8 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
         add_failure(r, "perplexity",
                     "%.6g on the reference text '%s' (%d tokens) is above the maximum %.6g",
                     r->ppl, o->text_path, r->text_tokens, r->max_ppl);
-    if (r->n_experts > 8 && r->top_k <= 8) {
-        /* the second batch: the reference text's windows afresh */
-        progress(o, "ablation: perplexity with the router masked to %s, %d tokens in one "
-                 "batch", COH_ABLATION_MASK, tw.n);
-        uint8_t *abl = g_new0(uint8_t, r->n_experts);
-        gate_tok *gt = g_new0(gate_tok, (size_t)tw.nw * tw.ctx);
-        int n = windows_toks(&tw, gt);
-        int bad = qm_list_parse(COH_ABLATION_MASK, r->n_experts, abl, "ablation", err) < 0 ||
-                  model_set_mask(m, abl, err) < 0 ||
-                  gate_batch(m, gt, n, COH_BATCH, err) < 0 ||
-                  model_set_mask(m, mask, err) < 0 ||
-                  (plan && expert_plan_apply(m, plan, err) < 0);
-        g_free(gt);
-        g_free(abl);
-        if (bad)
-            goto done;
-        r->ablation_nll = windows_nll(&tw);
+    if (ablate) {
+        r->ablation_nll = windows_nll(&abl);
         r->ablation_run = 1;
         r->ablation_ppl = exp(r->ablation_nll);
     }
@@ -1009,6 +1018,7 @@ int coh_run(const char *path, const coh_opts *o, coh_result **out, GError **err)
     rc = 0;
 done:
     windows_free(&tw);
+    windows_free(&abl);
     if (gs)
         gate_seqs_free(gs, r->prompts->len);
     if (pick)

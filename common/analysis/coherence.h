@@ -66,13 +66,15 @@
  * experts the text's tokens were routed to over the experts the layer
  * allows (summed over the MoE layers, and per layer).
  *
- * How it runs: the prompt set (prompts with their expected texts) and the
- * reference text's windows go through the layers as one batch (passes of
- * COH_BATCH tokens: one pass for the sample prompts and text); the masked
- * ablation is a second batch of the text's windows (with a plan, the
- * comparison's first-N and free rows are two more); then the greedy
- * continuations advance together, one batch per step, from where teacher
- * forcing left them.
+ * How it runs: the prompt set (prompts with their expected texts), the
+ * reference text's windows and the masked ablation (the windows again,
+ * sequences whose router is masked: model_seq_set_mask) go through the
+ * layers as one batch (passes of COH_BATCH tokens: one pass for the
+ * sample prompts and text), each row of logits scored as lm_head computes
+ * it (model_set_logits_fn); then the greedy continuations advance
+ * together, one batch per step, from where teacher forcing left them.
+ * With a plan, the comparison's first-N and free rows are two more
+ * batches of the text's windows.
  *
  * Prompt set: JSON lines {"domain", "lang", "prompt", "expected"}; domain
  * and prompt are required, blank lines are skipped.
@@ -94,8 +96,10 @@
 #define COH_DEFAULT_NEW 4
 #define COH_ABLATION_MASK "0-7"
 /* Tokens per pass over the layers (capped by the model's context): a
- * prompt set and reference text of this size read each expert once. */
-#define COH_BATCH 2048
+ * prompt set, reference text and ablation of this size read each expert
+ * once (the sample's: 2155 tokens). The run state grows with the tokens
+ * a pass holds (about 85 KB each at the Qwen3-Omni thinker's widths). */
+#define COH_BATCH 4096
 
 typedef struct {
     const char *text_path;    /* reference text, read whole (required) */

@@ -45,7 +45,30 @@ void model_seq_free(model_seq *s)
         return;
     g_free(s->k);
     g_free(s->v);
+    g_free(s->allow);
     g_free(s);
+}
+
+int model_seq_set_mask(model_seq *s, const uint8_t *allow, GError **err)
+{
+    const model_config *c = &s->m->c;
+    g_free(s->allow);
+    s->allow = NULL;
+    if (!allow)
+        return 0;
+    int n = 0;
+    for (int e = 0; e < c->n_experts; e++)
+        n += allow[e] != 0;
+    if (n < c->top_k) {
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "the router mask allows %d experts, fewer than the %d each token needs",
+                    n, c->top_k);
+        return -1;
+    }
+    s->allow = g_new(uint8_t, c->n_experts);
+    for (int e = 0; e < c->n_experts; e++)
+        s->allow[e] = allow[e] != 0;
+    return 0;
 }
 
 void model_seq_reset(model_seq *s) { s->pos = 0; }
@@ -73,6 +96,7 @@ void run_state_init(model *m, int B)
     size_t hh = c->head_dim / 2;
     r->tok = g_new0(fwd_tok, B);
     r->lgp = g_new0(float *, B);
+    r->lgt = g_new0(int, B);
     r->x = g_new0(float, B * H);
     r->xb = g_new0(float, B * H);
     r->xb2 = g_new0(float, B * H);
@@ -115,8 +139,8 @@ void run_state_init(model *m, int B)
 
 void run_state_free(run_state *r)
 {
-    void *bufs[] = {r->tok, r->lgp, r->x, r->xb, r->xb2, r->q, r->k, r->v, r->att_out,
-                    r->att, r->cos, r->sin, r->rl, r->top, r->topw, r->topn, r->start,
+    void *bufs[] = {r->tok, r->lgp, r->lgt, r->sink, r->x, r->xb, r->xb2, r->q, r->k,
+                    r->v, r->att_out, r->att, r->cos, r->sin, r->rl, r->top, r->topw, r->topn, r->start,
                     r->used, r->list, r->g, r->h, r->h2, r->moe, r->lg, r->rscore,
                     r->rgroup, r->mqa, r->mkva, r->mkvb, r->eh, r->eh2, r->eout, r->bout,
                     r->bx, r->bmat, r->bdown, r->logits};
@@ -263,14 +287,30 @@ int forward(model *m, int n, GError **err)
                              r->topn + i);
             }
     /* lm_head over the rows that want logits, gathered (normed) to the
-     * front of xb; one product per run of adjacent destinations */
+     * front of xb; one product per run of adjacent destinations, or per
+     * block of sink rows handed to logits_fn */
     int nw = 0;
     for (int t = 0; t < n; t++)
         if (r->lgp[t]) {
             model_rmsnorm(r->xb + (size_t)nw * H, r->x + (size_t)t * H, m->w.final_norm, H,
                           c->eps);
+            r->lgt[nw] = t;
             r->lgp[nw++] = r->lgp[t];
         }
+    if (m->logits_fn && m->in_batch) {
+        if (nw > 0 && !r->sink) {
+            r->sink_rows = MIN(SINK_ROWS, r->max_batch);
+            r->sink = g_new(float, (size_t)r->sink_rows * c->vocab);
+        }
+        for (int a = 0; a < nw; a += r->sink_rows) {
+            int b = MIN(nw, a + r->sink_rows);
+            proj(m, r->sink, c->vocab, &m->w.lm_head, r->xb + (size_t)a * H, H, b - a);
+            for (int i = a; i < b; i++)
+                m->logits_fn(m->logits_user, m->batch_base + r->lgt[i],
+                             r->sink + (size_t)(i - a) * c->vocab);
+        }
+        return 0;
+    }
     for (int a = 0, b; a < nw; a = b) {
         for (b = a + 1; b < nw && r->lgp[b] == r->lgp[b - 1] + c->vocab; b++)
             ;
@@ -337,10 +377,20 @@ int model_batch(model *m, const model_tok *toks, int n, GError **err)
         }
         for (int t = 0; t < len; t++)
             r->tok[t].seq->pending = 0;
-        if (forward(m, len, err) != 0)
+        m->batch_base = s;
+        m->in_batch = 1;
+        int rc = forward(m, len, err);
+        m->in_batch = 0;
+        if (rc != 0)
             return -1;
     }
     return 0;
+}
+
+void model_set_logits_fn(model *m, model_logits_fn fn, void *user)
+{
+    m->logits_fn = fn;
+    m->logits_user = user;
 }
 
 int model_step(model *m, int token, float *logits, GError **err)

@@ -114,6 +114,18 @@ int model_set_mask(model *m, const uint8_t *allow, GError **err);
 /* Router observer (NULL to stop). */
 void model_set_router_log(model *m, model_router_fn fn, void *user);
 
+/* Logits without a buffer per token: with fn set, model_batch computes the
+ * logits of the tokens whose `logits` is non-NULL (then only a flag) a
+ * block of rows at a time into a scratch of the model's and calls
+ * fn(user, i, row) for each, i its index in model_batch's toks, in
+ * ascending i, before model_batch returns; row ([vocab]) is valid during
+ * the call only. The bits are the same as into a buffer. A caller that
+ * only scores thousands of positions (argmax, likelihood) so never holds
+ * thousands x vocab floats. NULL: each token's `logits` (the default).
+ * Only model_batch uses it. */
+typedef void (*model_logits_fn)(void *user, int index, const float *logits);
+void model_set_logits_fn(model *m, model_logits_fn fn, void *user);
+
 /* ---- sequences ----
  *
  * A sequence is a KV cache and a position. The model has one of its own
@@ -138,6 +150,13 @@ void model_seq_reset(model_seq *s);
 void model_seq_truncate(model_seq *s, int pos);
 int model_seq_pos(const model_seq *s);
 int model_seq_id(const model_seq *s);
+/* Restricts the router for this sequence's tokens, at every MoE layer,
+ * to experts with allow[e] != 0 (n_experts entries, copied), in place of
+ * the model's masks (model_set_mask); NULL: the model's masks again. A
+ * batch can so hold sequences routed differently (the gate's masked
+ * ablation beside the free run). Fails when fewer than top_k experts are
+ * allowed. */
+int model_seq_set_mask(model_seq *s, const uint8_t *allow, GError **err);
 /* The keys (values = 0) or values (values = 1) of layer `layer`: pos rows
  * of n_kv_heads x head_dim floats (MLA: n_heads x head_dim, values padded
  * with zeros), after RoPE; for tests and inspection. */

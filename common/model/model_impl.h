@@ -26,6 +26,10 @@
 /* Logits computed at once by model_nll (lm_head over this many positions
  * per pass over its weights). */
 #define LOGIT_ROWS 32
+/* Logits per block handed to model_logits_fn: lm_head's weights (622 MB
+ * for the Qwen3-Omni thinker) are streamed from memory once per block,
+ * and the block is 128 x vocab floats (78 MB there). */
+#define SINK_ROWS 128
 
 typedef struct {
     qm_mat q, k, v, o;            /* [H*hd, hidden] x3 (k, v: [KV*hd, hidden]), [hidden, H*hd] */
@@ -64,6 +68,7 @@ struct model_seq {
     int pos;                      /* next position */
     int pending;                  /* tokens of the batch being laid out */
     float *k, *v;                 /* (n_layers, cap, n_kv_heads * head_dim) */
+    uint8_t *allow;               /* (n_experts) its router mask, or NULL: the model's */
 };
 
 /* A token of the batch in flight. */
@@ -78,6 +83,9 @@ typedef struct {
     int max_batch;
     fwd_tok *tok;                 /* (B) the batch's tokens */
     float **lgp;                  /* (B) where each token's logits go, or NULL */
+    int *lgt;                     /* (B) the batch index of each row lm_head computes */
+    float *sink;                  /* (sink_rows, vocab) logits for model_logits_fn */
+    int sink_rows;
     float *x, *xb, *xb2;          /* (B, hidden) residuals, block inputs, block outputs */
     float *q, *k, *v;             /* (B, H*hd), (B, KV*hd) x2 projections of the batch */
     float *att_out;               /* (B, H*hd) */
@@ -121,6 +129,10 @@ struct model {
     uint8_t **allow;              /* [n_layers] router masks (n_experts each), NULL = all */
     model_router_fn router_fn;
     void *router_user;
+    model_logits_fn logits_fn;    /* model_set_logits_fn */
+    void *logits_user;
+    int batch_base;               /* model_batch: index of the batch in flight's first token */
+    int in_batch;                 /* model_batch is running (logits_fn applies) */
     model_seq *seq0;              /* the sequence of model_step and model_feed */
     uint64_t step_bytes;          /* weights the last batch read */
     int no_prefetch;              /* model_opts.no_prefetch */
@@ -159,7 +171,7 @@ void attention(model *m, int l, int n);
 void qkv(model *m, const layer_w *w, int l, int n);
 
 /* routing.c: top-k of the router scores p (n_experts) of layer l. */
-void route_pick(const model *m, int l, float *p, int *top, float *topw);
+void route_pick(const model *m, int l, const uint8_t *allow, float *p, int *top, float *topw);
 
 /* moe.c */
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }

@@ -38,15 +38,51 @@ static void add_expert(run_state *r, int K, int H, int i, const float *topw, flo
     topn[i] = (float)sqrt(ss);
 }
 
-/* Each routed expert once for all its tokens: gather their inputs, one
- * product per projection (the weights streamed once for all of them). */
-static int experts_one_by_one(model *m, int l, int nused, const float *topw, float *topn,
-                              GError **err)
+/* Read-ahead of a layer's routed experts, at most this many bytes ahead of
+ * the one computing: asked for all at once, a layer of the real-width
+ * sample (1.2 GB) overran a 1.5 GB memory cgroup, whose page cache then
+ * dropped the first experts before they were used and read them twice
+ * (the gate read 4.7 GB in its 3 GB pass). A window keeps the disk busy
+ * while the experts before it compute. Small batches (decode, the gate's
+ * generation steps) wait on the disk, not on compute: they ask for all
+ * their experts at once, as before, for the deepest queue. */
+#define EXPERT_AHEAD_BYTES ((uint64_t)96 << 20)
+#define EXPERT_AHEAD_MIN_TOKENS 64
+
+/* Experts in the window: at least 2 (the one computing and the next); all
+ * for a batch of n <= EXPERT_AHEAD_MIN_TOKENS tokens. */
+static int ahead_count(const model *m, int n)
+{
+    const model_config *c = &m->c;
+    if (n <= EXPERT_AHEAD_MIN_TOKENS)
+        return c->n_experts;
+    uint64_t one = 3 * (uint64_t)c->hidden * c->moe_inter * 2; /* bf16; a guess is enough */
+    uint64_t fit = EXPERT_AHEAD_BYTES / (one ? one : 1);
+    return fit < 2 ? 2 : fit > (uint64_t)c->n_experts ? c->n_experts : (int)fit;
+}
+
+/* Read-ahead of the used experts [from, to) of layer l; past the last,
+ * the next layer's dense weights (or lm_head). */
+static void read_ahead(model *m, int l, int nused, int from, int to, int dense)
 {
     run_state *r = &m->r;
-    int K = m->c.top_k, H = m->c.hidden;
+    to = to < nused ? to : nused;
+    if (from < to)
+        expert_store_prefetch(m->store, l, r->used + from, to - from);
+    if (dense && from < nused && to == nused)
+        prefetch_dense(m, l + 1);
+}
+
+/* Each routed expert once for all its tokens: gather their inputs, one
+ * product per projection (the weights streamed once for all of them). */
+static int experts_one_by_one(model *m, int l, int n, int nused, const float *topw,
+                              float *topn, GError **err)
+{
+    run_state *r = &m->r;
+    int K = m->c.top_k, H = m->c.hidden, W = ahead_count(m, n);
     for (int u = 0; u < nused; u++) {
         int e = r->used[u], a = r->start[e], cnt = r->start[e + 1] - a;
+        read_ahead(m, l, nused, u + W - 1, u + W, n > 1);
         const expert_mats *em = expert_store_get(m->store, l, e, err);
         if (!em)
             return -1;
@@ -132,8 +168,12 @@ int moe(model *m, int l, int n, GError **err)
     int *top = r->top + at;
     float *topw = r->topw + at, *topn = r->topn + at;
     proj(m, r->rl, E, &w->router, r->xb, H, n);
-    for (int t = 0; t < n; t++)
-        route_pick(m, l, r->rl + (size_t)t * E, top + (size_t)t * K, topw + (size_t)t * K);
+    const uint8_t *allow = m->allow ? m->allow[l] : NULL;
+    for (int t = 0; t < n; t++) {
+        const uint8_t *own = r->tok[t].seq->allow;
+        route_pick(m, l, own ? own : allow, r->rl + (size_t)t * E, top + (size_t)t * K,
+                   topw + (size_t)t * K);
+    }
     /* counting sort of the (token, choice) pairs by expert, tokens ascending */
     memset(r->start, 0, sizeof(int) * (E + 1));
     for (int i = 0; i < n * K; i++)
@@ -152,14 +192,13 @@ int moe(model *m, int l, int n, GError **err)
             r->used[nused++] = e;
         single &= cnt <= 1;
     }
-    /* every expert the batch routes to, read ahead at once */
-    expert_store_prefetch(m->store, l, r->used, nused);
-    if (n > 1)
-        prefetch_dense(m, l + 1);
     memset(r->moe, 0, sizeof(float) * n * H);
-    if (single && nused <= r->npair && expert_store_holds(m->store, nused)
-            ? experts_together(m, l, nused, topw, topn, err)
-            : experts_one_by_one(m, l, nused, topw, topn, err))
+    int together = single && nused <= r->npair && expert_store_holds(m->store, nused);
+    /* together: every expert at once (decode: a few); one by one: the
+     * first window, then one more as each starts */
+    read_ahead(m, l, nused, 0, together ? nused : ahead_count(m, n) - 1, n > 1);
+    if (together ? experts_together(m, l, nused, topw, topn, err)
+                 : experts_one_by_one(m, l, n, nused, topw, topn, err))
         return -1;
     for (size_t i = 0; i < (size_t)n * H; i++)
         r->x[i] += r->moe[i];

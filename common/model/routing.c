@@ -75,10 +75,9 @@ static void route_grouped(const model *m, const uint8_t *allow, const float *bia
 /* Router: softmax over the (allowed) experts in float32, top-k in
  * descending probability (lowest id first on ties), renormalised when
  * norm_topk_prob. */
-void route_pick(const model *m, int l, float *p, int *top, float *topw)
+void route_pick(const model *m, int l, const uint8_t *allow, float *p, int *top, float *topw)
 {
     const model_config *c = &m->c;
-    const uint8_t *allow = m->allow ? m->allow[l] : NULL;
     if (m->lt->score == LT_SCORE_SIGMOID_GROUPED) {
         route_grouped(m, allow, m->w.layers[l].score_bias, p, top, topw);
         return;

@@ -635,6 +635,83 @@ static void test_seq_truncate(void)
     g_free(dir);
 }
 
+/* model_logits_fn: keeps the rows it is handed by batch index. */
+typedef struct {
+    float *rows; /* (n, VOCAB) */
+    int calls, last, ordered;
+} sink_log;
+
+static void keep_row(void *user, int i, const float *lg)
+{
+    sink_log *k = user;
+    k->ordered &= i > k->last;
+    k->last = i;
+    k->calls++;
+    memcpy(k->rows + (size_t)i * VOCAB, lg, sizeof(float) * VOCAB);
+}
+
+/* A sequence's own router mask and the logits sink: one batch of a masked
+ * and a free sequence, logits handed to a callback, gives the bits of
+ * each fed alone with the model's mask set or lifted. */
+static void test_seq_mask_and_sink(void)
+{
+    char *dir = dir_of("qwen3moe");
+    model *m = open_model(dir, 0, 1, 0), *ref = open_model(dir, 0, 1, 1);
+    CHECK(m != NULL && ref != NULL);
+    if (m && ref) {
+        int n = seq_len[NSEQ - 1]; /* the longest */
+        const int *ids = seq_ids[NSEQ - 1];
+        uint8_t allow[16] = {1, 1, 1, 1, 1, 1, 1, 1}, few[16] = {1};
+        model_seq *a = model_seq_new(m, 1, n, NULL), *b = model_seq_new(m, 2, n, NULL);
+        GError *err = NULL;
+        CHECK(model_seq_set_mask(a, few, &err) != 0);
+        CHECK_CONTAINS(err ? err->message : NULL, "allows 1 experts");
+        g_clear_error(&err);
+        CHECK(model_seq_set_mask(a, allow, NULL) == 0);
+        static float want;
+        model_tok *t = g_new(model_tok, 2 * n);
+        for (int i = 0; i < n; i++) {
+            t[i] = (model_tok){a, ids[i], &want};
+            t[n + i] = (model_tok){b, ids[i], i % 2 ? &want : NULL};
+        }
+        sink_log k = {g_new0(float, (size_t)2 * n * VOCAB), 0, -1, 1};
+        model_set_logits_fn(m, keep_row, &k);
+        CHECK(model_batch(m, t, 2 * n, NULL) == 0);
+        model_set_logits_fn(m, NULL, NULL);
+        CHECK(k.calls == n + n / 2 && k.ordered);
+        float *masked = g_new(float, (size_t)n * VOCAB);
+        float *free_ = g_new(float, (size_t)n * VOCAB);
+        CHECK(model_sequence_logits(ref, ids, n, masked, NULL) == 0);
+        CHECK(model_set_mask(ref, NULL, NULL) == 0);
+        CHECK(model_sequence_logits(ref, ids, n, free_, NULL) == 0);
+        CHECK(memcmp(k.rows, masked, sizeof(float) * n * VOCAB) == 0);
+        int same = 1, differs = 0;
+        for (int i = 1; i < n; i += 2) {
+            same &= !memcmp(k.rows + (size_t)(n + i) * VOCAB, free_ + (size_t)i * VOCAB,
+                            sizeof(float) * VOCAB);
+            differs |= memcmp(free_ + (size_t)i * VOCAB, masked + (size_t)i * VOCAB,
+                              sizeof(float) * VOCAB) != 0;
+        }
+        CHECK(same && differs);
+        /* lifted: the sequence routes freely again */
+        CHECK(model_seq_set_mask(a, NULL, NULL) == 0);
+        model_seq_reset(a);
+        for (int i = 0; i < n; i++)
+            t[i] = (model_tok){a, ids[i], masked + (size_t)i * VOCAB};
+        CHECK(model_batch(m, t, n, NULL) == 0);
+        CHECK(memcmp(masked, free_, sizeof(float) * n * VOCAB) == 0);
+        g_free(masked);
+        g_free(free_);
+        g_free(k.rows);
+        g_free(t);
+        model_seq_free(a);
+        model_seq_free(b);
+    }
+    model_free(m);
+    model_free(ref);
+    g_free(dir);
+}
+
 /* A per-layer mask restricts that layer only; errors name the layer. */
 static void test_layer_mask(void)
 {
@@ -1074,6 +1151,7 @@ int main(void)
     RUN(test_batch_errors);
     RUN(test_seq_truncate);
     RUN(test_layer_mask);
+    RUN(test_seq_mask_and_sink);
     RUN(test_feed_errors);
     RUN(test_batch_lookups);
     RUN(test_small_cache_mapped);
