@@ -5,9 +5,10 @@
 # is refused; a dangling blob is named with its target and blocks only the
 # files that need it (a layer whose shards are there is extracted, and the
 # rerun once the blob is back resumes); the tokenizer as the
-# repo ships it (vocab.json + merges.txt, no tokenizer.json) loads.
+# repo ships it (vocab.json + merges.txt, no tokenizer.json) loads; qmoe-pack
+# --dry-run --as qwen3_moe lists the thinker's text model it would write.
 . "$(dirname "$0")/lib.sh"
-plan 51
+plan 54
 like() { qmoe-mksample --like qwen3-omni-30b-a3b-instruct --tokenizer "$FIX/qwen3-tokenizer" "$@"; }
 R=$T/omni
 like "$R" >"$T/ro.log" 2>&1 || { fail realomni-writes "$(cat "$T/ro.log")"; exit 1; }
@@ -36,6 +37,22 @@ rm -rf "$T/out"
 # the tokenizer the repo ships: vocab.json + merges.txt
 run sh -c "printf 'Hello world' | qmoe-run --tokenize '$R'"
 expect realomni-tokenizer 0 "" && { [ "$out" = "[9707,1879]" ] && ok realomni-tokenizer-ids || fail realomni-tokenizer-ids "$out"; }
+
+# qmoe-pack --as qwen3_moe on the real shapes: the thinker's text model.
+# Tensors: per layer 128 experts x 3, the router, q/k/v/o, q/k norms and two
+# layer norms; then embed_tokens, norm, lm_head. Bytes: the experts (the
+# extraction's expert_bytes above), per layer attention, norms and router,
+# embeddings and lm_head at the thinker's padded vocabulary of 152064.
+run qmoe-pack --dry-run --json --as qwen3_moe "$R" "$T/pack"
+expect realomni-pack-dry-run 0
+want_t=$((48 * (128 * 3 + 9) + 3))
+want_b=$((57982058496 + 48 * (2 * 4096 * 2048 * 2 + 2 * 512 * 2048 * 2 + 2 * 2048 * 2 + 2 * 128 * 2 + 128 * 2048 * 2) + 2 * 152064 * 2048 * 2 + 2048 * 2))
+jq -e --argjson t "$want_t" --argjson b "$want_b" '.tensors == $t and .total_size == $b and
+    .experts_after == 128 and .model_type == "qwen3_moe" and
+    ([.files[] | select(.path // "" | test("^model-000[0-9][0-9]-of-00013[.]safetensors$"))] | length) == 13 and
+    ([.files[] | .tensor_bytes // 0] | max) <= 5000000000' <<<"$out" >/dev/null &&
+    ok realomni-pack-dry-run-figures || fail realomni-pack-dry-run-figures "$(head -c 600 <<<"$out")"
+[ ! -e "$T/pack" ] && ok realomni-pack-dry-run-writes-nothing || fail realomni-pack-dry-run-writes-nothing
 
 # a lone shard of the fifteen
 run qmoe-extract --dry-run "$R/model-00003-of-00015.safetensors" "$T/out"
