@@ -782,14 +782,6 @@ static int compare_source(const coh_opts *o, const uint8_t *mask, const expert_p
     return rc;
 }
 
-/* Router observer of a text-only batch: every token is the text's. */
-static void on_route_text(void *user, int seq, int pos, int token, int layer, int k,
-                          const int *experts, const float *weights, const float *out_norms)
-{
-    router_ctx *c = user;
-    on_route(user, seq + c->n_prompts, pos, token, layer, k, experts, weights, out_norms);
-}
-
 /* One row of the comparison: its perplexity, from the text's nll, and its
  * diversity, from the experts the text went to (used, cleared after). */
 static void fill_row(coh_result *r, int k, const char *name, const text_win *tw,
@@ -819,6 +811,7 @@ static int compare_rows(model *m, const coh_opts *o, const expert_plan *plan,
                         GError **err)
 {
     const model_config *c = model_get_config(m);
+    /* no prompts in this batch: every sequence is the text's */
     router_ctx rc = {.r = r, .moe_index = moe_index, .n_prompts = 0, .text_end = INT_MAX,
                      .text_used = used};
     gate_tok *gt = g_new0(gate_tok, (size_t)tw->nw * tw->ctx);
@@ -841,7 +834,7 @@ static int compare_rows(model *m, const coh_opts *o, const expert_plan *plan,
         if (rc_ok < 0)
             break;
         int n = windows_toks(tw, gt);
-        model_set_router_log(m, on_route_text, &rc);
+        model_set_router_log(m, on_route, &rc);
         rc_ok = gate_batch(m, gt, n, err);
         model_set_router_log(m, NULL, NULL);
         if (rc_ok == 0)
