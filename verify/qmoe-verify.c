@@ -43,7 +43,8 @@ static GOptionEntry entries[] = {
      "--coherence: highest passing perplexity (default: min(100, vocab/4))", "X"},
     {"gen-tokens", 0, 0, G_OPTION_ARG_INT, &opt_gen_tokens,
      "--coherence: tokens generated per prompt, all prompts one step per batch (default: "
-     "4; an expected text is checked by teacher forcing, whatever N)", "N"},
+     "4, or 1 when the model is larger than the memory available; an expected text is "
+     "checked by teacher forcing, whatever N)", "N"},
     {"mask-experts", 0, 0, G_OPTION_ARG_STRING, &opt_mask,
      "--coherence: restrict the router to LIST for the whole gate (shows a masked run failing)",
      "LIST"},
@@ -303,6 +304,14 @@ static void print_coherence(const coh_result *c)
     if (c->n_expected)
         printf(", %d of %d begin with the expected text", c->n_matching, c->n_expected);
     printf(")\n");
+    if (c->gen_limited) {
+        char w[32], a[32];
+        printf("    the tokens teacher forcing chose: the model's files (%s) are larger than "
+               "the memory available (%s), each generated token would read them again "
+               "(--gen-tokens N generates N)\n",
+               qm_human_bytes(c->weights_bytes, w, sizeof w),
+               qm_human_bytes(c->memory_bytes, a, sizeof a));
+    }
     for (guint i = 0; i < c->prompts->len; i++) {
         const coh_prompt_result *p = c->prompts->pdata[i];
         char *a = one_line(p->prompt), *b = one_line(p->output ? p->output : "");

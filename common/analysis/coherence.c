@@ -7,6 +7,7 @@
 #include "analysis/perplexity.h"
 #include "text/tokenizer.h"
 #include "base/fs.h"
+#include "base/memory.h"
 #include "base/util.h"
 
 #include <limits.h>
@@ -573,6 +574,20 @@ static int run_prompts(model *m, tok_t *tok, const coh_opts *o, const int *moe_i
         g_prefix_error(err, "prompt set: ");
         goto out;
     }
+    /* by default, no step that would read the model again */
+    r->weights_bytes = ckpt_loaded_bytes(model_checkpoint(m));
+    r->memory_bytes = qm_memory_available();
+    if (o->n_new <= 0 && r->memory_bytes && r->weights_bytes > r->memory_bytes) {
+        n_new = 1;
+        r->gen_limited = 1;
+        char w[32], a[32];
+        progress(o, "continuations: the tokens teacher forcing chose; the model's files "
+                 "(%s) are larger than the memory available (%s), so each generated token "
+                 "would read them again (--gen-tokens N generates N)",
+                 qm_human_bytes(r->weights_bytes, w, sizeof w),
+                 qm_human_bytes(r->memory_bytes, a, sizeof a));
+    }
+    r->gen_tokens = n_new;
     /* the greedy tokens teacher forcing already gives: up to and
      * including the first that differs from the expected text */
     for (guint i = 0; i < np; i++) {
@@ -1235,6 +1250,10 @@ cJSON *coh_result_to_json(const coh_result *r)
     }
     cJSON_AddNumberToObject(j, "expected", r->n_expected);
     cJSON_AddNumberToObject(j, "matching", r->n_matching);
+    cJSON_AddNumberToObject(j, "gen_tokens", r->gen_tokens);
+    cJSON_AddBoolToObject(j, "gen_limited", r->gen_limited);
+    cJSON_AddNumberToObject(j, "weights_bytes", (double)r->weights_bytes);
+    cJSON_AddNumberToObject(j, "memory_bytes", (double)r->memory_bytes);
     cJSON_AddNumberToObject(j, "seconds", r->seconds);
     cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)r->peak_rss_bytes);
     return j;

@@ -87,12 +87,16 @@
 #include <stdint.h>
 
 #define COH_SOURCE_PROMPTS 4   /* prompts whose logits are compared (a) */
-/* Tokens generated per prompt. Each greedy step of the 16-prompt set at
- * top-8 of 128 experts routes to most experts, so under memory pressure
- * it reads most of the model again (on the 3.5 GB sample in a 1.5 GB
- * cgroup: 7 s a step, the prompt batch 100 s): a few tokens show what the
- * model says while keeping the gate near one read. A continuation is
- * never cut shorter than what teacher forcing already chose. */
+/* Tokens generated per prompt by default. Each greedy step of the
+ * 16-prompt set at top-8 of 128 experts routes to most experts: nearly
+ * free while the model's weights stay in the page cache, a read of most
+ * of the model when they do not (the 6.2 GB real-width sample in a 3 GB
+ * cgroup: about 3 GB and 9 s a step). So the default is COH_DEFAULT_NEW
+ * when the files the prompt batch read fit in the memory available
+ * (qm_memory_available(), base/memory.h) and 1 when they do not: the
+ * tokens teacher forcing chose, which cost nothing, and the gate reads the
+ * model once. A continuation is never cut shorter than what teacher
+ * forcing already chose; --gen-tokens N asks for N whatever the memory. */
 #define COH_DEFAULT_NEW 4
 #define COH_ABLATION_MASK "0-7"
 /* Tokens per pass over the layers (capped by the model's context): a
@@ -113,7 +117,9 @@ typedef struct {
                                * each listed layer's router for the whole
                                * run, or NULL; not with mask */
     int n_threads;            /* forward-pass threads; <= 0: 1 */
-    int n_new;                /* tokens per prompt; <= 0: COH_DEFAULT_NEW */
+    int n_new;                /* tokens per prompt; <= 0: the default
+                               * (COH_DEFAULT_NEW, or 1 when the model is
+                               * larger than memory) */
     /* Optional: told as each step of the gate starts, with what it is
      * ("source: prompt 2 of 4 [creative], 9 tokens, both models"); on the
      * real model a step takes minutes. */
@@ -207,6 +213,12 @@ typedef struct {
     GPtrArray *prompts;       /* coh_prompt_result* in file order */
     GPtrArray *domains;       /* coh_domain_usage* in order of appearance */
     int n_expected, n_matching;
+    int gen_tokens;           /* tokens per prompt the continuations had */
+    int gen_limited;          /* 1: the default cut to 1 because the model
+                               * (weights_bytes) is larger than the memory
+                               * available (memory_bytes) */
+    uint64_t weights_bytes;   /* the files the prompt batch read */
+    uint64_t memory_bytes;    /* qm_memory_available(); 0: unknown */
     GPtrArray *failures;      /* coh_failure*; empty when the gate passes */
     double seconds;
     /* the process's peak resident memory when the gate ended (bounded by

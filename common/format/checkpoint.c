@@ -545,3 +545,14 @@ const cJSON *ckpt_text_config(const ckpt *ck)
                                                        "text_config");
     return cJSON_IsObject(tc) ? tc : ck->config;
 }
+
+uint64_t ckpt_loaded_bytes(ckpt *ck)
+{
+    uint64_t sum = 0;
+    g_mutex_lock(&ck->lock);
+    for (int i = 0; i < ck->n_shards; i++)
+        if (ck->shards[i].st)
+            sum += ck->shards[i].st->size;
+    g_mutex_unlock(&ck->lock);
+    return sum;
+}

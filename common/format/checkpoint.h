@@ -111,4 +111,9 @@ const st_tensor *ckpt_tensor(ckpt *ck, const char *name, int map,
  * text_config where present, else the top level. NULL if no config. */
 const cJSON *ckpt_text_config(const ckpt *ck);
 
+/* The sizes of the files whose headers were loaded so far, summed: after
+ * a forward pass, the bytes of the files it read from (a shard counts
+ * whole). Thread-safe. */
+uint64_t ckpt_loaded_bytes(ckpt *ck);
+
 #endif

@@ -482,7 +482,17 @@ static void section_gate(GString *o, const coh_result *a, const coh_result *b)
         g_string_append(o, "</table>\n");
     }
 
-    g_string_append(o, "<h3>Greedy continuations</h3>\n<table class=\"cont\">\n"
+    g_string_append(o, "<h3>Greedy continuations</h3>\n");
+    if (a->gen_limited) {
+        char w[32], m[32];
+        g_string_append_printf(o, "<p>The tokens teacher forcing chose: the model's files "
+                               "(%s) are larger than the memory available (%s), so each "
+                               "generated token would read them again "
+                               "(<code>--gen-tokens N</code> generates N).</p>\n",
+                               qm_human_bytes(a->weights_bytes, w, sizeof w),
+                               qm_human_bytes(a->memory_bytes, m, sizeof m));
+    }
+    g_string_append(o, "<table class=\"cont\">\n"
                        "<tr><th>domain</th><th>prompt</th><th>expected</th><th>");
     gate_label(o, a, "free router");
     g_string_append(o, "</th><th>");

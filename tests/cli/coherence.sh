@@ -8,7 +8,7 @@
 # that differ from the source; a partial extraction is not run; bad
 # options and files exit 2.
 . "$(dirname "$0")/lib.sh"
-plan 55
+plan 65
 TOOLS="$QMOE_BUILD/tests/tools"
 V="qmoe-verify -j 1 --coherence"   # one thread: the sample is tiny
 # has NAME TEXT : the last run's stdout contains TEXT
@@ -143,6 +143,28 @@ has gen-tokens-routed '"routed_tokens":	9'
 run $V --json --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
 n4=$(grep -cE '"output_tokens":[[:space:]]*4,' "$T/.out")
 [ "$n4" = 2 ] && ok gen-tokens-default || fail gen-tokens-default "want 2 prompts of 4 output tokens, got $n4"
+has gen-tokens-default-json '"gen_limited":	false'
+
+# a model larger than the memory available: by default only the token
+# teacher forcing chose (no step that would read the model again), said so;
+# --gen-tokens N still generates N
+QMOE_TEST_MEMORY_BYTES=1000 run $V --json --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
+n1=$(grep -cE '"output_tokens":[[:space:]]*1,' "$T/.out")
+[ "$n1" = 2 ] && ok gen-limited || fail gen-limited "want 2 prompts of 1 output token, got $n1"
+has gen-limited-json '"gen_limited":	true'
+has gen-limited-tokens '"gen_tokens":	1,'
+has gen-limited-memory '"memory_bytes":	1000,'
+wb=$(sed -n 's/.*"weights_bytes":[[:space:]]*\([0-9]*\),.*/\1/p' "$T/.out")
+fb=$(find "$X" -name '*.safetensors' ! -path '*/other/*' -printf '%s\n' | awk '{ s += $1 } END { print s }')
+[ -n "$wb" ] && [ "$wb" -gt 0 ] && [ "$wb" -le "$fb" ] && ok gen-limited-weights ||
+    fail gen-limited-weights "weights_bytes '$wb' not in (0, $fb] (the model's files)"
+QMOE_TEST_MEMORY_BYTES=1000 run $V --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
+has gen-limited-text "    the tokens teacher forcing chose: the model's files ("
+has gen-limited-text-memory ") are larger than the memory available (1.0 kB), each generated token would read them again (--gen-tokens N generates N)"
+QMOE_TEST_MEMORY_BYTES=1000 run $V --json --gen-tokens 3 --text "$T/one.txt" --prompts "$T/p.jsonl" "$X"
+n3=$(grep -cE '"output_tokens":[[:space:]]*3,' "$T/.out")
+[ "$n3" = 2 ] && ok gen-limited-asked || fail gen-limited-asked "want 2 prompts of 3 output tokens, got $n3"
+has gen-limited-asked-json '"gen_limited":	false'
 
 # -- 8. errors in the gate's own input: exit 2
 run $V --gen-tokens 0 "$X"

@@ -1,7 +1,8 @@
 /* test_util.c - number lists, JSON helpers, errors, sizes and atomic files
- * (common/base/util.c and common/base/fs.c). */
+ * (common/base/util.c, fs.c and memory.c). */
 #include "base/crc32.h"
 #include "base/fs.h"
+#include "base/memory.h"
 #include "base/util.h"
 #include "outdir/manifest.h"
 #include "testhelp.h"
@@ -951,6 +952,65 @@ static void test_fs_misc(void)
     g_free(file);
 }
 
+/* ---- memory available (base/memory.c) ---- */
+
+static void put(const char *dir, const char *name, const char *text)
+{
+    GError *err = NULL;
+    CHECK(fs_mkdir_p(dir, &err) == 0);
+    g_clear_error(&err);
+    char *f = g_build_filename(dir, name, NULL);
+    CHECK(g_file_set_contents(f, text, -1, NULL));
+    g_free(f);
+}
+
+static void test_memory_available(void)
+{
+    CHECK(qm_meminfo_available("MemTotal:       24000000 kB\nMemFree:  1 kB\n"
+                               "MemAvailable:   20000000 kB\n") == 20000000ull << 10);
+    CHECK(qm_meminfo_available("MemTotal: 5 kB\n") == 0);
+    CHECK(qm_meminfo_available("MemAvailable: x kB\n") == 0);
+    CHECK(qm_meminfo_available(NULL) == 0);
+
+    /* v2: the smallest memory.max from the process's group up to the root */
+    char *root = g_build_filename(tmpdir, "cg", NULL);
+    char *a = g_build_filename(root, "a", NULL), *ab = g_build_filename(a, "b", NULL);
+    put(root, "memory.max", "max\n");
+    put(a, "memory.max", "3221225472\n");
+    put(ab, "memory.max", "max\n");
+    CHECK(qm_cgroup_memory_limit(root, "0::/a/b\n") == 3221225472ull);
+    put(ab, "memory.max", "1000000\n");
+    CHECK(qm_cgroup_memory_limit(root, "0::/a/b\n") == 1000000);
+    CHECK(qm_cgroup_memory_limit(root, "0::/\n") == UINT64_MAX);
+    CHECK(qm_cgroup_memory_limit(root, "0::/nowhere\n") == UINT64_MAX);
+    /* a path climbing out of the cgroup filesystem is not followed */
+    CHECK(qm_cgroup_memory_limit(root, "0::/a/b/../../..\n") == UINT64_MAX);
+    /* v1: the memory controller's line; 2^63 rounded to a page is no limit */
+    char *m = g_build_filename(root, "memory", "job", NULL);
+    put(m, "memory.limit_in_bytes", "9223372036854771712\n");
+    CHECK(qm_cgroup_memory_limit(root, "5:cpu,cpuacct:/job\n4:memory:/job\n") == UINT64_MAX);
+    put(m, "memory.limit_in_bytes", "2147483648\n");
+    CHECK(qm_cgroup_memory_limit(root, "5:cpu,cpuacct:/job\n4:memory:/job\n") ==
+          2147483648ull);
+    CHECK(qm_cgroup_memory_limit(root, "4:cpu:/job\n") == UINT64_MAX);
+    CHECK(qm_cgroup_memory_limit(root, "") == UINT64_MAX);
+    CHECK(qm_cgroup_memory_limit(root, NULL) == UINT64_MAX);
+
+    /* the process's own reading is something, and the hook replaces it */
+    g_unsetenv("QMOE_TEST_MEMORY_BYTES");
+    CHECK(qm_memory_available() > 0);
+    g_setenv("QMOE_TEST_MEMORY_BYTES", "12345", TRUE);
+    CHECK(qm_memory_available() == 12345);
+    g_unsetenv("QMOE_TEST_MEMORY_BYTES");
+    char *cmd = g_strdup_printf("rm -rf '%s'", root);
+    CHECK(system(cmd) == 0);
+    g_free(cmd);
+    g_free(m);
+    g_free(ab);
+    g_free(a);
+    g_free(root);
+}
+
 /* ---- checked opens (issue 17) ---- */
 
 /* Each call returns at once (a FIFO opened without O_NONBLOCK would block
@@ -1212,6 +1272,7 @@ int main(void)
     RUN(test_manifest_splice);
     RUN(test_tmp_names);
     RUN(test_fs_misc);
+    RUN(test_memory_available);
     RUN(test_fs_checked_opens);
     RUN(test_fs_dir);
     g_rmdir(tmpdir);
