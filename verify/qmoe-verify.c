@@ -488,6 +488,7 @@ int main(int argc, char **argv)
         return code ? code : 2;
     }
     vf_check_coverage(t, r);
+    t->gate_next = opt_coherence;
     const char *term = getenv("TERM"); /* a dumb terminal cannot clear a line */
     read_progress rp = {.t0 = qm_monotonic(),
                         .tty = isatty(2) && !(term && !strcmp(term, "dumb")),

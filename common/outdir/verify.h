@@ -150,6 +150,10 @@ typedef struct {
     plan *src_plan;
     int src_partial;       /* the extraction is partial: no source-missing */
     int files_only;        /* no job record and no qmoe.json: names only */
+    int gate_next;         /* the coherence gate runs after vf_check_files:
+                            * it reads the files from the last layer to
+                            * the first, so that the gate's first files
+                            * are the ones still in the page cache */
 } vf_target;
 
 /* Opens OUT for verification. Problems found while reading (a damaged

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@ typedef struct {
     vf_file **files;
     file_out *outs;
     int n;
+    int *order;           /* files in the order the workers take them */
     gint next;
     uint64_t *expect;     /* per file: the bytes it is expected to read */
     uint64_t bytes_done;  /* atomic: read so far, plus what finished files
@@ -488,7 +490,9 @@ static gpointer worker(gpointer data)
     uint8_t *buf = pl->quick ? NULL : g_malloc(VF_READ_CHUNK);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     int i;
-    while ((i = g_atomic_int_add(&pl->next, 1)) < pl->n) {
+    int k;
+    while ((k = g_atomic_int_add(&pl->next, 1)) < pl->n) {
+        i = pl->order[k];
         check_one(pl, i, buf, ctx);
         /* a file read short (or not at all) still counts its share as done */
         if (pl->outs[i].bytes < pl->expect[i])
@@ -528,6 +532,26 @@ static void dtype_outliers(pool *pl)
     }
 }
 
+/* The reverse of the order the forward pass reads files in (layer by
+ * layer, each layer's attention before its experts; non-layer files
+ * first), ties in path order: what is read last here is what the gate
+ * wants first, and a model larger than memory keeps only what was read
+ * last in the page cache. */
+static gint gate_last_first(gconstpointer a, gconstpointer b, gpointer user)
+{
+    vf_file *const *files = user;
+    const vf_file *x = files[*(const int *)a], *y = files[*(const int *)b];
+    int lx = x->layer < 0 ? INT_MAX : x->layer, ly = y->layer < 0 ? INT_MAX : y->layer;
+    if (lx != ly)
+        return lx > ly ? -1 : 1;
+    int ex = x->expert >= 0, ey = y->expert >= 0;
+    if (ex != ey)
+        return ex ? -1 : 1;
+    if (x->expert != y->expert)
+        return x->expert > y->expert ? -1 : 1;
+    return *(const int *)a - *(const int *)b;
+}
+
 void vf_check_files(vf_target *t, int quick, int jobs, vf_result *r)
 {
     vf_check_files_progress(t, quick, jobs, r, NULL, NULL);
@@ -550,6 +574,11 @@ void vf_check_files_progress(vf_target *t, int quick, int jobs, vf_result *r,
         pl.outs[i].res = vf_result_new();
         pl.outs[i].dtype[0] = pl.outs[i].dtype[1] = pl.outs[i].dtype[2] = -1;
     }
+    pl.order = g_new(int, pl.n + 1);
+    for (int i = 0; i < pl.n; i++)
+        pl.order[i] = i;
+    if (t->gate_next)
+        g_qsort_with_data(pl.order, pl.n, sizeof(int), gate_last_first, pl.files);
     if (jobs < 1)
         jobs = 1;
     if (jobs > pl.n)
@@ -611,5 +640,6 @@ void vf_check_files_progress(vf_target *t, int quick, int jobs, vf_result *r,
     }
     r->seconds += qm_monotonic() - t0;
     g_free(pl.files);
+    g_free(pl.order);
     g_free(pl.outs);
 }

@@ -8,7 +8,7 @@
 # that differ from the source; a partial extraction is not run; bad
 # options and files exit 2.
 . "$(dirname "$0")/lib.sh"
-plan 65
+plan 68
 TOOLS="$QMOE_BUILD/tests/tools"
 V="qmoe-verify -j 1 --coherence"   # one thread: the sample is tiny
 # has NAME TEXT : the last run's stdout contains TEXT
@@ -165,6 +165,29 @@ QMOE_TEST_MEMORY_BYTES=1000 run $V --json --gen-tokens 3 --text "$T/one.txt" --p
 n3=$(grep -cE '"output_tokens":[[:space:]]*3,' "$T/.out")
 [ "$n3" = 2 ] && ok gen-limited-asked || fail gen-limited-asked "want 2 prompts of 3 output tokens, got $n3"
 has gen-limited-asked-json '"gen_limited":	false'
+
+# before the gate, the files are hashed from the last layer to the first
+# (each layer's experts, last first, then its layer file), so that a model
+# larger than memory still has the gate's first layers in the page cache;
+# without --coherence in path order
+order() { # the layer of each expert or layer file as first opened
+    strace -f -e trace=openat -o "$T/trace" "$@" >/dev/null 2>&1 || true
+    grep -oE '(experts/expert_[0-9]+_layer_|layers/layer_)[0-9]+\.safetensors' "$T/trace" |
+        awk '!seen[$0]++' | sed -E 's/.*_([0-9]+)\.safetensors/\1/' | tr '\n' ' '
+}
+if command -v strace >/dev/null; then
+    got=$(order $QMOE_BIN/qmoe-verify -j 1 --coherence "$X")
+    want=$(for l in 03 02 01 00; do for _ in $(seq 17); do printf '%s ' $l; done; done)
+    [ "$got" = "$want" ] && ok hash-gate-order || fail hash-gate-order "layers as opened: '$got', want '$want'"
+    first=$(grep -oE 'experts/expert_[0-9]+_layer_[0-9]+\.safetensors' "$T/trace" | head -n 1)
+    [ "$first" = experts/expert_15_layer_03.safetensors ] && ok hash-gate-order-first ||
+        fail hash-gate-order-first "first expert file hashed: '$first'"
+    got=$(order $QMOE_BIN/qmoe-verify -j 1 "$X")
+    want=$(for e in $(seq 0 15); do printf '00 01 02 03 '; done; printf '00 01 02 03 ')
+    [ "$got" = "$want" ] && ok hash-path-order || fail hash-path-order "layers as opened: '$got', want '$want'"
+else
+    fail hash-gate-order "strace is not installed (tests need it: see .ci/run)"
+fi
 
 # -- 8. errors in the gate's own input: exit 2
 run $V --gen-tokens 0 "$X"
