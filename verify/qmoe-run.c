@@ -33,7 +33,10 @@ static gboolean opt_json, opt_version, opt_ignore_eos, opt_chat, opt_tokenize, o
     opt_jsonl;
 
 static GOptionEntry entries[] = {
-    {"prompt", 0, 0, G_OPTION_ARG_STRING, &opt_prompt,
+    /* FILENAME: the bytes as given. STRING would convert from the locale's
+     * charset, which without setlocale is ASCII: "fährt" was refused. The
+     * tokenizer checks that the text is UTF-8. */
+    {"prompt", 0, 0, G_OPTION_ARG_FILENAME, &opt_prompt,
      "Prompt text, tokenized with the model's tokenizer; prints the generated text", "TEXT"},
     {"chat", 0, 0, G_OPTION_ARG_NONE, &opt_chat,
      "Wrap --prompt in a ChatML user turn and stop at the end of the answer", NULL},

@@ -4,7 +4,7 @@
 # here in python3, the golden PyTorch nll of tests/fixtures/qwen3moe-tiny,
 # the real Qwen3 tokenizer's expected ids.
 . "$(dirname "$0")/lib.sh"
-plan 73
+plan 78
 M=$FIX/qwen3moe-tiny/qwen3moe
 G=$FIX/qwen3moe-tiny/golden
 Q=$FIX/qwen3-tokenizer
@@ -40,6 +40,19 @@ expect prompt_detokenize 0 && cp "$T/.out" "$T/gen.txt"
 r=$(py 'a[0] == json.loads(a[1]) + "\n" == json.loads(a[2])["generated_text"] + "\n"' \
     "$T/text.txt" "$T/gen.txt" "$T/prompt.json")
 [ "$r" = True ] && ok prompt_streamed_text || fail prompt_streamed_text "$(cat "$T/text.txt")"
+# a prompt beyond ASCII is taken as the bytes given, whatever the locale,
+# and tokenized as --tokenize does; bytes that are not UTF-8 are refused
+printf 'Der schnelle Zug f\303\244hrt heute \346\210\221\344\273\254' >"$T/de.txt"
+run qmoe-run --tokenize "$M" <"$T/de.txt"
+expect prompt_utf8_tokenize 0 && de_ids=$(py 'json.loads(a[0])' "$T/.out" | tr -d '[] ')
+LC_ALL=C LANG= run qmoe-run --prompt "$(cat "$T/de.txt")" -n 2 --json "$M"
+expect prompt_utf8_c_locale 0
+r=$(py '",".join(map(str, json.loads(a[0])["prompt_ids"]))' "$T/.out")
+[ "$r" = "$de_ids" ] && ok prompt_utf8_ids || fail prompt_utf8_ids "'$r' vs --tokenize '$de_ids'"
+LC_ALL=C.UTF-8 run qmoe-run --prompt "$(cat "$T/de.txt")" -n 2 --json "$M"
+expect prompt_utf8_utf8_locale 0
+run qmoe-run --prompt $'ab\xffcd' -n 2 "$M"
+expect prompt_not_utf8 2 "qmoe-run: --prompt: text is not valid UTF-8 at byte 2"
 # sampling: --prompt and --token-ids agree with the same seed too
 run qmoe-run --prompt "$(cat "$T/p.txt")" -n 8 --temperature 1.5 --seed 11 -j 2 --json "$M"
 a=$(py 'json.loads(a[0])["generated_ids"]' "$T/.out")
