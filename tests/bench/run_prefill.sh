@@ -20,9 +20,12 @@
 #   - QMOE_RUN_BASE=path/to/qmoe-run: an older build (before/after);
 #   - LLAMA_CPP_DIR=dir: llama.cpp built natively there (cmake
 #     -DGGML_NATIVE=ON, build/bin/llama-bench); the sample is converted
-#     once to a BF16 GGUF with its convert_hf_to_gguf.py (or LLAMA_GGUF
-#     names one), and llama-bench measures the same prompt lengths and
-#     decode tokens with the same threads.
+#     once to a BF16 GGUF (qwen3moe) by tests/bench/gguf_from_sample.py
+#     with that tree's gguf-py (convert_hf_to_gguf.py needs transformers;
+#     PYTHON: a python3 with numpy, default the first of python3,
+#     /usr/bin/python3 that has it), or LLAMA_GGUF names an existing GGUF;
+#     llama-bench measures the same prompt lengths and decode tokens with
+#     the same threads.
 # The kernels line also times OpenBLAS sgemm on the same shapes when its
 # development package is installed, and KERNEL_BASE_REF=main the kernels
 # of that git revision (matvec.c), each in CPU time.
@@ -90,10 +93,23 @@ if [ -n "${LLAMA_CPP_DIR:-}" ]; then
     GGUF=${LLAMA_GGUF:-$B/real-width-bf16.gguf}
     if ! [ -x "$LLAMA_BENCH" ]; then
         echo "llama.cpp: no $LLAMA_BENCH (build it with cmake -DGGML_NATIVE=ON)"; LLAMA_BENCH=
-    elif [ ! -f "$GGUF" ] && ! python3 "$LLAMA_CPP_DIR/convert_hf_to_gguf.py" --outtype bf16 \
-            --outfile "$GGUF" "$MODEL" >"$B/convert.log" 2>&1; then
-        echo "llama.cpp: converting $MODEL failed (see $B/convert.log)"; LLAMA_BENCH=
-        rm -f "$GGUF"
+    elif [ -z "${LLAMA_GGUF:-}" ] && { [ ! -f "$GGUF" ] || [ "$MODEL/config.json" -nt "$GGUF" ]; }; then
+        PY=${PYTHON:-}
+        if [ -z "$PY" ]; then
+            for p in python3 /usr/bin/python3; do
+                if "$p" -c 'import numpy' 2>/dev/null; then PY=$p; break; fi
+            done
+        fi
+        echo "llama.cpp: converting $MODEL to $GGUF"
+        if [ -z "$PY" ]; then
+            echo "llama.cpp: no python3 with numpy for tests/bench/gguf_from_sample.py (set PYTHON)"; LLAMA_BENCH=
+        elif ! "$PY" tests/bench/gguf_from_sample.py "$LLAMA_CPP_DIR" "$MODEL" "$GGUF.tmp" \
+                >"$B/convert.log" 2>&1 || ! mv "$GGUF.tmp" "$GGUF"; then
+            echo "llama.cpp: converting $MODEL failed (see $B/convert.log)"; LLAMA_BENCH=
+            rm -f "$GGUF.tmp"
+        fi
+    elif [ ! -f "$GGUF" ]; then
+        echo "llama.cpp: no $GGUF"; LLAMA_BENCH=
     fi
 fi
 cat "$MODEL"/*.safetensors >/dev/null
@@ -127,11 +143,13 @@ qmoe_trial() { # run prompt-length
         'BEGIN { print p / ps, tg, b / ds }'
 }
 # one trial of llama-bench: prints "prefill-tokens/s decode-tokens/s"
+# decode after a prompt of the same length (-d: the KV cache holds that
+# many tokens first), as qmoe's decode follows its prompt
 llama_trial() { # prompt-length
-    local j
-    j=$("$LLAMA_BENCH" -m "$GGUF" -t "$THREADS" -p "$1" -n "$TOKENS" -r 1 -o json 2>/dev/null)
-    printf '%s %s\n' "$(printf %s "$j" | jq '[.[] | select(.n_gen == 0)][0].avg_ts')" \
-        "$(printf %s "$j" | jq '[.[] | select(.n_prompt == 0)][0].avg_ts')"
+    local p g
+    p=$("$LLAMA_BENCH" -m "$GGUF" -t "$THREADS" -p "$1" -n 0 -r 1 -o json 2>/dev/null)
+    g=$("$LLAMA_BENCH" -m "$GGUF" -t "$THREADS" -p 0 -n "$TOKENS" -d "$1" -r 1 -o json 2>/dev/null)
+    printf '%s %s\n' "$(printf %s "$p" | jq '.[0].avg_ts')" "$(printf %s "$g" | jq '.[0].avg_ts')"
 }
 if [ -n "$LLAMA_BENCH" ]; then "$LLAMA_BENCH" -m "$GGUF" -t "$THREADS" -p 16 -n 2 -r 1 >/dev/null 2>&1; fi
 
