@@ -16,7 +16,9 @@
 # whole machine.
 #
 #   QMOE_BUILD=build BASE=/work/main/build/bin bash tests/bench/run_gate.sh
-# Environment: THREADS, TRIALS (1), LIMIT (3G), QMOE_REAL, BASE, ARMS (the
+# Environment: THREADS, TRIALS (1), LIMIT (3G), QMOE_REAL, TOKENIZER
+# (qwen3: the real Qwen3 tokenizer of tests/fixtures, as real checkpoints
+# have; sample: mksample's 336 tokens), BASE, ARMS (the
 # arms to run, default all: "hash gate gate-base"), GATE_ARGS (more options
 # of this build's gate, e.g. "--gen-tokens 8").
 set -eu
@@ -48,6 +50,24 @@ if [ ! -f "$MODEL/model.safetensors.index.json" ]; then
     echo "writing a real-width random checkpoint (4 layers x 128 experts, 6.2 GB) to $MODEL"
     "$QMOE_BUILD/bin/qmoe-mksample" --layers 4 --experts 128 --topk 8 --hidden 2048 \
         --inter 768 --heads 32 --kv-heads 4 --head-dim 128 --vocab 151936 "$MODEL" >/dev/null
+fi
+# The sample's own tokenizer has 336 tokens: it spells the gate's texts in
+# 3.2x as many tokens as the Qwen3 tokenizer a real checkpoint ships with
+# (2155 instead of 664), and the gate's work grows with them. By default
+# the sample gets the real tokenizer (its shards hard-linked);
+# TOKENIZER=sample keeps mksample's.
+TOKENIZER=${TOKENIZER:-qwen3}
+if [ "$TOKENIZER" != sample ]; then
+    T=tests/fixtures/qwen3-tokenizer
+    if [ ! -f "$MODEL-qwen3/model.safetensors.index.json" ]; then
+        rm -rf "$MODEL-qwen3"
+        mkdir "$MODEL-qwen3"
+        cp -al "$MODEL"/* "$MODEL-qwen3"/
+        rm "$MODEL-qwen3/tokenizer.json" "$MODEL-qwen3/tokenizer_config.json"
+        gzip -dc "$T/tokenizer.json.gz" >"$MODEL-qwen3/tokenizer.json"
+        cp "$T/tokenizer_config.json" "$MODEL-qwen3/"
+    fi
+    MODEL=$MODEL-qwen3
 fi
 OUT=$MODEL.out
 [ -f "$OUT/qmoe.json" ] || "$QMOE_BUILD/bin/qmoe-extract" --no-progress "$MODEL" "$OUT" >/dev/null
