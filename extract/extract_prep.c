@@ -4,6 +4,7 @@
 #include "base/fs.h"
 #include "base/util.h"
 #include "extract_copy.h"
+#include "outdir/manifest.h"
 #include "outdir/outdir.h"
 
 #include <errno.h>
@@ -48,6 +49,8 @@ ckpt *ex_open_and_plan(const ex_opts *o, const layout **lt, plan **p, int dry,
     ckpt *ck = ckpt_open(o->src, err);
     if (!ck)
         return NULL;
+    /* an OUT as the source: its headers from qmoe.json, not 6197 reads */
+    mf_ckpt_describe(ck);
     if (ck->resolved)
         fprintf(stderr, "qmoe-extract: %s\n", ck->resolved);
     if (o->layout) {
@@ -188,7 +191,7 @@ char *ex_space_text(const ex_space *sc)
  * block size ec_probe accepts. */
 #define PROBE_MIN_SOURCE (1u << 20)
 
-int ex_open_sources(const ckpt *ck, int *src_fd, uint64_t *src_bs, int no_reflink,
+int ex_open_sources(ckpt *ck, int *src_fd, uint64_t *src_bs, int no_reflink,
                     const char *probe_path, GError **err)
 {
     int n_shared = 0;
@@ -197,6 +200,11 @@ int ex_open_sources(const ckpt *ck, int *src_fd, uint64_t *src_bs, int no_reflin
     for (int i = 0; i < ck->n_shards; i++) {
         if (!ck->shards[i].st)
             continue; /* the plan reads nothing from it */
+        /* its data is read at offsets from the header: the file's own */
+        if (ckpt_shard_confirm(ck, i, err)) {
+            g_hash_table_destroy(by_dev);
+            return -1;
+        }
         src_fd[i] = fs_open_regular(ck->shards[i].path, O_RDONLY, "cannot open source", err);
         if (src_fd[i] < 0) {
             g_hash_table_destroy(by_dev);

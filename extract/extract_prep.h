@@ -73,9 +73,10 @@ void ex_space_clear(ex_space *sc);
  * caller closes) and probes which can share blocks with files made at
  * probe_path, a scratch name inside OUT (src_bs; all 0 with no_reflink or
  * no probe_path). One probe per source filesystem (st_dev): an OUT taken
- * as SRC has thousands of files on one. Returns the number of shards that
- * can share, or -1 with *err. */
-int ex_open_sources(const ckpt *ck, int *src_fd, uint64_t *src_bs, int no_reflink,
+ * as SRC has thousands of files on one. A header described by qmoe.json
+ * is first compared with its file (ckpt_shard_confirm). Returns the number
+ * of shards that can share, or -1 with *err. */
+int ex_open_sources(ckpt *ck, int *src_fd, uint64_t *src_bs, int no_reflink,
                     const char *probe_path, GError **err);
 
 /* What the dry run can say about reflinks without writing anything. */

@@ -200,6 +200,17 @@ static fs_sub *listing(fs_dir *d, const char *sub)
     return s;
 }
 
+int fs_dir_lists(fs_dir *d, const char *name)
+{
+    const char *slash = strrchr(name, '/'), *base = slash ? slash + 1 : name;
+    char *sub = slash ? g_strndup(name, (gsize)(slash - name)) : g_strdup("");
+    g_mutex_lock(&d->lock);
+    int regular = g_hash_table_contains(listing(d, sub)->regular, base);
+    g_mutex_unlock(&d->lock);
+    g_free(sub);
+    return regular;
+}
+
 int fs_dir_open_regular(fs_dir *d, const char *name, const char *path, int flags,
                         const char *what, struct stat *st, GError **err)
 {

@@ -61,6 +61,10 @@ void fs_dir_close(fs_dir *d); /* accepts NULL */
  * preads the file (it has no effect on a regular file, open(2)). */
 int fs_dir_open_regular(fs_dir *d, const char *name, const char *path, int flags,
                         const char *what, struct stat *st, GError **err);
+/* 1 when the listing of NAME's directory under D (read once, as for
+ * fs_dir_open_regular) shows NAME as a regular file, else 0: absent, of
+ * another type, or a filesystem whose listing does not say (DT_UNKNOWN). */
+int fs_dir_lists(fs_dir *d, const char *name);
 
 /* Opens (O_CREAT: creates, mode 0644 before umask) a file qmoe writes inside
  * OUT. As fs_open_regular, but the last component must not be a symlink

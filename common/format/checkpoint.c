@@ -26,6 +26,7 @@ void ckpt_close(ckpt *ck)
         g_free(ck->shards[i].path);
         st_close(ck->shards[i].st);
         st_close(ck->shards[i].retired);
+        st_close(ck->shards[i].desc);
         g_free(ck->shards[i].names);
         g_free(ck->shards[i].missing);
     }
@@ -37,6 +38,7 @@ void ckpt_close(ckpt *ck)
     cJSON_Delete(ck->generation_config);
     g_free(ck->model_type);
     g_free(ck->resolved);
+    g_free(ck->described_by);
     g_free(ck->dir);
     fs_dir_close(ck->dir_h);
     g_mutex_clear(&ck->lock);
@@ -464,10 +466,29 @@ static void explain_missing(ckpt_shard *s, GError *e, GError **err)
     g_free(target);
 }
 
+/* The file read (st) against what shard s was described as: an error
+ * naming the file and the first difference. */
+static int same_as_described(const ckpt *ck, const ckpt_shard *s, const st_file *said,
+                             const st_file *st, GError **err)
+{
+    char *diff = st_header_diff(said, st, ck->described_by);
+    if (diff)
+        g_set_error(err, QM_ERROR, QM_ERR_FORMAT,
+                    "cannot read '%s': the file changed after %s was written: %s",
+                    s->path, ck->described_by, diff);
+    g_free(diff);
+    return diff ? -1 : 0;
+}
+
 st_file *ckpt_shard_load(ckpt *ck, int i, int map, GError **err)
 {
     g_mutex_lock(&ck->lock);
     ckpt_shard *s = &ck->shards[i];
+    if (!s->st && s->desc && !map) { /* described: no read */
+        s->st = s->desc;
+        s->desc = NULL;
+        s->described = 1;
+    }
     st_file *st = s->st;
     if (!st || (map && !s->mapped)) {
         GError *e = NULL;
@@ -477,7 +498,11 @@ st_file *ckpt_shard_load(ckpt *ck, int i, int map, GError **err)
             explain_missing(s, e, err);
         else
             g_clear_pointer(&s->missing, g_free); /* it arrived */
-        if (st && (s->st ? 0 : check_shard(ck, i, st, err)) != 0) {
+        /* a description (checked against the index) must be what the
+         * file holds; a header read is checked against the index once */
+        const st_file *said = s->described ? s->st : s->desc;
+        if (st && (said ? same_as_described(ck, s, said, st, err)
+                        : !s->st ? check_shard(ck, i, st, err) : 0) != 0) {
             st_close(st);
             st = NULL;
         }
@@ -486,10 +511,58 @@ st_file *ckpt_shard_load(ckpt *ck, int i, int map, GError **err)
                 s->retired = s->st;
             s->st = st;
             s->mapped = map;
+            s->described = 0;
+            g_clear_pointer(&s->desc, st_close);
         }
     }
     g_mutex_unlock(&ck->lock);
     return st;
+}
+
+int ckpt_shard_describe(ckpt *ck, int i, st_file *st, const char *by, GError **err)
+{
+    g_mutex_lock(&ck->lock);
+    ckpt_shard *s = &ck->shards[i];
+    int rc = -1;
+    if (s->st || s->desc)
+        g_set_error(err, QM_ERROR, QM_ERR_USAGE,
+                    "checkpoint '%s': '%s' is read already, not to be described", ck->dir,
+                    s->name);
+    else if (check_shard(ck, i, st, err) == 0) {
+        s->desc = st;
+        st = NULL;
+        if (!ck->described_by)
+            ck->described_by = g_strdup(by);
+        rc = 0;
+    }
+    g_mutex_unlock(&ck->lock);
+    st_close(st);
+    return rc;
+}
+
+int ckpt_shard_confirm(ckpt *ck, int i, GError **err)
+{
+    g_mutex_lock(&ck->lock);
+    ckpt_shard *s = &ck->shards[i];
+    int rc = 0;
+    st_file *said = s->described ? s->st : s->desc;
+    if (said) {
+        GError *e = NULL;
+        st_file *st = st_open_header_at(ck->dir_h, s->name, s->path, &e);
+        if (!st) {
+            explain_missing(s, e, err);
+            rc = -1;
+        } else {
+            rc = same_as_described(ck, s, said, st, err);
+            if (rc == 0)
+                said->dev = st->dev;
+            if (rc == 0 && s->described)
+                s->described = 0;
+            st_close(st);
+        }
+    }
+    g_mutex_unlock(&ck->lock);
+    return rc;
 }
 
 st_file *ckpt_shard_need(ckpt *ck, int i, GError **err)

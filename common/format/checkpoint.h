@@ -12,7 +12,16 @@
  * checkpoint of 6144 files costs one index parse and a missing file is
  * reported when (and only when) one of its tensors is wanted. Loading
  * every shard costs one pass over the names (each shard checks its own
- * list), so an OUT of 6144 files opens about as fast as its source.
+ * list).
+ *
+ * A shard's header may also be described rather than read
+ * (ckpt_shard_describe: an OUT's qmoe.json records every file's tensors,
+ * and reading that one file instead of 6197 headers opens an OUT about as
+ * fast as its source; outdir.h od_ckpt_describe). The file is then first
+ * opened when its data is wanted: a mapping (ckpt_shard_load, map = 1) or
+ * ckpt_shard_confirm compare the real header with the description and
+ * refuse a file that changed since, so a description never yields wrong
+ * data.
  */
 #ifndef QMOE_CHECKPOINT_H
 #define QMOE_CHECKPOINT_H
@@ -34,6 +43,10 @@ typedef struct {
                      or "a symlink to 'T', which does not exist" */
     st_file *retired; /* header-only st replaced by a mapping; kept so that
                          pointers handed out earlier stay valid */
+    st_file *desc;/* the header ckpt_shard_describe was told, until the
+                     shard is loaded (then it becomes st) */
+    int described;/* st is that description, not yet compared with the
+                     file (ckpt_shard_confirm) */
     int n_names;
     char **names; /* the tensor names the index puts in this file, sorted;
                      they point into ckpt.names (not owned) */
@@ -53,6 +66,8 @@ typedef struct {
     int n_names;
     char **names;            /* every tensor name, sorted (strcmp) */
     GHashTable *shard_of;    /* name -> GINT_TO_POINTER(shard index + 1) */
+    char *described_by;      /* where described headers came from ("qmoe.json"),
+                                or NULL (ckpt_shard_describe) */
     GMutex lock;             /* guards lazy loading */
     uint64_t name_checks;    /* index names looked up in shard headers so far:
                                 one per name once every shard is loaded (a
@@ -84,10 +99,28 @@ void ckpt_close(ckpt *ck);
 int ckpt_shard_index(const ckpt *ck, const char *name);
 
 /* Loads shard i: header only (map = 0) or mapped with data (map = 1). A
- * header-only shard is upgraded when map is later asked for. Checks that
+ * header-only shard is upgraded when map is later asked for (a described
+ * one is then compared with the file, as ckpt_shard_confirm). Checks that
  * every tensor the index assigns to it is present. Thread-safe. Returns
  * the st_file (owned by ck) or NULL with *err set. */
 st_file *ckpt_shard_load(ckpt *ck, int i, int map, GError **err);
+
+/* Gives shard i the header `st` (st_describe; ck takes it, also on
+ * failure) instead of reading it from the file, which is then opened only
+ * when its data is wanted. The shard still counts as not loaded (st NULL:
+ * callers tell the shards a plan reads by that) until ckpt_shard_load
+ * asks for it, which then takes the description without reading. `by` says where the description came from, for
+ * messages ("qmoe.json"). The shard must not be loaded yet; st must hold
+ * every tensor the index assigns to it. Returns 0, or -1 with *err set. */
+int ckpt_shard_describe(ckpt *ck, int i, st_file *st, const char *by, GError **err);
+
+/* Before reading shard i's data other than through ckpt_shard_load's
+ * mapping (pread on a path of its own): a described header is compared
+ * with the file's, once. A file that is missing, unreadable or differs
+ * (another size, a tensor's dtype, shape or offsets) is an error naming
+ * it and the difference. 0 at once for a header read from the file.
+ * Thread-safe. */
+int ckpt_shard_confirm(ckpt *ck, int i, GError **err);
 
 /* The header of shard i for a plan: ckpt_shard_load (map = 0) and, once,
  * the reverse check (every tensor in the file is in the index there). A

@@ -174,6 +174,42 @@ fail:
     return -1;
 }
 
+/* The rules on a tensor's numbers once read (offsets, element count,
+ * bytes): one wording for a header parsed and one described (st_describe). */
+static int tensor_numbers(const char *label, const st_tensor *t, GError **err)
+{
+    const char *name = t->name;
+    if (t->end < t->begin)
+        FAIL("invalid header of '%s': tensor '%s' has data_offsets [%llu, %llu] "
+             "that are reversed", label, name, (unsigned long long)t->begin,
+             (unsigned long long)t->end);
+    int64_t numel = st_numel(t->shape, t->ndim);
+    if (numel < 0)
+        FAIL("invalid header of '%s': tensor '%s' shape element count overflows",
+             label, name);
+    unsigned bits = st_dtype_bits(t->dtype);
+    if ((uint64_t)numel > UINT64_MAX / bits)
+        FAIL("invalid header of '%s': tensor '%s' byte size overflows", label,
+             name);
+    uint64_t nbits = (uint64_t)numel * bits;
+    if (nbits % 8)
+        FAIL("invalid header of '%s': tensor '%s' of %lld %s elements does not "
+             "fill whole bytes", label, name, (long long)numel,
+             st_dtype_name(t->dtype));
+    if (nbits / 8 != t->end - t->begin) {
+        char s[128];
+        FAIL("invalid header of '%s': tensor '%s' of shape %s %s needs %llu bytes "
+             "but data_offsets [%llu, %llu] span %llu", label, name,
+             st_shape_str(t->shape, t->ndim, s, sizeof s),
+             st_dtype_name(t->dtype), (unsigned long long)(nbits / 8),
+             (unsigned long long)t->begin, (unsigned long long)t->end,
+             (unsigned long long)(t->end - t->begin));
+    }
+    return 0;
+fail:
+    return -1;
+}
+
 static int parse_tensor(st_file *f, const cJSON *it, st_tensor *t, GError **err)
 {
     const char *label = f->path, *name = it->string;
@@ -220,35 +256,9 @@ static int parse_tensor(st_file *f, const cJSON *it, st_tensor *t, GError **err)
     if (!qm_json_uint(off->child, &b) || !qm_json_uint(off->child->next, &e))
         FAIL("invalid header of '%s': tensor '%s' has data_offsets that are not "
              "non-negative integers", label, name);
-    if (e < b)
-        FAIL("invalid header of '%s': tensor '%s' has data_offsets [%llu, %llu] "
-             "that are reversed", label, name, (unsigned long long)b,
-             (unsigned long long)e);
     t->begin = b;
     t->end = e;
-    int64_t numel = st_numel(t->shape, t->ndim);
-    if (numel < 0)
-        FAIL("invalid header of '%s': tensor '%s' shape element count overflows",
-             label, name);
-    unsigned bits = st_dtype_bits(t->dtype);
-    if ((uint64_t)numel > UINT64_MAX / bits)
-        FAIL("invalid header of '%s': tensor '%s' byte size overflows", label,
-             name);
-    uint64_t nbits = (uint64_t)numel * bits;
-    if (nbits % 8)
-        FAIL("invalid header of '%s': tensor '%s' of %lld %s elements does not "
-             "fill whole bytes", label, name, (long long)numel,
-             st_dtype_name(t->dtype));
-    if (nbits / 8 != e - b) {
-        char s[128];
-        FAIL("invalid header of '%s': tensor '%s' of shape %s %s needs %llu bytes "
-             "but data_offsets [%llu, %llu] span %llu", label, name,
-             st_shape_str(t->shape, t->ndim, s, sizeof s),
-             st_dtype_name(t->dtype), (unsigned long long)(nbits / 8),
-             (unsigned long long)b, (unsigned long long)e,
-             (unsigned long long)(e - b));
-    }
-    return 0;
+    return tensor_numbers(label, t, err);
 fail:
     return -1;
 }
@@ -506,12 +516,54 @@ out:
     return rc;
 }
 
+/* Offsets must tile [0, last end) exactly, in sorted order, and end
+ * where the file does (f->size, f->data_start set). */
+static int check_tiling(st_file *f, GError **err)
+{
+    const char *label = f->path;
+    st_tensor **order = g_new(st_tensor *, f->n_tensors > 0 ? f->n_tensors : 1);
+    for (int i = 0; i < f->n_tensors; i++)
+        order[i] = &f->tensors[i];
+    qsort(order, (size_t)f->n_tensors, sizeof *order, cmp_begin);
+    uint64_t at = 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        st_tensor *t = order[i];
+        if (t->begin > at && at == 0)
+            FAIL("invalid header of '%s': data does not start at 0: tensor '%s' "
+                 "begins at %llu", label, t->name, (unsigned long long)t->begin);
+        if (t->begin > at)
+            FAIL("invalid header of '%s': gap before tensor '%s': data_offsets "
+                 "begin at %llu, previous tensor ends at %llu", label, t->name,
+                 (unsigned long long)t->begin, (unsigned long long)at);
+        if (t->begin < at)
+            FAIL("invalid header of '%s': tensor '%s' overlaps the previous "
+                 "tensor: begins at %llu before %llu", label, t->name,
+                 (unsigned long long)t->begin, (unsigned long long)at);
+        at = t->end;
+    }
+    if (at > f->size - f->data_start)
+        FAIL("invalid header of '%s': data ends at %llu, past the end of the "
+             "file (%llu bytes of data)", label,
+             (unsigned long long)at,
+             (unsigned long long)(f->size - f->data_start));
+    if (at != f->size - f->data_start)
+        FAIL("invalid header of '%s': %llu bytes after the last tensor (file "
+             "has %llu bytes of data, tensors cover %llu)", label,
+             (unsigned long long)(f->size - f->data_start - at),
+             (unsigned long long)(f->size - f->data_start),
+             (unsigned long long)at);
+    g_free(order);
+    return 0;
+fail:
+    g_free(order);
+    return -1;
+}
+
 static st_file *parse_common(const char *label, const uint8_t *bytes,
                              uint64_t len, uint64_t file_size, GError **err)
 {
     st_file *f = g_new0(st_file, 1);
     cJSON *root = NULL;
-    st_tensor **order = NULL;
     f->path = g_strdup(label);
     f->size = file_size;
     if (file_size < 8 || len < 8)
@@ -577,43 +629,11 @@ tile:
         f->meta_keys = g_new0(char *, 1);
         f->meta_values = g_new0(char *, 1);
     }
-    /* Offsets must tile [0, last end) exactly, in sorted order. */
-    order = g_new(st_tensor *, f->n_tensors > 0 ? f->n_tensors : 1);
-    for (int i = 0; i < f->n_tensors; i++)
-        order[i] = &f->tensors[i];
-    qsort(order, (size_t)f->n_tensors, sizeof *order, cmp_begin);
-    uint64_t at = 0;
-    for (int i = 0; i < f->n_tensors; i++) {
-        st_tensor *t = order[i];
-        if (t->begin > at && at == 0)
-            FAIL("invalid header of '%s': data does not start at 0: tensor '%s' "
-                 "begins at %llu", label, t->name, (unsigned long long)t->begin);
-        if (t->begin > at)
-            FAIL("invalid header of '%s': gap before tensor '%s': data_offsets "
-                 "begin at %llu, previous tensor ends at %llu", label, t->name,
-                 (unsigned long long)t->begin, (unsigned long long)at);
-        if (t->begin < at)
-            FAIL("invalid header of '%s': tensor '%s' overlaps the previous "
-                 "tensor: begins at %llu before %llu", label, t->name,
-                 (unsigned long long)t->begin, (unsigned long long)at);
-        at = t->end;
-    }
-    if (at > file_size - f->data_start)
-        FAIL("invalid header of '%s': data ends at %llu, past the end of the "
-             "file (%llu bytes of data)", label,
-             (unsigned long long)at,
-             (unsigned long long)(file_size - f->data_start));
-    if (at != file_size - f->data_start)
-        FAIL("invalid header of '%s': %llu bytes after the last tensor (file "
-             "has %llu bytes of data, tensors cover %llu)", label,
-             (unsigned long long)(file_size - f->data_start - at),
-             (unsigned long long)(file_size - f->data_start),
-             (unsigned long long)at);
-    g_free(order);
+    if (check_tiling(f, err))
+        goto fail;
     cJSON_Delete(root);
     return f;
 fail:
-    g_free(order);
     cJSON_Delete(root);
     st_close(f);
     return NULL;
@@ -767,6 +787,103 @@ const char *st_meta(const st_file *f, const char *key)
     for (int i = 0; f->meta_keys && f->meta_keys[i]; i++)
         if (strcmp(f->meta_keys[i], key) == 0)
             return f->meta_values[i];
+    return NULL;
+}
+
+/* A tensor of f before x with x's name (a few tensors: no table). */
+static int st_find_before(const st_file *f, const st_tensor *x)
+{
+    for (const st_tensor *t = f->tensors; t < x; t++)
+        if (strcmp(t->name, x->name) == 0)
+            return 1;
+    return 0;
+}
+
+st_file *st_describe(const char *label, const st_tensor *t, int n, uint64_t file_size,
+                     GError **err)
+{
+    st_file *f = g_new0(st_file, 1);
+    f->path = g_strdup(label);
+    f->size = file_size;
+    f->tensors = g_new0(st_tensor, n > 0 ? n : 1);
+    f->meta_keys = g_new0(char *, 1);
+    f->meta_values = g_new0(char *, 1);
+    if (n > ST_TABLE_MIN)
+        f->by_name = g_hash_table_new(g_str_hash, g_str_equal);
+    uint64_t last = 0;
+    for (int i = 0; i < n; i++) {
+        st_tensor *x = &f->tensors[f->n_tensors++];
+        *x = t[i];
+        x->name = g_strdup(t[i].name);
+        if (!*x->name || strcmp(x->name, "__metadata__") == 0)
+            FAIL("invalid header of '%s': tensor name '%s' is not allowed", label,
+                 x->name);
+        if ((unsigned)x->dtype >= ST_DTYPE_COUNT)
+            FAIL("invalid header of '%s': tensor '%s' has unknown dtype", label,
+                 x->name);
+        if (x->ndim < 0 || x->ndim > ST_MAX_DIMS)
+            FAIL("invalid header of '%s': tensor '%s' has %d dimensions (at most %d)",
+                 label, x->name, x->ndim, ST_MAX_DIMS);
+        for (int k = 0; k < x->ndim; k++)
+            if (x->shape[k] < 0)
+                FAIL("invalid header of '%s': tensor '%s' has a negative dimension "
+                     "%lld", label, x->name, (long long)x->shape[k]);
+        if (tensor_numbers(label, x, err))
+            goto fail;
+        if (f->by_name ? !g_hash_table_insert(f->by_name, x->name, x)
+                       : st_find_before(f, x))
+            FAIL("invalid header of '%s': duplicate tensor name '%s'", label, x->name);
+        last = MAX(last, x->end);
+    }
+    /* The header's length is what the data leaves of the file: at least
+     * the 8-byte length and "{}", at most the reader's limit. */
+    if (file_size < last || file_size - last < 8 + 2)
+        FAIL("invalid header of '%s': data ends at %llu, past the end of the file "
+             "(%llu bytes) once a header is counted", label, (unsigned long long)last,
+             (unsigned long long)file_size);
+    f->data_start = file_size - last;
+    if (f->data_start - 8 > ST_MAX_HEADER)
+        FAIL("invalid header of '%s': header length %llu exceeds the limit of %llu "
+             "bytes", label, (unsigned long long)(f->data_start - 8), ST_MAX_HEADER);
+    if (check_tiling(f, err))
+        goto fail;
+    return f;
+fail:
+    st_close(f);
+    return NULL;
+}
+
+char *st_header_diff(const st_file *want, const st_file *got, const char *said)
+{
+    char a[128], b[128];
+    if (got->size != want->size)
+        return g_strdup_printf("it is %llu bytes, %s says %llu",
+                               (unsigned long long)got->size, said,
+                               (unsigned long long)want->size);
+    if (got->data_start != want->data_start)
+        return g_strdup_printf("its header is %llu bytes, %s implies %llu",
+                               (unsigned long long)got->data_start - 8, said,
+                               (unsigned long long)want->data_start - 8);
+    for (int i = 0; i < want->n_tensors; i++) {
+        const st_tensor *w = &want->tensors[i], *g = st_find(got, w->name);
+        if (!g)
+            return g_strdup_printf("it has no tensor '%s', which %s lists", w->name, said);
+        if (g->dtype != w->dtype || g->ndim != w->ndim || g->begin != w->begin ||
+            g->end != w->end ||
+            memcmp(g->shape, w->shape, sizeof g->shape[0] * (size_t)g->ndim) != 0)
+            return g_strdup_printf("tensor '%s' is %s %s at [%llu, %llu], %s says %s %s "
+                                   "at [%llu, %llu]", w->name, st_dtype_name(g->dtype),
+                                   st_shape_str(g->shape, g->ndim, a, sizeof a),
+                                   (unsigned long long)g->begin,
+                                   (unsigned long long)g->end, said,
+                                   st_dtype_name(w->dtype),
+                                   st_shape_str(w->shape, w->ndim, b, sizeof b),
+                                   (unsigned long long)w->begin,
+                                   (unsigned long long)w->end);
+    }
+    if (got->n_tensors != want->n_tensors)
+        return g_strdup_printf("it holds %d tensors, %s lists %d", got->n_tensors, said,
+                               want->n_tensors);
     return NULL;
 }
 

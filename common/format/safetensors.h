@@ -87,6 +87,22 @@ st_file *st_open_at(struct fs_dir *d, const char *name, const char *path, GError
 st_file *st_open_header_at(struct fs_dir *d, const char *name, const char *path,
                            GError **err);
 
+/* A header described rather than read: the tensors a record kept
+ * elsewhere (an OUT's qmoe.json) says a file of file_size bytes holds.
+ * Every number is checked as st_parse_header checks a file's (known dtype,
+ * dimensions, bytes = elements x dtype size, offsets tiling the data, no
+ * duplicate name), and the header's length is what the data leaves of the
+ * file. The names are copied; no metadata; base NULL, dev 0. Returns NULL
+ * with *err set (QM_ERR_FORMAT) naming `label`. */
+st_file *st_describe(const char *label, const st_tensor *t, int n, uint64_t file_size,
+                     GError **err);
+
+/* How the file read (`got`) differs from what was said of it (`want`,
+ * st_describe), one clause naming `said` ("qmoe.json"): size, header
+ * length, a tensor's dtype, shape or offsets, a tensor absent or extra.
+ * Metadata is not compared. NULL when they agree; caller frees. */
+char *st_header_diff(const st_file *want, const st_file *got, const char *said);
+
 /* Frees and unmaps; accepts NULL. */
 void st_close(st_file *f);
 

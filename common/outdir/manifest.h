@@ -46,6 +46,7 @@
 #include <glib.h>
 #include <stdint.h>
 
+#include "format/checkpoint.h"
 #include "format/safetensors.h"
 
 typedef enum { MF_EXPERT, MF_LAYER, MF_GLOBALS, MF_OTHER } mf_kind;
@@ -170,6 +171,18 @@ int mf_journals_has_parts(const char *out);
 manifest *manifest_load(const char *path, GError **err);
 int manifest_save(const manifest *m, const char *path, GError **err);
 void manifest_free(manifest *m);
+
+/* When ck (just opened, ckpt_open) is a complete qmoe OUT, gives each
+ * shard the header its OUT_DIR/qmoe.json record describes
+ * (ckpt_shard_describe) instead of reading 6197 files: the file is opened
+ * when its data is wanted and refused there if it changed since. Only when
+ * qmoe.json says complete, parses as qmoe writes it, and has a valid
+ * record for every file the index names, each of which the directory
+ * lists as a regular file; otherwise, or for a record that disagrees
+ * with the index, the files are read as before (not an error: the files
+ * are the truth). Reads qmoe.json only (one scan, no cJSON tree). Returns
+ * how many shards were described. */
+int mf_ckpt_describe(ckpt *ck);
 
 /* Record for a path, or NULL (binary search; files sorted by path). */
 const mf_file *manifest_find(const manifest *m, const char *path);

@@ -7,7 +7,10 @@
 # sys: steadier on a shared machine), the two sides interleaved.
 # Target: OUT-open <= 1.5 x source-open (issue 25; it was 67x while the
 # check was quadratic, 1.8-2.3x with six system calls and a cJSON tree per
-# file; an OUT costs four calls per file: openat, fstat, pread, close).
+# file, 1.9x with four: openat, fstat, pread, close). A complete OUT now
+# opens from its qmoe.json (outdir/manifest_describe.c): one mapped file
+# scanned, a directory listing per folder, no .safetensors file opened;
+# `qmoe-run` still reads the headers of the files it loads.
 set -eu
 B="$QMOE_BIN"; D="$QMOE_BENCH_DIR/open"; rm -rf "$D"; mkdir -p "$D"
 "$B/qmoe-mksample" --layers 48 --experts 128 "$D/src" >/dev/null

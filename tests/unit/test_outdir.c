@@ -2,6 +2,7 @@
  * the gap listing, the MTP block's wording, the owner liveness and the view
  * of OUT (common/outdir/outdir.c, source.c, progress.c, view.c). */
 #include "base/util.h"
+#include "outdir/manifest.h"
 #include "outdir/outdir.h"
 #include "outdir/progress.h"
 #include "outdir/view.h"
@@ -9,6 +10,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Every state the verdict distinguishes, in its order of precedence. */
@@ -305,6 +307,95 @@ static void test_view(void)
     g_free(out);
 }
 
+/* A tiny OUT of two files opened from its qmoe.json (manifest.h,
+ * mf_ckpt_describe): no file is read until its data is; then the data is
+ * the file's, and a file changed since is refused by name. */
+static void test_describe(void)
+{
+    char *out = g_dir_make_tmp("qmoe-desc-XXXXXX", NULL);
+    char *sub = g_build_filename(out, "experts", NULL);
+    CHECK(mkdir(sub, 0755) == 0);
+    float v[2][4] = {{1, 2, 3, 4}, {5, 6, 7, 8}};
+    const char *files[2] = {"experts/e0.safetensors", "g.safetensors"};
+    GString *m = g_string_new("{\"tool\":\"qmoe\",\"complete\":true,\"x\":[{\"y\":\"]\"}],"
+                              "\"files\":[");
+    GString *idx = g_string_new("{\"weight_map\":{");
+    for (int i = 0; i < 2; i++) {
+        char name[8], *p = g_build_filename(out, files[i], NULL);
+        g_snprintf(name, sizeof name, "t%d", i);
+        st_entry e = {.name = name, .dtype = ST_F32, .ndim = 1, .shape = {4}, .nbytes = 16};
+        const void *data = v[i];
+        CHECK(st_write_file(p, &e, 1, &data, NULL, NULL) == 0);
+        struct stat sb;
+        CHECK(stat(p, &sb) == 0);
+        g_string_append_printf(m, "%s{\"path\":\"%s\",\"size\":%lld,\"sha256\":\"\","
+                               "\"tensors\":[{\"name\":\"%s\",\"dtype\":\"F32\",\"shape\":[4],"
+                               "\"offsets\":[0,16],\"crc32\":1,\"source\":{\"file\":\"a\"}}]}",
+                               i ? "," : "", files[i], (long long)sb.st_size, name);
+        g_string_append_printf(idx, "%s\"%s\":\"%s\"", i ? "," : "", name, files[i]);
+        g_free(p);
+    }
+    g_string_append(m, "]}");
+    g_string_append(idx, "}}");
+    char *mp = g_build_filename(out, "qmoe.json", NULL);
+    char *ip = g_build_filename(out, "model.safetensors.index.json", NULL);
+    char *cp = g_build_filename(out, "config.json", NULL);
+    CHECK(g_file_set_contents(mp, m->str, -1, NULL) && g_file_set_contents(ip, idx->str, -1, NULL) &&
+          g_file_set_contents(cp, "{}", -1, NULL));
+    GError *err = NULL;
+    ckpt *ck = ckpt_open(out, &err);
+    CHECK(ck && mf_ckpt_describe(ck) == 2);
+    /* described, not loaded: st stays NULL until asked for */
+    CHECK(ck && !ck->shards[0].st && ck->shards[0].desc);
+    const st_tensor *t = ck ? ckpt_tensor(ck, "t0", 0, NULL, &err) : NULL;
+    CHECK(t && ck->shards[ckpt_shard_index(ck, "t0")].described && t->end == 16);
+    const uint8_t *data = NULL;
+    t = ck ? ckpt_tensor(ck, "t1", 1, &data, &err) : NULL;
+    CHECK(t && data && memcmp(data, v[1], 16) == 0);
+    CHECK(ck && ckpt_shard_confirm(ck, ckpt_shard_index(ck, "t0"), &err) == 0 && !err);
+    ckpt_close(ck);
+    /* the file changed after qmoe.json: another shape, then another size
+     * (longer metadata) */
+    char *p0 = g_build_filename(out, files[0], NULL);
+    const void *d0 = v[0];
+    const char *meta[] = {"padding", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", NULL};
+    for (int round = 0; round < 2; round++) {
+        st_entry e2 = {.name = "t0", .dtype = ST_F32, .ndim = round ? 1 : 2,
+                       .shape = {round ? 4 : 2, 2}, .nbytes = 16};
+        CHECK(st_write_file(p0, &e2, 1, &d0, round ? meta : NULL, NULL) == 0);
+        ck = ckpt_open(out, &err);
+        CHECK(ck && mf_ckpt_describe(ck) == 2);
+        g_clear_error(&err);
+        t = ck ? ckpt_tensor(ck, "t0", 1, &data, &err) : NULL;
+        CHECK(t == NULL);
+        CHECK_CONTAINS(err ? err->message : "", "experts/e0.safetensors': the file changed "
+                                                "after qmoe.json was written: ");
+        if (round)
+            CHECK_CONTAINS(err ? err->message : "", "bytes, qmoe.json says");
+        g_clear_error(&err);
+        CHECK(ck && ckpt_shard_confirm(ck, ckpt_shard_index(ck, "t0"), &err) == -1 && err);
+        g_clear_error(&err);
+        ckpt_close(ck);
+    }
+    /* incomplete: nothing described */
+    g_string_replace(m, "\"complete\":true", "\"complete\":false", 1);
+    CHECK(g_file_set_contents(mp, m->str, -1, NULL));
+    ck = ckpt_open(out, &err);
+    CHECK(ck && mf_ckpt_describe(ck) == 0);
+    ckpt_close(ck);
+    char *rm = g_strdup_printf("rm -rf '%s'", out);
+    CHECK(system(rm) == 0);
+    g_free(rm);
+    g_free(p0);
+    g_free(mp);
+    g_free(ip);
+    g_free(cp);
+    g_free(sub);
+    g_string_free(m, TRUE);
+    g_string_free(idx, TRUE);
+    g_free(out);
+}
+
 int main(void)
 {
     RUN(test_verdict);
@@ -314,5 +405,6 @@ int main(void)
     RUN(test_mtp);
     RUN(test_owner);
     RUN(test_view);
+    RUN(test_describe);
     TEST_EXIT();
 }

@@ -1018,6 +1018,81 @@ static void test_lookup_and_first_read(void)
     }
 }
 
+/* st_describe: what a file holds, said elsewhere, checked as a header is;
+ * st_header_diff: the file against it. */
+static void test_describe(void)
+{
+    const char *js = "{\"a\":{\"dtype\":\"BF16\",\"shape\":[2,3],\"data_offsets\":[0,12]},"
+                     "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[12,20]}}";
+    size_t len;
+    uint8_t *b = simple(js, 20, &len);
+    st_file *f = parse_ok("file", b, len);
+    GError *err = NULL;
+    st_file *d = f ? st_describe("said", f->tensors, f->n_tensors, len, &err) : NULL;
+    CHECK(d && !err && d->n_tensors == 2 && d->data_start == f->data_start);
+    CHECK(d && st_find(d, "b") && st_find(d, "b")->begin == 12 && !d->base);
+    char *diff = d ? st_header_diff(d, f, "qmoe.json") : g_strdup("no description");
+    CHECK(diff == NULL);
+    g_free(diff);
+    /* another size; another shape with the same bytes; a tensor gone */
+    if (d) {
+        d->size++;
+        diff = st_header_diff(d, f, "qmoe.json");
+        char *want = g_strdup_printf("it is %zu bytes, qmoe.json says %zu", len, len + 1);
+        CHECK_CONTAINS(diff ? diff : "", want);
+        g_free(want);
+        g_free(diff);
+        d->size--;
+        d->tensors[0].shape[0] = 3, d->tensors[0].shape[1] = 2;
+        diff = st_header_diff(d, f, "qmoe.json");
+        CHECK_CONTAINS(diff ? diff : "", "tensor 'a' is BF16 [2, 3] at [0, 12], qmoe.json "
+                                         "says BF16 [3, 2] at [0, 12]");
+        g_free(diff);
+        d->n_tensors = 1;
+        d->tensors[0].shape[0] = 2, d->tensors[0].shape[1] = 3;
+        diff = st_header_diff(d, f, "qmoe.json");
+        CHECK_CONTAINS(diff ? diff : "", "it holds 2 tensors, qmoe.json lists 1");
+        g_free(diff);
+        d->n_tensors = 2;
+    }
+    /* every number distrusted: each as the reader words it */
+    st_tensor t[2];
+    if (f)
+        memcpy(t, f->tensors, sizeof t);
+    struct { const char *rule; int what; uint64_t size; } bad[] = {
+        {"needs 12 bytes but data_offsets [0, 14] span 14", 1, 0},
+        {"gap before tensor 'b'", 2, 0},
+        {"negative dimension", 3, 0},
+        {"duplicate tensor name 'a'", 4, 0},
+        {"has 9 dimensions", 5, 0},
+        {"unknown dtype", 6, 0},
+        {"past the end of the file", 0, 25},
+        {"overlaps the previous tensor", 7, 0},
+    };
+    for (size_t i = 0; f && i < G_N_ELEMENTS(bad); i++) {
+        st_tensor x[2];
+        memcpy(x, t, sizeof x);
+        switch (bad[i].what) {
+        case 1: x[0].end = 14; break;
+        case 2: x[1].begin = 14, x[1].end = 22; break;
+        case 3: x[0].shape[0] = -2; break;
+        case 4: x[1].name = "a"; break;
+        case 5: x[0].ndim = 9; break;
+        case 6: x[0].dtype = ST_DTYPE_COUNT; break;
+        case 7: x[1].begin = 8, x[1].end = 16; break;
+        }
+        g_clear_error(&err);
+        st_file *y = st_describe("said", x, 2, bad[i].size ? bad[i].size : len, &err);
+        CHECK(y == NULL);
+        CHECK_CONTAINS(err ? err->message : "", bad[i].rule);
+        st_close(y);
+    }
+    g_clear_error(&err);
+    st_close(d);
+    st_close(f);
+    g_free(b);
+}
+
 int main(void)
 {
     tmpdir = g_dir_make_tmp("qmoe-st-XXXXXX", NULL);
@@ -1041,6 +1116,7 @@ int main(void)
     RUN(test_writer_refuses);
     RUN(test_write_and_open);
     RUN(test_open_errors);
+    RUN(test_describe);
     g_rmdir(tmpdir);
     g_free(tmpdir);
     TEST_EXIT();
