@@ -2,9 +2,9 @@
 #include "extract_pipe.h"
 
 #include "base/error.h"
+#include "base/fs.h"
 
 #include <string.h>
-#include <sys/mman.h>
 
 typedef enum { OP_WRITE, OP_FINISH, OP_ABORT, OP_QUIT } op_kind;
 
@@ -88,21 +88,9 @@ static gpointer writer_main(gpointer data)
     }
 }
 
-/* Buffers in transparent huge pages where the kernel gives them (THP
- * "madvise" or "always"): a 4 KiB page costs a fault on first touch and a
- * pin on every O_DIRECT write (get_user_pages), each an exit to the
- * hypervisor in a paravirtualised guest; 2 MiB pages make both 512 times
- * rarer. Real-size experts (tests/bench/extract_files.sh, 256 x 9.4 MB),
- * best of 2, interleaved: 4.41 s -> 3.03 s, CPU 3.03 s -> 2.53 s. */
-#define XP_HUGE (2u << 20)
-
-static uint8_t *buf_alloc(size_t size)
-{
-    uint8_t *b = g_aligned_alloc(1, size, size >= XP_HUGE ? XP_HUGE : FS_DIRECT_ALIGN);
-    if (size >= XP_HUGE)
-        (void)madvise(b, size / XP_HUGE * XP_HUGE, MADV_HUGEPAGE); /* a hint */
-    return b;
-}
+/* Writer buffers in huge pages (fs_buf_alloc). Real-size experts
+ * (tests/bench/extract_files.sh, 256 x 9.4 MB), best of 2, interleaved:
+ * 4.41 s -> 3.03 s, CPU 3.03 s -> 2.53 s. */
 
 xp_writer *xp_new(size_t bufsize, xp_done_fn done, void (*free_file)(void *file),
                   void *arg)
@@ -113,7 +101,7 @@ xp_writer *xp_new(size_t bufsize, xp_done_fn done, void (*free_file)(void *file)
     g_cond_init(&w->freed);
     g_queue_init(&w->ops);
     for (int i = 0; i < XP_NBUF; i++)
-        w->free_bufs[i] = w->bufs[i] = buf_alloc(bufsize);
+        w->free_bufs[i] = w->bufs[i] = fs_buf_alloc(bufsize);
     w->n_free = XP_NBUF;
     w->done = done;
     w->free_file = free_file;

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -791,4 +792,14 @@ int fs_pid_alive(pid_t pid)
     if (pid <= 0)
         return 0;
     return kill(pid, 0) == 0 || errno == EPERM;
+}
+
+#define FS_HUGE (2u << 20)
+
+uint8_t *fs_buf_alloc(size_t size)
+{
+    uint8_t *b = g_aligned_alloc(1, size ? size : 1, size >= FS_HUGE ? FS_HUGE : FS_DIRECT_ALIGN);
+    if (size >= FS_HUGE)
+        (void)madvise(b, size / FS_HUGE * FS_HUGE, MADV_HUGEPAGE); /* a hint */
+    return b;
 }

@@ -106,6 +106,14 @@ fs_out *fs_out_open(const char *path, GError **err);
 /* Alignment of O_DIRECT writes: buffer address, length, file offset. */
 #define FS_DIRECT_ALIGN 4096
 
+/* A buffer of `size` bytes in transparent huge pages where the kernel
+ * gives them (THP "madvise" or "always"), FS_DIRECT_ALIGN-aligned
+ * otherwise: a 4 KiB page costs a fault on first touch and a pin on
+ * every O_DIRECT write (get_user_pages), each an exit to the hypervisor
+ * in a paravirtualised guest; 2 MiB pages make both 512 times rarer.
+ * Free with g_aligned_free. */
+uint8_t *fs_buf_alloc(size_t size);
+
 /* The same, with O_DIRECT where the filesystem takes it: writes of whole
  * FS_DIRECT_ALIGN blocks from aligned buffers go from the caller's memory
  * to the disk, with no copy into the page cache (that copy costs about as
