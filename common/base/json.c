@@ -164,3 +164,68 @@ const char *qm_json_get_str(const char *p, const char *end, GString *out,
         run = p + 1;
     }
 }
+
+void qm_jcur_ws(qm_jcur *c)
+{
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
+}
+
+int qm_jcur_skip_str(qm_jcur *c, int *plain)
+{
+    if (c->p >= c->end || *c->p != '"')
+        return -1;
+    if (plain)
+        *plain = 1;
+    for (c->p++; c->p < c->end; c->p++) {
+        if (*c->p == '\\') {
+            if (plain)
+                *plain = 0;
+            if (c->p + 1 >= c->end)
+                return -1;
+            c->p++;
+        } else if (*c->p == '"') {
+            c->p++;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int qm_jcur_skip(qm_jcur *c)
+{
+    qm_jcur_ws(c);
+    if (c->p >= c->end)
+        return -1;
+    if (*c->p == '"')
+        return qm_jcur_skip_str(c, NULL);
+    if (*c->p != '{' && *c->p != '[') {
+        const char *at = c->p;
+        while (c->p < c->end && !strchr(",}] \t\n\r", *c->p))
+            c->p++;
+        return c->p > at ? 0 : -1;
+    }
+    int depth = 0;
+    while (c->p < c->end) {
+        char ch = *c->p;
+        if (ch == '"') {
+            if (qm_jcur_skip_str(c, NULL))
+                return -1;
+            continue;
+        }
+        c->p++;
+        if (ch == '{' || ch == '[')
+            depth++;
+        else if ((ch == '}' || ch == ']') && --depth == 0)
+            return 0;
+    }
+    return -1;
+}
+
+int qm_jcur_next(qm_jcur *c, char close)
+{
+    qm_jcur_ws(c);
+    if (c->p < c->end && (*c->p == ',' || *c->p == close))
+        return *c->p++ == ',';
+    return -1;
+}

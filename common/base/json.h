@@ -42,4 +42,31 @@ void qm_json_put_str(GString *s, const char *v);
 const char *qm_json_get_str(const char *p, const char *end, GString *out,
                             const char **why);
 
+/* ---- scanning without a tree ----
+ * A cursor over JSON text of which a few fields are read and the rest is
+ * stepped over: qmoe's own big files (the journal's records, qmoe.json's
+ * files), where a cJSON tree costs more than the whole job. The steps
+ * check what they read, not the grammar of what they skip: a caller that
+ * meets something it does not understand falls back to cJSON. */
+typedef struct {
+    const char *p, *end;
+} qm_jcur;
+
+/* Steps over white space. */
+void qm_jcur_ws(qm_jcur *c);
+
+/* At an opening quote: steps past the closing one without decoding;
+ * *plain (may be NULL) is set to 1 when the string has no escapes.
+ * -1 when not at a quote or the string does not end. */
+int qm_jcur_skip_str(qm_jcur *c, int *plain);
+
+/* Steps over any value after white space: a string; a scalar, up to the
+ * next ',', '}', ']' or white space (at least one byte); an object or
+ * array, by counting brackets outside strings. -1 when none ends. */
+int qm_jcur_skip(qm_jcur *c);
+
+/* After a member or element (white space allowed first): 1 past a comma,
+ * 0 past `close`, -1 at anything else. */
+int qm_jcur_next(qm_jcur *c, char close);
+
 #endif

@@ -27,22 +27,16 @@
 #include <unistd.h>
 
 typedef struct {
-    const char *p, *end;
+    qm_jcur j;
     GString *s; /* the last string read */
 } mcur;
 
-static void ws(mcur *c)
-{
-    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
-        c->p++;
-}
-
 static int byte(mcur *c, char ch)
 {
-    ws(c);
-    if (c->p >= c->end || *c->p != ch)
+    qm_jcur_ws(&c->j);
+    if (c->j.p >= c->j.end || *c->j.p != ch)
         return -1;
-    c->p++;
+    c->j.p++;
     return 0;
 }
 
@@ -50,87 +44,29 @@ static int byte(mcur *c, char ch)
 static int str(mcur *c)
 {
     const char *why;
-    ws(c);
+    qm_jcur_ws(&c->j);
     g_string_truncate(c->s, 0);
-    const char *q = c->p < c->end ? qm_json_get_str(c->p, c->end, c->s, &why) : NULL;
+    const char *q = c->j.p < c->j.end ? qm_json_get_str(c->j.p, c->j.end, c->s, &why) : NULL;
     if (!q || memchr(c->s->str, '\0', c->s->len))
         return -1;
-    c->p = q;
+    c->j.p = q;
     return 0;
 }
 
 /* A plain integer of up to 15 digits (exact as a double, as written). */
 static int unum(mcur *c, uint64_t *v)
 {
-    ws(c);
+    qm_jcur_ws(&c->j);
     int n = 0;
     *v = 0;
-    while (c->p < c->end && *c->p >= '0' && *c->p <= '9' && n < 16) {
-        *v = *v * 10 + (uint64_t)(*c->p++ - '0');
+    while (c->j.p < c->j.end && *c->j.p >= '0' && *c->j.p <= '9' && n < 16) {
+        *v = *v * 10 + (uint64_t)(*c->j.p++ - '0');
         n++;
     }
     if (n == 0 || n > 15 ||
-        (c->p < c->end && (*c->p == '.' || *c->p == 'e' || *c->p == 'E')))
+        (c->j.p < c->j.end && (*c->j.p == '.' || *c->j.p == 'e' || *c->j.p == 'E')))
         return -1;
     return 0;
-}
-
-/* After a member or element: 1 at a comma, 0 at the closing byte, -1 else. */
-static int next(mcur *c, char close)
-{
-    ws(c);
-    if (c->p < c->end && (*c->p == ',' || *c->p == close))
-        return *c->p++ == ',';
-    return -1;
-}
-
-/* Steps over a string without decoding it. */
-static int skip_str(mcur *c)
-{
-    if (c->p >= c->end || *c->p != '"')
-        return -1;
-    for (c->p++; c->p < c->end; c->p++) {
-        if (*c->p == '\\')
-            c->p++;
-        else if (*c->p == '"') {
-            c->p++;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-/* Steps over any value; nesting is counted, not checked (the values
- * skipped are not used, and the file was written by qmoe). */
-static int skip(mcur *c)
-{
-    ws(c);
-    if (c->p >= c->end)
-        return -1;
-    if (*c->p == '"')
-        return skip_str(c);
-    if (*c->p != '{' && *c->p != '[') {
-        const char *at = c->p;
-        while (c->p < c->end && *c->p != ',' && *c->p != '}' && *c->p != ']' &&
-               *c->p != ' ' && *c->p != '\n')
-            c->p++;
-        return c->p > at ? 0 : -1;
-    }
-    int depth = 0;
-    while (c->p < c->end) {
-        char ch = *c->p;
-        if (ch == '"') {
-            if (skip_str(c))
-                return -1;
-            continue;
-        }
-        c->p++;
-        if (ch == '{' || ch == '[')
-            depth++;
-        else if ((ch == '}' || ch == ']') && --depth == 0)
-            return 0;
-    }
-    return -1;
 }
 
 /* "[int, ...]" of at most max entries. */
@@ -139,16 +75,16 @@ static int uints(mcur *c, uint64_t *v, int max, int *n)
     *n = 0;
     if (byte(c, '['))
         return -1;
-    ws(c);
-    if (c->p < c->end && *c->p == ']') {
-        c->p++;
+    qm_jcur_ws(&c->j);
+    if (c->j.p < c->j.end && *c->j.p == ']') {
+        c->j.p++;
         return 0;
     }
     for (;;) {
         if (*n == max || unum(c, &v[*n]))
             return -1;
         (*n)++;
-        int more = next(c, ']');
+        int more = qm_jcur_next(&c->j, ']');
         if (more <= 0)
             return more;
     }
@@ -196,10 +132,10 @@ static int tensor(mcur *c, mtable *tb)
             t.begin = v[0];
             t.end = v[1];
             seen |= 8;
-        } else if (skip(c)) {
+        } else if (qm_jcur_skip(&c->j)) {
             return -1;
         }
-        int more = next(c, '}');
+        int more = qm_jcur_next(&c->j, '}');
         if (more < 0)
             return -1;
         if (!more)
@@ -235,22 +171,22 @@ static int record(mcur *c, char **path, uint64_t *size, mtable *tb)
         } else if (strcmp(c->s->str, "tensors") == 0 && !(seen & 4)) {
             if (byte(c, '['))
                 return -1;
-            ws(c);
-            if (c->p < c->end && *c->p == ']') {
-                c->p++;
+            qm_jcur_ws(&c->j);
+            if (c->j.p < c->j.end && *c->j.p == ']') {
+                c->j.p++;
             } else {
                 for (int more = 1; more > 0;) {
                     if (tensor(c, tb))
                         return -1;
-                    if ((more = next(c, ']')) < 0)
+                    if ((more = qm_jcur_next(&c->j, ']')) < 0)
                         return -1;
                 }
             }
             seen |= 4;
-        } else if (skip(c)) {
+        } else if (qm_jcur_skip(&c->j)) {
             return -1;
         }
-        int more = next(c, '}');
+        int more = qm_jcur_next(&c->j, '}');
         if (more < 0)
             return -1;
         if (!more)
@@ -271,9 +207,9 @@ static int scan_files(mcur *c, ckpt *ck, st_file **hdr, uint64_t dev)
     int rc = -1;
     if (byte(c, '['))
         goto out;
-    ws(c);
-    if (c->p < c->end && *c->p == ']') {
-        c->p++;
+    qm_jcur_ws(&c->j);
+    if (c->j.p < c->j.end && *c->j.p == ']') {
+        c->j.p++;
         rc = 0;
         goto out;
     }
@@ -299,7 +235,7 @@ static int scan_files(mcur *c, ckpt *ck, st_file **hdr, uint64_t dev)
                 goto out;
             hdr[i]->dev = dev;
         }
-        if ((more = next(c, ']')) < 0)
+        if ((more = qm_jcur_next(&c->j, ']')) < 0)
             goto out;
     }
     rc = 0;
@@ -313,7 +249,7 @@ out:
 static int scan(const char *text, size_t len, ckpt *ck, st_file **hdr, uint64_t dev)
 {
     GString *s = g_string_sized_new(64);
-    mcur c = {text, text + len, s};
+    mcur c = {{text, text + len}, s};
     int rc = -1, qmoe = 0, complete = 0, files = 0;
     if (byte(&c, '{'))
         goto out;
@@ -325,18 +261,18 @@ static int scan(const char *text, size_t len, ckpt *ck, st_file **hdr, uint64_t 
                 goto out;
             qmoe = strcmp(s->str, "qmoe") == 0;
         } else if (strcmp(s->str, "complete") == 0) {
-            ws(&c);
-            complete = c.end - c.p >= 4 && memcmp(c.p, "true", 4) == 0;
-            if (skip(&c))
+            qm_jcur_ws(&c.j);
+            complete = c.j.end - c.j.p >= 4 && memcmp(c.j.p, "true", 4) == 0;
+            if (qm_jcur_skip(&c.j))
                 goto out;
         } else if (strcmp(s->str, "files") == 0 && !files) {
             if (scan_files(&c, ck, hdr, dev))
                 goto out;
             files = 1;
-        } else if (skip(&c)) {
+        } else if (qm_jcur_skip(&c.j)) {
             goto out;
         }
-        int more = next(&c, '}');
+        int more = qm_jcur_next(&c.j, '}');
         if (more < 0)
             goto out;
         if (!more)

@@ -11,6 +11,7 @@
  */
 #include "outdir/view.h"
 #include "base/fs.h"
+#include "base/json.h"
 #include "base/util.h"
 
 #include <cjson/cJSON.h>
@@ -20,75 +21,20 @@
 #include <string.h>
 #include <unistd.h>
 
-typedef struct {
-    char *p, *end;
-} jcur;
+typedef qm_jcur jcur; /* base/json.h */
 
-static void ws(jcur *c)
+/* The buffers scanned here are the callers' and writable (a path is
+ * NUL-terminated in place); the cursor only reads. */
+static char *wr(const char *p)
 {
-    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\r' ||
-                             *c->p == '\n'))
-        c->p++;
-}
-
-/* At an opening quote: leaves p after the closing quote. Sets *plain when
- * the string has no escapes. */
-static int skip_string(jcur *c, int *plain)
-{
-    if (c->p >= c->end || *c->p != '"')
-        return -1;
-    c->p++;
-    if (plain)
-        *plain = 1;
-    while (c->p < c->end) {
-        char ch = *c->p++;
-        if (ch == '"')
-            return 0;
-        if (ch == '\\') {
-            if (plain)
-                *plain = 0;
-            if (c->p >= c->end)
-                return -1;
-            c->p++;
-        }
-    }
-    return -1;
-}
-
-static int skip_value(jcur *c)
-{
-    ws(c);
-    if (c->p >= c->end)
-        return -1;
-    if (*c->p == '"')
-        return skip_string(c, NULL);
-    if (*c->p != '{' && *c->p != '[') {
-        while (c->p < c->end && *c->p != ',' && *c->p != '}' && *c->p != ']')
-            c->p++;
-        return 0;
-    }
-    int depth = 0;
-    while (c->p < c->end) {
-        char ch = *c->p;
-        if (ch == '"') {
-            if (skip_string(c, NULL))
-                return -1;
-            continue;
-        }
-        c->p++;
-        if (ch == '{' || ch == '[')
-            depth++;
-        else if ((ch == '}' || ch == ']') && --depth == 0)
-            return 0;
-    }
-    return -1;
+    return (char *)p;
 }
 
 static int read_number(jcur *c, double *out)
 {
     char buf[64];
     size_t n = 0;
-    ws(c);
+    qm_jcur_ws(c);
     while (c->p < c->end && n + 1 < sizeof buf &&
            (strchr("+-.eE", *c->p) || (*c->p >= '0' && *c->p <= '9')))
         buf[n++] = *c->p++;
@@ -117,33 +63,33 @@ static int scan_line(char *p, char *end, od_rec *r)
 {
     jcur c = {p, end};
     int seen = 0;
-    ws(&c);
+    qm_jcur_ws(&c);
     if (c.p >= c.end || *c.p != '{')
         return -1;
     c.p++;
     for (;;) {
-        ws(&c);
+        qm_jcur_ws(&c);
         if (c.p < c.end && *c.p == '}')
             break;
-        char *k = c.p + 1;
+        char *k = wr(c.p + 1);
         int plain;
-        if (skip_string(&c, &plain) || !plain)
+        if (qm_jcur_skip_str(&c, &plain) || !plain)
             return -1;
         size_t klen = (size_t)(c.p - 1 - k);
-        ws(&c);
+        qm_jcur_ws(&c);
         if (c.p >= c.end || *c.p != ':')
             return -1;
         c.p++;
-        ws(&c);
+        qm_jcur_ws(&c);
 #define KEY(s) (klen == sizeof(s) - 1 && memcmp(k, s, klen) == 0)
         double v;
         if (KEY("path") || KEY("kind") || KEY("source_id")) {
-            char *s = c.p + 1;
-            if (skip_string(&c, &plain) || !plain)
+            char *s = wr(c.p + 1);
+            if (qm_jcur_skip_str(&c, &plain) || !plain)
                 return -1;
             size_t n = (size_t)(c.p - 1 - s);
             if (KEY("path")) {
-                c.p[-1] = '\0';
+                wr(c.p)[-1] = '\0';
                 r->path = s;
                 seen |= F_PATH;
             } else if (KEY("kind")) {
@@ -172,13 +118,13 @@ static int scan_line(char *p, char *end, od_rec *r)
                 r->time = v;
                 seen |= F_TIME;
             }
-        } else if (skip_value(&c)) {
+        } else if (qm_jcur_skip(&c)) {
             return -1;
         }
 #undef KEY
         if ((seen & F_ALL) == F_ALL)
             return 0;
-        ws(&c);
+        qm_jcur_ws(&c);
         if (c.p < c.end && *c.p == ',') {
             c.p++;
             continue;
@@ -240,24 +186,24 @@ int od_rec_scan(char *p, char *end, od_rec *r)
  * the object or on malformed input. */
 static int member_key(jcur *c, char **k, size_t *klen)
 {
-    ws(c);
-    char *start = c->p + 1;
-    if (skip_string(c, NULL))
+    qm_jcur_ws(c);
+    char *start = wr(c->p + 1);
+    if (qm_jcur_skip_str(c, NULL))
         return -1;
     *k = start;
     *klen = (size_t)(c->p - 1 - start);
-    ws(c);
+    qm_jcur_ws(c);
     if (c->p >= c->end || *c->p != ':')
         return -1;
     c->p++;
-    ws(c);
+    qm_jcur_ws(c);
     return 0;
 }
 
 /* After a member's value: 1 when a comma announces another member. */
 static int member_next(jcur *c)
 {
-    ws(c);
+    qm_jcur_ws(c);
     if (c->p < c->end && *c->p == ',') {
         c->p++;
         return 1;
@@ -273,7 +219,7 @@ static cJSON *head_in(char *buf, size_t len, od_mhead *h, int *need_more)
 {
     jcur c = {buf, buf + len};
     *need_more = 0;
-    ws(&c);
+    qm_jcur_ws(&c);
     if (c.p >= c.end || *c.p != '{')
         return NULL;
     c.p++;
@@ -283,8 +229,8 @@ static cJSON *head_in(char *buf, size_t len, od_mhead *h, int *need_more)
         size_t klen;
         if (member_key(&c, &k, &klen))
             break;
-        char *v = c.p;
-        if (skip_value(&c))
+        char *v = wr(c.p);
+        if (qm_jcur_skip(&c))
             break;
 #define KEY(s) (klen == sizeof(s) - 1 && memcmp(k, s, klen) == 0)
         if (KEY("complete")) {
@@ -368,7 +314,7 @@ int od_manifest_records(const char *path, void (*each)(const od_rec *r, void *ct
         return -1;
     jcur c = {buf, buf + len};
     int rc = -1;
-    ws(&c);
+    qm_jcur_ws(&c);
     if (c.p < c.end && *c.p == '{') {
         c.p++;
         for (;;) {
@@ -380,26 +326,26 @@ int od_manifest_records(const char *path, void (*each)(const od_rec *r, void *ct
                 c.p++;
                 rc = 0;
                 for (;;) {
-                    ws(&c);
+                    qm_jcur_ws(&c);
                     if (c.p >= c.end || *c.p == ']')
                         break;
-                    char *b = c.p;
-                    if (skip_value(&c)) {
+                    char *b = wr(c.p);
+                    if (qm_jcur_skip(&c)) {
                         rc = -1;
                         break;
                     }
-                    char save = *c.p; /* the record's scan may write a NUL */
+                    char *e = wr(c.p), save = *e; /* the record's scan may write a NUL */
                     od_rec r;
-                    if (od_rec_scan(b, c.p, &r) == 0)
+                    if (od_rec_scan(b, e, &r) == 0)
                         each(&r, ctx);
-                    *c.p = save;
-                    ws(&c);
+                    *e = save;
+                    qm_jcur_ws(&c);
                     if (c.p < c.end && *c.p == ',')
                         c.p++;
                 }
                 break;
             }
-            if (skip_value(&c) || !member_next(&c))
+            if (qm_jcur_skip(&c) || !member_next(&c))
                 break;
         }
     }

@@ -195,6 +195,48 @@ static void test_round_trip(void)
     CHECK(bad == 0);
 }
 
+/* The scanning cursor: steps over what is not wanted, stops where a
+ * caller must fall back to cJSON. */
+static void test_jcur(void)
+{
+    const char *t = " {\"a\": [1, {\"b\": \"x]}\\\"\"}], \"c\": 12 , \"d\":true}";
+    qm_jcur c = {t, t + strlen(t)};
+    qm_jcur_ws(&c);
+    CHECK(*c.p == '{');
+    c.p++;
+    qm_jcur_ws(&c);
+    int plain = -1;
+    CHECK(qm_jcur_skip_str(&c, &plain) == 0 && plain == 1); /* "a" */
+    CHECK(*c.p == ':');
+    c.p++;
+    CHECK(qm_jcur_skip(&c) == 0); /* the array, brackets inside a string ignored */
+    CHECK(qm_jcur_next(&c, '}') == 1);
+    CHECK(qm_jcur_skip(&c) == 0 && *c.p == ':'); /* "c" */
+    c.p++;
+    CHECK(qm_jcur_skip(&c) == 0 && *c.p == ' '); /* 12 ends at white space */
+    CHECK(qm_jcur_next(&c, '}') == 1);
+    CHECK(qm_jcur_skip(&c) == 0 && *c.p == ':');
+    c.p++;
+    CHECK(qm_jcur_skip(&c) == 0 && *c.p == '}'); /* true */
+    CHECK(qm_jcur_next(&c, '}') == 0 && c.p == c.end);
+    CHECK(qm_jcur_skip(&c) == -1); /* nothing left */
+
+    const char *e = "\"a\\\"b\"";          /* "a\"b": escapes, not plain */
+    c = (qm_jcur){e, e + strlen(e)};
+    CHECK(qm_jcur_skip_str(&c, &plain) == 0 && plain == 0 && c.p == c.end);
+    const char *cut[] = {"\"abc", "\"ab\\", "[1, [2]", "{\"a\": \"}", "", ",", "x"};
+    for (size_t i = 0; i < sizeof cut / sizeof *cut; i++) {
+        c = (qm_jcur){cut[i], cut[i] + strlen(cut[i])};
+        int r = cut[i][0] == '"' ? qm_jcur_skip_str(&c, NULL) : qm_jcur_skip(&c);
+        if (r != -1 && strcmp(cut[i], "x") != 0)
+            printf("  '%s' was stepped over\n", cut[i]);
+        CHECK(strcmp(cut[i], "x") == 0 ? r == 0 : r == -1);
+    }
+    c = (qm_jcur){"; ", NULL};
+    c.end = c.p + 2;
+    CHECK(qm_jcur_next(&c, ']') == -1);
+}
+
 int main(void)
 {
     RUN(test_put_escapes);
@@ -203,5 +245,6 @@ int main(void)
     RUN(test_get_escapes);
     RUN(test_get_refuses);
     RUN(test_round_trip);
+    RUN(test_jcur);
     TEST_EXIT();
 }
