@@ -179,7 +179,11 @@ void qm_mat_row(const qm_mat *m, int r, float *out)
  *
  * Decode reads each weight once per token: the product is memory-bound,
  * and MV_R rows at a time give the core that many independent streams and
- * dependency chains. Prefill uses each widened weight for MM_T tokens and
+ * dependency chains. A bf16 row of 2048 is one 4 KiB page, where the
+ * hardware's stream prefetchers stop, so each group of rows starts cold:
+ * the next group is prefetched by hand while this one computes (512 MB,
+ * 2 threads: 31-36 GB/s before, 42-45 after, against 44-49 GB/s of plain
+ * reading). Prefill uses each widened weight for MM_T tokens and
  * each input vector for MM_R rows from registers. */
 enum { DT_BF16, DT_F16, DT_F32, DT_E4M3 };
 
@@ -539,9 +543,16 @@ tile(int dt, const float *tab, const qm_mat *m, int r0, size_t rb, int nr, const
         for (int t = 0; t < nt; t++)
             acc[r][t] = v_zero();
     }
+    /* decode: the next MV_R rows asked for while these compute */
+    const uint8_t *next = nt == 1 && nr == MV_R && r0 + 2 * nr <= m->rows ? w + nr * rb : NULL;
     int i = 0;
     for (; i + 16 <= cols; i += 16) {
         vf wv[TILE_R];
+        if (next && (esz * (size_t)i) % 64 == 0) {
+            UNROLL
+            for (int r = 0; r < nr; r++)
+                __builtin_prefetch(next + r * rb + esz * (size_t)i, 0, 0);
+        }
         UNROLL
         for (int r = 0; r < nr; r++)
             wv[r] = v_w(dt, w + r * rb + esz * (size_t)i, tab);
