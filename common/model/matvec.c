@@ -461,6 +461,9 @@ tile8(const float *tab, const qm_mat *m, int r0, int nr, const float *x, size_t 
 {
     int cols = m->cols, bk = m->block_cols, c16 = cols & ~15;
     const uint8_t *w[TILE_R], *sr[TILE_R];
+    const uint8_t *next = nt == 1 && nr == MV_R && r0 + 2 * nr <= m->rows
+                              ? m->data + (size_t)(r0 + nr) * cols
+                              : NULL;
     vf acc[TILE_R][MM_T], sv[TILE_R];
     nan_seen seen = nan_none();
     UNROLL
@@ -491,6 +494,11 @@ tile8(const float *tab, const qm_mat *m, int r0, int nr, const float *x, size_t 
             }
         }
         vf wv[TILE_R];
+        if (next && i % 64 == 0) { /* as tile(): the next rows, by hand */
+            UNROLL
+            for (int r = 0; r < nr; r++)
+                __builtin_prefetch(next + (size_t)r * cols + i, 0, 0);
+        }
         UNROLL
         for (int r = 0; r < nr; r++)
             wv[r] = v_mul(v_e4m3(w[r] + i, &seen), sv[r]);
