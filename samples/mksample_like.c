@@ -57,6 +57,9 @@ enum { LK_BF16, LK_F32, LK_FP8 };
                              T(p "v_proj.weight", kv, h), T(p "o_proj.weight", h, q)
 #define ATTN(p, h, q, kv) ATTN_NN(p, h, q, kv), T(p "q_norm.weight", 128), \
                           T(p "k_norm.weight", 128)
+#define QATTN(p, h, q, kv) Q(p "q_proj.weight", q, h), Q(p "k_proj.weight", kv, h), \
+                           Q(p "v_proj.weight", kv, h), Q(p "o_proj.weight", h, q), \
+                           T(p "q_norm.weight", 128), T(p "k_norm.weight", 128)
 #define WB(p, o, i) T(p ".weight", o, i), T(p ".bias", o)
 #define NORM2(p, d) T(p ".weight", d), T(p ".bias", d)
 
@@ -336,10 +339,7 @@ static const char qwen3_generation[] =
 static const like_node qwen3_fp8_tree[] = {
     T("model.embed_tokens.weight", 151936, 2048),
     G("model.layers.%d.", 48,
-      Q("self_attn.q_proj.weight", 4096, 2048), Q("self_attn.k_proj.weight", 512, 2048),
-      Q("self_attn.v_proj.weight", 512, 2048), Q("self_attn.o_proj.weight", 2048, 4096),
-      T("self_attn.q_norm.weight", 128), T("self_attn.k_norm.weight", 128),
-      T("mlp.gate.weight", 128, 2048),
+      QATTN("self_attn.", 2048, 4096, 512), T("mlp.gate.weight", 128, 2048),
       G("mlp.experts.%d.", 128, QMLP("", 768, 2048)),
       T("input_layernorm.weight", 2048), T("post_attention_layernorm.weight", 2048)),
     T("model.norm.weight", 2048), T("lm_head.weight", 151936, 2048),

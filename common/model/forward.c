@@ -56,9 +56,7 @@ int model_seq_set_mask(model_seq *s, const uint8_t *allow, GError **err)
     s->allow = NULL;
     if (!allow)
         return 0;
-    int n = 0;
-    for (int e = 0; e < c->n_experts; e++)
-        n += allow[e] != 0;
+    int n = route_mask_copy(c, allow, NULL);
     if (n < c->top_k) {
         g_set_error(err, QM_ERROR, QM_ERR_USAGE,
                     "the router mask allows %d experts, fewer than the %d each token needs",
@@ -66,8 +64,7 @@ int model_seq_set_mask(model_seq *s, const uint8_t *allow, GError **err)
         return -1;
     }
     s->allow = g_new(uint8_t, c->n_experts);
-    for (int e = 0; e < c->n_experts; e++)
-        s->allow[e] = allow[e] != 0;
+    route_mask_copy(c, allow, s->allow);
     return 0;
 }
 

@@ -173,6 +173,11 @@ void qkv(model *m, const layer_w *w, int l, int n);
 /* routing.c: top-k of the router scores p (n_experts) of layer l. */
 void route_pick(const model *m, int l, const uint8_t *allow, float *p, int *top, float *topw);
 
+/* A router mask as the engine keeps it: allow[0..n_experts) as 0/1 into
+ * out (may be NULL: only counted). Returns how many experts it allows; the
+ * caller refuses fewer than top_k, in its own words. */
+int route_mask_copy(const model_config *c, const uint8_t *allow, uint8_t *out);
+
 /* moe.c */
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }

@@ -530,9 +530,7 @@ int model_set_layer_mask(model *m, int layer, const uint8_t *allow, GError **err
         }
         return 0;
     }
-    int n = 0;
-    for (int e = 0; e < c->n_experts; e++)
-        n += allow[e] != 0;
+    int n = route_mask_copy(c, allow, NULL);
     if (n < c->top_k) {
         g_set_error(err, QM_ERROR, QM_ERR_USAGE,
                     "the router mask of layer %d allows %d experts, fewer than the %d each "
@@ -543,8 +541,7 @@ int model_set_layer_mask(model *m, int layer, const uint8_t *allow, GError **err
         m->allow = g_new0(uint8_t *, c->n_layers);
     if (!m->allow[layer])
         m->allow[layer] = g_new0(uint8_t, c->n_experts);
-    for (int e = 0; e < c->n_experts; e++)
-        m->allow[layer][e] = allow[e] != 0;
+    route_mask_copy(c, allow, m->allow[layer]);
     return 0;
 }
 
@@ -552,9 +549,7 @@ int model_set_mask(model *m, const uint8_t *allow, GError **err)
 {
     const model_config *c = &m->c;
     if (allow) {
-        int n = 0;
-        for (int e = 0; e < c->n_experts; e++)
-            n += allow[e] != 0;
+        int n = route_mask_copy(c, allow, NULL);
         if (n < c->top_k) {
             g_set_error(err, QM_ERROR, QM_ERR_USAGE,
                         "the router mask allows %d experts, fewer than the %d each token "

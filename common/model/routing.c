@@ -72,6 +72,17 @@ static void route_grouped(const model *m, const uint8_t *allow, const float *bia
     }
 }
 
+int route_mask_copy(const model_config *c, const uint8_t *allow, uint8_t *out)
+{
+    int n = 0;
+    for (int e = 0; e < c->n_experts; e++) {
+        n += allow[e] != 0;
+        if (out)
+            out[e] = allow[e] != 0;
+    }
+    return n;
+}
+
 /* Router: softmax over the (allowed) experts in float32, top-k in
  * descending probability (lowest id first on ties), renormalised when
  * norm_topk_prob. */

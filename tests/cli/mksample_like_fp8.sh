@@ -22,6 +22,14 @@ for f in sorted(glob.glob(sys.argv[1] + "/*.safetensors")):
         print(k, v["dtype"], ",".join(map(str, v["shape"])), e - s)
 PYEOF
 }
+# bad_scales DTYPE HDR: the first FP8 weight of HDR ("name dtype shape bytes"
+# lines) whose _scale_inv is not DTYPE of grid ceil(r/128) x ceil(c/128)
+bad_scales() {
+    awk -v want="$1" '{ dt[$1] = $2; sh[$1] = $3 }
+        END { for (k in dt) if (dt[k] == "F8_E4M3") { split(sh[k], d, ",")
+                  g = int((d[1] + 127) / 128) "," int((d[2] + 127) / 128); s = k "_scale_inv"
+                  if (dt[s] != want || sh[s] != g) { print k ": " dt[s] " " sh[s] ", want " want " " g; exit } } }' "$2"
+}
 
 # ---- DeepSeek-V3: hidden 7168, 61 layers (0-2 dense, intermediate 18432),
 # 256 experts of 2048 + 1 shared, MTP layer 61; q_lora 1536, kv_lora 512,
@@ -53,11 +61,7 @@ read -r want_tensors want_f8 want_f32 want_bf16 want_bytes want_expert_bytes < <
 got=$(awk '{ n[$2]++ } END { printf "%d %d %d", n["F8_E4M3"], n["F32"], n["BF16"] }' "$T/dsv3.hdr")
 same dsv3_dtypes "$got" "$want_f8 $want_f32 $want_bf16" "F8 F32 BF16: $got, want $want_f8 $want_f32 $want_bf16"
 # every FP8 weight has its F32 scale of grid ceil(r/128) x ceil(c/128)
-bad=$(awk '{ dt[$1] = $2; sh[$1] = $3 }
-    END { for (k in dt) if (dt[k] == "F8_E4M3") { split(sh[k], d, ",")
-              g = int((d[1] + 127) / 128) "," int((d[2] + 127) / 128); s = k "_scale_inv"
-              if (dt[s] != "F32" || sh[s] != g) { print k ": " dt[s] " " sh[s] ", want F32 " g; exit } } }' \
-    "$T/dsv3.hdr")
+bad=$(bad_scales F32 "$T/dsv3.hdr")
 [ -z "$bad" ] && ok dsv3_scales || fail dsv3_scales "$bad"
 grep -q '^model.layers.61.self_attn.kv_a_proj_with_mqa.weight_scale_inv F32 5,56 1120$' "$T/dsv3.hdr" &&
     grep -q '^model.layers.61.eh_proj.weight BF16 7168,14336 ' "$T/dsv3.hdr" &&
@@ -101,11 +105,7 @@ read -r want_tensors want_f8 want_bf16 want_bytes want_expert_bytes < <(awk 'BEG
     fail qwen3_tensors "$(wc -l <"$T/qwen3.hdr") in the headers, want $want_tensors"
 got=$(awk '{ n[$2]++ } END { printf "%d %d %d", n["F8_E4M3"], n["BF16"], n["F32"] }' "$T/qwen3.hdr")
 same qwen3_dtypes "$got" "$want_f8 $want_bf16 0" "F8 BF16 F32: $got, want $want_f8 $want_bf16 0"
-bad=$(awk '{ dt[$1] = $2; sh[$1] = $3 }
-    END { for (k in dt) if (dt[k] == "F8_E4M3") { split(sh[k], d, ",")
-              g = int((d[1] + 127) / 128) "," int((d[2] + 127) / 128); s = k "_scale_inv"
-              if (dt[s] != "BF16" || sh[s] != g) { print k ": " dt[s] " " sh[s] ", want BF16 " g; exit } } }' \
-    "$T/qwen3.hdr")
+bad=$(bad_scales BF16 "$T/qwen3.hdr")
 [ -z "$bad" ] && ok qwen3_scales || fail qwen3_scales "$bad"
 got=$(awk '{ s += $4 } END { printf "%.0f", s }' "$T/qwen3.hdr")
 same qwen3_bytes "$got" "$want_bytes" "headers $got bytes, want $want_bytes"
