@@ -2,7 +2,7 @@
 # to a single expert) gives bit-identical logits, with the misses counted;
 # a missing expert file is a clear error naming (layer, expert) and file.
 . "$(dirname "$0")/lib.sh"
-plan 14
+plan 17
 G=$FIX/qwen3moe-tiny/golden
 M=$FIX/qwen3moe-tiny/qwen3moe
 SEQ3=$(grep -A1 '"seq3"' "$G/tokens.json" | sed -n 's/.*"ids": \[\(.*\)\].*/\1/p' | tr -d ' ')
@@ -57,3 +57,38 @@ expect cache_missing_expert 2 "cannot load expert (layer 0, expert 3)" &&
 # A prompt whose router never picks that expert does not need the file.
 run qmoe-run -n 0 --token-ids "$SEQ3" --mask-experts 4-15 "$T/missing"
 expect cache_missing_unused_expert 0
+
+# Expert mappings cover whole 2 MiB blocks of the file (a page cache of
+# 2 MiB folios is then mapped a block per fault): under strace, every
+# read-only shared mapping of a shard starts on a 2 MiB boundary and ends
+# on one or at the end of the file, and the logits are those of
+# --expert-io read. 16 experts of 3 x 128 x 1024 bf16 (768 KiB) in one
+# 26 MB shard, so most start inside a block.
+qmoe-mksample --layers 2 --experts 16 --hidden 128 --inter 1024 --vocab 512 --shards 1 \
+    "$T/wide" >/dev/null 2>&1 && ok map_blocks_sample || fail map_blocks_sample
+if ! command -v strace >/dev/null; then
+    fail map_blocks "strace is not installed (tests need it: see .ci/run)"
+    fail map_blocks_same
+else
+    size=$(stat -c %s "$T/wide/model.safetensors")
+    strace -y -f -qq -e trace=mmap -o "$T/mmap" qmoe-run -n 2 --ignore-eos --batch 4 \
+        --token-ids 1,2,3,4,5,6,7,8,9,10 --logits-out "$T/map.f32" "$T/wide" >/dev/null 2>&1
+    # mmap(NULL, LEN, PROT_READ, MAP_SHARED, FD<PATH>, OFF) = ...; OFF in hex
+    bad=$(awk -v size="$size" -v B=2097152 '
+          function num(s,  i, n) {
+              if (s !~ /^0x/) return s + 0
+              for (i = 3; i <= length(s); i++) n = n * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1
+              return n
+          }
+          /PROT_READ, MAP_SHARED, [0-9]+<[^>]*model.safetensors>/ {
+            s = $0; sub(/.*mmap\(NULL, /, "", s); sub(/\).*/, "", s); split(s, a, ", ")
+            len = a[1] + 0; off = num(a[5]); n++; if (off > 0) inner++
+            if (off % B != 0 || ((off + len) % B != 0 && off + len != size)) print
+          } END { if (n < 8 || inner < 4) print "only " n + 0 " mappings, " inner + 0 " inside" }' \
+          "$T/mmap") || bad="awk failed: $bad"
+    [ -z "$bad" ] && ok map_blocks || fail map_blocks "$bad"
+    qmoe-run -n 2 --ignore-eos --batch 4 --expert-io read --token-ids 1,2,3,4,5,6,7,8,9,10 \
+        --logits-out "$T/read.f32" "$T/wide" >/dev/null 2>&1
+    cmp -s "$T/map.f32" "$T/read.f32" && [ -s "$T/map.f32" ] && ok map_blocks_same ||
+        fail map_blocks_same
+fi
