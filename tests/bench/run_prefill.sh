@@ -12,7 +12,11 @@
 #   - for each prompt length in $PROMPTS: prefill tokens/s of a prompt of
 #     that many ids, and decode tokens/s of $TOKENS generated tokens after
 #     it; prefill/decode (target >= 7) and the decode weight bandwidth as
-#     a share of memcpy (target >= 90 %);
+#     a share of memcpy (target >= 90 %). Measured twice:
+#       fresh: qmoe-run in a new process, what one command costs a user;
+#         its prompt pays the first touch of every expert page it maps;
+#       warm: tests/tools/fwd_bench.c, the way llama-bench measures (load,
+#         an untimed warm-up that maps the experts, random ids);
 #   - one --perplexity window of 1024 tokens (best of $PPL_TRIALS).
 # The machine may be shared: compare the ratios, not absolute numbers.
 # Peers measured in the same loop, interleaved with qmoe-run, trial by
@@ -112,8 +116,15 @@ if [ -n "${LLAMA_CPP_DIR:-}" ]; then
         echo "llama.cpp: no $GGUF"; LLAMA_BENCH=
     fi
 fi
-cat "$MODEL"/*.safetensors >/dev/null
-if [ -n "$LLAMA_BENCH" ]; then cat "$GGUF" >/dev/null; fi
+# Both models as read from disk: how a file came into the page cache sets
+# its folios (written files: 4 KiB pages; read back: up to 2 MiB here),
+# and a first touch maps a whole 2 MiB folio per fault but 64 KiB of small
+# ones. Dropped (dd iflag=nocache count=0), then read again.
+recache() {
+    for f in "$@"; do dd if="$f" iflag=nocache count=0 status=none; cat "$f" >/dev/null; done
+}
+recache "$MODEL"/*.safetensors
+if [ -n "$LLAMA_BENCH" ]; then recache "$GGUF"; fi
 
 jnum() { sed -n "s/.*\"$1\":[[:space:]]*\([0-9.e+-]*\).*/\1/p" | head -1; }
 max() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > a ? b : a) }'; }
@@ -142,6 +153,10 @@ qmoe_trial() { # run prompt-length
         -v b="$(printf %s "$j" | jnum decode_weight_bytes)" -v ds="$(printf %s "$j" | jnum decode_s)" \
         'BEGIN { print p / ps, tg, b / ds }'
 }
+# one trial of fwd_bench (warm): prints "prefill-tokens/s decode-tokens/s"
+warm_trial() { # prompt-length
+    "$QMOE_BUILD/tests/tools/fwd_bench" "$MODEL" "$THREADS" "$1" "$TOKENS" 1 "$CACHE_MB"
+}
 # one trial of llama-bench: prints "prefill-tokens/s decode-tokens/s"
 # decode after a prompt of the same length (-d: the KV cache holds that
 # many tokens first), as qmoe's decode follows its prompt
@@ -154,10 +169,12 @@ llama_trial() { # prompt-length
 if [ -n "$LLAMA_BENCH" ]; then "$LLAMA_BENCH" -m "$GGUF" -t "$THREADS" -p 16 -n 2 -r 1 >/dev/null 2>&1; fi
 
 for P in $PROMPTS; do
-    best_pp=0 best_tg=0 best_bw=0 base_pp=0 base_tg=0 ll_pp=0 ll_tg=0
+    best_pp=0 best_tg=0 best_bw=0 base_pp=0 base_tg=0 ll_pp=0 ll_tg=0 w_pp=0 w_tg=0
     for _ in $(seq "$TRIALS"); do
         read -r pp tg bw < <(qmoe_trial "$RUN" "$P")
         best_pp=$(max "$best_pp" "$pp") best_tg=$(max "$best_tg" "$tg") best_bw=$(max "$best_bw" "$bw")
+        read -r pp tg < <(warm_trial "$P")
+        w_pp=$(max "$w_pp" "$pp") w_tg=$(max "$w_tg" "$tg")
         if [ -n "${QMOE_RUN_BASE:-}" ]; then
             read -r pp tg bw < <(qmoe_trial "$QMOE_RUN_BASE" "$P")
             base_pp=$(max "$base_pp" "$pp") base_tg=$(max "$base_tg" "$tg")
@@ -168,17 +185,20 @@ for P in $PROMPTS; do
         fi
     done
     awk -v p="$P" -v pp="$best_pp" -v tg="$best_tg" -v bw="$best_bw" -v m="$membw" 'BEGIN {
-        printf "prompt %4d: prefill %7.2f tokens/s, decode %6.2f tokens/s, prefill/decode %5.2f; decode weights %6.2f GB/s = %5.1f %% of memcpy\n",
+        printf "prompt %4d, fresh: prefill %7.2f tokens/s, decode %6.2f tokens/s, prefill/decode %5.2f; decode weights %6.2f GB/s = %5.1f %% of memcpy\n",
                p, pp, tg, pp / tg, bw / 1e9, 100 * bw / m }'
+    awk -v p="$P" -v pp="$w_pp" -v tg="$w_tg" 'BEGIN {
+        printf "prompt %4d, warm:  prefill %7.2f tokens/s, decode %6.2f tokens/s\n", p, pp, tg }'
     if [ -n "${QMOE_RUN_BASE:-}" ]; then
         awk -v p="$P" -v pp="$best_pp" -v tg="$best_tg" -v bp="$base_pp" -v bt="$base_tg" 'BEGIN {
         printf "prompt %4d, QMOE_RUN_BASE: prefill %7.2f tokens/s, decode %6.2f tokens/s; this build %.2fx prefill, %.2fx decode\n",
                p, bp, bt, pp / bp, tg / bt }'
     fi
     if [ -n "$LLAMA_BENCH" ]; then
-        awk -v p="$P" -v pp="$best_pp" -v tg="$best_tg" -v lp="$ll_pp" -v lt="$ll_tg" 'BEGIN {
-        printf "prompt %4d, llama.cpp: prefill %7.2f tokens/s, decode %6.2f tokens/s; qmoe %.2fx prefill, %.2fx decode\n",
-               p, lp, lt, pp / lp, tg / lt }'
+        awk -v p="$P" -v pp="$best_pp" -v tg="$best_tg" -v wp="$w_pp" -v wt="$w_tg" \
+            -v lp="$ll_pp" -v lt="$ll_tg" 'BEGIN {
+        printf "prompt %4d, llama.cpp: prefill %7.2f tokens/s, decode %6.2f tokens/s; qmoe warm %.2fx prefill, %.2fx decode; fresh %.2fx, %.2fx\n",
+               p, lp, lt, wp / lp, wt / lt, pp / lp, tg / lt }'
     fi
 done
 
