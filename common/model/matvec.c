@@ -3,6 +3,7 @@
 #include "base/util.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 int qm_mat_dtype_ok(st_dtype dtype)
@@ -677,20 +678,34 @@ void qm_matvec_rows(float *out, const qm_mat *m, const float *x, int r0, int r1)
         k.fn(k.tab, m, r, k.rb, 1, x, 0, 1, out + r, 0);
 }
 
+/* Rows of a product are handed out in chunks, a thread taking the next one
+ * when it is done: on a shared host a thread that is slowed down (its core
+ * lent to another guest) leaves its rows to the others instead of holding
+ * up the whole product, as a fixed split made it. Eight chunks per thread:
+ * each starts its first rows cold. Which thread computes a row does not
+ * change its bits. */
+#define CHUNKS_PER_THREAD 8
+
+static int chunk_rows(int total, int threads, int unit)
+{
+    int c = (total + CHUNKS_PER_THREAD * threads - 1) / (CHUNKS_PER_THREAD * threads);
+    c = (c + unit - 1) / unit * unit;
+    return c < unit ? unit : c;
+}
+
 typedef struct {
     int n;
     float *const *out;
     const qm_mat *const *mats;
     const float *const *xs;
     int total; /* rows of all matrices */
+    int chunk; /* rows per chunk */
+    atomic_int next; /* the next chunk to take */
 } batch_job;
 
-/* Thread i takes rows [i*total/n, (i+1)*total/n) of the matrices laid end
- * to end. */
-static void batch_part(void *arg, int i, int n)
+/* Rows [lo, hi) of the matrices laid end to end. */
+static void batch_rows(const batch_job *j, int lo, int hi)
 {
-    const batch_job *j = arg;
-    int lo = (int)((int64_t)j->total * i / n), hi = (int)((int64_t)j->total * (i + 1) / n);
     int base = 0;
     for (int k = 0; k < j->n && lo < hi; k++) {
         int rows = j->mats[k]->rows;
@@ -704,6 +719,18 @@ static void batch_part(void *arg, int i, int n)
     }
 }
 
+static void batch_part(void *arg, int i, int n)
+{
+    batch_job *j = arg;
+    (void)i, (void)n;
+    for (;;) {
+        int64_t lo = (int64_t)atomic_fetch_add(&j->next, 1) * j->chunk;
+        if (lo >= j->total)
+            break;
+        batch_rows(j, (int)lo, lo + j->chunk < j->total ? (int)lo + j->chunk : j->total);
+    }
+}
+
 void qm_matvec_batch(team *t, int n, float *const *out, const qm_mat *const *mats,
                      const float *const *xs)
 {
@@ -712,10 +739,13 @@ void qm_matvec_batch(team *t, int n, float *const *out, const qm_mat *const *mat
     batch_job j = {.n = n, .out = out, .mats = mats, .xs = xs};
     for (int k = 0; k < n; k++)
         j.total += mats[k]->rows;
-    if (!t || team_size(t) == 1 || j.total < 64)
-        batch_part(&j, 0, 1);
-    else
-        team_run(t, batch_part, &j);
+    if (!t || team_size(t) == 1 || j.total < 64) {
+        batch_rows(&j, 0, j.total);
+        return;
+    }
+    j.chunk = chunk_rows(j.total, team_size(t), MV_R);
+    atomic_init(&j.next, 0);
+    team_run(t, batch_part, &j);
 }
 
 void qm_matvec_multi(team *t, int n, float *const *out, const qm_mat *const *mats,
@@ -774,15 +804,13 @@ typedef struct {
     const qm_mat *const *mats;
     const float *x;
     int total; /* rows of all matrices */
+    int chunk; /* rows per chunk, a multiple of MM_R */
+    atomic_int next;
 } mm_job;
 
-/* As batch_part, with the cuts on multiples of MM_R rows. */
-static void mm_part(void *arg, int i, int n)
+/* As batch_rows. */
+static void mm_rows(const mm_job *j, int lo, int hi)
 {
-    const mm_job *j = arg;
-    int units = (j->total + MM_R - 1) / MM_R;
-    int lo = (int)((int64_t)units * i / n) * MM_R, hi = (int)((int64_t)units * (i + 1) / n) * MM_R;
-    hi = hi > j->total ? j->total : hi;
     int base = 0;
     for (int k = 0; k < j->n && lo < hi; k++) {
         int rows = j->mats[k]->rows;
@@ -796,6 +824,18 @@ static void mm_part(void *arg, int i, int n)
     }
 }
 
+static void mm_part(void *arg, int i, int n)
+{
+    mm_job *j = arg;
+    (void)i, (void)n;
+    for (;;) {
+        int64_t lo = (int64_t)atomic_fetch_add(&j->next, 1) * j->chunk;
+        if (lo >= j->total)
+            break;
+        mm_rows(j, (int)lo, lo + j->chunk < j->total ? (int)lo + j->chunk : j->total);
+    }
+}
+
 void qm_matmat_multi(team *t, int n, float *const *out, const int *ldo,
                      const qm_mat *const *mats, const float *x, int ldx, int n_tok)
 {
@@ -805,10 +845,13 @@ void qm_matmat_multi(team *t, int n, float *const *out, const int *ldo,
                 .x = x};
     for (int k = 0; k < n; k++)
         j.total += mats[k]->rows;
-    if (!t || team_size(t) == 1 || (int64_t)j.total * n_tok < 64)
-        mm_part(&j, 0, 1);
-    else
-        team_run(t, mm_part, &j);
+    if (!t || team_size(t) == 1 || (int64_t)j.total * n_tok < 64) {
+        mm_rows(&j, 0, j.total);
+        return;
+    }
+    j.chunk = chunk_rows(j.total, team_size(t), MM_R);
+    atomic_init(&j.next, 0);
+    team_run(t, mm_part, &j);
 }
 
 void qm_matmat(team *t, float *out, int ldo, const qm_mat *m, const float *x, int ldx,

@@ -176,6 +176,23 @@ static int run_shape(const shape *s, team *tm, FILE *dump, char *why, size_t why
     qm_matmat_rows(mp + (size_t)t1 * ldo, ldo, &m, x + (size_t)t1 * ldx, ldx, s->n_tok - t1, 0,
                    s->rows);
     qm_matmat(tm, mt, ldo, &m, x, ldx, s->n_tok);
+    /* matrix-vector through the team: the tokens as a batch of products
+     * of the same matrix, whose rows the threads take in chunks */
+    float *mb = g_new0(float, (size_t)s->n_tok * ldo);
+    {
+        float **outs = g_new(float *, s->n_tok);
+        const qm_mat **mats = g_new(const qm_mat *, s->n_tok);
+        const float **xs = g_new(const float *, s->n_tok);
+        for (int t = 0; t < s->n_tok; t++) {
+            outs[t] = mb + (size_t)t * ldo;
+            mats[t] = &m;
+            xs[t] = x + (size_t)t * ldx;
+        }
+        qm_matvec_batch(tm, s->n_tok, outs, mats, xs);
+        g_free(outs);
+        g_free(mats);
+        g_free(xs);
+    }
 
     for (int t = 0; t < s->n_tok && ok; t++) {
         for (int r = 0; r < s->rows; r++) {
@@ -200,9 +217,10 @@ static int run_shape(const shape *s, team *tm, FILE *dump, char *why, size_t why
         }
     }
     size_t bytes = sizeof(float) * (size_t)s->n_tok * ldo;
-    if (memcmp(mv, mm, bytes) || memcmp(mv, mp, bytes) || memcmp(mv, mt, bytes)) {
+    if (memcmp(mv, mm, bytes) || memcmp(mv, mp, bytes) || memcmp(mv, mt, bytes) ||
+        memcmp(mv, mb, bytes)) {
         if (ok)
-            snprintf(why, why_len, "%s %dx%d x %d tokens: matmat differs from matvec",
+            snprintf(why, why_len, "%s %dx%d x %d tokens: matmat or a batch through the team differs from matvec",
                      st_dtype_name(s->dt), s->rows, s->cols, s->n_tok);
         *identical = 0;
     }
@@ -217,6 +235,7 @@ static int run_shape(const shape *s, team *tm, FILE *dump, char *why, size_t why
     g_free(mm);
     g_free(mt);
     g_free(mp);
+    g_free(mb);
     return ok;
 }
 
