@@ -128,9 +128,11 @@ if [ -n "$LLAMA_BENCH" ]; then recache "$GGUF"; fi
 
 jnum() { sed -n "s/.*\"$1\":[[:space:]]*\([0-9.e+-]*\).*/\1/p" | head -1; }
 max() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > a ? b : a) }'; }
-# n ids spread over the vocabulary (a fixed LCG, the same every run)
-ids() { awk -v n="$1" 'BEGIN { s = 12345; for (i = 0; i < n; i++) {
-    s = (s * 1103515245 + 12345) % 2147483648; printf "%s%d", i ? "," : "", s % 151936 } }'; }
+# n ids spread over the model's vocabulary (a fixed LCG, the same every run)
+VOCAB=$("$RUN" --json -n 0 --token-ids 0 "$MODEL" 2>/dev/null | jnum model)
+: "${VOCAB:?qmoe-run cannot tell the vocabulary of $MODEL}"
+ids() { awk -v n="$1" -v v="$VOCAB" 'BEGIN { s = 12345; for (i = 0; i < n; i++) {
+    s = (s * 1103515245 + 12345) % 2147483648; printf "%s%d", i ? "," : "", s % v } }'; }
 
 membw=0
 for _ in $(seq "$TRIALS"); do
