@@ -678,57 +678,80 @@ void qm_matvec_rows(float *out, const qm_mat *m, const float *x, int r0, int r1)
         k.fn(k.tab, m, r, k.rb, 1, x, 0, 1, out + r, 0);
 }
 
-/* Rows of a product are handed out in chunks, a thread taking the next one
- * when it is done: on a shared host a thread that is slowed down (its core
- * lent to another guest) leaves its rows to the others instead of holding
- * up the whole product, as a fixed split made it. Eight chunks per thread:
- * each starts its first rows cold. Which thread computes a row does not
- * change its bits. */
+/* ---- products of several matrices through the team ----
+ * The matrices are laid end to end and their rows handed out in chunks, a
+ * thread taking the next one when it is done: on a shared host a thread
+ * that is slowed down (its core lent to another guest) leaves its rows to
+ * the others instead of holding up the whole product, as a fixed split
+ * made it. Eight chunks per thread: each starts its first rows cold. Which
+ * thread computes a row does not change its bits. */
 #define CHUNKS_PER_THREAD 8
 
-static int chunk_rows(int total, int threads, int unit)
-{
-    int c = (total + CHUNKS_PER_THREAD * threads - 1) / (CHUNKS_PER_THREAD * threads);
-    c = (c + unit - 1) / unit * unit;
-    return c < unit ? unit : c;
-}
-
-typedef struct {
-    int n;
-    float *const *out;
+typedef struct rows_job rows_job;
+struct rows_job {
+    int n;                      /* matrices */
     const qm_mat *const *mats;
-    const float *const *xs;
-    int total; /* rows of all matrices */
-    int chunk; /* rows per chunk */
-    atomic_int next; /* the next chunk to take */
-} batch_job;
+    int total;                  /* rows of all matrices */
+    int chunk;                  /* rows per chunk */
+    atomic_int next;            /* the next chunk to take */
+    /* rows [a, b) of matrix k; j is the first member of the caller's job */
+    void (*rows)(const rows_job *j, int k, int a, int b);
+};
 
 /* Rows [lo, hi) of the matrices laid end to end. */
-static void batch_rows(const batch_job *j, int lo, int hi)
+static void rows_range(const rows_job *j, int lo, int hi)
 {
     int base = 0;
     for (int k = 0; k < j->n && lo < hi; k++) {
         int rows = j->mats[k]->rows;
         int a = lo - base, b = hi - base;
-        if (a < rows && b > 0) {
-            a = a < 0 ? 0 : a;
-            b = b > rows ? rows : b;
-            qm_matvec_rows(j->out[k], j->mats[k], j->xs[k], a, b);
-        }
+        if (a < rows && b > 0)
+            j->rows(j, k, a < 0 ? 0 : a, b > rows ? rows : b);
         base += rows;
     }
 }
 
-static void batch_part(void *arg, int i, int n)
+static void rows_chunks(void *arg, int i, int n)
 {
-    batch_job *j = arg;
+    rows_job *j = arg;
     (void)i, (void)n;
     for (;;) {
         int64_t lo = (int64_t)atomic_fetch_add(&j->next, 1) * j->chunk;
         if (lo >= j->total)
             break;
-        batch_rows(j, (int)lo, lo + j->chunk < j->total ? (int)lo + j->chunk : j->total);
+        rows_range(j, (int)lo, lo + j->chunk < j->total ? (int)lo + j->chunk : j->total);
     }
+}
+
+/* Every row of j's matrices, each for n_tok tokens: on the team when that
+ * is work for more than one thread, in chunks of a multiple of unit rows. */
+static void rows_run(team *t, rows_job *j, int unit, int n_tok)
+{
+    j->total = 0;
+    for (int k = 0; k < j->n; k++)
+        j->total += j->mats[k]->rows;
+    if (!t || team_size(t) == 1 || (int64_t)j->total * n_tok < 64) {
+        rows_range(j, 0, j->total);
+        return;
+    }
+    int per = CHUNKS_PER_THREAD * team_size(t);
+    int c = (j->total + per - 1) / per;
+    c = (c + unit - 1) / unit * unit;
+    j->chunk = c < unit ? unit : c;
+    atomic_init(&j->next, 0);
+    team_run(t, rows_chunks, j);
+}
+
+typedef struct {
+    rows_job r; /* first */
+    float *const *out;
+    const float *const *xs;
+} batch_job;
+
+static void batch_rows(const rows_job *r, int k, int a, int b)
+{
+    const batch_job *j = (const batch_job *)r;
+    qm_matvec_rows(j->out[k], r->mats[k], j->xs[k], a, b);
 }
 
 void qm_matvec_batch(team *t, int n, float *const *out, const qm_mat *const *mats,
@@ -736,16 +759,8 @@ void qm_matvec_batch(team *t, int n, float *const *out, const qm_mat *const *mat
 {
     if (n <= 0)
         return;
-    batch_job j = {.n = n, .out = out, .mats = mats, .xs = xs};
-    for (int k = 0; k < n; k++)
-        j.total += mats[k]->rows;
-    if (!t || team_size(t) == 1 || j.total < 64) {
-        batch_rows(&j, 0, j.total);
-        return;
-    }
-    j.chunk = chunk_rows(j.total, team_size(t), MV_R);
-    atomic_init(&j.next, 0);
-    team_run(t, batch_part, &j);
+    batch_job j = {.r = {.n = n, .mats = mats, .rows = batch_rows}, .out = out, .xs = xs};
+    rows_run(t, &j.r, MV_R, 1);
 }
 
 void qm_matvec_multi(team *t, int n, float *const *out, const qm_mat *const *mats,
@@ -798,42 +813,17 @@ void qm_matmat_rows(float *out, int ldo, const qm_mat *m, const float *x, int ld
 }
 
 typedef struct {
-    int n, n_tok, ldx;
+    rows_job r; /* first */
     float *const *out;
     const int *ldo;
-    const qm_mat *const *mats;
     const float *x;
-    int total; /* rows of all matrices */
-    int chunk; /* rows per chunk, a multiple of MM_R */
-    atomic_int next;
+    int ldx, n_tok;
 } mm_job;
 
-/* As batch_rows. */
-static void mm_rows(const mm_job *j, int lo, int hi)
+static void mm_rows(const rows_job *r, int k, int a, int b)
 {
-    int base = 0;
-    for (int k = 0; k < j->n && lo < hi; k++) {
-        int rows = j->mats[k]->rows;
-        int a = lo - base, b = hi - base;
-        if (a < rows && b > 0) {
-            a = a < 0 ? 0 : a;
-            b = b > rows ? rows : b;
-            qm_matmat_rows(j->out[k], j->ldo[k], j->mats[k], j->x, j->ldx, j->n_tok, a, b);
-        }
-        base += rows;
-    }
-}
-
-static void mm_part(void *arg, int i, int n)
-{
-    mm_job *j = arg;
-    (void)i, (void)n;
-    for (;;) {
-        int64_t lo = (int64_t)atomic_fetch_add(&j->next, 1) * j->chunk;
-        if (lo >= j->total)
-            break;
-        mm_rows(j, (int)lo, lo + j->chunk < j->total ? (int)lo + j->chunk : j->total);
-    }
+    const mm_job *j = (const mm_job *)r;
+    qm_matmat_rows(j->out[k], j->ldo[k], r->mats[k], j->x, j->ldx, j->n_tok, a, b);
 }
 
 void qm_matmat_multi(team *t, int n, float *const *out, const int *ldo,
@@ -841,17 +831,9 @@ void qm_matmat_multi(team *t, int n, float *const *out, const int *ldo,
 {
     if (n <= 0 || n_tok <= 0)
         return;
-    mm_job j = {.n = n, .n_tok = n_tok, .ldx = ldx, .out = out, .ldo = ldo, .mats = mats,
-                .x = x};
-    for (int k = 0; k < n; k++)
-        j.total += mats[k]->rows;
-    if (!t || team_size(t) == 1 || (int64_t)j.total * n_tok < 64) {
-        mm_rows(&j, 0, j.total);
-        return;
-    }
-    j.chunk = chunk_rows(j.total, team_size(t), MM_R);
-    atomic_init(&j.next, 0);
-    team_run(t, mm_part, &j);
+    mm_job j = {.r = {.n = n, .mats = mats, .rows = mm_rows}, .out = out, .ldo = ldo, .x = x,
+                .ldx = ldx, .n_tok = n_tok};
+    rows_run(t, &j.r, MM_R, n_tok);
 }
 
 void qm_matmat(team *t, float *out, int ldo, const qm_mat *m, const float *x, int ldx,
