@@ -4,12 +4,13 @@
  *
  *   fwd_bench MODEL THREADS PROMPT TOKENS REPS [CACHE_MB]
  *
- * The warm-up feeds a prompt of 256 random ids, which routes to nearly
- * every expert (an expert is missed by all 256 x 8 picks with odds of
- * (1 - 8/128)^256, about 1e-7), so the experts are mapped before timing,
- * as llama.cpp maps its whole file (MAP_POPULATE) at load. qmoe-run's own
- * timings are of a fresh process instead: its prompt pays the first touch
- * of every expert page it reads.
+ * The warm-up feeds a prompt of 256 random ids, then brings in every
+ * expert of every layer and reads all of its weights once (a product with
+ * a vector of ones; random weights route most tokens to a few experts, so
+ * a prompt alone leaves many untouched), as llama.cpp maps its whole file
+ * (MAP_POPULATE) at load. That needs a cache that holds every expert
+ * (CACHE_MB). qmoe-run's own timings are of a fresh process instead: its
+ * prompt pays the first touch of every expert page it reads.
  *
  * pp: a prompt of PROMPT random ids from an empty cache, logits of the
  * last position (llama-bench -p PROMPT -n 0). tg: TOKENS random ids one at
@@ -19,6 +20,8 @@
  * Prints "pp_tokens_per_s tg_tokens_per_s", each the mean of REPS.
  * tests/bench/run_prefill.sh runs it beside llama-bench; devtools.sh
  * checks that it runs. */
+#include "model/expert_store.h"
+#include "model/matvec.h"
 #include "model/model.h"
 
 #include <stdio.h>
@@ -54,6 +57,37 @@ static int fail(GError *err)
     return 1;
 }
 
+/* Every expert brought into the cache and each weight read once. */
+static int touch_experts(model *m, GError **err)
+{
+    const model_config *c = model_get_config(m);
+    expert_store *s = model_experts(m);
+    if (!s || c->n_experts <= 0)
+        return 0;
+    int n = c->hidden > c->moe_inter ? c->hidden : c->moe_inter;
+    float *x = g_new(float, n), *out = g_new(float, n);
+    for (int i = 0; i < n; i++)
+        x[i] = 1.0f;
+    int rc = 0;
+    for (int l = 0; l < c->n_layers && rc == 0; l++) {
+        if (!c->is_moe[l])
+            continue;
+        for (int e = 0; e < c->n_experts; e++) {
+            const expert_mats *em = expert_store_get(s, l, e, err);
+            if (!em) {
+                rc = -1;
+                break;
+            }
+            qm_matvec(NULL, out, &em->gate, x);
+            qm_matvec(NULL, out, &em->up, x);
+            qm_matvec(NULL, out, &em->down, x);
+        }
+    }
+    g_free(x);
+    g_free(out);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 6 || argc > 7) {
@@ -83,6 +117,9 @@ int main(int argc, char **argv)
     model_reset(m);
     if (model_feed(m, ids, 256, MODEL_LOGITS_LAST, logits, &err) != 0 ||
         model_step(m, next_id(&seed, vocab), logits, &err) != 0)
+        return fail(err);
+
+    if (touch_experts(m, &err) != 0)
         return fail(err);
 
     double pp = 0, tg = 0;
