@@ -279,6 +279,25 @@ static int read_all(int fd, const char *path, const char *what, char **data, siz
     return 0;
 }
 
+int fs_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+    uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t n = pread(fd, p, len, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n == 0)
+                errno = EIO;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
 int fs_read_file(const char *path, const char *what, char **data, size_t *len,
                  GError **err)
 {

@@ -84,6 +84,10 @@ int fs_read_file(const char *path, const char *what, char **data, size_t *len,
 int fs_read_out_file(const char *path, const char *what, char **data, size_t *len,
                      GError **err);
 
+/* Reads len bytes at off into buf, through short reads and EINTR.
+ * Returns 0, or -1 with errno set (EIO when the file ends first). */
+int fs_pread_full(int fd, void *buf, size_t len, uint64_t off);
+
 /* 0 if `path` is absent or (after symlinks) a regular file, else -1 with
  * *err "'PATH' is a FIFO, not a regular file" (no file is opened). For
  * readers that skip missing files but must not meet a FIFO. */

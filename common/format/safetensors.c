@@ -702,22 +702,6 @@ st_file *st_open_at(fs_dir *d, const char *name, const char *path, GError **err)
  * of a few tensors (an expert's) fits; more would copy data nobody reads. */
 #define ST_FIRST_READ 1024
 
-static int read_full(int fd, void *buf, size_t len, uint64_t off)
-{
-    uint8_t *p = buf;
-    while (len) {
-        ssize_t n = pread(fd, p, len, (off_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return 0;
-}
-
 st_file *st_open_header(const char *path, GError **err)
 {
     return st_open_header_at(NULL, NULL, path, err);
@@ -741,8 +725,8 @@ st_file *st_open_header_at(fs_dir *d, const char *name, const char *path, GError
      * opening an OUT reads thousands of small ones. */
     uint8_t page[ST_FIRST_READ], *buf = page;
     uint64_t first = MIN(size, (uint64_t)ST_FIRST_READ);
-    if (read_full(fd, buf, first, 0) != 0) {
-        qm_set_errno(err, errno ? errno : EIO, "cannot read", path);
+    if (fs_pread_full(fd, buf, first, 0) != 0) {
+        qm_set_errno(err, errno, "cannot read", path);
         close(fd);
         return NULL;
     }
@@ -754,8 +738,8 @@ st_file *st_open_header_at(fs_dir *d, const char *name, const char *path, GError
     } else {
         buf = g_malloc(8 + n);
         memcpy(buf, page, first);
-        if (read_full(fd, buf + first, 8 + n - first, first) != 0)
-            qm_set_errno(err, errno ? errno : EIO, "cannot read", path);
+        if (fs_pread_full(fd, buf + first, 8 + n - first, first) != 0)
+            qm_set_errno(err, errno, "cannot read", path);
         else
             f = st_parse_header(path, buf, 8 + n, size, err);
     }

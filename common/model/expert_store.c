@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define ALIGN 64
@@ -38,7 +37,6 @@ struct expert_store {
     entry *head, *tail;
     expert_stats st;
     int fd, fd_shard;           /* last shard opened, kept for the next read */
-    uint64_t fd_size;           /* its size in bytes */
     char name[512];
 };
 
@@ -155,14 +153,6 @@ static int open_shard(expert_store *s, int shard, GError **err)
         s->fd = fs_open_regular(path, O_RDONLY, "cannot open", err);
         if (s->fd < 0)
             return -1;
-        struct stat sb;
-        if (fstat(s->fd, &sb) != 0) {
-            qm_set_errno(err, errno, "cannot stat", path);
-            close(s->fd);
-            s->fd = -1;
-            return -1;
-        }
-        s->fd_size = (uint64_t)sb.st_size;
         s->fd_shard = shard;
     }
     return 0;
@@ -184,10 +174,12 @@ static const uint8_t *map_at(expert_store *s, int shard, entry *e, int k, uint64
 {
     if (open_shard(s, shard, err) != 0)
         return NULL;
+    /* the size its header was read with (locate() needed the header) */
+    uint64_t size = s->ck->shards[shard].st->size;
     uint64_t base = off / MAP_BLOCK * MAP_BLOCK;
     uint64_t end = (off + len + MAP_BLOCK - 1) / MAP_BLOCK * MAP_BLOCK;
-    if (end > s->fd_size)
-        end = s->fd_size > off + len ? s->fd_size : off + len;
+    if (end > size)
+        end = size > off + len ? size : off + len;
     size_t n = (size_t)(end - base);
     void *p = mmap(NULL, n, PROT_READ, MAP_SHARED, s->fd, (off_t)base);
     if (p == MAP_FAILED) {

@@ -300,18 +300,10 @@ int mf_ckpt_describe(ckpt *ck)
      * file were cut short under it */
     int n = 0, ok = 0, fd = fs_open_regular_stat(path, O_RDONLY, "cannot open", &st, NULL);
     if (fd >= 0 && st.st_size > 0 && (uint64_t)st.st_size < ((uint64_t)1 << 32)) {
-        size_t len = (size_t)st.st_size, got = 0;
+        size_t len = (size_t)st.st_size;
         uint8_t *buf = fs_buf_alloc(len);
-        while (got < len) {
-            ssize_t r = pread(fd, buf + got, len - got, (off_t)got);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0)
-                break;
-            got += (size_t)r;
-        }
-        /* a file that changed size while read is left to the fallback */
-        if (got == len)
+        /* a file cut short while read is left to the fallback */
+        if (fs_pread_full(fd, buf, len, 0) == 0)
             ok = scan((const char *)buf, len, ck, hdr, (uint64_t)st.st_dev) == 0;
         g_aligned_free(buf);
     }

@@ -45,25 +45,6 @@ static uint64_t le64(const uint8_t *p)
     return v;
 }
 
-static int pread_full(int fd, void *buf, size_t len, uint64_t off)
-{
-    uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t n = pread(fd, p, len, (off_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            if (n == 0)
-                errno = EIO;
-            return -1;
-        }
-        p += n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return 0;
-}
-
 /* "invalid header of 'x': why" -> "invalid header: why" (the file is
  * named by the problem itself). */
 static const char *strip_label(const char *msg, const char *label, char *buf,
@@ -86,7 +67,7 @@ static st_file *read_header(int fd, const char *label, uint64_t size,
                             uint64_t parse_size, GError **err)
 {
     uint8_t lb[8];
-    if (size < 8 || pread_full(fd, lb, 8, 0) != 0)
+    if (size < 8 || fs_pread_full(fd, lb, 8, 0) != 0)
         return st_parse_header(label, lb, 0, parse_size, err);
     uint64_t n = le64(lb);
     if (n > ST_MAX_HEADER || n > size - 8)
@@ -94,7 +75,7 @@ static st_file *read_header(int fd, const char *label, uint64_t size,
     uint8_t *buf = g_malloc(8 + n);
     memcpy(buf, lb, 8);
     st_file *h = NULL;
-    if (pread_full(fd, buf + 8, n, 8) != 0)
+    if (fs_pread_full(fd, buf + 8, n, 8) != 0)
         qm_set_errno(err, errno, "cannot read header of", label);
     else
         h = st_parse_header(label, buf, 8 + n, parse_size, err);
@@ -357,7 +338,7 @@ static void locate_damage(const vf_file *f, int fd, uint64_t size, uint8_t *buf,
         uint32_t crc = 0;
         for (uint64_t p = b; p < e;) {
             size_t n = (size_t)(e - p < VF_READ_CHUNK ? e - p : VF_READ_CHUNK);
-            if (pread_full(fd, buf, n, p) != 0) {
+            if (fs_pread_full(fd, buf, n, p) != 0) {
                 vf_add(o->res, VF_IO, "hash", f->path, mt->name, (int64_t)p,
                        "read error: %s", g_strerror(errno));
                 return;
@@ -448,7 +429,7 @@ static void check_one(pool *pl, int idx, uint8_t *buf, EVP_MD_CTX *ctx)
         int failed = 0;
         for (uint64_t pos = 0; pos < size;) {
             size_t n = (size_t)(size - pos < VF_READ_CHUNK ? size - pos : VF_READ_CHUNK);
-            if (pread_full(fd, buf, n, pos) != 0) {
+            if (fs_pread_full(fd, buf, n, pos) != 0) {
                 vf_add(o->res, VF_IO, "hash", f->path, NULL, (int64_t)pos,
                        "read error: %s", g_strerror(errno));
                 failed = 1;
